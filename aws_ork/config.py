@@ -1,0 +1,295 @@
+"""Read and validate ``/etc/aws_ork.conf``.
+
+The file is INI with one section, ``[aws_ork]``. A 0.4.5 file (``Key: value`` lines and no
+section header) is read as if it were all in that section, so upgrades need no edit.
+Every value is checked here, once, at start-up: a bad value is a :class:`ConfigError` naming
+the file, the option and the value, which the CLI prints as one line before exiting 2.
+"""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from aws_ork.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SECTION = "aws_ork"
+DEFAULT_PATH = "/etc/aws_ork.conf"
+ENV_PATH = "AWS_ORK_CONFIG"
+
+_TRUE = {"1", "yes", "true", "on"}
+_FALSE = {"0", "no", "false", "off"}
+_LIST_SPLIT = re.compile(r"[\s,]+")
+
+
+@dataclass(frozen=True)
+class BucketUrl:
+    """``s3://bucket/prefix/`` split into its parts; ``prefix`` is '' or ends in '/'."""
+
+    bucket: str
+    prefix: str
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings. Field metadata ``option`` is the name operators write in the file."""
+
+    source: str = "(defaults)"
+    sqs_region: str = field(default="us-west-2", metadata={"option": "SQS_Region"})
+    queue_name: str = field(default="SaltMasterTestQueue", metadata={"option": "QueueName"})
+    queue_url: str | None = field(default=None, metadata={"option": "QueueUrl"})
+    poll_pause: float = field(default=0.0, metadata={"option": "PollPause"})
+    bucket_url: BucketUrl | None = field(default=None, metadata={"option": "BucketUrl"})
+    bucket_region: str | None = field(default=None, metadata={"option": "BucketRegion"})
+    delete_unknown_messages: bool = field(
+        default=True, metadata={"option": "DeleteUnknownMessages"}
+    )
+    salt_master_config: Path = field(
+        default=Path("/etc/salt/master"), metadata={"option": "SaltMasterConfig"}
+    )
+    pki_dir: Path = field(default=Path("/etc/salt/pki"), metadata={"option": "PkiDir"})
+    log_file: Path = field(default=Path("/var/log/aws_ork.log"), metadata={"option": "LogFile"})
+    pid_file: Path = field(default=Path("/run/aws_ork.pid"), metadata={"option": "PidFile"})
+    state_dir: Path = field(default=Path("/var/lib/aws_ork"), metadata={"option": "StateDir"})
+    verify_signatures: bool = field(default=True, metadata={"option": "VerifySignatures"})
+    allowed_topic_arns: tuple[str, ...] = field(
+        default=(), metadata={"option": "AllowedTopicArns"}
+    )
+    cert_cache_dir: Path | None = field(default=None, metadata={"option": "CertCacheDir"})
+    verify_instances: bool = field(default=True, metadata={"option": "VerifyInstances"})
+    auto_scaling_groups: tuple[str, ...] = field(
+        default=(), metadata={"option": "AutoScalingGroups"}
+    )
+    instance_tags: tuple[tuple[str, str], ...] = field(
+        default=(), metadata={"option": "InstanceTags"}
+    )
+    minion_id_template: str = field(
+        default="{instance_id}", metadata={"option": "MinionIdTemplate"}
+    )
+    archive_dir: Path | None = field(default=None, metadata={"option": "ArchiveDir"})
+    metrics_address: tuple[str, int] | None = field(
+        default=None, metadata={"option": "MetricsAddress"}
+    )
+
+    @property
+    def effective_bucket_region(self) -> str:
+        """BucketRegion defaults to SQS_Region."""
+        return self.bucket_region or self.sqs_region
+
+    @property
+    def effective_cert_cache_dir(self) -> Path:
+        """CertCacheDir defaults to StateDir/certs."""
+        return self.cert_cache_dir or self.state_dir / "certs"
+
+
+# --- value parsers: each takes the raw string and returns the value or raises ValueError ---
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Empty (or 0.4.5's literal ``None``) means unset."""
+
+    def wrapped(raw: str) -> Any:
+        if raw == "" or raw.lower() == "none":
+            return None
+        return parse(raw)
+
+    return wrapped
+
+
+def _bool(raw: str) -> bool:
+    low = raw.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("is not a boolean (use true/false, yes/no, on/off, 1/0)")
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("is not a number of seconds") from None
+    if not 0 <= value <= 3600 or value != value:
+        raise ValueError("must be between 0 and 3600 seconds")
+    return value
+
+
+def _region(raw: str) -> str:
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", raw):
+        raise ValueError("is not an AWS region name (like us-west-2)")
+    return raw
+
+
+def _queue_name(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,80}(\.fifo)?", raw):
+        raise ValueError("is not an SQS queue name (1-80 of A-Z a-z 0-9 _ -)")
+    return raw
+
+
+def _queue_url(raw: str) -> str:
+    parsed = urlparse(raw)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or not parsed.path.strip("/"):
+        raise ValueError("is not a queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)")
+    return raw
+
+
+def _bucket_url(raw: str) -> BucketUrl:
+    match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(/.*)?", raw)
+    if not match:
+        raise ValueError("is not an S3 URL (s3://bucket/prefix/)")
+    prefix = (match.group(2) or "").lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    if "//" in prefix:
+        raise ValueError("has an empty path segment in its prefix")
+    return BucketUrl(match.group(1), prefix)
+
+
+def _path(raw: str) -> Path:
+    if not raw:
+        raise ValueError("is empty")
+    return Path(raw).expanduser()
+
+
+def _words(raw: str) -> tuple[str, ...]:
+    return tuple(word for word in _LIST_SPLIT.split(raw) if word)
+
+
+def _topic_arns(raw: str) -> tuple[str, ...]:
+    arns = _words(raw)
+    for arn in arns:
+        if not re.fullmatch(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]+", arn):
+            raise ValueError(f"has {arn!r}, which is not an SNS topic ARN")
+    return arns
+
+
+def _tags(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for word in _words(raw):
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise ValueError(f"has {word!r}; write tags as Key=Value")
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def _template(raw: str) -> str:
+    allowed = re.compile(r"\{(instance_id|asg_name|tag:[^{}]+)\}")
+    if "{instance_id}" not in raw and "{tag:" not in raw:
+        raise ValueError("must contain {instance_id} or a {tag:...} field")
+    if re.sub(allowed, "", raw).count("{") or re.sub(allowed, "", raw).count("}"):
+        raise ValueError("has an unknown field; use {instance_id}, {asg_name}, {tag:NAME}")
+    return raw
+
+
+def _address(raw: str) -> tuple[str, int]:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("is not host:port")
+    return (host.strip("[]") or "127.0.0.1", int(port))
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "sqs_region": _region,
+    "queue_name": _queue_name,
+    "queue_url": _optional(_queue_url),
+    "poll_pause": _seconds,
+    "bucket_url": _optional(_bucket_url),
+    "bucket_region": _optional(_region),
+    "delete_unknown_messages": _bool,
+    "salt_master_config": _path,
+    "pki_dir": _path,
+    "log_file": _path,
+    "pid_file": _path,
+    "state_dir": _path,
+    "verify_signatures": _bool,
+    "allowed_topic_arns": _topic_arns,
+    "cert_cache_dir": _optional(_path),
+    "verify_instances": _bool,
+    "auto_scaling_groups": _words,
+    "instance_tags": _tags,
+    "minion_id_template": _template,
+    "archive_dir": _optional(_path),
+    "metrics_address": _optional(_address),
+}
+
+#: lower-case option name (as configparser stores it) -> (dataclass field, canonical name)
+OPTIONS: dict[str, tuple[str, str]] = {
+    f.metadata["option"].lower(): (f.name, f.metadata["option"])
+    for f in fields(Config)
+    if "option" in f.metadata
+}
+
+
+def from_mapping(values: Mapping[str, str], source: str) -> Config:
+    """Build a Config from raw option strings (keys case-insensitive); validate every value."""
+    kwargs: dict[str, Any] = {"source": source}
+    for raw_name, raw_value in values.items():
+        known = OPTIONS.get(raw_name.lower())
+        if known is None:
+            log.warning("%s: unknown option %r ignored", source, raw_name)
+            continue
+        name, option = known
+        value = raw_value.strip()
+        try:
+            kwargs[name] = _PARSERS[name](value)
+        except ValueError as exc:
+            raise ConfigError(source, option, f"{value!r} {exc}") from None
+    return Config(**kwargs)
+
+
+def read_file(path: str | os.PathLike[str]) -> Config:
+    """Parse one config file; old section-less files are read as ``[aws_ork]``."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, None, f"cannot read: {exc}") from None
+    parser = configparser.ConfigParser(interpolation=None, default_section="__no_defaults__")
+    try:
+        try:
+            parser.read_string(text, source=source)
+        except configparser.MissingSectionHeaderError:
+            parser = configparser.ConfigParser(
+                interpolation=None, default_section="__no_defaults__"
+            )
+            parser.read_string(f"[{SECTION}]\n{text}", source=source)
+    except configparser.Error as exc:
+        first_line = str(exc).splitlines()[0]
+        raise ConfigError(source, None, f"not a valid INI file: {first_line}") from None
+    for other in parser.sections():
+        if other != SECTION:
+            log.warning("%s: section [%s] ignored (options belong in [%s])", source, other, SECTION)
+    values = dict(parser.items(SECTION)) if parser.has_section(SECTION) else {}
+    return from_mapping(values, source)
+
+
+def load(path: str | None) -> Config:
+    """The config for this run.
+
+    ``path`` is the ``-c`` argument: a file named there must exist. Without it the file is
+    ``$AWS_ORK_CONFIG`` or ``/etc/aws_ork.conf``, and a missing default file means defaults.
+    """
+    if path is not None:
+        if not Path(path).exists():
+            raise ConfigError(path, None, "no such file (named with -c)")
+        return read_file(path)
+    default = os.environ.get(ENV_PATH) or DEFAULT_PATH
+    if not Path(default).exists():
+        if os.environ.get(ENV_PATH):
+            raise ConfigError(default, None, f"no such file (named by ${ENV_PATH})")
+        return Config()
+    return read_file(default)

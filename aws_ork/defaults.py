@@ -1,0 +1,35 @@
+"""Tunables, in one place, each with the reason for its value."""
+
+from __future__ import annotations
+
+#: SQS long poll: the longest wait SQS allows, so an idle daemon costs one request per 20 s.
+WAIT_TIME_SECONDS = 20
+#: The most messages one ReceiveMessage may return.
+MAX_MESSAGES = 10
+#: ``--once`` stops at the first empty receive; a short long-poll still asks every SQS
+#: server (a zero wait samples only some and can come back empty while messages exist).
+ONCE_WAIT_TIME_SECONDS = 2
+
+#: A launch whose minion key is not there yet is retried soon, not after the queue's whole
+#: visibility timeout: the delay doubles per receive, from RETRY_BASE up to RETRY_CAP seconds.
+RETRY_BASE_SECONDS = 2
+RETRY_CAP_SECONDS = 60
+
+#: Bodies larger than SQS allows (256 KiB) are never parsed.
+MAX_BODY_BYTES = 256 * 1024
+
+#: botocore timeouts: the read timeout must outlast the long poll.
+CONNECT_TIMEOUT_SECONDS = 5
+READ_TIMEOUT_SECONDS = WAIT_TIME_SECONDS + 10
+#: botocore retries (standard mode: backoff with jitter, throttling errors included).
+MAX_ATTEMPTS = 5
+
+#: After a failure to reach SQS, wait this long before trying again, doubling up to the cap.
+RECONNECT_BASE_SECONDS = 1
+RECONNECT_CAP_SECONDS = 60
+
+
+def retry_delay(receive_count: int) -> int:
+    """Visibility delay for the n-th failed attempt (1-based): 2, 4, 8, ... capped at 60 s."""
+    count = max(1, receive_count)
+    return int(min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** (count - 1)))

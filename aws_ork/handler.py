@@ -1,0 +1,110 @@
+"""Decide what one message means for the key store, and what becomes of the message.
+
+Data flows one way: message body -> :func:`aws_ork.events.parse` -> checks -> key manager ->
+:class:`Decision`. The loop acts on the decision (delete, retry soon, or leave).
+Every decision is one log line: message id, event, outcome, reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from aws_ork import defaults, events
+from aws_ork.errors import AwsOrkError, KeyStoreError
+from aws_ork.events import Event, Kind
+from aws_ork.keys import KeyManager, KeyResult
+from aws_ork.queue import Message
+
+log = logging.getLogger(__name__)
+
+
+class Action(enum.Enum):
+    """What the loop does with the message."""
+
+    DELETE = "delete"  # finished (or can never succeed): delete it
+    RETRY = "retry"  # try again soon: set its visibility to ``Decision.delay``
+    LEAVE = "leave"  # leave it for the queue's visibility timeout (DeleteUnknownMessages off)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The result of handling one message."""
+
+    action: Action
+    reason: str
+    changed: bool = False  # the key store was changed: the S3 mirror is due
+    delay: int = 0
+    rejected: bool = False  # failed a trust check (counted apart from unknown messages)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A check's answer: pass, fail for good (delete), or retry later (``retry=True``)."""
+
+    ok: bool
+    reason: str = ""
+    retry: bool = False
+
+
+#: A check looks at a parsed event before any key is touched (signature, topic, instance...).
+Check = Callable[[Event], Verdict]
+
+
+class Handler:
+    """Turns a message into a key operation and a decision about the message."""
+
+    def __init__(self, keys: KeyManager, *, delete_unknown: bool = True,
+                 checks: Sequence[Check] = ()) -> None:
+        self.keys = keys
+        self.delete_unknown = delete_unknown
+        self.checks = tuple(checks)
+
+    def handle(self, message: Message) -> Decision:
+        """Handle one message; never raises for anything the message contains."""
+        event = events.parse(message.body)
+        decision = self._decide(event, message)
+        level = logging.WARNING if decision.rejected else logging.INFO
+        log.log(level, "message %s: %s: %s", message.message_id, event.describe(),
+                decision.reason)
+        return decision
+
+    def _decide(self, event: Event, message: Message) -> Decision:
+        if event.kind is Kind.UNKNOWN:
+            if self.delete_unknown:
+                return Decision(Action.DELETE, "ignored, deleted")
+            return Decision(Action.LEAVE, "ignored, left in queue (DeleteUnknownMessages off)")
+        if event.kind is Kind.TEST:
+            return Decision(Action.DELETE, "test notification, deleted")
+        if event.kind is Kind.LAUNCH_ERROR:
+            return Decision(Action.DELETE, "launch failed in AWS; no key change")
+        for check in self.checks:
+            verdict = check(event)
+            if verdict.retry:
+                return self._retry(message, f"check deferred: {verdict.reason}")
+            if not verdict.ok:
+                return Decision(Action.DELETE, f"REJECTED: {verdict.reason}", rejected=True)
+        assert event.instance_id is not None  # parser guarantees it for launch/terminate
+        try:
+            if event.kind is Kind.LAUNCH:
+                result = self.keys.accept(event.instance_id)
+            else:
+                result = self.keys.delete(event.instance_id)
+        except KeyStoreError as exc:
+            log.error("message %s: key store error: %s", message.message_id, exc)
+            return self._retry(message, f"key store error, retrying: {exc}")
+        except AwsOrkError as exc:
+            return self._retry(message, f"error, retrying: {exc}")
+        return self._from_result(result, message)
+
+    def _from_result(self, result: KeyResult, message: Message) -> Decision:
+        if result.outcome.done:
+            return Decision(Action.DELETE, result.describe(), changed=result.changed)
+        return self._retry(message, result.describe())
+
+    @staticmethod
+    def _retry(message: Message, reason: str) -> Decision:
+        delay = defaults.retry_delay(message.receive_count)
+        return Decision(Action.RETRY, f"{reason}; retry in {delay}s", delay=delay)

@@ -1,0 +1,135 @@
+"""Accept and delete minion keys through Salt's own key API (``salt.key.Key``).
+
+Salt's API takes globs; we never give it one. Every id is checked against the instance-id
+pattern first, its state is looked up by exact name (``list_match``), and the change is made
+with ``match_dict`` naming exactly that key, so ``*`` or ``i-*`` can never widen a match.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aws_ork.errors import ConfigError, KeyStoreError
+from aws_ork.ids import is_instance_id
+
+log = logging.getLogger(__name__)
+
+ACCEPTED = "minions"
+PENDING = "minions_pre"
+REJECTED = "minions_rejected"
+DENIED = "minions_denied"
+
+
+class Outcome(enum.Enum):
+    """What happened to a key; ``done`` says whether the message is finished."""
+
+    ACCEPTED = ("accepted", True)
+    ALREADY_ACCEPTED = ("already accepted", True)
+    NOT_PENDING = ("no pending key yet", False)
+    REFUSED = ("key was rejected by an operator; left rejected", True)
+    DELETED = ("deleted", True)
+    ABSENT = ("no key to delete", True)
+    INVALID_ID = ("not an instance id; nothing passed to Salt", True)
+
+    def __init__(self, text: str, done: bool) -> None:
+        self.text = text
+        self.done = done
+
+
+@dataclass(frozen=True)
+class KeyResult:
+    """The outcome of one key operation and whether it changed the key store."""
+
+    outcome: Outcome
+    changed: bool = False
+    dry_run: bool = False
+
+    def describe(self) -> str:
+        """One log fragment."""
+        return f"would be {self.outcome.text}" if self.dry_run else self.outcome.text
+
+
+def load_master_opts(path: Path) -> dict[str, Any]:
+    """The Salt master's options, loaded once per process (Salt parses YAML safely)."""
+    if not path.is_file():
+        raise ConfigError(str(path), "SaltMasterConfig", "no such file")
+    import salt.config  # slow import: only when a key manager is really wanted
+
+    try:
+        return salt.config.master_config(str(path))
+    except Exception as exc:  # Salt raises many types for a bad file
+        raise ConfigError(str(path), "SaltMasterConfig", f"unreadable: {exc}") from None
+
+
+class KeyManager:
+    """Exact-match key operations for instance minions.
+
+    ``key`` is a ``salt.key.Key`` (made from ``opts`` when not given). Dry-run mode looks the
+    key up and says what it would do, but changes nothing.
+    """
+
+    def __init__(self, opts: Mapping[str, Any], *, dry_run: bool = False, key: Any = None):
+        if key is None:
+            import salt.key
+
+            key = salt.key.Key(dict(opts))
+        self._key = key
+        self.dry_run = dry_run
+        self.pki_dir = Path(opts["pki_dir"])
+
+    def states(self, minion_id: str) -> set[str]:
+        """The key directories (``minions``, ``minions_pre``, ...) that hold this exact id."""
+        if not is_instance_id(minion_id):
+            raise ValueError(f"{minion_id!r} is not an instance id")
+        found = self._call("look up", minion_id, self._key.list_match, [minion_id])
+        return {state for state, names in found.items() if minion_id in names}
+
+    def accept(self, minion_id: str) -> KeyResult:
+        """Accept the pending key of exactly this minion."""
+        if not is_instance_id(minion_id):
+            log.warning("refusing to accept key %r: not an instance id", minion_id)
+            return KeyResult(Outcome.INVALID_ID)
+        states = self.states(minion_id)
+        if ACCEPTED in states:
+            return KeyResult(Outcome.ALREADY_ACCEPTED)
+        if REJECTED in states and PENDING not in states:
+            return KeyResult(Outcome.REFUSED)
+        if PENDING not in states:
+            return KeyResult(Outcome.NOT_PENDING)
+        if self.dry_run:
+            return KeyResult(Outcome.ACCEPTED, dry_run=True)
+        self._call("accept", minion_id, self._key.accept, match_dict={PENDING: [minion_id]})
+        if ACCEPTED not in self.states(minion_id):
+            raise KeyStoreError(f"{minion_id}: Salt did not accept the key (invalid public key?)")
+        return KeyResult(Outcome.ACCEPTED, changed=True)
+
+    def delete(self, minion_id: str) -> KeyResult:
+        """Delete this minion's key in whatever state it is: pending, accepted, rejected, denied."""
+        if not is_instance_id(minion_id):
+            log.warning("refusing to delete key %r: not an instance id", minion_id)
+            return KeyResult(Outcome.INVALID_ID)
+        states = self.states(minion_id)
+        if not states:
+            return KeyResult(Outcome.ABSENT)
+        if self.dry_run:
+            return KeyResult(Outcome.DELETED, dry_run=True)
+        matches = {state: [minion_id] for state in states}
+        self._call("delete", minion_id, self._key.delete_key, match_dict=matches)
+        left = self.states(minion_id)
+        if left:
+            raise KeyStoreError(f"{minion_id}: key still present in {sorted(left)} after delete")
+        return KeyResult(Outcome.DELETED, changed=True)
+
+    def _call(self, what: str, minion_id: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a salt.key call, translating its failures into KeyStoreError."""
+        import salt.exceptions
+
+        try:
+            return fn(*args, **kwargs)
+        except (OSError, salt.exceptions.SaltException) as exc:
+            raise KeyStoreError(f"{minion_id}: cannot {what} key: {exc}") from exc

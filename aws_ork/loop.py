@@ -1,0 +1,127 @@
+"""The polling loop: receive -> handle each -> delete the handled -> mirror -> pause.
+
+One ``while`` of named steps. A stop (SIGTERM/SIGINT) cuts the long poll short; a message
+being handled is finished, the handled ones are deleted, the rest are given back at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from aws_ork import defaults
+from aws_ork.errors import QueueError
+from aws_ork.handler import Action, Decision, Handler
+from aws_ork.queue import Message, Queue
+from aws_ork.stopper import Stopped, Stopper
+from aws_ork.syncer import MirrorWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    """Totals for the run, logged at exit (and, later, exported as metrics)."""
+
+    received: int = 0
+    deleted: int = 0
+    retried: int = 0
+    left: int = 0
+    rejected: int = 0
+    key_changes: int = 0
+    by_action: dict[str, int] = field(default_factory=dict)
+
+
+class Loop:
+    """Runs until stopped (or, with ``once``, until a receive comes back empty)."""
+
+    def __init__(self, queue: Queue, handler: Handler, stopper: Stopper, *,
+                 mirror: MirrorWorker | None = None, poll_pause: float = 0.0,
+                 once: bool = False, dry_run: bool = False) -> None:
+        self.queue = queue
+        self.handler = handler
+        self.stopper = stopper
+        self.mirror = mirror
+        self.poll_pause = poll_pause
+        self.once = once
+        self.dry_run = dry_run
+        self.counters = Counters()
+        self._failures = 0
+
+    def run(self) -> int:
+        """The loop; returns the process exit status."""
+        wait = defaults.ONCE_WAIT_TIME_SECONDS if self.once else defaults.WAIT_TIME_SECONDS
+        while not self.stopper.stopping:
+            messages = self._receive(wait)
+            if messages is None:
+                continue
+            if not messages and self.once:
+                break
+            self._handle_batch(messages)
+            if self.stopper.sleep(self.poll_pause):
+                break
+        log.info("stopping%s: %d received, %d deleted, %d retried, %d rejected, "
+                 "%d key changes", f" ({self.stopper.reason})" if self.stopper.reason else "",
+                 self.counters.received, self.counters.deleted, self.counters.retried,
+                 self.counters.rejected, self.counters.key_changes)
+        return 0
+
+    def _receive(self, wait: int) -> list[Message] | None:
+        """Long-poll; None when the receive failed or was cut short."""
+        try:
+            messages = self.stopper.call(lambda: self.queue.receive(wait))
+        except Stopped:
+            return None
+        except QueueError as exc:
+            self._failures += 1
+            delay = min(defaults.RECONNECT_CAP_SECONDS,
+                        defaults.RECONNECT_BASE_SECONDS * 2 ** (self._failures - 1))
+            log.error("%s; retrying in %ss", exc, delay)
+            self.stopper.sleep(delay)
+            return None
+        if self._failures:
+            log.info("queue reachable again after %d failures", self._failures)
+            self._failures = 0
+        self.counters.received += len(messages)
+        return messages
+
+    def _handle_batch(self, messages: list[Message]) -> None:
+        done: list[Message] = []
+        changed = False
+        for index, message in enumerate(messages):
+            if self.stopper.stopping:
+                self._give_back(messages[index:])
+                break
+            decision = self.handler.handle(message)
+            changed |= decision.changed
+            self._count(decision)
+            if decision.action is Action.DELETE:
+                done.append(message)
+            elif decision.action is Action.RETRY and not self.dry_run:
+                self.queue.retry_later(message, decision.delay)
+        if changed:
+            self.counters.key_changes += 1
+            if self.mirror is not None:
+                self.mirror.request()
+        if self.dry_run:
+            if done:
+                log.info("dry run: %d messages would be deleted", len(done))
+            return
+        failed = self.queue.delete(done)
+        self.counters.deleted += len(done) - len(failed)
+
+    def _give_back(self, unhandled: list[Message]) -> None:
+        log.info("stop requested: giving %d unhandled messages back to the queue",
+                 len(unhandled))
+        if not self.dry_run:
+            self.queue.release(unhandled)
+
+    def _count(self, decision: Decision) -> None:
+        self.counters.by_action[decision.action.value] = \
+            self.counters.by_action.get(decision.action.value, 0) + 1
+        if decision.action is Action.RETRY:
+            self.counters.retried += 1
+        elif decision.action is Action.LEAVE:
+            self.counters.left += 1
+        if decision.rejected:
+            self.counters.rejected += 1
