@@ -121,8 +121,15 @@ def run(cfg: Config, args: argparse.Namespace, master_opts: dict[str, Any]) -> i
     if parts.mirror is not None:
         parts.mirror.start()
         parts.mirror.request()  # reconcile at start-up: catches changes made while we were down
+
+    def reload() -> None:
+        opts = load_master_opts(cfg.salt_master_config)
+        parts.handler.keys = KeyManager(opts, dry_run=args.dry_run)
+
     loop = Loop(parts.queue, parts.handler, stopper, mirror=parts.mirror,
-                poll_pause=cfg.poll_pause, once=args.once, dry_run=args.dry_run)
+                poll_pause=cfg.poll_pause, once=args.once, dry_run=args.dry_run,
+                on_reload=reload)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: loop.request_reload())
     systemd.notify("READY=1")
     status = loop.run()
     systemd.notify("STOPPING=1")

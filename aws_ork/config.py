@@ -128,7 +128,7 @@ def _seconds(raw: str) -> float:
 
 
 def _region(raw: str) -> str:
-    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", raw):
+    if not re.fullmatch(r"[a-z]{2,}(-[a-z]+)+-\d+", raw):  # eusc-de-east-1 too
         raise ValueError("is not an AWS region name (like us-west-2)")
     return raw
 
@@ -161,7 +161,12 @@ def _bucket_url(raw: str) -> BucketUrl:
 def _path(raw: str) -> Path:
     if not raw:
         raise ValueError("is empty")
-    return Path(raw).expanduser()
+    if "\0" in raw:
+        raise ValueError("contains a NUL character")
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:  # ~user that does not exist, or no home directory
+        raise ValueError("starts with ~ but that home directory is unknown") from None
 
 
 def _words(raw: str) -> tuple[str, ...]:
@@ -255,7 +260,7 @@ def read_file(path: str | os.PathLike[str]) -> Config:
     """Parse one config file; old section-less files are read as ``[aws_ork]``."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM would hide the first option
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, None, f"cannot read: {exc}") from None
     parser = configparser.ConfigParser(interpolation=None, default_section="__no_defaults__")

@@ -101,12 +101,24 @@ class KeyManager:
             return KeyResult(Outcome.REFUSED)
         if PENDING not in states:
             return KeyResult(Outcome.NOT_PENDING)
+        pub = self._pub(minion_id)
         if self.dry_run:
             return KeyResult(Outcome.ACCEPTED, dry_run=True)
-        self._call("accept", minion_id, self._key.accept, match_dict={PENDING: [minion_id]})
+        try:
+            self._call("accept", minion_id, self._key.accept, match_dict={PENDING: [minion_id]})
+        except KeyStoreError:
+            self._restore_pending(minion_id, pub)
+            raise
         if ACCEPTED not in self.states(minion_id):
             raise KeyStoreError(f"{minion_id}: Salt did not accept the key (invalid public key?)")
         return KeyResult(Outcome.ACCEPTED, changed=True)
+
+    def _pub(self, minion_id: str) -> str | None:
+        try:
+            entry = self._key.cache.fetch("keys", minion_id)
+        except Exception:  # only needed to undo a half-done accept
+            return None
+        return entry.get("pub") if isinstance(entry, dict) else None
 
     def delete(self, minion_id: str) -> KeyResult:
         """Delete this minion's key in whatever state it is: pending, accepted, rejected, denied."""
@@ -124,6 +136,18 @@ class KeyManager:
         if left:
             raise KeyStoreError(f"{minion_id}: key still present in {sorted(left)} after delete")
         return KeyResult(Outcome.DELETED, changed=True)
+
+    def _restore_pending(self, minion_id: str, pub: str | None) -> None:
+        """Salt removes the pending key before it writes the accepted one; when that write
+        fails the key would be gone until the minion submits it again. Put it back."""
+        if pub is None or self.states(minion_id):
+            return
+        try:
+            self._key.cache.store("keys", minion_id, {"state": "pending", "pub": pub})
+            log.warning("%s: accept failed half-way; pending key put back", minion_id)
+        except Exception as exc:  # the store is broken; the minion will resubmit its key
+            log.error("%s: accept failed and the pending key could not be put back: %s",
+                      minion_id, exc)
 
     def _call(self, what: str, minion_id: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a salt.key call, translating its failures into KeyStoreError."""

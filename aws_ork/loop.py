@@ -7,6 +7,7 @@ being handled is finished, the handled ones are deleted, the rest are given back
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aws_ork import defaults
@@ -37,7 +38,8 @@ class Loop:
 
     def __init__(self, queue: Queue, handler: Handler, stopper: Stopper, *,
                  mirror: MirrorWorker | None = None, poll_pause: float = 0.0,
-                 once: bool = False, dry_run: bool = False) -> None:
+                 once: bool = False, dry_run: bool = False,
+                 on_reload: Callable[[], None] | None = None) -> None:
         self.queue = queue
         self.handler = handler
         self.stopper = stopper
@@ -45,13 +47,20 @@ class Loop:
         self.poll_pause = poll_pause
         self.once = once
         self.dry_run = dry_run
+        self.on_reload = on_reload
         self.counters = Counters()
         self._failures = 0
+        self._reload = False
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload between batches (safe to call from a signal handler)."""
+        self._reload = True
 
     def run(self) -> int:
         """The loop; returns the process exit status."""
         wait = defaults.ONCE_WAIT_TIME_SECONDS if self.once else defaults.WAIT_TIME_SECONDS
         while not self.stopper.stopping:
+            self._maybe_reload()
             messages = self._receive(wait)
             if messages is None:
                 continue
@@ -66,8 +75,21 @@ class Loop:
                  self.counters.rejected, self.counters.key_changes)
         return 0
 
+    def _maybe_reload(self) -> None:
+        if not self._reload:
+            return
+        self._reload = False
+        if self.on_reload is None:
+            return
+        try:
+            self.on_reload()
+            log.info("reloaded the Salt master config")
+        except Exception as exc:  # keep running with what we had
+            log.error("reload failed, keeping the previous settings: %s", exc)
+
     def _receive(self, wait: int) -> list[Message] | None:
         """Long-poll; None when the receive failed or was cut short."""
+        log.debug("long poll (up to %ss)", wait)
         try:
             messages = self.stopper.call(lambda: self.queue.receive(wait))
         except Stopped:

@@ -1,0 +1,288 @@
+"""Verify the AWS signature on SNS envelopes before trusting what they say.
+
+Anyone allowed to send to the SQS queue can forge an Auto Scaling notification and get a key
+accepted. SNS signs every envelope: AWS specifies a string to sign made of fixed fields in a fixed
+order, each as ``Name\\nValue\\n`` (Notification: Message, MessageId, Subject if present,
+Timestamp, TopicArn, Type; (Un)SubscriptionConfirmation: Message, MessageId, SubscribeURL,
+Timestamp, Token, TopicArn, Type), signed with RSA PKCS#1 v1.5 over SHA1 (SignatureVersion "1")
+or SHA256 ("2"), by the key of the X.509 certificate at ``SigningCertURL``.
+
+The certificate URL comes from the message itself, so it is the attack surface: a forger names a
+certificate of their own. We therefore accept only ``https://sns.<region>.amazonaws.com[.cn]/
+SimpleNotificationService-<alnum>.pem``, checked component by component with urllib.parse and
+again by a regex anchored on the whole URL. Rules chosen here:
+
+* no explicit port at all (not even ``:443``), no user info, query, fragment, percent-escapes,
+  backslashes, upper case or trailing dot; ``.amazonaws.com.cn`` only for ``cn-*`` regions;
+* region: ``[a-z]{2}(-gov)?-[a-z]+-[0-9]{1,2}`` (us-east-1, us-gov-west-1, cn-northwest-1 ...);
+* if TopicArn is an SNS ARN naming a region, the certificate's region must equal it;
+* a field that is present but not a str (None included, also for Subject) is rejected.
+
+Certificates are fetched over verified TLS (no redirects, short timeout, size limit), must be
+valid now, and are cached in memory and under CertCacheDir at ``<dir>/<host>/<file name>``; a
+file already there is used without any fetch (air-gapped masters, tests), its dates still checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import re
+import ssl
+import tempfile
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+log = logging.getLogger(__name__)
+
+#: largest certificate we read, from the network or the cache dir.
+MAX_CERT_BYTES = 64 * 1024
+FETCH_TIMEOUT_SECONDS = 5.0
+
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
+_NOTIFICATION = ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type")
+_CONFIRMATION = ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type")
+_FIELDS = {
+    "Notification": _NOTIFICATION,
+    "SubscriptionConfirmation": _CONFIRMATION,
+    "UnsubscribeConfirmation": _CONFIRMATION,
+}
+_OPTIONAL = frozenset({"Subject"})
+
+_REGION = r"[a-z]{2}(?:-gov)?-[a-z]+-[0-9]{1,2}"
+_HOST_RE = re.compile(rf"sns\.(?P<region>{_REGION})\.amazonaws\.com(?P<cn>\.cn)?", re.ASCII)
+_PATH_RE = re.compile(r"/SimpleNotificationService-[A-Za-z0-9]{1,64}\.pem", re.ASCII)
+_URL_RE = re.compile(rf"https://{_HOST_RE.pattern}{_PATH_RE.pattern}", re.ASCII)
+_FORBIDDEN = frozenset(" \\%[]")  # space, backslash, percent-escapes, IPv6 literals
+_TOPIC_ARN_RE = re.compile(r"arn:[a-z-]+:sns:(?P<region>[^:]+):", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str = ""
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _field(envelope: Mapping[str, object], name: str) -> str:
+    if name not in envelope:
+        raise ValueError(f"missing field {name!r}")
+    value = envelope[name]
+    if not isinstance(value, str):
+        raise ValueError(f"field {name!r} is not a string")
+    return value
+
+
+def string_to_sign(envelope: Mapping[str, object]) -> bytes:
+    """The bytes SNS signed; ValueError(reason) on a missing/mistyped field or unknown Type."""
+    kind = _field(envelope, "Type")
+    if kind not in _FIELDS:
+        raise ValueError(f"unknown Type {_short(kind)}")
+    parts = []
+    for name in _FIELDS[kind]:
+        if name in _OPTIONAL and name not in envelope:
+            continue
+        parts.append(f"{name}\n{_field(envelope, name)}\n")
+    return "".join(parts).encode("utf-8")
+
+
+def check_cert_url(url: object) -> str:
+    """Return the host of an acceptable SNS SigningCertURL; ValueError(reason) otherwise."""
+    if not isinstance(url, str):
+        raise ValueError("field 'SigningCertURL' is not a string")
+    if not url.isascii() or not url.isprintable() or not _FORBIDDEN.isdisjoint(url):
+        raise ValueError(f"SigningCertURL {_short(url)} has forbidden characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as e:
+        raise ValueError(f"SigningCertURL {_short(url)} does not parse: {e}") from None
+    if parts.scheme != "https":
+        raise ValueError(f"SigningCertURL scheme {_short(parts.scheme)} is not https")
+    if "@" in parts.netloc:
+        raise ValueError("SigningCertURL has user info")
+    if ":" in parts.netloc:
+        raise ValueError("SigningCertURL has an explicit port")
+    host_match = _HOST_RE.fullmatch(parts.netloc)
+    if host_match is None:
+        raise ValueError(f"SigningCertURL host {_short(parts.netloc)} is not an SNS host")
+    if bool(host_match["cn"]) != host_match["region"].startswith("cn-"):
+        raise ValueError(f"SigningCertURL host {_short(parts.netloc)} is not an SNS host")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ValueError("SigningCertURL has a query or fragment")
+    if _PATH_RE.fullmatch(parts.path) is None:
+        raise ValueError(f"SigningCertURL path {_short(parts.path)} is not an SNS certificate")
+    if _URL_RE.fullmatch(url) is None:  # second gate over the whole string
+        raise ValueError(f"SigningCertURL {_short(url)} is not an SNS certificate URL")
+    return parts.netloc
+
+
+def cert_cache_path(cert_cache_dir: Path, url: str) -> Path:
+    """``<dir>/<host>/<file name>`` for an acceptable URL (ValueError otherwise)."""
+    host = check_cert_url(url)
+    return Path(cert_cache_dir) / host / urllib.parse.urlsplit(url).path.rsplit("/", 1)[1]
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        raise urllib.error.HTTPError(newurl, code, f"refusing redirect: {msg}", headers, fp)
+
+
+def https_fetch(url: str, timeout: float = FETCH_TIMEOUT_SECONDS) -> bytes:
+    """GET url over TLS verified against the system CAs; no redirects, at most MAX_CERT_BYTES."""
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPSHandler(context=ssl.create_default_context()), _NoRedirect
+    )
+    with opener.open(url, timeout=timeout) as response:
+        body: bytes = response.read(MAX_CERT_BYTES + 1)
+    if len(body) > MAX_CERT_BYTES:
+        raise ValueError(f"response larger than {MAX_CERT_BYTES} bytes")
+    return body
+
+
+class _Reject(Exception):
+    """Internal: carries a verdict reason out of a helper."""
+
+
+class SignatureVerifier:
+    """Checks SNS envelopes; caches signing certificates in memory and under cert_cache_dir."""
+
+    def __init__(
+        self,
+        cert_cache_dir: Path | str,
+        *,
+        fetch: Callable[[str], bytes] | None = None,
+        timeout: float = FETCH_TIMEOUT_SECONDS,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.cert_cache_dir = Path(cert_cache_dir)
+        self._fetch = fetch or (lambda url: https_fetch(url, timeout))
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._certs: dict[str, x509.Certificate] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, envelope: Mapping[str, object]) -> Verdict:
+        """Verdict(True) only for an envelope carrying a valid SNS signature; never raises."""
+        try:
+            self._verify(envelope)
+        except (_Reject, ValueError) as e:  # ValueError: string_to_sign, check_cert_url
+            return Verdict(False, str(e))
+        except Exception as e:
+            log.debug("signature check failed unexpectedly", exc_info=True)
+            return Verdict(False, f"signature check error: {type(e).__name__}: {e}")
+        return Verdict(True, "signature ok")
+
+    def _verify(self, envelope: Mapping[str, object]) -> None:
+        if not isinstance(envelope, Mapping):
+            raise _Reject("envelope is not a JSON object")
+        if "SignatureVersion" not in envelope:
+            raise _Reject("missing field 'SignatureVersion'")
+        version = envelope["SignatureVersion"]
+        if not isinstance(version, str) or version not in _HASHES:
+            raise _Reject(f"unsupported SignatureVersion {_short(version)}")
+        encoded = _field(envelope, "Signature")
+        try:
+            signature = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise _Reject("Signature is not valid base64") from None
+        if not signature:
+            raise _Reject("empty Signature")
+        data = string_to_sign(envelope)
+        url = _field(envelope, "SigningCertURL")
+        host = check_cert_url(url)
+        topic = _TOPIC_ARN_RE.match(_field(envelope, "TopicArn"))
+        host_region = host.split(".")[1]
+        if topic and topic["region"] != host_region:
+            raise _Reject(
+                f"SigningCertURL region {host_region!r} differs from TopicArn region "
+                f"{_short(topic['region'])}"
+            )
+        key = self._certificate(url).public_key()
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise _Reject("certificate key is not RSA")
+        try:
+            key.verify(signature, data, padding.PKCS1v15(), _HASHES[version]())
+        except InvalidSignature:
+            raise _Reject("bad signature") from None
+
+    def _certificate(self, url: str) -> x509.Certificate:
+        with self._lock:
+            cert = self._certs.get(url)
+        if cert is None:
+            cert = self._load(url)
+            with self._lock:
+                self._certs[url] = cert
+        now = self._clock()
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        if now < cert.not_valid_before_utc:
+            raise _Reject("certificate not yet valid")
+        if now > cert.not_valid_after_utc:
+            raise _Reject("certificate expired")
+        return cert
+
+    def _load(self, url: str) -> x509.Certificate:
+        path = cert_cache_path(self.cert_cache_dir, url)
+        if path.is_file():
+            try:
+                with path.open("rb") as f:
+                    pem = f.read(MAX_CERT_BYTES + 1)
+            except OSError as e:
+                raise _Reject(f"certificate cache read failed: {e}") from None
+            return _parse(pem, f"cached certificate {path}")
+        try:
+            pem = self._fetch(url)
+        except Exception as e:
+            log.debug("fetch of %s failed", url, exc_info=True)
+            raise _Reject(f"certificate fetch failed: {type(e).__name__}: {e}") from None
+        cert = _parse(pem, "fetched certificate")
+        log.info("fetched SNS signing certificate %s", url)
+        try:
+            _write_atomic(path, pem)
+        except OSError:
+            log.warning("could not cache certificate at %s", path, exc_info=True)
+        return cert
+
+
+def _parse(pem: object, what: str) -> x509.Certificate:
+    if not isinstance(pem, bytes) or len(pem) > MAX_CERT_BYTES:
+        raise _Reject(f"{what} is not PEM bytes of at most {MAX_CERT_BYTES} bytes")
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise _Reject(f"{what} is not a PEM X.509 certificate") from None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write by temp file in the same dir + rename: mode 0644, directories 0755."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -1,0 +1,62 @@
+"""Shared fixtures: one moto server per test session, clean AWS environment for every test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import boto3
+import pytest
+
+from tests.awsenv import MotoServer, start_moto
+
+AWS_VARIABLES = ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A moto server on 127.0.0.1, its endpoint exported for boto3 in this process and children."""
+    server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    saved = {k: os.environ.get(k) for k in (*server.env(), *AWS_VARIABLES)}
+    for name in AWS_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ.update(server.env())
+    try:
+        yield server
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+
+
+@pytest.fixture
+def sqs(moto: MotoServer):
+    return boto3.client("sqs", region_name="us-west-2")
+
+
+@pytest.fixture
+def s3(moto: MotoServer):
+    return boto3.client("s3", region_name="us-west-2")
+
+
+@pytest.fixture
+def ec2(moto: MotoServer):
+    return boto3.client("ec2", region_name="us-west-2")
+
+
+@pytest.fixture
+def queue_url(sqs) -> str:
+    """A fresh queue per test, so tests sharing the server never see each other's messages."""
+    name = f"aws-ork-test-{uuid.uuid4().hex[:12]}"
+    return sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": "30"})["QueueUrl"]
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    name = f"aws-ork-test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+    return name

@@ -1,0 +1,92 @@
+"""Run the real ``aws_ork`` command against the moto server and a real salt-master."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.saltenv import SaltMaster
+
+
+def write_config(path: Path, *, queue_url: str, master: SaltMaster, bucket: str | None = None,
+                 prefix: str = "pki/", **options: Any) -> Path:
+    """An aws_ork.conf for this master and queue. Extra options as Name=value keywords.
+
+    The trust checks (signatures, EC2 lookup) are off unless a test turns them on: the tests
+    of those checks set them explicitly.
+    """
+    values: dict[str, Any] = {
+        "QueueUrl": queue_url,
+        "SaltMasterConfig": master.config_file,
+        "PkiDir": master.pki_root,
+        "StateDir": path.parent / "state",
+        "VerifySignatures": "false",
+        "VerifyInstances": "false",
+    }
+    if bucket:
+        values["BucketUrl"] = f"s3://{bucket}/{prefix}"
+    values.update(options)
+    lines = ["[aws_ork]"] + [f"{name} = {value}" for name, value in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def command(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "aws_ork", "-c", str(config), *args]
+
+
+def run_aws_ork(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run aws_ork to completion (normally with --once); output captured as text."""
+    return subprocess.run(command(config, *args), capture_output=True, text=True,
+                          timeout=timeout, env=os.environ.copy())
+
+
+def start_aws_ork(config: Path, log: Path, *args: str) -> subprocess.Popen:
+    """Start aws_ork in the background, its output going to ``log``."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(command(config, *args), stdout=out, stderr=subprocess.STDOUT,
+                                env=os.environ.copy())
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def queue_counts(sqs: Any, queue_url: str) -> tuple[int, int]:
+    """(visible, in flight) messages in the queue."""
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), \
+        int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def bucket_objects(s3: Any, bucket: str, prefix: str = "pki/") -> dict[str, str]:
+    """{relative path: ETag} of the mirror."""
+    out: dict[str, str] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out[obj["Key"][len(prefix):]] = obj["ETag"].strip('"')
+    return out
+
+
+def tree_md5s(root: Path) -> dict[str, str]:
+    """{relative path: md5} of every regular file under root."""
+    import hashlib
+
+    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}

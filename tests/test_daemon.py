@@ -1,0 +1,255 @@
+"""The daemon end to end through its command line: moto server SQS/S3 + a real salt-master."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import (
+    bucket_objects,
+    queue_counts,
+    run_aws_ork,
+    start_aws_ork,
+    tree_md5s,
+    wait_for,
+    write_config,
+)
+from tests.messages import fixture_text, sns_launch, sns_terminate
+from tests.saltenv import SaltMaster, start_master
+
+
+def new_id() -> str:
+    return "i-" + secrets.token_hex(9)[:17]
+
+
+@pytest.fixture(scope="module")
+def master(tmp_path_factory: pytest.TempPathFactory):
+    salt_master = start_master(tmp_path_factory.mktemp("master"))
+    yield salt_master
+    salt_master.stop()
+
+
+@pytest.fixture
+def conf(tmp_path: Path, queue_url: str, master: SaltMaster) -> Path:
+    return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master)
+
+
+def send(sqs, queue_url: str, *bodies: str) -> None:
+    for body in bodies:
+        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+
+
+def states(master: SaltMaster, *ids: str) -> dict[str, str | None]:
+    listing = master.key_states()
+    return {i: next((s for s, names in listing.items() if i in names), None) for i in ids}
+
+
+def test_launch_accepts_exactly_that_pending_key(master, conf, sqs, queue_url):
+    mine, other = new_id(), new_id()
+    master.add_pending_key(mine)
+    master.add_pending_key(other)
+    send(sqs, queue_url, sns_launch(mine))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert states(master, mine, other) == {mine: "minions", other: "minions_pre"}
+    assert queue_counts(sqs, queue_url) == (0, 0)
+    assert f"{mine} " in result.stderr and "accepted" in result.stderr
+
+
+def test_terminate_deletes_the_key_in_every_state(master, conf, sqs, queue_url):
+    accepted, pending, rejected, bystander = new_id(), new_id(), new_id(), new_id()
+    master.add_accepted_key(accepted)
+    master.add_pending_key(pending)
+    master.add_rejected_key(rejected)
+    master.add_accepted_key(bystander)
+    send(sqs, queue_url, *(sns_terminate(i) for i in (accepted, pending, rejected)))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert states(master, accepted, pending, rejected, bystander) == {
+        accepted: None, pending: None, rejected: None, bystander: "minions"}
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def test_terminate_of_an_absent_key_is_done(master, conf, sqs, queue_url):
+    send(sqs, queue_url, sns_terminate(new_id()))
+    result = run_aws_ork(conf, "--once")
+    assert result.returncode == 0, result.stderr
+    assert "no key to delete" in result.stderr
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+@pytest.mark.parametrize("hostile", ["*", "i-*", "i-0123456789abcdef?", "../x",
+                                     "i-123/../../etc", "[a-z]*"])
+def test_glob_and_path_ids_touch_nothing(master, conf, sqs, queue_url, hostile):
+    pending, accepted = new_id(), new_id()
+    master.add_pending_key(pending)
+    master.add_accepted_key(accepted)
+    send(sqs, queue_url, sns_launch(hostile), sns_terminate(hostile))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert states(master, pending, accepted) == {pending: "minions_pre", accepted: "minions"}
+    assert result.stderr.count("is not an instance id") == 2
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def test_launch_before_the_key_is_retried_soon_then_accepted(master, conf, sqs, queue_url):
+    instance = new_id()
+    send(sqs, queue_url, sns_launch(instance))
+
+    first = run_aws_ork(conf, "--once")
+    assert first.returncode == 0, first.stderr
+    assert "no pending key yet" in first.stderr and "retry in 2s" in first.stderr
+    assert states(master, instance) == {instance: None}
+    # kept, and back well before the queue's 30 s visibility timeout
+    again = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=15,
+                                VisibilityTimeout=0,
+                                MessageSystemAttributeNames=["ApproximateReceiveCount"])
+    assert len(again.get("Messages", [])) == 1
+
+    master.add_pending_key(instance)
+    second = run_aws_ork(conf, "--once")
+    assert second.returncode == 0, second.stderr
+    assert states(master, instance) == {instance: "minions"}
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def test_key_store_error_keeps_the_message_for_a_retry(master, conf, sqs, queue_url, tmp_path):
+    instance = new_id()
+    master.add_pending_key(instance)
+    accepted_dir = master.pki_dir / "minions"
+    parked = tmp_path / "minions-parked"
+    accepted_dir.rename(parked)
+    accepted_dir.write_text("not a directory")  # the key store cannot write accepted keys
+    try:
+        send(sqs, queue_url, sns_launch(instance))
+        broken = run_aws_ork(conf, "--once")
+    finally:
+        accepted_dir.unlink()
+        parked.rename(accepted_dir)
+    assert broken.returncode == 0, broken.stderr
+    assert "key store error" in broken.stderr
+    assert sum(queue_counts(sqs, queue_url)) == 1  # not deleted
+
+    wait_for(lambda: queue_counts(sqs, queue_url)[0] == 1, 30, "the message to come back")
+    fixed = run_aws_ork(conf, "--once")
+    assert fixed.returncode == 0, fixed.stderr
+    assert states(master, instance) == {instance: "minions"}
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def test_every_fixture_and_hostile_body_is_survived(master, conf, sqs, queue_url):
+    launched, terminated = new_id(), new_id()
+    master.add_pending_key(launched)
+    master.add_accepted_key(terminated)
+    hostile = ["not json", "[1, 2]", "42", '"text"', "null", "{}",
+               json.dumps({"Type": "Notification", "TopicArn": "x", "Message": "{nope"}),
+               json.dumps({"Type": "Notification", "TopicArn": "x", "Message": {"a": 1}}),
+               json.dumps({"Event": ["autoscaling:EC2_INSTANCE_LAUNCH"]}),
+               json.dumps({"Event": "autoscaling:EC2_INSTANCE_LAUNCH", "EC2InstanceId": 7}),
+               "x" * (256 * 1024 - 10)]
+    fixtures = [fixture_text(p.stem) for p in
+                sorted((Path(__file__).parent / "fixtures" / "messages").glob("*.json"))]
+    send(sqs, queue_url, *hostile, *fixtures, sns_launch(launched), sns_terminate(terminated))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert states(master, launched, terminated) == {launched: "minions", terminated: None}
+    # the fixtures' launches are for an instance whose minion never shows up: those (and
+    # only those) are kept for a retry; every other message is finished and deleted
+    launches = [t for t in fixtures if "LAUNCH\\" in t or "LAUNCHING" in t
+                or "launch Lifecycle" in t or "Launch Successful" in t or '"running"' in t]
+    assert len(launches) == 7
+    assert sum(queue_counts(sqs, queue_url)) == len(launches)
+    assert result.stderr.count("ignored, deleted") >= len(hostile)
+
+
+def test_delete_unknown_off_leaves_unknown_messages(master, tmp_path, queue_url, sqs):
+    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
+                        DeleteUnknownMessages="no")
+    send(sqs, queue_url, "not json", fixture_text("sns-asg-test-notification"))
+    result = run_aws_ork(conf, "--once")
+    assert result.returncode == 0, result.stderr
+    assert "left in queue" in result.stderr
+    assert sum(queue_counts(sqs, queue_url)) == 1  # the unknown one stays, the test one went
+
+
+def test_dry_run_changes_nothing(master, tmp_path, queue_url, sqs, s3, bucket):
+    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
+    pending, accepted = new_id(), new_id()
+    master.add_pending_key(pending)
+    master.add_accepted_key(accepted)
+    send(sqs, queue_url, sns_launch(pending), sns_terminate(accepted))
+
+    result = run_aws_ork(conf, "--once", "--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    assert "would be accepted" in result.stderr and "would be deleted" in result.stderr
+    assert states(master, pending, accepted) == {pending: "minions_pre", accepted: "minions"}
+    assert sum(queue_counts(sqs, queue_url)) == 2
+    assert bucket_objects(s3, bucket) == {}
+
+
+def test_purge_drops_the_backlog_before_handling(master, conf, sqs, queue_url):
+    pending = new_id()
+    master.add_pending_key(pending)
+    send(sqs, queue_url, *(sns_launch(pending) for _ in range(5)))
+
+    result = run_aws_ork(conf, "--purge", "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert "queue purged" in result.stderr
+    assert states(master, pending) == {pending: "minions_pre"}
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def test_s3_mirror_follows_every_change(master, tmp_path, queue_url, sqs, s3, bucket):
+    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
+    instance = new_id()
+    master.add_pending_key(instance)
+
+    assert run_aws_ork(conf, "--once").returncode == 0
+    assert bucket_objects(s3, bucket) == tree_md5s(master.pki_root)
+    assert f"master/minions_pre/{instance}" in bucket_objects(s3, bucket)
+
+    send(sqs, queue_url, sns_launch(instance))
+    assert run_aws_ork(conf, "--once").returncode == 0
+    mirrored = bucket_objects(s3, bucket)
+    assert mirrored == tree_md5s(master.pki_root)
+    assert f"master/minions/{instance}" in mirrored
+    assert f"master/minions_pre/{instance}" not in mirrored
+
+    send(sqs, queue_url, sns_terminate(instance))
+    assert run_aws_ork(conf, "--once").returncode == 0
+    mirrored = bucket_objects(s3, bucket)
+    assert mirrored == tree_md5s(master.pki_root)
+    assert not any(instance in key for key in mirrored)
+    acl = s3.get_object_acl(Bucket=bucket, Key="pki/master/master.pub")
+    assert acl["Grants"], "objects carry an ACL"
+
+
+def test_sigterm_cuts_the_long_poll_short(master, conf, tmp_path, sqs, queue_url):
+    log = tmp_path / "daemon.log"
+    proc = start_aws_ork(conf, log, "-v")
+    try:
+        wait_for(lambda: "aws_ork 1" in log.read_text(), 60, "the daemon to start")
+        wait_for(lambda: "long poll" in log.read_text(), 30, "the first long poll")
+        proc.send_signal(signal.SIGTERM)
+        # the long poll waits 20 s; a clean stop returns well before it would have ended
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "stopping (SIGTERM)" in log.read_text()
+    assert queue_counts(sqs, queue_url) == (0, 0)
