@@ -1,0 +1,408 @@
+"""Unit tests for aws_ork.config: defaults, both file formats, validation, the CLI's errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aws_ork import __version__, config
+from aws_ork.config import BucketUrl, Config
+from aws_ork.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: The contract's table (docs: /work/shared/spec/contract.md), as typed values.
+CONTRACT_DEFAULTS: dict[str, Any] = {
+    "SQS_Region": "us-west-2",
+    "QueueName": "SaltMasterTestQueue",
+    "QueueUrl": None,
+    "PollPause": 0,
+    "BucketUrl": None,
+    "BucketRegion": None,  # effective value: SQS_Region (tested below)
+    "DeleteUnknownMessages": True,
+    "SaltMasterConfig": Path("/etc/salt/master"),
+    "PkiDir": Path("/etc/salt/pki"),
+    "LogFile": Path("/var/log/aws_ork.log"),
+    "PidFile": Path("/run/aws_ork.pid"),
+    "StateDir": Path("/var/lib/aws_ork"),
+    "VerifySignatures": True,
+    "AllowedTopicArns": (),
+    "CertCacheDir": None,  # effective value: StateDir/certs (tested below)
+    "VerifyInstances": True,
+    "AutoScalingGroups": (),
+    "InstanceTags": (),
+    "MinionIdTemplate": "{instance_id}",
+    "ArchiveDir": None,
+    "MetricsAddress": None,
+}
+
+BOOL_OPTIONS = ("DeleteUnknownMessages", "VerifySignatures", "VerifyInstances")
+
+LEGACY_FILE = """\
+SQS_Region: us-east-1
+QueueName: foo
+PollPause: 5
+BucketUrl: s3://salt-pki-backup/master1/
+BucketRegion: eu-west-1
+DeleteUnknownMessages: False
+"""
+
+
+def value(cfg: Config, option: str) -> Any:
+    """The value of an option by the name operators write in the file."""
+    return getattr(cfg, config.OPTIONS[option.lower()][0])
+
+
+def write(tmp_path: Path, text: str, name: str = "aws_ork.conf") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def no_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No $AWS_ORK_CONFIG and a default path that does not exist; returns that path."""
+    absent = tmp_path / "etc" / "aws_ork.conf"
+    monkeypatch.delenv(config.ENV_PATH, raising=False)
+    monkeypatch.setattr(config, "DEFAULT_PATH", str(absent))
+    return absent
+
+
+# --- defaults ---
+
+
+def test_contract_table_covers_every_option() -> None:
+    assert {canonical for _, canonical in config.OPTIONS.values()} == set(CONTRACT_DEFAULTS)
+
+
+@pytest.mark.parametrize(("option", "expected"), CONTRACT_DEFAULTS.items())
+def test_default_matches_contract(option: str, expected: Any, no_config: Path) -> None:
+    assert value(Config(), option) == expected
+    assert value(config.load(None), option) == expected
+
+
+def test_derived_defaults_follow_other_options(no_config: Path) -> None:
+    cfg = config.load(None)
+    assert cfg.effective_bucket_region == "us-west-2"
+    assert cfg.effective_cert_cache_dir == Path("/var/lib/aws_ork/certs")
+    cfg = config.from_mapping({"SQS_Region": "eu-central-1", "StateDir": "/srv/ork"}, "f")
+    assert cfg.effective_bucket_region == "eu-central-1"
+    assert cfg.effective_cert_cache_dir == Path("/srv/ork/certs")
+    cfg = config.from_mapping({"BucketRegion": "ap-south-1", "CertCacheDir": "/c"}, "f")
+    assert cfg.effective_bucket_region == "ap-south-1"
+    assert cfg.effective_cert_cache_dir == Path("/c")
+
+
+# --- which file is read ---
+
+
+def test_missing_default_file_means_defaults(no_config: Path) -> None:
+    assert not no_config.exists()
+    assert config.load(None) == Config()
+
+
+def test_existing_default_file_is_read(no_config: Path) -> None:
+    no_config.parent.mkdir()
+    no_config.write_text("[aws_ork]\nQueueName = from-default\n")
+    cfg = config.load(None)
+    assert cfg.queue_name == "from-default"
+    assert cfg.source == str(no_config)
+
+
+def test_env_variable_names_the_file(tmp_path: Path, no_config: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "[aws_ork]\nQueueName = from-env\n", "env.conf")
+    monkeypatch.setenv(config.ENV_PATH, str(path))
+    assert config.load(None).queue_name == "from-env"
+
+
+def test_empty_env_variable_means_default_path(no_config: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(config.ENV_PATH, "")
+    assert config.load(None) == Config()
+
+
+def test_missing_file_named_by_env_variable_is_an_error(tmp_path: Path, no_config: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "typo.conf"
+    monkeypatch.setenv(config.ENV_PATH, str(missing))
+    with pytest.raises(ConfigError, match=config.ENV_PATH) as err:
+        config.load(None)
+    assert str(missing) in str(err.value)
+
+
+def test_missing_file_named_with_c_is_an_error(tmp_path: Path, no_config: Path) -> None:
+    missing = tmp_path / "typo.conf"
+    with pytest.raises(ConfigError) as err:
+        config.load(str(missing))
+    assert str(missing) in str(err.value)
+
+
+def test_c_wins_over_env_variable(tmp_path: Path, no_config: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(config.ENV_PATH, str(write(tmp_path, "QueueName: env\n", "env.conf")))
+    assert config.load(str(write(tmp_path, "QueueName: cli\n", "c.conf"))).queue_name == "cli"
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load(str(tmp_path))  # a directory
+
+
+def test_broken_ini_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[aws_ork]\nthis line has no delimiter\n")
+    with pytest.raises(ConfigError, match="not a valid INI") as err:
+        config.load(str(path))
+    assert str(path) in str(err.value)
+
+
+# --- file formats ---
+
+
+def test_new_style_file(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+# aws_ork settings
+[aws_ork]
+SQS_Region = eu-west-1
+QueueUrl = https://sqs.eu-west-1.amazonaws.com/123456789012/salt-events
+PollPause = 2.5
+BucketUrl = s3://salt-pki-backup/prod/master1
+DeleteUnknownMessages = no
+PkiDir = /srv/salt/pki
+AllowedTopicArns = arn:aws:sns:eu-west-1:123456789012:a, arn:aws:sns:eu-west-1:123456789012:b
+AutoScalingGroups = web-asg
+    worker-*
+InstanceTags = Role=salt-minion Env=prod
+MinionIdTemplate = {asg_name}-{instance_id}
+MetricsAddress = 127.0.0.1:9100
+""")
+    cfg = config.load(str(path))
+    assert cfg.source == str(path)
+    assert cfg.sqs_region == "eu-west-1"
+    assert cfg.queue_url == "https://sqs.eu-west-1.amazonaws.com/123456789012/salt-events"
+    assert cfg.poll_pause == 2.5
+    assert cfg.bucket_url == BucketUrl("salt-pki-backup", "prod/master1/")
+    assert str(cfg.bucket_url) == "s3://salt-pki-backup/prod/master1/"
+    assert cfg.effective_bucket_region == "eu-west-1"
+    assert cfg.delete_unknown_messages is False
+    assert cfg.pki_dir == Path("/srv/salt/pki")
+    assert cfg.allowed_topic_arns == ("arn:aws:sns:eu-west-1:123456789012:a",
+                                      "arn:aws:sns:eu-west-1:123456789012:b")
+    assert cfg.auto_scaling_groups == ("web-asg", "worker-*")
+    assert cfg.instance_tags == (("Role", "salt-minion"), ("Env", "prod"))
+    assert cfg.minion_id_template == "{asg_name}-{instance_id}"
+    assert cfg.metrics_address == ("127.0.0.1", 9100)
+    # what the file does not set keeps its default
+    assert cfg.queue_name == "SaltMasterTestQueue"
+    assert cfg.verify_signatures is True
+
+
+def test_legacy_0_4_5_file_is_read_unchanged(tmp_path: Path) -> None:
+    cfg = config.load(str(write(tmp_path, LEGACY_FILE)))
+    assert cfg.sqs_region == "us-east-1"
+    assert cfg.queue_name == "foo"
+    assert cfg.poll_pause == 5
+    assert cfg.bucket_url == BucketUrl("salt-pki-backup", "master1/")
+    assert cfg.bucket_region == "eu-west-1"
+    assert cfg.effective_bucket_region == "eu-west-1"
+    assert cfg.delete_unknown_messages is False
+    assert cfg.pki_dir == Path("/etc/salt/pki")
+
+
+def test_legacy_file_with_comments_and_none_values(tmp_path: Path) -> None:
+    cfg = config.load(str(write(tmp_path, """\
+# written for aws_ork 0.4.5
+
+SQS_Region: ap-southeast-2
+BucketUrl: None
+BucketRegion: None
+""")))
+    assert cfg.sqs_region == "ap-southeast-2"
+    assert cfg.bucket_url is None
+    assert cfg.effective_bucket_region == "ap-southeast-2"
+
+
+def test_legacy_file_with_byte_order_mark(tmp_path: Path) -> None:
+    """A BOM must not turn the first option into an unknown one (and so silently a default)."""
+    path = tmp_path / "aws_ork.conf"
+    path.write_text(LEGACY_FILE, encoding="utf-8-sig")
+    assert config.load(str(path)).sqs_region == "us-east-1"
+
+
+def test_options_outside_the_section_are_ignored_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path, "[aws_ork]\nQueueName = mine\n[other]\nPollPause = 9\n")
+    with caplog.at_level(logging.WARNING, logger="aws_ork.config"):
+        cfg = config.load(str(path))
+    assert (cfg.queue_name, cfg.poll_pause) == ("mine", 0)
+    assert "[other]" in caplog.text
+
+
+@pytest.mark.parametrize("spelling", ["PollPause", "pollpause", "POLLPAUSE", "pollPause"])
+@pytest.mark.parametrize("header", ["[aws_ork]\n", ""])
+def test_option_names_are_case_insensitive(tmp_path: Path, spelling: str, header: str) -> None:
+    path = write(tmp_path, f"{header}{spelling} = 7\nsqs_REGION = eu-north-1\n")
+    cfg = config.load(str(path))
+    assert (cfg.poll_pause, cfg.sqs_region) == (7, "eu-north-1")
+
+
+@pytest.mark.parametrize("option", BOOL_OPTIONS)
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("true", True), ("True", True), ("TRUE", True), ("yes", True), ("Yes", True),
+    ("1", True), ("on", True), ("On", True),
+    ("false", False), ("False", False), ("no", False), ("NO", False), ("0", False),
+    ("off", False), ("Off", False),
+])
+def test_booleans(tmp_path: Path, option: str, raw: str, expected: bool) -> None:
+    cfg = config.load(str(write(tmp_path, f"[aws_ork]\n{option} = {raw}\n")))
+    assert value(cfg, option) is expected
+
+
+def test_unknown_option_is_a_warning_not_an_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path, "[aws_ork]\nQueueName = mine\nPolPause = 3\n")
+    with caplog.at_level(logging.WARNING, logger="aws_ork.config"):
+        cfg = config.load(str(path))
+    assert cfg.queue_name == "mine"
+    assert cfg.poll_pause == 0
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "polpause" in warnings[0].getMessage()
+    assert str(path) in warnings[0].getMessage()
+
+
+# --- validation ---
+
+BAD_VALUES = [
+    ("PollPause", "x"),
+    ("PollPause", "-1"),
+    ("PollPause", "3601"),
+    ("PollPause", "nan"),
+    ("SQS_Region", "Oregon"),
+    ("SQS_Region", ""),
+    ("BucketRegion", "eu west 1"),
+    ("QueueName", "my queue"),
+    ("BucketUrl", "http://x"),
+    ("BucketUrl", "s3://bucket/a//b/"),
+    ("QueueUrl", "foo"),
+    ("InstanceTags", "novalue"),
+    ("InstanceTags", "Role=web =x"),
+    ("AllowedTopicArns", "nope"),
+    ("MetricsAddress", "x"),
+    ("MetricsAddress", "127.0.0.1:70000"),
+    ("MinionIdTemplate", "{asg_name}"),
+    ("MinionIdTemplate", "{instance_id}{hostname}"),
+    ("PkiDir", ""),
+    ("LogFile", "~no-such-user-aws-ork/aws_ork.log"),
+    *((option, "maybe") for option in BOOL_OPTIONS),
+]
+
+
+@pytest.mark.parametrize(("option", "raw"), BAD_VALUES)
+def test_bad_value_names_file_option_and_value(tmp_path: Path, option: str, raw: str) -> None:
+    path = write(tmp_path, f"[aws_ork]\n{option} = {raw}\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(str(path))
+    message = str(err.value)
+    assert str(path) in message
+    assert err.value.option == option
+    assert f": {option}: " in message
+    assert repr(raw) in message
+    assert "\n" not in message
+
+
+def test_bad_value_is_reported_by_canonical_name(tmp_path: Path) -> None:
+    path = write(tmp_path, "pollpause: soon\n")
+    with pytest.raises(ConfigError, match=r": PollPause: 'soon' ") as err:
+        config.load(str(path))
+    assert err.value.option == "PollPause"
+
+
+@pytest.mark.parametrize("region", ["us-west-2", "us-gov-west-1", "cn-north-1",
+                                    "us-isob-east-1", "eu-isoe-west-1", "eusc-de-east-1",
+                                    "il-central-1"])
+def test_every_aws_partition_region_is_accepted(region: str) -> None:
+    assert config.from_mapping({"SQS_Region": region}, "f").sqs_region == region
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("s3://bucket", BucketUrl("bucket", "")),
+    ("s3://bucket/", BucketUrl("bucket", "")),
+    ("s3://bucket/p", BucketUrl("bucket", "p/")),
+    ("s3://my.bucket-1/a/b/", BucketUrl("my.bucket-1", "a/b/")),
+])
+def test_bucket_url_prefix_always_ends_in_slash(raw: str, expected: BucketUrl) -> None:
+    assert config.from_mapping({"BucketUrl": raw}, "f").bucket_url == expected
+
+
+def test_values_are_stripped_and_empty_optional_means_unset() -> None:
+    cfg = config.from_mapping({"QueueName": "  q  ", "QueueUrl": "", "MetricsAddress": ":9100"},
+                              "f")
+    assert cfg.queue_name == "q"
+    assert cfg.queue_url is None
+    assert cfg.metrics_address == ("127.0.0.1", 9100)
+
+
+# --- through the command line ---
+
+
+def run_cli(*args: str, cwd: Path,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != config.ENV_PATH}
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO),
+                                                          environ.get("PYTHONPATH")]))
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "aws_ork", *args], cwd=cwd, env=environ,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("text", "option", "raw"), [
+    ("[aws_ork]\nPollPause = x\n", "PollPause", "x"),
+    (LEGACY_FILE.replace("False", "maybe"), "DeleteUnknownMessages", "maybe"),
+])
+def test_cli_bad_value_exits_2_with_one_line(tmp_path: Path, text: str, option: str,
+                                             raw: str) -> None:
+    path = write(tmp_path, text)
+    result = run_cli("-c", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(path) in lines[0]
+    assert option in lines[0]
+    assert repr(raw) in lines[0]
+    assert result.stdout == ""
+
+
+def test_cli_missing_c_file_exits_2(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.conf"
+    result = run_cli("-c", str(missing), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(missing) in lines[0]
+
+
+def test_cli_missing_env_file_exits_2(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.conf"
+    result = run_cli(cwd=tmp_path, env={config.ENV_PATH: str(missing)})
+    assert result.returncode == 2
+    assert str(missing) in result.stderr
+
+
+def test_cli_version(tmp_path: Path) -> None:
+    result = run_cli("-V", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"aws_ork {__version__}"
+
+
+def test_cli_force_without_restore_exits_2(tmp_path: Path) -> None:
+    # -c names a missing file, so were --force let through the run would still stop at once
+    result = run_cli("--force", "-c", str(tmp_path / "nope.conf"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--force" in result.stderr.splitlines()[-1]
