@@ -92,6 +92,7 @@ def build(cfg: Config, args: argparse.Namespace, master_opts: dict[str, Any]) ->
     """Make the clients and the key manager (after daemonizing: sockets do not survive it)."""
     sqs = make_client("sqs", cfg.sqs_region)
     queue = Queue.open(sqs, url=cfg.queue_url, name=cfg.queue_name)
+    queue.check()  # an unreachable queue is a start-up failure (exit 1), not a silent retry
     keys = KeyManager(master_opts, dry_run=args.dry_run)
     handler = Handler(keys, delete_unknown=cfg.delete_unknown_messages)
     mirror = None

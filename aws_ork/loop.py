@@ -51,6 +51,7 @@ class Loop:
         self.counters = Counters()
         self._failures = 0
         self._reload = False
+        self._seen: set[str] = set()  # --once: ids handled in this run
 
     def request_reload(self) -> None:
         """SIGHUP: reload between batches (safe to call from a signal handler)."""
@@ -59,13 +60,19 @@ class Loop:
     def run(self) -> int:
         """The loop; returns the process exit status."""
         wait = defaults.ONCE_WAIT_TIME_SECONDS if self.once else defaults.WAIT_TIME_SECONDS
+        status = 0
         while not self.stopper.stopping:
             self._maybe_reload()
             messages = self._receive(wait)
             if messages is None:
+                if self.once and self._failures:
+                    status = 1  # --once reports a queue it could not read
+                    break
                 continue
-            if not messages and self.once:
-                break
+            if self.once:
+                messages = self._first_sightings(messages)
+                if not messages:
+                    break
             self._handle_batch(messages)
             if self.stopper.sleep(self.poll_pause):
                 break
@@ -73,7 +80,19 @@ class Loop:
                  "%d key changes", f" ({self.stopper.reason})" if self.stopper.reason else "",
                  self.counters.received, self.counters.deleted, self.counters.retried,
                  self.counters.rejected, self.counters.key_changes)
-        return 0
+        return status
+
+    def _first_sightings(self, messages: list[Message]) -> list[Message]:
+        """``--once``: a message retried in this run and back already is left for a later run.
+
+        Otherwise a launch that keeps waiting for its key would keep ``--once`` from ending.
+        """
+        fresh = [m for m in messages if m.message_id not in self._seen]
+        for message in messages:
+            if message.message_id in self._seen and not self.dry_run:
+                self.queue.retry_later(message, defaults.retry_delay(message.receive_count))
+        self._seen.update(m.message_id for m in fresh)
+        return fresh
 
     def _maybe_reload(self) -> None:
         if not self._reload:
@@ -98,6 +117,9 @@ class Loop:
             self._failures += 1
             delay = min(defaults.RECONNECT_CAP_SECONDS,
                         defaults.RECONNECT_BASE_SECONDS * 2 ** (self._failures - 1))
+            if self.once:
+                log.error("%s", exc)
+                return None
             log.error("%s; retrying in %ss", exc, delay)
             self.stopper.sleep(delay)
             return None

@@ -1,0 +1,92 @@
+"""The polling loop against a real SQS endpoint (moto server): stopping, batching, failures."""
+
+from __future__ import annotations
+
+import threading
+
+import boto3
+import pytest
+
+from aws_ork.handler import Action, Decision
+from aws_ork.loop import Loop
+from aws_ork.queue import Message, Queue
+from aws_ork.stopper import Stopped, Stopper
+from tests.daemon import queue_counts
+
+
+class StopsAfter:
+    """A handler that finishes every message it is given and requests a stop after ``n``."""
+
+    def __init__(self, stopper: Stopper, n: int) -> None:
+        self.stopper = stopper
+        self.n = n
+        self.handled: list[str] = []
+
+    def handle(self, message: Message) -> Decision:
+        self.handled.append(message.body)
+        if len(self.handled) == self.n:
+            self.stopper.stop("SIGTERM")
+        return Decision(Action.DELETE, "done")
+
+
+@pytest.fixture
+def queue(sqs, queue_url) -> Queue:
+    return Queue(boto3.client("sqs", region_name="us-west-2"), queue_url)
+
+
+def test_stop_mid_batch_finishes_the_message_in_hand_and_gives_the_rest_back(queue, sqs,
+                                                                            queue_url):
+    sqs.send_message_batch(QueueUrl=queue_url, Entries=[
+        {"Id": str(i), "MessageBody": f"m{i}"} for i in range(10)])
+    stopper = Stopper()
+    handler = StopsAfter(stopper, 3)
+    loop = Loop(queue, handler, stopper)  # type: ignore[arg-type]
+
+    assert loop.run() == 0
+
+    handled = set(handler.handled)
+    assert len(handled) == 3
+    # the handled three are deleted; the others are visible again at once, none lost
+    remaining = set()
+    for _ in range(5):
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
+                                  WaitTimeSeconds=1, VisibilityTimeout=60)
+        remaining |= {m["Body"] for m in got.get("Messages", [])}
+        if len(remaining) + len(handled) >= 10:
+            break
+    assert remaining == {f"m{i}" for i in range(10)} - handled
+    assert queue_counts(sqs, queue_url)[0] == 0
+
+
+def test_stop_cuts_a_blocking_call_short():
+    stopper = Stopper()
+    release = threading.Event()
+    threading.Timer(0.2, stopper.stop, args=("SIGTERM",)).start()
+    with pytest.raises(Stopped):
+        stopper.call(lambda: release.wait(60))
+    release.set()
+
+
+def test_once_exits_1_when_the_queue_cannot_be_read(moto):
+    stopper = Stopper()
+    missing = Queue(boto3.client("sqs", region_name="us-west-2"),
+                    f"{moto.url}/123456789012/no-such-queue")
+    loop = Loop(missing, StopsAfter(stopper, 99), stopper, once=True)  # type: ignore[arg-type]
+    assert loop.run() == 1
+
+
+def test_retry_sets_a_short_visibility_instead_of_the_queue_default(queue, sqs, queue_url):
+    sqs.send_message(QueueUrl=queue_url, MessageBody="later")
+
+    class RetryOnce:
+        def handle(self, message: Message) -> Decision:
+            return Decision(Action.RETRY, "not yet", delay=1)
+
+    stopper = Stopper()
+    loop = Loop(queue, RetryOnce(), stopper, once=True)  # type: ignore[arg-type]
+    assert loop.run() == 0
+    # the queue's visibility timeout is 30 s; the message is back after about 1 s
+    got = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=10,
+                              MessageSystemAttributeNames=["ApproximateReceiveCount"])
+    assert [m["Body"] for m in got["Messages"]] == ["later"]
+    assert int(got["Messages"][0]["Attributes"]["ApproximateReceiveCount"]) >= 2
