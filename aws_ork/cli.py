@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aws_ork import __version__, config, logsetup, systemd
+from aws_ork import __version__, config, defaults, logsetup, systemd
 from aws_ork.aws import make_client
 from aws_ork.config import Config
 from aws_ork.errors import AwsOrkError, ConfigError, MirrorError, QueueError
@@ -27,9 +27,6 @@ from aws_ork.stopper import Stopper
 from aws_ork.syncer import MirrorWorker, S3Mirror
 
 log = logging.getLogger("aws_ork")
-
-#: How long a stopping daemon waits for the last S3 mirror run.
-FINAL_MIRROR_SECONDS = 30
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +131,7 @@ def run(cfg: Config, args: argparse.Namespace, master_opts: dict[str, Any]) -> i
     systemd.notify("READY=1")
     status = loop.run()
     systemd.notify("STOPPING=1")
-    if parts.mirror is not None and not parts.mirror.stop(FINAL_MIRROR_SECONDS):
+    if parts.mirror is not None and not parts.mirror.stop(defaults.FINAL_MIRROR_SECONDS):
         log.error("S3 mirror is behind the key store; it will be brought up to date at the "
                   "next start")
         status = status or 1

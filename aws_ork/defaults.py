@@ -33,3 +33,7 @@ def retry_delay(receive_count: int) -> int:
     """Visibility delay for the n-th failed attempt (1-based): 2, 4, 8, ... capped at 60 s."""
     count = max(1, receive_count)
     return int(min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** (count - 1)))
+
+#: A stopping daemon gives the last S3 mirror run this long; what is left is mirrored at the
+#: next start (the start-up reconciliation), and ``--once`` exits 1 to say so.
+FINAL_MIRROR_SECONDS = 10

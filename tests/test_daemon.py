@@ -19,7 +19,7 @@ from tests.daemon import (
     write_config,
 )
 from tests.messages import fixture_text, sns_launch, sns_terminate
-from tests.saltenv import SaltMaster, start_master
+from tests.saltenv import SaltMaster, free_port, start_master
 
 
 def new_id() -> str:
@@ -235,8 +235,27 @@ def test_s3_mirror_follows_every_change(master, tmp_path, queue_url, sqs, s3, bu
     mirrored = bucket_objects(s3, bucket)
     assert mirrored == tree_md5s(master.pki_root)
     assert not any(instance in key for key in mirrored)
-    acl = s3.get_object_acl(Bucket=bucket, Key="pki/master/master.pub")
-    assert acl["Grants"], "objects carry an ACL"
+
+
+def test_s3_outage_never_holds_up_keys_and_the_mirror_catches_up(master, tmp_path, queue_url,
+                                                                 sqs, s3, bucket):
+    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
+    instance = new_id()
+    master.add_pending_key(instance)
+    send(sqs, queue_url, sns_launch(instance))
+    closed = f"http://127.0.0.1:{free_port()}"
+
+    outage = run_aws_ork(conf, "--once", env={"AWS_ENDPOINT_URL_S3": closed})
+
+    assert states(master, instance) == {instance: "minions"}  # keys did not wait for S3
+    assert queue_counts(sqs, queue_url) == (0, 0)
+    assert "S3 mirror failed" in outage.stderr
+    assert outage.returncode == 1  # the mirror is behind: never reported as done
+    assert f"master/minions/{instance}" not in bucket_objects(s3, bucket)
+
+    recovered = run_aws_ork(conf, "--once")
+    assert recovered.returncode == 0, recovered.stderr
+    assert bucket_objects(s3, bucket) == tree_md5s(master.pki_root)
 
 
 def test_sigterm_cuts_the_long_poll_short(master, conf, tmp_path, sqs, queue_url):
