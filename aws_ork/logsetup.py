@@ -30,7 +30,9 @@ def setup(*, verbose: bool, log_file: Path | None = None, syslog: bool = False) 
     for old in list(root.handlers):  # Salt's import installs temporary handlers of its own
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # botocore and Salt are chatty at debug level; keep -v about aws_ork's own decisions
-    for noisy in ("botocore", "boto3", "urllib3", "salt"):
+    # -v is about aws_ork's own decisions: the libraries (botocore, Salt, asyncio, git...)
+    # stay at INFO, and Salt, which logs its internals at INFO, at WARNING
+    root.setLevel(logging.INFO)
+    logging.getLogger("aws_ork").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("salt", "botocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

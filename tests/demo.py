@@ -1,0 +1,105 @@
+"""A local demo: moto server + a Salt master and minion in a temp dir + aws_ork + a launch.
+
+Run it with ``python3 -m tox -e demo`` (or ``python -m tests.demo`` in an environment with
+aws_ork and its test extras installed). Everything listens on 127.0.0.1 and is stopped at
+the end; nothing outside the temp dir is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import boto3
+
+from tests.awsenv import start_moto
+from tests.daemon import command, wait_for, write_config
+from tests.messages import sns_launch, sns_terminate
+from tests.saltenv import start_master, start_minion
+
+
+def say(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def show_keys(master) -> None:
+    listing = master.key_states()
+    print(json.dumps({state: names for state, names in listing.items()}, indent=2))
+
+
+def _mirror_without(s3, instance: str) -> list[str]:
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="aws-ork-demo").get("Contents", [])]
+    return keys if keys and not any(instance in k for k in keys) else []
+
+
+def main() -> int:
+    root = Path(tempfile.mkdtemp(prefix="aws_ork-demo-"))
+    say(f"working in {root}")
+    moto = start_moto(root / "moto.log")
+    os.environ.update(moto.env())
+    master = minion = daemon = None
+    try:
+        say(f"moto server (SQS, S3, EC2) at {moto.url}")
+        sqs = boto3.client("sqs", region_name="us-west-2")
+        s3 = boto3.client("s3", region_name="us-west-2")
+        ec2 = boto3.client("ec2", region_name="us-west-2")
+        queue_url = sqs.create_queue(QueueName="SaltMasterTestQueue")["QueueUrl"]
+        s3.create_bucket(Bucket="aws-ork-demo",
+                         CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+        image = ec2.describe_images()["Images"][0]["ImageId"]
+        instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)[
+            "Instances"][0]["InstanceId"]
+        say(f"EC2 instance {instance} launched (in moto)")
+
+        master = start_master(root / "salt")
+        say(f"salt-master running (config {master.config_file})")
+        minion = start_minion(master, root / "minion", instance)
+        master.wait_for_key(instance, "minions_pre", timeout=60)
+        say(f"the instance's salt-minion (id {instance}) submitted its key: it is pending")
+        show_keys(master)
+
+        conf = write_config(root / "aws_ork.conf", queue_url=queue_url, master=master,
+                            bucket="aws-ork-demo")
+        say(f"starting aws_ork -v -c {conf}")
+        log = open(root / "aws_ork.log", "wb")  # noqa: SIM115
+        daemon = subprocess.Popen(command(conf, "-v"), stdout=log, stderr=subprocess.STDOUT)
+
+        say("Auto Scaling announces the launch (an SNS notification arrives in the queue)")
+        sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(instance))
+        wait_for(lambda: instance in master.key_states()["minions"], 60, "the key accepted")
+        say("aws_ork accepted the key:")
+        show_keys(master)
+        master.wait_for_ping(instance, timeout=60)
+        say(f"salt {instance} test.ping -> True")
+
+        say("Auto Scaling announces the termination")
+        sqs.send_message(QueueUrl=queue_url, MessageBody=sns_terminate(instance))
+        wait_for(lambda: all(instance not in n for n in master.key_states().values()), 60,
+                 "the key deleted")
+        show_keys(master)
+        mirrored = wait_for(lambda: _mirror_without(s3, instance), 60, "the mirror to follow")
+        say(f"the pki is mirrored to s3://aws-ork-demo/pki/ ({len(mirrored)} objects):")
+        print("\n".join(mirrored))
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+        say("aws_ork's log:")
+        sys.stdout.write((root / "aws_ork.log").read_text())
+        say("demo finished")
+        return 0
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.kill()
+        if minion is not None:
+            minion.stop()
+        if master is not None:
+            master.stop()
+        moto.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
