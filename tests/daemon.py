@@ -40,10 +40,13 @@ def command(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "aws_ork", "-c", str(config), *args]
 
 
-def run_aws_ork(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run aws_ork to completion (normally with --once); output captured as text."""
+def run_aws_ork(config: Path, *args: str, timeout: float = 120,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run aws_ork to completion (normally with --once); output captured as text.
+
+    ``env``: extra environment variables for this run (e.g. a per-service endpoint)."""
     return subprocess.run(command(config, *args), capture_output=True, text=True,
-                          timeout=timeout, env=os.environ.copy())
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def start_aws_ork(config: Path, log: Path, *args: str) -> subprocess.Popen:
