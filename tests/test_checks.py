@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -250,3 +251,23 @@ def test_dry_run_remembers_nothing_and_unwritable_state_is_retried(tmp_path):
 def test_records_are_named_only_by_instance_ids(tmp_path):
     with pytest.raises(ValueError):
         Terminations(tmp_path).remember("../../etc/passwd")
+
+
+@pytest.mark.parametrize(("error", "retry"), [
+    (urllib.error.URLError("connection refused"), True),
+    (TimeoutError("timed out"), True),
+    (urllib.error.HTTPError("u", 503, "Service Unavailable", {}, None), True),  # type: ignore
+    (urllib.error.HTTPError("u", 404, "Not Found", {}, None), False),  # type: ignore
+    (ValueError("response larger than 65536 bytes"), False),
+])
+def test_an_unreachable_certificate_defers_and_a_missing_one_rejects(tmp_path, error, retry):
+    identity = make_signing_identity(tmp_path / "elsewhere", "us-west-2")  # not in the cache
+
+    def fetch(_url: str) -> bytes:
+        raise error
+
+    check = SourceCheck(SignatureVerifier(tmp_path / "cache", fetch=fetch))
+    body = sign_envelope(envelope(notification("autoscaling:EC2_INSTANCE_LAUNCH", ID)), identity)
+    verdict = check(parsed(body))
+    assert (verdict.ok, verdict.retry) == (False, retry)
+    assert "certificate fetch failed" in verdict.reason
