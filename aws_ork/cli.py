@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aws_ork import __version__, config, defaults, logsetup, systemd
+from aws_ork import __version__, config, defaults, logsetup, systemd, trust
 from aws_ork.aws import make_client
 from aws_ork.config import Config
 from aws_ork.errors import AwsOrkError, ConfigError, MirrorError, QueueError
@@ -92,6 +92,10 @@ def build(cfg: Config, args: argparse.Namespace, master_opts: dict[str, Any]) ->
     queue.check()  # an unreachable queue is a start-up failure (exit 1), not a silent retry
     keys = KeyManager(master_opts, dry_run=args.dry_run)
     handler = Handler(keys, delete_unknown=cfg.delete_unknown_messages)
+    # EC2 is asked in SQS_Region: the instances a master manages live in the queue's region.
+    ec2 = make_client("ec2", cfg.sqs_region, max_attempts=3) if cfg.verify_instances else None
+    handler.checks = tuple(trust.build_checks(cfg, keys=lambda: handler.keys, ec2=ec2,
+                                              dry_run=args.dry_run))
     mirror = None
     if cfg.bucket_url is not None and not args.dry_run:
         s3 = make_client("s3", cfg.effective_bucket_region, max_attempts=2)

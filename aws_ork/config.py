@@ -68,6 +68,9 @@ class Config:
         default=(), metadata={"option": "AllowedTopicArns"}
     )
     cert_cache_dir: Path | None = field(default=None, metadata={"option": "CertCacheDir"})
+    unsigned_sources: tuple[str, ...] = field(
+        default=(), metadata={"option": "UnsignedSources"}
+    )
     verify_instances: bool = field(default=True, metadata={"option": "VerifyInstances"})
     auto_scaling_groups: tuple[str, ...] = field(
         default=(), metadata={"option": "AutoScalingGroups"}
@@ -181,6 +184,18 @@ def _topic_arns(raw: str) -> tuple[str, ...]:
     return arns
 
 
+#: Message sources that carry no signature (see aws_ork.trust); UnsignedSources names them.
+UNSIGNED_SOURCES = ("raw", "hook", "eventbridge")
+
+
+def _unsigned_sources(raw: str) -> tuple[str, ...]:
+    names = tuple(word.lower() for word in _words(raw))
+    for name in names:
+        if name not in UNSIGNED_SOURCES:
+            raise ValueError(f"has {name!r}; use any of {', '.join(UNSIGNED_SOURCES)}")
+    return names
+
+
 def _tags(raw: str) -> tuple[tuple[str, str], ...]:
     pairs = []
     for word in _words(raw):
@@ -223,6 +238,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "verify_signatures": _bool,
     "allowed_topic_arns": _topic_arns,
     "cert_cache_dir": _optional(_path),
+    "unsigned_sources": _unsigned_sources,
     "verify_instances": _bool,
     "auto_scaling_groups": _words,
     "instance_tags": _tags,

@@ -47,6 +47,7 @@ class Verdict:
     ok: bool
     reason: str = ""
     retry: bool = False
+    changed: bool = False  # the check itself changed the key store (rejected a stale key)
 
 
 #: A check looks at a parsed event before any key is touched (signature, topic, instance...).
@@ -85,7 +86,8 @@ class Handler:
             if verdict.retry:
                 return self._retry(message, f"check deferred: {verdict.reason}")
             if not verdict.ok:
-                return Decision(Action.DELETE, f"REJECTED: {verdict.reason}", rejected=True)
+                return Decision(Action.DELETE, f"REJECTED: {verdict.reason}", rejected=True,
+                                changed=verdict.changed)
         assert event.instance_id is not None  # parser guarantees it for launch/terminate
         try:
             if event.kind is Kind.LAUNCH:

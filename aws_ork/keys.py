@@ -33,6 +33,7 @@ class Outcome(enum.Enum):
     NOT_PENDING = ("no pending key yet", False)
     REFUSED = ("key was rejected by an operator; left rejected", True)
     DELETED = ("deleted", True)
+    REJECTED = ("pending key moved to rejected keys", True)
     ABSENT = ("no key to delete", True)
     INVALID_ID = ("not an instance id; nothing passed to Salt", True)
 
@@ -136,6 +137,34 @@ class KeyManager:
         if left:
             raise KeyStoreError(f"{minion_id}: key still present in {sorted(left)} after delete")
         return KeyResult(Outcome.DELETED, changed=True)
+
+    def reject(self, minion_id: str) -> KeyResult:
+        """Move exactly this minion's pending key to the rejected keys (a key we must never
+        accept, e.g. one submitted before its instance existed); an operator can still see it."""
+        if not is_instance_id(minion_id):
+            log.warning("refusing to reject key %r: not an instance id", minion_id)
+            return KeyResult(Outcome.INVALID_ID)
+        if PENDING not in self.states(minion_id):
+            return KeyResult(Outcome.NOT_PENDING)
+        if self.dry_run:
+            return KeyResult(Outcome.REJECTED, dry_run=True)
+        self._call("reject", minion_id, self._key.reject, match_dict={PENDING: [minion_id]})
+        if PENDING in self.states(minion_id):
+            raise KeyStoreError(f"{minion_id}: key still pending after reject")
+        return KeyResult(Outcome.REJECTED, changed=True)
+
+    def pending_mtime(self, minion_id: str) -> float | None:
+        """When this minion's pending key file was last written (epoch), None if there is none.
+
+        Salt's default ``localfs_key`` driver keeps it at ``<pki_dir>/minions_pre/<id>``."""
+        if not is_instance_id(minion_id):
+            raise ValueError(f"{minion_id!r} is not an instance id")
+        try:
+            return (self.pki_dir / PENDING / minion_id).stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise KeyStoreError(f"{minion_id}: cannot read the pending key: {exc}") from exc
 
     def _restore_pending(self, minion_id: str, pub: str | None) -> None:
         """Salt removes the pending key before it writes the accepted one; when that write

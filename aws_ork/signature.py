@@ -74,6 +74,7 @@ _TOPIC_ARN_RE = re.compile(r"arn:[a-z-]+:sns:(?P<region>[^:]+):", re.ASCII)
 class Verdict:
     ok: bool
     reason: str = ""
+    retry: bool = False  # could not verify for now (certificate unreachable): ask again later
 
 
 def _short(value: object, limit: int = 80) -> str:
@@ -160,6 +161,10 @@ class _Reject(Exception):
     """Internal: carries a verdict reason out of a helper."""
 
 
+class _Unavailable(_Reject):
+    """Internal: the certificate could not be fetched for now (network, timeout, 5xx)."""
+
+
 class SignatureVerifier:
     """Checks SNS envelopes; caches signing certificates in memory and under cert_cache_dir."""
 
@@ -181,6 +186,8 @@ class SignatureVerifier:
         """Verdict(True) only for an envelope carrying a valid SNS signature; never raises."""
         try:
             self._verify(envelope)
+        except _Unavailable as e:
+            return Verdict(False, str(e), retry=True)
         except (_Reject, ValueError) as e:  # ValueError: string_to_sign, check_cert_url
             return Verdict(False, str(e))
         except Exception as e:
@@ -250,7 +257,11 @@ class SignatureVerifier:
             pem = self._fetch(url)
         except Exception as e:
             log.debug("fetch of %s failed", url, exc_info=True)
-            raise _Reject(f"certificate fetch failed: {type(e).__name__}: {e}") from None
+            # the network or AWS failing may pass; an answer of "no such certificate" will not
+            transient = isinstance(e, OSError) and not (
+                isinstance(e, urllib.error.HTTPError) and e.code < 500)
+            error = _Unavailable if transient else _Reject
+            raise error(f"certificate fetch failed: {type(e).__name__}: {e}") from None
         cert = _parse(pem, "fetched certificate")
         log.info("fetched SNS signing certificate %s", url)
         try:

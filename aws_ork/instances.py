@@ -1,0 +1,181 @@
+"""VerifyInstances: EC2 must confirm what a message says before a key is touched.
+
+One ``DescribeInstances`` per launch or terminate message, in SQS_Region (the queue's region:
+the instances a master manages live there).
+
+Launch: the instance must exist and be ``pending`` or ``running``; with AutoScalingGroups its
+``aws:autoscaling:groupName`` tag must match one of the patterns (shell globs, case-sensitive);
+with InstanceTags it must carry every ``Key=Value`` exactly. Then freshness: a pending key
+written before the instance was launched (more than :data:`CLOCK_SKEW_SECONDS` before its
+LaunchTime) was submitted by someone else under that id, so it is moved to the rejected keys
+and never accepted.
+
+Terminate: honoured only when EC2 says the instance is ``shutting-down`` or ``terminated``, or
+does not know it (terminated long ago, or never ours): so a forged terminate cannot delete a
+live minion's key. A terminate for an instance still running (a terminate lifecycle hook fires
+before the instance stops) is retried with backoff until EC2 reports it gone. Group and tag
+filters do not apply to a terminate: the key of an instance that is gone can only serve an
+impostor.
+
+Throttling, a network error or any other EC2 failure: retry later, never accept.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import botocore.exceptions
+
+from aws_ork.errors import AwsOrkError, KeyStoreError
+from aws_ork.events import Event, Kind
+from aws_ork.handler import Verdict
+from aws_ork.keys import KeyManager
+
+log = logging.getLogger(__name__)
+
+#: A pending key may be this much older than the instance's LaunchTime (clocks of the master
+#: and of EC2 differ a little); anything older was there before the instance existed.
+CLOCK_SKEW_SECONDS = 60
+GROUP_TAG = "aws:autoscaling:groupName"
+LIVE_STATES = frozenset({"pending", "running"})
+GONE_STATES = frozenset({"shutting-down", "terminated"})
+#: EC2 error codes that mean "no such instance" (Malformed cannot happen for a checked id, and
+#: could never succeed later either).
+NOT_FOUND = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
+
+
+class InstanceLookupError(AwsOrkError):
+    """EC2 could not be asked (throttled, unreachable, not authorised): try again later."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What EC2 says about one instance."""
+
+    instance_id: str
+    state: str
+    launch_time: datetime | None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def group(self) -> str | None:
+        """The Auto Scaling group that launched it, from the tag Auto Scaling sets."""
+        return self.tags.get(GROUP_TAG)
+
+
+class Ec2Lookup:
+    """``DescribeInstances`` for one id; None when EC2 does not know it."""
+
+    def __init__(self, ec2: Any) -> None:
+        self.ec2 = ec2
+
+    def get(self, instance_id: str) -> Instance | None:
+        try:
+            response = self.ec2.describe_instances(InstanceIds=[instance_id])
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "ClientError"))
+            if code in NOT_FOUND:
+                return None
+            raise InstanceLookupError(f"EC2 DescribeInstances failed: {code}") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise InstanceLookupError(
+                f"EC2 DescribeInstances failed: {type(exc).__name__}: {exc}") from exc
+        for reservation in response.get("Reservations", []):
+            for item in reservation.get("Instances", []):
+                if item.get("InstanceId") == instance_id:
+                    return _instance(item)
+        return None
+
+
+def _instance(item: Mapping[str, Any]) -> Instance:
+    tags = {t["Key"]: t.get("Value", "") for t in item.get("Tags", []) if "Key" in t}
+    launch = item.get("LaunchTime")
+    if isinstance(launch, datetime) and launch.tzinfo is None:
+        launch = launch.replace(tzinfo=UTC)
+    return Instance(item["InstanceId"], str(item.get("State", {}).get("Name", "unknown")),
+                    launch if isinstance(launch, datetime) else None, tags)
+
+
+class InstanceCheck:
+    """The VerifyInstances check (see the module docstring).
+
+    ``keys`` returns the current key manager: it is read for the pending key's age and used to
+    reject a stale one."""
+
+    def __init__(self, lookup: Ec2Lookup, keys: Callable[[], KeyManager], *,
+                 groups: Collection[str] = (), tags: Collection[tuple[str, str]] = ()) -> None:
+        self.lookup = lookup
+        self.keys = keys
+        self.groups = tuple(groups)
+        self.tags = tuple(tags)
+
+    def __call__(self, event: Event) -> Verdict:
+        instance_id = event.instance_id
+        if instance_id is None:  # the parser never lets this through; refuse if it did
+            return Verdict(False, "no instance id")
+        try:
+            instance = self.lookup.get(instance_id)
+        except InstanceLookupError as exc:
+            log.debug("%s: EC2 lookup failed", instance_id, exc_info=True)
+            return Verdict(False, f"{exc}; never accepted without EC2's word", retry=True)
+        if event.kind is Kind.TERMINATE:
+            return self._terminate(instance)
+        return self._launch(instance_id, instance)
+
+    @staticmethod
+    def _terminate(instance: Instance | None) -> Verdict:
+        if instance is None:
+            return Verdict(True, "instance not found in EC2")
+        if instance.state in GONE_STATES:
+            return Verdict(True, f"instance is {instance.state}")
+        return Verdict(False, f"instance is still {instance.state} in EC2; its key is deleted "
+                              f"once EC2 reports it shutting-down or terminated", retry=True)
+
+    def _launch(self, instance_id: str, instance: Instance | None) -> Verdict:
+        if instance is None:
+            return Verdict(False, "instance not found in EC2")
+        if instance.state not in LIVE_STATES:
+            return Verdict(False, f"instance is {instance.state} in EC2, not pending/running")
+        if self.groups:
+            group = instance.group
+            if group is None:
+                return Verdict(False, "instance is in no Auto Scaling group "
+                                      "(AutoScalingGroups is set)")
+            if not any(fnmatch.fnmatchcase(group, pattern) for pattern in self.groups):
+                return Verdict(False, f"group {group!r} is not in AutoScalingGroups")
+        missing = [f"{key}={value}" for key, value in self.tags
+                   if instance.tags.get(key) != value]
+        if missing:
+            return Verdict(False, f"instance lacks required tag {', '.join(missing)} "
+                                  f"(InstanceTags)")
+        return self._fresh(instance_id, instance.launch_time)
+
+    def _fresh(self, instance_id: str, launch_time: datetime | None) -> Verdict:
+        """A pending key written before the instance existed is someone else's: reject it."""
+        if launch_time is None:
+            return Verdict(False, "EC2 gave no LaunchTime: cannot tell the pending key's age")
+        keys = self.keys()
+        try:
+            written = keys.pending_mtime(instance_id)
+        except KeyStoreError as exc:
+            return Verdict(False, str(exc), retry=True)
+        if written is None or written >= launch_time.timestamp() - CLOCK_SKEW_SECONDS:
+            return Verdict(True)
+        key_time = datetime.fromtimestamp(written, UTC).isoformat(timespec="seconds")
+        launched = launch_time.astimezone(UTC).isoformat(timespec="seconds")
+        log.error("SECURITY: %s: the pending key was written at %s, before the instance "
+                  "launched at %s: someone else submitted a key under this id; it is moved to "
+                  "the rejected keys and never accepted (inspect it: salt-key -f %s)",
+                  instance_id, key_time, launched, instance_id)
+        try:
+            result = keys.reject(instance_id)
+        except KeyStoreError as exc:
+            return Verdict(False, f"stale pending key could not be rejected: {exc}", retry=True)
+        return Verdict(False, f"pending key (written {key_time}) is older than the instance "
+                              f"(launched {launched}): {result.describe()}",
+                       changed=result.changed)

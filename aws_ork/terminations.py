@@ -1,0 +1,124 @@
+"""Remember recent terminations, so a launch handled after its terminate accepts nothing.
+
+SQS standard queues reorder messages and launches are retried, so a terminate can be handled
+before the launch of the same instance. With VerifyInstances, EC2's state settles it; without
+it, each honoured terminate leaves one small file ``StateDir/terminated/<instance id>`` (written
+atomically; its mtime is when) and a launch for a remembered id is refused. Files older than
+SQS's longest retention (14 days: no launch message can outlive it) are pruned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aws_ork.events import Event, Kind
+from aws_ork.handler import Verdict
+from aws_ork.ids import is_instance_id
+
+log = logging.getLogger(__name__)
+
+#: SQS keeps a message at most 14 days: a launch older than that cannot arrive.
+RETENTION_SECONDS = 14 * 24 * 3600
+#: Prune at the first record of a run, then at most this often.
+PRUNE_EVERY_SECONDS = 3600
+
+
+class Terminations:
+    """One file per terminated instance id under ``directory``."""
+
+    def __init__(self, directory: Path, *, dry_run: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.directory = Path(directory)
+        self.dry_run = dry_run
+        self.clock = clock
+        self._pruned_at: float | None = None
+
+    def _path(self, instance_id: str) -> Path:
+        if not is_instance_id(instance_id):  # never build a path from anything else
+            raise ValueError(f"{instance_id!r} is not an instance id")
+        return self.directory / instance_id
+
+    def remember(self, instance_id: str) -> None:
+        """Record that this instance was terminated; OSError when StateDir is not writable."""
+        path = self._path(instance_id)
+        if self.dry_run:
+            log.info("dry run: would remember the termination of %s in %s", instance_id,
+                     self.directory)
+            return
+        self.directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{instance_id}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(datetime.fromtimestamp(self.clock(), UTC).isoformat() + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self._maybe_prune()
+
+    def seen(self, instance_id: str) -> float | None:
+        """When the termination of this instance was recorded (epoch), None if not (lately)."""
+        try:
+            when = self._path(instance_id).stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return when if self.clock() - when <= RETENTION_SECONDS else None
+
+    def prune(self) -> int:
+        """Delete records older than the retention; return how many went."""
+        self._pruned_at = self.clock()
+        removed = 0
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return 0
+        cutoff = self.clock() - RETENTION_SECONDS
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError as exc:
+                log.warning("cannot prune %s: %s", entry.path, exc)
+        if removed:
+            log.info("pruned %d termination records older than 14 days", removed)
+        return removed
+
+    def _maybe_prune(self) -> None:
+        if self._pruned_at is None or self.clock() - self._pruned_at >= PRUNE_EVERY_SECONDS:
+            self.prune()
+
+
+class TerminationCheck:
+    """Last check without VerifyInstances: a terminate is remembered, a launch for a
+    remembered id is refused. Last, so a terminate refused by an earlier check is never
+    recorded."""
+
+    def __init__(self, terminations: Terminations) -> None:
+        self.terminations = terminations
+
+    def __call__(self, event: Event) -> Verdict:
+        instance_id = event.instance_id
+        if instance_id is None:
+            return Verdict(False, "no instance id")
+        try:
+            if event.kind is Kind.TERMINATE:
+                self.terminations.remember(instance_id)
+                return Verdict(True)
+            when = self.terminations.seen(instance_id)
+        except OSError as exc:
+            return Verdict(False, f"termination record in StateDir unusable: {exc}", retry=True)
+        if when is None:
+            return Verdict(True)
+        at = datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
+        return Verdict(False, f"instance was terminated (terminate handled at {at}); "
+                              f"a launch after its terminate accepts nothing")

@@ -1,0 +1,273 @@
+"""Unit tests of the trust checks' decisions (no network, no Salt).
+
+EC2 answers come from botocore's Stubber on a real client, so the check sees exactly the
+shapes and errors botocore produces. What Salt sees is tested end to end in test_trust.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+from datetime import UTC, datetime
+from pathlib import Path
+
+import boto3
+import botocore.config
+import pytest
+from botocore.stub import Stubber
+
+from aws_ork import config, events
+from aws_ork.errors import ConfigError
+from aws_ork.events import Event, Kind, Source
+from aws_ork.instances import Ec2Lookup, InstanceCheck
+from aws_ork.signature import SignatureVerifier
+from aws_ork.terminations import RETENTION_SECONDS, TerminationCheck, Terminations
+from aws_ork.trust import SourceCheck, TopicCheck, build_checks
+from tests.messages import envelope, fixture, notification
+from tests.snssign import make_signing_identity, sign_envelope
+
+ID = "i-0a1b2c3d4e5f60718"
+TOPIC = "arn:aws:sns:us-west-2:123456789012:salt-master-asg-events"
+LAUNCH = Event(Kind.LAUNCH, Source.SNS, instance_id=ID, topic_arn=TOPIC)
+TERMINATE = Event(Kind.TERMINATE, Source.SNS, instance_id=ID, topic_arn=TOPIC)
+
+
+# --- topic and source ---------------------------------------------------------------------
+
+def test_topic_check_passes_only_listed_topics_and_leaves_unsigned_sources_alone():
+    check = TopicCheck([TOPIC])
+    assert check(LAUNCH).ok
+    other = Event(Kind.LAUNCH, Source.SNS, instance_id=ID, topic_arn=TOPIC + "-evil")
+    verdict = check(other)
+    assert not verdict.ok and not verdict.retry and "AllowedTopicArns" in verdict.reason
+    assert check(Event(Kind.LAUNCH, Source.SNS, instance_id=ID, topic_arn=None)).ok is False
+    assert check(Event(Kind.LAUNCH, Source.RAW, instance_id=ID)).ok
+
+
+@pytest.fixture
+def identity(tmp_path: Path):
+    return make_signing_identity(tmp_path, "us-west-2")
+
+
+def parsed(body: dict) -> Event:
+    return events.parse(json.dumps(body))
+
+
+def test_source_check_believes_a_signed_envelope_and_nothing_else(tmp_path, identity):
+    check = SourceCheck(SignatureVerifier(tmp_path))
+    good = sign_envelope(envelope(notification("autoscaling:EC2_INSTANCE_LAUNCH", ID)), identity)
+    assert check(parsed(good)).ok
+    bad = dict(good, Message=json.dumps(notification("autoscaling:EC2_INSTANCE_LAUNCH",
+                                                     "i-00000000000000001")))
+    verdict = check(parsed(bad))
+    assert not verdict.ok and not verdict.retry and "bad signature" in verdict.reason
+
+
+@pytest.mark.parametrize("source", ["raw", "hook", "eventbridge"])
+def test_unsigned_sources_need_their_name_in_unsigned_sources(tmp_path, source):
+    event = Event(Kind.LAUNCH, Source(source), instance_id=ID)
+    refused = SourceCheck(SignatureVerifier(tmp_path))(event)
+    assert not refused.ok and f"unsigned {source} message" in refused.reason
+    others = [s for s in config.UNSIGNED_SOURCES if s != source]
+    assert not SourceCheck(SignatureVerifier(tmp_path), others)(event).ok
+    assert SourceCheck(SignatureVerifier(tmp_path), [source])(event).ok
+
+
+def test_fixture_bodies_map_to_the_sources_unsigned_sources_names():
+    assert parsed(fixture("raw-asg-launch")).source is Source.RAW
+    assert parsed(fixture("hook-launching")).source is Source.HOOK
+    assert parsed(fixture("eventbridge-ec2-running")).source is Source.EVENTBRIDGE
+    assert {s.value for s in (Source.RAW, Source.HOOK, Source.EVENTBRIDGE)} == \
+        set(config.UNSIGNED_SOURCES)
+
+
+def test_unsigned_sources_option_is_parsed_and_validated():
+    cfg = config.from_mapping({"unsignedsources": "Raw, hook  eventbridge"}, "t.conf")
+    assert cfg.unsigned_sources == ("raw", "hook", "eventbridge")
+    assert config.Config().unsigned_sources == ()
+    with pytest.raises(ConfigError, match="t.conf: UnsignedSources: .*'sns'"):
+        config.from_mapping({"UnsignedSources": "raw sns"}, "t.conf")
+
+
+def test_build_checks_orders_topic_then_signature_then_instance(tmp_path):
+    cfg = config.from_mapping({"AllowedTopicArns": TOPIC, "StateDir": str(tmp_path)}, "t")
+    kinds = [type(c).__name__ for c in build_checks(cfg, keys=lambda: None, ec2=object())]
+    assert kinds == ["TopicCheck", "SourceCheck", "InstanceCheck"]
+    loose = config.from_mapping({"VerifySignatures": "no", "VerifyInstances": "no",
+                                 "StateDir": str(tmp_path)}, "t")
+    assert [type(c).__name__ for c in build_checks(loose, keys=lambda: None)] == \
+        ["TerminationCheck"]
+
+
+# --- EC2 ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def ec2():
+    client = boto3.client("ec2", region_name="us-west-2", aws_access_key_id="x",
+                          aws_secret_access_key="x",
+                          config=botocore.config.Config(retries={"max_attempts": 1}))
+    with Stubber(client) as stub:
+        yield client, stub
+
+
+class NoKeys:
+    """Stands in for the key manager where no pending key exists (freshness not involved)."""
+
+    def pending_mtime(self, _minion_id: str) -> None:
+        return None
+
+
+def reply(state: str, tags: dict[str, str] | None = None) -> dict:
+    return {"Reservations": [{"Instances": [{
+        "InstanceId": ID, "State": {"Name": state},
+        "LaunchTime": datetime(2026, 1, 1, tzinfo=UTC),
+        "Tags": [{"Key": k, "Value": v} for k, v in (tags or {}).items()]}]}]}
+
+
+def check_with(ec2, answer, *, groups=(), tags=(), event=LAUNCH):
+    client, stub = ec2
+    if isinstance(answer, str):
+        stub.add_client_error("describe_instances", service_error_code=answer,
+                              expected_params={"InstanceIds": [ID]})
+    else:
+        stub.add_response("describe_instances", answer, {"InstanceIds": [ID]})
+    verdict = InstanceCheck(Ec2Lookup(client), NoKeys, groups=groups, tags=tags)(event)
+    stub.assert_no_pending_responses()
+    return verdict
+
+
+@pytest.mark.parametrize("state", ["pending", "running"])
+def test_a_live_instance_passes(ec2, state):
+    assert check_with(ec2, reply(state)).ok
+
+
+@pytest.mark.parametrize("state", ["shutting-down", "terminated", "stopping", "stopped"])
+def test_a_launch_of_an_instance_that_is_not_live_is_refused_for_good(ec2, state):
+    verdict = check_with(ec2, reply(state))
+    assert (verdict.ok, verdict.retry) == (False, False) and state in verdict.reason
+
+
+@pytest.mark.parametrize("code", ["InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"])
+def test_a_launch_of_an_unknown_instance_is_refused_for_good(ec2, code):
+    verdict = check_with(ec2, code)
+    assert (verdict.ok, verdict.retry) == (False, False) and "not found" in verdict.reason
+
+
+def test_an_empty_reply_is_not_found(ec2):
+    verdict = check_with(ec2, {"Reservations": []})
+    assert (verdict.ok, verdict.retry) == (False, False)
+
+
+@pytest.mark.parametrize("code", ["Throttling", "RequestLimitExceeded", "UnauthorizedOperation",
+                                  "InternalError"])
+def test_ec2_failures_are_retried_and_never_accepted(ec2, code):
+    for event in (LAUNCH, TERMINATE):
+        verdict = check_with(ec2, code, event=event)
+        assert (verdict.ok, verdict.retry) == (False, True) and code in verdict.reason
+
+
+@pytest.mark.parametrize(("group", "ok"), [("web-1", True), ("batch", True), ("web", False),
+                                           ("WEB-1", False), ("db-web-1", False), (None, False)])
+def test_group_patterns_are_case_sensitive_globs(ec2, group, ok):
+    tags = {"aws:autoscaling:groupName": group} if group else {}
+    verdict = check_with(ec2, reply("running", tags), groups=("web-*", "batch"))
+    assert verdict.ok is ok and not verdict.retry
+
+
+def test_every_required_tag_must_match_exactly(ec2):
+    required = (("role", "minion"), ("env", "prod"))
+    assert check_with(ec2, reply("running", {"role": "minion", "env": "prod", "x": "y"}),
+                      tags=required).ok
+    verdict = check_with(ec2, reply("running", {"role": "minion", "env": "Prod"}),
+                         tags=required)
+    assert not verdict.ok and "env=prod" in verdict.reason and "role" not in verdict.reason
+
+
+@pytest.mark.parametrize(("answer", "ok", "retry"), [
+    ("InvalidInstanceID.NotFound", True, False),
+    (reply("terminated"), True, False),
+    (reply("shutting-down"), True, False),
+    (reply("running"), False, True),
+    (reply("stopped"), False, True),
+])
+def test_a_terminate_is_honoured_only_when_ec2_says_the_instance_is_gone(ec2, answer, ok, retry):
+    # filters do not apply: the key of an instance that is gone can only serve an impostor
+    verdict = check_with(ec2, answer, groups=("nothing-matches",), tags=(("a", "b"),),
+                         event=TERMINATE)
+    assert (verdict.ok, verdict.retry) == (ok, retry)
+
+
+# --- termination memory -------------------------------------------------------------------
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_remembered_terminate_refuses_the_launch_until_retention_ends(tmp_path):
+    clock = Clock(datetime.now(UTC).timestamp())
+    check = TerminationCheck(Terminations(tmp_path / "terminated", clock=clock))
+    assert check(LAUNCH).ok
+    assert check(TERMINATE).ok
+    refused = check(LAUNCH)
+    assert (refused.ok, refused.retry) == (False, False) and "terminated" in refused.reason
+    assert check(Event(Kind.LAUNCH, Source.SNS, instance_id="i-0000000000000000a")).ok
+    clock.now += RETENTION_SECONDS + 3600
+    assert check(LAUNCH).ok
+
+
+def test_old_records_are_pruned_at_the_first_record_then_hourly(tmp_path):
+    clock = Clock(datetime.now(UTC).timestamp())
+    Terminations(tmp_path, clock=clock).remember(ID)
+    expired = clock.now - RETENTION_SECONDS - 10
+    os.utime(tmp_path / ID, (expired, expired))
+    memory = Terminations(tmp_path, clock=clock)  # a new run
+    memory.remember("i-0000000000000000a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i-0000000000000000a"]
+
+    os.utime(tmp_path / "i-0000000000000000a", (expired, expired))
+    memory.remember("i-0000000000000000b")  # pruned less than an hour ago: kept for now
+    assert len(list(tmp_path.iterdir())) == 2
+    clock.now += 3600
+    memory.remember("i-0000000000000000c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i-0000000000000000b",
+                                                           "i-0000000000000000c"]
+
+
+def test_dry_run_remembers_nothing_and_unwritable_state_is_retried(tmp_path):
+    dry = Terminations(tmp_path / "t", dry_run=True)
+    dry.remember(ID)
+    assert not (tmp_path / "t").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    verdict = TerminationCheck(Terminations(blocker / "terminated"))(TERMINATE)
+    assert (verdict.ok, verdict.retry) == (False, True) and "StateDir" in verdict.reason
+
+
+def test_records_are_named_only_by_instance_ids(tmp_path):
+    with pytest.raises(ValueError):
+        Terminations(tmp_path).remember("../../etc/passwd")
+
+
+@pytest.mark.parametrize(("error", "retry"), [
+    (urllib.error.URLError("connection refused"), True),
+    (TimeoutError("timed out"), True),
+    (urllib.error.HTTPError("u", 503, "Service Unavailable", {}, None), True),  # type: ignore
+    (urllib.error.HTTPError("u", 404, "Not Found", {}, None), False),  # type: ignore
+    (ValueError("response larger than 65536 bytes"), False),
+])
+def test_an_unreachable_certificate_defers_and_a_missing_one_rejects(tmp_path, error, retry):
+    identity = make_signing_identity(tmp_path / "elsewhere", "us-west-2")  # not in the cache
+
+    def fetch(_url: str) -> bytes:
+        raise error
+
+    check = SourceCheck(SignatureVerifier(tmp_path / "cache", fetch=fetch))
+    body = sign_envelope(envelope(notification("autoscaling:EC2_INSTANCE_LAUNCH", ID)), identity)
+    verdict = check(parsed(body))
+    assert (verdict.ok, verdict.retry) == (False, retry)
+    assert "certificate fetch failed" in verdict.reason

@@ -1,0 +1,325 @@
+"""Trust end to end: only a launch AWS really announced, of an instance we manage, gets a key.
+
+Real CLI subprocess, moto server (SQS, EC2, Auto Scaling) and a real salt-master shared by the
+module. Envelopes are signed at test time (tests/snssign.py) with a certificate placed in
+CertCacheDir, so nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.awsenv import free_port
+from tests.daemon import queue_counts, run_aws_ork, wait_for, write_config
+from tests.messages import envelope, fixture, notification
+from tests.saltenv import SaltMaster, start_master
+from tests.snssign import SigningIdentity, make_signing_identity, sign_envelope
+
+TOPIC = "arn:aws:sns:us-west-2:123456789012:salt-master-asg-events"
+OTHER_TOPIC = "arn:aws:sns:us-west-2:123456789012:someone-elses-topic"
+LAUNCH = "autoscaling:EC2_INSTANCE_LAUNCH"
+TERMINATE = "autoscaling:EC2_INSTANCE_TERMINATE"
+
+
+def new_id() -> str:
+    return "i-" + secrets.token_hex(9)[:17]
+
+
+@pytest.fixture(scope="module")
+def master(tmp_path_factory: pytest.TempPathFactory):
+    salt_master = start_master(tmp_path_factory.mktemp("master"))
+    yield salt_master
+    salt_master.stop()
+
+
+@pytest.fixture(scope="module")
+def cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("certs")
+
+
+@pytest.fixture(scope="module")
+def identity(cert_dir: Path) -> SigningIdentity:
+    return make_signing_identity(cert_dir, "us-west-2")
+
+
+@pytest.fixture(scope="module")
+def fleet(moto) -> dict[str, Any]:
+    """A launch template and a managed Auto Scaling group ``web-<random>``, its tag propagated."""
+    ec2 = boto3.client("ec2", region_name="us-west-2")
+    asg = boto3.client("autoscaling", region_name="us-west-2")
+    suffix = uuid.uuid4().hex[:8]
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    template = f"lt-trust-{suffix}"
+    ec2.create_launch_template(LaunchTemplateName=template, LaunchTemplateData={
+        "ImageId": image, "InstanceType": "t2.micro"})
+    group = f"web-{suffix}"
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=group, LaunchTemplate={"LaunchTemplateName": template},
+        MinSize=0, MaxSize=10, DesiredCapacity=0, AvailabilityZones=["us-west-2a"],
+        Tags=[{"Key": "role", "Value": "salt-minion", "PropagateAtLaunch": True}])
+    return {"ec2": ec2, "asg": asg, "group": group, "image": image, "desired": 0}
+
+
+def group_instance(fleet: dict[str, Any]) -> str:
+    """A new instance launched by the managed group (so it carries the real group tag)."""
+    asg = fleet["asg"]
+
+    def members() -> set[str]:
+        groups = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[fleet["group"]])
+        return {i["InstanceId"] for i in groups["AutoScalingGroups"][0]["Instances"]}
+
+    before = members()
+    fleet["desired"] += 1
+    asg.set_desired_capacity(AutoScalingGroupName=fleet["group"],
+                             DesiredCapacity=fleet["desired"])
+    new = wait_for(lambda: members() - before, 30, "the group to launch an instance")
+    return new.pop()
+
+
+def plain_instance(fleet: dict[str, Any], tags: dict[str, str]) -> str:
+    """An instance with exactly these tags (e.g. another group's ``aws:autoscaling:groupName``)."""
+    spec = [{"ResourceType": "instance",
+             "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}] if tags else []
+    reply = fleet["ec2"].run_instances(ImageId=fleet["image"], MinCount=1, MaxCount=1,
+                                       TagSpecifications=spec)
+    return reply["Instances"][0]["InstanceId"]
+
+
+def signed(identity: SigningIdentity, event: str, instance_id: str, group: str,
+           topic: str = TOPIC, version: str = "2") -> str:
+    return json.dumps(sign_envelope(envelope(notification(event, instance_id, group), topic),
+                                    identity, version))
+
+
+def trust_config(tmp_path: Path, queue_url: str, master: SaltMaster, cert_dir: Path,
+                 group: str, **options: Any) -> Path:
+    values: dict[str, Any] = {
+        "VerifySignatures": "true", "VerifyInstances": "true", "CertCacheDir": cert_dir,
+        "AllowedTopicArns": TOPIC, "AutoScalingGroups": f"{group} other-*",
+        "InstanceTags": "role=salt-minion"}
+    values.update(options)
+    return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master, **values)
+
+
+def send(sqs, queue_url: str, *bodies: str) -> None:
+    for body in bodies:
+        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+
+
+def state(master: SaltMaster, minion_id: str) -> str | None:
+    return master.key_state_of(minion_id)
+
+
+def decision_line(stderr: str, instance_id: str) -> str:
+    """The handler's one log line about this instance."""
+    lines = [line for line in stderr.splitlines()
+             if f" {instance_id} " in line and "aws_ork.handler" in line]
+    assert len(lines) == 1, f"expected one decision for {instance_id}:\n{stderr}"
+    return lines[0]
+
+
+def test_signed_launch_of_a_managed_running_instance_is_accepted(
+        master, tmp_path, queue_url, sqs, cert_dir, identity, fleet):
+    v2, v1 = group_instance(fleet), group_instance(fleet)
+    for instance in (v2, v1):
+        master.add_pending_key(instance)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
+    send(sqs, queue_url, signed(identity, LAUNCH, v2, fleet["group"]),
+         signed(identity, LAUNCH, v1, fleet["group"], version="1"))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert (state(master, v2), state(master, v1)) == ("minions", "minions")
+    assert queue_counts(sqs, queue_url) == (0, 0)
+    assert "accepted" in decision_line(result.stderr, v2)
+
+
+def test_launches_that_fail_a_check_accept_nothing_and_say_why(
+        master, tmp_path, queue_url, sqs, cert_dir, identity, fleet):
+    group, ec2 = fleet["group"], fleet["ec2"]
+    cases: dict[str, tuple[str, str]] = {}  # name -> (instance id, expected reason)
+
+    unsigned = group_instance(fleet)
+    body = envelope(notification(LAUNCH, unsigned, group), TOPIC)  # placeholder signature
+    send(sqs, queue_url, json.dumps(body))
+    cases["unsigned"] = (unsigned, "SNS signature invalid")
+
+    tampered = group_instance(fleet)
+    forged = json.loads(signed(identity, LAUNCH, new_id(), group))
+    forged["Message"] = json.dumps(notification(LAUNCH, tampered, group))
+    send(sqs, queue_url, json.dumps(forged))
+    cases["tampered"] = (tampered, "SNS signature invalid: bad signature")
+
+    foreign = group_instance(fleet)
+    send(sqs, queue_url, signed(identity, LAUNCH, foreign, group, topic=OTHER_TOPIC))
+    cases["other topic"] = (foreign, "is not in AllowedTopicArns")
+
+    unknown = new_id()
+    send(sqs, queue_url, signed(identity, LAUNCH, unknown, group))
+    cases["unknown"] = (unknown, "instance not found in EC2")
+
+    gone = plain_instance(fleet, {"aws:autoscaling:groupName": group, "role": "salt-minion"})
+    ec2.terminate_instances(InstanceIds=[gone])
+    send(sqs, queue_url, signed(identity, LAUNCH, gone, group))
+    cases["terminated"] = (gone, "instance is terminated in EC2")
+
+    stranger = plain_instance(fleet, {"aws:autoscaling:groupName": "db-prod",
+                                      "role": "salt-minion"})
+    send(sqs, queue_url, signed(identity, LAUNCH, stranger, group))  # the message lies
+    cases["unmanaged group"] = (stranger, "group 'db-prod' is not in AutoScalingGroups")
+
+    loner = plain_instance(fleet, {"role": "salt-minion"})
+    send(sqs, queue_url, signed(identity, LAUNCH, loner, group))
+    cases["no group"] = (loner, "instance is in no Auto Scaling group")
+
+    untagged = plain_instance(fleet, {"aws:autoscaling:groupName": group})
+    send(sqs, queue_url, signed(identity, LAUNCH, untagged, group))
+    cases["missing tag"] = (untagged, "lacks required tag role=salt-minion")
+
+    stale = group_instance(fleet)
+    cases["stale key"] = (stale, "is older than the instance")
+
+    for instance, _ in cases.values():
+        master.add_pending_key(instance)
+    old = time.time() - 3600
+    os.utime(master.key_path(stale, "minions_pre"), (old, old))
+    send(sqs, queue_url, signed(identity, LAUNCH, stale, group))
+
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group)
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    outcome = {name: state(master, instance) for name, (instance, _) in cases.items()}
+    assert outcome == {**{name: "minions_pre" for name in cases},
+                       "stale key": "minions_rejected"}
+    for name, (instance, reason) in cases.items():
+        line = decision_line(result.stderr, instance)
+        assert "REJECTED" in line and reason in line, (name, line)
+    assert "SECURITY" in result.stderr and f"salt-key -f {stale}" in result.stderr
+    assert f"{len(cases)} rejected" in result.stderr
+    assert queue_counts(sqs, queue_url) == (0, 0)  # can never become valid: all deleted
+
+
+def _unsigned_bodies(raw: str, hook: str, bridge: str) -> list[str]:
+    hook_body = fixture("hook-launching")
+    hook_body["EC2InstanceId"] = hook
+    bridge_body = fixture("eventbridge-ec2-running")
+    bridge_body["detail"]["instance-id"] = bridge
+    return [json.dumps(notification(LAUNCH, raw)), json.dumps(hook_body),
+            json.dumps(bridge_body)]
+
+
+def test_unsigned_sources_are_refused_unless_enabled(master, tmp_path, queue_url, sqs,
+                                                     cert_dir, fleet):
+    ids = [group_instance(fleet) for _ in range(3)]
+    for instance in ids:
+        master.add_pending_key(instance)
+    send(sqs, queue_url, *_unsigned_bodies(*ids))
+    strict = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
+
+    refused = run_aws_ork(strict, "--once")
+
+    assert refused.returncode == 0, refused.stderr
+    assert [state(master, i) for i in ids] == ["minions_pre"] * 3
+    for instance, source in zip(ids, ("raw", "hook", "eventbridge"), strict=True):
+        line = decision_line(refused.stderr, instance)
+        assert f"unsigned {source} message" in line and "UnsignedSources" in line, line
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+    send(sqs, queue_url, *_unsigned_bodies(*ids))
+    enabled = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
+                           UnsignedSources="raw, hook eventbridge")
+    accepted = run_aws_ork(enabled, "--once")
+
+    assert accepted.returncode == 0, accepted.stderr
+    assert [state(master, i) for i in ids] == ["minions"] * 3  # EC2 checks still passed
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def test_terminate_before_launch_without_verify_instances(master, tmp_path, queue_url, sqs,
+                                                          cert_dir, identity):
+    instance = new_id()  # EC2 is not asked: no instance needed
+    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
+                        VerifySignatures="true", CertCacheDir=cert_dir)
+    send(sqs, queue_url, signed(identity, TERMINATE, instance, "web-asg"))
+    first = run_aws_ork(conf, "--once")
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "state" / "terminated" / instance).is_file()
+
+    master.add_pending_key(instance)  # the late launch: its minion's key shows up
+    send(sqs, queue_url, signed(identity, LAUNCH, instance, "web-asg"))
+    second = run_aws_ork(conf, "--once")
+
+    assert second.returncode == 0, second.stderr
+    assert state(master, instance) == "minions_pre"
+    assert "instance was terminated" in decision_line(second.stderr, instance)
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def test_terminate_before_launch_with_verify_instances(master, tmp_path, queue_url, sqs,
+                                                       cert_dir, identity, fleet):
+    instance = group_instance(fleet)
+    fleet["ec2"].terminate_instances(InstanceIds=[instance])
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
+    send(sqs, queue_url, signed(identity, TERMINATE, instance, fleet["group"]))
+    first = run_aws_ork(conf, "--once")
+    assert first.returncode == 0, first.stderr
+    assert "no key to delete" in decision_line(first.stderr, instance)
+
+    master.add_pending_key(instance)
+    send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
+    second = run_aws_ork(conf, "--once")
+
+    assert second.returncode == 0, second.stderr
+    assert state(master, instance) == "minions_pre"
+    assert "instance is terminated in EC2" in decision_line(second.stderr, instance)
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def test_a_signed_terminate_of_a_running_instance_keeps_its_key(
+        master, tmp_path, queue_url, sqs, cert_dir, identity, fleet):
+    alive = group_instance(fleet)
+    master.add_accepted_key(alive)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
+    send(sqs, queue_url, signed(identity, TERMINATE, alive, fleet["group"]))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert state(master, alive) == "minions"
+    assert "still running in EC2" in decision_line(result.stderr, alive)
+    assert sum(queue_counts(sqs, queue_url)) == 1  # retried until EC2 says it is gone
+
+    fleet["ec2"].terminate_instances(InstanceIds=[alive])
+    wait_for(lambda: queue_counts(sqs, queue_url)[0] == 1, 30, "the retried terminate")
+    done = run_aws_ork(conf, "--once")
+    assert done.returncode == 0, done.stderr
+    assert state(master, alive) is None
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def test_ec2_unreachable_means_retry_never_accept(master, tmp_path, queue_url, sqs, cert_dir,
+                                                  identity, fleet):
+    instance = group_instance(fleet)
+    master.add_pending_key(instance)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
+    send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
+
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = run_aws_ork(conf, "--once", env={"AWS_ENDPOINT_URL_EC2": closed})
+
+    assert result.returncode == 0, result.stderr
+    assert state(master, instance) == "minions_pre"
+    line = decision_line(result.stderr, instance)
+    assert "check deferred" in line and "EC2 DescribeInstances failed" in line, line
+    assert sum(queue_counts(sqs, queue_url)) == 1  # kept for a retry
