@@ -48,6 +48,8 @@ class Verdict:
     reason: str = ""
     retry: bool = False
     changed: bool = False  # the check itself changed the key store (rejected a stale key)
+    #: with ``retry``: after this many receives the failure is final (0: retry for ever)
+    attempts: int = 0
 
 
 #: A check looks at a parsed event before any key is touched (signature, topic, instance...).
@@ -83,7 +85,7 @@ class Handler:
             return Decision(Action.DELETE, "launch failed in AWS; no key change")
         for check in self.checks:
             verdict = check(event)
-            if verdict.retry:
+            if verdict.retry and not 0 < verdict.attempts <= message.receive_count:
                 return self._retry(message, f"check deferred: {verdict.reason}")
             if not verdict.ok:
                 return Decision(Action.DELETE, f"REJECTED: {verdict.reason}", rejected=True,

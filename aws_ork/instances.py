@@ -44,6 +44,8 @@ CLOCK_SKEW_SECONDS = 60
 GROUP_TAG = "aws:autoscaling:groupName"
 LIVE_STATES = frozenset({"pending", "running"})
 GONE_STATES = frozenset({"shutting-down", "terminated"})
+#: How many receives of a launch for an instance EC2 does not know before it is rejected.
+NOT_FOUND_ATTEMPTS = 5
 #: EC2 error codes that mean "no such instance" (Malformed cannot happen for a checked id, and
 #: could never succeed later either).
 NOT_FOUND = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
@@ -138,7 +140,10 @@ class InstanceCheck:
 
     def _launch(self, instance_id: str, instance: Instance | None) -> Verdict:
         if instance is None:
-            return Verdict(False, "instance not found in EC2")
+            # EC2's API is eventually consistent: a brand-new instance can be "not found" for
+            # a few seconds. Ask again a few times (2+4+8+16 s) before giving up for good.
+            return Verdict(False, "instance not found in EC2", retry=True,
+                           attempts=NOT_FOUND_ATTEMPTS)
         if instance.state not in LIVE_STATES:
             return Verdict(False, f"instance is {instance.state} in EC2, not pending/running")
         if self.groups:

@@ -20,7 +20,9 @@ from botocore.stub import Stubber
 from aws_ork import config, events
 from aws_ork.errors import ConfigError
 from aws_ork.events import Event, Kind, Source
-from aws_ork.instances import Ec2Lookup, InstanceCheck
+from aws_ork.handler import Action, Handler, Verdict
+from aws_ork.instances import NOT_FOUND_ATTEMPTS, Ec2Lookup, InstanceCheck
+from aws_ork.queue import Message
 from aws_ork.signature import SignatureVerifier
 from aws_ork.terminations import RETENTION_SECONDS, TerminationCheck, Terminations
 from aws_ork.trust import SourceCheck, TopicCheck, build_checks
@@ -149,14 +151,28 @@ def test_a_launch_of_an_instance_that_is_not_live_is_refused_for_good(ec2, state
 
 
 @pytest.mark.parametrize("code", ["InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"])
-def test_a_launch_of_an_unknown_instance_is_refused_for_good(ec2, code):
+def test_a_launch_of_an_unknown_instance_is_asked_again_then_refused(ec2, code):
     verdict = check_with(ec2, code)
-    assert (verdict.ok, verdict.retry) == (False, False) and "not found" in verdict.reason
+    assert (verdict.ok, verdict.retry, verdict.attempts) == (False, True, NOT_FOUND_ATTEMPTS)
+    assert "not found" in verdict.reason
 
 
 def test_an_empty_reply_is_not_found(ec2):
     verdict = check_with(ec2, {"Reservations": []})
-    assert (verdict.ok, verdict.retry) == (False, False)
+    assert (verdict.ok, verdict.retry) == (False, True) and "not found" in verdict.reason
+
+
+@pytest.mark.parametrize(("receives", "action"), [(1, Action.RETRY), (4, Action.RETRY),
+                                                  (5, Action.DELETE), (9, Action.DELETE)])
+def test_a_retry_with_limited_attempts_becomes_final_at_the_limit(receives, action):
+    def not_found(_event):
+        return Verdict(False, "instance not found in EC2", retry=True, attempts=5)
+
+    handler = Handler(None, checks=[not_found])  # type: ignore[arg-type]
+    body = json.dumps(notification("autoscaling:EC2_INSTANCE_LAUNCH", ID))
+    decision = handler.handle(Message("m", "r", body, receives))
+    assert decision.action is action
+    assert decision.rejected is (action is Action.DELETE)
 
 
 @pytest.mark.parametrize("code", ["Throttling", "RequestLimitExceeded", "UnauthorizedOperation",

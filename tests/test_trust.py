@@ -204,10 +204,14 @@ def test_launches_that_fail_a_check_accept_nothing_and_say_why(
                        "stale key": "minions_rejected"}
     for name, (instance, reason) in cases.items():
         line = decision_line(result.stderr, instance)
+        if name == "unknown":  # EC2 is eventually consistent: asked again a few times first
+            assert "check deferred" in line and reason in line, (name, line)
+            continue
         assert "REJECTED" in line and reason in line, (name, line)
     assert "SECURITY" in result.stderr and f"salt-key -f {stale}" in result.stderr
-    assert f"{len(cases)} rejected" in result.stderr
-    assert queue_counts(sqs, queue_url) == (0, 0)  # can never become valid: all deleted
+    assert f"{len(cases) - 1} rejected" in result.stderr
+    # all but the unknown instance's launch can never become valid: deleted
+    assert sum(queue_counts(sqs, queue_url)) == 1
 
 
 def _unsigned_bodies(raw: str, hook: str, bridge: str) -> list[str]:
