@@ -21,6 +21,13 @@ from tests.awsenv import start_moto
 from tests.daemon import command, wait_for, write_config
 from tests.messages import sns_launch, sns_terminate
 from tests.saltenv import start_master, start_minion
+from tests.snssign import make_signing_identity, sign_envelope
+
+TOPIC = "arn:aws:sns:us-west-2:123456789012:salt-master-asg-events"
+
+
+def signed(body: str, identity) -> str:
+    return json.dumps(sign_envelope(json.loads(body), identity))
 
 
 def say(text: str) -> None:
@@ -63,14 +70,21 @@ def main() -> int:
         say(f"the instance's salt-minion (id {instance}) submitted its key: it is pending")
         show_keys(master)
 
+        # secure defaults: signed SNS envelopes only, from our topic, for instances EC2 knows.
+        # The demo signs with a key and certificate it makes now and places in CertCacheDir
+        # (a certificate in the cache is used without fetching it from AWS).
+        cert_dir = root / "certs"
+        identity = make_signing_identity(cert_dir)
         conf = write_config(root / "aws_ork.conf", queue_url=queue_url, master=master,
-                            bucket="aws-ork-demo")
+                            bucket="aws-ork-demo", VerifySignatures="true",
+                            VerifyInstances="true", CertCacheDir=cert_dir,
+                            AllowedTopicArns=TOPIC)
         say(f"starting aws_ork -v -c {conf}")
         log = open(root / "aws_ork.log", "wb")  # noqa: SIM115
         daemon = subprocess.Popen(command(conf, "-v"), stdout=log, stderr=subprocess.STDOUT)
 
         say("Auto Scaling announces the launch (an SNS notification arrives in the queue)")
-        sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(instance))
+        sqs.send_message(QueueUrl=queue_url, MessageBody=signed(sns_launch(instance), identity))
         wait_for(lambda: instance in master.key_states()["minions"], 60, "the key accepted")
         say("aws_ork accepted the key:")
         show_keys(master)
@@ -78,7 +92,9 @@ def main() -> int:
         say(f"salt {instance} test.ping -> True")
 
         say("Auto Scaling announces the termination")
-        sqs.send_message(QueueUrl=queue_url, MessageBody=sns_terminate(instance))
+        ec2.terminate_instances(InstanceIds=[instance])
+        sqs.send_message(QueueUrl=queue_url, MessageBody=signed(sns_terminate(instance),
+                                                                 identity))
         wait_for(lambda: all(instance not in n for n in master.key_states().values()), 60,
                  "the key deleted")
         show_keys(master)
