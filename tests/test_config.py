@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -413,3 +414,21 @@ def test_cli_force_without_restore_exits_2(tmp_path: Path) -> None:
     result = run_cli("--force", "-c", str(tmp_path / "nope.conf"), cwd=tmp_path)
     assert result.returncode == 2
     assert "--force" in result.stderr.splitlines()[-1]
+
+
+def test_example_config_lists_every_option_and_reads_back_as_the_defaults(tmp_path) -> None:
+    example = Path(__file__).parent.parent / "data" / "aws_ork.conf"
+    text = example.read_text()
+    listed = {m.group(1).lower() for m in re.finditer(r"^#(\w+) =", text, re.M)}
+    assert listed == set(config.OPTIONS)
+    # the shipped file, as is, is valid and changes nothing
+    assert config.read_file(example) == Config(source=str(example))
+    # every commented example value is itself valid
+    uncommented = re.sub(r"^#(\w+ =)", r"\1", text, flags=re.M)
+    config.read_file(write(tmp_path, uncommented))
+
+
+def test_readme_documents_every_option() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for _, canonical in config.OPTIONS.values():
+        assert f"| {canonical} |" in readme, canonical
