@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
 from pathlib import Path
@@ -272,3 +273,59 @@ def test_sigterm_cuts_the_long_poll_short(master, conf, tmp_path, sqs, queue_url
             proc.kill()
     assert "stopping (SIGTERM)" in log.read_text()
     assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def test_daemon_mode_writes_its_pid_file_and_log_and_stops_on_sigterm(master, tmp_path,
+                                                                      queue_url, sqs):
+    pid_file, log_file = tmp_path / "run" / "aws_ork.pid", tmp_path / "log" / "aws_ork.log"
+    (tmp_path / "run").mkdir()
+    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
+                        PidFile=pid_file, LogFile=log_file)
+    instance = new_id()
+    master.add_pending_key(instance)
+
+    parent = run_aws_ork(conf, "-d", timeout=60)
+
+    assert parent.returncode == 0, parent.stderr
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 30,
+                       "the pid file"))
+    try:
+        wait_for(lambda: log_file.exists() and "aws_ork 1" in log_file.read_text(), 30,
+                 "the start line in LogFile")
+        send(sqs, queue_url, sns_launch(instance))
+        wait_for(lambda: states(master, instance)[instance] == "minions", 30,
+                 "the detached daemon to accept the key")
+        again = run_aws_ork(conf, "-d", timeout=60)
+        assert again.returncode == 1 and "already running" in again.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not _alive(pid), 30, "the daemon to exit")
+    assert not pid_file.exists()
+    assert "stopping (SIGTERM)" in log_file.read_text()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_check_reports_each_part_and_fails_on_a_missing_bucket(master, tmp_path, queue_url,
+                                                               bucket):
+    good = write_config(tmp_path / "good.conf", queue_url=queue_url, master=master,
+                        bucket=bucket)
+    ok = run_aws_ork(good, "--check")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    lines = ok.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["ok"] * len(lines)
+    assert any(line.startswith("ok   queue") for line in lines)
+    assert any(line.startswith("ok   bucket") for line in lines)
+    assert any(line.startswith("ok   salt pki") for line in lines)
+
+    bad = write_config(tmp_path / "bad.conf", queue_url=queue_url, master=master,
+                       bucket="no-such-bucket-here")
+    failed = run_aws_ork(bad, "--check")
+    assert failed.returncode == 1
+    assert any(line.startswith("FAIL bucket") for line in failed.stdout.splitlines())

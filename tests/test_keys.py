@@ -1,0 +1,97 @@
+"""KeyManager against a real salt-master's key store: exact matches, every key state."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from aws_ork.keys import KeyManager, Outcome, load_master_opts
+from tests.saltenv import start_master
+
+
+def new_id() -> str:
+    return "i-" + secrets.token_hex(9)[:17]
+
+
+@pytest.fixture(scope="module")
+def master(tmp_path_factory):
+    salt_master = start_master(tmp_path_factory.mktemp("keys-master"))
+    yield salt_master
+    salt_master.stop()
+
+
+@pytest.fixture(scope="module")
+def keys(master) -> KeyManager:
+    return KeyManager(load_master_opts(master.config_file))
+
+
+def state(master, minion_id: str) -> str | None:
+    return master.key_state_of(minion_id)
+
+
+def test_accept_takes_exactly_the_named_pending_key(master, keys):
+    mine, neighbour = new_id(), new_id()
+    master.add_pending_key(mine)
+    # a neighbour whose id starts with the same characters: a glob or prefix match would hit it
+    twin = mine[:-1] + ("0" if mine[-1] != "0" else "1")
+    master.add_pending_key(twin)
+    master.add_pending_key(neighbour)
+
+    result = keys.accept(mine)
+
+    assert (result.outcome, result.changed) == (Outcome.ACCEPTED, True)
+    assert [state(master, i) for i in (mine, twin, neighbour)] == \
+        ["minions", "minions_pre", "minions_pre"]
+    assert keys.accept(mine).outcome is Outcome.ALREADY_ACCEPTED
+
+
+@pytest.mark.parametrize("bad", ["*", "i-*", "i-?", "i-[0-9a-f]*", "../minions/x", "i-0,i-1",
+                                 "I-0123456789ABCDEF0", "i-0123456789abcdef0 ", ""])
+def test_ids_that_are_not_instance_ids_never_reach_salt(master, keys, bad):
+    pending, accepted = new_id(), new_id()
+    master.add_pending_key(pending)
+    master.add_accepted_key(accepted)
+
+    assert keys.accept(bad).outcome is Outcome.INVALID_ID
+    assert keys.delete(bad).outcome is Outcome.INVALID_ID
+    assert keys.reject(bad).outcome is Outcome.INVALID_ID
+
+    assert (state(master, pending), state(master, accepted)) == ("minions_pre", "minions")
+
+
+def test_a_key_not_yet_submitted_is_not_pending(keys):
+    result = keys.accept(new_id())
+    assert (result.outcome, result.outcome.done) == (Outcome.NOT_PENDING, False)
+
+
+def test_a_rejected_key_stays_rejected(master, keys):
+    rejected = new_id()
+    master.add_rejected_key(rejected)
+    assert keys.accept(rejected).outcome is Outcome.REFUSED
+    assert state(master, rejected) == "minions_rejected"
+
+
+@pytest.mark.parametrize("where", ["pending", "accepted", "rejected", "denied"])
+def test_delete_removes_the_key_in_any_state(master, keys, where):
+    doomed, bystander = new_id(), new_id()
+    getattr(master, f"add_{where}_key")(doomed)
+    master.add_accepted_key(bystander)
+
+    result = keys.delete(doomed)
+
+    assert (result.outcome, result.changed) == (Outcome.DELETED, True)
+    assert all(doomed not in names for names in master.key_states().values())
+    assert state(master, bystander) == "minions"
+    assert keys.delete(doomed).outcome is Outcome.ABSENT
+
+
+def test_dry_run_reports_and_changes_nothing(master):
+    dry = KeyManager(load_master_opts(master.config_file), dry_run=True)
+    pending, accepted = new_id(), new_id()
+    master.add_pending_key(pending)
+    master.add_accepted_key(accepted)
+
+    assert dry.accept(pending).describe() == "would be accepted"
+    assert dry.delete(accepted).describe() == "would be deleted"
+    assert (state(master, pending), state(master, accepted)) == ("minions_pre", "minions")
