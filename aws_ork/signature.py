@@ -28,10 +28,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import os
 import re
 import ssl
-import tempfile
 import threading
 import urllib.error
 import urllib.parse
@@ -45,6 +43,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from aws_ork.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ class SignatureVerifier:
         cert = _parse(pem, "fetched certificate")
         log.info("fetched SNS signing certificate %s", url)
         try:
-            _write_atomic(path, pem)
+            write_atomic(path, pem)
         except OSError:
             log.warning("could not cache certificate at %s", path, exc_info=True)
         return cert
@@ -278,22 +278,3 @@ def _parse(pem: object, what: str) -> x509.Certificate:
         return x509.load_pem_x509_certificate(pem)
     except ValueError:
         raise _Reject(f"{what} is not a PEM X.509 certificate") from None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write by temp file in the same dir + rename: mode 0644, directories 0755."""
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

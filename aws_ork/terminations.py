@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from aws_ork.events import Event, Kind
+from aws_ork.fsutil import write_atomic
 from aws_ork.handler import Verdict
 from aws_ork.ids import is_instance_id
 
@@ -51,18 +51,8 @@ class Terminations:
             log.info("dry run: would remember the termination of %s in %s", instance_id,
                      self.directory)
             return
-        self.directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{instance_id}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(datetime.fromtimestamp(self.clock(), UTC).isoformat() + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        stamp = datetime.fromtimestamp(self.clock(), UTC).isoformat() + "\n"
+        write_atomic(path, stamp.encode())
         self._maybe_prune()
 
     def seen(self, instance_id: str) -> float | None:

@@ -10,6 +10,7 @@ import boto3
 import pytest
 
 from tests.awsenv import MotoServer, start_moto
+from tests.saltenv import SaltMaster, start_master
 
 AWS_VARIABLES = ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
 
@@ -60,3 +61,11 @@ def bucket(s3) -> str:
     name = f"aws-ork-test-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
     return name
+
+
+@pytest.fixture(scope="module")
+def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaltMaster]:
+    """A real salt-master shared by the tests of one module (they use distinct minion ids)."""
+    salt_master = start_master(tmp_path_factory.mktemp("master"))
+    yield salt_master
+    salt_master.stop()

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
 FIXTURES = Path(__file__).parent / "fixtures" / "messages"
+
+
+def new_id() -> str:
+    """A fresh, well-formed 17-digit instance id: tests sharing a master never collide."""
+    return "i-" + secrets.token_hex(9)[:17]
 
 
 def fixture_text(name: str) -> str:

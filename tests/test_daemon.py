@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 from pathlib import Path
 
@@ -19,19 +18,8 @@ from tests.daemon import (
     wait_for,
     write_config,
 )
-from tests.messages import fixture_text, sns_launch, sns_terminate
-from tests.saltenv import SaltMaster, free_port, start_master
-
-
-def new_id() -> str:
-    return "i-" + secrets.token_hex(9)[:17]
-
-
-@pytest.fixture(scope="module")
-def master(tmp_path_factory: pytest.TempPathFactory):
-    salt_master = start_master(tmp_path_factory.mktemp("master"))
-    yield salt_master
-    salt_master.stop()
+from tests.messages import fixture_text, new_id, sns_launch, sns_terminate
+from tests.saltenv import SaltMaster, free_port
 
 
 @pytest.fixture

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 
 from aws_ork.keys import KeyManager, Outcome, load_master_opts
-from tests.saltenv import start_master
-
-
-def new_id() -> str:
-    return "i-" + secrets.token_hex(9)[:17]
-
-
-@pytest.fixture(scope="module")
-def master(tmp_path_factory):
-    salt_master = start_master(tmp_path_factory.mktemp("keys-master"))
-    yield salt_master
-    salt_master.stop()
+from tests.messages import new_id
 
 
 @pytest.fixture(scope="module")

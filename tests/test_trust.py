@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 import uuid
 from pathlib import Path
@@ -20,8 +19,8 @@ import pytest
 
 from tests.awsenv import free_port
 from tests.daemon import queue_counts, run_aws_ork, wait_for, write_config
-from tests.messages import envelope, fixture, notification
-from tests.saltenv import SaltMaster, start_master
+from tests.messages import envelope, fixture, new_id, notification
+from tests.saltenv import SaltMaster
 from tests.snssign import SigningIdentity, make_signing_identity, sign_envelope
 
 TOPIC = "arn:aws:sns:us-west-2:123456789012:salt-master-asg-events"
@@ -30,15 +29,6 @@ LAUNCH = "autoscaling:EC2_INSTANCE_LAUNCH"
 TERMINATE = "autoscaling:EC2_INSTANCE_TERMINATE"
 
 
-def new_id() -> str:
-    return "i-" + secrets.token_hex(9)[:17]
-
-
-@pytest.fixture(scope="module")
-def master(tmp_path_factory: pytest.TempPathFactory):
-    salt_master = start_master(tmp_path_factory.mktemp("master"))
-    yield salt_master
-    salt_master.stop()
 
 
 @pytest.fixture(scope="module")
