@@ -235,7 +235,8 @@ def test_s3_mirror_follows_every_change(master, tmp_path, queue_url, sqs, s3, bu
     mirrored = bucket_objects(s3, bucket)
     assert mirrored == tree_md5s(master.pki_root)
     assert not any(instance in key for key in mirrored)
-    acl = s3.get_object_acl(Bucket=bucket, Key="pki/master/master.pub")
+    master_pub = next(k for k in mirrored if k.startswith("master/") and k.endswith(".pub"))
+    acl = s3.get_object_acl(Bucket=bucket, Key=f"pki/{master_pub}")
     assert acl["Grants"], "objects carry an ACL"
 
 
