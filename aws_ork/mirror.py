@@ -43,6 +43,17 @@ class SyncStats:
         return text + (f", {self.heads} looked up" if self.heads else "")
 
 
+def link_target(root: Path, rel: str) -> str | None:
+    """A symlink's target relative to its directory, if it resolves to a regular file
+    inside root; None otherwise (such links are not mirrored)."""
+    link = root / rel
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(link)
+    if os.path.commonpath([real, real_root]) != real_root or not os.path.isfile(real):
+        return None
+    return os.path.relpath(real, os.path.realpath(link.parent))
+
+
 class S3Mirror:
     """The pki tree at ``pki_dir`` and its mirror ``tree``; ``manifest_path`` in StateDir."""
 
@@ -148,25 +159,40 @@ class S3Mirror:
         cached = self._hashes.get(rel)
         if cached is not None and cached[0] == signature:
             return cached[1]
-        try:
-            digest = hashlib.md5((self.pki_dir / rel).read_bytes(),
-                                 usedforsecurity=False).hexdigest()
-        except FileNotFoundError:
+        body = self._read(rel, st)
+        if body is None:
             return None
-        except OSError as exc:
-            raise MirrorError(f"{self.pki_dir / rel}: {exc}") from exc
+        digest = hashlib.md5(body, usedforsecurity=False).hexdigest()
         self._hashes[rel] = (signature, digest)
         return digest
 
+    def _read(self, rel: str, st: os.stat_result) -> bytes | None:
+        """What the object holds: the file's bytes, or a symlink's target (relative)."""
+        path = self.pki_dir / rel
+        try:
+            if stat.S_ISLNK(st.st_mode):
+                target = link_target(self.pki_dir, rel)
+                return None if target is None else target.encode()
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise MirrorError(f"{path}: {exc}") from exc
+
     def _lstat(self, rel: str) -> os.stat_result | None:
-        """The file's stat if it is a regular file (symlinks are not followed), else None."""
+        """The stat of a regular file, or of a symlink to a file inside the tree (Salt 3008
+        links master.pem to <id>.pem); None for anything else."""
         try:
             st = os.lstat(self.pki_dir / rel)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise MirrorError(f"{self.pki_dir / rel}: {exc}") from exc
-        return st if stat.S_ISREG(st.st_mode) else None
+        if stat.S_ISREG(st.st_mode):
+            return st
+        if stat.S_ISLNK(st.st_mode) and link_target(self.pki_dir, rel) is not None:
+            return st
+        return None
 
     def _scan(self) -> Iterator[tuple[str, os.stat_result]]:
         """Regular files under pki_dir as (posix relative path, stat)."""
@@ -184,18 +210,14 @@ class S3Mirror:
 
     def _put_one(self, rel: str) -> Remote | None:
         """Upload one file as it is now; None when it vanished meanwhile."""
-        path = self.pki_dir / rel
-        try:
-            with open(path, "rb") as handle:
-                st = os.fstat(handle.fileno())
-                body = handle.read()
-        except FileNotFoundError:
+        st = self._lstat(rel)
+        body = None if st is None else self._read(rel, st)
+        if st is None or body is None:
             return None
-        except OSError as exc:
-            raise MirrorError(f"{path}: {exc}") from exc
         md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
         self._hashes[rel] = ((st.st_size, st.st_mtime_ns, st.st_ino), md5)
-        return self.tree.put(rel, body, stat.S_IMODE(st.st_mode), md5)
+        return self.tree.put(rel, body, stat.S_IMODE(st.st_mode), md5,
+                             symlink=stat.S_ISLNK(st.st_mode))
 
     def _put_many(self, rels: list[str]) -> tuple[int, list[str]]:
         """Upload files (in parallel when there are several); the manifest records each

@@ -1,7 +1,8 @@
 """``aws_ork --restore``: bring the pki mirror back into PkiDir for a replacement master.
 
 Each object becomes a file written atomically (temp file + fsync + rename) with the mode
-stored in its metadata, after its body was checked against the MD5 it was stored with.
+stored in its metadata, after its body was checked against the MD5 it was stored with;
+objects marked as symlinks (Salt 3008's master.pem -> <id>.pem) become symlinks again.
 Directories that are created get 0700 when they hold a private key (``*.pem``: a master or
 minion pki_dir, which Salt keeps 0700) or are PkiDir itself, else 0755 (what Salt's
 ``verify_env`` creates). A non-empty PkiDir is refused unless ``force``; with ``force``,
@@ -77,7 +78,10 @@ def restore(tree: S3Tree, pki_dir: Path, *, force: bool = False) -> RestoreResul
         download = tree.get(rel)
         mode = download.mode if download.mode is not None else FALLBACK_MODE
         try:
-            atomic_write(pki_dir / rel, download.body, mode)
+            if download.symlink:
+                _write_link(pki_dir, rel, download.body)
+            else:
+                atomic_write(pki_dir / rel, download.body, mode)
         except OSError as exc:
             raise MirrorError(f"{pki_dir / rel}: cannot write: {exc}") from exc
         return len(download.body)
@@ -86,6 +90,20 @@ def restore(tree: S3Tree, pki_dir: Path, *, force: bool = False) -> RestoreResul
         sizes = list(pool.map(fetch, wanted))
     left = len(set(existing) - set(wanted))
     return RestoreResult(len(sizes), sum(sizes), skipped, left)
+
+
+def _write_link(pki_dir: Path, rel: str, body: bytes) -> None:
+    """Re-create a symlink (temp link + rename) if its target stays inside PkiDir."""
+    target = body.decode("utf-8", errors="replace")
+    joined = PurePosixPath(rel).parent / target
+    if target.startswith("/") or not safe_relpath(os.path.normpath(joined.as_posix())):
+        log.warning("restore: skipping symlink %s -> %r: target outside PkiDir", rel, target)
+        return
+    path = pki_dir / rel
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
 
 
 def _make_dirs(pki_dir: Path, rels: list[str]) -> None:

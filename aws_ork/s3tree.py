@@ -23,6 +23,7 @@ ACL = "bucket-owner-full-control"
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 MODE_META = "mode"
 MD5_META = "md5"
+TYPE_META = "type"  # "symlink": the body is the link's target, relative to its directory
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Download:
 
     body: bytes
     mode: int | None
+    symlink: bool = False
 
 
 def format_mode(mode: int) -> str:
@@ -97,13 +99,16 @@ class S3Tree:
         with self._translate("head bucket"):
             self.client.head_bucket(Bucket=self.target.bucket)
 
-    def put(self, relpath: str, body: bytes, mode: int, md5: str) -> Remote:
-        """Upload one file; returns what the mirror now holds for it."""
+    def put(self, relpath: str, body: bytes, mode: int, md5: str, *,
+            symlink: bool = False) -> Remote:
+        """Upload one file (or symlink); returns what the mirror now holds for it."""
+        metadata = {MODE_META: format_mode(mode), MD5_META: md5}
+        if symlink:
+            metadata[TYPE_META] = "symlink"
         with self._translate(f"put {relpath}"):
             response = self.client.put_object(
                 Bucket=self.target.bucket, Key=self.key(relpath), Body=body,
-                Metadata={MODE_META: format_mode(mode), MD5_META: md5},
-                **self.options.put_args())
+                Metadata=metadata, **self.options.put_args())
         return Remote(_etag(response["ETag"]), md5, mode & 0o7777)
 
     def delete(self, relpaths: Iterable[str]) -> int:
@@ -169,7 +174,8 @@ class S3Tree:
         if expected is not None and expected != digest:
             raise MirrorError(f"{self.target}{relpath}: downloaded body does not match its "
                               f"MD5 ({digest} != {expected})")
-        return Download(body, parse_mode(meta.get(MODE_META)))
+        return Download(body, parse_mode(meta.get(MODE_META)),
+                        meta.get(TYPE_META) == "symlink")
 
     def _translate(self, what: str) -> _Translate:
         return _Translate(f"{self.target}: {what}")

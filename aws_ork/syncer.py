@@ -52,6 +52,7 @@ class MirrorStatus:
     behind_seconds: float  # age of the oldest of them; 0 when caught up
     failures: int  # consecutive failed runs
     last_success: float | None  # wall-clock time of the last successful run
+    runs: int  # successful runs since start (a burst of requests makes one)
 
 
 class MirrorWorker:
@@ -81,6 +82,7 @@ class MirrorWorker:
         self._failures = 0
         self._behind_since: float | None = None
         self._last_success: float | None = None
+        self._runs = 0
         self._thread = threading.Thread(target=self._run, name="s3-mirror", daemon=True)
 
     def start(self) -> None:
@@ -133,7 +135,7 @@ class MirrorWorker:
         with self._cond:
             return MirrorStatus(len(self.journal),
                                 max(0.0, time.time() - oldest) if oldest else 0.0,
-                                self._failures, self._last_success)
+                                self._failures, self._last_success, self._runs)
 
     def flush(self, timeout: float) -> bool:
         """Mirror what is pending now, skipping the debounce; False if not done in time."""
@@ -237,6 +239,7 @@ class MirrorWorker:
         self._failures = 0
         self._behind_since = None
         self._last_success = time.time()
+        self._runs += 1
         for what, result in stats:
             level = logging.INFO if result.uploaded or result.deleted or what != "rescan" \
                 else logging.DEBUG
