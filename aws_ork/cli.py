@@ -20,9 +20,13 @@ from aws_ork.aws import make_client
 from aws_ork.config import Config
 from aws_ork.errors import AwsOrkError, ConfigError, MirrorError, QueueError
 from aws_ork.handler import Handler
+from aws_ork.journal import Journal
 from aws_ork.keys import KeyManager, load_master_opts
 from aws_ork.loop import Loop
+from aws_ork.manifest import FILE_NAME as MANIFEST_FILE
 from aws_ork.queue import Queue
+from aws_ork.restore import RestoreRefused, restore
+from aws_ork.s3tree import ObjectOptions, S3Tree
 from aws_ork.stopper import Stopper
 from aws_ork.syncer import MirrorWorker, S3Mirror
 
@@ -65,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check:
             return run_check(cfg)
         if args.restore:
-            raise ConfigError("aws_ork", "--restore", "not available in this version")
+            return run_restore(cfg, force=args.force)
         master_opts = load_master_opts(cfg.salt_master_config)
     except ConfigError as exc:
         print(f"aws_ork: {exc}", file=sys.stderr)
@@ -98,9 +102,31 @@ def build(cfg: Config, args: argparse.Namespace, master_opts: dict[str, Any]) ->
                                               dry_run=args.dry_run))
     mirror = None
     if cfg.bucket_url is not None and not args.dry_run:
-        s3 = make_client("s3", cfg.effective_bucket_region, max_attempts=2)
-        mirror = MirrorWorker(S3Mirror(s3, cfg.bucket_url, cfg.pki_dir))
+        mirror = MirrorWorker(
+            S3Mirror(s3_tree(cfg), cfg.pki_dir, cfg.state_dir / MANIFEST_FILE),
+            Journal(cfg.state_dir), key_dir=_key_dir(cfg, master_opts),
+            reconcile_seconds=cfg.reconcile_minutes * 60)
     return Parts(queue, handler, mirror)
+
+
+def s3_tree(cfg: Config) -> S3Tree:
+    """The mirror's objects, written with the configured SSE and ACL."""
+    assert cfg.bucket_url is not None
+    s3 = make_client("s3", cfg.effective_bucket_region, max_attempts=2)
+    return S3Tree(s3, cfg.bucket_url, ObjectOptions(cfg.bucket_sse, cfg.bucket_kms_key_id,
+                                                    cfg.bucket_acl))
+
+
+def _key_dir(cfg: Config, master_opts: dict[str, Any]) -> str | None:
+    """The master's pki_dir relative to PkiDir; None (with a warning) when outside it."""
+    key_dir = os.path.realpath(master_opts["pki_dir"])
+    root = os.path.realpath(cfg.pki_dir)
+    if os.path.commonpath([key_dir, root]) != root:
+        log.warning("the master's pki_dir %s is not under PkiDir %s: minion keys are not "
+                    "mirrored to S3", key_dir, root)
+        return None
+    rel = os.path.relpath(key_dir, root)
+    return "" if rel == "." else rel
 
 
 def run(cfg: Config, args: argparse.Namespace, master_opts: dict[str, Any]) -> int:
@@ -121,8 +147,7 @@ def run(cfg: Config, args: argparse.Namespace, master_opts: dict[str, Any]) -> i
     if args.purge:
         _purge(parts.queue, args.dry_run)
     if parts.mirror is not None:
-        parts.mirror.start()
-        parts.mirror.request()  # reconcile at start-up: catches changes made while we were down
+        parts.mirror.start()  # replays the journal, then reconciles with the bucket
 
     def reload() -> None:
         opts = load_master_opts(cfg.salt_master_config)
@@ -166,8 +191,7 @@ def run_check(cfg: Config) -> int:
         results.append((True, "bucket: mirror off (no BucketUrl)"))
     else:
         try:
-            S3Mirror(make_client("s3", cfg.effective_bucket_region, max_attempts=2),
-                     cfg.bucket_url, cfg.pki_dir).check()
+            s3_tree(cfg).check()
             results.append((True, f"bucket {cfg.bucket_url}"))
         except MirrorError as exc:
             results.append((False, f"bucket: {exc}"))
@@ -176,6 +200,28 @@ def run_check(cfg: Config) -> int:
     for ok, text in results:
         print(f"{'ok  ' if ok else 'FAIL'} {text}")
     return 0 if all(ok for ok, _ in results) else 1
+
+
+def run_restore(cfg: Config, *, force: bool) -> int:
+    """``--restore``: copy the mirror into PkiDir; print a summary. 0 ok, 1 S3 or disk
+    failure, 2 no BucketUrl or a non-empty PkiDir without --force."""
+    if cfg.bucket_url is None:
+        raise ConfigError(cfg.source, "BucketUrl", "not set: --restore needs the mirror's URL")
+    logsetup.setup(verbose=False)
+    try:
+        result = restore(s3_tree(cfg), cfg.pki_dir, force=force)
+    except RestoreRefused as exc:
+        raise ConfigError(cfg.source, "PkiDir", str(exc)) from None
+    except AwsOrkError as exc:
+        print(f"aws_ork: restore failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored {result.files} files ({result.bytes} bytes) from {cfg.bucket_url} "
+          f"into {cfg.pki_dir}")
+    if result.left_in_place:
+        print(f"{result.left_in_place} local files not in the mirror were left in place")
+    if result.skipped:
+        print(f"{len(result.skipped)} objects skipped (not a safe relative path)")
+    return 0
 
 
 def _purge(queue: Queue, dry_run: bool) -> None:

@@ -53,6 +53,12 @@ class Config:
     poll_pause: float = field(default=0.0, metadata={"option": "PollPause"})
     bucket_url: BucketUrl | None = field(default=None, metadata={"option": "BucketUrl"})
     bucket_region: str | None = field(default=None, metadata={"option": "BucketRegion"})
+    bucket_sse: str | None = field(default=None, metadata={"option": "BucketSSE"})
+    bucket_kms_key_id: str | None = field(default=None, metadata={"option": "BucketKmsKeyId"})
+    bucket_acl: str | None = field(
+        default="bucket-owner-full-control", metadata={"option": "BucketAcl"}
+    )
+    reconcile_minutes: float = field(default=10.0, metadata={"option": "ReconcileMinutes"})
     delete_unknown_messages: bool = field(
         default=True, metadata={"option": "DeleteUnknownMessages"}
     )
@@ -161,6 +167,35 @@ def _bucket_url(raw: str) -> BucketUrl:
     return BucketUrl(match.group(1), prefix)
 
 
+def _sse(raw: str) -> str:
+    for choice in ("AES256", "aws:kms"):
+        if raw.lower() == choice.lower():
+            return choice
+    raise ValueError("must be none, AES256 or aws:kms")
+
+
+def _kms_key_id(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9:/_.-]{1,2048}", raw):
+        raise ValueError("is not a KMS key id, key ARN, alias/NAME or alias ARN")
+    return raw
+
+
+def _acl(raw: str) -> str:
+    if raw.lower() != "bucket-owner-full-control":
+        raise ValueError("must be bucket-owner-full-control or none")
+    return "bucket-owner-full-control"
+
+
+def _minutes(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("is not a number of minutes") from None
+    if not 0 <= value <= 1440 or value != value:
+        raise ValueError("must be between 0 (only at start-up) and 1440 minutes")
+    return value
+
+
 def _path(raw: str) -> Path:
     if not raw:
         raise ValueError("is empty")
@@ -229,6 +264,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "poll_pause": _seconds,
     "bucket_url": _optional(_bucket_url),
     "bucket_region": _optional(_region),
+    "bucket_sse": _optional(_sse),
+    "bucket_kms_key_id": _optional(_kms_key_id),
+    "bucket_acl": _optional(_acl),
+    "reconcile_minutes": _minutes,
     "delete_unknown_messages": _bool,
     "salt_master_config": _path,
     "pki_dir": _path,
@@ -269,6 +308,8 @@ def from_mapping(values: Mapping[str, str], source: str) -> Config:
             kwargs[name] = _PARSERS[name](value)
         except ValueError as exc:
             raise ConfigError(source, option, f"{value!r} {exc}") from None
+    if kwargs.get("bucket_kms_key_id") and kwargs.get("bucket_sse") != "aws:kms":
+        raise ConfigError(source, "BucketKmsKeyId", "is set but BucketSSE is not aws:kms")
     return Config(**kwargs)
 
 

@@ -37,3 +37,14 @@ def retry_delay(receive_count: int) -> int:
 #: A stopping daemon gives the last S3 mirror run this long; what is left is mirrored at the
 #: next start (the start-up reconciliation), and ``--once`` exits 1 to say so.
 FINAL_MIRROR_SECONDS = 10
+
+#: S3 mirror debounce: a burst of key changes (a scale-out) is mirrored once it has been quiet
+#: this long, and at the latest this long after its first change, not once per message.
+MIRROR_DEBOUNCE_SECONDS = 0.5
+MIRROR_DEBOUNCE_MAX_SECONDS = 2.0
+#: A failed mirror run is retried after 1, 2, 4, ... seconds up to this cap: short enough
+#: that the bucket catches up soon after an S3 outage ends.
+MIRROR_RETRY_CAP_SECONDS = 30
+#: Parallel uploads when many files differ (first mirror, reconciliation after drift);
+#: below botocore's default connection pool of 10.
+MIRROR_UPLOAD_THREADS = 8

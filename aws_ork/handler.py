@@ -38,6 +38,7 @@ class Decision:
     changed: bool = False  # the key store was changed: the S3 mirror is due
     delay: int = 0
     rejected: bool = False  # failed a trust check (counted apart from unknown messages)
+    minion_id: str | None = None  # whose key changed (``changed``): the mirror sends its files
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,13 @@ class Handler:
             return self._retry(message, f"key store error, retrying: {exc}")
         except AwsOrkError as exc:
             return self._retry(message, f"error, retrying: {exc}")
-        return self._from_result(result, message)
+        return self._from_result(result, message, event.instance_id)
 
-    def _from_result(self, result: KeyResult, message: Message) -> Decision:
+    def _from_result(self, result: KeyResult, message: Message,
+                     minion_id: str | None = None) -> Decision:
         if result.outcome.done:
-            return Decision(Action.DELETE, result.describe(), changed=result.changed)
+            return Decision(Action.DELETE, result.describe(), changed=result.changed,
+                            minion_id=minion_id if result.changed else None)
         return self._retry(message, result.describe())
 
     @staticmethod

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aws_ork import defaults
-from aws_ork.errors import QueueError
+from aws_ork.errors import MirrorError, QueueError
 from aws_ork.handler import Action, Decision, Handler
 from aws_ork.queue import Message, Queue
 from aws_ork.stopper import Stopped, Stopper
@@ -131,13 +131,14 @@ class Loop:
 
     def _handle_batch(self, messages: list[Message]) -> None:
         done: list[Message] = []
-        changed = False
+        changed: list[tuple[Message, Decision]] = []
         for index, message in enumerate(messages):
             if self.stopper.stopping:
                 self._give_back(messages[index:])
                 break
             decision = self.handler.handle(message)
-            changed |= decision.changed
+            if decision.changed:
+                changed.append((message, decision))
             self._count(decision)
             if decision.action is Action.DELETE:
                 done.append(message)
@@ -145,14 +146,30 @@ class Loop:
                 self.queue.retry_later(message, decision.delay)
         if changed:
             self.counters.key_changes += 1
-            if self.mirror is not None:
-                self.mirror.request()
+            if self.mirror is not None and not self._record_for_mirror(changed):
+                unrecorded = {id(m) for m, _ in changed}
+                done = [m for m in done if id(m) not in unrecorded]
         if self.dry_run:
             if done:
                 log.info("dry run: %d messages would be deleted", len(done))
             return
         failed = self.queue.delete(done)
         self.counters.deleted += len(done) - len(failed)
+
+    def _record_for_mirror(self, changed: list[tuple[Message, Decision]]) -> bool:
+        """Durably note the changed keys for the S3 mirror before their messages are deleted.
+        When that fails, those messages are kept (retried soon): not reported done."""
+        assert self.mirror is not None
+        ids = [d.minion_id for _, d in changed if d.minion_id]
+        try:
+            self.mirror.request(ids if len(ids) == len(changed) else None)
+            return True
+        except MirrorError as exc:
+            log.error("%s; keeping %d messages for a retry", exc, len(changed))
+            if not self.dry_run:
+                for message, _ in changed:
+                    self.queue.retry_later(message, defaults.RETRY_BASE_SECONDS)
+            return False
 
     def _give_back(self, unhandled: list[Message]) -> None:
         log.info("stop requested: giving %d unhandled messages back to the queue",

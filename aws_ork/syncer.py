@@ -1,190 +1,262 @@
-"""Mirror the Salt pki tree to S3, so a replacement master can be restored with every key.
+"""The S3 mirror's background worker: the loop tells it what changed, it mirrors it soon.
 
-Only this module talks to S3. The mirror makes the bucket prefix equal the local tree:
-new or changed files are uploaded (changed means the MD5 differs from the object's ETag),
-objects whose file is gone are deleted, every object gets ``bucket-owner-full-control``.
+Key handling never waits for S3. :meth:`MirrorWorker.request` writes the changed paths to
+the durable journal (StateDir) and returns; the SQS message is deleted only after that.
+The worker thread then:
 
-:class:`MirrorWorker` runs the mirror in a thread of its own, so key handling never waits
-for S3: the loop only marks the mirror dirty; a failed mirror is retried with backoff.
+1. at start, replays what the journal still holds (changes recorded before a crash or an
+   outage), then runs a full reconciliation (listing the bucket);
+2. after a burst of requests has been quiet for MIRROR_DEBOUNCE_SECONDS (or at the latest
+   MIRROR_DEBOUNCE_MAX_SECONDS after its first request), mirrors the recorded paths;
+3. every ReconcileMinutes, reconciles again (out-of-band changes, drift in the bucket).
+
+A failed run is retried with a doubling delay; journal entries go only once S3 confirmed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from aws_ork import defaults
-from aws_ork.aws import AWS_ERRORS, error_code
-from aws_ork.config import BucketUrl
 from aws_ork.errors import MirrorError
+from aws_ork.journal import Journal, Snapshot
+from aws_ork.keys import ACCEPTED, DENIED, PENDING, REJECTED
+from aws_ork.mirror import S3Mirror, SyncStats
+
+__all__ = ["MirrorStatus", "MirrorWorker", "S3Mirror", "SyncStats", "key_paths"]
 
 log = logging.getLogger(__name__)
 
-ACL = "bucket-owner-full-control"
-DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
+AUTOSIGN = "minions_autosign"
+#: Every place the master's key store keeps a file named after the minion id.
+KEY_DIRS = (ACCEPTED, PENDING, REJECTED, DENIED, AUTOSIGN)
+
+
+def key_paths(key_dir: str, minion_id: str) -> list[str]:
+    """The paths (relative to PkiDir) a change of this minion's key may touch.
+
+    ``key_dir`` is the master's pki_dir relative to PkiDir ('' when they are the same)."""
+    base = f"{key_dir.strip('/')}/" if key_dir.strip("/") else ""
+    return [f"{base}{state}/{minion_id}" for state in KEY_DIRS]
 
 
 @dataclass(frozen=True)
-class SyncStats:
-    """What one mirror run did."""
+class MirrorStatus:
+    """How far behind the mirror is (for logs and metrics)."""
 
-    uploaded: int = 0
-    deleted: int = 0
-    unchanged: int = 0
-
-
-class S3Mirror:
-    """Make ``s3://bucket/prefix/`` equal ``pki_dir``."""
-
-    def __init__(self, client: Any, target: BucketUrl, pki_dir: Path) -> None:
-        self.client = client
-        self.target = target
-        self.pki_dir = pki_dir
-
-    def check(self) -> None:
-        """Reach the bucket (for ``--check``)."""
-        try:
-            self.client.head_bucket(Bucket=self.target.bucket)
-        except AWS_ERRORS as exc:
-            raise MirrorError(f"{self.target}: {error_code(exc)}") from exc
-
-    def sync(self) -> SyncStats:
-        """One full mirror run; raises MirrorError when any part of it failed."""
-        try:
-            remote = self._remote_etags()
-            uploaded = unchanged = 0
-            for relpath, path in _local_files(self.pki_dir):
-                body = path.read_bytes()
-                key = self.target.prefix + relpath
-                if remote.pop(key, None) == hashlib.md5(body, usedforsecurity=False).hexdigest():
-                    unchanged += 1
-                    continue
-                self.client.put_object(Bucket=self.target.bucket, Key=key, Body=body, ACL=ACL)
-                uploaded += 1
-            self._delete(sorted(remote))
-        except AWS_ERRORS as exc:
-            raise MirrorError(f"{self.target}: {error_code(exc)}: {exc}") from exc
-        except OSError as exc:
-            raise MirrorError(f"{self.pki_dir}: {exc}") from exc
-        return SyncStats(uploaded, len(remote), unchanged)
-
-    def _remote_etags(self) -> dict[str, str]:
-        paginator = self.client.get_paginator("list_objects_v2")
-        etags: dict[str, str] = {}
-        for page in paginator.paginate(Bucket=self.target.bucket, Prefix=self.target.prefix):
-            for obj in page.get("Contents", []):
-                etags[obj["Key"]] = obj["ETag"].strip('"')
-        return etags
-
-    def _delete(self, keys: list[str]) -> None:
-        for start in range(0, len(keys), DELETE_BATCH):
-            chunk = keys[start:start + DELETE_BATCH]
-            response = self.client.delete_objects(
-                Bucket=self.target.bucket,
-                Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
-            )
-            if response.get("Errors"):
-                first = response["Errors"][0]
-                raise MirrorError(f"{self.target}: delete of {first.get('Key')} failed: "
-                                  f"{first.get('Code')}")
-
-
-def _local_files(root: Path) -> Iterator[tuple[str, Path]]:
-    """Regular files under root as (posix relative path, path); symlinks are not followed."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath, name)
-            if path.is_file() and not path.is_symlink():
-                yield path.relative_to(root).as_posix(), path
+    pending: int  # journal entries not yet confirmed by S3
+    behind_seconds: float  # age of the oldest of them; 0 when caught up
+    failures: int  # consecutive failed runs
+    last_success: float | None  # wall-clock time of the last successful run
+    runs: int  # successful runs since start (a burst of requests makes one)
 
 
 class MirrorWorker:
-    """Runs :meth:`S3Mirror.sync` in a background thread whenever the tree was changed.
+    """Runs the mirror in a thread of its own. ``request()`` is cheap and never waits on S3."""
 
-    ``request()`` is cheap and never blocks; a burst of requests leads to one run. A failed
-    run is retried after a delay that doubles up to RECONNECT_CAP_SECONDS.
-    """
-
-    def __init__(self, mirror: S3Mirror) -> None:
+    def __init__(self, mirror: S3Mirror, journal: Journal, *, key_dir: str | None = "",
+                 reconcile_seconds: float = 0.0,
+                 debounce: float = defaults.MIRROR_DEBOUNCE_SECONDS,
+                 debounce_max: float = defaults.MIRROR_DEBOUNCE_MAX_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.mirror = mirror
+        self.journal = journal
+        self.key_dir = key_dir
+        self.reconcile_seconds = reconcile_seconds
+        self.debounce = debounce
+        self.debounce_max = debounce_max
+        self._clock = clock
         self._cond = threading.Condition()
-        self._dirty = False
+        self._need_reconcile = True  # at start-up
+        self._next_reconcile: float | None = None
+        self._burst_start: float | None = None
+        self._last_request = 0.0
+        self._retry_at = 0.0
+        self._hurry = 0
         self._running = False
         self._stopping = False
         self._failures = 0
+        self._behind_since: float | None = None
+        self._last_success: float | None = None
+        self._runs = 0
         self._thread = threading.Thread(target=self._run, name="s3-mirror", daemon=True)
 
     def start(self) -> None:
+        left = len(self.journal)
+        if left:
+            oldest = self.journal.oldest() or time.time()
+            log.info("S3 mirror: replaying %d changes recorded before the last stop "
+                     "(oldest %.0fs ago)", left, time.time() - oldest)
         self._thread.start()
 
-    def request(self) -> None:
-        """Mark the tree changed: a mirror run follows soon."""
+    # --- called by the loop (and the watcher) -------------------------------------------
+
+    def request(self, minion_ids: Iterable[str] | None = None) -> None:
+        """Record that these minions' keys changed (or, with no ids, that something in the
+        tree may have: a rescan of the local tree against the mirror). Returns once it is
+        on disk; raises MirrorError when the journal cannot be written."""
+        paths: list[str] = []
+        rescan = minion_ids is None
+        for minion_id in minion_ids or ():
+            if not minion_id or "/" in minion_id or minion_id in (".", ".."):
+                rescan = True  # never a path from an odd id: look at the whole tree instead
+            elif self.key_dir is not None:
+                paths.extend(key_paths(self.key_dir, minion_id))
+        if not paths and not rescan:
+            return  # the master's key store is outside PkiDir: nothing of it is mirrored
+        try:
+            self.journal.record(paths, rescan=rescan)
+        finally:
+            with self._cond:
+                now = self._clock()
+                self._last_request = now
+                if self._burst_start is None:
+                    self._burst_start = now
+                self._cond.notify_all()
+
+    def reconcile(self) -> None:
+        """Ask for a full reconciliation (listing the bucket) at once."""
         with self._cond:
-            self._dirty = True
+            self._need_reconcile = True
             self._cond.notify_all()
 
     @property
     def pending(self) -> bool:
         """True while a change has not yet reached S3."""
         with self._cond:
-            return self._dirty or self._running
+            return self._has_work() or self._running
+
+    def status(self) -> MirrorStatus:
+        oldest = self.journal.oldest()
+        with self._cond:
+            return MirrorStatus(len(self.journal),
+                                max(0.0, time.time() - oldest) if oldest else 0.0,
+                                self._failures, self._last_success, self._runs)
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every requested change is mirrored; False if that did not happen in time."""
+        """Mirror what is pending now, skipping the debounce; False if not done in time."""
         with self._cond:
-            return self._cond.wait_for(lambda: not (self._dirty or self._running), timeout)
+            self._hurry += 1
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(lambda: not (self._has_work() or self._running),
+                                           timeout)
+            finally:
+                self._hurry -= 1
 
     def stop(self, timeout: float) -> bool:
-        """Try to mirror what is pending, then stop the thread. True if nothing is left behind."""
+        """Try to mirror what is pending, then stop the thread. True if nothing is left
+        behind; what is left stays in the journal for the next start."""
         done = self.flush(timeout)
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout=1)
+        self._thread.join(timeout=defaults.CONNECT_TIMEOUT_SECONDS * 2)
+        if not self._thread.is_alive():
+            self.mirror.save_manifest()
+        self.journal.close()
         return done
+
+    # --- the thread -------------------------------------------------------------------
+
+    def _has_work(self) -> bool:
+        return self._need_reconcile or len(self.journal) > 0
+
+    def _next_wake(self, now: float) -> float | None:
+        """Seconds until something is due (None: nothing is); 0 means now."""
+        if self._next_reconcile is not None and now >= self._next_reconcile:
+            self._need_reconcile = True
+            self._next_reconcile = None
+        waits: list[float] = []
+        if self._next_reconcile is not None:
+            waits.append(self._next_reconcile - now)
+        if self._has_work():
+            if now < self._retry_at:
+                waits.append(self._retry_at - now)
+            elif self._hurry or self._burst_start is None or len(self.journal) == 0:
+                return 0.0  # flush, start-up replay or reconciliation: no debounce
+            else:
+                quiet = self._last_request + self.debounce - now
+                latest = self._burst_start + self.debounce_max - now
+                wait = min(quiet, latest)
+                if wait <= 0:
+                    return 0.0
+                waits.append(wait)
+        return max(0.0, min(waits)) if waits else None
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._dirty or self._stopping)
+                while not self._stopping:
+                    wait = self._next_wake(self._clock())
+                    if wait == 0.0:
+                        break
+                    self._cond.wait(wait)
                 if self._stopping:
                     return
-                self._dirty = False
                 self._running = True
-            ok = self._sync_once()
+                self._burst_start = None
+                reconcile = self._need_reconcile
+                snap = self.journal.snapshot()
+            ok = self._sync_once(snap, reconcile)
             with self._cond:
                 self._running = False
-                if not ok:
-                    self._dirty = True
-                self._cond.notify_all()
-                if not ok:
-                    delay = min(defaults.RECONNECT_CAP_SECONDS,
+                if ok:
+                    if reconcile:
+                        self._need_reconcile = False
+                        if self.reconcile_seconds > 0:
+                            self._next_reconcile = self._clock() + self.reconcile_seconds
+                else:
+                    delay = min(defaults.MIRROR_RETRY_CAP_SECONDS,
                                 defaults.RECONNECT_BASE_SECONDS * 2 ** (self._failures - 1))
-                    self._cond.wait_for(lambda: self._stopping, delay)
+                    self._retry_at = self._clock() + delay
+                self._cond.notify_all()
 
-    def _sync_once(self) -> bool:
+    def _sync_once(self, snap: Snapshot, reconcile: bool) -> bool:
+        """Mirror the journal's paths first (quick), then reconcile or rescan if due."""
+        started = time.time()
         try:
-            stats = self.mirror.sync()
-        except MirrorError as exc:
-            self._failures += 1
-            log.error("S3 mirror failed (attempt %d), will retry: %s", self._failures, exc)
-            return False
-        except Exception:  # never let the mirror thread die silently
-            self._failures += 1
-            log.exception("S3 mirror failed unexpectedly (attempt %d), will retry",
-                          self._failures)
+            stats: list[tuple[str, SyncStats]] = []
+            if snap.paths:
+                stats.append(("changes", self.mirror.sync_paths(snap.paths)))
+                self.journal.done(snap, rescan=False)
+            if reconcile:
+                stats.append(("reconciliation", self.mirror.reconcile()))
+                self.journal.done(snap)
+            elif snap.rescan:
+                stats.append(("rescan", self.mirror.rescan()))
+                self.journal.done(snap)
+        except Exception as exc:  # never let the mirror thread die silently
+            self._failed(exc)
             return False
         if self._failures:
-            log.info("S3 mirror recovered after %d failed attempts", self._failures)
+            log.info("S3 mirror caught up after %d failed attempts; it was %.0fs behind",
+                     self._failures, started - (self._behind_since or started))
         self._failures = 0
-        if stats.uploaded or stats.deleted:
-            log.info("S3 mirror: %d uploaded, %d deleted, %d unchanged", stats.uploaded,
-                     stats.deleted, stats.unchanged)
+        self._behind_since = None
+        self._last_success = time.time()
+        self._runs += 1
+        for what, result in stats:
+            level = logging.INFO if result.uploaded or result.deleted or what != "rescan" \
+                else logging.DEBUG
+            log.log(level, "S3 mirror %s: %s (%.2fs)", what, result, time.time() - started)
         return True
+
+    def _failed(self, exc: Exception) -> None:
+        self._failures += 1
+        if self._behind_since is None:
+            self._behind_since = self.journal.oldest() or time.time()
+        delay = min(defaults.MIRROR_RETRY_CAP_SECONDS,
+                    defaults.RECONNECT_BASE_SECONDS * 2 ** (self._failures - 1))
+        status = self.status()
+        args = (self._failures, exc, status.pending, status.behind_seconds, delay)
+        if isinstance(exc, MirrorError):
+            log.error("S3 mirror failed (attempt %d): %s; %d changes waiting, %.0fs behind; "
+                      "retry in %ss", *args)
+        else:
+            log.exception("S3 mirror failed unexpectedly (attempt %d): %s; %d changes "
+                          "waiting, %.0fs behind; retry in %ss", *args)

@@ -89,8 +89,17 @@ def bucket_objects(s3: Any, bucket: str, prefix: str = "pki/") -> dict[str, str]
 
 
 def tree_md5s(root: Path) -> dict[str, str]:
-    """{relative path: md5} of every regular file under root."""
+    """{relative path: md5} of every regular file under root, and of every symlink to a
+    file inside root (mirrored as an object holding its relative target)."""
     import hashlib
 
-    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink():
+            real = p.resolve()
+            if real.is_file() and real.is_relative_to(root.resolve()):
+                target = os.path.relpath(real, p.parent.resolve())
+                out[p.relative_to(root).as_posix()] = hashlib.md5(target.encode()).hexdigest()
+        elif p.is_file():
+            out[p.relative_to(root).as_posix()] = hashlib.md5(p.read_bytes()).hexdigest()
+    return out

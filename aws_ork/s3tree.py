@@ -1,0 +1,196 @@
+"""Object operations on the mirror prefix: the only module that calls S3 for the mirror.
+
+Every object is one file of the pki tree, keyed ``prefix + relative path``. Each carries the
+file's mode and MD5 as user metadata (``x-amz-meta-mode: 0600``, ``x-amz-meta-md5``): the
+mode so a restore puts it back, the MD5 because with SSE-KMS the ETag is not the content's
+MD5. botocore errors are translated into :class:`MirrorError` here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aws_ork.aws import AWS_ERRORS, error_code
+from aws_ork.config import BucketUrl
+from aws_ork.errors import MirrorError
+
+log = logging.getLogger(__name__)
+
+ACL = "bucket-owner-full-control"
+DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
+MODE_META = "mode"
+MD5_META = "md5"
+TYPE_META = "type"  # "symlink": the body is the link's target, relative to its directory
+
+
+@dataclass(frozen=True)
+class ObjectOptions:
+    """How objects are written: SSE (None, ``AES256`` or ``aws:kms``) and the canned ACL."""
+
+    sse: str | None = None
+    kms_key_id: str | None = None
+    acl: str | None = ACL
+
+    def put_args(self) -> dict[str, str]:
+        args: dict[str, str] = {}
+        if self.acl:
+            args["ACL"] = self.acl
+        if self.sse:
+            args["ServerSideEncryption"] = self.sse
+            if self.sse == "aws:kms" and self.kms_key_id:
+                args["SSEKMSKeyId"] = self.kms_key_id
+        return args
+
+
+@dataclass(frozen=True)
+class Remote:
+    """What we know of one object: its ETag, and (from metadata) the file's MD5 and mode."""
+
+    etag: str
+    md5: str | None
+    mode: int | None
+
+
+@dataclass(frozen=True)
+class Download:
+    """One object's body and the mode to give the file."""
+
+    body: bytes
+    mode: int | None
+    symlink: bool = False
+
+
+def format_mode(mode: int) -> str:
+    return f"{mode & 0o7777:04o}"
+
+
+def parse_mode(text: str | None) -> int | None:
+    """The mode from metadata; None when missing or not an octal permission (untrusted)."""
+    if not text:
+        return None
+    try:
+        value = int(text, 8)
+    except ValueError:
+        return None
+    return value if 0 <= value <= 0o7777 else None
+
+
+def _etag(raw: str) -> str:
+    return raw.strip('"')
+
+
+class S3Tree:
+    """The objects under ``s3://bucket/prefix/``, addressed by relative path."""
+
+    def __init__(self, client: Any, target: BucketUrl,
+                 options: ObjectOptions = ObjectOptions()) -> None:
+        self.client = client
+        self.target = target
+        self.options = options
+
+    def key(self, relpath: str) -> str:
+        return self.target.prefix + relpath
+
+    def check(self) -> None:
+        """Reach the bucket (for ``--check``)."""
+        with self._translate("head bucket"):
+            self.client.head_bucket(Bucket=self.target.bucket)
+
+    def put(self, relpath: str, body: bytes, mode: int, md5: str, *,
+            symlink: bool = False) -> Remote:
+        """Upload one file (or symlink); returns what the mirror now holds for it."""
+        metadata = {MODE_META: format_mode(mode), MD5_META: md5}
+        if symlink:
+            metadata[TYPE_META] = "symlink"
+        with self._translate(f"put {relpath}"):
+            response = self.client.put_object(
+                Bucket=self.target.bucket, Key=self.key(relpath), Body=body,
+                Metadata=metadata, **self.options.put_args())
+        return Remote(_etag(response["ETag"]), md5, mode & 0o7777)
+
+    def delete(self, relpaths: Iterable[str]) -> int:
+        """Delete objects, up to 1,000 per request; returns how many were asked for."""
+        keys = sorted({self.key(r) for r in relpaths})
+        for start in range(0, len(keys), DELETE_BATCH):
+            chunk = keys[start:start + DELETE_BATCH]
+            with self._translate("delete"):
+                response = self.client.delete_objects(
+                    Bucket=self.target.bucket,
+                    Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
+                )
+            if response.get("Errors"):
+                first = response["Errors"][0]
+                raise MirrorError(f"{self.target}: delete of {first.get('Key')} failed: "
+                                  f"{first.get('Code')} ({len(response['Errors'])} failed)")
+        return len(keys)
+
+    def list(self) -> dict[str, str]:
+        """{relative path: ETag} of every object under the prefix (paginated listing)."""
+        etags: dict[str, str] = {}
+        with self._translate("list"):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.target.bucket,
+                                           Prefix=self.target.prefix):
+                for obj in page.get("Contents", []):
+                    etags[obj["Key"][len(self.target.prefix):]] = _etag(obj["ETag"])
+        return etags
+
+    def head(self, relpath: str) -> Remote | None:
+        """The object's ETag and metadata (when the manifest does not know them); None if
+        the object is gone."""
+        import botocore.exceptions
+
+        try:
+            with self._translate(f"head {relpath}"):
+                response = self.client.head_object(Bucket=self.target.bucket,
+                                                   Key=self.key(relpath))
+        except MirrorError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, botocore.exceptions.ClientError) \
+                    and error_code(cause) in ("404", "NoSuchKey"):
+                return None
+            raise
+        meta = response.get("Metadata", {})
+        return Remote(_etag(response["ETag"]), meta.get(MD5_META),
+                      parse_mode(meta.get(MODE_META)))
+
+    def get(self, relpath: str) -> Download:
+        """Download one object and check its body against the MD5 it was stored with."""
+        import hashlib
+
+        with self._translate(f"get {relpath}"):
+            response = self.client.get_object(Bucket=self.target.bucket, Key=self.key(relpath))
+            body = response["Body"].read()
+        meta = response.get("Metadata", {})
+        digest = hashlib.md5(body, usedforsecurity=False).hexdigest()
+        expected = meta.get(MD5_META)
+        etag = _etag(response.get("ETag", ""))
+        if expected is None and response.get("ServerSideEncryption") != "aws:kms" \
+                and "-" not in etag:
+            expected = etag  # a plain or SSE-S3 single-part upload: the ETag is the MD5
+        if expected is not None and expected != digest:
+            raise MirrorError(f"{self.target}{relpath}: downloaded body does not match its "
+                              f"MD5 ({digest} != {expected})")
+        return Download(body, parse_mode(meta.get(MODE_META)),
+                        meta.get(TYPE_META) == "symlink")
+
+    def _translate(self, what: str) -> _Translate:
+        return _Translate(f"{self.target}: {what}")
+
+
+class _Translate:
+    """Context manager: botocore errors become MirrorError naming the bucket and the step."""
+
+    def __init__(self, context: str) -> None:
+        self.context = context
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> bool:
+        if exc is not None and isinstance(exc, AWS_ERRORS):
+            raise MirrorError(f"{self.context}: {error_code(exc)}: {exc}") from exc
+        return False
