@@ -46,6 +46,10 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
 #: Options this project added beyond the contract (the contract allows new names).
 ADDED_DEFAULTS: dict[str, Any] = {
     "UnsignedSources": (),
+    "BucketSSE": None,
+    "BucketKmsKeyId": None,
+    "BucketAcl": "bucket-owner-full-control",
+    "ReconcileMinutes": 10,
 }
 
 ALL_DEFAULTS = {**CONTRACT_DEFAULTS, **ADDED_DEFAULTS}
@@ -423,9 +427,11 @@ def test_example_config_lists_every_option_and_reads_back_as_the_defaults(tmp_pa
     assert listed == set(config.OPTIONS)
     # the shipped file, as is, is valid and changes nothing
     assert config.read_file(example) == Config(source=str(example))
-    # every commented example value is itself valid
-    uncommented = re.sub(r"^#(\w+ =)", r"\1", text, flags=re.M)
-    config.read_file(write(tmp_path, uncommented))
+    # every commented example value is itself valid (with what it needs beside it)
+    needs = {"bucketkmskeyid": "BucketSSE = aws:kms\n"}
+    for line in re.findall(r"^#(\w+ =.*)$", text, re.M):
+        name = line.split()[0].lower()
+        config.read_file(write(tmp_path, f"[aws_ork]\n{needs.get(name, '')}{line}\n"))
 
 
 def test_readme_documents_every_option() -> None:
