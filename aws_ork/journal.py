@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aws_ork.errors import MirrorError
+from aws_ork.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class Journal:
         if self._rescan is not None:
             lines.append(json.dumps({"rescan": True, "t": self._rescan.since}))
         try:
-            atomic_write(self.path, "".join(f"{line}\n" for line in lines).encode(), 0o600)
+            write_atomic(self.path, "".join(f"{line}\n" for line in lines).encode(), 0o600)
             os.close(self._fd)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:  # the old file still lists these entries: replayed again
@@ -169,27 +169,3 @@ class Journal:
                 os.close(self._fd)
             except OSError:
                 pass
-
-
-def atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write a file by temp file + fsync + rename (+ fsync of the directory); the temp file
-    is removed on error, so readers see the old content or the new one, never a part."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), mode)
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from aws_ork.journal import atomic_write
+from aws_ork.fsutil import write_atomic
 from aws_ork.s3tree import Remote
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,6 @@ def save(path: Path, target: str, objects: dict[str, Remote]) -> None:
     data = {"target": target,
             "objects": {rel: [r.etag, r.md5, r.mode] for rel, r in sorted(objects.items())}}
     try:
-        atomic_write(path, json.dumps(data, separators=(",", ":")).encode(), 0o600)
+        write_atomic(path, json.dumps(data, separators=(",", ":")).encode(), 0o600)
     except OSError as exc:
         log.warning("%s: cannot save the mirror manifest: %s", path, exc)

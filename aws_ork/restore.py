@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from aws_ork import defaults
 from aws_ork.errors import AwsOrkError, MirrorError
-from aws_ork.journal import atomic_write
+from aws_ork.fsutil import write_atomic
 from aws_ork.s3tree import S3Tree
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def restore(tree: S3Tree, pki_dir: Path, *, force: bool = False) -> RestoreResul
             if download.symlink:
                 _write_link(pki_dir, rel, download.body)
             else:
-                atomic_write(pki_dir / rel, download.body, mode)
+                write_atomic(pki_dir / rel, download.body, mode)
         except OSError as exc:
             raise MirrorError(f"{pki_dir / rel}: cannot write: {exc}") from exc
         return len(download.body)
