@@ -9,13 +9,16 @@ from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SYSLOG_FORMAT = "aws_ork[%(process)d]: %(levelname)s %(name)s: %(message)s"
+#: Where syslog is reached: the local socket when there is one, else UDP on localhost.
+SYSLOG_ADDRESSES: list[str | tuple[str, int]] = ["/dev/log", ("localhost", 514)]
 
 
 def setup(*, verbose: bool, log_file: Path | None = None, syslog: bool = False) -> None:
     """One handler on the root logger: stderr, a file, or syslog (facility daemon)."""
     handler: logging.Handler
     if syslog:
-        address = "/dev/log" if Path("/dev/log").exists() else ("localhost", 514)
+        address = next((a for a in SYSLOG_ADDRESSES if not isinstance(a, str) or Path(a).exists()),
+                       ("localhost", 514))
         handler = logging.handlers.SysLogHandler(
             address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON
         )
