@@ -16,6 +16,7 @@ from aws_ork.handler import Action, Decision, Handler
 from aws_ork.queue import Message, Queue
 from aws_ork.stopper import Stopped, Stopper
 from aws_ork.syncer import MirrorWorker
+from aws_ork.watch import KeyDirWatcher
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class Counters:
     left: int = 0
     rejected: int = 0
     key_changes: int = 0
+    salt_key_changes: int = 0  # key directories changed by Salt itself (autosign, salt-key)
     by_action: dict[str, int] = field(default_factory=dict)
 
 
@@ -39,7 +41,8 @@ class Loop:
     def __init__(self, queue: Queue, handler: Handler, stopper: Stopper, *,
                  mirror: MirrorWorker | None = None, poll_pause: float = 0.0,
                  once: bool = False, dry_run: bool = False,
-                 on_reload: Callable[[], None] | None = None) -> None:
+                 on_reload: Callable[[], None] | None = None,
+                 watcher: KeyDirWatcher | None = None) -> None:
         self.queue = queue
         self.handler = handler
         self.stopper = stopper
@@ -48,6 +51,7 @@ class Loop:
         self.once = once
         self.dry_run = dry_run
         self.on_reload = on_reload
+        self.watcher = watcher
         self.counters = Counters()
         self._failures = 0
         self._reload = False
@@ -66,9 +70,11 @@ class Loop:
                 continue
             if not messages and self.once:
                 break
-            self._handle_batch(messages)
+            changed = self._handle_batch(messages)
+            self._watch(changed)
             if self.stopper.sleep(self.poll_pause):
                 break
+        self._watch(False)  # what Salt changed in the last cycle still goes to the mirror
         log.info("stopping%s: %d received, %d deleted, %d retried, %d rejected, "
                  "%d key changes", f" ({self.stopper.reason})" if self.stopper.reason else "",
                  self.counters.received, self.counters.deleted, self.counters.retried,
@@ -107,7 +113,18 @@ class Loop:
         self.counters.received += len(messages)
         return messages
 
-    def _handle_batch(self, messages: list[Message]) -> None:
+    def _watch(self, changed_by_us: bool) -> None:
+        """Once per cycle: a key directory changed without us (a minion accepted through its
+        autosign stub, salt-key) still has to reach the S3 mirror."""
+        if self.watcher is None or not self.watcher.poll():
+            return
+        if not changed_by_us:
+            self.counters.salt_key_changes += 1
+            if self.mirror is not None:
+                self.mirror.request()
+
+    def _handle_batch(self, messages: list[Message]) -> bool:
+        """Handle, then delete the finished ones; True if the key store was changed."""
         done: list[Message] = []
         changed = False
         for index, message in enumerate(messages):
@@ -128,9 +145,10 @@ class Loop:
         if self.dry_run:
             if done:
                 log.info("dry run: %d messages would be deleted", len(done))
-            return
+            return changed
         failed = self.queue.delete(done)
         self.counters.deleted += len(done) - len(failed)
+        return changed
 
     def _give_back(self, unhandled: list[Message]) -> None:
         log.info("stop requested: giving %d unhandled messages back to the queue",
