@@ -33,3 +33,7 @@ def retry_delay(receive_count: int) -> int:
     """Visibility delay for the n-th failed attempt (1-based): 2, 4, 8, ... capped at 60 s."""
     count = max(1, receive_count)
     return int(min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** (count - 1)))
+
+#: During a burst (receives keep coming back full) the S3 mirror is asked for at most one run
+#: per this many seconds; the run follows at once when the burst ends.
+MIRROR_DEFER_SECONDS = 5.0

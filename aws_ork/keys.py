@@ -117,24 +117,25 @@ class KeyManager:
         return self._accept_pending(minion_id)
 
     def _accept_pending(self, minion_id: str) -> KeyResult:
-        pub = self._pub(minion_id)
+        entry = self._entry(minion_id)
         if self.dry_run:
             return KeyResult(Outcome.ACCEPTED, dry_run=True)
+        pub = entry.get("pub") if isinstance(entry, dict) else None
         try:
-            self._call("accept", minion_id, self._salt.accept, minion_id)
+            accepted = self._call("accept", minion_id, self._salt.accept, minion_id, entry)
         except KeyStoreError:
             self._restore_pending(minion_id, pub)
             raise
-        if ACCEPTED not in self.states(minion_id):
+        if not accepted:
             raise KeyStoreError(f"{minion_id}: Salt did not accept the key (invalid public key?)")
         return KeyResult(Outcome.ACCEPTED, changed=True)
 
-    def _pub(self, minion_id: str) -> str | None:
+    def _entry(self, minion_id: str) -> Any:
+        """The key's ``keys`` bank entry (``{"state", "pub"}``), or None."""
         try:
-            entry = self._key.cache.fetch("keys", minion_id)
-        except Exception:  # only needed to undo a half-done accept
+            return self._key.cache.fetch("keys", minion_id)
+        except Exception:  # the accept fetches it again and reports the error
             return None
-        return entry.get("pub") if isinstance(entry, dict) else None
 
     def delete(self, minion_id: str) -> KeyResult:
         """Delete this minion's key in whatever state it is: pending, accepted, rejected, denied."""

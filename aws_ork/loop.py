@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from aws_ork import defaults
 from aws_ork.errors import QueueError
 from aws_ork.handler import Action, Decision, Handler
+from aws_ork.pacer import MirrorPacer
+from aws_ork.prefetch import Receiver
 from aws_ork.queue import Message, Queue
 from aws_ork.stopper import Stopped, Stopper
 from aws_ork.syncer import MirrorWorker
@@ -47,11 +49,13 @@ class Loop:
         self.handler = handler
         self.stopper = stopper
         self.mirror = mirror
+        self.pacer = MirrorPacer(mirror) if mirror is not None else None
         self.poll_pause = poll_pause
         self.once = once
         self.dry_run = dry_run
         self.on_reload = on_reload
         self.watcher = watcher
+        self.receiver = Receiver(queue, stopper)
         self.counters = Counters()
         self._failures = 0
         self._reload = False
@@ -70,11 +74,19 @@ class Loop:
                 continue
             if not messages and self.once:
                 break
+            if messages and self.poll_pause <= 0:
+                self.receiver.prefetch(wait)  # the next poll runs while this batch is handled
             changed = self._handle_batch(messages)
             self._watch(changed)
+            if self.pacer is not None:
+                self.pacer.end_of_batch(full=len(messages) >= defaults.MAX_MESSAGES)
             if self.stopper.sleep(self.poll_pause):
                 break
+        if not self.dry_run:
+            self.receiver.close()
         self._watch(False)  # what Salt changed in the last cycle still goes to the mirror
+        if self.pacer is not None:
+            self.pacer.flush()
         log.info("stopping%s: %d received, %d deleted, %d retried, %d rejected, "
                  "%d key changes", f" ({self.stopper.reason})" if self.stopper.reason else "",
                  self.counters.received, self.counters.deleted, self.counters.retried,
@@ -97,7 +109,7 @@ class Loop:
         """Long-poll; None when the receive failed or was cut short."""
         log.debug("long poll (up to %ss)", wait)
         try:
-            messages = self.stopper.call(lambda: self.queue.receive(wait))
+            messages = self.receiver.receive(wait)
         except Stopped:
             return None
         except QueueError as exc:
@@ -120,8 +132,8 @@ class Loop:
             return
         if not changed_by_us:
             self.counters.salt_key_changes += 1
-            if self.mirror is not None:
-                self.mirror.request()
+            if self.pacer is not None:
+                self.pacer.changed()
 
     def _handle_batch(self, messages: list[Message]) -> bool:
         """Handle, then delete the finished ones; True if the key store was changed."""
@@ -140,8 +152,8 @@ class Loop:
                 self.queue.retry_later(message, decision.delay)
         if changed:
             self.counters.key_changes += 1
-            if self.mirror is not None:
-                self.mirror.request()
+            if self.pacer is not None:
+                self.pacer.changed()
         if self.dry_run:
             if done:
                 log.info("dry run: %d messages would be deleted", len(done))

@@ -40,17 +40,19 @@ class SaltKeys:
         self.opts = key.opts
         self._data_cache: Any = None  # salt.cache for grains/pillar, made on first delete
 
-    def accept(self, minion_id: str) -> bool:
+    def accept(self, minion_id: str, entry: Any = None) -> bool:
         """Move a pending key to accepted, as ``Key.change_state(PEND, ACC)`` does.
 
+        ``entry`` is the key's ``keys`` bank entry when the caller has just fetched it.
         False when there is no pending key or its public key is not a valid RSA key (Salt
-        logs and skips those too); the caller checks the resulting state.
+        logs and skips those too).
         """
         import salt.crypt
         import salt.exceptions
         import salt.utils.event
 
-        entry = self.key.cache.fetch("keys", minion_id)
+        if entry is None:
+            entry = self.key.cache.fetch("keys", minion_id)
         if not isinstance(entry, dict) or entry.get("state") != "pending":
             return False
         try:
