@@ -282,3 +282,40 @@ def _receives(proxy: CountingProxy) -> list:
 
 def _is_s3(request) -> bool:
     return request.operation.startswith("S3 ")
+
+
+def test_key_presented_while_the_stub_is_written_is_accepted_at_once(master, monkeypatch):
+    """The minion may submit its key between aws_ork's look-up and the stub: aws_ork sees
+    the pending key right after writing the stub, accepts it and removes the stub."""
+    keys = KeyManager(load_master_opts(master.config_file))
+    instance = new_id()
+    write = keys._stubs.write
+
+    def write_while_the_minion_knocks(minion_id: str) -> bool:
+        created = write(minion_id)
+        master.add_pending_key(minion_id)
+        return created
+
+    monkeypatch.setattr(keys._stubs, "write", write_while_the_minion_knocks)
+    assert keys.accept(instance).outcome is Outcome.ACCEPTED
+    assert state(master, instance) == "minions"
+    assert not stub(master, instance).exists()
+
+
+def test_a_prefetched_batch_is_given_back_on_the_way_out(sqs, queue_url):
+    """Receive-ahead never strands messages: a batch fetched ahead but not handled when the
+    daemon stops is visible again at once, not after the visibility timeout."""
+    from aws_ork.aws import make_client
+    from aws_ork.prefetch import Receiver
+    from aws_ork.queue import Queue
+    from aws_ork.stopper import Stopper
+
+    for n in range(3):
+        sqs.send_message(QueueUrl=queue_url, MessageBody=f"m{n}")
+    receiver = Receiver(Queue(make_client("sqs", "us-west-2"), queue_url), Stopper())
+    receiver.prefetch(2)
+    wait_for(lambda: receiver._next is not None and receiver._next.done(), 30,
+             "the prefetched receive")
+    assert queue_counts(sqs, queue_url) == (0, 3)
+    receiver.close()
+    assert queue_counts(sqs, queue_url) == (3, 0)
