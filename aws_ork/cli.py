@@ -29,6 +29,7 @@ from aws_ork.restore import RestoreRefused, restore
 from aws_ork.s3tree import ObjectOptions, S3Tree
 from aws_ork.stopper import Stopper
 from aws_ork.syncer import MirrorWorker, S3Mirror
+from aws_ork.watch import KeyDirWatcher
 
 log = logging.getLogger("aws_ork")
 
@@ -152,10 +153,11 @@ def run(cfg: Config, args: argparse.Namespace, master_opts: dict[str, Any]) -> i
     def reload() -> None:
         opts = load_master_opts(cfg.salt_master_config)
         parts.handler.keys = KeyManager(opts, dry_run=args.dry_run)
+        loop.watcher = KeyDirWatcher(parts.handler.keys.key_dir)
 
     loop = Loop(parts.queue, parts.handler, stopper, mirror=parts.mirror,
                 poll_pause=cfg.poll_pause, once=args.once, dry_run=args.dry_run,
-                on_reload=reload)
+                on_reload=reload, watcher=KeyDirWatcher(parts.handler.keys.key_dir))
     signal.signal(signal.SIGHUP, lambda _signum, _frame: loop.request_reload())
     systemd.notify("READY=1")
     status = loop.run()

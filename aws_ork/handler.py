@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from aws_ork import defaults, events
 from aws_ork.errors import AwsOrkError, KeyStoreError
 from aws_ork.events import Event, Kind
-from aws_ork.keys import KeyManager, KeyResult
+from aws_ork.keys import KeyManager, KeyResult, Outcome
 from aws_ork.queue import Message
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class Decision:
     delay: int = 0
     rejected: bool = False  # failed a trust check (counted apart from unknown messages)
     minion_id: str | None = None  # whose key changed (``changed``): the mirror sends its files
+    preauthorised: str | None = None  # a minion left to Salt's autosign stub: watch for it
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,10 @@ class Handler:
     def _from_result(self, result: KeyResult, message: Message,
                      minion_id: str | None = None) -> Decision:
         if result.outcome.done:
+            stubbed = result.outcome is Outcome.PREAUTHORISED and not result.dry_run
             return Decision(Action.DELETE, result.describe(), changed=result.changed,
-                            minion_id=minion_id if result.changed else None)
+                            minion_id=minion_id if result.changed else None,
+                            preauthorised=minion_id if stubbed else None)
         return self._retry(message, result.describe())
 
     @staticmethod

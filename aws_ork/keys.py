@@ -2,7 +2,9 @@
 
 Salt's API takes globs; we never give it one. Every id is checked against the instance-id
 pattern first, its state is looked up by exact name (``list_match``), and the change is made
-with ``match_dict`` naming exactly that key, so ``*`` or ``i-*`` can never widen a match.
+on exactly that key (:mod:`aws_ork.saltkeys`: Salt's cache and event objects, O(1) per key),
+so ``*`` or ``i-*`` can never widen a match. A launch whose minion has no key yet leaves an
+autosign stub (:mod:`aws_ork.autosign`), so Salt accepts the key on the minion's first contact.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aws_ork.autosign import AutosignStubs
 from aws_ork.errors import ConfigError, KeyStoreError
 from aws_ork.ids import is_instance_id
+from aws_ork.saltkeys import SaltKeys
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,9 @@ class Outcome(enum.Enum):
     REJECTED = ("pending key moved to rejected keys", True)
     ABSENT = ("no key to delete", True)
     INVALID_ID = ("not an instance id; nothing passed to Salt", True)
+    PREAUTHORISED = ("pre-authorised (no key yet): Salt accepts it on the minion's first "
+                     "contact", True)
+    PREAUTH_WITHDRAWN = ("withdrawn from pre-authorisation (no key)", True)
 
     def __init__(self, text: str, done: bool) -> None:
         self.text = text
@@ -80,8 +87,12 @@ class KeyManager:
 
             key = salt.key.Key(dict(opts))
         self._key = key
+        self._salt = SaltKeys(key)  # exact O(1) changes: salt.key's own list every key
+        self._stubs = AutosignStubs(opts)
         self.dry_run = dry_run
         self.pki_dir = Path(opts["pki_dir"])
+        # where Salt keeps the keys (its cluster_pki_dir when clustered)
+        self.key_dir = Path(getattr(key, "pki_dir", None) or opts["pki_dir"])
 
     def states(self, minion_id: str) -> set[str]:
         """The key directories (``minions``, ``minions_pre``, ...) that hold this exact id."""
@@ -100,39 +111,46 @@ class KeyManager:
             return KeyResult(Outcome.ALREADY_ACCEPTED)
         if REJECTED in states and PENDING not in states:
             return KeyResult(Outcome.REFUSED)
+        if not states and self._stubs.useful:
+            return self._preauthorise(minion_id)
         if PENDING not in states:
             return KeyResult(Outcome.NOT_PENDING)
-        pub = self._pub(minion_id)
+        return self._accept_pending(minion_id)
+
+    def _accept_pending(self, minion_id: str) -> KeyResult:
+        entry = self._entry(minion_id)
         if self.dry_run:
             return KeyResult(Outcome.ACCEPTED, dry_run=True)
+        pub = entry.get("pub") if isinstance(entry, dict) else None
         try:
-            self._call("accept", minion_id, self._key.accept, match_dict={PENDING: [minion_id]})
+            accepted = self._call("accept", minion_id, self._salt.accept, minion_id, entry)
         except KeyStoreError:
             self._restore_pending(minion_id, pub)
             raise
-        if ACCEPTED not in self.states(minion_id):
+        if not accepted:
             raise KeyStoreError(f"{minion_id}: Salt did not accept the key (invalid public key?)")
         return KeyResult(Outcome.ACCEPTED, changed=True)
 
-    def _pub(self, minion_id: str) -> str | None:
+    def _entry(self, minion_id: str) -> Any:
+        """The key's ``keys`` bank entry (``{"state", "pub"}``), or None."""
         try:
-            entry = self._key.cache.fetch("keys", minion_id)
-        except Exception:  # only needed to undo a half-done accept
+            return self._key.cache.fetch("keys", minion_id)
+        except Exception:  # the accept fetches it again and reports the error
             return None
-        return entry.get("pub") if isinstance(entry, dict) else None
 
     def delete(self, minion_id: str) -> KeyResult:
         """Delete this minion's key in whatever state it is: pending, accepted, rejected, denied."""
         if not is_instance_id(minion_id):
             log.warning("refusing to delete key %r: not an instance id", minion_id)
             return KeyResult(Outcome.INVALID_ID)
+        withdrawn = self._withdraw(minion_id)  # first: Salt must not accept it from now on
         states = self.states(minion_id)
         if not states:
-            return KeyResult(Outcome.ABSENT)
+            return KeyResult(Outcome.PREAUTH_WITHDRAWN if withdrawn else Outcome.ABSENT,
+                             dry_run=self.dry_run and withdrawn)
         if self.dry_run:
             return KeyResult(Outcome.DELETED, dry_run=True)
-        matches = {state: [minion_id] for state in states}
-        self._call("delete", minion_id, self._key.delete_key, match_dict=matches)
+        self._call("delete", minion_id, self._salt.delete, minion_id, states)
         left = self.states(minion_id)
         if left:
             raise KeyStoreError(f"{minion_id}: key still present in {sorted(left)} after delete")
@@ -165,6 +183,34 @@ class KeyManager:
             return None
         except OSError as exc:
             raise KeyStoreError(f"{minion_id}: cannot read the pending key: {exc}") from exc
+
+    def _preauthorise(self, minion_id: str) -> KeyResult:
+        """No key of this id yet: leave an autosign stub, so Salt accepts the key on the
+        minion's first contact. The message is done once the stub is written."""
+        if self.dry_run:
+            return KeyResult(Outcome.PREAUTHORISED, dry_run=True)
+        try:
+            self._stubs.write(minion_id)
+        except OSError as exc:
+            raise KeyStoreError(f"{minion_id}: cannot write autosign stub: {exc}") from exc
+        # The minion may have presented its key between our look-up and the stub: a pending
+        # key is accepted now (Salt would only do it at the minion's next auth attempt).
+        states = self.states(minion_id)
+        if PENDING in states and ACCEPTED not in states:
+            self._stubs.remove(minion_id)
+            return self._accept_pending(minion_id)
+        if ACCEPTED in states:
+            return KeyResult(Outcome.ALREADY_ACCEPTED)
+        return KeyResult(Outcome.PREAUTHORISED)
+
+    def _withdraw(self, minion_id: str) -> bool:
+        """Remove this minion's autosign stub (if any); True if there was one."""
+        if self.dry_run:
+            return self._stubs.exists(minion_id)
+        try:
+            return self._stubs.remove(minion_id)
+        except OSError as exc:
+            raise KeyStoreError(f"{minion_id}: cannot remove autosign stub: {exc}") from exc
 
     def _restore_pending(self, minion_id: str, pub: str | None) -> None:
         """Salt removes the pending key before it writes the accepted one; when that write

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from aws_ork import defaults
 from aws_ork.errors import MirrorError, QueueError
 from aws_ork.handler import Action, Decision, Handler
+from aws_ork.prefetch import Receiver
 from aws_ork.queue import Message, Queue
 from aws_ork.stopper import Stopped, Stopper
 from aws_ork.syncer import MirrorWorker
+from aws_ork.watch import KeyDirWatcher
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class Counters:
     left: int = 0
     rejected: int = 0
     key_changes: int = 0
+    salt_key_changes: int = 0  # key directories changed by Salt itself (autosign, salt-key)
     by_action: dict[str, int] = field(default_factory=dict)
 
 
@@ -39,7 +42,8 @@ class Loop:
     def __init__(self, queue: Queue, handler: Handler, stopper: Stopper, *,
                  mirror: MirrorWorker | None = None, poll_pause: float = 0.0,
                  once: bool = False, dry_run: bool = False,
-                 on_reload: Callable[[], None] | None = None) -> None:
+                 on_reload: Callable[[], None] | None = None,
+                 watcher: KeyDirWatcher | None = None) -> None:
         self.queue = queue
         self.handler = handler
         self.stopper = stopper
@@ -48,6 +52,8 @@ class Loop:
         self.once = once
         self.dry_run = dry_run
         self.on_reload = on_reload
+        self.watcher = watcher
+        self.receiver = Receiver(queue, stopper)
         self.counters = Counters()
         self._failures = 0
         self._reload = False
@@ -73,9 +79,15 @@ class Loop:
                 messages = self._first_sightings(messages)
                 if not messages:
                     break
-            self._handle_batch(messages)
+            if self.poll_pause <= 0:
+                self.receiver.prefetch(wait)  # the next poll runs while this batch is handled
+            changed = self._handle_batch(messages)
+            self._watch(changed)
             if self.stopper.sleep(self.poll_pause):
                 break
+        if not self.dry_run:
+            self.receiver.close()
+        self._watch(False)  # what Salt changed in the last cycle still goes to the mirror
         log.info("stopping%s: %d received, %d deleted, %d retried, %d rejected, "
                  "%d key changes", f" ({self.stopper.reason})" if self.stopper.reason else "",
                  self.counters.received, self.counters.deleted, self.counters.retried,
@@ -110,7 +122,7 @@ class Loop:
         """Long-poll; None when the receive failed or was cut short."""
         log.debug("long poll (up to %ss)", wait)
         try:
-            messages = self.stopper.call(lambda: self.queue.receive(wait))
+            messages = self.receiver.receive(wait)
         except Stopped:
             return None
         except QueueError as exc:
@@ -129,7 +141,33 @@ class Loop:
         self.counters.received += len(messages)
         return messages
 
-    def _handle_batch(self, messages: list[Message]) -> None:
+    def _watch(self, changed_by_us: bool) -> None:
+        """Once per cycle: key changes Salt made without us still reach the S3 mirror.
+
+        A pre-authorised minion accepted through its autosign stub is named exactly (its stub
+        is gone); any other change on disk that our own batch does not explain (``salt-key``
+        by hand) asks the mirror for a local rescan.
+        """
+        if self.watcher is None:
+            return
+        change = self.watcher.poll()
+        if not change.changed:
+            return
+        if change.consumed:
+            self.counters.salt_key_changes += len(change.consumed)
+        if self.mirror is None or self.dry_run:
+            return
+        try:
+            if change.consumed:
+                self.mirror.request(change.consumed)
+            if not changed_by_us and not change.consumed:
+                self.counters.salt_key_changes += 1
+                self.mirror.request()
+        except MirrorError as exc:  # the periodic reconciliation will still catch it
+            log.error("could not record Salt's own key changes for the mirror: %s", exc)
+
+    def _handle_batch(self, messages: list[Message]) -> bool:
+        """Handle, then delete the finished ones; True if the key store was changed."""
         done: list[Message] = []
         changed: list[tuple[Message, Decision]] = []
         for index, message in enumerate(messages):
@@ -140,6 +178,8 @@ class Loop:
             if decision.changed:
                 changed.append((message, decision))
             self._count(decision)
+            if decision.preauthorised and self.watcher is not None:
+                self.watcher.expect(decision.preauthorised)
             if decision.action is Action.DELETE:
                 done.append(message)
             elif decision.action is Action.RETRY and not self.dry_run:
@@ -152,9 +192,10 @@ class Loop:
         if self.dry_run:
             if done:
                 log.info("dry run: %d messages would be deleted", len(done))
-            return
+            return bool(changed)
         failed = self.queue.delete(done)
         self.counters.deleted += len(done) - len(failed)
+        return bool(changed)
 
     def _record_for_mirror(self, changed: list[tuple[Message, Decision]]) -> bool:
         """Durably note the changed keys for the S3 mirror before their messages are deleted.

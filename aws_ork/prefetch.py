@@ -1,0 +1,70 @@
+"""Receive the next batch while the current one is handled.
+
+A backlog drains at the pace of ReceiveMessage, not of ReceiveMessage plus the key work: as
+soon as a batch arrives, the next long poll starts in a helper thread, and the loop picks its
+result up when the batch is done. There is never more than one receive in flight, so an idle
+daemon still makes exactly one ReceiveMessage per long poll (a poll is prefetched only after
+a batch that held messages, and with PollPause 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+
+from aws_ork.queue import Message, Queue
+from aws_ork.stopper import Stopped, Stopper
+
+log = logging.getLogger(__name__)
+
+
+class Receiver:
+    """Long polls for the loop; :meth:`prefetch` starts the next one early."""
+
+    def __init__(self, queue: Queue, stopper: Stopper) -> None:
+        self.queue = queue
+        self.stopper = stopper
+        self._next: Future[list[Message]] | None = None
+
+    def prefetch(self, wait: int) -> None:
+        """Start the next long poll now, in a daemon thread (one at most)."""
+        if self._next is not None:
+            return
+        future: Future[list[Message]] = Future()
+
+        def poll() -> None:
+            try:
+                future.set_result(self.queue.receive(wait))
+            except BaseException as exc:  # handed to whoever takes the result
+                future.set_exception(exc)
+
+        threading.Thread(target=poll, name="long-poll-ahead", daemon=True).start()
+        self._next = future
+
+    def receive(self, wait: int) -> list[Message]:
+        """The prefetched batch if there is one, else a long poll now. Raises Stopped when
+        a stop cuts the wait short, QueueError when the receive failed."""
+        future, self._next = self._next, None
+        if future is None:
+            return self.stopper.call(lambda: self.queue.receive(wait))
+        try:
+            return self.stopper.call(future.result)
+        except Stopped:
+            self._next = future  # still ours to give back in close()
+            raise
+
+    def close(self) -> None:
+        """On the way out: give a prefetched, unhandled batch back to the queue at once."""
+        future, self._next = self._next, None
+        if future is None:
+            return
+        future.add_done_callback(self._give_back)
+
+    def _give_back(self, future: Future[list[Message]]) -> None:
+        if future.exception() is not None:
+            return
+        messages = future.result()
+        if messages:
+            log.info("giving %d prefetched messages back to the queue", len(messages))
+            self.queue.release(messages)

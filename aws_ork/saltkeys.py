@@ -1,0 +1,103 @@
+"""Accept and delete one key by its exact id through ``salt.key.Key``'s own objects, in O(1).
+
+Why not ``Key.accept(match_dict=...)`` and ``Key.delete_key(match_dict=...)``: in Salt 3008
+both end in work proportional to the number of keys on the master. ``accept`` returns
+``dict_match()``, which calls ``list_keys()`` (every key); ``delete_key`` builds a LocalClient
+and runs ``check_minion_cache()``, which lists every key and every cached minion. On a master
+with 10,000 keys that listing is nearly all the work of a message.
+
+This module does what those methods do for one id, with the same objects Salt uses:
+``key.cache`` (the ``keys``/``denied_keys`` banks of the configured key cache driver),
+``key.event`` (the same ``salt/key`` event, so reactors still see accept and delete), the
+grains/pillar cache of that one minion flushed after a delete (what ``check_minion_cache``
+does for every deleted id), and the AES rotation drop file when ``rotate_aes_key`` is on,
+so a deleted minion can no longer decrypt publications.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ACCEPTED = "minions"
+PENDING = "minions_pre"
+DENIED = "minions_denied"
+#: Banks of the minion data cache that ``Key.check_minion_cache`` cleans after a delete.
+MINION_DATA_BANKS = ("grains", "pillar")
+
+
+class SaltKeys:
+    """Exact, constant-cost key changes on one ``salt.key.Key``.
+
+    Callers validate the id first (``aws_ork.ids``) and translate Salt's exceptions.
+    """
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+        self.opts = key.opts
+        self._data_cache: Any = None  # salt.cache for grains/pillar, made on first delete
+
+    def accept(self, minion_id: str, entry: Any = None) -> bool:
+        """Move a pending key to accepted, as ``Key.change_state(PEND, ACC)`` does.
+
+        ``entry`` is the key's ``keys`` bank entry when the caller has just fetched it.
+        False when there is no pending key or its public key is not a valid RSA key (Salt
+        logs and skips those too).
+        """
+        import salt.crypt
+        import salt.exceptions
+        import salt.utils.event
+
+        if entry is None:
+            entry = self.key.cache.fetch("keys", minion_id)
+        if not isinstance(entry, dict) or entry.get("state") != "pending":
+            return False
+        try:
+            salt.crypt.PublicKey.from_str(entry["pub"])
+        except salt.exceptions.InvalidKeyError:
+            log.error("%s: pending key is not a valid RSA public key; not accepted", minion_id)
+            return False
+        entry = {**entry, "state": "accepted"}
+        self.key.cache.store("keys", minion_id, entry)
+        self._fire({"result": True, "act": "accept", "id": minion_id, "pub": entry["pub"]},
+                   salt.utils.event.tagify(prefix="key"))
+        return True
+
+    def delete(self, minion_id: str, states: Iterable[str]) -> None:
+        """Delete the key in each of ``states`` (directory names), as ``Key.delete_key`` does."""
+        import salt.utils.event
+
+        states = set(states)
+        for state in sorted(states):
+            self.key.cache.flush("denied_keys" if state == DENIED else "keys", minion_id)
+            self._fire({"result": True, "act": "delete", "id": minion_id},
+                       salt.utils.event.tagify(prefix="key"))
+        self._forget_minion_data(minion_id, was_accepted=ACCEPTED in states)
+        if self.opts.get("rotate_aes_key"):
+            import salt.crypt
+
+            salt.crypt.dropfile(self.opts["cachedir"], self.opts["user"], self.opts["id"])
+
+    def _forget_minion_data(self, minion_id: str, *, was_accepted: bool) -> None:
+        """Flush this minion's grains and pillar cache, honouring Salt's preserve options."""
+        if self.opts.get("preserve_minion_cache", False):
+            return
+        if was_accepted and self.opts.get("preserve_minions") is True:
+            return
+        if self._data_cache is None:
+            import salt.cache
+
+            self._data_cache = salt.cache.factory(self.opts)
+        names = [minion_id]
+        if self.opts.get("pillarenv"):
+            names.append(f"{minion_id}:{self.opts['pillarenv']}")
+        for bank in MINION_DATA_BANKS:
+            for name in names:
+                self._data_cache.flush(bank, name)
+
+    def _fire(self, data: dict[str, Any], tag: str) -> None:
+        """Tell the master's event bus, like salt.key does (best effort there too)."""
+        self.key.event.fire_event(data, tag)
