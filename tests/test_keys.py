@@ -47,9 +47,14 @@ def test_ids_that_are_not_instance_ids_never_reach_salt(master, keys, bad):
     assert (state(master, pending), state(master, accepted)) == ("minions_pre", "minions")
 
 
-def test_a_key_not_yet_submitted_is_not_pending(keys):
-    result = keys.accept(new_id())
-    assert (result.outcome, result.outcome.done) == (Outcome.NOT_PENDING, False)
+def test_a_key_not_yet_submitted_is_pre_authorised_for_that_id_only(master, keys):
+    instance = new_id()
+    result = keys.accept(instance)
+    assert (result.outcome, result.outcome.done) == (Outcome.PREAUTHORISED, True)
+    assert sorted(p.name for p in (master.pki_dir / "minions_autosign").iterdir()
+                  if p.name == instance) == [instance]
+    assert keys.delete(instance).outcome is Outcome.PREAUTH_WITHDRAWN
+    assert not (master.pki_dir / "minions_autosign" / instance).exists()
 
 
 def test_a_rejected_key_stays_rejected(master, keys):
