@@ -39,9 +39,11 @@ def retry_delay(receive_count: int) -> int:
 FINAL_MIRROR_SECONDS = 10
 
 #: S3 mirror debounce: a burst of key changes (a scale-out) is mirrored once it has been quiet
-#: this long, and at the latest this long after its first change, not once per message.
+#: this long, and at the latest this long after its first change, not once per message. The
+#: changes are in the journal meanwhile; 10 s (not 2) keeps a long drain from paying a mirror
+#: run every other batch (drain benchmark with the mirror: 0.76 -> 0.86 of the bare loop).
 MIRROR_DEBOUNCE_SECONDS = 0.5
-MIRROR_DEBOUNCE_MAX_SECONDS = 2.0
+MIRROR_DEBOUNCE_MAX_SECONDS = 10.0
 #: A failed mirror run is retried after 1, 2, 4, ... seconds up to this cap: short enough
 #: that the bucket catches up soon after an S3 outage ends.
 MIRROR_RETRY_CAP_SECONDS = 30
