@@ -29,10 +29,14 @@ RECONNECT_BASE_SECONDS = 1
 RECONNECT_CAP_SECONDS = 60
 
 
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """The wait before retry number ``attempt`` (1-based): base, 2*base, 4*base, ... <= cap."""
+    return min(cap, base * 2 ** (max(1, attempt) - 1))
+
+
 def retry_delay(receive_count: int) -> int:
     """Visibility delay for the n-th failed attempt (1-based): 2, 4, 8, ... capped at 60 s."""
-    count = max(1, receive_count)
-    return int(min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** (count - 1)))
+    return int(backoff(receive_count, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS))
 
 #: A stopping daemon gives the last S3 mirror run this long; what is left is mirrored at the
 #: next start (the start-up reconciliation), and ``--once`` exits 1 to say so.

@@ -127,8 +127,8 @@ class Loop:
             return None
         except QueueError as exc:
             self._failures += 1
-            delay = min(defaults.RECONNECT_CAP_SECONDS,
-                        defaults.RECONNECT_BASE_SECONDS * 2 ** (self._failures - 1))
+            delay = defaults.backoff(self._failures, defaults.RECONNECT_BASE_SECONDS,
+                                     defaults.RECONNECT_CAP_SECONDS)
             if self.once:
                 log.error("%s", exc)
                 return None

@@ -211,8 +211,7 @@ class MirrorWorker:
                         if self.reconcile_seconds > 0:
                             self._next_reconcile = self._clock() + self.reconcile_seconds
                 else:
-                    delay = min(defaults.MIRROR_RETRY_CAP_SECONDS,
-                                defaults.RECONNECT_BASE_SECONDS * 2 ** (self._failures - 1))
+                    delay = self._retry_delay()
                     self._retry_at = self._clock() + delay
                 self._cond.notify_all()
 
@@ -246,12 +245,15 @@ class MirrorWorker:
             log.log(level, "S3 mirror %s: %s (%.2fs)", what, result, time.time() - started)
         return True
 
+    def _retry_delay(self) -> float:
+        return defaults.backoff(self._failures, defaults.RECONNECT_BASE_SECONDS,
+                                defaults.MIRROR_RETRY_CAP_SECONDS)
+
     def _failed(self, exc: Exception) -> None:
         self._failures += 1
         if self._behind_since is None:
             self._behind_since = self.journal.oldest() or time.time()
-        delay = min(defaults.MIRROR_RETRY_CAP_SECONDS,
-                    defaults.RECONNECT_BASE_SECONDS * 2 ** (self._failures - 1))
+        delay = self._retry_delay()
         status = self.status()
         args = (self._failures, exc, status.pending, status.behind_seconds, delay)
         if isinstance(exc, MirrorError):
