@@ -153,7 +153,8 @@ def run(cfg: Config, args: argparse.Namespace, master_opts: dict[str, Any]) -> i
     def reload() -> None:
         opts = load_master_opts(cfg.salt_master_config)
         parts.handler.keys = KeyManager(opts, dry_run=args.dry_run)
-        loop.watcher = KeyDirWatcher(parts.handler.keys.key_dir)
+        waiting = loop.watcher.expected if loop.watcher is not None else ()
+        loop.watcher = KeyDirWatcher(parts.handler.keys.key_dir, waiting)
 
     loop = Loop(parts.queue, parts.handler, stopper, mirror=parts.mirror,
                 poll_pause=cfg.poll_pause, once=args.once, dry_run=args.dry_run,

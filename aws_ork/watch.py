@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +34,16 @@ class Change:
 class KeyDirWatcher:
     """Compares (inode, mtime) of the key directories with the last look."""
 
-    def __init__(self, pki_dir: Path) -> None:
+    def __init__(self, pki_dir: Path, expected: Iterable[str] = ()) -> None:
         self.dirs = tuple(Path(pki_dir) / name for name in KEY_DIRS)
         self.autosign = Path(pki_dir) / AUTOSIGN_DIR
         self._last = self._snapshot()
-        self._stubbed: set[str] = set()
+        self._stubbed: set[str] = set(expected)
+
+    @property
+    def expected(self) -> frozenset[str]:
+        """The minions whose stubs are still waiting (carried over by a reload)."""
+        return frozenset(self._stubbed)
 
     def expect(self, minion_id: str) -> None:
         """A stub was written for this minion: report it when Salt has used it up."""
