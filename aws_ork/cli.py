@@ -224,6 +224,9 @@ def run_restore(cfg: Config, *, force: bool) -> int:
         print(f"{result.left_in_place} local files not in the mirror were left in place")
     if result.skipped:
         print(f"{len(result.skipped)} objects skipped (not a safe relative path)")
+    if result.stubs_dropped:
+        print(f"{result.stubs_dropped} autosign stubs not restored (pre-authorisations of "
+              f"the old master; send the launch again for an instance still booting)")
     return 0
 
 

@@ -38,6 +38,7 @@ class RestoreResult:
     bytes: int
     skipped: list[str]  # object keys that are no safe relative path
     left_in_place: int  # local files the mirror does not have (with force)
+    stubs_dropped: int = 0  # autosign stubs not restored
 
 
 def local_files(root: Path) -> list[str]:
@@ -49,6 +50,9 @@ def local_files(root: Path) -> list[str]:
             if path.is_file() and not path.is_symlink():
                 found.append(path.relative_to(root).as_posix())
     return found
+
+
+AUTOSIGN_DIR = "minions_autosign"
 
 
 def safe_relpath(rel: str) -> bool:
@@ -70,6 +74,12 @@ def restore(tree: S3Tree, pki_dir: Path, *, force: bool = False) -> RestoreResul
     skipped = sorted(set(listing) - set(wanted))
     for rel in skipped:
         log.warning("restore: skipping object %r: not a safe relative path", rel)
+    # An autosign stub is a standing pre-authorisation for an id; a restored copy would look
+    # fresh (its mtime is the restore's) and could let an instance long gone be re-accepted.
+    stubs = {rel for rel in wanted if PurePosixPath(rel).parent.name == AUTOSIGN_DIR}
+    for rel in sorted(stubs):
+        log.info("restore: not restoring autosign stub %s", rel)
+    wanted = [rel for rel in wanted if rel not in stubs]
     if not wanted:
         raise MirrorError(f"{tree.target}: no objects to restore")
     _make_dirs(pki_dir, wanted)
@@ -89,7 +99,7 @@ def restore(tree: S3Tree, pki_dir: Path, *, force: bool = False) -> RestoreResul
     with ThreadPoolExecutor(defaults.MIRROR_UPLOAD_THREADS, thread_name_prefix="s3-get") as pool:
         sizes = list(pool.map(fetch, wanted))
     left = len(set(existing) - set(wanted))
-    return RestoreResult(len(sizes), sum(sizes), skipped, left)
+    return RestoreResult(len(sizes), sum(sizes), skipped, left, len(stubs))
 
 
 def _write_link(pki_dir: Path, rel: str, body: bytes) -> None:

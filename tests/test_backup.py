@@ -428,3 +428,18 @@ def test_restore_skips_keys_that_would_escape_pki(tmp_path, s3, bucket):
     assert stat.S_IMODE((pki / "master" / "ok.pub").stat().st_mode) == 0o644
     assert not (tmp_path / "escape").exists()
     assert "1 objects skipped" in result.stdout
+
+
+def test_restore_leaves_out_autosign_stubs(tmp_path, s3, bucket):
+    """A restored stub would pre-authorise its id afresh on the new master."""
+    s3.put_object(Bucket=bucket, Key="pki/master/minions_autosign/i-0123456789abcdef0", Body=b"")
+    s3.put_object(Bucket=bucket, Key="pki/master/minions/i-0fedcba9876543210", Body=b"key",
+                  Metadata={"mode": "0644"})
+    pki = tmp_path / "pki"
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[aws_ork]\nBucketUrl = s3://{bucket}/pki/\nPkiDir = {pki}\n")
+    result = run_aws_ork(conf, "--restore")
+    assert result.returncode == 0, result.stderr
+    assert (pki / "master" / "minions" / "i-0fedcba9876543210").read_text() == "key"
+    assert not (pki / "master" / "minions_autosign" / "i-0123456789abcdef0").exists()
+    assert "1 autosign stubs not restored" in result.stdout
