@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import stat
@@ -38,22 +37,13 @@ from tests.daemon import (
     wait_for,
     write_config,
 )
-from tests.messages import sns_launch, sns_terminate
-from tests.saltenv import SaltMaster, generate_public_key_pem, start_master, start_minion
+from tests.messages import new_id, sns_launch, sns_terminate
+from tests.saltenv import generate_public_key_pem, start_master, start_minion
 from tests.tcpproxy import TcpProxy
 
 PUB = generate_public_key_pem()  # one key for the many bulk minions (content is irrelevant)
 
 
-def new_id() -> str:
-    return "i-" + secrets.token_hex(9)[:17]
-
-
-@pytest.fixture(scope="module")
-def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaltMaster]:
-    salt_master = start_master(tmp_path_factory.mktemp("master"))
-    yield salt_master
-    salt_master.stop()
 
 
 class S3Calls:

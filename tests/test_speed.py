@@ -8,7 +8,6 @@ the end-to-end pre-authorisation). Costs are checked by counting calls, never by
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 from pathlib import Path
 
@@ -24,19 +23,8 @@ from tests.daemon import (
     wait_for,
     write_config,
 )
-from tests.messages import sns_launch, sns_terminate
-from tests.saltenv import SaltMaster, generate_public_key_pem, start_master, start_minion
-
-
-def new_id() -> str:
-    return "i-" + secrets.token_hex(9)[:17]
-
-
-@pytest.fixture(scope="module")
-def master(tmp_path_factory: pytest.TempPathFactory):
-    salt_master = start_master(tmp_path_factory.mktemp("master"))
-    yield salt_master
-    salt_master.stop()
+from tests.messages import new_id, sns_launch, sns_terminate
+from tests.saltenv import SaltMaster, generate_public_key_pem, start_minion
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ Target (issue 4): within 1.25x of the limit.
 
 from __future__ import annotations
 
-import secrets
 import signal
 import statistics
 import time
@@ -17,7 +16,7 @@ import pytest
 
 from tests.benchmarks.bench import report
 from tests.daemon import start_aws_ork, wait_for, write_config
-from tests.messages import sns_launch
+from tests.messages import new_id, sns_launch
 from tests.saltenv import start_master, start_minion
 
 ROUNDS = 3
@@ -32,9 +31,6 @@ def masters(tmp_path_factory):
     ours.stop()
     limit.stop()
 
-
-def new_id() -> str:
-    return "i-" + secrets.token_hex(9)[:17]
 
 
 def time_boot(master, root, minion_id) -> tuple[float, float]:

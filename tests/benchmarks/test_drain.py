@@ -20,16 +20,9 @@ from tests.benchmarks.bench import (
 )
 from tests.daemon import bucket_objects, write_config
 from tests.messages import sns_launch, sns_terminate
-from tests.saltenv import start_master
 
 N = 500
 
-
-@pytest.fixture(scope="module")
-def master(tmp_path_factory):
-    salt_master = start_master(tmp_path_factory.mktemp("master"))
-    yield salt_master
-    salt_master.stop()
 
 
 def fresh_queue(sqs) -> str:

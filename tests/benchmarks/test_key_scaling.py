@@ -13,17 +13,10 @@ import pytest
 
 from tests.benchmarks.bench import add_keys, instance_ids, report
 from tests.benchmarks.test_drain import drain
-from tests.saltenv import start_master
 
 N = 300
 ROUNDS = 2
 
-
-@pytest.fixture(scope="module")
-def master(tmp_path_factory):
-    salt_master = start_master(tmp_path_factory.mktemp("master"))
-    yield salt_master
-    salt_master.stop()
 
 
 def others(master, count: int, prefix: str) -> list[str]:

@@ -16,18 +16,11 @@ import pytest
 from tests.benchmarks.bench import add_keys, instance_ids, report, send_all
 from tests.daemon import queue_counts, start_aws_ork, wait_for, write_config
 from tests.messages import sns_launch, sns_terminate
-from tests.saltenv import start_master
 
 TOTAL = 10_000
 CHUNK = 100
 CHECKPOINTS = (1_000, 2_000, 5_000, 10_000)
 
-
-@pytest.fixture(scope="module")
-def master(tmp_path_factory):
-    salt_master = start_master(tmp_path_factory.mktemp("master"))
-    yield salt_master
-    salt_master.stop()
 
 
 def rss_kib(pid: int) -> int:
