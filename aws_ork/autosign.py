@@ -21,9 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from aws_ork.keydirs import AUTOSIGN
+
 log = logging.getLogger(__name__)
 
-AUTOSIGN_DIR = "minions_autosign"
 STUB_MODE = 0o600  # Salt reads only the name and the mtime
 
 
@@ -32,8 +33,7 @@ class AutosignStubs:
 
     def __init__(self, opts: Mapping[str, Any]) -> None:
         pki = opts.get("cluster_pki_dir") if opts.get("cluster_id") else opts["pki_dir"]
-        self.directory = Path(pki) / AUTOSIGN_DIR
-        self.timeout_minutes = int(opts.get("autosign_timeout", 120) or 0)
+        self.directory = Path(pki) / AUTOSIGN
         # With auto_accept the master accepts every key before it looks at stubs: a stub
         # would never be consumed, and is not needed.
         self.useful = not opts.get("auto_accept", False)

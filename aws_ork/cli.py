@@ -21,6 +21,7 @@ from aws_ork.config import Config
 from aws_ork.errors import AwsOrkError, ConfigError, MirrorError, QueueError
 from aws_ork.handler import Handler
 from aws_ork.journal import Journal
+from aws_ork.keydirs import ACCEPTED, PENDING
 from aws_ork.keys import KeyManager, load_master_opts
 from aws_ork.loop import Loop
 from aws_ork.manifest import FILE_NAME as MANIFEST_FILE
@@ -176,7 +177,7 @@ def run_check(cfg: Config) -> int:
     try:
         opts = load_master_opts(cfg.salt_master_config)
         pki = opts["pki_dir"]
-        missing = [d for d in ("minions", "minions_pre")
+        missing = [d for d in (ACCEPTED, PENDING)
                    if not os.access(os.path.join(pki, d), os.R_OK | os.W_OK | os.X_OK)]
         if missing:
             results.append((False, f"salt pki {pki}: cannot write {', '.join(missing)}"))

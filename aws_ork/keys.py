@@ -19,14 +19,10 @@ from typing import Any
 from aws_ork.autosign import AutosignStubs
 from aws_ork.errors import ConfigError, KeyStoreError
 from aws_ork.ids import is_instance_id
+from aws_ork.keydirs import ACCEPTED, PENDING, REJECTED
 from aws_ork.saltkeys import SaltKeys
 
 log = logging.getLogger(__name__)
-
-ACCEPTED = "minions"
-PENDING = "minions_pre"
-REJECTED = "minions_rejected"
-DENIED = "minions_denied"
 
 
 class Outcome(enum.Enum):

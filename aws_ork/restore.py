@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from aws_ork import defaults
 from aws_ork.errors import AwsOrkError, MirrorError
 from aws_ork.fsutil import write_atomic
+from aws_ork.keydirs import AUTOSIGN
 from aws_ork.s3tree import S3Tree
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,6 @@ def local_files(root: Path) -> list[str]:
     return found
 
 
-AUTOSIGN_DIR = "minions_autosign"
-
-
 def safe_relpath(rel: str) -> bool:
     """An object key (minus the prefix) that stays inside PkiDir when joined to it."""
     if not rel or "\0" in rel or rel.startswith("/") or rel.endswith("/"):
@@ -76,7 +74,7 @@ def restore(tree: S3Tree, pki_dir: Path, *, force: bool = False) -> RestoreResul
         log.warning("restore: skipping object %r: not a safe relative path", rel)
     # An autosign stub is a standing pre-authorisation for an id; a restored copy would look
     # fresh (its mtime is the restore's) and could let an instance long gone be re-accepted.
-    stubs = {rel for rel in wanted if PurePosixPath(rel).parent.name == AUTOSIGN_DIR}
+    stubs = {rel for rel in wanted if PurePosixPath(rel).parent.name == AUTOSIGN}
     for rel in sorted(stubs):
         log.info("restore: not restoring autosign stub %s", rel)
     wanted = [rel for rel in wanted if rel not in stubs]

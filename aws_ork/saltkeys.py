@@ -20,11 +20,10 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from aws_ork.keydirs import ACCEPTED, DENIED
+
 log = logging.getLogger(__name__)
 
-ACCEPTED = "minions"
-PENDING = "minions_pre"
-DENIED = "minions_denied"
 #: Banks of the minion data cache that ``Key.check_minion_cache`` cleans after a delete.
 MINION_DATA_BANKS = ("grains", "pillar")
 

@@ -24,16 +24,15 @@ from dataclasses import dataclass
 from aws_ork import defaults
 from aws_ork.errors import MirrorError
 from aws_ork.journal import Journal, Snapshot
-from aws_ork.keys import ACCEPTED, DENIED, PENDING, REJECTED
+from aws_ork.keydirs import AUTOSIGN, KEY_STATES
 from aws_ork.mirror import S3Mirror, SyncStats
 
 __all__ = ["MirrorStatus", "MirrorWorker", "S3Mirror", "SyncStats", "key_paths"]
 
 log = logging.getLogger(__name__)
 
-AUTOSIGN = "minions_autosign"
 #: Every place the master's key store keeps a file named after the minion id.
-KEY_DIRS = (ACCEPTED, PENDING, REJECTED, DENIED, AUTOSIGN)
+KEY_DIRS = (*KEY_STATES, AUTOSIGN)
 
 
 def key_paths(key_dir: str, minion_id: str) -> list[str]:

@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aws_ork.keydirs import AUTOSIGN, KEY_STATES
+
 log = logging.getLogger(__name__)
 
-KEY_DIRS = ("minions", "minions_pre", "minions_rejected", "minions_denied")
-AUTOSIGN_DIR = "minions_autosign"
 
 Snapshot = tuple[tuple[int, int] | None, ...]
 
@@ -35,8 +35,8 @@ class KeyDirWatcher:
     """Compares (inode, mtime) of the key directories with the last look."""
 
     def __init__(self, pki_dir: Path, expected: Iterable[str] = ()) -> None:
-        self.dirs = tuple(Path(pki_dir) / name for name in KEY_DIRS)
-        self.autosign = Path(pki_dir) / AUTOSIGN_DIR
+        self.dirs = tuple(Path(pki_dir) / name for name in KEY_STATES)
+        self.autosign = Path(pki_dir) / AUTOSIGN
         self._last = self._snapshot()
         self._stubbed: set[str] = set(expected)
 
