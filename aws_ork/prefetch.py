@@ -10,7 +10,6 @@ a batch that held messages, and with PollPause 0).
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent.futures import Future
 
 from aws_ork.queue import Message, Queue
@@ -28,18 +27,10 @@ class Receiver:
         self._next: Future[list[Message]] | None = None
 
     def prefetch(self, wait: int) -> None:
-        """Start the next long poll now, in a daemon thread (one at most)."""
+        """Start the next long poll now, in a helper thread (one at most)."""
         if self._next is not None:
             return
-        future: Future[list[Message]] = Future()
-
-        def poll() -> None:
-            try:
-                future.set_result(self.queue.receive(wait))
-            except BaseException as exc:  # handed to whoever takes the result
-                future.set_exception(exc)
-
-        threading.Thread(target=poll, name="long-poll-ahead", daemon=True).start()
+        future = self.stopper.start(lambda: self.queue.receive(wait))
         self._next = future
 
     def receive(self, wait: int) -> list[Message]:
@@ -49,7 +40,7 @@ class Receiver:
         if future is None:
             return self.stopper.call(lambda: self.queue.receive(wait))
         try:
-            return self.stopper.call(future.result)
+            return self.stopper.result(future)
         except Stopped:
             self._next = future  # still ours to give back in close()
             raise

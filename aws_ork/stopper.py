@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -50,23 +51,32 @@ class Stopper:
         An abandoned receive may still return messages: they stay invisible until the
         queue's visibility timeout and are then delivered again, so nothing is lost.
         """
-        box: list[tuple[bool, object]] = []
+        return self.result(self.start(fn))
+
+    @staticmethod
+    def start(fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` in a daemon thread; its outcome arrives in the returned future."""
+        future: Future[T] = Future()
 
         def target() -> None:
             try:
-                outcome: tuple[bool, object] = (True, fn())
-            except BaseException as exc:  # handed to the caller below
-                outcome = (False, exc)
-            with self._cond:
-                box.append(outcome)
-                self._cond.notify_all()
+                future.set_result(fn())
+            except BaseException as exc:  # handed to whoever takes the result
+                future.set_exception(exc)
 
         threading.Thread(target=target, name="long-poll", daemon=True).start()
+        return future
+
+    def result(self, future: Future[T]) -> T:
+        """Wait for ``future``; raise Stopped if a stop comes first (the future stays valid)."""
+
+        def wake(_done: Future[T]) -> None:
+            with self._cond:
+                self._cond.notify_all()
+
+        future.add_done_callback(wake)
         with self._cond:
-            self._cond.wait_for(lambda: box or self._stopping)
-            if not box:
-                raise Stopped(self.reason)
-            ok, value = box[0]
-        if not ok:
-            raise value  # type: ignore[misc]
-        return value  # type: ignore[return-value]
+            self._cond.wait_for(lambda: future.done() or self._stopping)
+        if not future.done():
+            raise Stopped(self.reason)
+        return future.result()
