@@ -15,22 +15,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aws_ork import __version__, config, defaults, logsetup, systemd, trust
+from aws_ork import __version__, config, defaults
 from aws_ork.aws import make_client
+from aws_ork.checks import source as trust
 from aws_ork.config import Config
+from aws_ork.decide import Handler
 from aws_ork.errors import AwsOrkError, ConfigError, MirrorError, QueueError
-from aws_ork.handler import Handler
-from aws_ork.journal import Journal
-from aws_ork.keydirs import ACCEPTED, PENDING
-from aws_ork.keys import KeyManager, load_master_opts
+from aws_ork.keys.location import ACCEPTED, PENDING
+from aws_ork.keys.manager import KeyManager, load_master_opts
+from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.loop import Loop
-from aws_ork.manifest import FILE_NAME as MANIFEST_FILE
-from aws_ork.queue import Queue
-from aws_ork.restore import RestoreRefused, restore
-from aws_ork.s3tree import ObjectOptions, S3Tree
-from aws_ork.stopper import Stopper
-from aws_ork.syncer import MirrorWorker, S3Mirror
-from aws_ork.watch import KeyDirWatcher
+from aws_ork.mirror.bucket import ObjectOptions, S3Tree
+from aws_ork.mirror.journal import Journal
+from aws_ork.mirror.manifest import FILE_NAME as MANIFEST_FILE
+from aws_ork.mirror.restore import RestoreRefused, restore
+from aws_ork.mirror.worker import MirrorWorker, S3Mirror
+from aws_ork.runtime import logsetup, systemd
+from aws_ork.runtime.stopper import Stopper
+from aws_ork.sqs.queue import Queue
 
 log = logging.getLogger("aws_ork")
 

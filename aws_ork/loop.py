@@ -11,13 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aws_ork import defaults
+from aws_ork.decide import Action, Decision, Handler
 from aws_ork.errors import MirrorError, QueueError
-from aws_ork.handler import Action, Decision, Handler
-from aws_ork.prefetch import Receiver
-from aws_ork.queue import Message, Queue
-from aws_ork.stopper import Stopped, Stopper
-from aws_ork.syncer import MirrorWorker
-from aws_ork.watch import KeyDirWatcher
+from aws_ork.keys.watcher import KeyDirWatcher
+from aws_ork.mirror.worker import MirrorWorker
+from aws_ork.runtime.stopper import Stopped, Stopper
+from aws_ork.sqs.queue import Message, Queue
+from aws_ork.sqs.receiver import Receiver
 
 log = logging.getLogger(__name__)
 

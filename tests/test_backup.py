@@ -21,13 +21,13 @@ import boto3
 import pytest
 
 from aws_ork.config import BucketUrl
-from aws_ork.journal import FILE_NAME as JOURNAL_FILE
-from aws_ork.journal import Journal
-from aws_ork.keys import KeyManager
-from aws_ork.manifest import FILE_NAME as MANIFEST_FILE
-from aws_ork.mirror import S3Mirror
-from aws_ork.s3tree import ObjectOptions, S3Tree
-from aws_ork.syncer import MirrorWorker
+from aws_ork.keys.manager import KeyManager
+from aws_ork.mirror.bucket import ObjectOptions, S3Tree
+from aws_ork.mirror.journal import FILE_NAME as JOURNAL_FILE
+from aws_ork.mirror.journal import Journal
+from aws_ork.mirror.manifest import FILE_NAME as MANIFEST_FILE
+from aws_ork.mirror.planner import S3Mirror
+from aws_ork.mirror.worker import MirrorWorker
 from tests.daemon import (
     bucket_objects,
     queue_counts,

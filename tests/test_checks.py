@@ -18,14 +18,14 @@ import pytest
 from botocore.stub import Stubber
 
 from aws_ork import config, events
+from aws_ork.checks.ec2 import NOT_FOUND_ATTEMPTS, Ec2Lookup, InstanceCheck
+from aws_ork.checks.signature import SignatureVerifier
+from aws_ork.checks.source import SourceCheck, TopicCheck, build_checks
+from aws_ork.checks.terminations import RETENTION_SECONDS, TerminationCheck, Terminations
+from aws_ork.decide import Action, Handler, Verdict
 from aws_ork.errors import ConfigError
 from aws_ork.events import Event, Kind, Source
-from aws_ork.handler import Action, Handler, Verdict
-from aws_ork.instances import NOT_FOUND_ATTEMPTS, Ec2Lookup, InstanceCheck
-from aws_ork.queue import Message
-from aws_ork.signature import SignatureVerifier
-from aws_ork.terminations import RETENTION_SECONDS, TerminationCheck, Terminations
-from aws_ork.trust import SourceCheck, TopicCheck, build_checks
+from aws_ork.sqs.queue import Message
 from tests.messages import envelope, fixture, notification
 from tests.snssign import make_signing_identity, sign_envelope
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aws_ork.keys import KeyManager, Outcome, load_master_opts
+from aws_ork.keys.manager import KeyManager, Outcome, load_master_opts
 from tests.messages import new_id
 
 

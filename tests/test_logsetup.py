@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from aws_ork import logsetup
+from aws_ork.runtime import logsetup
 
 
 @pytest.fixture(autouse=True)

@@ -7,10 +7,10 @@ import threading
 import boto3
 import pytest
 
-from aws_ork.handler import Action, Decision
+from aws_ork.decide import Action, Decision
 from aws_ork.loop import Loop
-from aws_ork.queue import Message, Queue
-from aws_ork.stopper import Stopped, Stopper
+from aws_ork.runtime.stopper import Stopped, Stopper
+from aws_ork.sqs.queue import Message, Queue
 from tests.daemon import queue_counts
 
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aws_ork.signature import (
+from aws_ork.checks.signature import (
     SignatureVerifier,
     Verdict,
     cert_cache_path,

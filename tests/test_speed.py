@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aws_ork.keys import KeyManager, Outcome, load_master_opts
+from aws_ork.keys.manager import KeyManager, Outcome, load_master_opts
 from tests.countproxy import CountingProxy
 from tests.daemon import (
     bucket_objects,
@@ -295,9 +295,9 @@ def test_a_prefetched_batch_is_given_back_on_the_way_out(sqs, queue_url):
     """Receive-ahead never strands messages: a batch fetched ahead but not handled when the
     daemon stops is visible again at once, not after the visibility timeout."""
     from aws_ork.aws import make_client
-    from aws_ork.prefetch import Receiver
-    from aws_ork.queue import Queue
-    from aws_ork.stopper import Stopper
+    from aws_ork.runtime.stopper import Stopper
+    from aws_ork.sqs.queue import Queue
+    from aws_ork.sqs.receiver import Receiver
 
     for n in range(3):
         sqs.send_message(QueueUrl=queue_url, MessageBody=f"m{n}")

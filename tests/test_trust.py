@@ -112,7 +112,7 @@ def state(master: SaltMaster, minion_id: str) -> str | None:
 def decision_line(stderr: str, instance_id: str) -> str:
     """The handler's one log line about this instance."""
     lines = [line for line in stderr.splitlines()
-             if f" {instance_id} " in line and "aws_ork.handler" in line]
+             if f" {instance_id} " in line and "aws_ork.decide" in line]
     assert len(lines) == 1, f"expected one decision for {instance_id}:\n{stderr}"
     return lines[0]
 

@@ -17,9 +17,9 @@ import boto3
 import pytest
 
 from aws_ork.config import BucketUrl
-from aws_ork.mirror import S3Mirror
-from aws_ork.s3tree import S3Tree
-from aws_ork.syncer import key_paths
+from aws_ork.mirror.bucket import S3Tree
+from aws_ork.mirror.planner import S3Mirror
+from aws_ork.mirror.worker import key_paths
 from tests.awsenv import script
 from tests.saltenv import generate_public_key_pem
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aws_ork.keydirs import AUTOSIGN, KEY_STATES
+from aws_ork.keys.location import AUTOSIGN, KEY_STATES
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from aws_ork.keydirs import AUTOSIGN
+from aws_ork.keys.location import AUTOSIGN
 
 log = logging.getLogger(__name__)
 

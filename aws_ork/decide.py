@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from aws_ork import defaults, events
 from aws_ork.errors import AwsOrkError, KeyStoreError
 from aws_ork.events import Event, Kind
-from aws_ork.keys import KeyManager, KeyResult, Outcome
-from aws_ork.queue import Message
+from aws_ork.keys.manager import KeyManager, KeyResult, Outcome
+from aws_ork.sqs.queue import Message
 
 log = logging.getLogger(__name__)
 

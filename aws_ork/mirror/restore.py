@@ -19,9 +19,9 @@ from pathlib import Path, PurePosixPath
 
 from aws_ork import defaults
 from aws_ork.errors import AwsOrkError, MirrorError
-from aws_ork.fsutil import write_atomic
-from aws_ork.keydirs import AUTOSIGN
-from aws_ork.s3tree import S3Tree
+from aws_ork.keys.location import AUTOSIGN
+from aws_ork.mirror.bucket import S3Tree
+from aws_ork.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
 

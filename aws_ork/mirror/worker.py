@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from aws_ork import defaults
 from aws_ork.errors import MirrorError
-from aws_ork.journal import Journal, Snapshot
-from aws_ork.keydirs import AUTOSIGN, KEY_STATES
-from aws_ork.mirror import S3Mirror, SyncStats
+from aws_ork.keys.location import AUTOSIGN, KEY_STATES
+from aws_ork.mirror.journal import Journal, Snapshot
+from aws_ork.mirror.planner import S3Mirror, SyncStats
 
 __all__ = ["MirrorStatus", "MirrorWorker", "S3Mirror", "SyncStats", "key_paths"]
 

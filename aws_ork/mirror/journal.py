@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aws_ork.errors import MirrorError
-from aws_ork.fsutil import write_atomic
+from aws_ork.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
 

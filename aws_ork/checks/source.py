@@ -26,11 +26,11 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from aws_ork.checks.signature import SignatureVerifier
 from aws_ork.config import Config
+from aws_ork.decide import Check, Verdict
 from aws_ork.events import Event, Source
-from aws_ork.handler import Check, Verdict
-from aws_ork.keys import KeyManager
-from aws_ork.signature import SignatureVerifier
+from aws_ork.keys.manager import KeyManager
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ def build_checks(cfg: Config, *, keys: Callable[[], KeyManager], ec2: Any = None
 
     ``keys`` returns the current key manager (SIGHUP replaces it); ``ec2`` is an EC2 client,
     needed with VerifyInstances."""
-    from aws_ork.instances import Ec2Lookup, InstanceCheck
-    from aws_ork.terminations import TerminationCheck, Terminations
+    from aws_ork.checks.ec2 import Ec2Lookup, InstanceCheck
+    from aws_ork.checks.terminations import TerminationCheck, Terminations
 
     checks: list[Check] = []
     if cfg.allowed_topic_arns:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future
 
-from aws_ork.queue import Message, Queue
-from aws_ork.stopper import Stopped, Stopper
+from aws_ork.runtime.stopper import Stopped, Stopper
+from aws_ork.sqs.queue import Message, Queue
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import json
 import logging
 from pathlib import Path
 
-from aws_ork.fsutil import write_atomic
-from aws_ork.s3tree import Remote
+from aws_ork.mirror.bucket import Remote
+from aws_ork.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aws_ork.autosign import AutosignStubs
 from aws_ork.errors import ConfigError, KeyStoreError
 from aws_ork.ids import is_instance_id
-from aws_ork.keydirs import ACCEPTED, PENDING, REJECTED
-from aws_ork.saltkeys import SaltKeys
+from aws_ork.keys.autosign import AutosignStubs
+from aws_ork.keys.backend import SaltKeys
+from aws_ork.keys.location import ACCEPTED, PENDING, REJECTED
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from aws_ork.keydirs import ACCEPTED, DENIED
+from aws_ork.keys.location import ACCEPTED, DENIED
 
 log = logging.getLogger(__name__)
 

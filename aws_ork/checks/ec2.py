@@ -31,10 +31,10 @@ from typing import Any
 
 import botocore.exceptions
 
+from aws_ork.decide import Verdict
 from aws_ork.errors import AwsOrkError, KeyStoreError
 from aws_ork.events import Event, Kind
-from aws_ork.handler import Verdict
-from aws_ork.keys import KeyManager
+from aws_ork.keys.manager import KeyManager
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from aws_ork import defaults, manifest
+from aws_ork import defaults
 from aws_ork.errors import MirrorError
-from aws_ork.s3tree import Remote, S3Tree
+from aws_ork.mirror import manifest
+from aws_ork.mirror.bucket import Remote, S3Tree
 
 log = logging.getLogger(__name__)
 

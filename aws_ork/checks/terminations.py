@@ -16,10 +16,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from aws_ork.decide import Verdict
 from aws_ork.events import Event, Kind
-from aws_ork.fsutil import write_atomic
-from aws_ork.handler import Verdict
 from aws_ork.ids import is_instance_id
+from aws_ork.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from aws_ork.fsutil import write_atomic
+from aws_ork.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
 

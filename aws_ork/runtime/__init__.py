@@ -1,0 +1,1 @@
+"""Beside the stages: process plumbing (stop flag, logging, systemd notify, atomic files)."""
