@@ -9,29 +9,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
-from aws_ork import __version__, config, defaults
+from aws_ork import __version__, app, config
+from aws_ork.app import RunOptions, s3_tree
 from aws_ork.aws import make_client
-from aws_ork.checks import source as trust
 from aws_ork.config import Config
-from aws_ork.decide import Handler
 from aws_ork.errors import AwsOrkError, ConfigError, MirrorError, QueueError
-from aws_ork.keys.location import ACCEPTED, PENDING
-from aws_ork.keys.manager import KeyManager, load_master_opts
-from aws_ork.keys.watcher import KeyDirWatcher
-from aws_ork.loop import Loop
-from aws_ork.mirror.bucket import ObjectOptions, S3Tree
-from aws_ork.mirror.journal import Journal
-from aws_ork.mirror.manifest import FILE_NAME as MANIFEST_FILE
+from aws_ork.keys.location import ACCEPTED, PENDING, KeyLocation
+from aws_ork.keys.manager import load_master_opts
 from aws_ork.mirror.restore import RestoreRefused, restore
-from aws_ork.mirror.worker import MirrorWorker, S3Mirror
-from aws_ork.runtime import logsetup, systemd
-from aws_ork.runtime.stopper import Stopper
+from aws_ork.runtime import logsetup
+from aws_ork.runtime.daemonize import daemonize
 from aws_ork.sqs.queue import Queue
 
 log = logging.getLogger("aws_ork")
@@ -78,109 +68,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"aws_ork: {exc}", file=sys.stderr)
         return 2
+    options = RunOptions(dry_run=args.dry_run, once=args.once, purge=args.purge)
     if args.daemon:
-        return _daemonize(cfg, args, master_opts)
+        return daemonize(cfg, verbose=args.verbose, syslog=args.syslog,
+                         run=lambda: app.run(cfg, options, master_opts))
     logsetup.setup(verbose=args.verbose, syslog=args.syslog)
-    return run(cfg, args, master_opts)
-
-
-@dataclass
-class Parts:
-    """Everything the loop needs, built from the config."""
-
-    queue: Queue
-    handler: Handler
-    mirror: MirrorWorker | None
-
-
-def build(cfg: Config, args: argparse.Namespace, master_opts: dict[str, Any]) -> Parts:
-    """Make the clients and the key manager (after daemonizing: sockets do not survive it)."""
-    sqs = make_client("sqs", cfg.sqs_region)
-    queue = Queue.open(sqs, url=cfg.queue_url, name=cfg.queue_name)
-    queue.check()  # an unreachable queue is a start-up failure (exit 1), not a silent retry
-    keys = KeyManager(master_opts, dry_run=args.dry_run)
-    handler = Handler(keys, delete_unknown=cfg.delete_unknown_messages)
-    # EC2 is asked in SQS_Region: the instances a master manages live in the queue's region.
-    ec2 = make_client("ec2", cfg.sqs_region, max_attempts=3) if cfg.verify_instances else None
-    handler.checks = tuple(trust.build_checks(cfg, keys=lambda: handler.keys, ec2=ec2,
-                                              dry_run=args.dry_run))
-    mirror = None
-    if cfg.bucket_url is not None and not args.dry_run:
-        mirror = MirrorWorker(
-            S3Mirror(s3_tree(cfg), cfg.pki_dir, cfg.state_dir / MANIFEST_FILE),
-            Journal(cfg.state_dir), key_dir=_key_dir(cfg, master_opts),
-            reconcile_seconds=cfg.reconcile_minutes * 60)
-    return Parts(queue, handler, mirror)
-
-
-def s3_tree(cfg: Config) -> S3Tree:
-    """The mirror's objects, written with the configured SSE and ACL."""
-    assert cfg.bucket_url is not None
-    s3 = make_client("s3", cfg.effective_bucket_region, max_attempts=2)
-    return S3Tree(s3, cfg.bucket_url, ObjectOptions(cfg.bucket_sse, cfg.bucket_kms_key_id,
-                                                    cfg.bucket_acl))
-
-
-def _key_dir(cfg: Config, master_opts: dict[str, Any]) -> str | None:
-    """The master's pki_dir relative to PkiDir; None (with a warning) when outside it."""
-    key_dir = os.path.realpath(master_opts["pki_dir"])
-    root = os.path.realpath(cfg.pki_dir)
-    if os.path.commonpath([key_dir, root]) != root:
-        log.warning("the master's pki_dir %s is not under PkiDir %s: minion keys are not "
-                    "mirrored to S3", key_dir, root)
-        return None
-    rel = os.path.relpath(key_dir, root)
-    return "" if rel == "." else rel
-
-
-def run(cfg: Config, args: argparse.Namespace, master_opts: dict[str, Any]) -> int:
-    """Build, purge if asked, loop until stopped; return the exit status."""
-    stopper = Stopper()
-    _install_signals(stopper)
-    try:
-        parts = build(cfg, args, master_opts)
-    except QueueError as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    except AwsOrkError as exc:
-        log.error("cannot start: %s", exc)
-        return 2 if isinstance(exc, ConfigError) else 1
-    log.info("aws_ork %s: queue %s, pki %s, mirror %s%s", __version__, parts.queue.url,
-             master_opts.get("pki_dir"), cfg.bucket_url or "off",
-             " (dry run: nothing will be changed)" if args.dry_run else "")
-    if args.purge:
-        _purge(parts.queue, args.dry_run)
-    if parts.mirror is not None:
-        parts.mirror.start()  # replays the journal, then reconciles with the bucket
-
-    def reload() -> None:
-        opts = load_master_opts(cfg.salt_master_config)
-        parts.handler.keys = KeyManager(opts, dry_run=args.dry_run)
-        waiting = loop.watcher.expected if loop.watcher is not None else ()
-        loop.watcher = KeyDirWatcher(parts.handler.keys.key_dir, waiting)
-
-    loop = Loop(parts.queue, parts.handler, stopper, mirror=parts.mirror,
-                poll_pause=cfg.poll_pause, once=args.once, dry_run=args.dry_run,
-                on_reload=reload, watcher=KeyDirWatcher(parts.handler.keys.key_dir))
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: loop.request_reload())
-    systemd.notify("READY=1")
-    status = loop.run()
-    systemd.notify("STOPPING=1")
-    if parts.mirror is not None and not parts.mirror.stop(defaults.FINAL_MIRROR_SECONDS):
-        log.error("S3 mirror is behind the key store; it will be brought up to date at the "
-                  "next start")
-        status = status or 1
-    return status
+    return app.run(cfg, options, master_opts)
 
 
 def run_check(cfg: Config) -> int:
     """``--check``: one line per check; 0 only if all pass."""
     results: list[tuple[bool, str]] = [(True, f"config {cfg.source}")]
     try:
-        opts = load_master_opts(cfg.salt_master_config)
-        pki = opts["pki_dir"]
+        pki = KeyLocation.from_opts(load_master_opts(cfg.salt_master_config)).key_dir
         missing = [d for d in (ACCEPTED, PENDING)
-                   if not os.access(os.path.join(pki, d), os.R_OK | os.W_OK | os.X_OK)]
+                   if not os.access(pki / d, os.R_OK | os.W_OK | os.X_OK)]
         if missing:
             results.append((False, f"salt pki {pki}: cannot write {', '.join(missing)}"))
         else:
@@ -231,48 +133,3 @@ def run_restore(cfg: Config, *, force: bool) -> int:
         print(f"{result.stubs_dropped} autosign stubs not restored (pre-authorisations of "
               f"the old master; send the launch again for an instance still booting)")
     return 0
-
-
-def _purge(queue: Queue, dry_run: bool) -> None:
-    if dry_run:
-        log.info("dry run: queue would be purged")
-        return
-    try:
-        queue.purge()
-        log.info("queue purged")
-    except QueueError as exc:  # e.g. PurgeQueueInProgress: once a minute at most
-        log.warning("queue not purged: %s", exc)
-
-
-def _install_signals(stopper: Stopper) -> None:
-    def handler(signum: int, _frame: object) -> None:
-        stopper.stop(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def _daemonize(cfg: Config, args: argparse.Namespace, master_opts: dict[str, Any]) -> int:
-    """Detach with python-daemon; the PID file is locked for as long as we run."""
-    import daemon
-    import daemon.pidfile
-
-    pidfile = daemon.pidfile.TimeoutPIDLockFile(str(cfg.pid_file), acquire_timeout=0)
-    if pidfile.is_locked():
-        print(f"aws_ork: {cfg.pid_file}: already running (pid {pidfile.read_pid()})",
-              file=sys.stderr)
-        return 1
-    try:
-        if not args.syslog:
-            cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
-            cfg.log_file.touch(exist_ok=True)
-    except OSError as exc:
-        print(f"aws_ork: {cfg.source}: LogFile: cannot write {cfg.log_file}: {exc}",
-              file=sys.stderr)
-        return 2
-    context = daemon.DaemonContext(pidfile=pidfile, umask=0o022, working_directory="/",
-                                   signal_map={})
-    with context:
-        logsetup.setup(verbose=args.verbose, log_file=None if args.syslog else cfg.log_file,
-                       syslog=args.syslog)
-        return run(cfg, args, master_opts)

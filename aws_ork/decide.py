@@ -1,18 +1,22 @@
 """Decide what one message means for the key store, and what becomes of the message.
 
 Data flows one way: message body -> :func:`aws_ork.events.parse` -> checks -> key manager ->
-:class:`Decision`. The loop acts on the decision (delete, retry soon, or leave).
-Every decision is one log line: message id, event, outcome, reason.
+:class:`Decision`. The checks only look; this is where what they found is acted on (a stale
+pending key rejected, a terminate remembered). The loop acts on the decision (delete, retry
+soon, or leave). Every decision is one log line: message id, event, outcome, reason.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aws_ork import defaults, events
+from aws_ork.checks import Check, Verdict
+from aws_ork.checks.terminations import Terminations
 from aws_ork.errors import AwsOrkError, KeyStoreError
 from aws_ork.events import Event, Kind
 from aws_ork.keys.manager import KeyManager, KeyResult, Outcome
@@ -42,30 +46,24 @@ class Decision:
     preauthorised: str | None = None  # a minion left to Salt's autosign stub: watch for it
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """A check's answer: pass, fail for good (delete), or retry later (``retry=True``)."""
-
-    ok: bool
-    reason: str = ""
-    retry: bool = False
-    changed: bool = False  # the check itself changed the key store (rejected a stale key)
-    #: with ``retry``: after this many receives the failure is final (0: retry for ever)
-    attempts: int = 0
-
-
-#: A check looks at a parsed event before any key is touched (signature, topic, instance...).
-Check = Callable[[Event], Verdict]
-
-
 class Handler:
     """Turns a message into a key operation and a decision about the message."""
 
     def __init__(self, keys: KeyManager, *, delete_unknown: bool = True,
-                 checks: Sequence[Check] = ()) -> None:
+                 checks: Sequence[Check] = (), terminations: Terminations | None = None) -> None:
         self.keys = keys
         self.delete_unknown = delete_unknown
         self.checks = tuple(checks)
+        self.terminations = terminations  # without VerifyInstances: honoured terminates
+
+    def reload(self, opts: Mapping[str, Any]) -> None:
+        """SIGHUP: a key manager for the master's (re-read) config, and the same for every
+        check that reads the key store."""
+        self.keys = KeyManager(opts, dry_run=self.keys.dry_run)
+        for check in self.checks:
+            reload = getattr(check, "reload", None)
+            if reload is not None:
+                reload(opts)
 
     def handle(self, message: Message) -> Decision:
         """Handle one message; never raises for anything the message contains."""
@@ -85,15 +83,18 @@ class Handler:
             return Decision(Action.DELETE, "test notification, deleted")
         if event.kind is Kind.LAUNCH_ERROR:
             return Decision(Action.DELETE, "launch failed in AWS; no key change")
+        assert event.instance_id is not None  # parser guarantees it for launch/terminate
         for check in self.checks:
             verdict = check(event)
             if verdict.retry and not 0 < verdict.attempts <= message.receive_count:
                 return self._retry(message, f"check deferred: {verdict.reason}")
+            if verdict.stale_key:
+                return self._reject_stale(event.instance_id, verdict, message)
             if not verdict.ok:
-                return Decision(Action.DELETE, f"REJECTED: {verdict.reason}", rejected=True,
-                                changed=verdict.changed)
-        assert event.instance_id is not None  # parser guarantees it for launch/terminate
+                return Decision(Action.DELETE, f"REJECTED: {verdict.reason}", rejected=True)
         try:
+            if event.kind is Kind.TERMINATE and self.terminations is not None:
+                self.terminations.remember(event.instance_id)
             if event.kind is Kind.LAUNCH:
                 result = self.keys.accept(event.instance_id)
             else:
@@ -101,9 +102,26 @@ class Handler:
         except KeyStoreError as exc:
             log.error("message %s: key store error: %s", message.message_id, exc)
             return self._retry(message, f"key store error, retrying: {exc}")
+        except OSError as exc:  # the termination memory in StateDir
+            return self._retry(message, f"cannot remember the termination in StateDir: {exc}")
         except AwsOrkError as exc:
             return self._retry(message, f"error, retrying: {exc}")
         return self._from_result(result, message, event.instance_id)
+
+    def _reject_stale(self, instance_id: str, verdict: Verdict, message: Message) -> Decision:
+        """The instance check found a pending key older than the instance: someone else
+        submitted it under this id. Move it to the rejected keys, where it is never accepted
+        and an operator can still inspect it."""
+        log.error("SECURITY: %s: %s: someone else submitted a key under this id; it is moved "
+                  "to the rejected keys and never accepted (inspect it: salt-key -f %s)",
+                  instance_id, verdict.reason, instance_id)
+        try:
+            result = self.keys.reject(instance_id)
+        except KeyStoreError as exc:
+            return self._retry(message, f"stale pending key could not be rejected: {exc}")
+        return Decision(Action.DELETE, f"REJECTED: {verdict.reason}: {result.describe()}",
+                        rejected=True, changed=result.changed,
+                        minion_id=instance_id if result.changed else None)
 
     def _from_result(self, result: KeyResult, message: Message,
                      minion_id: str | None = None) -> Decision:

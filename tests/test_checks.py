@@ -18,13 +18,16 @@ import pytest
 from botocore.stub import Stubber
 
 from aws_ork import config, events
+from aws_ork.checks import Verdict, build_checks
 from aws_ork.checks.ec2 import NOT_FOUND_ATTEMPTS, Ec2Lookup, InstanceCheck
 from aws_ork.checks.signature import SignatureVerifier
-from aws_ork.checks.source import SourceCheck, TopicCheck, build_checks
+from aws_ork.checks.source import SourceCheck
 from aws_ork.checks.terminations import RETENTION_SECONDS, TerminationCheck, Terminations
-from aws_ork.decide import Action, Handler, Verdict
+from aws_ork.checks.topic import TopicCheck
+from aws_ork.decide import Action, Handler
 from aws_ork.errors import ConfigError
 from aws_ork.events import Event, Kind, Source
+from aws_ork.keys.location import KeyLocation
 from aws_ork.sqs.queue import Message
 from tests.messages import envelope, fixture, notification
 from tests.snssign import make_signing_identity, sign_envelope
@@ -94,11 +97,14 @@ def test_unsigned_sources_option_is_parsed_and_validated():
 
 def test_build_checks_orders_topic_then_signature_then_instance(tmp_path):
     cfg = config.from_mapping({"AllowedTopicArns": TOPIC, "StateDir": str(tmp_path)}, "t")
-    kinds = [type(c).__name__ for c in build_checks(cfg, keys=lambda: None, ec2=object())]
+    keys = KeyLocation(tmp_path / "pki")
+    kinds = [type(c).__name__ for c in build_checks(cfg, location=keys, ec2=object())]
     assert kinds == ["TopicCheck", "SourceCheck", "InstanceCheck"]
     loose = config.from_mapping({"VerifySignatures": "no", "VerifyInstances": "no",
                                  "StateDir": str(tmp_path)}, "t")
-    assert [type(c).__name__ for c in build_checks(loose, keys=lambda: None)] == \
+    memory = Terminations(tmp_path / "terminated")
+    assert [type(c).__name__ for c in build_checks(loose, location=keys,
+                                                   terminations=memory)] == \
         ["TerminationCheck"]
 
 
@@ -113,11 +119,8 @@ def ec2():
         yield client, stub
 
 
-class NoKeys:
-    """Stands in for the key manager where no pending key exists (freshness not involved)."""
-
-    def pending_mtime(self, _minion_id: str) -> None:
-        return None
+#: A key directory with no pending key (freshness not involved).
+NO_KEYS = KeyLocation(Path("/nonexistent/aws-ork-test-pki"))
 
 
 def reply(state: str, tags: dict[str, str] | None = None) -> dict:
@@ -134,7 +137,7 @@ def check_with(ec2, answer, *, groups=(), tags=(), event=LAUNCH):
                               expected_params={"InstanceIds": [ID]})
     else:
         stub.add_response("describe_instances", answer, {"InstanceIds": [ID]})
-    verdict = InstanceCheck(Ec2Lookup(client), NoKeys, groups=groups, tags=tags)(event)
+    verdict = InstanceCheck(Ec2Lookup(client), NO_KEYS, groups=groups, tags=tags)(event)
     stub.assert_no_pending_responses()
     return verdict
 
@@ -226,9 +229,12 @@ class Clock:
 
 def test_a_remembered_terminate_refuses_the_launch_until_retention_ends(tmp_path):
     clock = Clock(datetime.now(UTC).timestamp())
-    check = TerminationCheck(Terminations(tmp_path / "terminated", clock=clock))
+    memory = Terminations(tmp_path / "terminated", clock=clock)
+    check = TerminationCheck(memory)
     assert check(LAUNCH).ok
     assert check(TERMINATE).ok
+    assert check(LAUNCH).ok  # the check only looks: the decide stage remembers the terminate
+    memory.remember(ID)
     refused = check(LAUNCH)
     assert (refused.ok, refused.retry) == (False, False) and "terminated" in refused.reason
     assert check(Event(Kind.LAUNCH, Source.SNS, instance_id="i-0000000000000000a")).ok
@@ -260,8 +266,11 @@ def test_dry_run_remembers_nothing_and_unwritable_state_is_retried(tmp_path):
     assert not (tmp_path / "t").exists()
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    verdict = TerminationCheck(Terminations(blocker / "terminated"))(TERMINATE)
-    assert (verdict.ok, verdict.retry) == (False, True) and "StateDir" in verdict.reason
+    memory = Terminations(blocker / "terminated")
+    handler = Handler(None, terminations=memory)  # type: ignore[arg-type]
+    body = json.dumps(notification("autoscaling:EC2_INSTANCE_TERMINATE", ID))
+    decision = handler.handle(Message("m", "r", body))
+    assert decision.action is Action.RETRY and "StateDir" in decision.reason
 
 
 def test_records_are_named_only_by_instance_ids(tmp_path):

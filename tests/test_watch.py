@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aws_ork.keys.location import KeyLocation
 from aws_ork.keys.watcher import KeyDirWatcher
 
 ID = "i-0123456789abcdef0"
@@ -17,7 +18,7 @@ def pki(tmp_path):
 def test_a_used_up_stub_is_named_even_when_other_keys_changed_in_the_same_cycle(tmp_path):
     root = pki(tmp_path)
     (root / "minions_autosign" / ID).touch()
-    watcher = KeyDirWatcher(root)
+    watcher = KeyDirWatcher(KeyLocation(root))
     watcher.expect(ID)
     assert not watcher.poll().changed
 
@@ -34,14 +35,15 @@ def test_a_used_up_stub_is_named_even_when_other_keys_changed_in_the_same_cycle(
 def test_a_stub_still_waiting_is_not_reported_and_survives_a_reload(tmp_path):
     root = pki(tmp_path)
     (root / "minions_autosign" / ID).touch()
-    watcher = KeyDirWatcher(root)
+    watcher = KeyDirWatcher(KeyLocation(root))
     watcher.expect(ID)
     (root / "minions_pre" / "i-0fedcba9876543210").write_text("pub")  # someone else's key
 
     change = watcher.poll()
     assert (change.changed, change.consumed) == (True, [])
 
-    reloaded = KeyDirWatcher(root, watcher.expected)
+    watcher.reload({"pki_dir": str(root)})  # SIGHUP
+    assert watcher.expected == frozenset({ID})
     (root / "minions_autosign" / ID).unlink()
     (root / "minions" / ID).write_text("pub")
-    assert reloaded.poll().consumed == [ID]
+    assert watcher.poll().consumed == [ID]

@@ -1,7 +1,68 @@
 """Stage 3, the checks: may this event change a key? Each check only looks and answers.
 
-In the order they run: ``source`` (topic allow-list, SNS signature or an allowed unsigned
-source; ``signature`` verifies the envelope), ``ec2`` (EC2 confirms the instance, its group,
-tags and the pending key's age), ``terminations`` (without EC2: a launch after its
-terminate). None of them changes the key store: that is the key stage's work.
+Threat: anyone allowed to send to the queue could forge "instance i-X launched" and get the key
+of a minion they control accepted. The checks run in this order, each a
+:class:`~aws_ork.checks.verdict.Check` returning a :class:`~aws_ork.checks.verdict.Verdict`
+(the first that fails decides):
+
+1. :mod:`~aws_ork.checks.topic` (AllowedTopicArns): an SNS envelope from another topic is
+   rejected before anything else, signature included.
+2. :mod:`~aws_ork.checks.source` (VerifySignatures, UnsignedSources): an SNS envelope must
+   carry a valid AWS signature (:mod:`~aws_ork.checks.signature`); an unsigned body passes
+   only when its source is named in UnsignedSources.
+3. :mod:`~aws_ork.checks.ec2` (VerifyInstances, AutoScalingGroups, InstanceTags): EC2 must
+   confirm the instance, and the pending key must be younger than it. Without
+   VerifyInstances, :mod:`~aws_ork.checks.terminations` keeps a terminate that arrives before
+   its launch from being undone by that launch.
+
+The checks apply to launches and terminates alike: a forged terminate would delete a live
+minion's key (see :mod:`aws_ork.checks.ec2` for what EC2 must say about a terminate).
+None of them changes the key store or the daemon's state: :mod:`aws_ork.decide` acts on what
+they found.
 """
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aws_ork.checks.ec2 import Ec2Lookup, InstanceCheck
+from aws_ork.checks.signature import SignatureVerifier
+from aws_ork.checks.source import SourceCheck
+from aws_ork.checks.terminations import TerminationCheck, Terminations
+from aws_ork.checks.topic import TopicCheck
+from aws_ork.checks.verdict import Check, Verdict
+from aws_ork.config import Config
+from aws_ork.keys.location import KeyLocation
+
+__all__ = ["Check", "Verdict", "build_checks"]
+
+log = logging.getLogger(__name__)
+
+
+def build_checks(cfg: Config, *, location: KeyLocation, ec2: Any = None,
+                 terminations: Terminations | None = None) -> list[Check]:
+    """The checks the config asks for, in order: topic, signature/source, instance.
+
+    ``location`` is where the master keeps keys (read for a pending key's age); ``ec2`` is an
+    EC2 client, needed with VerifyInstances; ``terminations`` the termination memory, needed
+    without it."""
+    checks: list[Check] = []
+    if cfg.allowed_topic_arns:
+        checks.append(TopicCheck(cfg.allowed_topic_arns))
+    if cfg.verify_signatures:
+        checks.append(SourceCheck(SignatureVerifier(cfg.effective_cert_cache_dir),
+                                  cfg.unsigned_sources))
+    else:
+        log.warning("VerifySignatures is off: any message in the queue is believed")
+    if cfg.verify_instances:
+        if ec2 is None:
+            raise ValueError("VerifyInstances needs an EC2 client")
+        checks.append(InstanceCheck(Ec2Lookup(ec2), location, groups=cfg.auto_scaling_groups,
+                                    tags=cfg.instance_tags))
+    else:
+        log.warning("VerifyInstances is off: launches are not checked against EC2")
+        if terminations is None:
+            raise ValueError("without VerifyInstances the termination memory is needed")
+        checks.append(TerminationCheck(terminations))
+    return checks

@@ -7,8 +7,8 @@ Launch: the instance must exist and be ``pending`` or ``running``; with AutoScal
 ``aws:autoscaling:groupName`` tag must match one of the patterns (shell globs, case-sensitive);
 with InstanceTags it must carry every ``Key=Value`` exactly. Then freshness: a pending key
 written before the instance was launched (more than :data:`CLOCK_SKEW_SECONDS` before its
-LaunchTime) was submitted by someone else under that id, so it is moved to the rejected keys
-and never accepted.
+LaunchTime) was submitted by someone else under that id: the verdict says so
+(``stale_key``) and the key stage moves it to the rejected keys; it is never accepted.
 
 Terminate: honoured only when EC2 says the instance is ``shutting-down`` or ``terminated``, or
 does not know it (terminated long ago, or never ours): so a forged terminate cannot delete a
@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import botocore.exceptions
 
-from aws_ork.decide import Verdict
+from aws_ork.aws import error_code
+from aws_ork.checks.verdict import Verdict
 from aws_ork.errors import AwsOrkError, KeyStoreError
 from aws_ork.events import Event, Kind
-from aws_ork.keys.manager import KeyManager
+from aws_ork.keys.location import KeyLocation
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Ec2Lookup:
         try:
             response = self.ec2.describe_instances(InstanceIds=[instance_id])
         except botocore.exceptions.ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", "ClientError"))
+            code = error_code(exc)
             if code in NOT_FOUND:
                 return None
             raise InstanceLookupError(f"EC2 DescribeInstances failed: {code}") from exc
@@ -106,15 +107,18 @@ def _instance(item: Mapping[str, Any]) -> Instance:
 class InstanceCheck:
     """The VerifyInstances check (see the module docstring).
 
-    ``keys`` returns the current key manager: it is read for the pending key's age and used to
-    reject a stale one."""
+    ``location`` is where the master keeps keys: the pending key's age is read there."""
 
-    def __init__(self, lookup: Ec2Lookup, keys: Callable[[], KeyManager], *,
+    def __init__(self, lookup: Ec2Lookup, location: KeyLocation, *,
                  groups: Collection[str] = (), tags: Collection[tuple[str, str]] = ()) -> None:
         self.lookup = lookup
-        self.keys = keys
+        self.location = location
         self.groups = tuple(groups)
         self.tags = tuple(tags)
+
+    def reload(self, opts: Mapping[str, Any]) -> None:
+        """SIGHUP: the master's config may have moved its key directory."""
+        self.location = KeyLocation.from_opts(opts)
 
     def __call__(self, event: Event) -> Verdict:
         instance_id = event.instance_id
@@ -161,26 +165,16 @@ class InstanceCheck:
         return self._fresh(instance_id, instance.launch_time)
 
     def _fresh(self, instance_id: str, launch_time: datetime | None) -> Verdict:
-        """A pending key written before the instance existed is someone else's: reject it."""
+        """A pending key written before the instance existed is someone else's."""
         if launch_time is None:
             return Verdict(False, "EC2 gave no LaunchTime: cannot tell the pending key's age")
-        keys = self.keys()
         try:
-            written = keys.pending_mtime(instance_id)
+            written = self.location.pending_mtime(instance_id)
         except KeyStoreError as exc:
             return Verdict(False, str(exc), retry=True)
         if written is None or written >= launch_time.timestamp() - CLOCK_SKEW_SECONDS:
             return Verdict(True)
         key_time = datetime.fromtimestamp(written, UTC).isoformat(timespec="seconds")
         launched = launch_time.astimezone(UTC).isoformat(timespec="seconds")
-        log.error("SECURITY: %s: the pending key was written at %s, before the instance "
-                  "launched at %s: someone else submitted a key under this id; it is moved to "
-                  "the rejected keys and never accepted (inspect it: salt-key -f %s)",
-                  instance_id, key_time, launched, instance_id)
-        try:
-            result = keys.reject(instance_id)
-        except KeyStoreError as exc:
-            return Verdict(False, f"stale pending key could not be rejected: {exc}", retry=True)
         return Verdict(False, f"pending key (written {key_time}) is older than the instance "
-                              f"(launched {launched}): {result.describe()}",
-                       changed=result.changed)
+                              f"(launched {launched})", stale_key=True)

@@ -2,7 +2,8 @@
 
 SQS standard queues reorder messages and launches are retried, so a terminate can be handled
 before the launch of the same instance. With VerifyInstances, EC2's state settles it; without
-it, each honoured terminate leaves one small file ``StateDir/terminated/<instance id>`` (written
+it, each honoured terminate leaves (written by :mod:`aws_ork.decide`, not by the check) one
+small file ``StateDir/terminated/<instance id>`` (written
 atomically; its mtime is when) and a launch for a remembered id is refused. Files older than
 SQS's longest retention (14 days: no launch message can outlive it) are pruned.
 """
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aws_ork.decide import Verdict
+from aws_ork.checks.verdict import Verdict
 from aws_ork.events import Event, Kind
 from aws_ork.ids import is_instance_id
 from aws_ork.runtime.files import write_atomic
@@ -89,9 +90,10 @@ class Terminations:
 
 
 class TerminationCheck:
-    """Last check without VerifyInstances: a terminate is remembered, a launch for a
-    remembered id is refused. Last, so a terminate refused by an earlier check is never
-    recorded."""
+    """Last check without VerifyInstances: a launch for a remembered id is refused.
+
+    It only reads the memory; the decide stage records a terminate once every check passed,
+    so a terminate refused by an earlier check is never recorded."""
 
     def __init__(self, terminations: Terminations) -> None:
         self.terminations = terminations
@@ -100,10 +102,9 @@ class TerminationCheck:
         instance_id = event.instance_id
         if instance_id is None:
             return Verdict(False, "no instance id")
+        if event.kind is Kind.TERMINATE:
+            return Verdict(True)
         try:
-            if event.kind is Kind.TERMINATE:
-                self.terminations.remember(instance_id)
-                return Verdict(True)
             when = self.terminations.seen(instance_id)
         except OSError as exc:
             return Verdict(False, f"termination record in StateDir unusable: {exc}", retry=True)

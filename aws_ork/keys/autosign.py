@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from aws_ork.keys.location import AUTOSIGN
+from aws_ork.keys.location import KeyLocation
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +29,11 @@ STUB_MODE = 0o600  # Salt reads only the name and the mtime
 class AutosignStubs:
     """Write and remove autosign stubs for exact minion ids (validated by the caller)."""
 
-    def __init__(self, opts: Mapping[str, Any]) -> None:
-        pki = opts.get("cluster_pki_dir") if opts.get("cluster_id") else opts["pki_dir"]
-        self.directory = Path(pki) / AUTOSIGN
+    def __init__(self, location: KeyLocation, *, auto_accept: bool = False) -> None:
+        self.directory = location.autosign_dir
         # With auto_accept the master accepts every key before it looks at stubs: a stub
         # would never be consumed, and is not needed.
-        self.useful = not opts.get("auto_accept", False)
+        self.useful = not auto_accept
 
     def path(self, minion_id: str) -> Path:
         return self.directory / minion_id

@@ -1,10 +1,22 @@
-"""Where the master's key store keeps each key, by state (Salt's ``localfs_key`` driver).
+"""Where the master's key store keeps each key: the one place that knows.
 
-One file per minion id in each of these directories under the master's ``pki_dir``; the
-autosign stubs live beside them. Every module that names one of them takes it from here.
+Salt's ``localfs_key`` driver keeps one file per minion id in a directory per state under
+the key directory; the autosign stubs live beside them. The key directory is the master's
+``cluster_pki_dir`` when it belongs to a Salt cluster (``cluster_id`` set), else its
+``pki_dir``: the rule of ``salt.key.Key``, ``salt.cache.localfs_key`` and the master's
+``AutoKey``. Every module that needs a key's path takes it from here, so a clustered master's
+keys are read and written where Salt reads them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aws_ork.errors import KeyStoreError
+from aws_ork.ids import is_instance_id
 
 ACCEPTED = "minions"
 PENDING = "minions_pre"
@@ -14,3 +26,40 @@ AUTOSIGN = "minions_autosign"
 
 #: The four key states, in Salt's order.
 KEY_STATES = (ACCEPTED, PENDING, REJECTED, DENIED)
+
+
+@dataclass(frozen=True)
+class KeyLocation:
+    """The master's key directory, and the path of each key in it."""
+
+    key_dir: Path
+
+    @classmethod
+    def from_opts(cls, opts: Mapping[str, Any]) -> KeyLocation:
+        """From the master's options (``salt.config.master_config``)."""
+        clustered = opts.get("cluster_id") and opts.get("cluster_pki_dir")
+        return cls(Path(opts["cluster_pki_dir"] if clustered else opts["pki_dir"]))
+
+    @property
+    def autosign_dir(self) -> Path:
+        return self.key_dir / AUTOSIGN
+
+    def state_dirs(self) -> tuple[Path, ...]:
+        """The four key-state directories, in Salt's order."""
+        return tuple(self.key_dir / state for state in KEY_STATES)
+
+    def path(self, state: str, minion_id: str) -> Path:
+        """The file of this minion's key in ``state`` (a validated instance id only)."""
+        if not is_instance_id(minion_id):
+            raise ValueError(f"{minion_id!r} is not an instance id")
+        return self.key_dir / state / minion_id
+
+    def pending_mtime(self, minion_id: str) -> float | None:
+        """When this minion's pending key file was last written (epoch); None if there is
+        none. KeyStoreError when it cannot be read (permissions, I/O)."""
+        try:
+            return self.path(PENDING, minion_id).stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise KeyStoreError(f"{minion_id}: cannot read the pending key: {exc}") from exc

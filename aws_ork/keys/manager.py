@@ -2,9 +2,9 @@
 
 Salt's API takes globs; we never give it one. Every id is checked against the instance-id
 pattern first, its state is looked up by exact name (``list_match``), and the change is made
-on exactly that key (:mod:`aws_ork.saltkeys`: Salt's cache and event objects, O(1) per key),
+on exactly that key (:mod:`aws_ork.keys.backend`: Salt's cache and event objects, O(1) per key),
 so ``*`` or ``i-*`` can never widen a match. A launch whose minion has no key yet leaves an
-autosign stub (:mod:`aws_ork.autosign`), so Salt accepts the key on the minion's first contact.
+autosign stub (:mod:`aws_ork.keys.autosign`), so Salt accepts the key on the minion's first contact.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from aws_ork.errors import ConfigError, KeyStoreError
 from aws_ork.ids import is_instance_id
 from aws_ork.keys.autosign import AutosignStubs
 from aws_ork.keys.backend import SaltKeys
-from aws_ork.keys.location import ACCEPTED, PENDING, REJECTED
+from aws_ork.keys.location import ACCEPTED, PENDING, REJECTED, KeyLocation
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,10 @@ def load_master_opts(path: Path) -> dict[str, Any]:
     import salt.config  # slow import: only when a key manager is really wanted
 
     try:
-        return salt.config.master_config(str(path))
+        opts: dict[str, Any] = salt.config.master_config(str(path))
     except Exception as exc:  # Salt raises many types for a bad file
         raise ConfigError(str(path), "SaltMasterConfig", f"unreadable: {exc}") from None
+    return opts
 
 
 class KeyManager:
@@ -84,11 +85,9 @@ class KeyManager:
             key = salt.key.Key(dict(opts))
         self._key = key
         self._salt = SaltKeys(key)  # exact O(1) changes: salt.key's own list every key
-        self._stubs = AutosignStubs(opts)
+        self.location = KeyLocation.from_opts(opts)
+        self._stubs = AutosignStubs(self.location, auto_accept=bool(opts.get("auto_accept")))
         self.dry_run = dry_run
-        self.pki_dir = Path(opts["pki_dir"])
-        # where Salt keeps the keys (its cluster_pki_dir when clustered)
-        self.key_dir = Path(getattr(key, "pki_dir", None) or opts["pki_dir"])
 
     def states(self, minion_id: str) -> set[str]:
         """The key directories (``minions``, ``minions_pre``, ...) that hold this exact id."""
@@ -166,19 +165,6 @@ class KeyManager:
         if PENDING in self.states(minion_id):
             raise KeyStoreError(f"{minion_id}: key still pending after reject")
         return KeyResult(Outcome.REJECTED, changed=True)
-
-    def pending_mtime(self, minion_id: str) -> float | None:
-        """When this minion's pending key file was last written (epoch), None if there is none.
-
-        Salt's default ``localfs_key`` driver keeps it at ``<pki_dir>/minions_pre/<id>``."""
-        if not is_instance_id(minion_id):
-            raise ValueError(f"{minion_id!r} is not an instance id")
-        try:
-            return (self.pki_dir / PENDING / minion_id).stat().st_mtime
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise KeyStoreError(f"{minion_id}: cannot read the pending key: {exc}") from exc
 
     def _preauthorise(self, minion_id: str) -> KeyResult:
         """No key of this id yet: leave an autosign stub, so Salt accepts the key on the

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-from aws_ork.keys.location import AUTOSIGN, KEY_STATES
+from aws_ork.keys.location import KeyLocation
 
 log = logging.getLogger(__name__)
 
 
-Snapshot = tuple[tuple[int, int] | None, ...]
+#: (inode, mtime) of each key directory; None where it is missing
+DirStamps = tuple[tuple[int, int] | None, ...]
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,19 @@ class Change:
 class KeyDirWatcher:
     """Compares (inode, mtime) of the key directories with the last look."""
 
-    def __init__(self, pki_dir: Path, expected: Iterable[str] = ()) -> None:
-        self.dirs = tuple(Path(pki_dir) / name for name in KEY_STATES)
-        self.autosign = Path(pki_dir) / AUTOSIGN
+    def __init__(self, location: KeyLocation, expected: Iterable[str] = ()) -> None:
+        self.dirs = location.state_dirs()
+        self.autosign = location.autosign_dir
         self._last = self._snapshot()
         self._stubbed: set[str] = set(expected)
+
+    def reload(self, opts: Mapping[str, Any]) -> None:
+        """SIGHUP: watch where the (re-read) master config keeps keys; the minions whose
+        stubs are still waiting are carried over."""
+        location = KeyLocation.from_opts(opts)
+        self.dirs = location.state_dirs()
+        self.autosign = location.autosign_dir
+        self._last = self._snapshot()
 
     @property
     def expected(self) -> frozenset[str]:
@@ -61,7 +70,7 @@ class KeyDirWatcher:
         log.debug("key directories changed on disk; stubs used up: %s", consumed or "none")
         return Change(True, consumed)
 
-    def _snapshot(self) -> Snapshot:
+    def _snapshot(self) -> DirStamps:
         out: list[tuple[int, int] | None] = []
         for path in self.dirs:
             try:

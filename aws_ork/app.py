@@ -1,0 +1,155 @@
+"""Wiring, in one place: build every part from the config, run the loop, reload on SIGHUP.
+
+The parts never reach into each other: :class:`App` makes them in the order data flows
+(queue -> checks -> key manager -> decide -> loop, with the mirror worker and the key
+directory watcher beside the loop), hands each what it needs, and on SIGHUP asks each part
+that depends on the Salt master's config to :meth:`reload` itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aws_ork import __version__, defaults
+from aws_ork.aws import make_client
+from aws_ork.checks import build_checks
+from aws_ork.checks.terminations import Terminations
+from aws_ork.config import Config
+from aws_ork.decide import Handler
+from aws_ork.errors import AwsOrkError, ConfigError, QueueError
+from aws_ork.keys.location import KeyLocation
+from aws_ork.keys.manager import KeyManager, load_master_opts
+from aws_ork.keys.watcher import KeyDirWatcher
+from aws_ork.loop import Loop
+from aws_ork.mirror.bucket import ObjectOptions, S3Tree
+from aws_ork.mirror.journal import Journal
+from aws_ork.mirror.manifest import FILE_NAME as MANIFEST_FILE
+from aws_ork.mirror.planner import S3Mirror
+from aws_ork.mirror.worker import MirrorWorker
+from aws_ork.runtime import systemd
+from aws_ork.runtime.stopper import Stopper
+from aws_ork.sqs.queue import Queue
+
+log = logging.getLogger("aws_ork")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The command-line flags that change how the daemon runs."""
+
+    dry_run: bool = False
+    once: bool = False
+    purge: bool = False
+
+
+def s3_tree(cfg: Config) -> S3Tree:
+    """The mirror's objects, written with the configured SSE and ACL."""
+    assert cfg.bucket_url is not None
+    s3 = make_client("s3", cfg.effective_bucket_region, max_attempts=2)
+    return S3Tree(s3, cfg.bucket_url, ObjectOptions(cfg.bucket_sse, cfg.bucket_kms_key_id,
+                                                    cfg.bucket_acl))
+
+
+def mirrored_key_dir(cfg: Config, location: KeyLocation) -> str | None:
+    """The master's key directory relative to PkiDir; None (with a warning) when outside it."""
+    key_dir = os.path.realpath(location.key_dir)
+    root = os.path.realpath(cfg.pki_dir)
+    if os.path.commonpath([key_dir, root]) != root:
+        log.warning("the master's key directory %s is not under PkiDir %s: minion keys are "
+                    "not mirrored to S3", key_dir, root)
+        return None
+    rel = os.path.relpath(key_dir, root)
+    return "" if rel == "." else rel
+
+
+class App:
+    """The daemon's parts, built from the config (after daemonizing: sockets do not survive
+    it). Raises QueueError when the queue cannot be reached (a start-up failure, exit 1)."""
+
+    def __init__(self, cfg: Config, run: RunOptions, master_opts: Mapping[str, Any],
+                 stopper: Stopper) -> None:
+        self.cfg = cfg
+        self.run_options = run
+        location = KeyLocation.from_opts(master_opts)
+        self.queue = Queue.open(make_client("sqs", cfg.sqs_region), url=cfg.queue_url,
+                                name=cfg.queue_name)
+        self.queue.check()  # an unreachable queue is a start-up failure, not a silent retry
+        # EC2 is asked in SQS_Region: the instances a master manages live in the queue's region.
+        ec2 = make_client("ec2", cfg.sqs_region, max_attempts=3) if cfg.verify_instances \
+            else None
+        terminations = None if cfg.verify_instances else \
+            Terminations(cfg.state_dir / "terminated", dry_run=run.dry_run)
+        checks = build_checks(cfg, location=location, ec2=ec2, terminations=terminations)
+        self.handler = Handler(KeyManager(master_opts, dry_run=run.dry_run),
+                               delete_unknown=cfg.delete_unknown_messages, checks=checks,
+                               terminations=terminations)
+        self.mirror: MirrorWorker | None = None
+        if cfg.bucket_url is not None and not run.dry_run:
+            self.mirror = MirrorWorker(
+                S3Mirror(s3_tree(cfg), cfg.pki_dir, cfg.state_dir / MANIFEST_FILE),
+                Journal(cfg.state_dir), key_dir=mirrored_key_dir(cfg, location),
+                reconcile_seconds=cfg.reconcile_minutes * 60)
+        self.watcher = KeyDirWatcher(location)
+        self.loop = Loop(self.queue, self.handler, stopper, mirror=self.mirror,
+                         poll_pause=cfg.poll_pause, once=run.once, dry_run=run.dry_run,
+                         on_reload=self.reload, watcher=self.watcher)
+        log.info("aws_ork %s: queue %s, keys %s, mirror %s%s", __version__, self.queue.url,
+                 location.key_dir, cfg.bucket_url or "off",
+                 " (dry run: nothing will be changed)" if run.dry_run else "")
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the Salt master's config; each part that depends on it reloads."""
+        opts = load_master_opts(self.cfg.salt_master_config)
+        self.handler.reload(opts)
+        self.watcher.reload(opts)
+
+    def run(self) -> int:
+        """Purge if asked, start the mirror, loop until stopped; return the exit status."""
+        if self.run_options.purge:
+            self._purge()
+        if self.mirror is not None:
+            self.mirror.start()  # replays the journal, then reconciles with the bucket
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.loop.request_reload())
+        systemd.notify("READY=1")
+        status = self.loop.run()
+        systemd.notify("STOPPING=1")
+        if self.mirror is not None and not self.mirror.stop(defaults.FINAL_MIRROR_SECONDS):
+            log.error("S3 mirror is behind the key store; it will be brought up to date at "
+                      "the next start")
+            status = status or 1
+        return status
+
+    def _purge(self) -> None:
+        if self.run_options.dry_run:
+            log.info("dry run: queue would be purged")
+            return
+        try:
+            self.queue.purge()
+            log.info("queue purged")
+        except QueueError as exc:  # e.g. PurgeQueueInProgress: once a minute at most
+            log.warning("queue not purged: %s", exc)
+
+
+def run(cfg: Config, options: RunOptions, master_opts: Mapping[str, Any]) -> int:
+    """Build the app and run it; the exit status (1 when it cannot start)."""
+    stopper = Stopper()
+    _install_signals(stopper)
+    try:
+        app = App(cfg, options, master_opts, stopper)
+    except AwsOrkError as exc:
+        log.error("cannot start: %s", exc)
+        return 2 if isinstance(exc, ConfigError) else 1
+    return app.run()
+
+
+def _install_signals(stopper: Stopper) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        stopper.stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,32 @@
+"""What a check answers: pass, fail for good, or ask again later; and what it found.
+
+A check only looks. When it finds something the key stage must act on (a pending key older
+than its instance), it says so in the verdict and :mod:`aws_ork.decide` acts on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from aws_ork.events import Event
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A check's answer: pass, fail for good (delete), or retry later (``retry=True``)."""
+
+    ok: bool
+    reason: str = ""
+    retry: bool = False
+    #: with ``retry``: after this many receives the failure is final (0: retry for ever)
+    attempts: int = 0
+    #: the pending key under this id was written before the instance existed: someone else
+    #: submitted it, and the key stage moves it to the rejected keys
+    stale_key: bool = False
+
+
+class Check(Protocol):
+    """Looks at a parsed event before any key is touched (topic, signature, instance...)."""
+
+    def __call__(self, event: Event) -> Verdict: ...
