@@ -20,16 +20,17 @@ from aws_ork import defaults
 AWS_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 
 
-def make_client(service: str, region: str, *, max_attempts: int = defaults.MAX_ATTEMPTS,
-                session: boto3.session.Session | None = None) -> Any:
+def make_client(service: str, region: str, *,
+                max_attempts: int = defaults.MAX_ATTEMPTS) -> Any:
     """A client for ``service`` in ``region`` with our timeouts and retry policy."""
     config = botocore.config.Config(
         connect_timeout=defaults.CONNECT_TIMEOUT_SECONDS,
         read_timeout=defaults.READ_TIMEOUT_SECONDS,
         retries={"mode": "standard", "max_attempts": max_attempts},
     )
-    return (session or boto3.session.Session()).client(service, region_name=region,
-                                                       config=config)
+    # a session per client: boto3's default session is not thread-safe to create clients from
+    session: Any = boto3.session.Session()
+    return session.client(service, region_name=region, config=config)
 
 
 def error_code(exc: BaseException) -> str:

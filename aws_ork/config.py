@@ -126,14 +126,23 @@ def _bool(raw: str) -> bool:
     raise ValueError("is not a boolean (use true/false, yes/no, on/off, 1/0)")
 
 
-def _seconds(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError("is not a number of seconds") from None
-    if not 0 <= value <= 3600 or value != value:
-        raise ValueError("must be between 0 and 3600 seconds")
-    return value
+def _number(unit: str, high: float, low_text: str = "0") -> Callable[[str], float]:
+    """A parser for a number of ``unit`` from 0 to ``high`` (NaN refused)."""
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"is not a number of {unit}") from None
+        if not 0 <= value <= high or value != value:
+            raise ValueError(f"must be between {low_text} and {high:g} {unit}")
+        return value
+
+    return parse
+
+
+_seconds = _number("seconds", 3600)
+_minutes = _number("minutes", 1440, "0 (only at start-up)")
 
 
 def _region(raw: str) -> str:
@@ -186,16 +195,6 @@ def _acl(raw: str) -> str:
     return "bucket-owner-full-control"
 
 
-def _minutes(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError("is not a number of minutes") from None
-    if not 0 <= value <= 1440 or value != value:
-        raise ValueError("must be between 0 (only at start-up) and 1440 minutes")
-    return value
-
-
 def _path(raw: str) -> Path:
     if not raw:
         raise ValueError("is empty")
@@ -219,7 +218,7 @@ def _topic_arns(raw: str) -> tuple[str, ...]:
     return arns
 
 
-#: Message sources that carry no signature (see aws_ork.trust); UnsignedSources names them.
+#: Message sources that carry no signature (see aws_ork.checks.source); UnsignedSources names them.
 UNSIGNED_SOURCES = ("raw", "hook", "eventbridge")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aws_ork import defaults
 from aws_ork.decide import Action, Decision, Handler
@@ -29,11 +29,9 @@ class Counters:
     received: int = 0
     deleted: int = 0
     retried: int = 0
-    left: int = 0
     rejected: int = 0
-    key_changes: int = 0
+    batches_with_key_changes: int = 0  # receive batches in which we changed a key
     salt_key_changes: int = 0  # key directories changed by Salt itself (autosign, salt-key)
-    by_action: dict[str, int] = field(default_factory=dict)
 
 
 class Loop:
@@ -89,9 +87,10 @@ class Loop:
             self.receiver.close()
         self._watch(False)  # what Salt changed in the last cycle still goes to the mirror
         log.info("stopping%s: %d received, %d deleted, %d retried, %d rejected, "
-                 "%d key changes", f" ({self.stopper.reason})" if self.stopper.reason else "",
+                 "%d batches changed keys",
+                 f" ({self.stopper.reason})" if self.stopper.reason else "",
                  self.counters.received, self.counters.deleted, self.counters.retried,
-                 self.counters.rejected, self.counters.key_changes)
+                 self.counters.rejected, self.counters.batches_with_key_changes)
         return status
 
     def _first_sightings(self, messages: list[Message]) -> list[Message]:
@@ -185,7 +184,7 @@ class Loop:
             elif decision.action is Action.RETRY and not self.dry_run:
                 self.queue.retry_later(message, decision.delay)
         if changed:
-            self.counters.key_changes += 1
+            self.counters.batches_with_key_changes += 1
             if self.mirror is not None and not self._record_for_mirror(changed):
                 unrecorded = {id(m) for m, _ in changed}
                 done = [m for m in done if id(m) not in unrecorded]
@@ -219,11 +218,7 @@ class Loop:
             self.queue.release(unhandled)
 
     def _count(self, decision: Decision) -> None:
-        self.counters.by_action[decision.action.value] = \
-            self.counters.by_action.get(decision.action.value, 0) + 1
         if decision.action is Action.RETRY:
             self.counters.retried += 1
-        elif decision.action is Action.LEAVE:
-            self.counters.left += 1
         if decision.rejected:
             self.counters.rejected += 1

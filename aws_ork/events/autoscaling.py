@@ -51,6 +51,14 @@ def parse(doc: Mapping[str, Any], source: Source, **context: Any) -> Event:
         return unknown(f"unhandled {fields.shorten(name)}", source, name=name, **context)
     if kind is Kind.TEST:
         return Event(kind, source, group=group, name=name, **context)
+    return instance_event(kind, source, doc, name, **context)
+
+
+def instance_event(kind: Kind, source: Source, doc: Mapping[str, Any], name: str,
+                   **context: Any) -> Event:
+    """The Event for an Auto Scaling object about one instance (a notification, a hook
+    message, or the ``detail`` of an EventBridge event: they share these field names)."""
+    group = fields.text(doc, "AutoScalingGroupName")
     instance_id, problem = fields.instance_id(doc, "EC2InstanceId")
     if instance_id is None:
         return unknown(problem, source, name=name, group=group, **context)

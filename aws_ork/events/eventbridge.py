@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aws_ork.events import fields
+from aws_ork.events import autoscaling, fields
 from aws_ork.events.model import Event, Kind, Source, unknown
 
 AUTOSCALING: dict[str, Kind] = {
@@ -52,19 +52,7 @@ def parse(doc: Mapping[str, Any]) -> Event:
     if name is None or detail is None:
         return unknown("EventBridge event without detail-type or detail", SOURCE)
     if origin == "aws.autoscaling" and name in AUTOSCALING:
-        instance_id, problem = fields.instance_id(detail, "EC2InstanceId")
-        group = fields.text(detail, "AutoScalingGroupName")
-        if instance_id is None:
-            return unknown(problem, SOURCE, name=name, group=group)
-        return Event(
-            AUTOSCALING[name],
-            SOURCE,
-            instance_id=instance_id,
-            group=group,
-            name=name,
-            lifecycle_hook=fields.text(detail, "LifecycleHookName"),
-            lifecycle_token=fields.text(detail, "LifecycleActionToken"),
-        )
+        return autoscaling.instance_event(AUTOSCALING[name], SOURCE, detail, name)
     if origin == "aws.ec2" and name == "EC2 Instance State-change Notification":
         state = fields.text(detail, "state")
         kind = EC2_STATES.get(state or "")

@@ -8,8 +8,10 @@ MD5. botocore errors are translated into :class:`MirrorError` here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +82,14 @@ def parse_mode(text: str | None) -> int | None:
 
 def _etag(raw: str) -> str:
     return raw.strip('"')
+
+
+def md5_from_etag(etag: str, sse: str | None) -> str | None:
+    """The content MD5 an ETag stands for, when it stands for one: a single-part upload
+    stored without SSE-KMS (whose ETags are not MD5s); None otherwise."""
+    if sse == "aws:kms" or re.fullmatch(r"[0-9a-f]{32}", etag) is None:
+        return None
+    return etag
 
 
 class S3Tree:
@@ -166,31 +176,18 @@ class S3Tree:
             body = response["Body"].read()
         meta = response.get("Metadata", {})
         digest = hashlib.md5(body, usedforsecurity=False).hexdigest()
-        expected = meta.get(MD5_META)
-        etag = _etag(response.get("ETag", ""))
-        if expected is None and response.get("ServerSideEncryption") != "aws:kms" \
-                and "-" not in etag:
-            expected = etag  # a plain or SSE-S3 single-part upload: the ETag is the MD5
+        expected = meta.get(MD5_META) or md5_from_etag(
+            _etag(response.get("ETag", "")), response.get("ServerSideEncryption"))
         if expected is not None and expected != digest:
             raise MirrorError(f"{self.target}{relpath}: downloaded body does not match its "
                               f"MD5 ({digest} != {expected})")
         return Download(body, parse_mode(meta.get(MODE_META)),
                         meta.get(TYPE_META) == "symlink")
 
-    def _translate(self, what: str) -> _Translate:
-        return _Translate(f"{self.target}: {what}")
-
-
-class _Translate:
-    """Context manager: botocore errors become MirrorError naming the bucket and the step."""
-
-    def __init__(self, context: str) -> None:
-        self.context = context
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> bool:
-        if exc is not None and isinstance(exc, AWS_ERRORS):
-            raise MirrorError(f"{self.context}: {error_code(exc)}: {exc}") from exc
-        return False
+    @contextlib.contextmanager
+    def _translate(self, what: str) -> Iterator[None]:
+        """botocore errors become MirrorError naming the bucket and the step."""
+        try:
+            yield
+        except AWS_ERRORS as exc:
+            raise MirrorError(f"{self.target}: {what}: {error_code(exc)}: {exc}") from exc

@@ -126,11 +126,11 @@ class Journal:
         with self._lock:
             return Snapshot(frozenset(self._paths), self._rescan is not None, self._seq)
 
-    def done(self, snap: Snapshot, *, paths: Iterable[str] | None = None,
-             rescan: bool = True) -> None:
-        """Forget what ``snap`` held (or only ``paths`` of it) unless recorded again since."""
+    def done(self, snap: Snapshot, *, rescan: bool = True) -> None:
+        """Forget what ``snap`` held unless recorded again since (its rescan too, unless
+        ``rescan`` is False: the paths were mirrored, the rescan is still to come)."""
         with self._lock:
-            for path in snap.paths if paths is None else paths:
+            for path in snap.paths:
                 entry = self._paths.get(path)
                 if entry is not None and entry.seq <= snap.seq:
                     del self._paths[path]

@@ -25,7 +25,7 @@ from pathlib import Path
 from aws_ork import defaults
 from aws_ork.errors import MirrorError
 from aws_ork.mirror import manifest
-from aws_ork.mirror.bucket import Remote, S3Tree
+from aws_ork.mirror.bucket import Remote, S3Tree, md5_from_etag
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,6 @@ class S3Mirror:
         #: True once a reconciliation in this process made the manifest equal the bucket
         self.complete = False
         self._hashes: dict[str, tuple[tuple[int, int, int], str]] = {}
-
-    def check(self) -> None:
-        """Reach the bucket (for ``--check``)."""
-        self.tree.check()
 
     def save_manifest(self) -> None:
         if self.manifest_path is not None:
@@ -127,8 +123,10 @@ class S3Mirror:
             if entry is None or entry.etag != etag:
                 entry = self.tree.head(rel)
                 heads += 1
-                if entry is not None and entry.md5 is None and self._etag_is_md5(entry.etag):
-                    entry = Remote(entry.etag, entry.etag, entry.mode)
+                md5 = None if entry is None or entry.md5 is not None else \
+                    md5_from_etag(entry.etag, self.tree.options.sse)
+                if entry is not None and md5 is not None:
+                    entry = Remote(entry.etag, md5, entry.mode)
             if entry is not None and self._same(rel, entry, st):
                 known[rel] = entry
             else:
@@ -143,9 +141,6 @@ class S3Mirror:
         return SyncStats(uploaded, deleted, len(known), heads)
 
     # --- the steps ----------------------------------------------------------------------
-
-    def _etag_is_md5(self, etag: str) -> bool:
-        return self.tree.options.sse != "aws:kms" and "-" not in etag and len(etag) == 32
 
     def _same(self, rel: str, entry: Remote | None, st: os.stat_result) -> bool:
         """Does the mirror hold this file's content and mode?"""

@@ -117,12 +117,6 @@ class MirrorWorker:
                     self._burst_start = now
                 self._cond.notify_all()
 
-    def reconcile(self) -> None:
-        """Ask for a full reconciliation (listing the bucket) at once."""
-        with self._cond:
-            self._need_reconcile = True
-            self._cond.notify_all()
-
     @property
     def pending(self) -> bool:
         """True while a change has not yet reached S3."""

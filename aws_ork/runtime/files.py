@@ -7,24 +7,22 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, dir_mode: int = 0o755,
-                 durable: bool = True) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write by temp file in the same directory + rename; the temp file is removed on error,
     so readers see the old content or the new one, never a part.
 
-    The mode is set before the data can be read under the final name. ``durable`` fsyncs the
-    file before the rename and the directory after it, so the change survives a power loss.
-    A missing directory is created with ``dir_mode``.
+    The mode is set before the data can be read under the final name. The file is fsync'd
+    before the rename and the directory after it, so the change survives a power loss.
+    A missing directory is created (0755).
     """
-    path.parent.mkdir(mode=dir_mode, parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             os.fchmod(out.fileno(), mode)
             out.write(data)
-            if durable:
-                out.flush()
-                os.fsync(out.fileno())
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -32,9 +30,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, dir_mode: int = 
         except OSError:
             pass
         raise
-    if durable:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
