@@ -31,7 +31,7 @@ RECONNECT_CAP_SECONDS = 60
 
 def backoff(attempt: int, base: float, cap: float) -> float:
     """The wait before retry number ``attempt`` (1-based): base, 2*base, 4*base, ... <= cap."""
-    return min(cap, base * 2 ** (max(1, attempt) - 1))
+    return min(cap, base * (1 << (max(1, attempt) - 1)))
 
 
 def retry_delay(receive_count: int) -> int:
