@@ -314,6 +314,8 @@ def test_parser_bug_becomes_unknown_not_an_exception(monkeypatch: pytest.MonkeyP
     check_invariants(event)
     assert event.kind is Kind.UNKNOWN
     assert "KeyError" in event.reason
+    # the prefix the properties take for a crash (assert_no_crash)
+    assert event.reason.startswith("unparseable body"), event.reason
 
 
 # --- ids ---

@@ -622,9 +622,10 @@ def test_unexpected_exception_becomes_verdict(cert_dir, identity) -> None:
         raise RuntimeError("clock broke")
 
     verifier = SignatureVerifier(cert_dir, fetch=FetchRecorder(), clock=broken_clock)
-    rejected(
-        verifier.verify(sign_envelope(notification(), identity)), "RuntimeError", "clock broke"
-    )
+    verdict = verifier.verify(sign_envelope(notification(), identity))
+    rejected(verdict, "RuntimeError", "clock broke")
+    # the prefix the properties below take for a crash (assert_no_crash)
+    assert verdict.reason.startswith("signature check error:"), verdict.reason
 
 
 # --- wrong types ------------------------------------------------------------------------------
