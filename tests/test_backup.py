@@ -32,6 +32,7 @@ from tests.daemon import (
     bucket_objects,
     queue_counts,
     run_aws_ork,
+    send,
     start_aws_ork,
     tree_md5s,
     wait_for,
@@ -274,8 +275,7 @@ def test_s3_outage_the_bucket_catches_up_without_redelivery(master, tmp_path, qu
     try:
         wait_for(lambda: "S3 mirror reconciliation" in log.read_text(), 60, "the first mirror")
         s3_proxy.stop()  # S3 unreachable from here on
-        for body in (sns_launch(launched), sns_terminate(terminated)):
-            sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+        send(sqs, queue_url, sns_launch(launched), sns_terminate(terminated))
         wait_for(lambda: master.key_state_of(launched) == "minions"
                  and master.key_state_of(terminated) is None, 60, "the key changes")
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 30, "the messages deleted")
@@ -312,7 +312,7 @@ def test_sigkill_between_key_change_and_upload_next_start_uploads(master, tmp_pa
     try:
         wait_for(lambda: "S3 mirror reconciliation" in log.read_text(), 60, "the first mirror")
         s3_proxy.stop()
-        sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(launched))
+        send(sqs, queue_url, sns_launch(launched))
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 60, "the message deleted")
         assert master.key_state_of(launched) == "minions"
         assert f"master/minions/{launched}" in journal_paths(tmp_path / "state")
@@ -354,7 +354,7 @@ def test_restore_brings_back_a_master_whose_minion_still_answers(tmp_path, queue
         lost.wait_for_key(minion_id, "minions_pre", timeout=60)
         conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=lost,
                             bucket=bucket)
-        sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(minion_id))
+        send(sqs, queue_url, sns_launch(minion_id))
         result = run_aws_ork(conf, "--once")
         assert result.returncode == 0, result.stderr
         assert lost.key_state_of(minion_id) == "minions"

@@ -13,7 +13,9 @@ from tests.daemon import (
     bucket_objects,
     queue_counts,
     run_aws_ork,
+    send,
     start_aws_ork,
+    states,
     tree_md5s,
     wait_for,
     write_config,
@@ -25,16 +27,6 @@ from tests.saltenv import SaltMaster, free_port
 @pytest.fixture
 def conf(tmp_path: Path, queue_url: str, master: SaltMaster) -> Path:
     return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master)
-
-
-def send(sqs, queue_url: str, *bodies: str) -> None:
-    for body in bodies:
-        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
-
-
-def states(master: SaltMaster, *ids: str) -> dict[str, str | None]:
-    listing = master.key_states()
-    return {i: next((s for s, names in listing.items() if i in names), None) for i in ids}
 
 
 def test_launch_accepts_exactly_that_pending_key(master, conf, sqs, queue_url):

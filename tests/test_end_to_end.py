@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.daemon import queue_counts, run_aws_ork, write_config
+from tests.daemon import queue_counts, run_aws_ork, send, write_config
 from tests.messages import sns_launch, sns_terminate
 from tests.saltenv import start_master, start_minion
 
@@ -27,14 +27,14 @@ def test_minion_of_a_launched_instance_is_accepted_and_answers(master, tmp_path,
         assert instance not in master.key_states()["minions"]
 
         conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master)
-        sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(instance))
+        send(sqs, queue_url, sns_launch(instance))
         launched = run_aws_ork(conf, "--once")
         assert launched.returncode == 0, launched.stderr
         assert instance in master.key_states()["minions"]
 
         master.wait_for_ping(instance, timeout=60)  # raises unless it answers True
 
-        sqs.send_message(QueueUrl=queue_url, MessageBody=sns_terminate(instance))
+        send(sqs, queue_url, sns_terminate(instance))
         terminated = run_aws_ork(conf, "--once")
         assert terminated.returncode == 0, terminated.stderr
         listing = master.key_states()

@@ -19,6 +19,7 @@ from tests.daemon import (
     bucket_objects,
     queue_counts,
     run_aws_ork,
+    send,
     start_aws_ork,
     wait_for,
     write_config,
@@ -53,7 +54,7 @@ def test_launch_first_then_minion_is_accepted_on_first_contact_and_mirrored(
     daemon = start_aws_ork(conf, log)
     minion = None
     try:
-        sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(instance))
+        send(sqs, queue_url, sns_launch(instance))
         wait_for(lambda: stub(master, instance).is_file(), 60, "the autosign stub")
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 30, "the launch to be done")
         assert state(master, instance) is None  # nothing to accept yet
@@ -79,7 +80,7 @@ def test_launch_first_then_minion_is_accepted_on_first_contact_and_mirrored(
 def test_a_pending_key_is_accepted_at_once_without_a_stub(master, conf, sqs, queue_url):
     instance = new_id()
     master.add_pending_key(instance)
-    sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(instance))
+    send(sqs, queue_url, sns_launch(instance))
 
     result = run_aws_ork(conf, "--once")
 
@@ -93,7 +94,7 @@ def test_a_pending_key_is_accepted_at_once_without_a_stub(master, conf, sqs, que
 def test_no_stub_when_a_key_of_that_id_exists(master, conf, sqs, queue_url, existing):
     instance = new_id()
     getattr(master, f"add_{existing}_key")(instance)
-    sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(instance))
+    send(sqs, queue_url, sns_launch(instance))
 
     result = run_aws_ork(conf, "--once")
 
@@ -105,12 +106,11 @@ def test_no_stub_when_a_key_of_that_id_exists(master, conf, sqs, queue_url, exis
 
 def test_terminate_withdraws_the_pre_authorisation(master, conf, sqs, queue_url):
     instance, other = new_id(), new_id()
-    sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(instance))
-    sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(other))
+    send(sqs, queue_url, sns_launch(instance), sns_launch(other))
     assert run_aws_ork(conf, "--once").returncode == 0
     assert stub(master, instance).is_file() and stub(master, other).is_file()
 
-    sqs.send_message(QueueUrl=queue_url, MessageBody=sns_terminate(instance))
+    send(sqs, queue_url, sns_terminate(instance))
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
@@ -124,8 +124,7 @@ def test_dry_run_writes_and_removes_no_stub(master, tmp_path, sqs, queue_url):
     conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master)
     fresh, preauthorised = new_id(), new_id()
     stub(master, preauthorised).touch()
-    sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(fresh))
-    sqs.send_message(QueueUrl=queue_url, MessageBody=sns_terminate(preauthorised))
+    send(sqs, queue_url, sns_launch(fresh), sns_terminate(preauthorised))
 
     result = run_aws_ork(conf, "--once", "--dry-run")
 
@@ -299,8 +298,7 @@ def test_a_prefetched_batch_is_given_back_on_the_way_out(sqs, queue_url):
     from aws_ork.sqs.queue import Queue
     from aws_ork.sqs.receiver import Receiver
 
-    for n in range(3):
-        sqs.send_message(QueueUrl=queue_url, MessageBody=f"m{n}")
+    send(sqs, queue_url, *(f"m{n}" for n in range(3)))
     receiver = Receiver(Queue(make_client("sqs", "us-west-2"), queue_url), Stopper())
     receiver.prefetch(2)
     wait_for(lambda: receiver._next is not None and receiver._next.done(), 30,

@@ -18,7 +18,7 @@ import boto3
 import pytest
 
 from tests.awsenv import free_port
-from tests.daemon import queue_counts, run_aws_ork, wait_for, write_config
+from tests.daemon import queue_counts, run_aws_ork, send, wait_for, write_config
 from tests.messages import envelope, fixture, new_id, notification
 from tests.saltenv import SaltMaster
 from tests.snssign import SigningIdentity, make_signing_identity, sign_envelope
@@ -98,11 +98,6 @@ def trust_config(tmp_path: Path, queue_url: str, master: SaltMaster, cert_dir: P
         "InstanceTags": "role=salt-minion"}
     values.update(options)
     return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master, **values)
-
-
-def send(sqs, queue_url: str, *bodies: str) -> None:
-    for body in bodies:
-        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
 
 
 def state(master: SaltMaster, minion_id: str) -> str | None:
