@@ -264,14 +264,13 @@ def journal_paths(state: Path) -> set[str]:
     return {json.loads(line).get("p") for line in path.read_text().splitlines() if line}
 
 
-def test_s3_outage_the_bucket_catches_up_without_redelivery(master, tmp_path, queue_url, sqs,
-                                                            s3, bucket, s3_proxy):
+def test_s3_outage_the_bucket_catches_up_without_redelivery(master, bucket_conf, tmp_path,
+                                                            queue_url, sqs, s3, bucket, s3_proxy):
     launched, terminated = new_id(), new_id()
     master.add_pending_key(launched)
     master.add_accepted_key(terminated)
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
     log = tmp_path / "daemon.log"
-    proc = start_aws_ork(conf, log)
+    proc = start_aws_ork(bucket_conf, log)
     try:
         wait_for(lambda: "S3 mirror reconciliation" in log.read_text(), 60, "the first mirror")
         s3_proxy.stop()  # S3 unreachable from here on
@@ -300,15 +299,15 @@ def test_s3_outage_the_bucket_catches_up_without_redelivery(master, tmp_path, qu
     assert journal_paths(tmp_path / "state") == set()
 
 
-def test_sigkill_between_key_change_and_upload_next_start_uploads(master, tmp_path, queue_url,
-                                                                  sqs, s3, bucket, s3_proxy):
+def test_sigkill_between_key_change_and_upload_next_start_uploads(master, bucket_conf, tmp_path,
+                                                                  queue_url, sqs, s3, bucket,
+                                                                  s3_proxy):
     """S3 is cut first so the upload cannot happen before the kill: this proves the change
     was recorded before its message was deleted and is replayed from the journal."""
     launched = new_id()
     master.add_pending_key(launched)
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
     log = tmp_path / "daemon.log"
-    proc = start_aws_ork(conf, log)
+    proc = start_aws_ork(bucket_conf, log)
     try:
         wait_for(lambda: "S3 mirror reconciliation" in log.read_text(), 60, "the first mirror")
         s3_proxy.stop()
@@ -324,7 +323,7 @@ def test_sigkill_between_key_change_and_upload_next_start_uploads(master, tmp_pa
     assert f"master/minions/{launched}" not in bucket_objects(s3, bucket)
     s3_proxy.start()
 
-    again = run_aws_ork(conf, "--once")
+    again = run_aws_ork(bucket_conf, "--once")
 
     assert again.returncode == 0, again.stderr
     assert "replaying" in again.stderr

@@ -22,15 +22,9 @@ from tests.daemon import (
     send,
     start_aws_ork,
     wait_for,
-    write_config,
 )
 from tests.messages import new_id, sns_launch, sns_terminate
 from tests.saltenv import SaltMaster, generate_public_key_pem, start_minion
-
-
-@pytest.fixture
-def conf(tmp_path: Path, queue_url: str, master: SaltMaster) -> Path:
-    return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master)
 
 
 def stub(master: SaltMaster, minion_id: str) -> Path:
@@ -46,12 +40,11 @@ def state(master: SaltMaster, minion_id: str) -> str | None:
 
 
 def test_launch_first_then_minion_is_accepted_on_first_contact_and_mirrored(
-        master, tmp_path, queue_url, sqs, s3, bucket):
+        master, bucket_conf, tmp_path, queue_url, sqs, s3, bucket):
     """The usual order in production: the launch event, then (seconds later) the minion."""
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
     instance = new_id()
     log = tmp_path / "daemon.log"
-    daemon = start_aws_ork(conf, log)
+    daemon = start_aws_ork(bucket_conf, log)
     minion = None
     try:
         send(sqs, queue_url, sns_launch(instance))
@@ -120,8 +113,7 @@ def test_terminate_withdraws_the_pre_authorisation(master, conf, sqs, queue_url)
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
-def test_dry_run_writes_and_removes_no_stub(master, tmp_path, sqs, queue_url):
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master)
+def test_dry_run_writes_and_removes_no_stub(master, conf, sqs, queue_url):
     fresh, preauthorised = new_id(), new_id()
     stub(master, preauthorised).touch()
     send(sqs, queue_url, sns_launch(fresh), sns_terminate(preauthorised))
@@ -229,14 +221,13 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_idle_daemon_only_long_polls(master, tmp_path, queue_url, bucket, moto, monkeypatch):
+def test_idle_daemon_only_long_polls(master, bucket_conf, tmp_path, moto, monkeypatch):
     """An empty queue costs one ReceiveMessage (20 s long poll) per cycle and nothing else:
     no other SQS or S3 request, no busy loop; a SIGHUP reload costs no request either."""
     proxy = CountingProxy(moto.url).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
     log = tmp_path / "daemon.log"
-    daemon = start_aws_ork(conf, log, "-v")
+    daemon = start_aws_ork(bucket_conf, log, "-v")
     try:
         # the start-up reconcile of the mirror is by design; idle starts once it is over
         wait_for(lambda: "S3 mirror reconciliation" in log.read_text(), 60,
