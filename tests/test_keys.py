@@ -13,10 +13,6 @@ def keys(master) -> KeyManager:
     return KeyManager(load_master_opts(master.config_file))
 
 
-def state(master, minion_id: str) -> str | None:
-    return master.key_state_of(minion_id)
-
-
 def stubs(master) -> set[str]:
     """The ids with an autosign stub (pre-authorised)."""
     folder = master.pki_dir / "minions_autosign"
@@ -34,7 +30,7 @@ def test_accept_takes_exactly_the_named_pending_key(master, keys):
     result = keys.accept(mine)
 
     assert (result.outcome, result.changed) == (Outcome.ACCEPTED, True)
-    assert [state(master, i) for i in (mine, twin, neighbour)] == \
+    assert [master.key_state_of(i) for i in (mine, twin, neighbour)] == \
         ["minions", "minions_pre", "minions_pre"]
     assert keys.accept(mine).outcome is Outcome.ALREADY_ACCEPTED
 
@@ -50,7 +46,8 @@ def test_ids_that_are_not_instance_ids_never_reach_salt(master, keys, bad):
     assert keys.delete(bad).outcome is Outcome.INVALID_ID
     assert keys.reject(bad).outcome is Outcome.INVALID_ID
 
-    assert (state(master, pending), state(master, accepted)) == ("minions_pre", "minions")
+    assert (master.key_state_of(pending), master.key_state_of(accepted)) == \
+        ("minions_pre", "minions")
 
 
 def test_a_key_not_yet_submitted_is_pre_authorised_for_that_id_only(master, keys):
@@ -67,7 +64,7 @@ def test_a_rejected_key_stays_rejected(master, keys):
     rejected = new_id()
     master.add_rejected_key(rejected)
     assert keys.accept(rejected).outcome is Outcome.REFUSED
-    assert state(master, rejected) == "minions_rejected"
+    assert master.key_state_of(rejected) == "minions_rejected"
 
 
 @pytest.mark.parametrize("where", ["pending", "accepted", "rejected", "denied"])
@@ -80,7 +77,7 @@ def test_delete_removes_the_key_in_any_state(master, keys, where):
 
     assert (result.outcome, result.changed) == (Outcome.DELETED, True)
     assert all(doomed not in names for names in master.key_states().values())
-    assert state(master, bystander) == "minions"
+    assert master.key_state_of(bystander) == "minions"
     assert keys.delete(doomed).outcome is Outcome.ABSENT
 
 
@@ -92,4 +89,5 @@ def test_dry_run_reports_and_changes_nothing(master):
 
     assert dry.accept(pending).describe() == "would be accepted"
     assert dry.delete(accepted).describe() == "would be deleted"
-    assert (state(master, pending), state(master, accepted)) == ("minions_pre", "minions")
+    assert (master.key_state_of(pending), master.key_state_of(accepted)) == \
+        ("minions_pre", "minions")

@@ -31,11 +31,6 @@ def stub(master: SaltMaster, minion_id: str) -> Path:
     return master.pki_dir / "minions_autosign" / minion_id
 
 
-def state(master: SaltMaster, minion_id: str) -> str | None:
-    listing = master.key_states()
-    return next((s for s, names in listing.items() if minion_id in names), None)
-
-
 # ------------------------------------------------------------------ pre-authorisation
 
 
@@ -50,11 +45,11 @@ def test_launch_first_then_minion_is_accepted_on_first_contact_and_mirrored(
         send(sqs, queue_url, sns_launch(instance))
         wait_for(lambda: stub(master, instance).is_file(), 60, "the autosign stub")
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 30, "the launch to be done")
-        assert state(master, instance) is None  # nothing to accept yet
+        assert master.key_state_of(instance) is None  # nothing to accept yet
 
         minion = start_minion(master, tmp_path / "minion", instance)
         # accepted by Salt on the minion's first authentication: no message, no retry
-        wait_for(lambda: state(master, instance) == "minions", 30, "Salt to accept the key")
+        wait_for(lambda: master.key_state_of(instance) == "minions", 30, "Salt to accept the key")
         assert not stub(master, instance).exists(), "Salt consumed the stub"
         master.wait_for_ping(instance, timeout=60)
         # aws_ork did not accept this key, yet the S3 mirror follows it (key directory watch)
@@ -78,7 +73,7 @@ def test_a_pending_key_is_accepted_at_once_without_a_stub(master, conf, sqs, que
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
-    assert state(master, instance) == "minions"
+    assert master.key_state_of(instance) == "minions"
     assert not stub(master, instance).exists()
     assert queue_counts(sqs, queue_url) == (0, 0)
 
@@ -93,7 +88,7 @@ def test_no_stub_when_a_key_of_that_id_exists(master, conf, sqs, queue_url, exis
 
     assert result.returncode == 0, result.stderr
     assert not stub(master, instance).exists()
-    assert state(master, instance) == {"accepted": "minions", "rejected": "minions_rejected"}[
+    assert master.key_state_of(instance) == {"accepted": "minions", "rejected": "minions_rejected"}[
         existing]
 
 
@@ -277,7 +272,7 @@ def test_key_presented_while_the_stub_is_written_is_accepted_at_once(master, mon
 
     monkeypatch.setattr(keys._stubs, "write", write_while_the_minion_knocks)
     assert keys.accept(instance).outcome is Outcome.ACCEPTED
-    assert state(master, instance) == "minions"
+    assert master.key_state_of(instance) == "minions"
     assert not stub(master, instance).exists()
 
 

@@ -100,10 +100,6 @@ def trust_config(tmp_path: Path, queue_url: str, master: SaltMaster, cert_dir: P
     return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master, **values)
 
 
-def state(master: SaltMaster, minion_id: str) -> str | None:
-    return master.key_state_of(minion_id)
-
-
 def decision_line(stderr: str, instance_id: str) -> str:
     """The handler's one log line about this instance."""
     lines = [line for line in stderr.splitlines()
@@ -124,7 +120,7 @@ def test_signed_launch_of_a_managed_running_instance_is_accepted(
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
-    assert (state(master, v2), state(master, v1)) == ("minions", "minions")
+    assert (master.key_state_of(v2), master.key_state_of(v1)) == ("minions", "minions")
     assert queue_counts(sqs, queue_url) == (0, 0)
     assert "accepted" in decision_line(result.stderr, v2)
 
@@ -184,7 +180,7 @@ def test_launches_that_fail_a_check_accept_nothing_and_say_why(
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
-    outcome = {name: state(master, instance) for name, (instance, _) in cases.items()}
+    outcome = {name: master.key_state_of(instance) for name, (instance, _) in cases.items()}
     assert outcome == {**{name: "minions_pre" for name in cases},
                        "stale key": "minions_rejected"}
     for name, (instance, reason) in cases.items():
@@ -219,7 +215,7 @@ def test_unsigned_sources_are_refused_unless_enabled(master, tmp_path, queue_url
     refused = run_aws_ork(strict, "--once")
 
     assert refused.returncode == 0, refused.stderr
-    assert [state(master, i) for i in ids] == ["minions_pre"] * 3
+    assert [master.key_state_of(i) for i in ids] == ["minions_pre"] * 3
     for instance, source in zip(ids, ("raw", "hook", "eventbridge"), strict=True):
         line = decision_line(refused.stderr, instance)
         assert f"unsigned {source} message" in line and "UnsignedSources" in line, line
@@ -231,7 +227,7 @@ def test_unsigned_sources_are_refused_unless_enabled(master, tmp_path, queue_url
     accepted = run_aws_ork(enabled, "--once")
 
     assert accepted.returncode == 0, accepted.stderr
-    assert [state(master, i) for i in ids] == ["minions"] * 3  # EC2 checks still passed
+    assert [master.key_state_of(i) for i in ids] == ["minions"] * 3  # EC2 checks still passed
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
@@ -250,7 +246,7 @@ def test_terminate_before_launch_without_verify_instances(master, tmp_path, queu
     second = run_aws_ork(conf, "--once")
 
     assert second.returncode == 0, second.stderr
-    assert state(master, instance) == "minions_pre"
+    assert master.key_state_of(instance) == "minions_pre"
     assert "instance was terminated" in decision_line(second.stderr, instance)
     assert queue_counts(sqs, queue_url) == (0, 0)
 
@@ -270,7 +266,7 @@ def test_terminate_before_launch_with_verify_instances(master, tmp_path, queue_u
     second = run_aws_ork(conf, "--once")
 
     assert second.returncode == 0, second.stderr
-    assert state(master, instance) == "minions_pre"
+    assert master.key_state_of(instance) == "minions_pre"
     assert "instance is terminated in EC2" in decision_line(second.stderr, instance)
     assert queue_counts(sqs, queue_url) == (0, 0)
 
@@ -285,7 +281,7 @@ def test_a_signed_terminate_of_a_running_instance_keeps_its_key(
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
-    assert state(master, alive) == "minions"
+    assert master.key_state_of(alive) == "minions"
     assert "still running in EC2" in decision_line(result.stderr, alive)
     assert sum(queue_counts(sqs, queue_url)) == 1  # retried until EC2 says it is gone
 
@@ -293,7 +289,7 @@ def test_a_signed_terminate_of_a_running_instance_keeps_its_key(
     wait_for(lambda: queue_counts(sqs, queue_url)[0] == 1, 30, "the retried terminate")
     done = run_aws_ork(conf, "--once")
     assert done.returncode == 0, done.stderr
-    assert state(master, alive) is None
+    assert master.key_state_of(alive) is None
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
@@ -308,7 +304,7 @@ def test_ec2_unreachable_means_retry_never_accept(master, tmp_path, queue_url, s
     result = run_aws_ork(conf, "--once", env={"AWS_ENDPOINT_URL_EC2": closed})
 
     assert result.returncode == 0, result.stderr
-    assert state(master, instance) == "minions_pre"
+    assert master.key_state_of(instance) == "minions_pre"
     line = decision_line(result.stderr, instance)
     assert "check deferred" in line and "EC2 DescribeInstances failed" in line, line
     assert sum(queue_counts(sqs, queue_url)) == 1  # kept for a retry
