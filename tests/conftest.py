@@ -13,6 +13,7 @@ import pytest
 from tests.awsenv import MotoServer, start_moto
 from tests.daemon import write_config
 from tests.saltenv import SaltMaster, start_master
+from tests.snssign import SigningIdentity, make_signing_identity
 
 AWS_VARIABLES = ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
 
@@ -63,6 +64,18 @@ def bucket(s3) -> str:
     name = f"aws-ork-test-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
     return name
+
+
+@pytest.fixture(scope="module")
+def cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CertCacheDir shared by the tests of one module."""
+    return tmp_path_factory.mktemp("certs")
+
+
+@pytest.fixture(scope="module")
+def identity(cert_dir: Path) -> SigningIdentity:
+    """A signing key whose certificate (us-west-2) is in ``cert_dir``: nothing is fetched."""
+    return make_signing_identity(cert_dir, "us-west-2")
 
 
 @pytest.fixture(scope="module")

@@ -68,16 +68,6 @@ class FetchRecorder:
         return self.body
 
 
-@pytest.fixture(scope="module")
-def cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("certs")
-
-
-@pytest.fixture(scope="module")
-def identity(cert_dir: Path):
-    return make_signing_identity(cert_dir)
-
-
 @pytest.fixture
 def no_fetch() -> FetchRecorder:
     return FetchRecorder()

@@ -21,24 +21,12 @@ from tests.awsenv import free_port
 from tests.daemon import queue_counts, run_aws_ork, send, wait_for, write_config
 from tests.messages import envelope, fixture, new_id, notification
 from tests.saltenv import SaltMaster
-from tests.snssign import SigningIdentity, make_signing_identity, sign_envelope
+from tests.snssign import SigningIdentity, sign_envelope
 
 TOPIC = "arn:aws:sns:us-west-2:123456789012:salt-master-asg-events"
 OTHER_TOPIC = "arn:aws:sns:us-west-2:123456789012:someone-elses-topic"
 LAUNCH = "autoscaling:EC2_INSTANCE_LAUNCH"
 TERMINATE = "autoscaling:EC2_INSTANCE_TERMINATE"
-
-
-
-
-@pytest.fixture(scope="module")
-def cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("certs")
-
-
-@pytest.fixture(scope="module")
-def identity(cert_dir: Path) -> SigningIdentity:
-    return make_signing_identity(cert_dir, "us-west-2")
 
 
 @pytest.fixture(scope="module")
