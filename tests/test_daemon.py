@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +19,7 @@ from tests.daemon import (
     wait_for,
     write_config,
 )
-from tests.messages import fixture_text, new_id, sns_launch, sns_terminate
+from tests.messages import FIXTURES, fixture_text, new_id, sns_launch, sns_terminate
 from tests.saltenv import free_port
 
 
@@ -126,7 +125,7 @@ def test_every_fixture_and_hostile_body_is_survived(master, conf, sqs, queue_url
                json.dumps({"Event": "autoscaling:EC2_INSTANCE_LAUNCH", "EC2InstanceId": 7}),
                "x" * (256 * 1024 - 10)]
     fixtures = [fixture_text(p.stem) for p in
-                sorted((Path(__file__).parent / "fixtures" / "messages").glob("*.json"))]
+                sorted(FIXTURES.glob("*.json"))]
     send(sqs, queue_url, *hostile, *fixtures, sns_launch(launched), sns_terminate(terminated))
 
     result = run_aws_ork(conf, "--once")

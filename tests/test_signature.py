@@ -20,28 +20,28 @@ from aws_ork.checks.signature import (
     check_cert_url,
     string_to_sign,
 )
+from tests.messages import fixture
 from tests.snssign import make_cert, make_key, make_signing_identity, sign_envelope
 
-FIXTURES = Path(__file__).parent / "fixtures" / "messages"
 CERT_ID = "9c6465fa7f48f5cacd23014631ec1136"
 
 
 def load(name: str) -> dict:
-    envelope = json.loads((FIXTURES / name).read_text())
+    envelope = fixture(name)
     for field in ("Signature", "SignatureVersion", "SigningCertURL"):
         envelope.pop(field)
     return envelope
 
 
 def notification(subject: bool = True) -> dict:
-    envelope = load("sns-asg-launch.json")
+    envelope = load("sns-asg-launch")
     if not subject:
         del envelope["Subject"]
     return envelope
 
 
 def confirmation(kind: str = "SubscriptionConfirmation") -> dict:
-    envelope = load("sns-asg-launch.json")
+    envelope = load("sns-asg-launch")
     del envelope["Subject"], envelope["UnsubscribeURL"]
     envelope["Type"] = kind
     envelope["Message"] = "You have chosen to subscribe to the topic ..."
@@ -157,7 +157,7 @@ def test_string_to_sign_rejects(envelope: dict, reason: str) -> None:
     [
         notification(),
         notification(subject=False),
-        load("sns-hook-launching.json"),
+        load("sns-hook-launching"),
         confirmation(),
         confirmation("UnsubscribeConfirmation"),
     ],
