@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
 
 from tests.awsenv import MotoServer, start_moto
+from tests.daemon import write_config
 from tests.saltenv import SaltMaster, start_master
+from tests.snssign import SigningIdentity, make_signing_identity
 
 AWS_VARIABLES = ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
 
@@ -64,8 +67,33 @@ def bucket(s3) -> str:
 
 
 @pytest.fixture(scope="module")
+def cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CertCacheDir shared by the tests of one module."""
+    return tmp_path_factory.mktemp("certs")
+
+
+@pytest.fixture(scope="module")
+def identity(cert_dir: Path) -> SigningIdentity:
+    """A signing key whose certificate (us-west-2) is in ``cert_dir``: nothing is fetched."""
+    return make_signing_identity(cert_dir, "us-west-2")
+
+
+@pytest.fixture(scope="module")
 def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaltMaster]:
     """A real salt-master shared by the tests of one module (they use distinct minion ids)."""
     salt_master = start_master(tmp_path_factory.mktemp("master"))
     yield salt_master
     salt_master.stop()
+
+
+@pytest.fixture
+def conf(tmp_path: Path, queue_url: str, master: SaltMaster) -> Path:
+    """An aws_ork.conf for this test's queue and the ``master`` fixture; no S3 mirror."""
+    return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master)
+
+
+@pytest.fixture
+def bucket_conf(tmp_path: Path, queue_url: str, master: SaltMaster, bucket: str) -> Path:
+    """The same, with the pki mirrored to this test's ``bucket`` (under ``pki/``)."""
+    return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
+                        bucket=bucket)

@@ -69,6 +69,18 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.1)
 
 
+def send(sqs: Any, queue_url: str, *bodies: str) -> None:
+    """Send each body to the queue as one message, in order."""
+    for body in bodies:
+        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+
+
+def states(master: SaltMaster, *ids: str) -> dict[str, str | None]:
+    """{id: its key state ("minions", "minions_pre", ...) or None}, from one key listing."""
+    listing = master.key_states()
+    return {i: next((s for s, names in listing.items() if i in names), None) for i in ids}
+
+
 def queue_counts(sqs: Any, queue_url: str) -> tuple[int, int]:
     """(visible, in flight) messages in the queue."""
     attrs = sqs.get_queue_attributes(

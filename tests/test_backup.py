@@ -32,6 +32,7 @@ from tests.daemon import (
     bucket_objects,
     queue_counts,
     run_aws_ork,
+    send,
     start_aws_ork,
     tree_md5s,
     wait_for,
@@ -160,7 +161,8 @@ def test_reconciliation_repairs_drift_both_ways(master, tmp_path, s3, bucket):
         master.add_accepted_key(minion, PUB)
     worker, calls = make_worker(tmp_path, bucket, master.pki_root, reconcile_seconds=1)
     try:
-        flushed(worker)
+        flushed(worker)  # the start-up reconciliation, which lists the bucket
+        calls.clear()  # from here on, a listing can only be a periodic reconciliation
         # out of band: an object appears in the bucket, one disappears, keys change by hand
         s3.put_object(Bucket=bucket, Key="pki/master/minions/i-0000000000000dead", Body=b"x")
         s3.delete_object(Bucket=bucket, Key=f"pki/master/minions/{kept}")
@@ -262,19 +264,17 @@ def journal_paths(state: Path) -> set[str]:
     return {json.loads(line).get("p") for line in path.read_text().splitlines() if line}
 
 
-def test_s3_outage_the_bucket_catches_up_without_redelivery(master, tmp_path, queue_url, sqs,
-                                                            s3, bucket, s3_proxy):
+def test_s3_outage_the_bucket_catches_up_without_redelivery(master, bucket_conf, tmp_path,
+                                                            queue_url, sqs, s3, bucket, s3_proxy):
     launched, terminated = new_id(), new_id()
     master.add_pending_key(launched)
     master.add_accepted_key(terminated)
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
     log = tmp_path / "daemon.log"
-    proc = start_aws_ork(conf, log)
+    proc = start_aws_ork(bucket_conf, log)
     try:
         wait_for(lambda: "S3 mirror reconciliation" in log.read_text(), 60, "the first mirror")
         s3_proxy.stop()  # S3 unreachable from here on
-        for body in (sns_launch(launched), sns_terminate(terminated)):
-            sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+        send(sqs, queue_url, sns_launch(launched), sns_terminate(terminated))
         wait_for(lambda: master.key_state_of(launched) == "minions"
                  and master.key_state_of(terminated) is None, 60, "the key changes")
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 30, "the messages deleted")
@@ -299,19 +299,19 @@ def test_s3_outage_the_bucket_catches_up_without_redelivery(master, tmp_path, qu
     assert journal_paths(tmp_path / "state") == set()
 
 
-def test_sigkill_between_key_change_and_upload_next_start_uploads(master, tmp_path, queue_url,
-                                                                  sqs, s3, bucket, s3_proxy):
+def test_sigkill_between_key_change_and_upload_next_start_uploads(master, bucket_conf, tmp_path,
+                                                                  queue_url, sqs, s3, bucket,
+                                                                  s3_proxy):
     """S3 is cut first so the upload cannot happen before the kill: this proves the change
     was recorded before its message was deleted and is replayed from the journal."""
     launched = new_id()
     master.add_pending_key(launched)
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
     log = tmp_path / "daemon.log"
-    proc = start_aws_ork(conf, log)
+    proc = start_aws_ork(bucket_conf, log)
     try:
         wait_for(lambda: "S3 mirror reconciliation" in log.read_text(), 60, "the first mirror")
         s3_proxy.stop()
-        sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(launched))
+        send(sqs, queue_url, sns_launch(launched))
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 60, "the message deleted")
         assert master.key_state_of(launched) == "minions"
         assert f"master/minions/{launched}" in journal_paths(tmp_path / "state")
@@ -323,7 +323,7 @@ def test_sigkill_between_key_change_and_upload_next_start_uploads(master, tmp_pa
     assert f"master/minions/{launched}" not in bucket_objects(s3, bucket)
     s3_proxy.start()
 
-    again = run_aws_ork(conf, "--once")
+    again = run_aws_ork(bucket_conf, "--once")
 
     assert again.returncode == 0, again.stderr
     assert "replaying" in again.stderr
@@ -353,7 +353,7 @@ def test_restore_brings_back_a_master_whose_minion_still_answers(tmp_path, queue
         lost.wait_for_key(minion_id, "minions_pre", timeout=60)
         conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=lost,
                             bucket=bucket)
-        sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(minion_id))
+        send(sqs, queue_url, sns_launch(minion_id))
         result = run_aws_ork(conf, "--once")
         assert result.returncode == 0, result.stderr
         assert lost.key_state_of(minion_id) == "minions"

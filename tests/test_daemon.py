@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
@@ -13,28 +12,15 @@ from tests.daemon import (
     bucket_objects,
     queue_counts,
     run_aws_ork,
+    send,
     start_aws_ork,
+    states,
     tree_md5s,
     wait_for,
     write_config,
 )
-from tests.messages import fixture_text, new_id, sns_launch, sns_terminate
-from tests.saltenv import SaltMaster, free_port
-
-
-@pytest.fixture
-def conf(tmp_path: Path, queue_url: str, master: SaltMaster) -> Path:
-    return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master)
-
-
-def send(sqs, queue_url: str, *bodies: str) -> None:
-    for body in bodies:
-        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
-
-
-def states(master: SaltMaster, *ids: str) -> dict[str, str | None]:
-    listing = master.key_states()
-    return {i: next((s for s, names in listing.items() if i in names), None) for i in ids}
+from tests.messages import FIXTURES, fixture_text, new_id, sns_launch, sns_terminate
+from tests.saltenv import free_port
 
 
 def test_launch_accepts_exactly_that_pending_key(master, conf, sqs, queue_url):
@@ -139,7 +125,7 @@ def test_every_fixture_and_hostile_body_is_survived(master, conf, sqs, queue_url
                json.dumps({"Event": "autoscaling:EC2_INSTANCE_LAUNCH", "EC2InstanceId": 7}),
                "x" * (256 * 1024 - 10)]
     fixtures = [fixture_text(p.stem) for p in
-                sorted((Path(__file__).parent / "fixtures" / "messages").glob("*.json"))]
+                sorted(FIXTURES.glob("*.json"))]
     send(sqs, queue_url, *hostile, *fixtures, sns_launch(launched), sns_terminate(terminated))
 
     result = run_aws_ork(conf, "--once")
@@ -164,14 +150,13 @@ def test_delete_unknown_off_leaves_unknown_messages(master, tmp_path, queue_url,
     assert sum(queue_counts(sqs, queue_url)) == 1  # the unknown one stays, the test one went
 
 
-def test_dry_run_changes_nothing(master, tmp_path, queue_url, sqs, s3, bucket):
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
+def test_dry_run_changes_nothing(master, bucket_conf, queue_url, sqs, s3, bucket):
     pending, accepted = new_id(), new_id()
     master.add_pending_key(pending)
     master.add_accepted_key(accepted)
     send(sqs, queue_url, sns_launch(pending), sns_terminate(accepted))
 
-    result = run_aws_ork(conf, "--once", "--dry-run")
+    result = run_aws_ork(bucket_conf, "--once", "--dry-run")
 
     assert result.returncode == 0, result.stderr
     assert "would be accepted" in result.stderr and "would be deleted" in result.stderr
@@ -193,38 +178,36 @@ def test_purge_drops_the_backlog_before_handling(master, conf, sqs, queue_url):
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
-def test_s3_mirror_follows_every_change(master, tmp_path, queue_url, sqs, s3, bucket):
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
+def test_s3_mirror_follows_every_change(master, bucket_conf, queue_url, sqs, s3, bucket):
     instance = new_id()
     master.add_pending_key(instance)
 
-    assert run_aws_ork(conf, "--once").returncode == 0
+    assert run_aws_ork(bucket_conf, "--once").returncode == 0
     assert bucket_objects(s3, bucket) == tree_md5s(master.pki_root)
     assert f"master/minions_pre/{instance}" in bucket_objects(s3, bucket)
 
     send(sqs, queue_url, sns_launch(instance))
-    assert run_aws_ork(conf, "--once").returncode == 0
+    assert run_aws_ork(bucket_conf, "--once").returncode == 0
     mirrored = bucket_objects(s3, bucket)
     assert mirrored == tree_md5s(master.pki_root)
     assert f"master/minions/{instance}" in mirrored
     assert f"master/minions_pre/{instance}" not in mirrored
 
     send(sqs, queue_url, sns_terminate(instance))
-    assert run_aws_ork(conf, "--once").returncode == 0
+    assert run_aws_ork(bucket_conf, "--once").returncode == 0
     mirrored = bucket_objects(s3, bucket)
     assert mirrored == tree_md5s(master.pki_root)
     assert not any(instance in key for key in mirrored)
 
 
-def test_s3_outage_never_holds_up_keys_and_the_mirror_catches_up(master, tmp_path, queue_url,
+def test_s3_outage_never_holds_up_keys_and_the_mirror_catches_up(master, bucket_conf, queue_url,
                                                                  sqs, s3, bucket):
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
     instance = new_id()
     master.add_pending_key(instance)
     send(sqs, queue_url, sns_launch(instance))
     closed = f"http://127.0.0.1:{free_port()}"
 
-    outage = run_aws_ork(conf, "--once", env={"AWS_ENDPOINT_URL_S3": closed})
+    outage = run_aws_ork(bucket_conf, "--once", env={"AWS_ENDPOINT_URL_S3": closed})
 
     assert states(master, instance) == {instance: "minions"}  # keys did not wait for S3
     assert queue_counts(sqs, queue_url) == (0, 0)
@@ -232,7 +215,7 @@ def test_s3_outage_never_holds_up_keys_and_the_mirror_catches_up(master, tmp_pat
     assert outage.returncode == 1  # the mirror is behind: never reported as done
     assert f"master/minions/{instance}" not in bucket_objects(s3, bucket)
 
-    recovered = run_aws_ork(conf, "--once")
+    recovered = run_aws_ork(bucket_conf, "--once")
     assert recovered.returncode == 0, recovered.stderr
     assert bucket_objects(s3, bucket) == tree_md5s(master.pki_root)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.daemon import queue_counts, run_aws_ork, write_config
+from tests.daemon import queue_counts, run_aws_ork, send
 from tests.messages import sns_launch, sns_terminate
 from tests.saltenv import start_master, start_minion
 
@@ -16,7 +16,7 @@ def master(tmp_path_factory: pytest.TempPathFactory):
     salt_master.stop()
 
 
-def test_minion_of_a_launched_instance_is_accepted_and_answers(master, tmp_path, ec2, sqs,
+def test_minion_of_a_launched_instance_is_accepted_and_answers(master, conf, tmp_path, ec2, sqs,
                                                               queue_url):
     image = ec2.describe_images()["Images"][0]["ImageId"]
     instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1,
@@ -26,15 +26,14 @@ def test_minion_of_a_launched_instance_is_accepted_and_answers(master, tmp_path,
         master.wait_for_key(instance, "minions_pre", timeout=60)
         assert instance not in master.key_states()["minions"]
 
-        conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master)
-        sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(instance))
+        send(sqs, queue_url, sns_launch(instance))
         launched = run_aws_ork(conf, "--once")
         assert launched.returncode == 0, launched.stderr
         assert instance in master.key_states()["minions"]
 
         master.wait_for_ping(instance, timeout=60)  # raises unless it answers True
 
-        sqs.send_message(QueueUrl=queue_url, MessageBody=sns_terminate(instance))
+        send(sqs, queue_url, sns_terminate(instance))
         terminated = run_aws_ork(conf, "--once")
         assert terminated.returncode == 0, terminated.stderr
         listing = master.key_states()

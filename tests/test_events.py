@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +13,8 @@ from hypothesis import strategies as st
 
 from aws_ork import defaults, events, ids
 from aws_ork.events import Event, Kind, Source
+from tests.messages import FIXTURES, fixture, fixture_text
 
-FIXTURES = Path(__file__).parent / "fixtures" / "messages"
 #: Independent of aws_ork.ids: what may ever reach Salt as a minion id.
 ID_PATTERN = re.compile(r"i-([0-9a-f]{8}|[0-9a-f]{17})")
 
@@ -47,14 +46,6 @@ EXPECTED: dict[str, tuple[Kind, str | None, str | None, Source]] = {
 }
 
 
-def text(name: str) -> str:
-    return (FIXTURES / f"{name}.json").read_text()
-
-
-def doc(name: str) -> dict[str, Any]:
-    return json.loads(text(name))
-
-
 def check_invariants(event: object) -> None:
     """What the handler relies on, whatever the body was."""
     assert isinstance(event, Event)
@@ -66,13 +57,19 @@ def check_invariants(event: object) -> None:
         assert event.reason
 
 
+def assert_no_crash(event: Event) -> None:
+    """The invariants hold and the parser itself did not fail: :func:`events.parse` turns any
+    exception into UNKNOWN "unparseable body (ExcType)", which must never be the answer."""
+    check_invariants(event)
+    assert not event.reason.startswith("unparseable body"), event.reason
+
+
 def assert_ignored(event: Event) -> None:
     """Nothing would be touched, and the log line says why (not the parser's safety net)."""
-    check_invariants(event)
+    assert_no_crash(event)
     assert event.kind is Kind.UNKNOWN
     assert event.instance_id is None
     assert event.reason.strip()
-    assert not event.reason.startswith("unparseable body"), event.reason
 
 
 # --- the fixtures ---
@@ -84,7 +81,7 @@ def test_every_fixture_has_an_expectation() -> None:
 
 @pytest.mark.parametrize(("name", "expected"), EXPECTED.items())
 def test_fixture_parses(name: str, expected: tuple) -> None:
-    event = events.parse(text(name))
+    event = events.parse(fixture_text(name))
     check_invariants(event)
     assert (event.kind, event.instance_id, event.group, event.source) == expected
     assert event.source.value == name.split("-")[0]
@@ -93,34 +90,34 @@ def test_fixture_parses(name: str, expected: tuple) -> None:
 
 @pytest.mark.parametrize("name", [n for n in EXPECTED if n.startswith("sns-")])
 def test_sns_event_keeps_topic_and_envelope_for_the_trust_checks(name: str) -> None:
-    event = events.parse(text(name))
+    event = events.parse(fixture_text(name))
     assert event.topic_arn == TOPIC
-    assert event.envelope == doc(name)
+    assert event.envelope == fixture(name)
 
 
 @pytest.mark.parametrize("name", ["hook-launching", "hook-terminating", "sns-hook-launching",
                                   "eventbridge-asg-launch-lifecycle-action",
                                   "eventbridge-asg-terminate-lifecycle-action"])
 def test_lifecycle_hook_and_token_are_kept(name: str) -> None:
-    body = doc(name)
+    body = fixture(name)
     if "Message" in body:
         body = json.loads(body["Message"])
     body = body.get("detail", body)
-    event = events.parse(text(name))
+    event = events.parse(fixture_text(name))
     assert event.lifecycle_hook == body["LifecycleHookName"] == "salt-key-hook"
     assert event.lifecycle_token == body["LifecycleActionToken"]
 
 
 @pytest.mark.parametrize("state", ["stopping", "stopped", "rebooting", "", None, 5])
 def test_ec2_states_that_need_no_key_change(state: Any) -> None:
-    body = doc("eventbridge-ec2-running")
+    body = fixture("eventbridge-ec2-running")
     body["detail"]["state"] = state
     assert_ignored(events.parse(json.dumps(body)))
 
 
 @pytest.mark.parametrize("kind", ["SubscriptionConfirmation", "UnsubscribeConfirmation"])
 def test_sns_confirmations_touch_no_key(kind: str) -> None:
-    body = doc("sns-asg-launch")
+    body = fixture("sns-asg-launch")
     body["Type"] = kind
     event = events.parse(json.dumps(body))
     assert_ignored(event)
@@ -131,14 +128,14 @@ def test_sns_confirmations_touch_no_key(kind: str) -> None:
 
 
 def sns_with_message(message: Any) -> str:
-    body = doc("sns-asg-launch")
+    body = fixture("sns-asg-launch")
     body["Message"] = message
     return json.dumps(body)
 
 
 def sns_inner(**changes: Any) -> str:
     """The SNS launch fixture with fields of its inner notification changed (None deletes)."""
-    body = doc("sns-asg-launch")
+    body = fixture("sns-asg-launch")
     inner = json.loads(body["Message"])
     for key, value in changes.items():
         inner.pop(key, None) if value is None else inner.__setitem__(key, value)
@@ -146,25 +143,25 @@ def sns_inner(**changes: Any) -> str:
     return json.dumps(body)
 
 
-_no_message = doc("sns-asg-launch")
+_no_message = fixture("sns-asg-launch")
 del _no_message["Message"]
 
 BROKEN_BODIES = {
     "not JSON": "Event: autoscaling:EC2_INSTANCE_LAUNCH",
-    "truncated JSON": text("sns-asg-launch")[:200],
+    "truncated JSON": fixture_text("sns-asg-launch")[:200],
     "empty": "",
-    "JSON list": json.dumps([doc("sns-asg-launch")]),
+    "JSON list": json.dumps([fixture("sns-asg-launch")]),
     "JSON number": "42",
-    "JSON string": json.dumps(text("sns-asg-launch")),
+    "JSON string": json.dumps(fixture_text("sns-asg-launch")),
     "JSON null": "null",
     "JSON true": "true",
     "empty object": "{}",
     "envelope without Message": json.dumps(_no_message),
     "Message not JSON": sns_with_message("autoscaling:EC2_INSTANCE_LAUNCH i-0123abcd"),
-    "Message a JSON list": sns_with_message(json.dumps([json.loads(doc("sns-asg-launch")
-                                                                   ["Message"])])),
+    "Message a JSON list": sns_with_message(json.dumps([json.loads(fixture("sns-asg-launch")
+                                                                       ["Message"])])),
     "Message a JSON null": sns_with_message("null"),
-    "Message a dict": sns_with_message(json.loads(doc("sns-asg-launch")["Message"])),
+    "Message a dict": sns_with_message(json.loads(fixture("sns-asg-launch")["Message"])),
     "Message an int": sns_with_message(1),
     "Event missing": sns_inner(Event=None),
     "Event an int": sns_inner(Event=1),
@@ -172,9 +169,9 @@ BROKEN_BODIES = {
     "Event a dict": sns_inner(Event={"autoscaling:EC2_INSTANCE_LAUNCH": True}),
     "Event unhandled": sns_inner(Event="autoscaling:EC2_INSTANCE_REBOOT"),
     "Event lower-case": sns_inner(Event="autoscaling:ec2_instance_launch"),
-    "EventBridge without detail": json.dumps({**doc("eventbridge-asg-launch-successful"),
+    "EventBridge without detail": json.dumps({**fixture("eventbridge-asg-launch-successful"),
                                               "detail": "i-0a1b2c3d4e5f60718"}),
-    "EventBridge other source": json.dumps({**doc("eventbridge-asg-launch-successful"),
+    "EventBridge other source": json.dumps({**fixture("eventbridge-asg-launch-successful"),
                                             "source": "aws.s3"}),
 }
 
@@ -226,7 +223,7 @@ CARRIERS = {
 
 def with_instance_id(carrier: str, value: Any, delete: bool = False) -> str:
     name, container, key = CARRIERS[carrier]
-    body = doc(name)
+    body = fixture(name)
     if container == "Message":
         inner = json.loads(body["Message"])
         inner.pop(key) if delete else inner.__setitem__(key, value)
@@ -254,7 +251,7 @@ def test_good_instance_id_is_passed_through(carrier: str, good: str) -> None:
 
 
 def test_test_notification_needs_no_instance_id_and_ignores_a_bad_one() -> None:
-    body = doc("sns-asg-test-notification")
+    body = fixture("sns-asg-test-notification")
     inner = json.loads(body["Message"])
     inner["EC2InstanceId"] = "*"
     body["Message"] = json.dumps(inner)
@@ -265,7 +262,7 @@ def test_test_notification_needs_no_instance_id_and_ignores_a_bad_one() -> None:
 
 def padded(size: int) -> str:
     """The SNS launch fixture padded with JSON whitespace to exactly ``size`` characters."""
-    body = text("sns-asg-launch").strip()
+    body = fixture_text("sns-asg-launch").strip()
     return body + " " * (size - len(body))
 
 
@@ -281,8 +278,8 @@ def test_body_larger_than_sqs_allows_touches_no_key() -> None:
     assert_ignored(events.parse(body))
 
 
-@pytest.mark.parametrize("body", [text("sns-asg-launch").encode(), None, 42,
-                                  doc("sns-asg-launch")], ids=["bytes", "None", "int", "dict"])
+@pytest.mark.parametrize("body", [fixture_text("sns-asg-launch").encode(), None, 42,
+                                  fixture("sns-asg-launch")], ids=["bytes", "None", "int", "dict"])
 def test_body_that_is_not_text_touches_no_key(body: object) -> None:
     assert_ignored(events.parse(body))
 
@@ -304,10 +301,12 @@ def test_parser_bug_becomes_unknown_not_an_exception(monkeypatch: pytest.MonkeyP
         raise KeyError("bug")
 
     monkeypatch.setattr(events.sns, "parse", broken)
-    event = events.parse(text("sns-asg-launch"))
+    event = events.parse(fixture_text("sns-asg-launch"))
     check_invariants(event)
     assert event.kind is Kind.UNKNOWN
     assert "KeyError" in event.reason
+    # the prefix the properties take for a crash (assert_no_crash)
+    assert event.reason.startswith("unparseable body"), event.reason
 
 
 # --- ids ---
@@ -356,13 +355,13 @@ PROPERTY = settings(max_examples=300, deadline=None,
 @PROPERTY
 @given(st.text())
 def test_any_text_parses_safely(body: str) -> None:
-    check_invariants(events.parse(body))
+    assert_no_crash(events.parse(body))
 
 
 @PROPERTY
 @given(json_values)
 def test_any_json_parses_safely(value: Any) -> None:
-    check_invariants(events.parse(json.dumps(value)))
+    assert_no_crash(events.parse(json.dumps(value)))
 
 
 def mutation_targets(body: dict[str, Any]) -> list[tuple[str | None, str]]:
@@ -378,7 +377,7 @@ def mutation_targets(body: dict[str, Any]) -> list[tuple[str | None, str]]:
 @PROPERTY
 @given(st.sampled_from(sorted(EXPECTED)), st.data())
 def test_fixture_with_fields_replaced_parses_safely(name: str, data: st.DataObject) -> None:
-    original = doc(name)
+    original = fixture(name)
     body = copy.deepcopy(original)
     for _ in range(data.draw(st.integers(1, 3), label="replacements")):
         container, key = data.draw(st.sampled_from(mutation_targets(original)), label="field")
@@ -397,6 +396,6 @@ def test_fixture_with_fields_replaced_parses_safely(name: str, data: st.DataObje
             body[key] = new
     serialised = json.dumps(body)
     event = events.parse(serialised)
-    check_invariants(event)
+    assert_no_crash(event)
     if event.instance_id is not None:  # never an id the message did not carry
         assert event.instance_id in serialised

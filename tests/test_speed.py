@@ -19,48 +19,37 @@ from tests.daemon import (
     bucket_objects,
     queue_counts,
     run_aws_ork,
+    send,
     start_aws_ork,
     wait_for,
-    write_config,
 )
 from tests.messages import new_id, sns_launch, sns_terminate
 from tests.saltenv import SaltMaster, generate_public_key_pem, start_minion
-
-
-@pytest.fixture
-def conf(tmp_path: Path, queue_url: str, master: SaltMaster) -> Path:
-    return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master)
 
 
 def stub(master: SaltMaster, minion_id: str) -> Path:
     return master.pki_dir / "minions_autosign" / minion_id
 
 
-def state(master: SaltMaster, minion_id: str) -> str | None:
-    listing = master.key_states()
-    return next((s for s, names in listing.items() if minion_id in names), None)
-
-
 # ------------------------------------------------------------------ pre-authorisation
 
 
 def test_launch_first_then_minion_is_accepted_on_first_contact_and_mirrored(
-        master, tmp_path, queue_url, sqs, s3, bucket):
+        master, bucket_conf, tmp_path, queue_url, sqs, s3, bucket):
     """The usual order in production: the launch event, then (seconds later) the minion."""
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
     instance = new_id()
     log = tmp_path / "daemon.log"
-    daemon = start_aws_ork(conf, log)
+    daemon = start_aws_ork(bucket_conf, log)
     minion = None
     try:
-        sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(instance))
+        send(sqs, queue_url, sns_launch(instance))
         wait_for(lambda: stub(master, instance).is_file(), 60, "the autosign stub")
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 30, "the launch to be done")
-        assert state(master, instance) is None  # nothing to accept yet
+        assert master.key_state_of(instance) is None  # nothing to accept yet
 
         minion = start_minion(master, tmp_path / "minion", instance)
         # accepted by Salt on the minion's first authentication: no message, no retry
-        wait_for(lambda: state(master, instance) == "minions", 30, "Salt to accept the key")
+        wait_for(lambda: master.key_state_of(instance) == "minions", 30, "Salt to accept the key")
         assert not stub(master, instance).exists(), "Salt consumed the stub"
         master.wait_for_ping(instance, timeout=60)
         # aws_ork did not accept this key, yet the S3 mirror follows it (key directory watch)
@@ -79,12 +68,12 @@ def test_launch_first_then_minion_is_accepted_on_first_contact_and_mirrored(
 def test_a_pending_key_is_accepted_at_once_without_a_stub(master, conf, sqs, queue_url):
     instance = new_id()
     master.add_pending_key(instance)
-    sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(instance))
+    send(sqs, queue_url, sns_launch(instance))
 
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
-    assert state(master, instance) == "minions"
+    assert master.key_state_of(instance) == "minions"
     assert not stub(master, instance).exists()
     assert queue_counts(sqs, queue_url) == (0, 0)
 
@@ -93,24 +82,23 @@ def test_a_pending_key_is_accepted_at_once_without_a_stub(master, conf, sqs, que
 def test_no_stub_when_a_key_of_that_id_exists(master, conf, sqs, queue_url, existing):
     instance = new_id()
     getattr(master, f"add_{existing}_key")(instance)
-    sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(instance))
+    send(sqs, queue_url, sns_launch(instance))
 
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
     assert not stub(master, instance).exists()
-    assert state(master, instance) == {"accepted": "minions", "rejected": "minions_rejected"}[
+    assert master.key_state_of(instance) == {"accepted": "minions", "rejected": "minions_rejected"}[
         existing]
 
 
 def test_terminate_withdraws_the_pre_authorisation(master, conf, sqs, queue_url):
     instance, other = new_id(), new_id()
-    sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(instance))
-    sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(other))
+    send(sqs, queue_url, sns_launch(instance), sns_launch(other))
     assert run_aws_ork(conf, "--once").returncode == 0
     assert stub(master, instance).is_file() and stub(master, other).is_file()
 
-    sqs.send_message(QueueUrl=queue_url, MessageBody=sns_terminate(instance))
+    send(sqs, queue_url, sns_terminate(instance))
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
@@ -120,12 +108,10 @@ def test_terminate_withdraws_the_pre_authorisation(master, conf, sqs, queue_url)
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
-def test_dry_run_writes_and_removes_no_stub(master, tmp_path, sqs, queue_url):
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master)
+def test_dry_run_writes_and_removes_no_stub(master, conf, sqs, queue_url):
     fresh, preauthorised = new_id(), new_id()
     stub(master, preauthorised).touch()
-    sqs.send_message(QueueUrl=queue_url, MessageBody=sns_launch(fresh))
-    sqs.send_message(QueueUrl=queue_url, MessageBody=sns_terminate(preauthorised))
+    send(sqs, queue_url, sns_launch(fresh), sns_terminate(preauthorised))
 
     result = run_aws_ork(conf, "--once", "--dry-run")
 
@@ -230,14 +216,13 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_idle_daemon_only_long_polls(master, tmp_path, queue_url, bucket, moto, monkeypatch):
+def test_idle_daemon_only_long_polls(master, bucket_conf, tmp_path, moto, monkeypatch):
     """An empty queue costs one ReceiveMessage (20 s long poll) per cycle and nothing else:
     no other SQS or S3 request, no busy loop; a SIGHUP reload costs no request either."""
     proxy = CountingProxy(moto.url).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
     log = tmp_path / "daemon.log"
-    daemon = start_aws_ork(conf, log, "-v")
+    daemon = start_aws_ork(bucket_conf, log, "-v")
     try:
         # the start-up reconcile of the mirror is by design; idle starts once it is over
         wait_for(lambda: "S3 mirror reconciliation" in log.read_text(), 60,
@@ -287,7 +272,7 @@ def test_key_presented_while_the_stub_is_written_is_accepted_at_once(master, mon
 
     monkeypatch.setattr(keys._stubs, "write", write_while_the_minion_knocks)
     assert keys.accept(instance).outcome is Outcome.ACCEPTED
-    assert state(master, instance) == "minions"
+    assert master.key_state_of(instance) == "minions"
     assert not stub(master, instance).exists()
 
 
@@ -299,8 +284,7 @@ def test_a_prefetched_batch_is_given_back_on_the_way_out(sqs, queue_url):
     from aws_ork.sqs.queue import Queue
     from aws_ork.sqs.receiver import Receiver
 
-    for n in range(3):
-        sqs.send_message(QueueUrl=queue_url, MessageBody=f"m{n}")
+    send(sqs, queue_url, *(f"m{n}" for n in range(3)))
     receiver = Receiver(Queue(make_client("sqs", "us-west-2"), queue_url), Stopper())
     receiver.prefetch(2)
     wait_for(lambda: receiver._next is not None and receiver._next.done(), 30,

@@ -18,27 +18,15 @@ import boto3
 import pytest
 
 from tests.awsenv import free_port
-from tests.daemon import queue_counts, run_aws_ork, wait_for, write_config
+from tests.daemon import queue_counts, run_aws_ork, send, wait_for, write_config
 from tests.messages import envelope, fixture, new_id, notification
 from tests.saltenv import SaltMaster
-from tests.snssign import SigningIdentity, make_signing_identity, sign_envelope
+from tests.snssign import SigningIdentity, sign_envelope
 
 TOPIC = "arn:aws:sns:us-west-2:123456789012:salt-master-asg-events"
 OTHER_TOPIC = "arn:aws:sns:us-west-2:123456789012:someone-elses-topic"
 LAUNCH = "autoscaling:EC2_INSTANCE_LAUNCH"
 TERMINATE = "autoscaling:EC2_INSTANCE_TERMINATE"
-
-
-
-
-@pytest.fixture(scope="module")
-def cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("certs")
-
-
-@pytest.fixture(scope="module")
-def identity(cert_dir: Path) -> SigningIdentity:
-    return make_signing_identity(cert_dir, "us-west-2")
 
 
 @pytest.fixture(scope="module")
@@ -100,15 +88,6 @@ def trust_config(tmp_path: Path, queue_url: str, master: SaltMaster, cert_dir: P
     return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master, **values)
 
 
-def send(sqs, queue_url: str, *bodies: str) -> None:
-    for body in bodies:
-        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
-
-
-def state(master: SaltMaster, minion_id: str) -> str | None:
-    return master.key_state_of(minion_id)
-
-
 def decision_line(stderr: str, instance_id: str) -> str:
     """The handler's one log line about this instance."""
     lines = [line for line in stderr.splitlines()
@@ -129,7 +108,7 @@ def test_signed_launch_of_a_managed_running_instance_is_accepted(
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
-    assert (state(master, v2), state(master, v1)) == ("minions", "minions")
+    assert (master.key_state_of(v2), master.key_state_of(v1)) == ("minions", "minions")
     assert queue_counts(sqs, queue_url) == (0, 0)
     assert "accepted" in decision_line(result.stderr, v2)
 
@@ -189,7 +168,7 @@ def test_launches_that_fail_a_check_accept_nothing_and_say_why(
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
-    outcome = {name: state(master, instance) for name, (instance, _) in cases.items()}
+    outcome = {name: master.key_state_of(instance) for name, (instance, _) in cases.items()}
     assert outcome == {**{name: "minions_pre" for name in cases},
                        "stale key": "minions_rejected"}
     for name, (instance, reason) in cases.items():
@@ -224,7 +203,7 @@ def test_unsigned_sources_are_refused_unless_enabled(master, tmp_path, queue_url
     refused = run_aws_ork(strict, "--once")
 
     assert refused.returncode == 0, refused.stderr
-    assert [state(master, i) for i in ids] == ["minions_pre"] * 3
+    assert [master.key_state_of(i) for i in ids] == ["minions_pre"] * 3
     for instance, source in zip(ids, ("raw", "hook", "eventbridge"), strict=True):
         line = decision_line(refused.stderr, instance)
         assert f"unsigned {source} message" in line and "UnsignedSources" in line, line
@@ -236,7 +215,7 @@ def test_unsigned_sources_are_refused_unless_enabled(master, tmp_path, queue_url
     accepted = run_aws_ork(enabled, "--once")
 
     assert accepted.returncode == 0, accepted.stderr
-    assert [state(master, i) for i in ids] == ["minions"] * 3  # EC2 checks still passed
+    assert [master.key_state_of(i) for i in ids] == ["minions"] * 3  # EC2 checks still passed
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
@@ -255,7 +234,7 @@ def test_terminate_before_launch_without_verify_instances(master, tmp_path, queu
     second = run_aws_ork(conf, "--once")
 
     assert second.returncode == 0, second.stderr
-    assert state(master, instance) == "minions_pre"
+    assert master.key_state_of(instance) == "minions_pre"
     assert "instance was terminated" in decision_line(second.stderr, instance)
     assert queue_counts(sqs, queue_url) == (0, 0)
 
@@ -275,7 +254,7 @@ def test_terminate_before_launch_with_verify_instances(master, tmp_path, queue_u
     second = run_aws_ork(conf, "--once")
 
     assert second.returncode == 0, second.stderr
-    assert state(master, instance) == "minions_pre"
+    assert master.key_state_of(instance) == "minions_pre"
     assert "instance is terminated in EC2" in decision_line(second.stderr, instance)
     assert queue_counts(sqs, queue_url) == (0, 0)
 
@@ -290,7 +269,7 @@ def test_a_signed_terminate_of_a_running_instance_keeps_its_key(
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
-    assert state(master, alive) == "minions"
+    assert master.key_state_of(alive) == "minions"
     assert "still running in EC2" in decision_line(result.stderr, alive)
     assert sum(queue_counts(sqs, queue_url)) == 1  # retried until EC2 says it is gone
 
@@ -298,7 +277,7 @@ def test_a_signed_terminate_of_a_running_instance_keeps_its_key(
     wait_for(lambda: queue_counts(sqs, queue_url)[0] == 1, 30, "the retried terminate")
     done = run_aws_ork(conf, "--once")
     assert done.returncode == 0, done.stderr
-    assert state(master, alive) is None
+    assert master.key_state_of(alive) is None
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
@@ -313,7 +292,7 @@ def test_ec2_unreachable_means_retry_never_accept(master, tmp_path, queue_url, s
     result = run_aws_ork(conf, "--once", env={"AWS_ENDPOINT_URL_EC2": closed})
 
     assert result.returncode == 0, result.stderr
-    assert state(master, instance) == "minions_pre"
+    assert master.key_state_of(instance) == "minions_pre"
     line = decision_line(result.stderr, instance)
     assert "check deferred" in line and "EC2 DescribeInstances failed" in line, line
     assert sum(queue_counts(sqs, queue_url)) == 1  # kept for a retry
