@@ -21,6 +21,15 @@ again by a regex anchored on the whole URL. Rules chosen here:
 Certificates are fetched over verified TLS (no redirects, short timeout, size limit), must be
 valid now, and are cached in memory and under CertCacheDir at ``<dir>/<host>/<file name>``; a
 file already there is used without any fetch (air-gapped masters, tests), its dates still checked.
+
+A certificate that cannot be fetched is the other attack surface (queue poisoning): a network
+failure may be an AWS blip, so the message is retried, but an invented region never resolves and
+a retried message comes back every minute. Failures are therefore remembered per URL in a small
+bounded table (:class:`CertFailures`, tunables ``CERT_FAILURE_*`` in :mod:`aws_ork.defaults`):
+while a URL is in its back-off window it is answered at once without a fetch ("retry" while it
+has attempts left), and after ``CERT_FAILURE_LIMIT`` failures spread over minutes it is refused
+for good. An answer from AWS that is no certificate (HTTP 4xx, not PEM) is final at once and
+remembered the same way. A successful fetch forgets the URL.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +54,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from aws_ork import defaults
 from aws_ork.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -165,8 +176,118 @@ class _Unavailable(_Reject):
     """Internal: the certificate could not be fetched for now (network, timeout, 5xx)."""
 
 
+@dataclass(slots=True)
+class _Failure:
+    failures: int  # failed fetches counted, at most one per back-off window
+    last: datetime  # when the last counted failure happened (the verifier's clock)
+    reason: str  # the last failure, already shortened
+    final: bool  # AWS answered, and not with a certificate: no attempt left
+
+
+class CertFailures:
+    """Certificate URLs whose fetch failed: {url: (failures, last failure, reason)}.
+
+    Thread-safe and bounded: at most ``size`` URLs, the least recently failed forgotten first
+    (forgetting only grants fresh attempts, and memory must not grow with a flood of made-up
+    URLs). Times come from the verifier's clock; an entry dated in the future (the clock was set
+    back) is forgotten rather than trusted, so a clock step cannot lock a URL out.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int = defaults.CERT_FAILURE_LIMIT,
+        backoff_seconds: float = defaults.CERT_FAILURE_BACKOFF_SECONDS,
+        memory_seconds: float = defaults.CERT_FAILURE_MEMORY_SECONDS,
+        size: int = defaults.CERT_FAILURE_TABLE_SIZE,
+    ) -> None:
+        if limit < 1 or size < 1 or not backoff_seconds > 0:
+            raise ValueError("limit and size must be >= 1 and backoff_seconds > 0")
+        self.limit = limit
+        self.backoff_seconds = backoff_seconds
+        self.memory_seconds = memory_seconds
+        self.size = size
+        # else an entry would be forgotten before its next attempt and never reach the limit
+        if not memory_seconds > self.window(limit - 1):
+            raise ValueError(
+                f"memory_seconds must exceed the longest back-off window "
+                f"({self.window(limit - 1):g} s)"
+            )
+        self._table: OrderedDict[str, _Failure] = OrderedDict()  # least recently failed first
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._table)
+
+    def window(self, failures: int) -> float:
+        """Seconds without a fetch after the ``failures``-th failure: BACKOFF * 2**(n-1)."""
+        return defaults.backoff(failures, self.backoff_seconds, float("inf"))
+
+    def _live(self, url: str, now: datetime) -> tuple[_Failure, float] | None:
+        """The entry for url and its age in seconds, dropping it if stale; caller holds lock."""
+        entry = self._table.get(url)
+        if entry is None:
+            return None
+        elapsed = (now - entry.last).total_seconds()
+        if elapsed < 0 or elapsed >= self.memory_seconds:
+            del self._table[url]
+            return None
+        return entry, elapsed
+
+    def check(self, url: str, now: datetime) -> None:
+        """Return if url may be fetched now; else raise the remembered answer, at once."""
+        with self._lock:
+            live = self._live(url, now)
+            if live is None:
+                return
+            entry, elapsed = live
+            if entry.final or entry.failures >= self.limit:
+                raise _Reject(
+                    f"{entry.reason} (failed {entry.failures} time(s): certificate refused for "
+                    f"{self.memory_seconds - elapsed:.0f} s more)"
+                )
+            wait = self.window(entry.failures) - elapsed
+            if wait > 0:
+                raise _Unavailable(
+                    f"{entry.reason} (failure {entry.failures} of {self.limit}; "
+                    f"next fetch in {wait:.0f} s)"
+                )
+
+    def failed(self, url: str, now: datetime, reason: str, *, final: bool) -> _Reject:
+        """Count a failed fetch of url; the exception for the verdict (final or retry)."""
+        with self._lock:
+            live = self._live(url, now)
+            if live is None:
+                entry = self._table[url] = _Failure(1, now, reason, final)
+            else:
+                entry, elapsed = live
+                # a fetch started before another one's failure was recorded (threads) is the
+                # same attempt: one failure per window, so the limit still spans minutes
+                if elapsed >= self.window(entry.failures) or final:
+                    entry.failures += 1
+                entry.last, entry.reason, entry.final = now, reason, entry.final or final
+                self._table.move_to_end(url)
+            while len(self._table) > self.size:
+                self._table.popitem(last=False)
+            if entry.final or entry.failures >= self.limit:
+                return _Reject(f"{reason} (failed {entry.failures} time(s): giving up)")
+            return _Unavailable(
+                f"{reason} (failure {entry.failures} of {self.limit}; "
+                f"next fetch in {self.window(entry.failures):.0f} s)"
+            )
+
+    def forget(self, url: str) -> None:
+        """url was fetched: its failures no longer count."""
+        with self._lock:
+            self._table.pop(url, None)
+
+
 class SignatureVerifier:
-    """Checks SNS envelopes; caches signing certificates in memory and under cert_cache_dir."""
+    """Checks SNS envelopes; caches signing certificates in memory and under cert_cache_dir.
+
+    ``cert_failures`` remembers certificate URLs that could not be fetched (see
+    :class:`CertFailures`; ``len()`` of it is the number of URLs remembered)."""
 
     def __init__(
         self,
@@ -175,12 +296,19 @@ class SignatureVerifier:
         fetch: Callable[[str], bytes] | None = None,
         timeout: float = FETCH_TIMEOUT_SECONDS,
         clock: Callable[[], datetime] | None = None,
+        cert_failures: CertFailures | None = None,
     ) -> None:
         self.cert_cache_dir = Path(cert_cache_dir)
         self._fetch = fetch or (lambda url: https_fetch(url, timeout))
         self._clock = clock or (lambda: datetime.now(UTC))
         self._certs: dict[str, x509.Certificate] = {}
         self._lock = threading.Lock()
+        self.cert_failures = cert_failures if cert_failures is not None else CertFailures()
+
+    def _now(self) -> datetime:
+        """The injected clock, a naive datetime taken as UTC."""
+        now = self._clock()
+        return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
 
     def verify(self, envelope: Mapping[str, object]) -> Verdict:
         """Verdict(True) only for an envelope carrying a valid SNS signature; never raises."""
@@ -235,9 +363,7 @@ class SignatureVerifier:
             cert = self._load(url)
             with self._lock:
                 self._certs[url] = cert
-        now = self._clock()
-        if now.tzinfo is None:
-            now = now.replace(tzinfo=UTC)
+        now = self._now()
         if now < cert.not_valid_before_utc:
             raise _Reject("certificate not yet valid")
         if now > cert.not_valid_after_utc:
@@ -253,6 +379,7 @@ class SignatureVerifier:
             except OSError as e:
                 raise _Reject(f"certificate cache read failed: {e}") from None
             return _parse(pem, f"cached certificate {path}")
+        self.cert_failures.check(url, self._now())  # failed lately: answer without a fetch
         try:
             pem = self._fetch(url)
         except Exception as e:
@@ -260,9 +387,14 @@ class SignatureVerifier:
             # the network or AWS failing may pass; an answer of "no such certificate" will not
             transient = isinstance(e, OSError) and not (
                 isinstance(e, urllib.error.HTTPError) and e.code < 500)
-            error = _Unavailable if transient else _Reject
-            raise error(f"certificate fetch failed: {type(e).__name__}: {e}") from None
-        cert = _parse(pem, "fetched certificate")
+            reason = f"certificate fetch failed: {type(e).__name__}: {_short(str(e), 160)}"
+            raise self.cert_failures.failed(
+                url, self._now(), reason, final=not transient) from None
+        try:
+            cert = _parse(pem, "fetched certificate")
+        except _Reject as e:  # AWS served something else: as final as a 404
+            raise self.cert_failures.failed(url, self._now(), str(e), final=True) from None
+        self.cert_failures.forget(url)
         log.info("fetched SNS signing certificate %s", url)
         try:
             write_atomic(path, pem)
