@@ -73,5 +73,6 @@ CERT_FAILURE_MEMORY_SECONDS = 900.0
 #: least recently failed is forgotten, so a flood of made-up URLs cannot grow memory. Forgetting
 #: a URL only grants it fresh attempts; to churn the table a flood must fail more than SIZE
 #: fetches per MEMORY seconds, i.e. (the loop checks one message at a time) each fetch must fail
-#: within about 0.2 s: the expensive kind (a timeout) cannot churn it.
+#: within about 0.2 s: the expensive kind (a timeout) cannot churn it. Checking the certificate's
+#: region (allowed_regions) stops invented regions without any memory at all.
 CERT_FAILURE_TABLE_SIZE = 4096

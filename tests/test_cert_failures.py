@@ -11,13 +11,14 @@ import string
 import threading
 import urllib.error
 from collections import Counter
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from aws_ork import defaults
-from aws_ork.checks.signature import CertFailures, SignatureVerifier, Verdict
+from aws_ork.checks.signature import CertFailures, SignatureVerifier, Verdict, regions_of
 from tests.snssign import (
     SigningIdentity,
     make_cert,
@@ -99,10 +100,23 @@ def genuine(tmp_path_factory: pytest.TempPathFactory) -> SigningIdentity:
     return make_signing_identity(tmp_path_factory.mktemp("certs"))
 
 
-def verifier_for(genuine: SigningIdentity, fetch: Fetch, clock: Clock, **table: int | float):
+def verifier_for(
+    genuine: SigningIdentity,
+    fetch: Fetch,
+    clock: Clock,
+    *,
+    allowed_regions: Collection[str] | None = None,
+    **table: int | float,
+) -> SignatureVerifier:
     cache_dir = genuine.cert_path.parent.parent
     failures = CertFailures(**table) if table else None  # type: ignore[arg-type]
-    return SignatureVerifier(cache_dir, fetch=fetch, clock=clock, cert_failures=failures)
+    return SignatureVerifier(
+        cache_dir,
+        fetch=fetch,
+        clock=clock,
+        cert_failures=failures,
+        allowed_regions=allowed_regions,
+    )
 
 
 def assert_retry(verdict: Verdict, *fragments: str) -> None:
@@ -360,3 +374,80 @@ def test_defaults_are_consistent() -> None:
     assert defaults.CERT_FAILURE_MEMORY_SECONDS > table.window(LIMIT - 1)
     spread = sum(table.window(n) for n in range(1, LIMIT))
     assert spread >= 180  # "a few minutes" before a certificate is refused for good
+
+
+# --- certificate region must be that of an allowed topic ---------------------------------------
+
+
+def test_region_outside_allowed_is_refused_without_fetch(tmp_path, genuine, clock) -> None:
+    fetch = Fetch()
+    verifier = verifier_for(genuine, fetch, clock, allowed_regions={"us-west-2", "eu-west-1"})
+    verdict = verifier.verify(forged(tmp_path, "zz-nowhere-1"))
+    assert verdict == Verdict(
+        False, "SigningCertURL region 'zz-nowhere-1' is not the region of an allowed topic"
+    )
+    assert fetch.calls == []
+    assert len(verifier.cert_failures) == 0
+    assert verifier.verify(sign_envelope(notification(), genuine)).ok
+
+
+def test_flood_outside_allowed_regions_costs_no_fetch(tmp_path, genuine, clock) -> None:
+    fetch = Fetch()
+    verifier = verifier_for(genuine, fetch, clock, allowed_regions=regions_of(
+        ["arn:aws:sns:us-west-2:123456789012:salt-master-asg-events"]))
+    for i in range(200):
+        assert_final(verifier.verify(forged(tmp_path, made_up_region(i))), "not the region")
+    assert fetch.calls == []
+    assert len(verifier.cert_failures) == 0
+
+
+def test_allowed_region_with_unknown_cert_is_fetched(tmp_path, genuine, clock) -> None:
+    fetch = Fetch()
+    verifier = verifier_for(genuine, fetch, clock, allowed_regions=["us-west-2"])
+    assert_retry(verifier.verify(forged(tmp_path, "us-west-2")), "certificate fetch failed")
+    assert len(fetch.calls) == 1
+
+
+@pytest.mark.parametrize("allowed", [None, ["*"], {"*", "eu-west-1"}])
+def test_no_region_restriction(tmp_path, genuine, clock, allowed) -> None:
+    fetch = Fetch()
+    verifier = verifier_for(genuine, fetch, clock, allowed_regions=allowed)
+    assert verifier.allowed_regions is None
+    assert_retry(verifier.verify(forged(tmp_path, "zz-nowhere-1")), "certificate fetch failed")
+    assert len(fetch.calls) == 1
+
+
+def test_empty_allowed_regions_refuse_everything(genuine, clock) -> None:
+    verifier = verifier_for(genuine, Fetch(), clock, allowed_regions=())
+    assert_final(verifier.verify(sign_envelope(notification(), genuine)), "'us-west-2'")
+
+
+def test_allowed_regions_must_not_be_a_str(genuine, clock) -> None:
+    with pytest.raises(TypeError):
+        verifier_for(genuine, Fetch(), clock, allowed_regions="us-west-2")
+
+
+@pytest.mark.parametrize(
+    ("arns", "regions"),
+    [
+        ([], None),
+        (["*"], None),
+        (["arn:aws:sns:us-east-1:123456789012:a", "*"], None),
+        (["arn:aws:sns:us-east-1:123456789012:a"], {"us-east-1"}),
+        (
+            (
+                "arn:aws:sns:us-east-1:123456789012:a",
+                "arn:aws:sns:us-east-1:123456789012:b",
+                "arn:aws-us-gov:sns:us-gov-west-1:123456789012:c",
+                "arn:aws-cn:sns:cn-north-1:123456789012:d",
+            ),
+            {"us-east-1", "us-gov-west-1", "cn-north-1"},
+        ),
+        ("arn:aws:sns:eu-west-1:123456789012:a", {"eu-west-1"}),  # one ARN as a str
+        (["not-an-arn"], set()),  # fails closed: no region is opened by a broken entry
+        (["arn:aws:sns:EVIL:1:a", "arn:aws:sqs:us-east-1:1:q"], set()),
+        (["arn:aws:sns:eu-west-1:123456789012:a", "bogus"], {"eu-west-1"}),
+    ],
+)
+def test_regions_of(arns, regions) -> None:
+    assert regions_of(arns) == (None if regions is None else frozenset(regions))

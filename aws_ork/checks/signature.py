@@ -16,6 +16,8 @@ again by a regex anchored on the whole URL. Rules chosen here:
   backslashes, upper case or trailing dot; ``.amazonaws.com.cn`` only for ``cn-*`` regions;
 * region: ``[a-z]{2}(-gov)?-[a-z]+-[0-9]{1,2}`` (us-east-1, us-gov-west-1, cn-northwest-1 ...);
 * if TopicArn is an SNS ARN naming a region, the certificate's region must equal it;
+* with ``allowed_regions`` (the regions of AllowedTopicArns, see :func:`regions_of`), the
+  certificate's region must be one of them: an invented region is refused before any fetch;
 * a field that is present but not a str (None included, also for Subject) is rejected.
 
 Certificates are fetched over verified TLS (no redirects, short timeout, size limit), must be
@@ -44,7 +46,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,6 +88,24 @@ class Verdict:
     ok: bool
     reason: str = ""
     retry: bool = False  # could not verify for now (certificate unreachable): ask again later
+
+
+def regions_of(topic_arns: Iterable[str]) -> frozenset[str] | None:
+    """The regions of the SNS topics named, for ``SignatureVerifier(allowed_regions=...)``.
+
+    None (no restriction) when no topic is named or ``*`` is among them, as AllowedTopicArns
+    then restricts nothing either. An entry that is no SNS ARN with a valid region adds no
+    region: it matches no genuine envelope, so it must not open a region either.
+    """
+    arns = [topic_arns] if isinstance(topic_arns, str) else list(topic_arns)
+    if not arns or "*" in arns:
+        return None
+    regions = set()
+    for arn in arns:
+        match = _TOPIC_ARN_RE.match(arn)
+        if match and re.fullmatch(_REGION, match["region"], re.ASCII):
+            regions.add(match["region"])
+    return frozenset(regions)
 
 
 def _short(value: object, limit: int = 80) -> str:
@@ -297,13 +317,22 @@ class SignatureVerifier:
         timeout: float = FETCH_TIMEOUT_SECONDS,
         clock: Callable[[], datetime] | None = None,
         cert_failures: CertFailures | None = None,
+        allowed_regions: Collection[str] | None = None,
     ) -> None:
+        """``allowed_regions``: the regions a SigningCertURL may name (None or containing
+        ``*``: any); an empty collection refuses every certificate."""
+        if isinstance(allowed_regions, str):  # "us-east-1" would otherwise allow 'u', 's', ...
+            raise TypeError("allowed_regions must be a collection of region names, not a str")
         self.cert_cache_dir = Path(cert_cache_dir)
         self._fetch = fetch or (lambda url: https_fetch(url, timeout))
         self._clock = clock or (lambda: datetime.now(UTC))
         self._certs: dict[str, x509.Certificate] = {}
         self._lock = threading.Lock()
         self.cert_failures = cert_failures if cert_failures is not None else CertFailures()
+        self.allowed_regions: frozenset[str] | None = (
+            None if allowed_regions is None or "*" in allowed_regions
+            else frozenset(allowed_regions)
+        )
 
     def _now(self) -> datetime:
         """The injected clock, a naive datetime taken as UTC."""
@@ -347,6 +376,11 @@ class SignatureVerifier:
             raise _Reject(
                 f"SigningCertURL region {host_region!r} differs from TopicArn region "
                 f"{_short(topic['region'])}"
+            )
+        if self.allowed_regions is not None and host_region not in self.allowed_regions:
+            raise _Reject(
+                f"SigningCertURL region {_short(host_region)} is not the region of an allowed "
+                f"topic"
             )
         key = self._certificate(url).public_key()
         if not isinstance(key, rsa.RSAPublicKey):
