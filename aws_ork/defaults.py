@@ -76,3 +76,8 @@ CERT_FAILURE_MEMORY_SECONDS = 900.0
 #: within about 0.2 s: the expensive kind (a timeout) cannot churn it. Checking the certificate's
 #: region (allowed_regions) stops invented regions without any memory at all.
 CERT_FAILURE_TABLE_SIZE = 4096
+
+#: With a maximum age for SNS envelopes (``SignatureVerifier(max_age_seconds=...)``), a signed
+#: Timestamp may also lie this far in the future: clocks of AWS and the master may disagree a
+#: little, but an envelope from far in the future is no replay we should honour later either.
+SNS_TIMESTAMP_SKEW_SECONDS = 300.0

@@ -37,7 +37,8 @@ class Clock:
     """The verifier's clock, moved by hand."""
 
     def __init__(self) -> None:
-        self.now = datetime.now(UTC)  # a start inside the test certificates' validity
+        # a start inside the test certificates' validity; whole seconds keep ages exact
+        self.now = datetime.now(UTC).replace(microsecond=0)
 
     def __call__(self) -> datetime:
         return self.now
@@ -451,3 +452,124 @@ def test_allowed_regions_must_not_be_a_str(genuine, clock) -> None:
 )
 def test_regions_of(arns, regions) -> None:
     assert regions_of(arns) == (None if regions is None else frozenset(regions))
+
+
+# --- signed Timestamp must be recent -----------------------------------------------------------
+
+MAX_AGE = 3600.0
+SKEW = defaults.SNS_TIMESTAMP_SKEW_SECONDS
+
+
+def sns_time(moment: datetime) -> str:
+    """A time the way SNS writes it: milliseconds and Z."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def stamped(identity: SigningIdentity, timestamp: str) -> dict:
+    return sign_envelope({**notification(), "Timestamp": timestamp}, identity)
+
+
+@pytest.fixture
+def aged(genuine, clock) -> SignatureVerifier:
+    return SignatureVerifier(
+        genuine.cert_path.parent.parent, fetch=Fetch(), clock=clock, max_age_seconds=MAX_AGE
+    )
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [0, -1, -MAX_AGE + 1, -MAX_AGE, 1, SKEW],
+    ids=["now", "1s-old", "almost-max", "max", "1s-ahead", "skew"],
+)
+def test_recent_timestamp_accepted(aged, genuine, clock, offset) -> None:
+    moment = clock.now + timedelta(seconds=offset)
+    verdict = aged.verify(stamped(genuine, sns_time(moment)))
+    assert verdict.ok, verdict.reason
+
+
+def test_old_timestamp_refused(aged, genuine, clock) -> None:
+    moment = clock.now - timedelta(seconds=MAX_AGE + 1)
+    verdict = aged.verify(stamped(genuine, sns_time(moment)))
+    assert_final(verdict, f"Timestamp {sns_time(moment)!r} is 3601 s old", "3600 s allowed")
+
+
+def test_replayed_envelope_expires_by_the_clock(aged, genuine, clock) -> None:
+    signed = stamped(genuine, sns_time(clock.now))
+    assert aged.verify(signed).ok
+    clock.advance(MAX_AGE + 1)
+    assert_final(aged.verify(signed), "s old")
+
+
+def test_timestamp_far_in_future_refused(aged, genuine, clock) -> None:
+    moment = clock.now + timedelta(seconds=SKEW + 1)
+    assert_final(aged.verify(stamped(genuine, sns_time(moment))), "301 s in the future")
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "",
+        "yesterday",
+        "2026-11-23",
+        "2026-11-23 10:00:00.123Z",
+        "2026-11-23T10:00:00.123",
+        "2026-11-23T10:00:00.123+00:00",
+        "2026-11-23T10:00:00.Z",
+        "2026-13-23T10:00:00.123Z",
+        "2026-11-23T24:00:00.123Z",
+        "2026-11-23T10:00:60Z",
+        "2026-11-23T10:00:00.123Z\n",
+        "\uff12026-11-23T10:00:00.123Z",
+    ],
+)
+def test_unparseable_timestamp_refused(aged, genuine, timestamp) -> None:
+    verdict = aged.verify(stamped(genuine, timestamp))
+    assert verdict == Verdict(False, f"Timestamp {timestamp!r} is not an SNS UTC time")
+
+
+def test_timestamp_in_reason_is_shortened_and_escaped(aged, genuine) -> None:
+    verdict = aged.verify(stamped(genuine, "\x1b[2J" + "9" * 5000))
+    assert_final(verdict, "Timestamp '\\x1b[2J999", "...")
+    assert "\x1b" not in verdict.reason and len(verdict.reason) < 150
+
+
+@pytest.mark.parametrize("timestamp", ["2001-01-01T00:00:00.000Z", "not a time"])
+def test_forged_envelope_is_still_bad_signature(aged, genuine, clock, timestamp) -> None:
+    signed = stamped(genuine, sns_time(clock.now))
+    signed["Timestamp"] = timestamp  # the age check must not mask the forgery
+    assert aged.verify(signed) == Verdict(False, "bad signature")
+
+
+def test_parsed_fraction_and_naive_clock(genuine) -> None:
+    """A naive clock is UTC; milliseconds count (a 0.5 s margin decides here)."""
+    naive_now = datetime(2026, 1, 2, 3, 4, 5, 500000)
+    verifier = SignatureVerifier(
+        genuine.cert_path.parent.parent,
+        fetch=Fetch(),
+        clock=lambda: naive_now,
+        max_age_seconds=10,
+    )
+    ident = make_signing_identity(  # a certificate valid at naive_now, whatever today is
+        genuine.cert_path.parent.parent,
+        key=ATTACKER_KEY,
+        cert=make_cert(
+            ATTACKER_KEY,
+            not_before=datetime(2025, 1, 1, tzinfo=UTC),
+            not_after=datetime(2027, 1, 1, tzinfo=UTC),
+        ),
+    )
+    assert verifier.verify(stamped(ident, "2026-01-02T03:03:55.500Z")).ok  # exactly 10 s
+    assert_final(verifier.verify(stamped(ident, "2026-01-02T03:03:55.499Z")), "s old")
+
+
+def test_no_max_age_keeps_old_behaviour(genuine, clock) -> None:
+    verifier = verifier_for(genuine, Fetch(), clock)
+    assert verifier.max_age_seconds is None
+    for timestamp in ["2001-01-01T00:00:00.000Z", "not a time", "2999-01-01T00:00:00.000Z"]:
+        assert verifier.verify(stamped(genuine, timestamp)).ok
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan")])
+def test_max_age_must_be_positive(genuine, bad) -> None:
+    with pytest.raises(ValueError):
+        SignatureVerifier(genuine.cert_path.parent.parent, max_age_seconds=bad)

@@ -18,6 +18,10 @@ again by a regex anchored on the whole URL. Rules chosen here:
 * if TopicArn is an SNS ARN naming a region, the certificate's region must equal it;
 * with ``allowed_regions`` (the regions of AllowedTopicArns, see :func:`regions_of`), the
   certificate's region must be one of them: an invented region is refused before any fetch;
+* with ``max_age_seconds``, the signed Timestamp (``2026-11-23T10:00:00.123Z``, UTC, as SNS writes
+  it) must be at most that old and at most SNS_TIMESTAMP_SKEW_SECONDS in the future, so a
+  captured genuine envelope cannot be replayed for ever; checked after the signature, so a forged
+  envelope is still reported as "bad signature";
 * a field that is present but not a str (None included, also for Subject) is rejected.
 
 Certificates are fetched over verified TLS (no redirects, short timeout, size limit), must be
@@ -81,6 +85,11 @@ _PATH_RE = re.compile(r"/SimpleNotificationService-[A-Za-z0-9]{1,64}\.pem", re.A
 _URL_RE = re.compile(rf"https://{_HOST_RE.pattern}{_PATH_RE.pattern}", re.ASCII)
 _FORBIDDEN = frozenset(" \\%[]")  # space, backslash, percent-escapes, IPv6 literals
 _TOPIC_ARN_RE = re.compile(r"arn:[a-z-]+:sns:(?P<region>[^:]+):", re.ASCII)
+_TIMESTAMP_RE = re.compile(
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})T(?P<time>[0-9]{2}:[0-9]{2}:[0-9]{2})"
+    r"(?:\.(?P<fraction>[0-9]{1,9}))?Z",
+    re.ASCII,
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,19 @@ def regions_of(topic_arns: Iterable[str]) -> frozenset[str] | None:
         if match and re.fullmatch(_REGION, match["region"], re.ASCII):
             regions.add(match["region"])
     return frozenset(regions)
+
+
+def _parse_timestamp(value: str) -> datetime:
+    """An SNS Timestamp as an aware UTC datetime; ValueError for anything else.
+
+    Strict on purpose (datetime.fromisoformat also takes dates alone, offsets, week dates): SNS
+    always writes ``YYYY-MM-DDTHH:MM:SS[.fff]Z``, and this value decides a rejection."""
+    match = _TIMESTAMP_RE.fullmatch(value)
+    if match is None:
+        raise ValueError("not YYYY-MM-DDTHH:MM:SS[.fff]Z")
+    stamp = datetime.fromisoformat(f"{match['date']}T{match['time']}")
+    micros = int((match["fraction"] or "0").ljust(6, "0")[:6])
+    return stamp.replace(microsecond=micros, tzinfo=UTC)
 
 
 def _short(value: object, limit: int = 80) -> str:
@@ -318,9 +340,13 @@ class SignatureVerifier:
         clock: Callable[[], datetime] | None = None,
         cert_failures: CertFailures | None = None,
         allowed_regions: Collection[str] | None = None,
+        max_age_seconds: float | None = None,
     ) -> None:
         """``allowed_regions``: the regions a SigningCertURL may name (None or containing
-        ``*``: any); an empty collection refuses every certificate."""
+        ``*``: any); an empty collection refuses every certificate. ``max_age_seconds``: the
+        oldest signed Timestamp accepted, by ``clock`` (None: Timestamp not checked)."""
+        if max_age_seconds is not None and not max_age_seconds > 0:  # NaN included
+            raise ValueError("max_age_seconds must be > 0 (or None)")
         if isinstance(allowed_regions, str):  # "us-east-1" would otherwise allow 'u', 's', ...
             raise TypeError("allowed_regions must be a collection of region names, not a str")
         self.cert_cache_dir = Path(cert_cache_dir)
@@ -333,6 +359,7 @@ class SignatureVerifier:
             None if allowed_regions is None or "*" in allowed_regions
             else frozenset(allowed_regions)
         )
+        self.max_age_seconds = max_age_seconds
 
     def _now(self) -> datetime:
         """The injected clock, a naive datetime taken as UTC."""
@@ -389,6 +416,25 @@ class SignatureVerifier:
             key.verify(signature, data, padding.PKCS1v15(), _HASHES[version]())
         except InvalidSignature:
             raise _Reject("bad signature") from None
+        if self.max_age_seconds is not None:
+            self._check_age(_field(envelope, "Timestamp"), self.max_age_seconds)
+
+    def _check_age(self, value: str, max_age: float) -> None:
+        """Refuse a signed Timestamp older than max_age or too far in the future."""
+        try:
+            sent = _parse_timestamp(value)
+        except ValueError:
+            raise _Reject(f"Timestamp {_short(value)} is not an SNS UTC time") from None
+        age = (self._now() - sent).total_seconds()
+        if age > max_age:
+            raise _Reject(
+                f"Timestamp {_short(value)} is {age:.0f} s old, more than the {max_age:g} s allowed"
+            )
+        if -age > defaults.SNS_TIMESTAMP_SKEW_SECONDS:
+            raise _Reject(
+                f"Timestamp {_short(value)} is {-age:.0f} s in the future, more than the "
+                f"{defaults.SNS_TIMESTAMP_SKEW_SECONDS:g} s of clock skew allowed"
+            )
 
     def _certificate(self, url: str) -> x509.Certificate:
         with self._lock:
