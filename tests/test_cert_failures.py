@@ -573,3 +573,27 @@ def test_no_max_age_keeps_old_behaviour(genuine, clock) -> None:
 def test_max_age_must_be_positive(genuine, bad) -> None:
     with pytest.raises(ValueError):
         SignatureVerifier(genuine.cert_path.parent.parent, max_age_seconds=bad)
+
+
+def test_cert_put_in_cache_dir_by_hand_clears_entry(tmp_path, clock) -> None:
+    """An operator fixing a failing certificate by copying it into CertCacheDir."""
+    ident = make_signing_identity(tmp_path, write=False)
+    fetch = Fetch()
+    verifier = SignatureVerifier(tmp_path, fetch=fetch, clock=clock)
+    signed = sign_envelope(notification(), ident)
+    assert_retry(verifier.verify(signed))
+    ident.cert_path.parent.mkdir(parents=True, exist_ok=True)
+    ident.cert_path.write_bytes(ident.pem)
+    assert verifier.verify(signed).ok  # in its back-off window, yet no fetch needed
+    assert len(fetch.calls) == 1
+    assert len(verifier.cert_failures) == 0
+
+
+def test_unexpected_error_text_is_shortened(genuine) -> None:
+    def broken_clock() -> datetime:
+        raise RuntimeError("\n" + "x" * 1000)
+
+    verifier = SignatureVerifier(genuine.cert_path.parent.parent, fetch=Fetch(), clock=broken_clock)
+    verdict = verifier.verify(sign_envelope(notification(), genuine))
+    assert_final(verdict, "signature check error: RuntimeError: '\\nxxx", "...")
+    assert "\n" not in verdict.reason and len(verdict.reason) < 200

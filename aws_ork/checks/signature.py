@@ -166,7 +166,7 @@ def check_cert_url(url: object) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError as e:
-        raise ValueError(f"SigningCertURL {_short(url)} does not parse: {e}") from None
+        raise ValueError(f"SigningCertURL {_short(url)} does not parse: {_short(str(e))}") from None
     if parts.scheme != "https":
         raise ValueError(f"SigningCertURL scheme {_short(parts.scheme)} is not https")
     if "@" in parts.netloc:
@@ -376,7 +376,8 @@ class SignatureVerifier:
             return Verdict(False, str(e))
         except Exception as e:
             log.debug("signature check failed unexpectedly", exc_info=True)
-            return Verdict(False, f"signature check error: {type(e).__name__}: {e}")
+            detail = _short(str(e), 160)  # may echo message content
+            return Verdict(False, f"signature check error: {type(e).__name__}: {detail}")
         return Verdict(True, "signature ok")
 
     def _verify(self, envelope: Mapping[str, object]) -> None:
@@ -401,7 +402,7 @@ class SignatureVerifier:
         host_region = host.split(".")[1]
         if topic and topic["region"] != host_region:
             raise _Reject(
-                f"SigningCertURL region {host_region!r} differs from TopicArn region "
+                f"SigningCertURL region {_short(host_region)} differs from TopicArn region "
                 f"{_short(topic['region'])}"
             )
         if self.allowed_regions is not None and host_region not in self.allowed_regions:
@@ -441,6 +442,7 @@ class SignatureVerifier:
             cert = self._certs.get(url)
         if cert is None:
             cert = self._load(url)
+            self.cert_failures.forget(url)  # fetched, or put in the cache dir by hand
             with self._lock:
                 self._certs[url] = cert
         now = self._now()
@@ -474,7 +476,6 @@ class SignatureVerifier:
             cert = _parse(pem, "fetched certificate")
         except _Reject as e:  # AWS served something else: as final as a 404
             raise self.cert_failures.failed(url, self._now(), str(e), final=True) from None
-        self.cert_failures.forget(url)
         log.info("fetched SNS signing certificate %s", url)
         try:
             write_atomic(path, pem)
