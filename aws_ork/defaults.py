@@ -54,3 +54,30 @@ MIRROR_RETRY_CAP_SECONDS = 30
 #: Parallel uploads when many files differ (first mirror, reconciliation after drift);
 #: below botocore's default connection pool of 10.
 MIRROR_UPLOAD_THREADS = 8
+
+#: SNS signing certificates that cannot be fetched (checks/signature.py). A fetch that fails at
+#: the network level (an invented region is NXDOMAIN, a firewall drops packets) may be an AWS
+#: blip, so the message is retried; but it must not be retried for ever, or a flood of such
+#: messages comes back every minute, each paying a fetch timeout, and starves real launches.
+#: A URL that failed this many times is refused for good (the message is deleted).
+CERT_FAILURE_LIMIT = 3
+#: After its n-th failure a URL is not fetched again for BACKOFF * 2**(n-1) seconds: messages
+#: naming it are answered "retry" at once, with no network call. With LIMIT 3 the failures then
+#: span at least 60 + 120 s = 3 minutes, so a short AWS outage does not reject real launches.
+CERT_FAILURE_BACKOFF_SECONDS = 60.0
+#: A failure is remembered this long after the URL's last failure: a URL that reached the limit
+#: is refused without a fetch for this long, then gets fresh attempts; failures further apart
+#: than this do not add up. Must exceed the longest back-off window (120 s with the above).
+CERT_FAILURE_MEMORY_SECONDS = 900.0
+#: At most this many URLs are remembered (about 0.6 KiB each, 2.5 MiB in all); beyond, the
+#: least recently failed is forgotten, so a flood of made-up URLs cannot grow memory. Forgetting
+#: a URL only grants it fresh attempts; to churn the table a flood must fail more than SIZE
+#: fetches per MEMORY seconds, i.e. (the loop checks one message at a time) each fetch must fail
+#: within about 0.2 s: the expensive kind (a timeout) cannot churn it. Checking the certificate's
+#: region (allowed_regions) stops invented regions without any memory at all.
+CERT_FAILURE_TABLE_SIZE = 4096
+
+#: With a maximum age for SNS envelopes (``SignatureVerifier(max_age_seconds=...)``), a signed
+#: Timestamp may also lie this far in the future: clocks of AWS and the master may disagree a
+#: little, but an envelope from far in the future is no replay we should honour later either.
+SNS_TIMESTAMP_SKEW_SECONDS = 300.0

@@ -580,10 +580,14 @@ def test_garbage_fetched_pem_fails_and_is_not_cached(tmp_path, identity, body) -
     fetch = FetchRecorder(body=body)  # type: ignore[arg-type]
     verifier = SignatureVerifier(tmp_path, fetch=fetch)
     signed = sign_envelope(notification(), identity)
-    rejected(verifier.verify(signed), "fetched certificate")
+    first = verifier.verify(signed)
+    rejected(first, "fetched certificate")
+    assert not first.retry  # AWS served no certificate: retrying will not help
     assert not cert_cache_path(tmp_path, identity.cert_url).exists()
-    rejected(verifier.verify(signed))
-    assert len(fetch.calls) == 2  # failures are not cached in memory either
+    again = verifier.verify(signed)
+    rejected(again, "fetched certificate", "refused")
+    assert not again.retry
+    assert len(fetch.calls) == 1  # the failure is remembered: no refetch per message
 
 
 def test_garbage_cached_pem_fails(tmp_path, no_fetch) -> None:

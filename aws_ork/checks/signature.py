@@ -16,11 +16,26 @@ again by a regex anchored on the whole URL. Rules chosen here:
   backslashes, upper case or trailing dot; ``.amazonaws.com.cn`` only for ``cn-*`` regions;
 * region: ``[a-z]{2}(-gov)?-[a-z]+-[0-9]{1,2}`` (us-east-1, us-gov-west-1, cn-northwest-1 ...);
 * if TopicArn is an SNS ARN naming a region, the certificate's region must equal it;
+* with ``allowed_regions`` (the regions of AllowedTopicArns, see :func:`regions_of`), the
+  certificate's region must be one of them: an invented region is refused before any fetch;
+* with ``max_age_seconds``, the signed Timestamp (``2026-11-23T10:00:00.123Z``, UTC, as SNS writes
+  it) must be at most that old and at most SNS_TIMESTAMP_SKEW_SECONDS in the future, so a
+  captured genuine envelope cannot be replayed for ever; checked after the signature, so a forged
+  envelope is still reported as "bad signature";
 * a field that is present but not a str (None included, also for Subject) is rejected.
 
 Certificates are fetched over verified TLS (no redirects, short timeout, size limit), must be
 valid now, and are cached in memory and under CertCacheDir at ``<dir>/<host>/<file name>``; a
 file already there is used without any fetch (air-gapped masters, tests), its dates still checked.
+
+A certificate that cannot be fetched is the other attack surface (queue poisoning): a network
+failure may be an AWS blip, so the message is retried, but an invented region never resolves and
+a retried message comes back every minute. Failures are therefore remembered per URL in a small
+bounded table (:class:`CertFailures`, tunables ``CERT_FAILURE_*`` in :mod:`aws_ork.defaults`):
+while a URL is in its back-off window it is answered at once without a fetch ("retry" while it
+has attempts left), and after ``CERT_FAILURE_LIMIT`` failures spread over minutes it is refused
+for good. An answer from AWS that is no certificate (HTTP 4xx, not PEM) is final at once and
+remembered the same way. A successful fetch forgets the URL.
 """
 
 from __future__ import annotations
@@ -34,7 +49,8 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +60,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from aws_ork import defaults
 from aws_ork.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -68,6 +85,11 @@ _PATH_RE = re.compile(r"/SimpleNotificationService-[A-Za-z0-9]{1,64}\.pem", re.A
 _URL_RE = re.compile(rf"https://{_HOST_RE.pattern}{_PATH_RE.pattern}", re.ASCII)
 _FORBIDDEN = frozenset(" \\%[]")  # space, backslash, percent-escapes, IPv6 literals
 _TOPIC_ARN_RE = re.compile(r"arn:[a-z-]+:sns:(?P<region>[^:]+):", re.ASCII)
+_TIMESTAMP_RE = re.compile(
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})T(?P<time>[0-9]{2}:[0-9]{2}:[0-9]{2})"
+    r"(?:\.(?P<fraction>[0-9]{1,9}))?Z",
+    re.ASCII,
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,37 @@ class Verdict:
     ok: bool
     reason: str = ""
     retry: bool = False  # could not verify for now (certificate unreachable): ask again later
+
+
+def regions_of(topic_arns: Iterable[str]) -> frozenset[str] | None:
+    """The regions of the SNS topics named, for ``SignatureVerifier(allowed_regions=...)``.
+
+    None (no restriction) when no topic is named or ``*`` is among them, as AllowedTopicArns
+    then restricts nothing either. An entry that is no SNS ARN with a valid region adds no
+    region: it matches no genuine envelope, so it must not open a region either.
+    """
+    arns = [topic_arns] if isinstance(topic_arns, str) else list(topic_arns)
+    if not arns or "*" in arns:
+        return None
+    regions = set()
+    for arn in arns:
+        match = _TOPIC_ARN_RE.match(arn)
+        if match and re.fullmatch(_REGION, match["region"], re.ASCII):
+            regions.add(match["region"])
+    return frozenset(regions)
+
+
+def _parse_timestamp(value: str) -> datetime:
+    """An SNS Timestamp as an aware UTC datetime; ValueError for anything else.
+
+    Strict on purpose (datetime.fromisoformat also takes dates alone, offsets, week dates): SNS
+    always writes ``YYYY-MM-DDTHH:MM:SS[.fff]Z``, and this value decides a rejection."""
+    match = _TIMESTAMP_RE.fullmatch(value)
+    if match is None:
+        raise ValueError("not YYYY-MM-DDTHH:MM:SS[.fff]Z")
+    stamp = datetime.fromisoformat(f"{match['date']}T{match['time']}")
+    micros = int((match["fraction"] or "0").ljust(6, "0")[:6])
+    return stamp.replace(microsecond=micros, tzinfo=UTC)
 
 
 def _short(value: object, limit: int = 80) -> str:
@@ -113,7 +166,7 @@ def check_cert_url(url: object) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError as e:
-        raise ValueError(f"SigningCertURL {_short(url)} does not parse: {e}") from None
+        raise ValueError(f"SigningCertURL {_short(url)} does not parse: {_short(str(e))}") from None
     if parts.scheme != "https":
         raise ValueError(f"SigningCertURL scheme {_short(parts.scheme)} is not https")
     if "@" in parts.netloc:
@@ -165,8 +218,118 @@ class _Unavailable(_Reject):
     """Internal: the certificate could not be fetched for now (network, timeout, 5xx)."""
 
 
+@dataclass(slots=True)
+class _Failure:
+    failures: int  # failed fetches counted, at most one per back-off window
+    last: datetime  # when the last counted failure happened (the verifier's clock)
+    reason: str  # the last failure, already shortened
+    final: bool  # AWS answered, and not with a certificate: no attempt left
+
+
+class CertFailures:
+    """Certificate URLs whose fetch failed: {url: (failures, last failure, reason)}.
+
+    Thread-safe and bounded: at most ``size`` URLs, the least recently failed forgotten first
+    (forgetting only grants fresh attempts, and memory must not grow with a flood of made-up
+    URLs). Times come from the verifier's clock; an entry dated in the future (the clock was set
+    back) is forgotten rather than trusted, so a clock step cannot lock a URL out.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int = defaults.CERT_FAILURE_LIMIT,
+        backoff_seconds: float = defaults.CERT_FAILURE_BACKOFF_SECONDS,
+        memory_seconds: float = defaults.CERT_FAILURE_MEMORY_SECONDS,
+        size: int = defaults.CERT_FAILURE_TABLE_SIZE,
+    ) -> None:
+        if limit < 1 or size < 1 or not backoff_seconds > 0:
+            raise ValueError("limit and size must be >= 1 and backoff_seconds > 0")
+        self.limit = limit
+        self.backoff_seconds = backoff_seconds
+        self.memory_seconds = memory_seconds
+        self.size = size
+        # else an entry would be forgotten before its next attempt and never reach the limit
+        if not memory_seconds > self.window(limit - 1):
+            raise ValueError(
+                f"memory_seconds must exceed the longest back-off window "
+                f"({self.window(limit - 1):g} s)"
+            )
+        self._table: OrderedDict[str, _Failure] = OrderedDict()  # least recently failed first
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._table)
+
+    def window(self, failures: int) -> float:
+        """Seconds without a fetch after the ``failures``-th failure: BACKOFF * 2**(n-1)."""
+        return defaults.backoff(failures, self.backoff_seconds, float("inf"))
+
+    def _live(self, url: str, now: datetime) -> tuple[_Failure, float] | None:
+        """The entry for url and its age in seconds, dropping it if stale; caller holds lock."""
+        entry = self._table.get(url)
+        if entry is None:
+            return None
+        elapsed = (now - entry.last).total_seconds()
+        if elapsed < 0 or elapsed >= self.memory_seconds:
+            del self._table[url]
+            return None
+        return entry, elapsed
+
+    def check(self, url: str, now: datetime) -> None:
+        """Return if url may be fetched now; else raise the remembered answer, at once."""
+        with self._lock:
+            live = self._live(url, now)
+            if live is None:
+                return
+            entry, elapsed = live
+            if entry.final or entry.failures >= self.limit:
+                raise _Reject(
+                    f"{entry.reason} (failed {entry.failures} time(s): certificate refused for "
+                    f"{self.memory_seconds - elapsed:.0f} s more)"
+                )
+            wait = self.window(entry.failures) - elapsed
+            if wait > 0:
+                raise _Unavailable(
+                    f"{entry.reason} (failure {entry.failures} of {self.limit}; "
+                    f"next fetch in {wait:.0f} s)"
+                )
+
+    def failed(self, url: str, now: datetime, reason: str, *, final: bool) -> _Reject:
+        """Count a failed fetch of url; the exception for the verdict (final or retry)."""
+        with self._lock:
+            live = self._live(url, now)
+            if live is None:
+                entry = self._table[url] = _Failure(1, now, reason, final)
+            else:
+                entry, elapsed = live
+                # a fetch started before another one's failure was recorded (threads) is the
+                # same attempt: one failure per window, so the limit still spans minutes
+                if elapsed >= self.window(entry.failures) or final:
+                    entry.failures += 1
+                entry.last, entry.reason, entry.final = now, reason, entry.final or final
+                self._table.move_to_end(url)
+            while len(self._table) > self.size:
+                self._table.popitem(last=False)
+            if entry.final or entry.failures >= self.limit:
+                return _Reject(f"{reason} (failed {entry.failures} time(s): giving up)")
+            return _Unavailable(
+                f"{reason} (failure {entry.failures} of {self.limit}; "
+                f"next fetch in {self.window(entry.failures):.0f} s)"
+            )
+
+    def forget(self, url: str) -> None:
+        """url was fetched: its failures no longer count."""
+        with self._lock:
+            self._table.pop(url, None)
+
+
 class SignatureVerifier:
-    """Checks SNS envelopes; caches signing certificates in memory and under cert_cache_dir."""
+    """Checks SNS envelopes; caches signing certificates in memory and under cert_cache_dir.
+
+    ``cert_failures`` remembers certificate URLs that could not be fetched (see
+    :class:`CertFailures`; ``len()`` of it is the number of URLs remembered)."""
 
     def __init__(
         self,
@@ -175,12 +338,33 @@ class SignatureVerifier:
         fetch: Callable[[str], bytes] | None = None,
         timeout: float = FETCH_TIMEOUT_SECONDS,
         clock: Callable[[], datetime] | None = None,
+        cert_failures: CertFailures | None = None,
+        allowed_regions: Collection[str] | None = None,
+        max_age_seconds: float | None = None,
     ) -> None:
+        """``allowed_regions``: the regions a SigningCertURL may name (None or containing
+        ``*``: any); an empty collection refuses every certificate. ``max_age_seconds``: the
+        oldest signed Timestamp accepted, by ``clock`` (None: Timestamp not checked)."""
+        if max_age_seconds is not None and not max_age_seconds > 0:  # NaN included
+            raise ValueError("max_age_seconds must be > 0 (or None)")
+        if isinstance(allowed_regions, str):  # "us-east-1" would otherwise allow 'u', 's', ...
+            raise TypeError("allowed_regions must be a collection of region names, not a str")
         self.cert_cache_dir = Path(cert_cache_dir)
         self._fetch = fetch or (lambda url: https_fetch(url, timeout))
         self._clock = clock or (lambda: datetime.now(UTC))
         self._certs: dict[str, x509.Certificate] = {}
         self._lock = threading.Lock()
+        self.cert_failures = cert_failures if cert_failures is not None else CertFailures()
+        self.allowed_regions: frozenset[str] | None = (
+            None if allowed_regions is None or "*" in allowed_regions
+            else frozenset(allowed_regions)
+        )
+        self.max_age_seconds = max_age_seconds
+
+    def _now(self) -> datetime:
+        """The injected clock, a naive datetime taken as UTC."""
+        now = self._clock()
+        return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
 
     def verify(self, envelope: Mapping[str, object]) -> Verdict:
         """Verdict(True) only for an envelope carrying a valid SNS signature; never raises."""
@@ -192,7 +376,8 @@ class SignatureVerifier:
             return Verdict(False, str(e))
         except Exception as e:
             log.debug("signature check failed unexpectedly", exc_info=True)
-            return Verdict(False, f"signature check error: {type(e).__name__}: {e}")
+            detail = _short(str(e), 160)  # may echo message content
+            return Verdict(False, f"signature check error: {type(e).__name__}: {detail}")
         return Verdict(True, "signature ok")
 
     def _verify(self, envelope: Mapping[str, object]) -> None:
@@ -217,8 +402,13 @@ class SignatureVerifier:
         host_region = host.split(".")[1]
         if topic and topic["region"] != host_region:
             raise _Reject(
-                f"SigningCertURL region {host_region!r} differs from TopicArn region "
+                f"SigningCertURL region {_short(host_region)} differs from TopicArn region "
                 f"{_short(topic['region'])}"
+            )
+        if self.allowed_regions is not None and host_region not in self.allowed_regions:
+            raise _Reject(
+                f"SigningCertURL region {_short(host_region)} is not the region of an allowed "
+                f"topic"
             )
         key = self._certificate(url).public_key()
         if not isinstance(key, rsa.RSAPublicKey):
@@ -227,17 +417,35 @@ class SignatureVerifier:
             key.verify(signature, data, padding.PKCS1v15(), _HASHES[version]())
         except InvalidSignature:
             raise _Reject("bad signature") from None
+        if self.max_age_seconds is not None:
+            self._check_age(_field(envelope, "Timestamp"), self.max_age_seconds)
+
+    def _check_age(self, value: str, max_age: float) -> None:
+        """Refuse a signed Timestamp older than max_age or too far in the future."""
+        try:
+            sent = _parse_timestamp(value)
+        except ValueError:
+            raise _Reject(f"Timestamp {_short(value)} is not an SNS UTC time") from None
+        age = (self._now() - sent).total_seconds()
+        if age > max_age:
+            raise _Reject(
+                f"Timestamp {_short(value)} is {age:.0f} s old, more than the {max_age:g} s allowed"
+            )
+        if -age > defaults.SNS_TIMESTAMP_SKEW_SECONDS:
+            raise _Reject(
+                f"Timestamp {_short(value)} is {-age:.0f} s in the future, more than the "
+                f"{defaults.SNS_TIMESTAMP_SKEW_SECONDS:g} s of clock skew allowed"
+            )
 
     def _certificate(self, url: str) -> x509.Certificate:
         with self._lock:
             cert = self._certs.get(url)
         if cert is None:
             cert = self._load(url)
+            self.cert_failures.forget(url)  # fetched, or put in the cache dir by hand
             with self._lock:
                 self._certs[url] = cert
-        now = self._clock()
-        if now.tzinfo is None:
-            now = now.replace(tzinfo=UTC)
+        now = self._now()
         if now < cert.not_valid_before_utc:
             raise _Reject("certificate not yet valid")
         if now > cert.not_valid_after_utc:
@@ -253,6 +461,7 @@ class SignatureVerifier:
             except OSError as e:
                 raise _Reject(f"certificate cache read failed: {e}") from None
             return _parse(pem, f"cached certificate {path}")
+        self.cert_failures.check(url, self._now())  # failed lately: answer without a fetch
         try:
             pem = self._fetch(url)
         except Exception as e:
@@ -260,9 +469,13 @@ class SignatureVerifier:
             # the network or AWS failing may pass; an answer of "no such certificate" will not
             transient = isinstance(e, OSError) and not (
                 isinstance(e, urllib.error.HTTPError) and e.code < 500)
-            error = _Unavailable if transient else _Reject
-            raise error(f"certificate fetch failed: {type(e).__name__}: {e}") from None
-        cert = _parse(pem, "fetched certificate")
+            reason = f"certificate fetch failed: {type(e).__name__}: {_short(str(e), 160)}"
+            raise self.cert_failures.failed(
+                url, self._now(), reason, final=not transient) from None
+        try:
+            cert = _parse(pem, "fetched certificate")
+        except _Reject as e:  # AWS served something else: as final as a 404
+            raise self.cert_failures.failed(url, self._now(), str(e), final=True) from None
         log.info("fetched SNS signing certificate %s", url)
         try:
             write_atomic(path, pem)
