@@ -112,7 +112,8 @@ def run_check(cfg: Config) -> int:
 
 def run_restore(cfg: Config, *, force: bool) -> int:
     """``--restore``: copy the mirror into PkiDir; print a summary. 0 ok, 1 S3 or disk
-    failure, 2 no BucketUrl or a non-empty PkiDir without --force."""
+    failure or an object refused as unsafe, 2 no BucketUrl or a non-empty PkiDir without
+    --force."""
     if cfg.bucket_url is None:
         raise ConfigError(cfg.source, "BucketUrl", "not set: --restore needs the mirror's URL")
     logsetup.setup(verbose=False)
@@ -126,10 +127,16 @@ def run_restore(cfg: Config, *, force: bool) -> int:
     print(f"restored {result.files} files ({result.bytes} bytes) from {cfg.bucket_url} "
           f"into {cfg.pki_dir}")
     if result.left_in_place:
-        print(f"{result.left_in_place} local files not in the mirror were left in place")
-    if result.skipped:
-        print(f"{len(result.skipped)} objects skipped (not a safe relative path)")
+        print(f"{result.left_in_place} local files not overwritten by the mirror were left "
+              f"in place")
     if result.stubs_dropped:
         print(f"{result.stubs_dropped} autosign stubs not restored (pre-authorisations of "
               f"the old master; send the launch again for an instance still booting)")
+    if result.clamped:
+        print(f"{result.clamped} file modes clamped (no setuid/setgid/sticky, no group or "
+              f"world write; *.pem 0400 or 0600)")
+    if result.refused:
+        print(f"{len(result.refused)} objects refused (unsafe path or link): not restored, "
+              f"see the warnings")
+        return 1
     return 0

@@ -405,7 +405,7 @@ def test_restore_refuses_a_non_empty_pki_without_force(tmp_path, s3, bucket):
     assert stat.S_IMODE(local.stat().st_mode) == 0o600  # no mode stored: private
 
 
-def test_restore_skips_keys_that_would_escape_pki(tmp_path, s3, bucket):
+def test_restore_refuses_keys_that_would_escape_pki(tmp_path, s3, bucket):
     s3.put_object(Bucket=bucket, Key="pki/../escape", Body=b"x")
     s3.put_object(Bucket=bucket, Key="pki/master/ok.pub", Body=b"y",
                   Metadata={"mode": "0644"})
@@ -413,11 +413,12 @@ def test_restore_skips_keys_that_would_escape_pki(tmp_path, s3, bucket):
     pki = tmp_path / "pki"
     conf.write_text(f"[aws_ork]\nBucketUrl = s3://{bucket}/pki/\nPkiDir = {pki}\n")
     result = run_aws_ork(conf, "--restore")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the rest is restored, the refusal counted
     assert (pki / "master" / "ok.pub").read_text() == "y"
     assert stat.S_IMODE((pki / "master" / "ok.pub").stat().st_mode) == 0o644
     assert not (tmp_path / "escape").exists()
-    assert "1 objects skipped" in result.stdout
+    assert "1 objects refused" in result.stdout
+    assert "'../escape': not a safe relative path" in result.stderr
 
 
 def test_restore_leaves_out_autosign_stubs(tmp_path, s3, bucket):

@@ -1,54 +1,129 @@
 """``aws_ork --restore``: bring the pki mirror back into PkiDir for a replacement master.
 
-Each object becomes a file written atomically (temp file + fsync + rename) with the mode
-stored in its metadata, after its body was checked against the MD5 it was stored with;
-objects marked as symlinks (Salt 3008's master.pem -> <id>.pem) become symlinks again.
-Directories that are created get 0700 when they hold a private key (``*.pem``: a master or
-minion pki_dir, which Salt keeps 0700) or are PkiDir itself, else 0755 (what Salt's
-``verify_env`` creates). A non-empty PkiDir is refused unless ``force``; with ``force``,
-files in the mirror overwrite local ones and local files not in the mirror are left alone.
+Every object in the bucket is untrusted: whoever can write the bucket must not get a file
+written outside PkiDir, nor a setuid or world-writable one inside it. So:
+
+* An object key must be a plain relative path (no ``..``, ``.``, empty part, leading ``/``
+  or NUL); a key that is also the directory of other keys is refused.
+* Nothing is reached through a symlink: PkiDir is opened once, then every directory below it
+  is opened with ``O_NOFOLLOW`` relative to its parent's descriptor (created there with
+  ``mkdir`` relative to the parent when missing), and each file is created under a temp name
+  with ``O_CREAT|O_EXCL|O_NOFOLLOW`` in that directory and renamed over the final name, both
+  relative to the directory's descriptor. A symlink (or a file) where a directory should be,
+  whether in the bucket or already on disk, gets the objects below it refused.
+* A symlink object (Salt 3008's ``master.pem -> <id>.pem``) is re-created only when its
+  target is a plain relative path (some leading ``..``, then names; nothing absolute, no
+  ``..`` after a name, no ``.``) that stays inside PkiDir from the link's own directory and
+  names a regular file written by this same restore. So a link never leads out of PkiDir,
+  never to another link, never through one, and links are created after every file.
+* Modes are clamped: a private key (``*.pem``) gets 0400 or 0600 (the stored owner write bit
+  kept, owner read always), any other file at most 0644; never setuid, setgid, sticky, group
+  or world writable. A clamped mode is logged, not refused.
+
+Each body is checked against the MD5 it was stored with. Directories that are created get
+0700 when they hold a private key (``*.pem``: a master or minion pki_dir, which Salt keeps
+0700) or are PkiDir itself, else 0755 (what Salt's ``verify_env`` creates). A non-empty
+PkiDir is refused unless ``force``; with ``force``, files in the mirror overwrite local ones
+and local files not in the mirror are left alone. Whatever is refused is logged (one WARNING
+line each) and listed in the result.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import secrets
+import stat
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 from aws_ork import defaults
 from aws_ork.errors import AwsOrkError, MirrorError
 from aws_ork.keys.location import AUTOSIGN
-from aws_ork.mirror.bucket import S3Tree
-from aws_ork.runtime.files import write_atomic
+from aws_ork.mirror.bucket import Download
 
 log = logging.getLogger(__name__)
 
 #: Mode for a file whose object carries no mode (written by another tool): private.
 FALLBACK_MODE = 0o600
+#: The most a file that is not a private key may get.
+MAX_MODE = 0o644
+#: Characters of an untrusted value (key, link target) shown in a log line or reason.
+SHOWN = 120
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class RestoreRefused(AwsOrkError):
     """PkiDir already holds files and ``--force`` was not given."""
 
 
+class Source(Protocol):
+    """What restore reads: :class:`aws_ork.mirror.bucket.S3Tree`, or a fake in tests."""
+
+    @property
+    def target(self) -> object: ...
+
+    def list(self) -> dict[str, str]: ...
+
+    def get(self, relpath: str) -> Download: ...
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An object not restored because it is unsafe: its key (as listed) and why."""
+
+    rel: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{shown(self.rel)}: {self.reason}"
+
+
 @dataclass(frozen=True)
 class RestoreResult:
-    files: int
+    files: int  # files and symlinks written
     bytes: int
-    skipped: list[str]  # object keys that are no safe relative path
-    left_in_place: int  # local files the mirror does not have (with force)
+    refused: list[Refusal]  # objects not restored: unsafe key, link target or place on disk
+    left_in_place: int  # local files not overwritten (with force)
     stubs_dropped: int = 0  # autosign stubs not restored
+    clamped: int = 0  # files given a safer mode than the one stored
+
+
+class _Unsafe(Exception):
+    """A path that cannot be reached without following a symlink (the reason is the text)."""
+
+
+@dataclass(frozen=True)
+class _Done:
+    """What became of one object in the first pass."""
+
+    rel: str
+    size: int = 0
+    link: bytes | None = None  # a symlink object's body, created in the second pass
+    refusal: str | None = None
+    clamped: bool = False
+
+
+def shown(value: str | bytes) -> str:
+    """An untrusted value for a log line: repr (escapes control characters), shortened."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[:SHOWN - 3] + "..."
 
 
 def local_files(root: Path) -> list[str]:
-    """Regular files under root (relative posix paths); symlinks are not followed."""
+    """Files and symlinks under root (relative posix paths); symlinks are not followed."""
     found = []
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
+    for dirpath, dirs, files in os.walk(root):
+        links = [name for name in dirs if os.path.islink(os.path.join(dirpath, name))]
+        for name in files + links:
             path = Path(dirpath, name)
-            if path.is_file() and not path.is_symlink():
+            if path.is_symlink() or path.is_file():
                 found.append(path.relative_to(root).as_posix())
     return found
 
@@ -61,75 +136,271 @@ def safe_relpath(rel: str) -> bool:
     return all(part not in ("", ".", "..") for part in parts) and "/".join(parts) == rel
 
 
-def restore(tree: S3Tree, pki_dir: Path, *, force: bool = False) -> RestoreResult:
+def safe_mode(rel: str, stored: int | None) -> int:
+    """The mode a restored file gets: a private key 0400 or 0600, anything else at most 0644
+    (no setuid, setgid, sticky, group or world write, whatever the object says)."""
+    mode = FALLBACK_MODE if stored is None else stored
+    if rel.endswith(".pem"):
+        return 0o400 | (mode & 0o200)
+    return mode & MAX_MODE
+
+
+def link_destination(rel: str, target: str) -> str | None:
+    """The relative path (from PkiDir) a symlink at ``rel`` names with ``target``, when the
+    target is a plain relative path that stays inside PkiDir: any leading ``..`` (no more than
+    the link's depth), then one or more names. None for anything else (absolute, ``.``,
+    ``..`` after a name, empty parts, NUL), which restore refuses."""
+    if not target or "\0" in target or target.startswith("/"):
+        return None
+    parts = target.split("/")
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    names = parts[ups:]
+    if not names or any(part in ("", ".", "..") for part in names):
+        return None
+    base = rel.split("/")[:-1]
+    if ups > len(base):
+        return None
+    return "/".join(base[:len(base) - ups] + names)
+
+
+def _link_refusal(rel: str, body: bytes, files: set[str]) -> str | None:
+    """Why a symlink object must not be created; None when it is safe."""
+    try:
+        target = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"symlink target {shown(body)} is not UTF-8"
+    if target.startswith("/"):
+        return f"symlink target {shown(target)} is absolute"
+    destination = link_destination(rel, target)
+    if destination is None:
+        return f"symlink target {shown(target)} leaves PkiDir or is not a plain relative path"
+    if destination not in files:
+        return f"symlink target {shown(target)} is not a file restored with it"
+    return None
+
+
+def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResult:
     """Download every object under the prefix into ``pki_dir``."""
     existing = local_files(pki_dir) if pki_dir.exists() else []
     if existing and not force:
         raise RestoreRefused(f"{pki_dir} is not empty ({len(existing)} files); "
                              "use --restore --force to overwrite them with the mirror")
     listing = tree.list()
-    wanted = sorted(rel for rel in listing if safe_relpath(rel))
-    skipped = sorted(set(listing) - set(wanted))
-    for rel in skipped:
-        log.warning("restore: skipping object %r: not a safe relative path", rel)
+    refused: list[Refusal] = []
+
+    def refuse(rel: str, reason: str) -> None:
+        refused.append(Refusal(rel, reason))
+        log.warning("restore: refused object %s: %s", shown(rel), reason)
+
+    wanted = []
+    for rel in sorted(listing):
+        if safe_relpath(rel):
+            wanted.append(rel)
+        else:
+            refuse(rel, "not a safe relative path")
     # An autosign stub is a standing pre-authorisation for an id; a restored copy would look
     # fresh (its mtime is the restore's) and could let an instance long gone be re-accepted.
     stubs = {rel for rel in wanted if PurePosixPath(rel).parent.name == AUTOSIGN}
     for rel in sorted(stubs):
-        log.info("restore: not restoring autosign stub %s", rel)
+        log.info("restore: not restoring autosign stub %s", shown(rel))
     wanted = [rel for rel in wanted if rel not in stubs]
+    # A key that is also a directory of other keys: it would be a file (or a link) that
+    # the others are written under.
+    dirs = {"/".join(rel.split("/")[:n]) for rel in wanted for n in range(1, rel.count("/") + 1)}
+    for rel in wanted:
+        if rel in dirs:
+            refuse(rel, "also the directory of other objects")
+    wanted = [rel for rel in wanted if rel not in dirs]
     if not wanted:
         raise MirrorError(f"{tree.target}: no objects to restore")
-    _make_dirs(pki_dir, wanted)
 
-    def fetch(rel: str) -> int:
-        download = tree.get(rel)
-        mode = download.mode if download.mode is not None else FALLBACK_MODE
-        try:
+    root_fd = _open_root(pki_dir)
+    try:
+        blocked = _make_dirs(root_fd, pki_dir, wanted)
+        for rel in [rel for rel in wanted if _parent(rel) in blocked]:
+            refuse(rel, blocked[_parent(rel)])
+        wanted = [rel for rel in wanted if _parent(rel) not in blocked]
+
+        def fetch(rel: str) -> _Done:
+            download = tree.get(rel)
             if download.symlink:
-                _write_link(pki_dir, rel, download.body)
-            else:
-                write_atomic(pki_dir / rel, download.body, mode)
-        except OSError as exc:
-            raise MirrorError(f"{pki_dir / rel}: cannot write: {exc}") from exc
-        return len(download.body)
+                return _Done(rel, link=download.body)
+            mode = safe_mode(rel, download.mode)
+            clamped = download.mode is not None and mode != download.mode
+            if clamped:
+                log.warning("restore: %s: stored mode %04o clamped to %04o", shown(rel),
+                            download.mode, mode)
+            try:
+                _in_dir(root_fd, rel, lambda fd, name: _write_file(fd, name, download.body, mode))
+            except _Unsafe as exc:
+                return _Done(rel, refusal=str(exc))
+            except OSError as exc:
+                raise MirrorError(f"{pki_dir / rel}: cannot write: {exc}") from exc
+            return _Done(rel, len(download.body), clamped=clamped)
 
-    with ThreadPoolExecutor(defaults.MIRROR_UPLOAD_THREADS, thread_name_prefix="s3-get") as pool:
-        sizes = list(pool.map(fetch, wanted))
-    left = len(set(existing) - set(wanted))
-    return RestoreResult(len(sizes), sum(sizes), skipped, left, len(stubs))
+        with ThreadPoolExecutor(defaults.MIRROR_UPLOAD_THREADS,
+                                thread_name_prefix="s3-get") as pool:
+            done = list(pool.map(fetch, wanted))
+        for item in done:
+            if item.refusal is not None:
+                refuse(item.rel, item.refusal)
+        files = {d.rel for d in done if d.link is None and d.refusal is None}
+        # Links last, once every file they may name is written: a target must be one of them.
+        for item in done:
+            if item.link is None:
+                continue
+            reason = _link_refusal(item.rel, item.link, files)
+            if reason is None:
+                link = item.link.decode("utf-8")
+                try:
+                    _in_dir(root_fd, item.rel, lambda fd, name: _write_link(fd, name, link))
+                except _Unsafe as exc:
+                    reason = str(exc)
+                except OSError as exc:
+                    raise MirrorError(f"{pki_dir / item.rel}: cannot write: {exc}") from exc
+            if reason is not None:
+                refuse(item.rel, reason)
+    finally:
+        os.close(root_fd)
+    refused_rels = {r.rel for r in refused}
+    written = [d for d in done if d.rel not in refused_rels]
+    left = len(set(existing) - {d.rel for d in written})
+    return RestoreResult(len(written), sum(d.size for d in written), refused, left,
+                         len(stubs), sum(d.clamped for d in written))
 
 
-def _write_link(pki_dir: Path, rel: str, body: bytes) -> None:
-    """Re-create a symlink (temp link + rename) if its target stays inside PkiDir."""
-    target = body.decode("utf-8", errors="replace")
-    joined = PurePosixPath(rel).parent / target
-    if target.startswith("/") or not safe_relpath(os.path.normpath(joined.as_posix())):
-        log.warning("restore: skipping symlink %s -> %r: target outside PkiDir", rel, target)
-        return
-    path = pki_dir / rel
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    os.symlink(target, tmp)
-    os.replace(tmp, path)
+def _parent(rel: str) -> str:
+    return rel.rpartition("/")[0]
 
 
-def _make_dirs(pki_dir: Path, rels: list[str]) -> None:
-    """Create the directories the files go to, with Salt's modes (existing ones are kept)."""
-    private = {str(PurePosixPath(rel).parent) for rel in rels if rel.endswith(".pem")}
+def _open_root(pki_dir: Path) -> int:
+    """A descriptor of PkiDir (created 0700 if missing). PkiDir itself comes from the config,
+    so a symlink there is the operator's and is followed; nothing below it is."""
     try:
         pki_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MirrorError(f"{pki_dir.parent}: cannot create: {exc}") from exc
-    dirs = {"."} | {str(parent) for rel in rels for parent in PurePosixPath(rel).parents}
-    for rel in sorted(dirs, key=lambda d: (d != ".", d.count("/"), d)):
-        path = pki_dir if rel == "." else pki_dir / rel
-        mode = 0o700 if rel == "." or rel in private else 0o755
+    try:
+        pki_dir.mkdir(mode=0o700)
+        os.chmod(pki_dir, 0o700)  # mkdir's mode is filtered by the umask
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise MirrorError(f"{pki_dir}: cannot create: {exc}") from exc
+    try:
+        return os.open(pki_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except NotADirectoryError:
+        raise MirrorError(f"{pki_dir}: exists and is not a directory") from None
+    except OSError as exc:
+        raise MirrorError(f"{pki_dir}: cannot open: {exc}") from exc
+
+
+def _open_dir(root_fd: int, parts: Sequence[str], modes: Mapping[str, int] | None = None) -> int:
+    """A new descriptor of the directory ``parts`` below ``root_fd``, each part opened with
+    O_NOFOLLOW relative to the one before: a symlink or a non-directory in the way raises
+    :class:`_Unsafe`. With ``modes`` ({relative dir: mode}), a missing directory is created
+    (relative to its parent's descriptor) with its mode."""
+    fd = os.dup(root_fd)
+    try:
+        for n, name in enumerate(parts, 1):
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if modes is None:
+                    raise
+                mode = modes["/".join(parts[:n])]
+                os.mkdir(name, mode, dir_fd=fd)  # never follows a symlink at name
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.fchmod(child, mode)  # mkdir's mode is filtered by the umask
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                    raise
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+                raise _Unsafe(f"{shown('/'.join(parts[:n]))} in PkiDir is {what}") from None
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _in_dir(root_fd: int, rel: str, write: Callable[[int, str], None]) -> None:
+    """Call ``write(dir_fd, name)`` for ``rel`` with its directory opened without following
+    links; the directory is fsynced after."""
+    *parts, name = rel.split("/")
+    fd = _open_dir(root_fd, parts)
+    try:
         try:
-            path.mkdir(mode=mode)
-            os.chmod(path, mode)  # mkdir's mode is filtered by the umask
-        except FileExistsError:
-            if not path.is_dir():
-                raise MirrorError(f"{path}: exists and is not a directory") from None
+            write(fd, name)
+        except IsADirectoryError:
+            raise _Unsafe(f"{shown(rel)} in PkiDir is a directory") from None
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_name(name: str) -> str:
+    return f".{name}.{secrets.token_hex(6)}.tmp"
+
+
+def _write_file(dir_fd: int, name: str, data: bytes, mode: int) -> None:
+    """Write ``name`` in the directory atomically: a new temp file (O_EXCL, O_NOFOLLOW, the
+    mode set before any data), fsynced, renamed over the name (a link there is replaced, not
+    followed)."""
+    tmp = _temp_name(name)
+    fd = os.open(tmp, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+
+
+def _write_link(dir_fd: int, name: str, target: str) -> None:
+    """Create the symlink ``name -> target`` in the directory: temp link + rename."""
+    tmp = _temp_name(name)
+    os.symlink(target, tmp, dir_fd=dir_fd)
+    try:
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+
+
+def _make_dirs(root_fd: int, pki_dir: Path, rels: list[str]) -> dict[str, str]:
+    """Create the directories the files go to, with Salt's modes (existing ones are kept),
+    never through a symlink. Returns {directory: reason} for those that cannot be used."""
+    private = {_parent(rel) for rel in rels if rel.endswith(".pem")}
+    dirs = {"/".join(rel.split("/")[:n]) for rel in rels for n in range(1, rel.count("/") + 1)}
+    modes = {d: 0o700 if d in private else 0o755 for d in dirs}
+    blocked: dict[str, str] = {}
+    for rel in sorted(dirs, key=lambda d: (d.count("/"), d)):
+        parent = _parent(rel)
+        if parent in blocked:
+            blocked[rel] = blocked[parent]
+            continue
+        try:
+            os.close(_open_dir(root_fd, rel.split("/"), modes))
+        except _Unsafe as exc:
+            blocked[rel] = str(exc)
         except OSError as exc:
-            raise MirrorError(f"{path}: cannot create: {exc}") from exc
+            raise MirrorError(f"{pki_dir / rel}: cannot create: {exc}") from exc
+    return blocked
