@@ -60,10 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--force goes with --restore")
     try:
         cfg = config.load(args.config)
-        if args.check:
-            return run_check(cfg)
         if args.restore:
             return run_restore(cfg, force=args.force)
+        warnings = config.require_safe(cfg)  # settings unsafe without another: exit 2
+        if args.check:
+            return run_check(cfg, warnings)
         master_opts = load_master_opts(cfg.salt_master_config)
     except ConfigError as exc:
         print(f"aws_ork: {exc}", file=sys.stderr)
@@ -76,9 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return app.run(cfg, options, master_opts)
 
 
-def run_check(cfg: Config) -> int:
-    """``--check``: one line per check; 0 only if all pass."""
+def run_check(cfg: Config, warnings: list[str]) -> int:
+    """``--check``: one line per check; 0 only if all pass (warnings do not fail it)."""
     results: list[tuple[bool, str]] = [(True, f"config {cfg.source}")]
+    for warning in warnings:
+        print(f"WARN {warning}")
     try:
         pki = KeyLocation.from_opts(load_master_opts(cfg.salt_master_config)).key_dir
         missing = [d for d in (ACCEPTED, PENDING)

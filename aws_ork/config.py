@@ -210,8 +210,16 @@ def _words(raw: str) -> tuple[str, ...]:
     return tuple(word for word in _LIST_SPLIT.split(raw) if word)
 
 
+#: AllowedTopicArns = * : any topic (the explicit, logged opt-out)
+ANY_TOPIC = "*"
+
+
 def _topic_arns(raw: str) -> tuple[str, ...]:
     arns = _words(raw)
+    if ANY_TOPIC in arns:
+        if len(arns) > 1:
+            raise ValueError("mixes * with topic ARNs; use * alone (any topic) or only ARNs")
+        return arns
     for arn in arns:
         if not re.fullmatch(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]+", arn):
             raise ValueError(f"has {arn!r}, which is not an SNS topic ARN")
@@ -310,6 +318,44 @@ def from_mapping(values: Mapping[str, str], source: str) -> Config:
     if kwargs.get("bucket_kms_key_id") and kwargs.get("bucket_sse") != "aws:kms":
         raise ConfigError(source, "BucketKmsKeyId", "is set but BucketSSE is not aws:kms")
     return Config(**kwargs)
+
+
+def require_safe(cfg: Config) -> list[str]:
+    """Refuse settings that cannot be safe without another one; return the WARNING lines the
+    explicit unsafe choices deserve at every start.
+
+    Raises ConfigError naming the option (the CLI exits 2). Parsing stays separate, so a
+    config can be read (and tested) option by option.
+    """
+    if cfg.verify_signatures and not cfg.allowed_topic_arns:
+        raise ConfigError(cfg.source, "AllowedTopicArns", (
+            "not set while VerifySignatures is on: a valid signature only proves that some "
+            "SNS topic sent the message, and any AWS account can publish to a topic of its "
+            "own. Set AllowedTopicArns = arn:aws:sns:REGION:ACCOUNT:TOPIC (the topic of your "
+            "Auto Scaling notifications), or * to accept any topic (unsafe)"))
+    if "eventbridge" in cfg.unsigned_sources and not (cfg.auto_scaling_groups
+                                                      or cfg.instance_tags):
+        raise ConfigError(cfg.source, "UnsignedSources", (
+            "names eventbridge but neither AutoScalingGroups nor InstanceTags is set: EC2 "
+            "state-change events come from every instance in the account. Set one of them "
+            "(AutoScalingGroups = * for any Auto Scaling group)"))
+    for option, value in (("AutoScalingGroups", cfg.auto_scaling_groups),
+                          ("InstanceTags", cfg.instance_tags)):
+        if value and not cfg.verify_instances:
+            raise ConfigError(cfg.source, option, "is set but VerifyInstances is off: groups "
+                                                  "and tags are read from EC2")
+    warnings = []
+    if not cfg.verify_signatures:
+        warnings.append("VerifySignatures is off: any message in the queue is believed")
+    elif cfg.allowed_topic_arns == (ANY_TOPIC,):
+        warnings.append("AllowedTopicArns = *: signed envelopes from ANY SNS topic are "
+                        "believed, including topics of other AWS accounts")
+    if cfg.verify_signatures and cfg.unsigned_sources:
+        warnings.append(f"UnsignedSources = {' '.join(cfg.unsigned_sources)}: those messages "
+                        f"carry no signature; the queue policy is their only gate")
+    if not cfg.verify_instances:
+        warnings.append("VerifyInstances is off: launches are not checked against EC2")
+    return warnings
 
 
 def read_file(path: str | os.PathLike[str]) -> Config:

@@ -425,8 +425,11 @@ def test_example_config_lists_every_option_and_reads_back_as_the_defaults(tmp_pa
     text = example.read_text()
     listed = {m.group(1).lower() for m in re.finditer(r"^#(\w+) =", text, re.M)}
     assert listed == set(config.OPTIONS)
-    # the shipped file, as is, is valid and changes nothing
+    # the shipped file, as is, is valid and changes nothing; until its topic is filled in it
+    # refuses to run (the safe default: no topic, no key)
     assert config.read_file(example) == Config(source=str(example))
+    with pytest.raises(ConfigError, match="AllowedTopicArns"):
+        config.require_safe(config.read_file(example))
     # every commented example value is itself valid (with what it needs beside it)
     needs = {"bucketkmskeyid": "BucketSSE = aws:kms\n"}
     for line in re.findall(r"^#(\w+ =.*)$", text, re.M):
@@ -438,3 +441,49 @@ def test_readme_documents_every_option() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for _, canonical in config.OPTIONS.values():
         assert f"| {canonical} |" in readme, canonical
+
+
+# --- settings that cannot be safe without another one ---
+
+
+def test_signatures_without_a_topic_allow_list_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"f: AllowedTopicArns: not set while VerifySignatures"):
+        config.require_safe(config.from_mapping({}, "f"))
+    named = config.from_mapping({"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t"},
+                                "f")
+    assert config.require_safe(named) == []
+
+
+def test_any_topic_is_an_explicit_opt_out_warned_at_every_start() -> None:
+    anything = config.from_mapping({"AllowedTopicArns": "*"}, "f")
+    assert any("ANY SNS topic" in w for w in config.require_safe(anything))
+    with pytest.raises(ConfigError, match="AllowedTopicArns: .* mixes \\*"):
+        config.from_mapping({"AllowedTopicArns": "* arn:aws:sns:us-west-2:123456789012:t"}, "f")
+
+
+def test_unsigned_eventbridge_needs_a_group_or_tag_filter() -> None:
+    topic = {"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t"}
+    with pytest.raises(ConfigError, match="f: UnsignedSources: names eventbridge"):
+        config.require_safe(config.from_mapping({**topic, "UnsignedSources": "eventbridge"},
+                                                "f"))
+    for filters in ({"AutoScalingGroups": "*"}, {"InstanceTags": "role=minion"}):
+        cfg = config.from_mapping({**topic, "UnsignedSources": "eventbridge", **filters}, "f")
+        assert any("UnsignedSources" in w for w in config.require_safe(cfg))
+
+
+@pytest.mark.parametrize("option", ["AutoScalingGroups", "InstanceTags"])
+def test_filters_without_verify_instances_are_a_config_error(option: str) -> None:
+    cfg = config.from_mapping({"VerifySignatures": "no", "VerifyInstances": "no",
+                               option: "web-*" if option == "AutoScalingGroups" else "a=b"},
+                              "f")
+    with pytest.raises(ConfigError, match=f"f: {option}: is set but VerifyInstances is off"):
+        config.require_safe(cfg)
+
+
+def test_the_cli_refuses_to_start_or_check_without_topics(tmp_path: Path) -> None:
+    conf = write(tmp_path, "[aws_ork]\nQueueUrl = http://127.0.0.1:1/123456789012/q\n")
+    for flags in ((), ("--check",), ("--once",)):
+        result = subprocess.run([sys.executable, "-m", "aws_ork", "-c", str(conf), *flags],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "AllowedTopicArns" in result.stderr
