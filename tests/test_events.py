@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 from typing import Any
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from aws_ork import defaults, events, ids
 from aws_ork.events import Event, Kind, Source
-from tests.messages import FIXTURES, fixture, fixture_text
+from tests.messages import FIXTURES, envelope, fixture, fixture_text, notification
 
 #: Independent of aws_ork.ids: what may ever reach Salt as a minion id.
 ID_PATTERN = re.compile(r"i-([0-9a-f]{8}|[0-9a-f]{17})")
@@ -287,7 +288,10 @@ def test_body_that_is_not_text_touches_no_key(body: object) -> None:
 def test_deeply_nested_json_touches_no_key() -> None:
     event = events.parse("[" * 100_000 + "]" * 100_000)
     check_invariants(event)
-    assert event.kind is Kind.UNKNOWN
+    assert event.kind is Kind.UNKNOWN and event.reason == "body is JSON nested too deeply"
+    inner = events.parse(json.dumps({"Type": "Notification", "TopicArn": "t",
+                                     "Message": "[" * 100_000 + "]" * 100_000}))
+    assert inner.reason == "SNS Message is JSON nested too deeply"
 
 
 def test_long_hostile_id_is_shortened_in_the_reason() -> None:
@@ -399,3 +403,52 @@ def test_fixture_with_fields_replaced_parses_safely(name: str, data: st.DataObje
     assert_no_crash(event)
     if event.instance_id is not None:  # never an id the message did not carry
         assert event.instance_id in serialised
+
+
+# --- log lines: a message cannot forge or flood them ------------------------------------------
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@settings(max_examples=300, deadline=None)
+@given(group=st.text(max_size=3000), name=st.text(max_size=3000),
+       state=st.text(max_size=300), kind=st.sampled_from(["sns", "raw", "bridge", "ec2"]))
+def test_no_value_from_a_message_reaches_a_log_line_unescaped_or_unbounded(group, name, state,
+                                                                            kind):
+    from aws_ork.checks import Verdict
+    from aws_ork.decide import Handler
+    from aws_ork.sqs.queue import Message
+
+    inner = notification("autoscaling:EC2_INSTANCE_LAUNCH", "i-0123456789abcdef0", group)
+    if kind == "sns":
+        doc = envelope(inner)
+        doc["TopicArn"] = name
+    elif kind == "raw":
+        inner["Event"] = name
+        doc = inner
+    elif kind == "bridge":
+        doc = fixture("eventbridge-asg-launch-successful")
+        doc["detail-type"], doc["detail"]["AutoScalingGroupName"] = name, group
+    else:
+        doc = fixture("eventbridge-ec2-running")
+        doc["detail"]["state"] = state
+    records = _Records()
+    logger = logging.getLogger("aws_ork")
+    logger.addHandler(records)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        handler = Handler(None, checks=[lambda _e: Verdict(False, "refused")])  # type: ignore
+        handler.handle(Message("m-1", "r", json.dumps(doc)))
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(old_level)
+    assert records.lines
+    for line in records.lines:
+        assert line.isprintable(), repr(line)  # no newline, CR, escape or other control
+        assert len(line) < 1000, len(line)

@@ -11,11 +11,12 @@ LaunchTime) was submitted by someone else under that id: the verdict says so
 (``stale_key``) and the key stage moves it to the rejected keys; it is never accepted.
 
 Terminate: honoured only when EC2 says the instance is ``shutting-down`` or ``terminated``, or
-does not know it (terminated long ago, or never ours): so a forged terminate cannot delete a
-live minion's key. A terminate for an instance still running (a terminate lifecycle hook fires
-before the instance stops) is retried with backoff until EC2 reports it gone. Group and tag
-filters do not apply to a terminate: the key of an instance that is gone can only serve an
-impostor.
+still does not know it after :data:`NOT_FOUND_ATTEMPTS` receives (terminated long ago, or
+never ours; a brand-new instance can be "not found" for a few seconds): so a forged terminate
+cannot delete a live minion's key. A terminate for an instance still running (a terminate
+lifecycle hook fires before the instance stops) is retried with backoff until EC2 reports it
+gone. Group and tag filters do not apply to a terminate: the key of an instance that is gone
+can only serve an impostor.
 
 Throttling, a network error or any other EC2 failure: retry later, never accept.
 """
@@ -35,7 +36,8 @@ from aws_ork.aws import error_code
 from aws_ork.checks.verdict import Verdict
 from aws_ork.errors import AwsOrkError, KeyStoreError
 from aws_ork.events import Event, Kind
-from aws_ork.keys.location import KeyLocation
+from aws_ork.events.fields import shorten
+from aws_ork.keys.location import KeyAgeUnknown, KeyLocation
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,8 @@ CLOCK_SKEW_SECONDS = 60
 GROUP_TAG = "aws:autoscaling:groupName"
 LIVE_STATES = frozenset({"pending", "running"})
 GONE_STATES = frozenset({"shutting-down", "terminated"})
-#: How many receives of a launch for an instance EC2 does not know before it is rejected.
+#: How many receives of a message for an instance EC2 does not know before that is final
+#: (a launch is then rejected, a terminate honoured).
 NOT_FOUND_ATTEMPTS = 5
 #: EC2 error codes that mean "no such instance" (Malformed cannot happen for a checked id, and
 #: could never succeed later either).
@@ -136,7 +139,11 @@ class InstanceCheck:
     @staticmethod
     def _terminate(instance: Instance | None) -> Verdict:
         if instance is None:
-            return Verdict(True, "instance not found in EC2")
+            # Not found: terminated long ago, or so new that EC2's eventually consistent API
+            # does not list it yet (a forged terminate for a brand-new instance would delete
+            # its key). Honoured once it is still unknown after a few receives.
+            return Verdict(False, "instance not found in EC2", retry=True,
+                           attempts=NOT_FOUND_ATTEMPTS, then_ok=True)
         if instance.state in GONE_STATES:
             return Verdict(True, f"instance is {instance.state}")
         return Verdict(False, f"instance is still {instance.state} in EC2; its key is deleted "
@@ -156,7 +163,7 @@ class InstanceCheck:
                 return Verdict(False, "instance is in no Auto Scaling group "
                                       "(AutoScalingGroups is set)")
             if not any(fnmatch.fnmatchcase(group, pattern) for pattern in self.groups):
-                return Verdict(False, f"group {group!r} is not in AutoScalingGroups")
+                return Verdict(False, f"group {shorten(group)} is not in AutoScalingGroups")
         missing = [f"{key}={value}" for key, value in self.tags
                    if instance.tags.get(key) != value]
         if missing:
@@ -170,6 +177,8 @@ class InstanceCheck:
             return Verdict(False, "EC2 gave no LaunchTime: cannot tell the pending key's age")
         try:
             written = self.location.pending_mtime(instance_id)
+        except KeyAgeUnknown as exc:  # fail closed: no key is accepted without its age
+            return Verdict(False, f"{exc}: freshness cannot be checked, so no key is accepted")
         except KeyStoreError as exc:
             return Verdict(False, str(exc), retry=True)
         if written is None or written >= launch_time.timestamp() - CLOCK_SKEW_SECONDS:

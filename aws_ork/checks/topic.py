@@ -11,6 +11,7 @@ from collections.abc import Collection
 
 from aws_ork.checks.verdict import Verdict
 from aws_ork.events import Event, Source
+from aws_ork.events.fields import shorten
 
 
 class TopicCheck:
@@ -26,4 +27,4 @@ class TopicCheck:
             return Verdict(True)
         if event.topic_arn in self.allowed:
             return Verdict(True)
-        return Verdict(False, f"topic {event.topic_arn!r} is not in AllowedTopicArns")
+        return Verdict(False, f"topic {shorten(event.topic_arn, 120)} is not in AllowedTopicArns")

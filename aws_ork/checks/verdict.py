@@ -21,6 +21,9 @@ class Verdict:
     retry: bool = False
     #: with ``retry``: after this many receives the failure is final (0: retry for ever)
     attempts: int = 0
+    #: with ``retry`` and ``attempts``: at the limit the check passes instead of failing
+    #: (a terminate for an instance EC2 still does not know after several receives)
+    then_ok: bool = False
     #: the pending key under this id was written before the instance existed: someone else
     #: submitted it, and the key stage moves it to the rejected keys
     stale_key: bool = False

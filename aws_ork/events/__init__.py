@@ -36,6 +36,8 @@ def _parse(body: object) -> Event:
         doc = json.loads(body)
     except ValueError:
         return unknown("body is not JSON")
+    except RecursionError:  # JSON nested thousands deep: no AWS message looks like that
+        return unknown("body is JSON nested too deeply")
     if not isinstance(doc, dict):
         return unknown(f"body is a JSON {type(doc).__name__}, not an object")
     if sns.is_envelope(doc):

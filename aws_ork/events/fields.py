@@ -31,6 +31,16 @@ def instance_id(doc: Mapping[str, Any], name: str) -> tuple[str | None, str]:
 
 
 def shorten(value: object, limit: int = 40) -> str:
-    """repr() cut to a length that keeps hostile input from flooding the log."""
+    """repr() cut to a length that keeps hostile input from flooding the log.
+
+    repr escapes every control character, newline and non-printable code point, so the
+    result is one line that cannot forge another log line."""
     rendered = repr(value)
+    return rendered if len(rendered) <= limit else rendered[: limit - 3] + "..."
+
+
+def clean(value: str, limit: int = 80) -> str:
+    """A message's text as it may appear in a log line: escaped like :func:`shorten`, without
+    the quotes, cut to ``limit``."""
+    rendered = repr(value)[1:-1]
     return rendered if len(rendered) <= limit else rendered[: limit - 3] + "..."

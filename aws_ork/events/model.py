@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aws_ork.events.fields import clean
+
 
 class Kind(enum.Enum):
     """What the message asks of us."""
@@ -39,6 +41,7 @@ class Event:
     name: str = ""  # AWS's own name for it, e.g. autoscaling:EC2_INSTANCE_LAUNCH
     reason: str = ""  # for UNKNOWN: why it is not an event we act on
     topic_arn: str | None = None
+    message_id: str | None = None  # SNS's MessageId inside the (signed) envelope
     lifecycle_hook: str | None = None
     lifecycle_token: str | None = None
     envelope: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -49,7 +52,7 @@ class Event:
         if self.instance_id:
             parts.append(self.instance_id)
         if self.group:
-            parts.append(f"group={self.group}")
+            parts.append(f"group={clean(self.group)}")  # any text: escaped, bounded
         parts.append(f"via={self.source.value}")
         if self.reason:
             parts.append(f"({self.reason})")

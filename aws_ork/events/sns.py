@@ -29,7 +29,8 @@ def is_envelope(doc: Mapping[str, Any]) -> bool:
 
 def parse(doc: Mapping[str, Any]) -> Event:
     """Unwrap the envelope and parse the notification inside it."""
-    context: dict[str, Any] = {"topic_arn": fields.text(doc, "TopicArn"), "envelope": doc}
+    context: dict[str, Any] = {"topic_arn": fields.text(doc, "TopicArn"), "envelope": doc,
+                               "message_id": fields.text(doc, "MessageId")}
     if doc.get("Type") != "Notification":
         return unknown(f"SNS {doc.get('Type')} (not a notification)", SOURCE, **context)
     message = fields.text(doc, "Message")
@@ -39,6 +40,8 @@ def parse(doc: Mapping[str, Any]) -> Event:
         inner = json.loads(message)
     except ValueError:
         return unknown("SNS Message is not JSON", SOURCE, **context)
+    except RecursionError:
+        return unknown("SNS Message is JSON nested too deeply", SOURCE, **context)
     if not isinstance(inner, dict):
         return unknown(f"SNS Message is a JSON {type(inner).__name__}, not an object", SOURCE,
                        **context)

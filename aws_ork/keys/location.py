@@ -26,6 +26,12 @@ AUTOSIGN = "minions_autosign"
 
 #: The four key states, in Salt's order.
 KEY_STATES = (ACCEPTED, PENDING, REJECTED, DENIED)
+#: Salt's default key cache driver, the one that keeps a file per key (``keys.cache_driver``).
+FILE_DRIVER = "localfs_key"
+
+
+class KeyAgeUnknown(KeyStoreError):
+    """The master keeps keys with a driver that has no files: a key's age cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -33,12 +39,14 @@ class KeyLocation:
     """The master's key directory, and the path of each key in it."""
 
     key_dir: Path
+    driver: str = FILE_DRIVER  # the master's keys.cache_driver
 
     @classmethod
     def from_opts(cls, opts: Mapping[str, Any]) -> KeyLocation:
         """From the master's options (``salt.config.master_config``)."""
         clustered = opts.get("cluster_id") and opts.get("cluster_pki_dir")
-        return cls(Path(opts["cluster_pki_dir"] if clustered else opts["pki_dir"]))
+        return cls(Path(opts["cluster_pki_dir"] if clustered else opts["pki_dir"]),
+                   str(opts.get("keys.cache_driver") or FILE_DRIVER))
 
     @property
     def autosign_dir(self) -> Path:
@@ -56,7 +64,11 @@ class KeyLocation:
 
     def pending_mtime(self, minion_id: str) -> float | None:
         """When this minion's pending key file was last written (epoch); None if there is
-        none. KeyStoreError when it cannot be read (permissions, I/O)."""
+        none. KeyStoreError when it cannot be read (permissions, I/O); KeyAgeUnknown when the
+        master keeps keys in a driver without files (nothing tells a key's age there)."""
+        if self.driver != FILE_DRIVER:
+            raise KeyAgeUnknown(f"{minion_id}: the master keeps keys with the "
+                                f"{self.driver!r} driver, which gives no key's age")
         try:
             return self.path(PENDING, minion_id).stat().st_mtime
         except FileNotFoundError:
