@@ -19,13 +19,14 @@ from aws_ork import __version__, defaults
 from aws_ork.aws import make_client
 from aws_ork.checks import build_checks
 from aws_ork.checks.terminations import Terminations
-from aws_ork.config import Config
+from aws_ork.config import Config, require_safe
 from aws_ork.decide import Handler
-from aws_ork.errors import AwsOrkError, ConfigError, QueueError
+from aws_ork.errors import AwsOrkError, ConfigError, QueueError, StateError
 from aws_ork.keys.location import KeyLocation
 from aws_ork.keys.manager import KeyManager, load_master_opts
 from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.loop import Loop
+from aws_ork.memory import IdMemory
 from aws_ork.mirror.bucket import ObjectOptions, S3Tree
 from aws_ork.mirror.journal import Journal
 from aws_ork.mirror.manifest import FILE_NAME as MANIFEST_FILE
@@ -75,6 +76,8 @@ class App:
                  stopper: Stopper) -> None:
         self.cfg = cfg
         self.run_options = run
+        for warning in require_safe(cfg):  # the explicit unsafe choices, at every start
+            log.warning("%s", warning)
         location = KeyLocation.from_opts(master_opts)
         self.queue = Queue.open(make_client("sqs", cfg.sqs_region), url=cfg.queue_url,
                                 name=cfg.queue_name)
@@ -84,10 +87,14 @@ class App:
             else None
         terminations = None if cfg.verify_instances else \
             Terminations(cfg.state_dir / "terminated", dry_run=run.dry_run)
-        checks = build_checks(cfg, location=location, ec2=ec2, terminations=terminations)
+        finished, enrolled = self._memories(cfg, run.dry_run)
+        max_age = self.queue.retention_seconds + defaults.SNS_TIMESTAMP_SKEW_SECONDS
+        checks = build_checks(cfg, location=location, ec2=ec2, terminations=terminations,
+                              finished=finished, max_age_seconds=max_age)
         self.handler = Handler(KeyManager(master_opts, dry_run=run.dry_run),
                                delete_unknown=cfg.delete_unknown_messages, checks=checks,
-                               terminations=terminations)
+                               terminations=terminations, finished=finished,
+                               enrolled=enrolled)
         self.mirror: MirrorWorker | None = None
         if cfg.bucket_url is not None and not run.dry_run:
             self.mirror = MirrorWorker(
@@ -101,6 +108,20 @@ class App:
         log.info("aws_ork %s: queue %s, keys %s, mirror %s%s", __version__, self.queue.url,
                  location.key_dir, cfg.bucket_url or "off",
                  " (dry run: nothing will be changed)" if run.dry_run else "")
+
+    @staticmethod
+    def _memories(cfg: Config, dry_run: bool) -> tuple[IdMemory, IdMemory]:
+        """The replay memories in StateDir; an unreadable one is a start-up failure."""
+        try:
+            finished = IdMemory(cfg.state_dir / "finished-sns-messages",
+                                keep_seconds=defaults.SQS_MAX_RETENTION_SECONDS,
+                                limit=defaults.FINISHED_MESSAGES_LIMIT, dry_run=dry_run)
+            enrolled = IdMemory(cfg.state_dir / "enrolled-instances",
+                                keep_seconds=defaults.ENROLLED_KEEP_SECONDS,
+                                limit=defaults.ENROLLED_LIMIT, dry_run=dry_run)
+        except OSError as exc:
+            raise StateError(f"StateDir {cfg.state_dir}: {exc}") from exc
+        return finished, enrolled
 
     def reload(self) -> None:
         """SIGHUP: re-read the Salt master's config; each part that depends on it reloads."""

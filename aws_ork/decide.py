@@ -18,8 +18,11 @@ from aws_ork import defaults, events
 from aws_ork.checks import Check, Verdict
 from aws_ork.checks.terminations import Terminations
 from aws_ork.errors import AwsOrkError, KeyStoreError
-from aws_ork.events import Event, Kind
+from aws_ork.events import Event, Kind, Source
+from aws_ork.events.fields import clean
+from aws_ork.keys.location import ACCEPTED
 from aws_ork.keys.manager import KeyManager, KeyResult, Outcome
+from aws_ork.memory import IdMemory, valid_id
 from aws_ork.sqs.queue import Message
 
 log = logging.getLogger(__name__)
@@ -50,11 +53,14 @@ class Handler:
     """Turns a message into a key operation and a decision about the message."""
 
     def __init__(self, keys: KeyManager, *, delete_unknown: bool = True,
-                 checks: Sequence[Check] = (), terminations: Terminations | None = None) -> None:
+                 checks: Sequence[Check] = (), terminations: Terminations | None = None,
+                 finished: IdMemory | None = None, enrolled: IdMemory | None = None) -> None:
         self.keys = keys
         self.delete_unknown = delete_unknown
         self.checks = tuple(checks)
         self.terminations = terminations  # without VerifyInstances: honoured terminates
+        self.finished = finished  # SNS MessageIds of finished envelopes (no replay)
+        self.enrolled = enrolled  # instances whose keys were accepted once (never again)
 
     def reload(self, opts: Mapping[str, Any]) -> None:
         """SIGHUP: a key manager for the master's (re-read) config, and the same for every
@@ -66,11 +72,19 @@ class Handler:
                 reload(opts)
 
     def handle(self, message: Message) -> Decision:
-        """Handle one message; never raises for anything the message contains."""
-        event = events.parse(message.body)
-        decision = self._decide(event, message)
+        """Handle one message; never raises. Whatever goes wrong (a key file Salt cannot
+        read, a bug of ours) is logged with its traceback and the message retried with
+        backoff: the queue's redrive policy sets a message aside that always fails."""
+        try:
+            event = events.parse(message.body)
+            decision = self._decide(event, message)
+            described = event.describe()
+        except Exception as exc:
+            log.error("message %s: unexpected %s while handling it; retrying",
+                      clean(message.message_id), type(exc).__name__, exc_info=True)
+            return self._retry(message, f"unexpected {type(exc).__name__}")
         level = logging.WARNING if decision.rejected else logging.INFO
-        log.log(level, "message %s: %s: %s", message.message_id, event.describe(),
+        log.log(level, "message %s: %s: %s", clean(message.message_id), described,
                 decision.reason)
         return decision
 
@@ -88,6 +102,8 @@ class Handler:
             verdict = check(event)
             if verdict.retry and not 0 < verdict.attempts <= message.receive_count:
                 return self._retry(message, f"check deferred: {verdict.reason}")
+            if verdict.retry and verdict.then_ok:
+                continue  # asked often enough: the check passes
             if verdict.stale_key:
                 return self._reject_stale(event.instance_id, verdict, message)
             if not verdict.ok:
@@ -96,17 +112,49 @@ class Handler:
             if event.kind is Kind.TERMINATE and self.terminations is not None:
                 self.terminations.remember(event.instance_id)
             if event.kind is Kind.LAUNCH:
-                result = self.keys.accept(event.instance_id)
+                result = self._accept(event.instance_id)
             else:
                 result = self.keys.delete(event.instance_id)
+            decision = self._from_result(result, message, event.instance_id)
+            if decision.action is Action.DELETE and self.finished is not None \
+                    and event.source is Source.SNS and valid_id(event.message_id):
+                assert event.message_id is not None
+                self.finished.add(event.message_id)  # durable before the message goes
         except KeyStoreError as exc:
             log.error("message %s: key store error: %s", message.message_id, exc)
             return self._retry(message, f"key store error, retrying: {exc}")
-        except OSError as exc:  # the termination memory in StateDir
-            return self._retry(message, f"cannot remember the termination in StateDir: {exc}")
+        except OSError as exc:  # the memories in StateDir
+            return self._retry(message, f"cannot write to StateDir: {exc}")
         except AwsOrkError as exc:
             return self._retry(message, f"error, retrying: {exc}")
-        return self._from_result(result, message, event.instance_id)
+        return decision
+
+    def _accept(self, instance_id: str) -> KeyResult:
+        """Accept (or pre-authorise) unless this instance was enrolled before; remember an
+        accepted key."""
+        enrolled = self.enrolled is not None and instance_id in self.enrolled
+        result = self.keys.accept(instance_id, enrolled=enrolled)
+        if result.outcome is Outcome.REMOVED:
+            log.error("SECURITY: %s: its key was accepted before and has since been removed "
+                      "(salt-key -d?); a launch message never enrols an instance twice. To "
+                      "enrol it again by hand, compare salt-key -f %s with the minion's own "
+                      "salt-call --local key.finger, then salt-key -a %s",
+                      instance_id, instance_id, instance_id)
+        elif result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED) \
+                and not result.dry_run and self.enrolled is not None:
+            self.enrolled.add(instance_id)
+        return result
+
+    def note_accepted_by_salt(self, minion_ids: Sequence[str]) -> None:
+        """Salt used up our autosign stubs for these minions: those accepted are enrolled."""
+        if self.enrolled is None:
+            return
+        for minion_id in minion_ids:
+            try:
+                if ACCEPTED in self.keys.states(minion_id):
+                    self.enrolled.add(minion_id)
+            except (OSError, ValueError, AwsOrkError) as exc:
+                log.error("%s: could not remember its accepted key: %s", minion_id, exc)
 
     def _reject_stale(self, instance_id: str, verdict: Verdict, message: Message) -> Decision:
         """The instance check found a pending key older than the instance: someone else

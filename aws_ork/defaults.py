@@ -55,6 +55,17 @@ MIRROR_RETRY_CAP_SECONDS = 30
 #: below botocore's default connection pool of 10.
 MIRROR_UPLOAD_THREADS = 8
 
+#: SQS keeps a message at most 14 days: no message older than that can arrive from the queue.
+SQS_MAX_RETENTION_SECONDS = 14 * 24 * 3600
+#: The SNS MessageIds of finished signed envelopes are kept as long as SQS could keep a copy
+#: of one, at most this many (a few tens of MB of memory at the most).
+FINISHED_MESSAGES_LIMIT = 200_000
+#: Instances whose keys were accepted once: a launch, an EventBridge "running" after a
+#: stop/start, or a replay never enrols them again. Instances live for months; the limit
+#: bounds the memory (the oldest enrolments are forgotten first).
+ENROLLED_KEEP_SECONDS = 400 * 24 * 3600
+ENROLLED_LIMIT = 200_000
+
 #: SNS signing certificates that cannot be fetched (checks/signature.py). A fetch that fails at
 #: the network level (an invented region is NXDOMAIN, a firewall drops packets) may be an AWS
 #: blip, so the message is retried; but it must not be retried for ever, or a flood of such

@@ -32,3 +32,7 @@ class QueueError(AwsOrkError):
 
 class MirrorError(AwsOrkError):
     """The S3 mirror of the pki tree failed; it is retried later."""
+
+
+class StateError(AwsOrkError):
+    """The daemon's own state in StateDir cannot be read or written."""

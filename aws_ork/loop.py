@@ -64,34 +64,62 @@ class Loop:
     def run(self) -> int:
         """The loop; returns the process exit status."""
         wait = defaults.ONCE_WAIT_TIME_SECONDS if self.once else defaults.WAIT_TIME_SECONDS
-        status = 0
-        while not self.stopper.stopping:
-            self._maybe_reload()
-            messages = self._receive(wait)
-            if messages is None:
-                if self.once and self._failures:
-                    status = 1  # --once reports a queue it could not read
+        status: int | None = 0
+        errors = 0
+        try:
+            while not self.stopper.stopping:
+                try:
+                    status = self._cycle(wait)
+                    errors = 0
+                except Exception as exc:  # a bug of ours must not stop key management
+                    errors += 1
+                    delay = defaults.backoff(errors, defaults.RECONNECT_BASE_SECONDS,
+                                             defaults.RECONNECT_CAP_SECONDS)
+                    log.error("unexpected %s in the loop; going on in %ss",
+                              type(exc).__name__, delay, exc_info=True)
+                    if self.stopper.sleep(delay):
+                        break
+                    continue
+                if status is not None:
                     break
-                continue
-            if self.once:
-                messages = self._first_sightings(messages)
-                if not messages:
-                    break
-            if self.poll_pause <= 0:
-                self.receiver.prefetch(wait)  # the next poll runs while this batch is handled
-            changed = self._handle_batch(messages)
-            self._watch(changed)
-            if self.stopper.sleep(self.poll_pause):
-                break
+        finally:
+            self._tear_down()
+        return status or 0
+
+    def _cycle(self, wait: int) -> int | None:
+        """One receive and its batch; an exit status when the loop is to end, else None."""
+        self._maybe_reload()
+        messages = self._receive(wait)
+        if messages is None:
+            if self.once and self._failures:
+                return 1  # --once reports a queue it could not read
+            return None
+        if self.once:
+            messages = self._first_sightings(messages)
+            if not messages:
+                return 0
+        if self.poll_pause <= 0:
+            self.receiver.prefetch(wait)  # the next poll runs while this batch is handled
+        changed = self._handle_batch(messages)
+        self._watch(changed)
+        if self.stopper.sleep(self.poll_pause):
+            return 0
+        return None
+
+    def _tear_down(self) -> None:
+        """On the way out, however it ends: give back a prefetched batch, hand Salt's last
+        changes to the mirror, log the totals."""
         if not self.dry_run:
             self.receiver.close()
-        self._watch(False)  # what Salt changed in the last cycle still goes to the mirror
+        try:
+            self._watch(False)  # what Salt changed in the last cycle still goes to the mirror
+        except Exception:
+            log.error("could not look at the key directories a last time", exc_info=True)
         log.info("stopping%s: %d received, %d deleted, %d retried, %d rejected, "
                  "%d batches changed keys",
                  f" ({self.stopper.reason})" if self.stopper.reason else "",
                  self.counters.received, self.counters.deleted, self.counters.retried,
                  self.counters.rejected, self.counters.batches_with_key_changes)
-        return status
 
     def _first_sightings(self, messages: list[Message]) -> list[Message]:
         """``--once``: a message retried in this run and back already is left for a later run.
@@ -154,6 +182,8 @@ class Loop:
             return
         if change.consumed:
             self.counters.salt_key_changes += len(change.consumed)
+            if not self.dry_run:
+                self.handler.note_accepted_by_salt(change.consumed)
         if self.mirror is None or self.dry_run:
             return
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +34,19 @@ def notification(event: str, instance_id: Any, group: str = "web-asg") -> dict[s
     return inner
 
 
+def sns_timestamp(when: datetime | None = None) -> str:
+    """A Timestamp as SNS writes it (``2026-11-23T10:15:30.123Z``), now by default."""
+    when = when or datetime.now(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
 def envelope(inner: dict[str, Any], topic_arn: str | None = None) -> dict[str, Any]:
-    """An SNS envelope around ``inner`` (unsigned: the fixture's placeholder signature)."""
+    """An SNS envelope around ``inner`` (unsigned: the fixture's placeholder signature), with
+    a MessageId of its own and the Timestamp of now, as SNS gives each notification."""
     outer = fixture("sns-asg-launch")
     outer["Message"] = json.dumps(inner)
+    outer["MessageId"] = str(uuid.uuid4())
+    outer["Timestamp"] = sns_timestamp()
     if topic_arn:
         outer["TopicArn"] = topic_arn
     return outer

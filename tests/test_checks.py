@@ -204,7 +204,8 @@ def test_every_required_tag_must_match_exactly(ec2):
 
 
 @pytest.mark.parametrize(("answer", "ok", "retry"), [
-    ("InvalidInstanceID.NotFound", True, False),
+    # not found: honoured only after several receives (see the fail-closed tests below)
+    ("InvalidInstanceID.NotFound", False, True),
     (reply("terminated"), True, False),
     (reply("shutting-down"), True, False),
     (reply("running"), False, True),
@@ -296,3 +297,81 @@ def test_an_unreachable_certificate_defers_and_a_missing_one_rejects(tmp_path, e
     verdict = check(parsed(body))
     assert (verdict.ok, verdict.retry) == (False, retry)
     assert "certificate fetch failed" in verdict.reason
+
+
+# --- fail closed ----------------------------------------------------------------------------
+def test_a_finished_sns_message_is_refused_as_a_replay(tmp_path):
+    from aws_ork.checks.replay import ReplayCheck
+    from aws_ork.memory import IdMemory
+
+    finished = IdMemory(tmp_path / "finished", keep_seconds=3600, limit=10)
+    check = ReplayCheck(finished)
+    event = events.parse(json.dumps(envelope(notification("autoscaling:EC2_INSTANCE_LAUNCH",
+                                                          ID), TOPIC)))
+    assert event.message_id and check(event).ok
+    finished.add(event.message_id)
+    verdict = check(event)
+    assert (verdict.ok, verdict.retry) == (False, False) and "replay" in verdict.reason
+    unsigned = events.parse(json.dumps(notification("autoscaling:EC2_INSTANCE_LAUNCH", ID)))
+    assert check(unsigned).ok  # no MessageId to go by: the other checks decide
+
+
+def test_freshness_reads_the_key_where_a_clustered_master_keeps_it(ec2, tmp_path):
+    pending = tmp_path / "cluster" / "minions_pre" / ID
+    pending.parent.mkdir(parents=True)
+    pending.write_text("pub")
+    old = datetime(2025, 1, 1, tzinfo=UTC).timestamp()  # before the instance's LaunchTime
+    os.utime(pending, (old, old))
+    location = KeyLocation.from_opts({"pki_dir": str(tmp_path / "own"), "cluster_id": "c1",
+                                      "cluster_pki_dir": str(tmp_path / "cluster")})
+    client, stub = ec2
+    stub.add_response("describe_instances", reply("running"), {"InstanceIds": [ID]})
+    verdict = InstanceCheck(Ec2Lookup(client), location)(LAUNCH)
+    assert (verdict.ok, verdict.stale_key) == (False, True)
+
+
+def test_freshness_fails_closed_when_salt_keeps_no_key_files(ec2):
+    location = KeyLocation.from_opts({"pki_dir": "/nonexistent", "keys.cache_driver": "mysql"})
+    client, stub = ec2
+    stub.add_response("describe_instances", reply("running"), {"InstanceIds": [ID]})
+    verdict = InstanceCheck(Ec2Lookup(client), location)(LAUNCH)
+    assert (verdict.ok, verdict.retry) == (False, False)
+    assert "'mysql'" in verdict.reason and "no key is accepted" in verdict.reason
+
+
+@pytest.mark.parametrize(("receives", "ok"), [(1, False), (4, False), (5, True)])
+def test_a_terminate_for_an_unknown_instance_is_honoured_only_after_several_receives(
+        ec2, receives, ok):
+    verdict = check_with(ec2, "InvalidInstanceID.NotFound", event=TERMINATE)
+    assert (verdict.retry, verdict.then_ok, verdict.attempts) == (True, True,
+                                                                   NOT_FOUND_ATTEMPTS)
+    from aws_ork.keys.manager import KeyResult, Outcome
+
+    class Keys:
+        dry_run = False
+        deleted: list[str] = []
+
+        def delete(self, minion_id: str) -> KeyResult:
+            self.deleted.append(minion_id)
+            return KeyResult(Outcome.ABSENT)
+
+    keys = Keys()
+    handler = Handler(keys, checks=[lambda _e: verdict])  # type: ignore[arg-type]
+    body = json.dumps(notification("autoscaling:EC2_INSTANCE_TERMINATE", ID))
+    decision = handler.handle(Message("m", "r", body, receives))
+    assert (keys.deleted == [ID]) is ok
+    assert decision.action is (Action.DELETE if ok else Action.RETRY)
+
+
+def test_any_error_while_handling_a_message_is_logged_and_retried(caplog):
+    class Broken:
+        dry_run = False
+
+        def accept(self, _minion_id: str, **_kwargs: object) -> None:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    handler = Handler(Broken())  # type: ignore[arg-type]
+    body = json.dumps(notification("autoscaling:EC2_INSTANCE_LAUNCH", ID))
+    decision = handler.handle(Message("m", "r", body, 3))
+    assert decision.action is Action.RETRY and decision.delay == 8
+    assert "UnicodeDecodeError" in caplog.text and "Traceback" in caplog.text

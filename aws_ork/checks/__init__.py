@@ -10,6 +10,7 @@ of a minion they control accepted. The checks run in this order, each a
 2. :mod:`~aws_ork.checks.source` (VerifySignatures, UnsignedSources): an SNS envelope must
    carry a valid AWS signature (:mod:`~aws_ork.checks.signature`); an unsigned body passes
    only when its source is named in UnsignedSources.
+   :mod:`~aws_ork.checks.replay`: an envelope already handled is not handled again.
 3. :mod:`~aws_ork.checks.ec2` (VerifyInstances, AutoScalingGroups, InstanceTags): EC2 must
    confirm the instance, and the pending key must be younger than it. Without
    VerifyInstances, :mod:`~aws_ork.checks.terminations` keeps a terminate that arrives before
@@ -23,45 +24,48 @@ they found.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from aws_ork.checks.ec2 import Ec2Lookup, InstanceCheck
-from aws_ork.checks.signature import SignatureVerifier
+from aws_ork.checks.replay import ReplayCheck
+from aws_ork.checks.signature import SignatureVerifier, regions_of
 from aws_ork.checks.source import SourceCheck
 from aws_ork.checks.terminations import TerminationCheck, Terminations
 from aws_ork.checks.topic import TopicCheck
 from aws_ork.checks.verdict import Check, Verdict
-from aws_ork.config import Config
+from aws_ork.config import ANY_TOPIC, Config
 from aws_ork.keys.location import KeyLocation
+from aws_ork.memory import IdMemory
 
 __all__ = ["Check", "Verdict", "build_checks"]
 
-log = logging.getLogger(__name__)
-
 
 def build_checks(cfg: Config, *, location: KeyLocation, ec2: Any = None,
-                 terminations: Terminations | None = None) -> list[Check]:
-    """The checks the config asks for, in order: topic, signature/source, instance.
+                 terminations: Terminations | None = None,
+                 finished: IdMemory | None = None,
+                 max_age_seconds: float | None = None) -> list[Check]:
+    """The checks the config asks for, in order: topic, signature/source, replay, instance.
 
     ``location`` is where the master keeps keys (read for a pending key's age); ``ec2`` is an
     EC2 client, needed with VerifyInstances; ``terminations`` the termination memory, needed
-    without it."""
+    without it; ``finished`` the SNS MessageIds already handled; ``max_age_seconds`` how old a
+    signed envelope may be (the queue's retention plus clock skew)."""
     checks: list[Check] = []
-    if cfg.allowed_topic_arns:
+    if cfg.allowed_topic_arns and cfg.allowed_topic_arns != (ANY_TOPIC,):
         checks.append(TopicCheck(cfg.allowed_topic_arns))
     if cfg.verify_signatures:
-        checks.append(SourceCheck(SignatureVerifier(cfg.effective_cert_cache_dir),
-                                  cfg.unsigned_sources))
-    else:
-        log.warning("VerifySignatures is off: any message in the queue is believed")
+        verifier = SignatureVerifier(cfg.effective_cert_cache_dir,
+                                     allowed_regions=regions_of(cfg.allowed_topic_arns),
+                                     max_age_seconds=max_age_seconds)
+        checks.append(SourceCheck(verifier, cfg.unsigned_sources))
+    if finished is not None:
+        checks.append(ReplayCheck(finished))
     if cfg.verify_instances:
         if ec2 is None:
             raise ValueError("VerifyInstances needs an EC2 client")
         checks.append(InstanceCheck(Ec2Lookup(ec2), location, groups=cfg.auto_scaling_groups,
                                     tags=cfg.instance_tags))
     else:
-        log.warning("VerifyInstances is off: launches are not checked against EC2")
         if terminations is None:
             raise ValueError("without VerifyInstances the termination memory is needed")
         checks.append(TerminationCheck(terminations))

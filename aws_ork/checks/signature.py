@@ -61,6 +61,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from aws_ork import defaults
+from aws_ork.checks.verdict import Verdict
+from aws_ork.events.fields import shorten
 from aws_ork.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -90,13 +92,6 @@ _TIMESTAMP_RE = re.compile(
     r"(?:\.(?P<fraction>[0-9]{1,9}))?Z",
     re.ASCII,
 )
-
-
-@dataclass(frozen=True)
-class Verdict:
-    ok: bool
-    reason: str = ""
-    retry: bool = False  # could not verify for now (certificate unreachable): ask again later
 
 
 def regions_of(topic_arns: Iterable[str]) -> frozenset[str] | None:
@@ -130,11 +125,6 @@ def _parse_timestamp(value: str) -> datetime:
     return stamp.replace(microsecond=micros, tzinfo=UTC)
 
 
-def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _field(envelope: Mapping[str, object], name: str) -> str:
     if name not in envelope:
         raise ValueError(f"missing field {name!r}")
@@ -148,7 +138,7 @@ def string_to_sign(envelope: Mapping[str, object]) -> bytes:
     """The bytes SNS signed; ValueError(reason) on a missing/mistyped field or unknown Type."""
     kind = _field(envelope, "Type")
     if kind not in _FIELDS:
-        raise ValueError(f"unknown Type {_short(kind)}")
+        raise ValueError(f"unknown Type {shorten(kind, 80)}")
     parts = []
     for name in _FIELDS[kind]:
         if name in _OPTIONAL and name not in envelope:
@@ -162,28 +152,29 @@ def check_cert_url(url: object) -> str:
     if not isinstance(url, str):
         raise ValueError("field 'SigningCertURL' is not a string")
     if not url.isascii() or not url.isprintable() or not _FORBIDDEN.isdisjoint(url):
-        raise ValueError(f"SigningCertURL {_short(url)} has forbidden characters")
+        raise ValueError(f"SigningCertURL {shorten(url, 80)} has forbidden characters")
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError as e:
-        raise ValueError(f"SigningCertURL {_short(url)} does not parse: {_short(str(e))}") from None
+        raise ValueError(f"SigningCertURL {shorten(url, 80)} does not parse: "
+                         f"{shorten(str(e), 80)}") from None
     if parts.scheme != "https":
-        raise ValueError(f"SigningCertURL scheme {_short(parts.scheme)} is not https")
+        raise ValueError(f"SigningCertURL scheme {shorten(parts.scheme, 80)} is not https")
     if "@" in parts.netloc:
         raise ValueError("SigningCertURL has user info")
     if ":" in parts.netloc:
         raise ValueError("SigningCertURL has an explicit port")
     host_match = _HOST_RE.fullmatch(parts.netloc)
     if host_match is None:
-        raise ValueError(f"SigningCertURL host {_short(parts.netloc)} is not an SNS host")
+        raise ValueError(f"SigningCertURL host {shorten(parts.netloc, 80)} is not an SNS host")
     if bool(host_match["cn"]) != host_match["region"].startswith("cn-"):
-        raise ValueError(f"SigningCertURL host {_short(parts.netloc)} is not an SNS host")
+        raise ValueError(f"SigningCertURL host {shorten(parts.netloc, 80)} is not an SNS host")
     if parts.query or parts.fragment or "?" in url or "#" in url:
         raise ValueError("SigningCertURL has a query or fragment")
     if _PATH_RE.fullmatch(parts.path) is None:
-        raise ValueError(f"SigningCertURL path {_short(parts.path)} is not an SNS certificate")
+        raise ValueError(f"SigningCertURL path {shorten(parts.path, 80)} is not an SNS certificate")
     if _URL_RE.fullmatch(url) is None:  # second gate over the whole string
-        raise ValueError(f"SigningCertURL {_short(url)} is not an SNS certificate URL")
+        raise ValueError(f"SigningCertURL {shorten(url, 80)} is not an SNS certificate URL")
     return parts.netloc
 
 
@@ -376,7 +367,7 @@ class SignatureVerifier:
             return Verdict(False, str(e))
         except Exception as e:
             log.debug("signature check failed unexpectedly", exc_info=True)
-            detail = _short(str(e), 160)  # may echo message content
+            detail = shorten(str(e), 160)  # may echo message content
             return Verdict(False, f"signature check error: {type(e).__name__}: {detail}")
         return Verdict(True, "signature ok")
 
@@ -387,7 +378,7 @@ class SignatureVerifier:
             raise _Reject("missing field 'SignatureVersion'")
         version = envelope["SignatureVersion"]
         if not isinstance(version, str) or version not in _HASHES:
-            raise _Reject(f"unsupported SignatureVersion {_short(version)}")
+            raise _Reject(f"unsupported SignatureVersion {shorten(version, 80)}")
         encoded = _field(envelope, "Signature")
         try:
             signature = base64.b64decode(encoded, validate=True)
@@ -402,12 +393,12 @@ class SignatureVerifier:
         host_region = host.split(".")[1]
         if topic and topic["region"] != host_region:
             raise _Reject(
-                f"SigningCertURL region {_short(host_region)} differs from TopicArn region "
-                f"{_short(topic['region'])}"
+                f"SigningCertURL region {shorten(host_region, 80)} differs from TopicArn region "
+                f"{shorten(topic['region'], 80)}"
             )
         if self.allowed_regions is not None and host_region not in self.allowed_regions:
             raise _Reject(
-                f"SigningCertURL region {_short(host_region)} is not the region of an allowed "
+                f"SigningCertURL region {shorten(host_region, 80)} is not the region of an allowed "
                 f"topic"
             )
         key = self._certificate(url).public_key()
@@ -425,15 +416,16 @@ class SignatureVerifier:
         try:
             sent = _parse_timestamp(value)
         except ValueError:
-            raise _Reject(f"Timestamp {_short(value)} is not an SNS UTC time") from None
+            raise _Reject(f"Timestamp {shorten(value, 80)} is not an SNS UTC time") from None
         age = (self._now() - sent).total_seconds()
         if age > max_age:
             raise _Reject(
-                f"Timestamp {_short(value)} is {age:.0f} s old, more than the {max_age:g} s allowed"
+                f"Timestamp {shorten(value, 80)} is {age:.0f} s old, more than the "
+                f"{max_age:g} s allowed"
             )
         if -age > defaults.SNS_TIMESTAMP_SKEW_SECONDS:
             raise _Reject(
-                f"Timestamp {_short(value)} is {-age:.0f} s in the future, more than the "
+                f"Timestamp {shorten(value, 80)} is {-age:.0f} s in the future, more than the "
                 f"{defaults.SNS_TIMESTAMP_SKEW_SECONDS:g} s of clock skew allowed"
             )
 
@@ -469,7 +461,7 @@ class SignatureVerifier:
             # the network or AWS failing may pass; an answer of "no such certificate" will not
             transient = isinstance(e, OSError) and not (
                 isinstance(e, urllib.error.HTTPError) and e.code < 500)
-            reason = f"certificate fetch failed: {type(e).__name__}: {_short(str(e), 160)}"
+            reason = f"certificate fetch failed: {type(e).__name__}: {shorten(str(e), 160)}"
             raise self.cert_failures.failed(
                 url, self._now(), reason, final=not transient) from None
         try:

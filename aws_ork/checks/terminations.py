@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from aws_ork import defaults
 from aws_ork.checks.verdict import Verdict
 from aws_ork.events import Event, Kind
 from aws_ork.ids import is_instance_id
@@ -25,7 +26,7 @@ from aws_ork.runtime.files import write_atomic
 log = logging.getLogger(__name__)
 
 #: SQS keeps a message at most 14 days: a launch older than that cannot arrive.
-RETENTION_SECONDS = 14 * 24 * 3600
+RETENTION_SECONDS = defaults.SQS_MAX_RETENTION_SECONDS
 #: Prune at the first record of a run, then at most this often.
 PRUNE_EVERY_SECONDS = 3600
 

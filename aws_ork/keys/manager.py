@@ -39,6 +39,8 @@ class Outcome(enum.Enum):
     PREAUTHORISED = ("pre-authorised (no key yet): Salt accepts it on the minion's first "
                      "contact", True)
     PREAUTH_WITHDRAWN = ("withdrawn from pre-authorisation (no key)", True)
+    REMOVED = ("its key was accepted before and has since been removed by someone else; "
+               "not accepted or pre-authorised again", True)
 
     def __init__(self, text: str, done: bool) -> None:
         self.text = text
@@ -96,14 +98,20 @@ class KeyManager:
         found = self._call("look up", minion_id, self._key.list_match, [minion_id])
         return {state for state, names in found.items() if minion_id in names}
 
-    def accept(self, minion_id: str) -> KeyResult:
-        """Accept the pending key of exactly this minion."""
+    def accept(self, minion_id: str, *, enrolled: bool = False) -> KeyResult:
+        """Accept the pending key of exactly this minion.
+
+        ``enrolled``: this instance's key was accepted once before. An instance launches
+        once; if its key is no longer accepted, someone (an operator) removed it, and no
+        launch message (a replay, or a late one) may accept or pre-authorise a key again."""
         if not is_instance_id(minion_id):
             log.warning("refusing to accept key %r: not an instance id", minion_id)
             return KeyResult(Outcome.INVALID_ID)
         states = self.states(minion_id)
         if ACCEPTED in states:
             return KeyResult(Outcome.ALREADY_ACCEPTED)
+        if enrolled:
+            return KeyResult(Outcome.REMOVED)
         if REJECTED in states and PENDING not in states:
             return KeyResult(Outcome.REFUSED)
         if not states and self._stubs.useful:

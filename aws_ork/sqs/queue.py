@@ -33,6 +33,8 @@ class Queue:
     def __init__(self, client: Any, url: str) -> None:
         self.client = client
         self.url = url
+        #: how long the queue keeps a message (read by :meth:`check`; SQS's maximum until then)
+        self.retention_seconds = defaults.SQS_MAX_RETENTION_SECONDS
 
     @classmethod
     def open(cls, client: Any, *, url: str | None, name: str) -> Queue:
@@ -45,13 +47,19 @@ class Queue:
             raise QueueError(f"queue {name!r}: {error_code(exc)}: {exc}") from exc
 
     def check(self) -> int:
-        """Reach the queue; return its approximate depth."""
+        """Reach the queue; return its approximate depth, and note its retention period
+        (no envelope older than that can come from it: see the Timestamp check)."""
         try:
             attrs = self.client.get_queue_attributes(
-                QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages"]
+                QueueUrl=self.url,
+                AttributeNames=["ApproximateNumberOfMessages", "MessageRetentionPeriod"],
             )["Attributes"]
         except AWS_ERRORS as exc:
             raise QueueError(f"queue {self.url}: {error_code(exc)}: {exc}") from exc
+        try:
+            self.retention_seconds = int(attrs["MessageRetentionPeriod"])
+        except (KeyError, TypeError, ValueError):
+            self.retention_seconds = defaults.SQS_MAX_RETENTION_SECONDS
         return int(attrs.get("ApproximateNumberOfMessages", 0))
 
     def receive(self, wait_seconds: int = defaults.WAIT_TIME_SECONDS) -> list[Message]:
