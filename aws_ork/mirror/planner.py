@@ -26,6 +26,7 @@ from aws_ork import defaults
 from aws_ork.errors import MirrorError
 from aws_ork.mirror import manifest
 from aws_ork.mirror.bucket import Remote, S3Tree, md5_from_etag
+from aws_ork.runtime.files import tree_entries
 
 log = logging.getLogger(__name__)
 
@@ -191,18 +192,15 @@ class S3Mirror:
         return None
 
     def _scan(self) -> Iterator[tuple[str, os.stat_result]]:
-        """Regular files under pki_dir as (posix relative path, stat)."""
+        """Regular files (and in-tree links to them) under pki_dir as (posix relative path,
+        stat)."""
         def error(exc: OSError) -> None:
             raise MirrorError(f"{self.pki_dir}: {exc}") from exc
 
-        for dirpath, dirnames, filenames in os.walk(self.pki_dir, onerror=error):
-            dirnames.sort()
-            base = Path(dirpath)
-            for name in sorted(filenames):
-                rel = (base / name).relative_to(self.pki_dir).as_posix()
-                st = self._lstat(rel)
-                if st is not None:
-                    yield rel, st
+        for rel in tree_entries(self.pki_dir, onerror=error):
+            st = self._lstat(rel)
+            if st is not None:
+                yield rel, st
 
     def _put_one(self, rel: str) -> Remote | None:
         """Upload one file as it is now; None when it vanished meanwhile."""

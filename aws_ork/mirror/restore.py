@@ -43,8 +43,10 @@ from typing import Protocol
 
 from aws_ork import defaults
 from aws_ork.errors import AwsOrkError, MirrorError
+from aws_ork.events.fields import shorten
 from aws_ork.keys.location import AUTOSIGN
 from aws_ork.mirror.bucket import Download
+from aws_ork.runtime.files import tree_entries
 
 log = logging.getLogger(__name__)
 
@@ -111,21 +113,14 @@ class _Done:
 
 
 def shown(value: str | bytes) -> str:
-    """An untrusted value for a log line: repr (escapes control characters), shortened."""
-    text = repr(value)
-    return text if len(text) <= SHOWN else text[:SHOWN - 3] + "..."
+    """An untrusted object key or link target for a log line: escaped and shortened."""
+    return shorten(value, SHOWN)
 
 
 def local_files(root: Path) -> list[str]:
     """Files and symlinks under root (relative posix paths); symlinks are not followed."""
-    found = []
-    for dirpath, dirs, files in os.walk(root):
-        links = [name for name in dirs if os.path.islink(os.path.join(dirpath, name))]
-        for name in files + links:
-            path = Path(dirpath, name)
-            if path.is_symlink() or path.is_file():
-                found.append(path.relative_to(root).as_posix())
-    return found
+    return [rel for rel in tree_entries(root)
+            if (root / rel).is_symlink() or (root / rel).is_file()]
 
 
 def safe_relpath(rel: str) -> bool:
@@ -347,13 +342,26 @@ def _temp_name(name: str) -> str:
     return f".{name}.{secrets.token_hex(6)}.tmp"
 
 
+def _replace_with(dir_fd: int, name: str, make: Callable[[str], None]) -> None:
+    """``make(tmp)`` creates a temp entry in the directory, which is then renamed over
+    ``name`` (a link there is replaced, not followed); the temp entry goes on any error."""
+    tmp = _temp_name(name)
+    try:
+        make(tmp)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+
+
 def _write_file(dir_fd: int, name: str, data: bytes, mode: int) -> None:
     """Write ``name`` in the directory atomically: a new temp file (O_EXCL, O_NOFOLLOW, the
-    mode set before any data), fsynced, renamed over the name (a link there is replaced, not
-    followed)."""
-    tmp = _temp_name(name)
-    fd = os.open(tmp, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
-    try:
+    mode set before any data), fsynced, renamed over the name."""
+    def make(tmp: str) -> None:
+        fd = os.open(tmp, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
             os.fchmod(fd, mode)
             view = memoryview(data)
@@ -362,27 +370,13 @@ def _write_file(dir_fd: int, name: str, data: bytes, mode: int) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except OSError:
-            pass
-        raise
+
+    _replace_with(dir_fd, name, make)
 
 
 def _write_link(dir_fd: int, name: str, target: str) -> None:
     """Create the symlink ``name -> target`` in the directory: temp link + rename."""
-    tmp = _temp_name(name)
-    os.symlink(target, tmp, dir_fd=dir_fd)
-    try:
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except OSError:
-            pass
-        raise
+    _replace_with(dir_fd, name, lambda tmp: os.symlink(target, tmp, dir_fd=dir_fd))
 
 
 def _make_dirs(root_fd: int, pki_dir: Path, rels: list[str]) -> dict[str, str]:

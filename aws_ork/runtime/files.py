@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -35,3 +36,16 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def tree_entries(root: Path,
+                 onerror: Callable[[OSError], None] | None = None) -> Iterator[str]:
+    """Every file and symlink under ``root`` as a relative posix path, in sorted order.
+
+    Symlinks (to directories too) are listed, never followed: the walk stays in the tree.
+    ``onerror`` gets the OSError of a directory that cannot be read (default: skipped)."""
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
+        dirnames.sort()
+        links = [name for name in dirnames if os.path.islink(os.path.join(dirpath, name))]
+        for name in sorted(filenames + links):
+            yield Path(dirpath, name).relative_to(root).as_posix()
