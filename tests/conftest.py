@@ -17,6 +17,9 @@ from tests.snssign import SigningIdentity, make_signing_identity
 
 AWS_VARIABLES = ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
 
+#: cert_dir, identity, fleet: signed envelopes and a managed group for the trust tests
+pytest_plugins = ["tests.trustenv"]
+
 
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
