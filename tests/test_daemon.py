@@ -8,6 +8,7 @@ import signal
 
 import pytest
 
+from aws_ork import __version__
 from tests.daemon import (
     bucket_objects,
     queue_counts,
@@ -21,6 +22,9 @@ from tests.daemon import (
 )
 from tests.messages import FIXTURES, fixture_text, new_id, sns_launch, sns_terminate
 from tests.saltenv import free_port
+
+#: the start-up line's beginning
+STARTED = f"aws_ork {__version__}: queue"
 
 
 def test_launch_accepts_exactly_that_pending_key(master, conf, sqs, queue_url):
@@ -224,7 +228,7 @@ def test_sigterm_cuts_the_long_poll_short(master, conf, tmp_path, sqs, queue_url
     log = tmp_path / "daemon.log"
     proc = start_aws_ork(conf, log, "-v")
     try:
-        wait_for(lambda: "aws_ork 1" in log.read_text(), 60, "the daemon to start")
+        wait_for(lambda: STARTED in log.read_text(), 60, "the daemon to start")
         wait_for(lambda: "long poll" in log.read_text(), 30, "the first long poll")
         proc.send_signal(signal.SIGTERM)
         # the long poll waits 20 s; a clean stop returns well before it would have ended
@@ -251,7 +255,7 @@ def test_daemon_mode_writes_its_pid_file_and_log_and_stops_on_sigterm(master, tm
     pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 30,
                        "the pid file"))
     try:
-        wait_for(lambda: log_file.exists() and "aws_ork 1" in log_file.read_text(), 30,
+        wait_for(lambda: log_file.exists() and STARTED in log_file.read_text(), 30,
                  "the start line in LogFile")
         send(sqs, queue_url, sns_launch(instance))
         wait_for(lambda: states(master, instance)[instance] == "minions", 30,
@@ -280,7 +284,11 @@ def test_check_reports_each_part_and_fails_on_a_missing_bucket(master, tmp_path,
     ok = run_aws_ork(good, "--check")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     lines = ok.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["ok"] * len(lines)
+    # the test config turns both trust checks off: each is an explicit unsafe choice
+    assert [line for line in lines if line.startswith("WARN")] == [
+        "WARN VerifySignatures is off: any message in the queue is believed",
+        "WARN VerifyInstances is off: launches are not checked against EC2"]
+    assert {line.split()[0] for line in lines} == {"ok", "WARN"}
     assert any(line.startswith("ok   queue") for line in lines)
     assert any(line.startswith("ok   bucket") for line in lines)
     assert any(line.startswith("ok   salt pki") for line in lines)
