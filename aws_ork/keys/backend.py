@@ -65,6 +65,41 @@ class SaltKeys:
                    salt.utils.event.tagify(prefix="key"))
         return True
 
+    def denied(self, minion_id: str) -> list[str]:
+        """The public keys Salt denied under this id (another key was pending or accepted)."""
+        found = self.key.cache.fetch("denied_keys", minion_id)
+        if isinstance(found, str):
+            return [found]
+        return [pub for pub in found or [] if isinstance(pub, str)]
+
+    def accept_denied(self, minion_id: str, pub: str) -> bool:
+        """Accept a denied key (key binding: the genuine key, denied because an impostor's
+        was pending first): store it as accepted, then drop the denied entry. False when it
+        is not a valid RSA public key."""
+        import salt.crypt
+        import salt.exceptions
+        import salt.utils.event
+
+        try:
+            salt.crypt.PublicKey.from_str(pub)
+        except salt.exceptions.InvalidKeyError:
+            log.error("%s: denied key is not a valid RSA public key; not accepted", minion_id)
+            return False
+        self.key.cache.store("keys", minion_id, {"state": "accepted", "pub": pub})
+        self.key.cache.flush("denied_keys", minion_id)
+        self._fire({"result": True, "act": "accept", "id": minion_id, "pub": pub},
+                   salt.utils.event.tagify(prefix="key"))
+        return True
+
+    def drop_pending(self, minion_id: str) -> None:
+        """Delete a pending key that never served a minion (key binding: an impostor's). No
+        minion data to flush and no AES rotation: nobody was ever given the AES key."""
+        import salt.utils.event
+
+        self.key.cache.flush("keys", minion_id)
+        self._fire({"result": True, "act": "delete", "id": minion_id},
+                   salt.utils.event.tagify(prefix="key"))
+
     def delete(self, minion_id: str, states: Iterable[str]) -> None:
         """Delete the key in each of ``states`` (directory names), as ``Key.delete_key`` does."""
         import salt.utils.event

@@ -18,9 +18,10 @@ from typing import Any
 
 from aws_ork.errors import ConfigError, KeyStoreError
 from aws_ork.ids import is_instance_id
+from aws_ork.keys import binding
 from aws_ork.keys.autosign import AutosignStubs
 from aws_ork.keys.backend import SaltKeys
-from aws_ork.keys.location import ACCEPTED, PENDING, REJECTED, KeyLocation
+from aws_ork.keys.location import ACCEPTED, DENIED, PENDING, REJECTED, KeyLocation
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class Outcome(enum.Enum):
     PREAUTHORISED = ("pre-authorised (no key yet): Salt accepts it on the minion's first "
                      "contact", True)
     PREAUTH_WITHDRAWN = ("withdrawn from pre-authorisation (no key)", True)
+    BOUND_NOT_YET = ("the key the instance published is not presented yet", False)
+    OTHER_KEY_ACCEPTED = ("a key with another fingerprint than the instance published is "
+                          "accepted under this id; left alone for an operator", True)
     REMOVED = ("its key was accepted before and has since been removed by someone else; "
                "not accepted or pre-authorised again", True)
 
@@ -54,6 +58,9 @@ class KeyResult:
     outcome: Outcome
     changed: bool = False
     dry_run: bool = False
+    #: key binding: fingerprints (salt-key -f) of impostor keys deleted, or of the other key
+    #: accepted under the id, for the SECURITY line
+    others: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """One log fragment."""
@@ -119,6 +126,55 @@ class KeyManager:
         if PENDING not in states:
             return KeyResult(Outcome.NOT_PENDING)
         return self._accept_pending(minion_id)
+
+    def accept_bound(self, minion_id: str, fingerprint: str, *,
+                     enrolled: bool = False) -> KeyResult:
+        """Key binding: accept exactly the key whose fingerprint the instance published.
+
+        Never writes an autosign stub (a stub accepts whichever key comes first). A pending
+        key with another fingerprint is deleted, not rejected (rejecting the id would lock
+        the genuine minion out); the genuine key denied by Salt because an impostor's was
+        pending first is accepted from the denied keys. A key already accepted with another
+        fingerprint is left alone (an operator decides). Not presented yet: BOUND_NOT_YET."""
+        if not is_instance_id(minion_id):
+            log.warning("refusing to accept key %r: not an instance id", minion_id)
+            return KeyResult(Outcome.INVALID_ID)
+        hash_type = str(self._key.opts.get("hash_type") or "sha256")
+        states = self.states(minion_id)
+        if ACCEPTED in states:
+            pub = self._pub(minion_id)
+            if pub is not None and binding.matches(pub, fingerprint, hash_type):
+                return KeyResult(Outcome.ALREADY_ACCEPTED)
+            other = (binding.finger(pub, hash_type),) if pub is not None else ()
+            return KeyResult(Outcome.OTHER_KEY_ACCEPTED, others=other)
+        if enrolled:
+            return KeyResult(Outcome.REMOVED)
+        impostors: list[str] = []
+        if PENDING in states:
+            pub = self._pub(minion_id)
+            if pub is not None and binding.matches(pub, fingerprint, hash_type):
+                return self._accept_pending(minion_id)
+            impostors.append(binding.finger(pub, hash_type) if pub is not None else "?")
+            if not self.dry_run:
+                self._call("delete", minion_id, self._salt.drop_pending, minion_id)
+        if DENIED in states:
+            for pub in self._call("look up", minion_id, self._salt.denied, minion_id):
+                if binding.matches(pub, fingerprint, hash_type):
+                    if self.dry_run:
+                        return KeyResult(Outcome.ACCEPTED, dry_run=True,
+                                         others=tuple(impostors))
+                    if not self._call("accept", minion_id, self._salt.accept_denied,
+                                      minion_id, pub):
+                        raise KeyStoreError(f"{minion_id}: Salt did not accept the denied key")
+                    return KeyResult(Outcome.ACCEPTED, changed=True, others=tuple(impostors))
+        return KeyResult(Outcome.BOUND_NOT_YET, changed=bool(impostors) and not self.dry_run,
+                         dry_run=self.dry_run and bool(impostors), others=tuple(impostors))
+
+    def _pub(self, minion_id: str) -> str | None:
+        """The public key Salt holds for this id (accepted or pending)."""
+        entry = self._entry(minion_id)
+        pub = entry.get("pub") if isinstance(entry, dict) else None
+        return pub if isinstance(pub, str) else None
 
     def _accept_pending(self, minion_id: str) -> KeyResult:
         entry = self._entry(minion_id)
