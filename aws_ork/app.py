@@ -22,6 +22,7 @@ from aws_ork.checks.terminations import Terminations
 from aws_ork.config import Config, require_safe
 from aws_ork.decide import Handler
 from aws_ork.errors import AwsOrkError, ConfigError, QueueError, StateError
+from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.location import KeyLocation
 from aws_ork.keys.manager import KeyManager, load_master_opts
 from aws_ork.keys.watcher import KeyDirWatcher
@@ -91,10 +92,15 @@ class App:
         max_age = self.queue.retention_seconds + defaults.SNS_TIMESTAMP_SKEW_SECONDS
         checks = build_checks(cfg, location=location, ec2=ec2, terminations=terminations,
                               finished=finished, max_age_seconds=max_age)
+        self.arrivals = KeyArrivals(location) if cfg.key_binding == "tag" else None
+        if self.arrivals is None:
+            log.info("KeyBinding is off: the first key presented under a new instance's id is "
+                     "accepted; KeyBinding = tag accepts only the key the instance published "
+                     "(see the README)")
         self.handler = Handler(KeyManager(master_opts, dry_run=run.dry_run),
                                delete_unknown=cfg.delete_unknown_messages, checks=checks,
                                terminations=terminations, finished=finished,
-                               enrolled=enrolled)
+                               enrolled=enrolled, arrivals=self.arrivals)
         self.mirror: MirrorWorker | None = None
         if cfg.bucket_url is not None and not run.dry_run:
             self.mirror = MirrorWorker(
@@ -128,6 +134,8 @@ class App:
         opts = load_master_opts(self.cfg.salt_master_config)
         self.handler.reload(opts)
         self.watcher.reload(opts)
+        if self.arrivals is not None:
+            self.arrivals.reload(opts)
 
     def run(self) -> int:
         """Purge if asked, start the mirror, loop until stopped; return the exit status."""
@@ -135,9 +143,15 @@ class App:
             self._purge()
         if self.mirror is not None:
             self.mirror.start()  # replays the journal, then reconciles with the bucket
+        if self.arrivals is not None:
+            self.arrivals.start(self.handler.on_key_presented)
         signal.signal(signal.SIGHUP, lambda _signum, _frame: self.loop.request_reload())
         systemd.notify("READY=1")
-        status = self.loop.run()
+        try:
+            status = self.loop.run()
+        finally:
+            if self.arrivals is not None:
+                self.arrivals.stop()
         systemd.notify("STOPPING=1")
         if self.mirror is not None and not self.mirror.stop(defaults.FINAL_MIRROR_SECONDS):
             log.error("S3 mirror is behind the key store; it will be brought up to date at "

@@ -91,6 +91,10 @@ class Config:
     metrics_address: tuple[str, int] | None = field(
         default=None, metadata={"option": "MetricsAddress"}
     )
+    key_binding: str = field(default="off", metadata={"option": "KeyBinding"})
+    key_binding_tag: str = field(
+        default="salt:minion-fingerprint", metadata={"option": "KeyBindingTag"}
+    )
 
     @property
     def effective_bucket_region(self) -> str:
@@ -264,6 +268,18 @@ def _address(raw: str) -> tuple[str, int]:
     return (host.strip("[]") or "127.0.0.1", int(port))
 
 
+def _key_binding(raw: str) -> str:
+    if raw.lower() not in ("off", "tag"):
+        raise ValueError("must be off or tag")
+    return raw.lower()
+
+
+def _tag_key(raw: str) -> str:
+    if not 0 < len(raw) <= 128 or raw.lower().startswith("aws:") or not raw.isprintable():
+        raise ValueError("is not an EC2 tag key you can set (1-128 characters, not aws:...)")
+    return raw
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "sqs_region": _region,
     "queue_name": _queue_name,
@@ -291,6 +307,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "minion_id_template": _template,
     "archive_dir": _optional(_path),
     "metrics_address": _optional(_address),
+    "key_binding": _key_binding,
+    "key_binding_tag": _tag_key,
 }
 
 #: lower-case option name (as configparser stores it) -> (dataclass field, canonical name)
@@ -339,6 +357,9 @@ def require_safe(cfg: Config) -> list[str]:
             "names eventbridge but neither AutoScalingGroups nor InstanceTags is set: EC2 "
             "state-change events come from every instance in the account. Set one of them "
             "(AutoScalingGroups = * for any Auto Scaling group)"))
+    if cfg.key_binding == "tag" and not cfg.verify_instances:
+        raise ConfigError(cfg.source, "KeyBinding", "tag needs VerifyInstances: the tag is read "
+                                                    "from the instance's DescribeInstances")
     for option, value in (("AutoScalingGroups", cfg.auto_scaling_groups),
                           ("InstanceTags", cfg.instance_tags)):
         if value and not cfg.verify_instances:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aws_ork import defaults, events
@@ -20,6 +21,7 @@ from aws_ork.checks.terminations import Terminations
 from aws_ork.errors import AwsOrkError, KeyStoreError
 from aws_ork.events import Event, Kind, Source
 from aws_ork.events.fields import clean
+from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.location import ACCEPTED
 from aws_ork.keys.manager import KeyManager, KeyResult, Outcome
 from aws_ork.memory import IdMemory, valid_id
@@ -54,13 +56,17 @@ class Handler:
 
     def __init__(self, keys: KeyManager, *, delete_unknown: bool = True,
                  checks: Sequence[Check] = (), terminations: Terminations | None = None,
-                 finished: IdMemory | None = None, enrolled: IdMemory | None = None) -> None:
+                 finished: IdMemory | None = None, enrolled: IdMemory | None = None,
+                 arrivals: KeyArrivals | None = None) -> None:
         self.keys = keys
         self.delete_unknown = delete_unknown
         self.checks = tuple(checks)
         self.terminations = terminations  # without VerifyInstances: honoured terminates
         self.finished = finished  # SNS MessageIds of finished envelopes (no replay)
         self.enrolled = enrolled  # instances whose keys were accepted once (never again)
+        self.arrivals = arrivals  # key binding: launches waiting for their bound key
+        # the loop and the arrivals thread both change keys: one at a time
+        self._keys_lock = threading.RLock()
 
     def reload(self, opts: Mapping[str, Any]) -> None:
         """SIGHUP: a key manager for the master's (re-read) config, and the same for every
@@ -98,8 +104,10 @@ class Handler:
         if event.kind is Kind.LAUNCH_ERROR:
             return Decision(Action.DELETE, "launch failed in AWS; no key change")
         assert event.instance_id is not None  # parser guarantees it for launch/terminate
+        fingerprint: str | None = None
         for check in self.checks:
             verdict = check(event)
+            fingerprint = verdict.fingerprint or fingerprint
             if verdict.retry and not 0 < verdict.attempts <= message.receive_count:
                 return self._retry(message, f"check deferred: {verdict.reason}")
             if verdict.retry and verdict.then_ok:
@@ -111,11 +119,17 @@ class Handler:
         try:
             if event.kind is Kind.TERMINATE and self.terminations is not None:
                 self.terminations.remember(event.instance_id)
-            if event.kind is Kind.LAUNCH:
-                result = self._accept(event.instance_id)
-            else:
-                result = self.keys.delete(event.instance_id)
+            with self._keys_lock:
+                if event.kind is Kind.TERMINATE:
+                    result = self.keys.delete(event.instance_id)
+                elif fingerprint is not None:
+                    result = self._accept_bound(event.instance_id, fingerprint)
+                else:
+                    result = self._accept(event.instance_id)
             decision = self._from_result(result, message, event.instance_id)
+            if fingerprint is not None:
+                decision = self._bound_decision(decision, result, message, event.instance_id,
+                                                fingerprint)
             if decision.action is Action.DELETE and self.finished is not None \
                     and event.source is Source.SNS and valid_id(event.message_id):
                 assert event.message_id is not None
@@ -135,15 +149,62 @@ class Handler:
         enrolled = self.enrolled is not None and instance_id in self.enrolled
         result = self.keys.accept(instance_id, enrolled=enrolled)
         if result.outcome is Outcome.REMOVED:
-            log.error("SECURITY: %s: its key was accepted before and has since been removed "
-                      "(salt-key -d?); a launch message never enrols an instance twice. To "
-                      "enrol it again by hand, compare salt-key -f %s with the minion's own "
-                      "salt-call --local key.finger, then salt-key -a %s",
-                      instance_id, instance_id, instance_id)
+            self._removed(instance_id)
         elif result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED) \
                 and not result.dry_run and self.enrolled is not None:
             self.enrolled.add(instance_id)
         return result
+
+    @staticmethod
+    def _removed(instance_id: str) -> None:
+        log.error("SECURITY: %s: its key was accepted before and has since been removed "
+                  "(salt-key -d?); a launch message never enrols an instance twice. To "
+                  "enrol it again by hand, compare salt-key -f %s with the minion's own "
+                  "salt-call --local key.finger, then salt-key -a %s",
+                  instance_id, instance_id, instance_id)
+
+    def _accept_bound(self, instance_id: str, fingerprint: str) -> KeyResult:
+        """Key binding: accept exactly the published key; say loudly what else was there."""
+        enrolled = self.enrolled is not None and instance_id in self.enrolled
+        result = self.keys.accept_bound(instance_id, fingerprint, enrolled=enrolled)
+        if result.outcome is Outcome.REMOVED:
+            self._removed(instance_id)
+        elif result.outcome is Outcome.OTHER_KEY_ACCEPTED:
+            log.error("SECURITY: %s: the key accepted under this id has fingerprint %s, not %s "
+                      "which the instance published; left alone (check it: salt-key -f %s)",
+                      instance_id, ", ".join(result.others) or "?", fingerprint, instance_id)
+        if result.others and result.outcome is not Outcome.OTHER_KEY_ACCEPTED:
+            log.error("SECURITY: %s: %s pending key with fingerprint %s is not the key the "
+                      "instance published (%s): someone else presented it under this id; "
+                      "deleted", instance_id, "would delete the" if result.dry_run else "the",
+                      ", ".join(result.others), fingerprint)
+        if result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED) \
+                and not result.dry_run and self.enrolled is not None:
+            self.enrolled.add(instance_id)
+        return result
+
+    def _bound_decision(self, decision: Decision, result: KeyResult, message: Message,
+                        instance_id: str, fingerprint: str) -> Decision:
+        """Name the fingerprint; watch for the key while it is not presented; give up on a
+        key never presented after BOUND_KEY_ATTEMPTS receives."""
+        reason = f"{decision.reason} (key binding: {fingerprint})"
+        if result.outcome is not Outcome.BOUND_NOT_YET:
+            return replace(decision, reason=reason)
+        if message.receive_count >= defaults.BOUND_KEY_ATTEMPTS:
+            return Decision(Action.DELETE, f"REJECTED: gave up after {message.receive_count} "
+                                           f"receives: {reason}", rejected=True)
+        if self.arrivals is not None:
+            self.arrivals.wait_for(instance_id, fingerprint)
+        return replace(decision, reason=reason)
+
+    def on_key_presented(self, minion_id: str, fingerprint: str) -> bool:
+        """The arrivals thread saw a key presented under a waiting id: ask the key stage now.
+        True when nothing is left to wait for."""
+        with self._keys_lock:
+            result = self._accept_bound(minion_id, fingerprint)
+        log.info("key presented by %s: %s (key binding: %s)", minion_id, result.describe(),
+                 fingerprint)
+        return result.outcome.done
 
     def note_accepted_by_salt(self, minion_ids: Sequence[str]) -> None:
         """Salt used up our autosign stubs for these minions: those accepted are enrolled."""

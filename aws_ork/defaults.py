@@ -92,3 +92,13 @@ CERT_FAILURE_TABLE_SIZE = 4096
 #: Timestamp may also lie this far in the future: clocks of AWS and the master may disagree a
 #: little, but an envelope from far in the future is no replay we should honour later either.
 SNS_TIMESTAMP_SKEW_SECONDS = 300.0
+
+#: Key binding: while launches wait for their bound key, their key files are looked at this
+#: often (two stat calls per waiting launch), so the key is accepted well within a second of
+#: the minion presenting it.
+ARRIVAL_POLL_SECONDS = 0.2
+#: ... for at most this long per launch; its message's own retries go on meanwhile.
+ARRIVAL_WAIT_SECONDS = 30 * 60
+#: Key binding: a launch whose bound key was not presented after this many receives (retries
+#: up to 60 s apart: about half an hour) is given up, with a WARNING line.
+BOUND_KEY_ATTEMPTS = 35

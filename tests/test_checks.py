@@ -375,3 +375,32 @@ def test_any_error_while_handling_a_message_is_logged_and_retried(caplog):
     decision = handler.handle(Message("m", "r", body, 3))
     assert decision.action is Action.RETRY and decision.delay == 8
     assert "UnicodeDecodeError" in caplog.text and "Traceback" in caplog.text
+
+
+# --- key binding --------------------------------------------------------------------------
+FINGER = ":".join(["ab"] * 32)
+
+
+def bound_check(ec2, tags):
+    client, stub = ec2
+    stub.add_response("describe_instances", reply("running", tags), {"InstanceIds": [ID]})
+    return InstanceCheck(Ec2Lookup(client), NO_KEYS, binding_tag="salt:minion-fingerprint")(
+        LAUNCH)
+
+
+def test_binding_passes_the_published_fingerprint_to_the_key_stage(ec2):
+    verdict = bound_check(ec2, {"salt:minion-fingerprint": FINGER.upper()})
+    assert (verdict.ok, verdict.fingerprint) == (True, FINGER)
+
+
+def test_binding_waits_for_the_tag_then_gives_up(ec2):
+    from aws_ork.checks.ec2 import BINDING_TAG_ATTEMPTS
+
+    verdict = bound_check(ec2, {})
+    assert (verdict.ok, verdict.retry, verdict.attempts) == (False, True, BINDING_TAG_ATTEMPTS)
+    assert "salt:minion-fingerprint" in verdict.reason
+
+
+def test_binding_refuses_a_tag_that_is_no_fingerprint(ec2):
+    verdict = bound_check(ec2, {"salt:minion-fingerprint": "pick me\n"})
+    assert (verdict.ok, verdict.retry) == (False, False) and "'pick me\\n'" in verdict.reason

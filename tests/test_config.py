@@ -41,6 +41,8 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
     "MinionIdTemplate": "{instance_id}",
     "ArchiveDir": None,
     "MetricsAddress": None,
+    "KeyBinding": "off",
+    "KeyBindingTag": "salt:minion-fingerprint",
 }
 
 #: Options this project added beyond the contract (the contract allows new names).
@@ -306,6 +308,9 @@ BAD_VALUES = [
     ("InstanceTags", "novalue"),
     ("InstanceTags", "Role=web =x"),
     ("AllowedTopicArns", "nope"),
+    ("KeyBinding", "yes"),
+    ("KeyBindingTag", "aws:autoscaling:groupName"),
+    ("KeyBindingTag", "x" * 129),
     ("MetricsAddress", "x"),
     ("MetricsAddress", "127.0.0.1:70000"),
     ("MinionIdTemplate", "{asg_name}"),

@@ -63,8 +63,9 @@ def build_checks(cfg: Config, *, location: KeyLocation, ec2: Any = None,
     if cfg.verify_instances:
         if ec2 is None:
             raise ValueError("VerifyInstances needs an EC2 client")
-        checks.append(InstanceCheck(Ec2Lookup(ec2), location, groups=cfg.auto_scaling_groups,
-                                    tags=cfg.instance_tags))
+        checks.append(InstanceCheck(
+            Ec2Lookup(ec2), location, groups=cfg.auto_scaling_groups, tags=cfg.instance_tags,
+            binding_tag=cfg.key_binding_tag if cfg.key_binding == "tag" else None))
     else:
         if terminations is None:
             raise ValueError("without VerifyInstances the termination memory is needed")

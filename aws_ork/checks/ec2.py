@@ -37,6 +37,7 @@ from aws_ork.checks.verdict import Verdict
 from aws_ork.errors import AwsOrkError, KeyStoreError
 from aws_ork.events import Event, Kind
 from aws_ork.events.fields import shorten
+from aws_ork.keys import binding
 from aws_ork.keys.location import KeyAgeUnknown, KeyLocation
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ CLOCK_SKEW_SECONDS = 60
 GROUP_TAG = "aws:autoscaling:groupName"
 LIVE_STATES = frozenset({"pending", "running"})
 GONE_STATES = frozenset({"shutting-down", "terminated"})
+#: KeyBinding = tag: how many receives of a launch whose instance has not tagged itself with
+#: its key's fingerprint yet before it is refused (retries 2, 4, 8 ... 60 s apart: about 8
+#: minutes, time for a slow boot; a lifecycle hook keeps the instance waiting meanwhile).
+BINDING_TAG_ATTEMPTS = 12
 #: How many receives of a message for an instance EC2 does not know before that is final
 #: (a launch is then rejected, a terminate honoured).
 NOT_FOUND_ATTEMPTS = 5
@@ -113,11 +118,13 @@ class InstanceCheck:
     ``location`` is where the master keeps keys: the pending key's age is read there."""
 
     def __init__(self, lookup: Ec2Lookup, location: KeyLocation, *,
-                 groups: Collection[str] = (), tags: Collection[tuple[str, str]] = ()) -> None:
+                 groups: Collection[str] = (), tags: Collection[tuple[str, str]] = (),
+                 binding_tag: str | None = None) -> None:
         self.lookup = lookup
         self.location = location
         self.groups = tuple(groups)
         self.tags = tuple(tags)
+        self.binding_tag = binding_tag  # KeyBinding = tag: the tag holding the fingerprint
 
     def reload(self, opts: Mapping[str, Any]) -> None:
         """SIGHUP: the master's config may have moved its key directory."""
@@ -169,7 +176,27 @@ class InstanceCheck:
         if missing:
             return Verdict(False, f"instance lacks required tag {', '.join(missing)} "
                                   f"(InstanceTags)")
+        if self.binding_tag is not None:
+            return self._bound(instance)
         return self._fresh(instance_id, instance.launch_time)
+
+    def _bound(self, instance: Instance) -> Verdict:
+        """Key binding: the fingerprint the instance published is the fact the key stage needs.
+
+        No freshness check: the fingerprint proves the key, whenever it was written."""
+        assert self.binding_tag is not None
+        value = instance.tags.get(self.binding_tag)
+        if value is None:
+            # The instance tags itself from user data once its minion has made its key:
+            # seconds to minutes after launch. Ask again with backoff, then give up.
+            return Verdict(False, f"the instance has not published its key's fingerprint "
+                                  f"(tag {self.binding_tag}) yet", retry=True,
+                           attempts=BINDING_TAG_ATTEMPTS)
+        fingerprint = binding.normalise(value)
+        if fingerprint is None:
+            return Verdict(False, f"tag {self.binding_tag} holds {shorten(value)}, which is not "
+                                  f"a key fingerprint")
+        return Verdict(True, fingerprint=fingerprint)
 
     def _fresh(self, instance_id: str, launch_time: datetime | None) -> Verdict:
         """A pending key written before the instance existed is someone else's."""

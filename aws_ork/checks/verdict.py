@@ -27,6 +27,8 @@ class Verdict:
     #: the pending key under this id was written before the instance existed: someone else
     #: submitted it, and the key stage moves it to the rejected keys
     stale_key: bool = False
+    #: key binding: the fingerprint the instance published; only that key may be accepted
+    fingerprint: str | None = None
 
 
 class Check(Protocol):
