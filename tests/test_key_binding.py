@@ -1,0 +1,177 @@
+"""Key binding end to end: two real salt-minions under one instance id; only the key the
+instance published on its EC2 tag is accepted, whoever connects first.
+
+Moto server (EC2 tags are real there), a real salt-master shared by the module, the real
+daemon with the shipped trust defaults (signed envelopes, EC2 checks) plus KeyBinding = tag.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import salt.utils.crypt
+
+from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, wait_for
+from tests.saltenv import SaltEnvError, SaltMaster, SaltMinion, start_minion
+from tests.trustenv import LAUNCH, decision_line, group_instance, signed, trust_config
+
+TAG = "salt:minion-fingerprint"
+#: what data/instance/aws_ork-bind-minion.sh sets beside a short acceptance_wait_time: a
+#: minion Salt denied (an impostor's key was pending first) keeps retrying instead of exiting
+AS_THE_SCRIPT_SETS = {"rejected_retry": True}
+
+
+def make_key_pair(pki: Path) -> str:
+    """A minion key pair made before the minion starts (as the instance-side script does);
+    returns its fingerprint as ``salt-call --local key.finger`` prints it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pki.mkdir(parents=True, exist_ok=True)
+    pki.chmod(0o700)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (pki / "minion.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption()))
+    (pki / "minion.pem").chmod(0o600)
+    (pki / "minion.pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return str(salt.utils.crypt.pem_finger(str(pki / "minion.pub")))
+
+
+def publish(fleet: dict[str, Any], instance: str, fingerprint: str) -> None:
+    fleet["ec2"].create_tags(Resources=[instance], Tags=[{"Key": TAG, "Value": fingerprint}])
+
+
+def answers_from(master: SaltMaster, minion_id: str) -> Any:
+    """Which minion answers under this id: its own pki_dir (None while no key is accepted:
+    salt then says "No minions matched the target")."""
+    try:
+        reply = master.salt_cmd(minion_id, "config.get", timeout=20, args=["pki_dir"],
+                                salt_timeout=5)
+    except SaltEnvError:
+        return None
+    return reply.get(minion_id)
+
+
+def accepted_pub(master: SaltMaster, minion_id: str) -> str | None:
+    path = master.key_path(minion_id, "minions")
+    return path.read_text().strip() if path.is_file() else None
+
+
+@pytest.fixture
+def daemon(master, tmp_path, queue_url, cert_dir, fleet) -> Iterator[tuple[Path, Any]]:
+    """The daemon with KeyBinding = tag, running in the background; (its log, process)."""
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
+                        KeyBinding="tag")
+    log = tmp_path / "aws_ork.log"
+    proc = start_aws_ork(conf, log)
+    try:
+        yield log, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def minions() -> Iterator[list[SaltMinion]]:
+    started: list[SaltMinion] = []
+    yield started
+    for minion in started:
+        minion.stop()
+
+
+def test_an_impostor_connecting_first_never_gets_the_key(
+        master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions):
+    log, proc = daemon
+    instance = group_instance(fleet)
+    genuine_root = tmp_path / "genuine"
+    publish(fleet, instance, make_key_pair(genuine_root / "pki"))
+    send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
+    wait_for(lambda: f"{instance} " in log.read_text() and "key binding:" in log.read_text(),
+             60, "the launch to wait for the bound key")
+
+    minions.append(start_minion(master, tmp_path / "impostor", instance))
+    wait_for(lambda: "not the key the instance published" in log.read_text(), 60,
+             "the impostor's key to be deleted")
+    assert accepted_pub(master, instance) is None
+
+    genuine = start_minion(master, genuine_root, instance, extra_opts=AS_THE_SCRIPT_SETS)
+    minions.append(genuine)
+    wait_for(lambda: accepted_pub(master, instance) == genuine.public_key(), 60,
+             "the genuine key to be accepted")
+    wait_for(lambda: answers_from(master, instance) == str(genuine.pki_dir), 60,
+             "the genuine minion to answer")
+    assert accepted_pub(master, instance) == genuine.public_key()  # never the impostor's
+    text = log.read_text()
+    assert f"SECURITY: {instance}" in text and proc.poll() is None, text
+    wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 60, "the launch to finish")
+
+
+def test_the_genuine_minion_connecting_first_is_accepted(
+        master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions):
+    log, _proc = daemon
+    instance = group_instance(fleet)
+    root = tmp_path / "genuine"
+    publish(fleet, instance, make_key_pair(root / "pki"))
+    send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
+    wait_for(lambda: "key binding:" in log.read_text(), 60, "the launch to wait for its key")
+    genuine = start_minion(master, root, instance, extra_opts=AS_THE_SCRIPT_SETS)
+    minions.append(genuine)
+    wait_for(lambda: answers_from(master, instance) == str(genuine.pki_dir), 60,
+             "the genuine minion to answer")
+    assert "SECURITY" not in log.read_text()
+
+
+def test_without_the_tag_nothing_is_accepted(master, tmp_path, sqs, queue_url, cert_dir,
+                                             identity, fleet):
+    instance = group_instance(fleet)
+    master.add_pending_key(instance)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
+                        KeyBinding="tag")
+    send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert master.key_state_of(instance) == "minions_pre"
+    assert not (master.pki_dir / "minions_autosign" / instance).exists()
+    line = decision_line(result.stderr, instance)
+    assert "check deferred" in line and f"(tag {TAG}) yet" in line, line
+    assert sum(queue_counts(sqs, queue_url)) == 1  # asked again later
+
+
+def test_the_genuine_key_already_pending_is_accepted_at_once(
+        master, tmp_path, sqs, queue_url, cert_dir, identity, fleet):
+    instance = group_instance(fleet)
+    fingerprint = make_key_pair(tmp_path / "pki")
+    master.add_pending_key(instance, (tmp_path / "pki" / "minion.pub").read_text())
+    publish(fleet, instance, fingerprint)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
+                        KeyBinding="tag")
+    send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert master.key_state_of(instance) == "minions"
+    line = decision_line(result.stderr, instance)
+    assert "accepted" in line and f"(key binding: {fingerprint})" in line, line
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def test_key_binding_needs_verify_instances(master, tmp_path, queue_url, cert_dir, fleet):
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
+                        KeyBinding="tag", VerifyInstances="false", AutoScalingGroups="",
+                        InstanceTags="")
+    result = run_aws_ork(conf, "--check")
+    assert result.returncode == 2
+    assert "KeyBinding: tag needs VerifyInstances" in result.stderr
