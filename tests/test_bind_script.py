@@ -68,7 +68,8 @@ def test_the_script_makes_tags_and_starts_the_minion_the_way_key_binding_needs(t
     assert binding.matches((pki / "minion.pub").read_text(), published)
     assert (etc / "minion_id").read_text().strip() == INSTANCE
     drop_in = (etc / "minion.d" / "aws_ork.conf").read_text()
-    for line in (f"id: {INSTANCE}", "acceptance_wait_time: 2", "rejected_retry: True"):
+    for line in (f"id: {INSTANCE}", "acceptance_wait_time: 1", "acceptance_wait_time_max: 10",
+                 "rejected_retry: True"):
         assert line in drop_in.splitlines()
 
     again = subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True,

@@ -13,9 +13,11 @@ set -eu
 TAG_KEY="${AWS_ORK_BINDING_TAG:-salt:minion-fingerprint}"
 SALT_CONFIG_DIR="${SALT_CONFIG_DIR:-/etc/salt}"
 CONF_DIR="$SALT_CONFIG_DIR/minion.d"
-# seconds between the minion's auth attempts while its key waits for acceptance (Salt's
-# default is 10): aws_ork accepts the bound key within a second of it being presented
-ACCEPTANCE_WAIT="${AWS_ORK_ACCEPTANCE_WAIT:-2}"
+# seconds before the minion's first retry while its key waits for acceptance (Salt's default
+# is 10), doubling up to ACCEPTANCE_WAIT_MAX: aws_ork accepts the bound key within a second of
+# it being presented, so the first retry usually succeeds
+ACCEPTANCE_WAIT="${AWS_ORK_ACCEPTANCE_WAIT:-1}"
+ACCEPTANCE_WAIT_MAX="${AWS_ORK_ACCEPTANCE_WAIT_MAX:-10}"
 IMDS=http://169.254.169.254/latest
 
 # IMDSv2: a session token first, then the instance's own identity
@@ -36,7 +38,7 @@ printf '%s\n' "$instance_id" > "$SALT_CONFIG_DIR/minion_id"
 cat > "$CONF_DIR/aws_ork.conf" <<CONF
 id: $instance_id
 acceptance_wait_time: $ACCEPTANCE_WAIT
-acceptance_wait_time_max: $ACCEPTANCE_WAIT
+acceptance_wait_time_max: $ACCEPTANCE_WAIT_MAX
 rejected_retry: True
 CONF
 
