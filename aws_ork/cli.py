@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.daemon:
         return daemonize(cfg, verbose=args.verbose, syslog=args.syslog,
                          run=lambda: app.run(cfg, options, master_opts))
-    logsetup.setup(verbose=args.verbose, syslog=args.syslog)
+    logsetup.setup(verbose=args.verbose, syslog=args.syslog, log_format=cfg.log_format)
     return app.run(cfg, options, master_opts)
 
 
@@ -80,7 +80,7 @@ def run_restore(cfg: Config, *, force: bool) -> int:
     --force."""
     if cfg.bucket_url is None:
         raise ConfigError(cfg.source, "BucketUrl", "not set: --restore needs the mirror's URL")
-    logsetup.setup(verbose=False)
+    logsetup.setup(verbose=False, log_format=cfg.log_format)
     try:
         result = restore(s3_tree(cfg), cfg.pki_dir, force=force)
     except RestoreRefused as exc:
