@@ -29,6 +29,7 @@ from aws_ork.config import ANY_TOPIC, Config
 from aws_ork.errors import ConfigError, MirrorError, QueueError
 from aws_ork.keys.location import ACCEPTED, PENDING, REJECTED, KeyLocation
 from aws_ork.keys.manager import load_master_opts
+from aws_ork.mirror.bucket import S3Tree
 from aws_ork.sqs.queue import Queue
 
 #: The object written and deleted to prove the bucket is writable (under the prefix: the
@@ -285,21 +286,24 @@ def check_bucket(cfg: Config) -> Iterator[Line]:
             written = f"; BucketSSE = {cfg.bucket_sse} encrypts what aws_ork writes" \
                 if cfg.bucket_sse else ""
             yield warn(f"bucket encryption: the bucket has no default encryption{written}")
+    yield public_access_line(tree)
+    if not os.access(cfg.pki_dir, os.R_OK | os.X_OK):
+        yield fail(f"PkiDir {cfg.pki_dir}: not readable, nothing can be mirrored")
+
+
+def public_access_line(tree: S3Tree) -> Line:
+    """The bucket's own public access block (the account's is not read): all four on."""
     try:
         block = tree.public_access_block()
     except MirrorError as exc:
-        yield warn(f"bucket public access block: cannot read it: {exc}")
-        return
+        return warn(f"bucket public access block: cannot read it: {exc}")
     missing = [name for name in PUBLIC_ACCESS_SETTINGS if not block.get(name)]
     if not block:
-        yield warn("bucket public access block: none: a policy or ACL can make the pki "
-                   "(master.pem included) public")
-    elif missing:
-        yield warn(f"bucket public access block: {', '.join(missing)} not on")
-    else:
-        yield ok("bucket public access block: all four settings on")
-    if not os.access(cfg.pki_dir, os.R_OK | os.X_OK):
-        yield fail(f"PkiDir {cfg.pki_dir}: not readable, nothing can be mirrored")
+        return warn("bucket public access block: none: a policy or ACL can make the pki "
+                    "(master.pem included) public")
+    if missing:
+        return warn(f"bucket public access block: {', '.join(missing)} not on")
+    return ok("bucket public access block: all four settings on")
 
 
 # --- the Salt master ---

@@ -3,8 +3,10 @@ policy reader on AWS's JSON (and on any JSON at all)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -116,14 +118,63 @@ def test_an_open_policy_without_unsigned_sources_only_warns(healthy, sqs, queue_
     assert len(starting(lines, "WARN")) == 1
 
 
-def test_a_queue_without_dead_letter_queue_warns(tmp_path, sqs, queue_url, master):
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master)
+def test_a_queue_without_dead_letter_queue_and_a_bare_bucket_warn(tmp_path, sqs, queue_url,
+                                                                  master, bucket):
+    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
 
     status, lines = check(conf)
 
     assert status == 0, lines
     assert starting(lines, "WARN queue has no dead-letter queue")
     assert starting(lines, "ok   queue policy: none")
+    assert starting(lines, "WARN bucket encryption: the bucket has no default encryption")
+    assert starting(lines, "WARN bucket public access block: none")
+
+
+def test_a_partial_public_access_block_warns_naming_what_is_off(healthy, s3, bucket):
+    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
+        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": False,
+        "RestrictPublicBuckets": False})
+
+    status, lines = check(healthy())
+
+    assert status == 0, lines
+    assert starting(lines, "WARN") == [
+        "WARN bucket public access block: BlockPublicPolicy, RestrictPublicBuckets not on"]
+
+
+class Unauthorized(http.server.BaseHTTPRequestHandler):
+    """An EC2 endpoint that refuses every call, as for a role without ec2:DescribeInstances."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = (b"<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You "
+                b"are not authorized to perform this operation.</Message></Error></Errors>"
+                b"<RequestID>preflight-test</RequestID></Response>")
+        self.send_response(403)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_ec2_describe_instances_not_permitted_fails(healthy):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run_aws_ork(healthy(), "--check", env={"AWS_ENDPOINT_URL_EC2": endpoint})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert [line for line in result.stdout.splitlines() if line.startswith("FAIL")] == [
+        "FAIL EC2 DescribeInstances not permitted in us-west-2: every launch and terminate "
+        "would be retried, nothing accepted"]
 
 
 def test_an_unwritable_pki_fails(healthy, tmp_path, master):
