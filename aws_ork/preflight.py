@@ -41,6 +41,9 @@ MIN_VISIBILITY_TIMEOUT = 30
 #: A message waiting for EC2 (a terminate before the instance is gone) is retried every 2, 4
 #: ... 60 s: with fewer receives than this it may be set aside before it could be finished.
 MIN_MAX_RECEIVE_COUNT = 20
+#: Policy condition operators that admit only the values they name.
+ADMITTING_OPERATORS = frozenset({"arnequals", "arnlike", "stringequals", "stringlike",
+                                 "stringequalsignorecase"})
 #: The four settings of a public access block, all needed to keep the pki private.
 PUBLIC_ACCESS_SETTINGS = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy",
                           "RestrictPublicBuckets")
@@ -229,15 +232,17 @@ def _public_principal(statement: Mapping[str, Any]) -> str | None:
 
 def _restricted_to_sources(statement: Mapping[str, Any], allowed_topics: tuple[str, ...],
                            unsigned_sources: tuple[str, ...]) -> bool:
-    """True when an aws:SourceArn condition (any ARN or string operator) names only allowed
-    topics, or EventBridge rules when eventbridge is an UnsignedSource."""
+    """True when an aws:SourceArn condition names only allowed topics, or EventBridge rules
+    when eventbridge is an UnsignedSource. Only operators that admit what they name count: a
+    ``...Not...`` operator admits everything else, and ``...IfExists`` admits a request
+    without a source (any IAM principal's own call)."""
     conditions = statement.get("Condition")
     if not isinstance(conditions, dict):
         return False
     arns: list[str] = []
     for operator, tests in conditions.items():
-        if not isinstance(tests, dict) or not str(operator).lower().startswith(("arn",
-                                                                                "string")):
+        name = str(operator).lower().rpartition(":")[2]  # ForAnyValue:StringEquals too
+        if not isinstance(tests, dict) or name not in ADMITTING_OPERATORS:
             continue
         for key, value in tests.items():
             if str(key).lower() == "aws:sourcearn":

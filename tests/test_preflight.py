@@ -246,6 +246,11 @@ def test_every_spelling_of_everyone_fails_with_unsigned_sources(statement):
       "Condition": {"ArnLike": {"aws:SourceArn": [TOPIC, "arn:aws:sns:*:*:*"]}}}, Status.WARN),
     ({"Effect": "Allow", "Principal": {"Service": ["events.amazonaws.com"]},
       "Action": "sqs:SendMessage"}, Status.WARN),
+    # a condition that admits everything but the topic, or any request without a source
+    ({"Effect": "Allow", "Principal": "*", "Action": "sqs:SendMessage",
+      "Condition": {"ArnNotEquals": {"aws:SourceArn": TOPIC}}}, Status.WARN),
+    ({"Effect": "Allow", "Principal": "*", "Action": "sqs:SendMessage",
+      "Condition": {"ArnEqualsIfExists": {"aws:SourceArn": TOPIC}}}, Status.WARN),
     # everyone, but only through the allowed topic (condition keys are case-insensitive)
     ({"Effect": "Allow", "Principal": "*", "Action": "sqs:SendMessage",
       "Condition": {"StringEquals": {"AWS:SourceArn": [TOPIC]}}}, Status.OK),
