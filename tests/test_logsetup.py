@@ -180,3 +180,17 @@ def test_the_daemon_logs_json_and_under_systemd_with_priorities(master, tmp_path
     assert journal.returncode == 0, lines
     assert lines and all(line.startswith(("<3>", "<4>", "<6>", "<7>")) for line in lines)
     assert all("time" not in json.loads(line[3:]) for line in lines)
+
+
+def test_syslog_json_is_tagged_and_leaves_the_time_to_syslog(monkeypatch):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(10)
+        monkeypatch.setattr(logsetup, "SYSLOG_ADDRESSES", [server.getsockname()])
+        logsetup.setup(verbose=False, syslog=True, log_format="json")
+        logging.getLogger("aws_ork.test").error("key store error for %s", "i-0123abcd")
+        packet = server.recv(4096).decode().rstrip("\0")
+    tag, _, text = packet.partition(": ")
+    assert re.fullmatch(r"<\d+>aws_ork\[\d+\]", tag)
+    assert json.loads(text) == {"level": "ERROR", "logger": "aws_ork.test",
+                                "message": "key store error for i-0123abcd"}
