@@ -27,7 +27,7 @@ from aws_ork.app import s3_tree
 from aws_ork.aws import AWS_ERRORS, error_code, make_client
 from aws_ork.config import ANY_TOPIC, Config
 from aws_ork.errors import ConfigError, MirrorError, QueueError
-from aws_ork.keys.location import ACCEPTED, PENDING, REJECTED, KeyLocation
+from aws_ork.keys.location import ACCEPTED, FILE_DRIVER, PENDING, REJECTED, KeyLocation
 from aws_ork.keys.manager import load_master_opts
 from aws_ork.mirror.bucket import S3Tree
 from aws_ork.sqs.queue import Queue
@@ -327,16 +327,24 @@ def check_pki(cfg: Config) -> Iterator[Line]:
         yield fail(f"salt pki {location.key_dir}: {missing} (the master's pki_dir in "
                    f"{cfg.salt_master_config})")
         return
-    problems = []
-    for directory in (location.key_dir / ACCEPTED, location.key_dir / PENDING,
-                      location.key_dir / REJECTED, location.autosign_dir):
-        problem = _dir_problem(directory, create=directory == location.autosign_dir)
-        if problem:
-            problems.append(problem)
+    # with another keys.cache_driver the keys are not files: only the autosign stubs are
+    files = location.driver == FILE_DRIVER
+    directories = [location.key_dir / state for state in (ACCEPTED, PENDING, REJECTED)] \
+        if files else []
+    problems = [problem for problem in (
+        *(_dir_problem(directory, create=False) for directory in directories),
+        _dir_problem(location.autosign_dir, create=True)) if problem]
     if problems:
         yield fail(f"salt pki {location.key_dir}: {'; '.join(problems)}")
-    else:
+    elif files:
         yield ok(f"salt pki {location.key_dir}")
+    else:
+        yield ok(f"salt pki {location.key_dir} (keys in the master's {location.driver!r} "
+                 f"cache driver)")
+    if not files and cfg.verify_instances:
+        yield fail(f"salt keys.cache_driver {location.driver!r} keeps no key files: no "
+                   f"pending key's age can be read, so with VerifyInstances no key is ever "
+                   f"accepted (freshness fails closed)")
 
 
 # --- EC2 ---

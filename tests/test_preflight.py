@@ -190,6 +190,17 @@ def test_an_unwritable_pki_fails(healthy, tmp_path, master):
     assert failed.startswith(f"FAIL salt pki {blocker / 'pki'}"), failed
 
 
+def test_a_key_cache_without_files_fails_with_verify_instances(healthy, tmp_path, master):
+    salt_config = tmp_path / "master"
+    salt_config.write_text(json.dumps({**master.config, "keys.cache_driver": "mysql"}))
+
+    status, lines = check(healthy(SaltMasterConfig=salt_config))
+
+    assert status == 1
+    assert [line[:35] for line in starting(lines, "FAIL")] == [
+        "FAIL salt keys.cache_driver 'mysql'"]
+
+
 def test_an_unwritable_state_dir_fails(healthy, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
