@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
-from aws_ork import __version__, app, config
+from aws_ork import __version__, app, config, preflight
 from aws_ork.app import RunOptions, s3_tree
-from aws_ork.aws import make_client
 from aws_ork.config import Config
-from aws_ork.errors import AwsOrkError, ConfigError, MirrorError, QueueError
-from aws_ork.keys.location import ACCEPTED, PENDING, KeyLocation
+from aws_ork.errors import AwsOrkError, ConfigError
 from aws_ork.keys.manager import load_master_opts
 from aws_ork.mirror.restore import RestoreRefused, restore
 from aws_ork.runtime import logsetup
 from aws_ork.runtime.daemonize import daemonize
-from aws_ork.sqs.queue import Queue
 
 log = logging.getLogger("aws_ork")
 
@@ -46,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dry-run", action="store_true",
         help="log every decision; change no key, delete no message, write nothing to S3")
     add("--check", action="store_true",
-        help="check the config, the queue, the bucket and the Salt pki, then exit")
+        help="check the config, the queue and its policy, the bucket, the Salt pki, EC2 "
+             "and the local directories; one ok/WARN/FAIL line each, then exit")
     add("--restore", action="store_true",
         help="copy the pki mirror from BucketUrl into PkiDir, then exit")
     add("--force", action="store_true", help="with --restore: overwrite a non-empty PkiDir")
@@ -64,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_restore(cfg, force=args.force)
         warnings = config.require_safe(cfg)  # settings unsafe without another: exit 2
         if args.check:
-            return run_check(cfg, warnings)
+            return preflight.run(cfg, warnings)
         master_opts = load_master_opts(cfg.salt_master_config)
     except ConfigError as exc:
         print(f"aws_ork: {exc}", file=sys.stderr)
@@ -73,44 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.daemon:
         return daemonize(cfg, verbose=args.verbose, syslog=args.syslog,
                          run=lambda: app.run(cfg, options, master_opts))
-    logsetup.setup(verbose=args.verbose, syslog=args.syslog)
+    logsetup.setup(verbose=args.verbose, syslog=args.syslog, log_format=cfg.log_format)
     return app.run(cfg, options, master_opts)
-
-
-def run_check(cfg: Config, warnings: list[str]) -> int:
-    """``--check``: one line per check; 0 only if all pass (warnings do not fail it)."""
-    results: list[tuple[bool, str]] = [(True, f"config {cfg.source}")]
-    for warning in warnings:
-        print(f"WARN {warning}")
-    try:
-        pki = KeyLocation.from_opts(load_master_opts(cfg.salt_master_config)).key_dir
-        missing = [d for d in (ACCEPTED, PENDING)
-                   if not os.access(pki / d, os.R_OK | os.W_OK | os.X_OK)]
-        if missing:
-            results.append((False, f"salt pki {pki}: cannot write {', '.join(missing)}"))
-        else:
-            results.append((True, f"salt pki {pki}"))
-    except ConfigError as exc:
-        results.append((False, f"salt master config: {exc}"))
-    try:
-        queue = Queue.open(make_client("sqs", cfg.sqs_region, max_attempts=2),
-                           url=cfg.queue_url, name=cfg.queue_name)
-        results.append((True, f"queue {queue.url} ({queue.check()} messages waiting)"))
-    except QueueError as exc:
-        results.append((False, f"queue: {exc}"))
-    if cfg.bucket_url is None:
-        results.append((True, "bucket: mirror off (no BucketUrl)"))
-    else:
-        try:
-            s3_tree(cfg).check()
-            results.append((True, f"bucket {cfg.bucket_url}"))
-        except MirrorError as exc:
-            results.append((False, f"bucket: {exc}"))
-        if not os.access(cfg.pki_dir, os.R_OK | os.X_OK):
-            results.append((False, f"PkiDir {cfg.pki_dir}: not readable"))
-    for ok, text in results:
-        print(f"{'ok  ' if ok else 'FAIL'} {text}")
-    return 0 if all(ok for ok, _ in results) else 1
 
 
 def run_restore(cfg: Config, *, force: bool) -> int:
@@ -119,7 +80,7 @@ def run_restore(cfg: Config, *, force: bool) -> int:
     --force."""
     if cfg.bucket_url is None:
         raise ConfigError(cfg.source, "BucketUrl", "not set: --restore needs the mirror's URL")
-    logsetup.setup(verbose=False)
+    logsetup.setup(verbose=False, log_format=cfg.log_format)
     try:
         result = restore(s3_tree(cfg), cfg.pki_dir, force=force)
     except RestoreRefused as exc:

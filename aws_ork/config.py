@@ -68,6 +68,7 @@ class Config:
     pki_dir: Path = field(default=Path("/etc/salt/pki"), metadata={"option": "PkiDir"})
     log_file: Path = field(default=Path("/var/log/aws_ork.log"), metadata={"option": "LogFile"})
     pid_file: Path = field(default=Path("/run/aws_ork.pid"), metadata={"option": "PidFile"})
+    log_format: str = field(default="text", metadata={"option": "LogFormat"})
     state_dir: Path = field(default=Path("/var/lib/aws_ork"), metadata={"option": "StateDir"})
     verify_signatures: bool = field(default=True, metadata={"option": "VerifySignatures"})
     allowed_topic_arns: tuple[str, ...] = field(
@@ -199,6 +200,16 @@ def _acl(raw: str) -> str:
     return "bucket-owner-full-control"
 
 
+#: LogFormat: ``text`` for people, ``json`` (one object per line) for log shippers.
+LOG_FORMATS = ("text", "json")
+
+
+def _log_format(raw: str) -> str:
+    if raw.lower() not in LOG_FORMATS:
+        raise ValueError(f"must be {' or '.join(LOG_FORMATS)}")
+    return raw.lower()
+
+
 def _path(raw: str) -> Path:
     if not raw:
         raise ValueError("is empty")
@@ -296,6 +307,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "pki_dir": _path,
     "log_file": _path,
     "pid_file": _path,
+    "log_format": _log_format,
     "state_dir": _path,
     "verify_signatures": _bool,
     "allowed_topic_arns": _topic_arns,

@@ -52,6 +52,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "BucketKmsKeyId": None,
     "BucketAcl": "bucket-owner-full-control",
     "ReconcileMinutes": 10,
+    "LogFormat": "text",
 }
 
 ALL_DEFAULTS = {**CONTRACT_DEFAULTS, **ADDED_DEFAULTS}
@@ -317,6 +318,8 @@ BAD_VALUES = [
     ("MinionIdTemplate", "{instance_id}{hostname}"),
     ("PkiDir", ""),
     ("LogFile", "~no-such-user-aws-ork/aws_ork.log"),
+    ("LogFormat", "syslog"),
+    ("LogFormat", ""),
     *((option, "maybe") for option in BOOL_OPTIONS),
 ]
 
@@ -364,6 +367,11 @@ def test_values_are_stripped_and_empty_optional_means_unset() -> None:
     assert cfg.queue_name == "q"
     assert cfg.queue_url is None
     assert cfg.metrics_address == ("127.0.0.1", 9100)
+
+
+def test_log_format_is_text_or_json_in_any_case() -> None:
+    assert config.from_mapping({"LogFormat": " JSON "}, "f").log_format == "json"
+    assert config.from_mapping({"LogFormat": "Text"}, "f").log_format == "text"
 
 
 # --- through the command line ---

@@ -80,6 +80,11 @@ def parse_mode(text: str | None) -> int | None:
     return value if 0 <= value <= 0o7777 else None
 
 
+def _code_of(exc: MirrorError) -> str | None:
+    """The AWS error code behind a translated error; None when it had no AWS cause."""
+    return error_code(exc.__cause__) if exc.__cause__ is not None else None
+
+
 def _etag(raw: str) -> str:
     return raw.strip('"')
 
@@ -108,6 +113,33 @@ class S3Tree:
         """Reach the bucket (for ``--check``)."""
         with self._translate("head bucket"):
             self.client.head_bucket(Bucket=self.target.bucket)
+
+    def default_encryption(self) -> list[str]:
+        """The bucket's default encryption algorithms (``AES256``, ``aws:kms``...); [] when
+        it has none (``ServerSideEncryptionConfigurationNotFoundError``)."""
+        try:
+            with self._translate("get bucket encryption"):
+                rules = self.client.get_bucket_encryption(Bucket=self.target.bucket).get(
+                    "ServerSideEncryptionConfiguration", {}).get("Rules", [])
+        except MirrorError as exc:
+            if _code_of(exc) == "ServerSideEncryptionConfigurationNotFoundError":
+                return []
+            raise
+        return [str(rule.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm"))
+                for rule in rules if rule.get("ApplyServerSideEncryptionByDefault")]
+
+    def public_access_block(self) -> dict[str, bool]:
+        """The bucket's public access block settings ({} when it has none:
+        ``NoSuchPublicAccessBlockConfiguration``)."""
+        try:
+            with self._translate("get public access block"):
+                block = self.client.get_public_access_block(Bucket=self.target.bucket).get(
+                    "PublicAccessBlockConfiguration", {})
+        except MirrorError as exc:
+            if _code_of(exc) == "NoSuchPublicAccessBlockConfiguration":
+                return {}
+            raise
+        return {str(name): value is True for name, value in block.items()}
 
     def put(self, relpath: str, body: bytes, mode: int, md5: str, *,
             symlink: bool = False) -> Remote:

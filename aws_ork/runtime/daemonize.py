@@ -34,5 +34,5 @@ def daemonize(cfg: Config, *, verbose: bool, syslog: bool, run: Callable[[], int
                                    signal_map={})
     with context:
         logsetup.setup(verbose=verbose, log_file=None if syslog else cfg.log_file,
-                       syslog=syslog)
+                       syslog=syslog, log_format=cfg.log_format)
         return run()

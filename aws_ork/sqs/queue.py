@@ -49,18 +49,22 @@ class Queue:
     def check(self) -> int:
         """Reach the queue; return its approximate depth, and note its retention period
         (no envelope older than that can come from it: see the Timestamp check)."""
-        try:
-            attrs = self.client.get_queue_attributes(
-                QueueUrl=self.url,
-                AttributeNames=["ApproximateNumberOfMessages", "MessageRetentionPeriod"],
-            )["Attributes"]
-        except AWS_ERRORS as exc:
-            raise QueueError(f"queue {self.url}: {error_code(exc)}: {exc}") from exc
+        attrs = self.attributes("ApproximateNumberOfMessages", "MessageRetentionPeriod")
         try:
             self.retention_seconds = int(attrs["MessageRetentionPeriod"])
         except (KeyError, TypeError, ValueError):
             self.retention_seconds = defaults.SQS_MAX_RETENTION_SECONDS
         return int(attrs.get("ApproximateNumberOfMessages", 0))
+
+    def attributes(self, *names: str) -> dict[str, str]:
+        """The queue's attributes of these names (those the queue has: ``RedrivePolicy`` and
+        ``Policy`` are absent when unset)."""
+        try:
+            attrs: dict[str, str] = self.client.get_queue_attributes(
+                QueueUrl=self.url, AttributeNames=list(names))["Attributes"]
+        except AWS_ERRORS as exc:
+            raise QueueError(f"queue {self.url}: {error_code(exc)}: {exc}") from exc
+        return attrs
 
     def receive(self, wait_seconds: int = defaults.WAIT_TIME_SECONDS) -> list[Message]:
         """Long-poll for up to MAX_MESSAGES messages."""

@@ -1,0 +1,430 @@
+"""``aws_ork --check``: what ``nginx -t`` is to nginx, before a start or after a change.
+
+One line per check, printed as soon as it is made (a check that hangs shows where):
+``ok  `` it holds, ``WARN`` it works but is unsafe or fragile, ``FAIL`` the daemon would not
+work, or would let someone forge a launch. Exit 1 on any FAIL; warnings alone exit 0, so a
+deliberate choice (a queue without a dead-letter queue) does not break a deployment script.
+A config error never gets here: the CLI exits 2 before any check.
+
+Every check only looks, except the bucket's: it writes one small object under the prefix and
+deletes it again, since only a write proves that the mirror can write.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from aws_ork.app import s3_tree
+from aws_ork.aws import AWS_ERRORS, error_code, make_client
+from aws_ork.config import ANY_TOPIC, Config
+from aws_ork.errors import ConfigError, MirrorError, QueueError
+from aws_ork.keys.location import ACCEPTED, FILE_DRIVER, PENDING, REJECTED, KeyLocation
+from aws_ork.keys.manager import load_master_opts
+from aws_ork.mirror.bucket import S3Tree
+from aws_ork.sqs.queue import Queue
+
+#: The object written and deleted to prove the bucket is writable (under the prefix: the
+#: mirror's reconciliation removes it should a check die between the put and the delete).
+PROBE_OBJECT = ".aws_ork-check"
+#: The receiver long-polls for the next batch while one is handled: a message whose visibility
+#: timeout ends before it is finished comes back in that poll (SQS's default is 30 s).
+MIN_VISIBILITY_TIMEOUT = 30
+#: A message waiting for EC2 (a terminate before the instance is gone) is retried every 2, 4
+#: ... 60 s: with fewer receives than this it may be set aside before it could be finished.
+MIN_MAX_RECEIVE_COUNT = 20
+#: Policy condition operators that admit only the values they name.
+ADMITTING_OPERATORS = frozenset({"arnequals", "arnlike", "stringequals", "stringlike",
+                                 "stringequalsignorecase"})
+#: The four settings of a public access block, all needed to keep the pki private.
+PUBLIC_ACCESS_SETTINGS = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy",
+                          "RestrictPublicBuckets")
+
+
+class Status(enum.Enum):
+    """How a check came out; the value is the line's first column."""
+
+    OK = "ok  "
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+
+@dataclass(frozen=True)
+class Line:
+    """One result line."""
+
+    status: Status
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.status.value} {self.text}"
+
+
+def ok(text: str) -> Line:
+    return Line(Status.OK, text)
+
+
+def warn(text: str) -> Line:
+    return Line(Status.WARN, text)
+
+
+def fail(text: str) -> Line:
+    return Line(Status.FAIL, text)
+
+
+def run(cfg: Config, warnings: Iterable[str], out: TextIO | None = None) -> int:
+    """Make every check, print its lines; 1 if any failed, else 0."""
+    stream = out or sys.stdout
+    failed = False
+    for line in lines(cfg, warnings):
+        print(line, file=stream, flush=True)
+        failed = failed or line.status is Status.FAIL
+    return 1 if failed else 0
+
+
+def lines(cfg: Config, warnings: Iterable[str]) -> Iterator[Line]:
+    """Every check's lines, in the order the daemon depends on the parts."""
+    yield ok(f"config {cfg.source}")
+    for warning in warnings:  # config.require_safe: the explicit unsafe choices
+        yield warn(warning)
+    checks: list[Callable[[Config], Iterable[Line]]] = [
+        check_queue, check_bucket, check_pki, check_ec2, check_cert_cache, check_state_dir]
+    for check in checks:
+        yield from check(cfg)
+
+
+# --- the queue ---
+
+
+def check_queue(cfg: Config) -> Iterator[Line]:
+    """The queue is reachable; its timeouts, its dead-letter queue, who may send to it."""
+    try:
+        queue = Queue.open(make_client("sqs", cfg.sqs_region, max_attempts=2),
+                           url=cfg.queue_url, name=cfg.queue_name)
+        attrs = queue.attributes("ApproximateNumberOfMessages", "VisibilityTimeout",
+                                 "MessageRetentionPeriod", "RedrivePolicy", "Policy")
+    except QueueError as exc:
+        yield fail(f"queue: {exc}")
+        return
+    visibility = _int(attrs.get("VisibilityTimeout"))
+    yield ok(f"queue {queue.url}: {attrs.get('ApproximateNumberOfMessages', '?')} messages "
+             f"waiting, visibility timeout {_seconds(visibility)}, retention "
+             f"{_seconds(_int(attrs.get('MessageRetentionPeriod')))}")
+    if visibility is not None and visibility < MIN_VISIBILITY_TIMEOUT:
+        yield warn(f"queue visibility timeout {visibility} s is under "
+                   f"{MIN_VISIBILITY_TIMEOUT} s: a message still being handled can be "
+                   f"received again")
+    yield redrive_line(attrs.get("RedrivePolicy"))
+    yield from policy_lines(attrs.get("Policy"), cfg.allowed_topic_arns, cfg.unsigned_sources)
+
+
+def redrive_line(text: str | None) -> Line:
+    """The dead-letter queue: without one a message that always fails comes back for ever."""
+    if not text:
+        return warn("queue has no dead-letter queue (RedrivePolicy): a message that always "
+                    "fails is received again until its retention period ends")
+    try:
+        redrive = json.loads(text)
+    except ValueError:
+        return warn(f"queue RedrivePolicy is not JSON: {text[:80]!r}")
+    if not isinstance(redrive, dict):
+        return warn(f"queue RedrivePolicy is not a JSON object: {text[:80]!r}")
+    target = redrive.get("deadLetterTargetArn", "?")
+    count = _int(redrive.get("maxReceiveCount"))
+    if count is not None and count < MIN_MAX_RECEIVE_COUNT:
+        return warn(f"queue dead-letter queue {target} after {count} receives: under "
+                    f"{MIN_MAX_RECEIVE_COUNT}, a message waiting for EC2 (a terminate before "
+                    f"the instance is gone) may be set aside before it could be finished")
+    return ok(f"queue dead-letter queue {target} after {count} receives")
+
+
+def policy_lines(text: str | None, allowed_topics: tuple[str, ...],
+                 unsigned_sources: tuple[str, ...]) -> Iterator[Line]:
+    """Who may send to the queue, from its policy (AWS's JSON, read defensively).
+
+    A statement lets *others* send when it allows sqs:SendMessage to everyone (``"*"``) or
+    to a service principal, unless an ``aws:SourceArn`` condition names only allowed topics
+    (or EventBridge rules, when ``eventbridge`` is an UnsignedSource): WARN. It lets
+    *everyone* send when its principal is ``"*"`` and it has no condition at all: with
+    UnsignedSources, anyone on the internet can then forge an unsigned launch: FAIL. Deny
+    statements are not weighed (an Allow is judged by itself), so a WARN may be too careful,
+    never too lenient. Without a policy only IAM principals of the queue's account can send.
+    """
+    if not text:
+        yield ok("queue policy: none, only IAM principals of the queue's account can send")
+        return
+    try:
+        policy = json.loads(text)
+    except ValueError:
+        yield warn(f"queue policy is not JSON; cannot tell who may send: {text[:80]!r}")
+        return
+    statements = policy.get("Statement", []) if isinstance(policy, dict) else []
+    if isinstance(statements, dict):
+        statements = [statements]
+    open_to: list[str] = []
+    open_to_everyone = False
+    for index, statement in enumerate(statements if isinstance(statements, list) else []):
+        if not isinstance(statement, dict) or not _allows_send(statement):
+            continue
+        who = _public_principal(statement)
+        if who is None or _restricted_to_sources(statement, allowed_topics, unsigned_sources):
+            continue
+        name = statement.get("Sid") or f"#{index + 1}"
+        open_to.append(f"{name} ({who})")
+        if who == "*" and not statement.get("Condition"):
+            open_to_everyone = True
+    if open_to_everyone and unsigned_sources:
+        yield fail(f"queue policy lets everyone send (statement {', '.join(open_to)}) and "
+                   f"UnsignedSources = {' '.join(unsigned_sources)}: anyone can forge an "
+                   f"unsigned launch. Allow only your topic or source (aws:SourceArn)")
+    elif open_to:
+        yield warn(f"queue policy lets others than the allowed topics send (statement "
+                   f"{', '.join(open_to)}): add an aws:SourceArn condition naming the topic")
+    else:
+        yield ok("queue policy: only the allowed sources and named IAM principals can send")
+
+
+def _strings(value: Any) -> list[str]:
+    """A policy field that may be a string or a list of strings, as a list."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [item for item in value if isinstance(item, str)]
+    return []
+
+
+def _allows_send(statement: Mapping[str, Any]) -> bool:
+    """An Allow covering sqs:SendMessage (``sqs:*``, ``*``, ``sqs:Send*``, or NotAction
+    leaving it in); action names are case-insensitive."""
+    if str(statement.get("Effect", "")).lower() != "allow":
+        return False
+    send = "sqs:sendmessage"
+    if "NotAction" in statement:
+        return not any(fnmatch.fnmatchcase(send, pattern.lower())
+                       for pattern in _strings(statement["NotAction"]))
+    return any(fnmatch.fnmatchcase(send, pattern.lower())
+               for pattern in _strings(statement.get("Action")))
+
+
+def _public_principal(statement: Mapping[str, Any]) -> str | None:
+    """``"*"`` when the statement names everyone (``"*"``, ``{"AWS": "*"}``, a NotPrincipal),
+    the service's name for a service principal, None for IAM principals (accounts, roles)."""
+    if "NotPrincipal" in statement:
+        return "*"
+    principal = statement.get("Principal")
+    if principal == "*":
+        return "*"
+    if not isinstance(principal, dict):
+        return None
+    if "*" in _strings(principal.get("AWS")):
+        return "*"
+    services = _strings(principal.get("Service"))
+    return " ".join(services) if services else None
+
+
+def _restricted_to_sources(statement: Mapping[str, Any], allowed_topics: tuple[str, ...],
+                           unsigned_sources: tuple[str, ...]) -> bool:
+    """True when an aws:SourceArn condition names only allowed topics, or EventBridge rules
+    when eventbridge is an UnsignedSource. Only operators that admit what they name count: a
+    ``...Not...`` operator admits everything else, and ``...IfExists`` admits a request
+    without a source (any IAM principal's own call)."""
+    conditions = statement.get("Condition")
+    if not isinstance(conditions, dict):
+        return False
+    arns: list[str] = []
+    for operator, tests in conditions.items():
+        name = str(operator).lower().rpartition(":")[2]  # ForAnyValue:StringEquals too
+        if not isinstance(tests, dict) or name not in ADMITTING_OPERATORS:
+            continue
+        for key, value in tests.items():
+            if str(key).lower() == "aws:sourcearn":
+                arns.extend(_strings(value))
+    return bool(arns) and all(_expected_source(arn, allowed_topics, unsigned_sources)
+                              for arn in arns)
+
+
+def _expected_source(arn: str, allowed_topics: tuple[str, ...],
+                     unsigned_sources: tuple[str, ...]) -> bool:
+    if arn in allowed_topics:
+        return True
+    if allowed_topics == (ANY_TOPIC,) and ":sns:" in arn and "*" not in arn:
+        return True  # AllowedTopicArns = * (warned about already): any one topic will do
+    return "eventbridge" in unsigned_sources and ":events:" in arn and "*" not in arn
+
+
+# --- the bucket ---
+
+
+def check_bucket(cfg: Config) -> Iterator[Line]:
+    """Reachable, writable, encrypted by default, not public."""
+    if cfg.bucket_url is None:
+        yield ok("bucket: mirror off (no BucketUrl)")
+        return
+    tree = s3_tree(cfg)
+    try:
+        tree.check()
+        probe = f"aws_ork --check {os.getpid()}\n".encode()
+        tree.put(PROBE_OBJECT, probe, 0o600,
+                 hashlib.md5(probe, usedforsecurity=False).hexdigest())
+        tree.delete([PROBE_OBJECT])
+    except MirrorError as exc:
+        yield fail(f"bucket: {exc}")
+        return
+    yield ok(f"bucket {cfg.bucket_url}: reachable, writable ({tree.key(PROBE_OBJECT)} put "
+             f"and deleted)")
+    try:
+        algorithms = tree.default_encryption()
+    except MirrorError as exc:
+        yield warn(f"bucket encryption: cannot read it: {exc}")
+    else:
+        if algorithms:
+            yield ok(f"bucket encryption: default {' '.join(algorithms)}")
+        else:
+            written = f"; BucketSSE = {cfg.bucket_sse} encrypts what aws_ork writes" \
+                if cfg.bucket_sse else ""
+            yield warn(f"bucket encryption: the bucket has no default encryption{written}")
+    yield public_access_line(tree)
+    if not os.access(cfg.pki_dir, os.R_OK | os.X_OK):
+        yield fail(f"PkiDir {cfg.pki_dir}: not readable, nothing can be mirrored")
+
+
+def public_access_line(tree: S3Tree) -> Line:
+    """The bucket's own public access block (the account's is not read): all four on."""
+    try:
+        block = tree.public_access_block()
+    except MirrorError as exc:
+        return warn(f"bucket public access block: cannot read it: {exc}")
+    missing = [name for name in PUBLIC_ACCESS_SETTINGS if not block.get(name)]
+    if not block:
+        return warn("bucket public access block: none: a policy or ACL can make the pki "
+                    "(master.pem included) public")
+    if missing:
+        return warn(f"bucket public access block: {', '.join(missing)} not on")
+    return ok("bucket public access block: all four settings on")
+
+
+# --- the Salt master ---
+
+
+def check_pki(cfg: Config) -> Iterator[Line]:
+    """The master's key directory (cluster_pki_dir on a clustered master) and the state
+    directories aws_ork writes: accepted, pending, rejected, autosign."""
+    try:
+        location = KeyLocation.from_opts(load_master_opts(cfg.salt_master_config))
+    except ConfigError as exc:
+        yield fail(f"salt master config: {exc}")
+        return
+    missing = _dir_problem(location.key_dir, create=False)
+    if missing:
+        yield fail(f"salt pki {location.key_dir}: {missing} (the master's pki_dir in "
+                   f"{cfg.salt_master_config})")
+        return
+    # with another keys.cache_driver the keys are not files: only the autosign stubs are
+    files = location.driver == FILE_DRIVER
+    directories = [location.key_dir / state for state in (ACCEPTED, PENDING, REJECTED)] \
+        if files else []
+    problems = [problem for problem in (
+        *(_dir_problem(directory, create=False) for directory in directories),
+        _dir_problem(location.autosign_dir, create=True)) if problem]
+    if problems:
+        yield fail(f"salt pki {location.key_dir}: {'; '.join(problems)}")
+    elif files:
+        yield ok(f"salt pki {location.key_dir}")
+    else:
+        yield ok(f"salt pki {location.key_dir} (keys in the master's {location.driver!r} "
+                 f"cache driver)")
+    if not files and cfg.verify_instances:
+        yield fail(f"salt keys.cache_driver {location.driver!r} keeps no key files: no "
+                   f"pending key's age can be read, so with VerifyInstances no key is ever "
+                   f"accepted (freshness fails closed)")
+
+
+# --- EC2 ---
+
+
+def check_ec2(cfg: Config) -> Iterator[Line]:
+    """VerifyInstances: DescribeInstances must be permitted (asked with DryRun)."""
+    if not cfg.verify_instances:
+        yield ok("EC2: not asked (VerifyInstances is off)")
+        return
+    try:
+        ec2 = make_client("ec2", cfg.sqs_region, max_attempts=2)
+        ec2.describe_instances(DryRun=True)
+    except AWS_ERRORS as exc:
+        code = error_code(exc)
+        if code == "DryRunOperation":
+            yield ok(f"EC2 DescribeInstances permitted in {cfg.sqs_region}")
+        elif code == "UnauthorizedOperation":
+            yield fail(f"EC2 DescribeInstances not permitted in {cfg.sqs_region}: every "
+                       f"launch and terminate would be retried, nothing accepted")
+        else:
+            yield fail(f"EC2 DescribeInstances in {cfg.sqs_region}: {code}: {exc}")
+        return
+    yield ok(f"EC2 DescribeInstances answered in {cfg.sqs_region} (the endpoint ignored "
+             f"DryRun)")
+
+
+# --- local directories ---
+
+
+def check_cert_cache(cfg: Config) -> Iterator[Line]:
+    """VerifySignatures: the signing-certificate cache can be written."""
+    if not cfg.verify_signatures:
+        return
+    directory = cfg.effective_cert_cache_dir
+    problem = _dir_problem(directory, create=True)
+    yield fail(f"CertCacheDir {directory}: {problem}") if problem \
+        else ok(f"CertCacheDir {directory}")
+
+
+def check_state_dir(cfg: Config) -> Iterator[Line]:
+    """StateDir holds the mirror journal and the replay memories: it must be writable."""
+    problem = _dir_problem(cfg.state_dir, create=True)
+    yield fail(f"StateDir {cfg.state_dir}: {problem}") if problem \
+        else ok(f"StateDir {cfg.state_dir}")
+
+
+def _dir_problem(directory: Path, *, create: bool) -> str | None:
+    """None when ``directory`` is a directory we can write (or, with ``create``, one that can
+    be created: its nearest existing ancestor is a writable directory); else what is wrong.
+    Nothing is created: --check only looks."""
+    if directory.is_dir():
+        if os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+            return None
+        return f"{directory.name} not writable"
+    if directory.exists() or directory.is_symlink():
+        return f"{directory} is not a directory"
+    if not create:
+        return f"{directory.name} missing"
+    parent = directory.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} not writable"
+    return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _seconds(value: int | None) -> str:
+    """A duration for people: ``30 s``, ``4 days``."""
+    if value is None:
+        return "?"
+    if value >= 86400 and value % 86400 == 0:
+        return f"{value // 86400} days"
+    return f"{value} s"
