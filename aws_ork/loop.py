@@ -36,6 +36,39 @@ class Counters:
     salt_key_changes: int = 0  # key directories changed by Salt itself (autosign, salt-key)
 
 
+class QueueOutage:
+    """Failed receives in a row, logged so that an outage of an hour is a few lines, not
+    hundreds: the first failure, then at most one ERROR line every ``every`` seconds, and one
+    INFO line when the queue answers again."""
+
+    def __init__(self, every: float = defaults.OUTAGE_LOG_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.clock = clock
+        self.failures = 0
+        self._since = self._logged = 0.0
+
+    def failed(self, exc: Exception, delay: float) -> None:
+        """Count a failed receive; log it if it is the first or the last line is old."""
+        now = self.clock()
+        self.failures += 1
+        if self.failures == 1:
+            self._since = self._logged = now
+            log.error("%s; retrying in %ss, then less and less often (up to every %ss)",
+                      exc, delay, defaults.RECONNECT_CAP_SECONDS)
+        elif now - self._logged >= self.every:
+            self._logged = now
+            log.error("queue still unreachable (%d failures over %.0f s): %s",
+                      self.failures, now - self._since, exc)
+
+    def over(self) -> None:
+        """A receive worked: say so once if it ends an outage."""
+        if self.failures:
+            log.info("queue reachable again after %d failures over %.0f s", self.failures,
+                     self.clock() - self._since)
+            self.failures = 0
+
+
 class Loop:
     """Runs until stopped (or, with ``once``, until a receive comes back empty)."""
 
@@ -57,7 +90,7 @@ class Loop:
         self.watchdog = watchdog or Watchdog(None)
         self.receiver = Receiver(queue, stopper)
         self.counters = Counters()
-        self._failures = 0
+        self.outage = QueueOutage()
         self._reload = False
         self._seen: set[str] = set()  # --once: ids handled in this run
 
@@ -97,7 +130,7 @@ class Loop:
         self._maybe_reload()
         messages = self._receive(wait)
         if messages is None:
-            if self.once and self._failures:
+            if self.once and self.outage.failures:
                 return 1  # --once reports a queue it could not read
             return None
         if self.once:
@@ -169,18 +202,16 @@ class Loop:
         except Stopped:
             return None
         except QueueError as exc:
-            self._failures += 1
-            delay = defaults.backoff(self._failures, defaults.RECONNECT_BASE_SECONDS,
-                                     defaults.RECONNECT_CAP_SECONDS)
             if self.once:
+                self.outage.failures += 1
                 log.error("%s", exc)
                 return None
-            log.error("%s; retrying in %ss", exc, delay)
+            delay = defaults.backoff(self.outage.failures + 1, defaults.RECONNECT_BASE_SECONDS,
+                                     defaults.RECONNECT_CAP_SECONDS)
+            self.outage.failed(exc, delay)
             self._sleep(delay)
             return None
-        if self._failures:
-            log.info("queue reachable again after %d failures", self._failures)
-            self._failures = 0
+        self.outage.over()
         self.counters.received += len(messages)
         return messages
 
