@@ -69,6 +69,12 @@ def test_the_unit_is_notify_with_a_watchdog_above_the_long_poll():
     watchdog = int(service["WatchdogSec"])
     # half of it must stay above the long poll, or every idle cycle would be shortened
     assert watchdog / 2 > defaults.WAIT_TIME_SECONDS
+    # A ping can be a quarter period old when a receive starts; the slowest receive that
+    # still ends (every botocore attempt reaching its read timeout, plus standard mode's
+    # jittered waits of up to 1, 2, 4, 8 s) must not get a live daemon restarted.
+    slowest_receive = defaults.MAX_ATTEMPTS * defaults.READ_TIMEOUT_SECONDS + sum(
+        2 ** i for i in range(defaults.MAX_ATTEMPTS - 1))
+    assert watchdog * 3 / 4 > slowest_receive
     assert service["ProtectSystem"] == "strict"
     assert "/etc/salt/pki" in service["ReadWritePaths"].split()
 

@@ -32,9 +32,10 @@ class Watchdog:
     The loop calls :meth:`ping` at the start of every cycle, for every message it handles and
     while it backs off from an unreachable queue (the loop is alive then, only SQS is not). A
     ping sends a datagram only if a quarter of the watchdog period has passed since the last
-    one, so a busy loop does not flood systemd. The loop never waits longer than half the
-    period between calls (:meth:`longest_wait` caps the long poll, :attr:`interval` slices a
-    backoff), so systemd hears from a live loop at least every three quarters of the period.
+    one, so a busy loop does not flood systemd. Between calls the loop waits on purpose at most
+    half the period (:meth:`longest_wait` caps the long poll, :attr:`interval` slices a
+    backoff); an AWS call that is slow to fail can take longer, so the unit's WatchdogSec is
+    sized for the slowest one (data/aws_ork.service).
 
     Disabled (every method a no-op) when systemd set no watchdog, or set it for another
     process (``$WATCHDOG_PID``, as sd_watchdog_enabled(3) reads it).
