@@ -171,8 +171,10 @@ def collect(sock: socket.socket, got: list[str], until: Callable[[list[str]], bo
     wait_for(step, timeout, what)
 
 
-def test_ready_then_watchdog_while_idle_then_stopping(conf, tmp_path, notify_socket):
+def test_ready_then_watchdog_while_idle_then_stopping(conf, tmp_path, notify_socket,
+                                                     monkeypatch):
     sock, path = notify_socket
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)  # set when the tests run under systemd
     log = tmp_path / "daemon.log"
     # a 2 s watchdog: the 20 s long poll is cut to 1 s, so an idle daemon pings every cycle
     proc = start_aws_ork(conf, log, "-v", env={"NOTIFY_SOCKET": str(path),
