@@ -110,7 +110,8 @@ class App:
         self.watcher = KeyDirWatcher(location)
         self.loop = Loop(self.queue, self.handler, stopper, mirror=self.mirror,
                          poll_pause=cfg.poll_pause, once=run.once, dry_run=run.dry_run,
-                         on_reload=self.reload, watcher=self.watcher)
+                         on_reload=self.reload, watcher=self.watcher,
+                         watchdog=systemd.Watchdog.from_environment())
         log.info("aws_ork %s: queue %s, keys %s, mirror %s%s", __version__, self.queue.url,
                  location.key_dir, cfg.bucket_url or "off",
                  " (dry run: nothing will be changed)" if run.dry_run else "")
@@ -146,7 +147,9 @@ class App:
         if self.arrivals is not None:
             self.arrivals.start(self.handler.on_key_presented)
         signal.signal(signal.SIGHUP, lambda _signum, _frame: self.loop.request_reload())
-        systemd.notify("READY=1")
+        if self.loop.watchdog.enabled:
+            log.info("systemd watchdog: %.0f s", self.loop.watchdog.period)
+        systemd.notify("READY=1")  # the queue was reached in __init__
         try:
             status = self.loop.run()
         finally:

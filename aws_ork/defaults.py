@@ -27,6 +27,9 @@ MAX_ATTEMPTS = 5
 #: After a failure to reach SQS, wait this long before trying again, doubling up to the cap.
 RECONNECT_BASE_SECONDS = 1
 RECONNECT_CAP_SECONDS = 60
+#: While SQS stays unreachable, one ERROR line this often (the first failure is logged at once,
+#: the end of the outage as INFO): an hour-long outage is a page of log, not hundreds of lines.
+OUTAGE_LOG_SECONDS = 60
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:

@@ -7,6 +7,7 @@ being handled is finished, the handled ones are deleted, the rest are given back
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from aws_ork.errors import MirrorError, QueueError
 from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.mirror.worker import MirrorWorker
 from aws_ork.runtime.stopper import Stopped, Stopper
+from aws_ork.runtime.systemd import Watchdog
 from aws_ork.sqs.queue import Message, Queue
 from aws_ork.sqs.receiver import Receiver
 
@@ -34,6 +36,39 @@ class Counters:
     salt_key_changes: int = 0  # key directories changed by Salt itself (autosign, salt-key)
 
 
+class QueueOutage:
+    """Failed receives in a row, logged so that an outage of an hour is a few lines, not
+    hundreds: the first failure, then at most one ERROR line every ``every`` seconds, and one
+    INFO line when the queue answers again."""
+
+    def __init__(self, every: float = defaults.OUTAGE_LOG_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.clock = clock
+        self.failures = 0
+        self._since = self._logged = 0.0
+
+    def failed(self, exc: Exception, delay: float) -> None:
+        """Count a failed receive; log it if it is the first or the last line is old."""
+        now = self.clock()
+        self.failures += 1
+        if self.failures == 1:
+            self._since = self._logged = now
+            log.error("%s; retrying in %ss, then less and less often (up to every %ss)",
+                      exc, delay, defaults.RECONNECT_CAP_SECONDS)
+        elif now - self._logged >= self.every:
+            self._logged = now
+            log.error("queue still unreachable (%d failures over %.0f s): %s",
+                      self.failures, now - self._since, exc)
+
+    def over(self) -> None:
+        """A receive worked: say so once if it ends an outage."""
+        if self.failures:
+            log.info("queue reachable again after %d failures over %.0f s", self.failures,
+                     self.clock() - self._since)
+            self.failures = 0
+
+
 class Loop:
     """Runs until stopped (or, with ``once``, until a receive comes back empty)."""
 
@@ -41,7 +76,8 @@ class Loop:
                  mirror: MirrorWorker | None = None, poll_pause: float = 0.0,
                  once: bool = False, dry_run: bool = False,
                  on_reload: Callable[[], None] | None = None,
-                 watcher: KeyDirWatcher | None = None) -> None:
+                 watcher: KeyDirWatcher | None = None,
+                 watchdog: Watchdog | None = None) -> None:
         self.queue = queue
         self.handler = handler
         self.stopper = stopper
@@ -51,9 +87,10 @@ class Loop:
         self.dry_run = dry_run
         self.on_reload = on_reload
         self.watcher = watcher
+        self.watchdog = watchdog or Watchdog(None)
         self.receiver = Receiver(queue, stopper)
         self.counters = Counters()
-        self._failures = 0
+        self.outage = QueueOutage()
         self._reload = False
         self._seen: set[str] = set()  # --once: ids handled in this run
 
@@ -64,6 +101,7 @@ class Loop:
     def run(self) -> int:
         """The loop; returns the process exit status."""
         wait = defaults.ONCE_WAIT_TIME_SECONDS if self.once else defaults.WAIT_TIME_SECONDS
+        wait = self.watchdog.longest_wait(wait)  # every cycle pings the systemd watchdog
         status: int | None = 0
         errors = 0
         try:
@@ -77,7 +115,7 @@ class Loop:
                                              defaults.RECONNECT_CAP_SECONDS)
                     log.error("unexpected %s in the loop; going on in %ss",
                               type(exc).__name__, delay, exc_info=True)
-                    if self.stopper.sleep(delay):
+                    if self._sleep(delay):
                         break
                     continue
                 if status is not None:
@@ -88,10 +126,11 @@ class Loop:
 
     def _cycle(self, wait: int) -> int | None:
         """One receive and its batch; an exit status when the loop is to end, else None."""
+        self.watchdog.ping()
         self._maybe_reload()
         messages = self._receive(wait)
         if messages is None:
-            if self.once and self._failures:
+            if self.once and self.outage.failures:
                 return 1  # --once reports a queue it could not read
             return None
         if self.once:
@@ -102,9 +141,19 @@ class Loop:
             self.receiver.prefetch(wait)  # the next poll runs while this batch is handled
         changed = self._handle_batch(messages)
         self._watch(changed)
-        if self.stopper.sleep(self.poll_pause):
+        if self._sleep(self.poll_pause):
             return 0
         return None
+
+    def _sleep(self, seconds: float) -> bool:
+        """Stopper.sleep that keeps feeding the systemd watchdog: a loop that waits on
+        purpose is alive. True if a stop was requested meanwhile."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.stopper.sleep(min(left, self.watchdog.interval)):
+                return True
+            self.watchdog.ping()
+        return self.stopper.stopping
 
     def _tear_down(self) -> None:
         """On the way out, however it ends: give back a prefetched batch, hand Salt's last
@@ -153,18 +202,16 @@ class Loop:
         except Stopped:
             return None
         except QueueError as exc:
-            self._failures += 1
-            delay = defaults.backoff(self._failures, defaults.RECONNECT_BASE_SECONDS,
-                                     defaults.RECONNECT_CAP_SECONDS)
             if self.once:
+                self.outage.failures += 1
                 log.error("%s", exc)
                 return None
-            log.error("%s; retrying in %ss", exc, delay)
-            self.stopper.sleep(delay)
+            delay = defaults.backoff(self.outage.failures + 1, defaults.RECONNECT_BASE_SECONDS,
+                                     defaults.RECONNECT_CAP_SECONDS)
+            self.outage.failed(exc, delay)
+            self._sleep(delay)
             return None
-        if self._failures:
-            log.info("queue reachable again after %d failures", self._failures)
-            self._failures = 0
+        self.outage.over()
         self.counters.received += len(messages)
         return messages
 
@@ -203,6 +250,7 @@ class Loop:
             if self.stopper.stopping:
                 self._give_back(messages[index:])
                 break
+            self.watchdog.ping()  # a slow batch (EC2 lookups timing out) is still progress
             decision = self.handler.handle(message)
             if decision.changed:
                 changed.append((message, decision))

@@ -50,11 +50,15 @@ def run_aws_ork(config: Path, *args: str, timeout: float = 120,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def start_aws_ork(config: Path, log: Path, *args: str) -> subprocess.Popen:
-    """Start aws_ork in the background, its output going to ``log``."""
+def start_aws_ork(config: Path, log: Path, *args: str,
+                  env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start aws_ork in the background, its output going to ``log``.
+
+    ``env`` adds to (and overrides) this process's environment.
+    """
     with open(log, "wb") as out:
         return subprocess.Popen(command(config, *args), stdout=out, stderr=subprocess.STDOUT,
-                                env=os.environ.copy())
+                                env={**os.environ, **(env or {})})
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
