@@ -139,6 +139,7 @@ class App:
         systemd.notify("READY=1")
         status = self.loop.run()
         systemd.notify("STOPPING=1")
+        self.handler.keys.close()
         if self.mirror is not None and not self.mirror.stop(defaults.FINAL_MIRROR_SECONDS):
             log.error("S3 mirror is behind the key store; it will be brought up to date at "
                       "the next start")
