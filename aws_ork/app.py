@@ -156,6 +156,7 @@ class App:
             if self.arrivals is not None:
                 self.arrivals.stop()
         systemd.notify("STOPPING=1")
+        self.handler.keys.close()
         if self.mirror is not None and not self.mirror.stop(defaults.FINAL_MIRROR_SECONDS):
             log.error("S3 mirror is behind the key store; it will be brought up to date at "
                       "the next start")

@@ -1,5 +1,9 @@
 """A local demo: moto server + a Salt master and minion in a temp dir + aws_ork + a launch.
 
+The real order of events: the launch notification arrives while the instance is still booting,
+so aws_ork pre-authorises the minion (Salt's autosign stub); the minion then starts and is
+accepted on its first contact; the terminate notification removes its key.
+
 Run it with ``python3 -m tox -e demo`` (or ``python -m tests.demo`` in an environment with
 aws_ork and its test extras installed). Everything listens on 127.0.0.1 and is stopped at
 the end; nothing outside the temp dir is touched.
@@ -39,6 +43,11 @@ def show_keys(master) -> None:
     print(json.dumps({state: names for state, names in listing.items()}, indent=2))
 
 
+def _lines_about(log: Path, instance: str) -> str:
+    """aws_ork's log lines about this instance."""
+    return "\n".join(line for line in log.read_text().splitlines() if f"{instance} " in line)
+
+
 def _mirror_without(s3, instance: str) -> list[str]:
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="aws-ork-demo").get("Contents", [])]
     return keys if keys and not any(instance in k for k in keys) else []
@@ -64,10 +73,7 @@ def main() -> int:
         say(f"EC2 instance {instance} launched (in moto)")
 
         master = start_master(root / "salt")
-        say(f"salt-master running (config {master.config_file})")
-        minion = start_minion(master, root / "minion", instance)
-        master.wait_for_key(instance, "minions_pre", timeout=60)
-        say(f"the instance's salt-minion (id {instance}) submitted its key: it is pending")
+        say(f"salt-master running (config {master.config_file}); no minion yet")
         show_keys(master)
 
         # secure defaults: signed SNS envelopes only, from our topic, for instances EC2 knows.
@@ -80,13 +86,27 @@ def main() -> int:
                             VerifyInstances="true", CertCacheDir=cert_dir,
                             AllowedTopicArns=TOPIC)
         say(f"starting aws_ork -v -c {conf}")
-        log = open(root / "aws_ork.log", "wb")  # noqa: SIM115
-        daemon = subprocess.Popen(command(conf, "-v"), stdout=log, stderr=subprocess.STDOUT)
+        log_path = root / "aws_ork.log"
+        with open(log_path, "wb") as log:
+            daemon = subprocess.Popen(command(conf, "-v"), stdout=log, stderr=subprocess.STDOUT)
 
-        say("Auto Scaling announces the launch (an SNS notification arrives in the queue)")
+        # The real order: Auto Scaling announces the launch while the instance is still booting,
+        # tens of seconds before its minion first contacts the master.
+        say("Auto Scaling announces the launch (an SNS notification arrives in the queue); "
+            "the instance is still booting: its minion has no key yet")
         sqs.send_message(QueueUrl=queue_url, MessageBody=signed(sns_launch(instance), identity))
-        wait_for(lambda: instance in master.key_states()["minions"], 60, "the key accepted")
-        say("aws_ork accepted the key:")
+        stub = master.key_path(instance, "minions_autosign")
+        wait_for(lambda: stub.exists() and f"{instance} " in log_path.read_text()
+                 and "pre-authorised" in log_path.read_text(), 60, "the pre-authorisation")
+        say(f"aws_ork pre-authorised {instance}: Salt will accept its key on its first contact "
+            f"(autosign stub {stub})")
+        print(_lines_about(log_path, instance))
+
+        minion = start_minion(master, root / "minion", instance)
+        say(f"the instance's salt-minion (id {instance}) starts and presents its key")
+        master.wait_for_key(instance, "minions", timeout=60)
+        say("the key was accepted by the salt-master on the minion's first contact "
+            f"(the stub is used up: {'still there' if stub.exists() else 'gone'}):")
         show_keys(master)
         master.wait_for_ping(instance, timeout=60)
         say(f"salt {instance} test.ping -> True")
@@ -97,6 +117,7 @@ def main() -> int:
                                                                  identity))
         wait_for(lambda: all(instance not in n for n in master.key_states().values()), 60,
                  "the key deleted")
+        say(f"aws_ork removed the key of {instance}:")
         show_keys(master)
         mirrored = wait_for(lambda: _mirror_without(s3, instance), 60, "the mirror to follow")
         say(f"the pki is mirrored to s3://aws-ork-demo/pki/ ({len(mirrored)} objects):")
@@ -104,8 +125,16 @@ def main() -> int:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=30)
         say("aws_ork's log:")
-        sys.stdout.write((root / "aws_ork.log").read_text())
-        say("demo finished")
+        text = log_path.read_text()
+        sys.stdout.write(text)
+        noise = [line for line in text.splitlines()
+                 if "Warning" in line or "unclosed" in line or "Traceback" in line]
+        if daemon.returncode != 0 or noise:
+            say(f"demo FAILED: aws_ork exited {daemon.returncode}; unexpected lines:")
+            print("\n".join(noise))
+            return 1
+        say("demo finished: the key was pre-authorised, accepted on first contact and removed "
+            "on terminate; aws_ork stopped cleanly (exit 0, no warnings)")
         return 0
     finally:
         if daemon is not None and daemon.poll() is None:

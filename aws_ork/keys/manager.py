@@ -98,6 +98,14 @@ class KeyManager:
         self._stubs = AutosignStubs(self.location, auto_accept=bool(opts.get("auto_accept")))
         self.dry_run = dry_run
 
+    def close(self) -> None:
+        """Close the master event connection ``salt.key.Key`` opens on the first key change
+        (``key.event``); left to the garbage collector, Salt closes it with an
+        ``unclosed MasterEvent`` ResourceWarning at exit."""
+        event = getattr(self._key, "__dict__", {}).get("event")  # only if it was opened
+        if event is not None:
+            event.destroy()
+
     def states(self, minion_id: str) -> set[str]:
         """The key directories (``minions``, ``minions_pre``, ...) that hold this exact id."""
         if not is_instance_id(minion_id):
