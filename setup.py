@@ -33,7 +33,8 @@ setup(
     entry_points={"console_scripts": ["aws_ork = aws_ork.cli:main"]},
     data_files=[("share/aws_ork", ["data/aws_ork.conf", "data/aws_ork.service",
                                    "data/aws_ork.init",
-                                   "data/instance/aws_ork-bind-minion.sh"])],
+                                   "data/instance/aws_ork-bind-minion.sh",
+                                   "data/cloudformation/aws_ork.yaml"])],
     classifiers=[
         "Programming Language :: Python :: 3.11",
         "License :: OSI Approved :: MIT License",

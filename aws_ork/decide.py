@@ -71,7 +71,9 @@ class Handler:
     def reload(self, opts: Mapping[str, Any]) -> None:
         """SIGHUP: a key manager for the master's (re-read) config, and the same for every
         check that reads the key store."""
-        self.keys = KeyManager(opts, dry_run=self.keys.dry_run)
+        with self._keys_lock:
+            old, self.keys = self.keys, KeyManager(opts, dry_run=self.keys.dry_run)
+        old.close()
         for check in self.checks:
             reload = getattr(check, "reload", None)
             if reload is not None:

@@ -96,9 +96,25 @@ def lines(cfg: Config, warnings: Iterable[str]) -> Iterator[Line]:
     for warning in warnings:  # config.require_safe: the explicit unsafe choices
         yield warn(warning)
     checks: list[Callable[[Config], Iterable[Line]]] = [
-        check_queue, check_bucket, check_pki, check_ec2, check_cert_cache, check_state_dir]
+        check_queue, check_bucket, check_pki, check_ec2, check_cert_cache, check_state_dir,
+        check_key_binding]
     for check in checks:
         yield from check(cfg)
+
+
+# --- key binding ---
+
+
+def check_key_binding(cfg: Config) -> Iterator[Line]:
+    """Key binding's prerequisites (VerifyInstances is enforced by the config already; the
+    EC2 line above proves DescribeInstances, which carries the tag). Off: recommend it."""
+    if cfg.key_binding == "tag":
+        yield ok(f"key binding: only the key whose fingerprint the instance published on its "
+                 f"tag {cfg.key_binding_tag!r} is accepted (instances need "
+                 f"data/instance/aws_ork-bind-minion.sh and the README's instance role)")
+    else:
+        yield ok("key binding off: the first key presented under a new instance's id is "
+                 "accepted; KeyBinding = tag is recommended (see the README)")
 
 
 # --- the queue ---
