@@ -24,7 +24,7 @@ import boto3
 from tests.awsenv import start_moto
 from tests.daemon import command, wait_for, write_config
 from tests.messages import sns_launch, sns_terminate
-from tests.saltenv import start_master, start_minion
+from tests.saltenv import make_minion_keys, start_master, start_minion
 from tests.snssign import make_signing_identity, sign_envelope
 
 TOPIC = "arn:aws:sns:us-west-2:123456789012:salt-master-asg-events"
@@ -53,12 +53,30 @@ def _mirror_without(s3, instance: str) -> list[str]:
     return keys if keys and not any(instance in k for k in keys) else []
 
 
+def stop_cleanly(daemon: subprocess.Popen, log_path: Path) -> bool:
+    """SIGTERM aws_ork, show its log; False (with the offending lines) unless it exited 0
+    without a warning, an unclosed resource or a traceback."""
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=30)
+    say(f"aws_ork's log ({log_path.name}):")
+    text = log_path.read_text()
+    sys.stdout.write(text)
+    noise = [line for line in text.splitlines()
+             if "Warning" in line or "unclosed" in line or "Traceback" in line]
+    if daemon.returncode != 0 or noise:
+        say(f"demo FAILED: aws_ork exited {daemon.returncode}; unexpected lines:")
+        print("\n".join(noise))
+        return False
+    return True
+
+
 def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="aws_ork-demo-"))
     say(f"working in {root}")
     moto = start_moto(root / "moto.log")
     os.environ.update(moto.env())
     master = minion = daemon = None
+    minions: list = []
     try:
         say(f"moto server (SQS, S3, EC2) at {moto.url}")
         sqs = boto3.client("sqs", region_name="us-west-2")
@@ -122,25 +140,60 @@ def main() -> int:
         mirrored = wait_for(lambda: _mirror_without(s3, instance), 60, "the mirror to follow")
         say(f"the pki is mirrored to s3://aws-ork-demo/pki/ ({len(mirrored)} objects):")
         print("\n".join(mirrored))
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
-        say("aws_ork's log:")
-        text = log_path.read_text()
-        sys.stdout.write(text)
-        noise = [line for line in text.splitlines()
-                 if "Warning" in line or "unclosed" in line or "Traceback" in line]
-        if daemon.returncode != 0 or noise:
-            say(f"demo FAILED: aws_ork exited {daemon.returncode}; unexpected lines:")
-            print("\n".join(noise))
+        if not stop_cleanly(daemon, log_path):
+            return 1
+
+        # Act 2: key binding. An impostor who learns the new instance's id connects first;
+        # only the key the instance published on its own EC2 tag is accepted.
+        bound_conf = write_config(root / "aws_ork-bound.conf", queue_url=queue_url,
+                                  master=master, bucket="aws-ork-demo",
+                                  VerifySignatures="true", VerifyInstances="true",
+                                  CertCacheDir=cert_dir, AllowedTopicArns=TOPIC,
+                                  KeyBinding="tag")
+        say(f"act 2: key binding; restarting aws_ork with KeyBinding = tag ({bound_conf})")
+        log_path = root / "aws_ork-bound.log"
+        with open(log_path, "wb") as log:
+            daemon = subprocess.Popen(command(bound_conf, "-v"), stdout=log,
+                                      stderr=subprocess.STDOUT)
+        bound = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)[
+            "Instances"][0]["InstanceId"]
+        fingerprint = make_minion_keys(root / "genuine" / "pki")
+        ec2.create_tags(Resources=[bound], Tags=[{"Key": "salt:minion-fingerprint",
+                                                  "Value": fingerprint}])
+        say(f"instance {bound} made its minion key and tagged itself with its fingerprint "
+            f"{fingerprint} (what data/instance/aws_ork-bind-minion.sh does)")
+        sqs.send_message(QueueUrl=queue_url, MessageBody=signed(sns_launch(bound), identity))
+        wait_for(lambda: "key binding:" in log_path.read_text(), 60, "the launch")
+        impostor = start_minion(master, root / "impostor", bound)
+        minions.append(impostor)
+        say(f"an impostor's salt-minion connects first under the id {bound}")
+        wait_for(lambda: "not the key the instance published" in log_path.read_text(), 60,
+                 "the impostor's key to be deleted")
+        print(_lines_about(log_path, bound))
+        genuine = start_minion(master, root / "genuine", bound,
+                               extra_opts={"rejected_retry": True})
+        minions.append(genuine)
+        say("the instance's own salt-minion starts and presents the bound key")
+        accepted = master.key_path(bound, "minions")
+        wait_for(lambda: accepted.is_file()
+                 and accepted.read_text().strip() == genuine.public_key(), 60,
+                 "the genuine key to be accepted")
+        master.wait_for_ping(bound, timeout=60)
+        answer = master.salt_cmd(bound, "config.get", args=["pki_dir"]).get(bound)
+        say(f"salt {bound} config.get pki_dir -> {answer}: the genuine minion answers; the "
+            f"impostor's key was never accepted")
+        if not stop_cleanly(daemon, log_path):
             return 1
         say("demo finished: the key was pre-authorised, accepted on first contact and removed "
-            "on terminate; aws_ork stopped cleanly (exit 0, no warnings)")
+            "on terminate; under key binding the impostor was refused and the genuine minion "
+            "accepted; aws_ork stopped cleanly both times (exit 0, no warnings)")
         return 0
     finally:
         if daemon is not None and daemon.poll() is None:
             daemon.kill()
-        if minion is not None:
-            minion.stop()
+        for other in [minion, *minions]:
+            if other is not None:
+                other.stop()
         if master is not None:
             master.stop()
         moto.stop()

@@ -244,6 +244,26 @@ def generate_public_key_pem(bits: int = 2048) -> str:
     return pem.decode("ascii").strip()
 
 
+def make_minion_keys(pki: Path) -> str:
+    """A minion key pair in *pki* made before the minion starts (salt-minion then uses it,
+    as with data/instance/aws_ork-bind-minion.sh); returns its fingerprint as
+    ``salt-call --local key.finger`` prints it."""
+    import salt.utils.crypt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pki.mkdir(parents=True, exist_ok=True)
+    pki.chmod(0o700)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (pki / "minion.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption()))
+    (pki / "minion.pem").chmod(0o600)
+    (pki / "minion.pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return str(salt.utils.crypt.pem_finger(str(pki / "minion.pub")))
+
+
 def _write_config(path: Path, data: dict) -> None:
     """Salt reads its config as YAML; JSON is YAML, so no PyYAML needed here."""
     path.parent.mkdir(parents=True, exist_ok=True)

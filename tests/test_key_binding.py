@@ -14,34 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import salt.utils.crypt
 
 from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, wait_for
-from tests.saltenv import SaltEnvError, SaltMaster, SaltMinion, start_minion
+from tests.saltenv import SaltEnvError, SaltMaster, SaltMinion, make_minion_keys, start_minion
 from tests.trustenv import LAUNCH, decision_line, group_instance, signed, trust_config
 
 TAG = "salt:minion-fingerprint"
 #: what data/instance/aws_ork-bind-minion.sh sets beside a short acceptance_wait_time: a
 #: minion Salt denied (an impostor's key was pending first) keeps retrying instead of exiting
 AS_THE_SCRIPT_SETS = {"rejected_retry": True}
-
-
-def make_key_pair(pki: Path) -> str:
-    """A minion key pair made before the minion starts (as the instance-side script does);
-    returns its fingerprint as ``salt-call --local key.finger`` prints it."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    pki.mkdir(parents=True, exist_ok=True)
-    pki.chmod(0o700)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (pki / "minion.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption()))
-    (pki / "minion.pem").chmod(0o600)
-    (pki / "minion.pub").write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return str(salt.utils.crypt.pem_finger(str(pki / "minion.pub")))
 
 
 def publish(fleet: dict[str, Any], instance: str, fingerprint: str) -> None:
@@ -94,7 +75,7 @@ def test_an_impostor_connecting_first_never_gets_the_key(
     log, proc = daemon
     instance = group_instance(fleet)
     genuine_root = tmp_path / "genuine"
-    publish(fleet, instance, make_key_pair(genuine_root / "pki"))
+    publish(fleet, instance, make_minion_keys(genuine_root / "pki"))
     send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
     wait_for(lambda: f"{instance} " in log.read_text() and "key binding:" in log.read_text(),
              60, "the launch to wait for the bound key")
@@ -121,7 +102,7 @@ def test_the_genuine_minion_connecting_first_is_accepted(
     log, _proc = daemon
     instance = group_instance(fleet)
     root = tmp_path / "genuine"
-    publish(fleet, instance, make_key_pair(root / "pki"))
+    publish(fleet, instance, make_minion_keys(root / "pki"))
     send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
     wait_for(lambda: "key binding:" in log.read_text(), 60, "the launch to wait for its key")
     genuine = start_minion(master, root, instance, extra_opts=AS_THE_SCRIPT_SETS)
@@ -152,7 +133,7 @@ def test_without_the_tag_nothing_is_accepted(master, tmp_path, sqs, queue_url, c
 def test_the_genuine_key_already_pending_is_accepted_at_once(
         master, tmp_path, sqs, queue_url, cert_dir, identity, fleet):
     instance = group_instance(fleet)
-    fingerprint = make_key_pair(tmp_path / "pki")
+    fingerprint = make_minion_keys(tmp_path / "pki")
     master.add_pending_key(instance, (tmp_path / "pki" / "minion.pub").read_text())
     publish(fleet, instance, fingerprint)
     conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],

@@ -19,8 +19,8 @@ import pytest
 from tests.benchmarks.bench import report
 from tests.benchmarks.test_boot_latency import BOOT_DELAY, ROUNDS
 from tests.daemon import send, start_aws_ork, wait_for
-from tests.saltenv import start_master, start_minion
-from tests.test_key_binding import AS_THE_SCRIPT_SETS, make_key_pair, publish
+from tests.saltenv import make_minion_keys, start_master, start_minion
+from tests.test_key_binding import AS_THE_SCRIPT_SETS, publish
 from tests.trustenv import LAUNCH, group_instance, signed, trust_config
 
 WAIT = 1  # acceptance_wait_time of both minions (what the instance-side script sets)
@@ -69,7 +69,7 @@ def test_boot_latency_with_key_binding(masters, sqs, queue_url, tmp_path, cert_d
         for r in range(ROUNDS):
             instance = group_instance(fleet)
             root = tmp_path / f"o{r}"
-            publish(fleet, instance, make_key_pair(root / "pki"))
+            publish(fleet, instance, make_minion_keys(root / "pki"))
             send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
             wait_for(lambda: f"{instance} " in log.read_text(), 60, "the launch to be handled")
             time.sleep(BOOT_DELAY)  # the instance boots; the minion starts later
