@@ -12,24 +12,13 @@ import signal
 import statistics
 import time
 
-import pytest
-
 from tests.benchmarks.bench import report
 from tests.daemon import start_aws_ork, wait_for, write_config
 from tests.messages import new_id, sns_launch
-from tests.saltenv import start_master, start_minion
+from tests.saltenv import start_minion
 
 ROUNDS = 3
 BOOT_DELAY = 3  # seconds between the launch event and the minion's start
-
-
-@pytest.fixture(scope="module")
-def masters(tmp_path_factory):
-    ours = start_master(tmp_path_factory.mktemp("ours"))
-    limit = start_master(tmp_path_factory.mktemp("limit"), extra_opts={"auto_accept": True})
-    yield ours, limit
-    ours.stop()
-    limit.stop()
 
 
 

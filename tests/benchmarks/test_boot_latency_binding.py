@@ -14,26 +14,15 @@ import signal
 import statistics
 import time
 
-import pytest
-
 from tests.benchmarks.bench import report
 from tests.benchmarks.test_boot_latency import BOOT_DELAY, ROUNDS
 from tests.daemon import send, start_aws_ork, wait_for
-from tests.saltenv import make_minion_keys, start_master, start_minion
+from tests.saltenv import make_minion_keys, start_minion
 from tests.test_key_binding import AS_THE_SCRIPT_SETS, publish
 from tests.trustenv import LAUNCH, group_instance, signed, trust_config
 
 WAIT = 1  # acceptance_wait_time of both minions (what the instance-side script sets)
 READY = "Minion is ready to receive requests!"  # salt-minion's log line once it listens
-
-
-@pytest.fixture(scope="module")
-def masters(tmp_path_factory):
-    ours = start_master(tmp_path_factory.mktemp("ours"))
-    limit = start_master(tmp_path_factory.mktemp("limit"), extra_opts={"auto_accept": True})
-    yield ours, limit
-    ours.stop()
-    limit.stop()
 
 
 def first_ping(master, root, minion_id) -> float:
