@@ -135,8 +135,10 @@ def test_check_passes_and_a_signed_launch_is_handled(stack, master, identity, ce
     lines = check.stdout.splitlines()
     assert check.returncode == 0, check.stdout + check.stderr
     assert not [line for line in lines if line.startswith("FAIL")]
-    assert f"ok   queue {stack['QueueUrl']} (0 messages waiting)" in lines
-    assert f"ok   bucket {stack['BucketUrl']}" in lines
+    assert any(line.startswith(f"ok   queue {stack['QueueUrl']}: 0 messages waiting")
+               for line in lines), lines
+    assert any(line.startswith(f"ok   bucket {stack['BucketUrl']}: reachable, writable")
+               for line in lines), lines
 
     instance = new_id()
     master.add_pending_key(instance)
