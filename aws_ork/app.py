@@ -18,6 +18,7 @@ from typing import Any
 from aws_ork import __version__, defaults
 from aws_ork.aws import make_client
 from aws_ork.checks import build_checks
+from aws_ork.checks.ec2 import InstanceCheck
 from aws_ork.checks.terminations import Terminations
 from aws_ork.config import Config, require_safe
 from aws_ork.decide import Handler
@@ -36,6 +37,7 @@ from aws_ork.mirror.worker import MirrorWorker
 from aws_ork.runtime import systemd
 from aws_ork.runtime.stopper import Stopper
 from aws_ork.sqs.queue import Queue
+from aws_ork.sweep import Sweep
 
 log = logging.getLogger("aws_ork")
 
@@ -108,10 +110,15 @@ class App:
                 Journal(cfg.state_dir), key_dir=mirrored_key_dir(cfg, location),
                 reconcile_seconds=cfg.reconcile_minutes * 60)
         self.watcher = KeyDirWatcher(location)
+        sweep = None
+        if cfg.sweep_minutes and ec2 is not None:
+            check = next(c for c in checks if isinstance(c, InstanceCheck))
+            sweep = Sweep(self.handler, check.lookup, check,
+                          every_seconds=cfg.sweep_minutes * 60)
         self.loop = Loop(self.queue, self.handler, stopper, mirror=self.mirror,
                          poll_pause=cfg.poll_pause, once=run.once, dry_run=run.dry_run,
                          on_reload=self.reload, watcher=self.watcher,
-                         watchdog=systemd.Watchdog.from_environment())
+                         sweep=sweep, watchdog=systemd.Watchdog.from_environment())
         log.info("aws_ork %s: queue %s, keys %s, mirror %s%s", __version__, self.queue.url,
                  location.key_dir, cfg.bucket_url or "off",
                  " (dry run: nothing will be changed)" if run.dry_run else "")

@@ -59,6 +59,7 @@ class Config:
         default="bucket-owner-full-control", metadata={"option": "BucketAcl"}
     )
     reconcile_minutes: float = field(default=10.0, metadata={"option": "ReconcileMinutes"})
+    sweep_minutes: float = field(default=0.0, metadata={"option": "SweepMinutes"})
     delete_unknown_messages: bool = field(
         default=True, metadata={"option": "DeleteUnknownMessages"}
     )
@@ -302,6 +303,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "bucket_kms_key_id": _optional(_kms_key_id),
     "bucket_acl": _optional(_acl),
     "reconcile_minutes": _minutes,
+    "sweep_minutes": _minutes,
     "delete_unknown_messages": _bool,
     "salt_master_config": _path,
     "pki_dir": _path,
@@ -369,6 +371,9 @@ def require_safe(cfg: Config) -> list[str]:
             "names eventbridge but neither AutoScalingGroups nor InstanceTags is set: EC2 "
             "state-change events come from every instance in the account. Set one of them "
             "(AutoScalingGroups = * for any Auto Scaling group)"))
+    if cfg.sweep_minutes and not cfg.verify_instances:
+        raise ConfigError(cfg.source, "SweepMinutes", "is set but VerifyInstances is off: "
+                                                      "the sweep asks EC2 about every key")
     if cfg.key_binding == "tag" and not cfg.verify_instances:
         raise ConfigError(cfg.source, "KeyBinding", "tag needs VerifyInstances: the tag is read "
                                                     "from the instance's DescribeInstances")

@@ -208,6 +208,45 @@ class Handler:
                  fingerprint)
         return result.outcome.done
 
+    # --- the reconcile sweep (aws_ork.sweep), in the loop's thread between receives ---
+
+    def instance_keys(self) -> dict[str, set[str]]:
+        with self._keys_lock:
+            return self.keys.instance_keys()
+
+    def sweep_accept(self, instance_id: str, verdict: Verdict) -> int:
+        """A pending key whose launch message was lost: accept it if the instance passes what
+        a launch must pass. Returns 1 when a key was accepted."""
+        if verdict.stale_key:
+            log.error("SECURITY: sweep: %s: %s: someone else submitted a key under this id; "
+                      "it is moved to the rejected keys (inspect it: salt-key -f %s)",
+                      instance_id, verdict.reason, instance_id)
+            with self._keys_lock:
+                self.keys.reject(instance_id)
+            return 0
+        if not verdict.ok:
+            log.debug("sweep: %s: pending key left alone: %s", instance_id, verdict.reason)
+            return 0
+        with self._keys_lock:
+            if verdict.fingerprint is not None:
+                result = self._accept_bound(instance_id, verdict.fingerprint)
+            else:
+                result = self._accept(instance_id)
+        log.info("sweep: launch %s (its launch message was lost): %s%s", instance_id,
+                 result.describe(), f" (key binding: {verdict.fingerprint})"
+                 if verdict.fingerprint else "")
+        return int(result.outcome is Outcome.ACCEPTED and result.changed)
+
+    def sweep_delete(self, instance_id: str, why: str) -> int:
+        """The key of an instance that is gone: delete it, as its terminate would have.
+        Returns 1 when a key was deleted."""
+        with self._keys_lock:
+            if self.terminations is not None:
+                self.terminations.remember(instance_id)
+            result = self.keys.delete(instance_id)
+        log.info("sweep: terminate %s (%s): %s", instance_id, why, result.describe())
+        return int(result.changed)
+
     def note_accepted_by_salt(self, minion_ids: Sequence[str]) -> None:
         """Salt used up our autosign stubs for these minions: those accepted are enrolled."""
         if self.enrolled is None:

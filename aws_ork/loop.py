@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 from aws_ork import defaults
 from aws_ork.decide import Action, Decision, Handler
-from aws_ork.errors import MirrorError, QueueError
+from aws_ork.errors import AwsOrkError, MirrorError, QueueError
 from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.mirror.worker import MirrorWorker
 from aws_ork.runtime.stopper import Stopped, Stopper
 from aws_ork.runtime.systemd import Watchdog
 from aws_ork.sqs.queue import Message, Queue
 from aws_ork.sqs.receiver import Receiver
+from aws_ork.sweep import Sweep
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ class Loop:
                  once: bool = False, dry_run: bool = False,
                  on_reload: Callable[[], None] | None = None,
                  watcher: KeyDirWatcher | None = None,
-                 watchdog: Watchdog | None = None) -> None:
+                 watchdog: Watchdog | None = None, sweep: Sweep | None = None) -> None:
+        self.sweep = sweep  # the reconcile sweep (SweepMinutes), run between receives
         self.queue = queue
         self.handler = handler
         self.stopper = stopper
@@ -128,6 +130,7 @@ class Loop:
         """One receive and its batch; an exit status when the loop is to end, else None."""
         self.watchdog.ping()
         self._maybe_reload()
+        self._maybe_sweep()
         messages = self._receive(wait)
         if messages is None:
             if self.once and self.outage.failures:
@@ -154,6 +157,16 @@ class Loop:
                 return True
             self.watchdog.ping()
         return self.stopper.stopping
+
+    def _maybe_sweep(self) -> None:
+        """The reconcile sweep, when due; EC2 failing only postpones it."""
+        if self.sweep is None or not self.sweep.due():
+            return
+        try:
+            self.sweep.run()
+        except AwsOrkError as exc:
+            log.error("sweep: %s; the next one is due in %.0f minutes", exc,
+                      self.sweep.every_seconds / 60)
 
     def _tear_down(self) -> None:
         """On the way out, however it ends: give back a prefetched batch, hand Salt's last

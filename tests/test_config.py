@@ -42,6 +42,7 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
     "ArchiveDir": None,
     "MetricsAddress": None,
     "KeyBinding": "off",
+    "SweepMinutes": 0.0,
     "KeyBindingTag": "salt:minion-fingerprint",
 }
 

@@ -48,6 +48,8 @@ CLOCK_SKEW_SECONDS = 60
 GROUP_TAG = "aws:autoscaling:groupName"
 LIVE_STATES = frozenset({"pending", "running"})
 GONE_STATES = frozenset({"shutting-down", "terminated"})
+#: Ids per DescribeInstances call in a batched lookup (the most values a filter takes).
+BATCH = 200
 #: KeyBinding = tag: how many receives of a launch whose instance has not tagged itself with
 #: its key's fingerprint yet before it is refused (retries 2, 4, 8 ... 60 s apart: about 8
 #: minutes, time for a slow boot; a lifecycle hook keeps the instance waiting meanwhile).
@@ -102,6 +104,30 @@ class Ec2Lookup:
                     return _instance(item)
         return None
 
+    def get_many(self, instance_ids: Collection[str]) -> dict[str, Instance]:
+        """What EC2 says about these instances, in batches of BATCH ids (an ``instance-id``
+        filter: unknown ids are simply missing from the answer, where ``InstanceIds`` would
+        fail the whole call). Raises InstanceLookupError when EC2 cannot be asked."""
+        found: dict[str, Instance] = {}
+        ids = sorted(set(instance_ids))
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start:start + BATCH]
+            try:
+                pages = self.ec2.get_paginator("describe_instances").paginate(
+                    Filters=[{"Name": "instance-id", "Values": chunk}])
+                for page in pages:
+                    for reservation in page.get("Reservations", []):
+                        for item in reservation.get("Instances", []):
+                            if item.get("InstanceId") in chunk:
+                                found[item["InstanceId"]] = _instance(item)
+            except botocore.exceptions.ClientError as exc:
+                raise InstanceLookupError(
+                    f"EC2 DescribeInstances failed: {error_code(exc)}") from exc
+            except botocore.exceptions.BotoCoreError as exc:
+                raise InstanceLookupError(
+                    f"EC2 DescribeInstances failed: {type(exc).__name__}: {exc}") from exc
+        return found
+
 
 def _instance(item: Mapping[str, Any]) -> Instance:
     tags = {t["Key"]: t.get("Value", "") for t in item.get("Tags", []) if "Key" in t}
@@ -155,6 +181,11 @@ class InstanceCheck:
             return Verdict(True, f"instance is {instance.state}")
         return Verdict(False, f"instance is still {instance.state} in EC2; its key is deleted "
                               f"once EC2 reports it shutting-down or terminated", retry=True)
+
+    def judge_launch(self, instance_id: str, instance: Instance | None) -> Verdict:
+        """The launch verdict for what EC2 already said (the reconcile sweep looks instances
+        up in batches, then asks this)."""
+        return self._launch(instance_id, instance)
 
     def _launch(self, instance_id: str, instance: Instance | None) -> Verdict:
         if instance is None:

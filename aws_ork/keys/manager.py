@@ -106,6 +106,17 @@ class KeyManager:
         if event is not None:
             event.destroy()
 
+    def instance_keys(self) -> dict[str, set[str]]:
+        """Every key whose id is an instance id, with the states it is in (a full listing:
+        for the periodic sweep, never per message)."""
+        listing = self._call("list", "*", self._key.list_keys)
+        found: dict[str, set[str]] = {}
+        for state, names in (listing or {}).items():
+            for name in names or ():
+                if is_instance_id(name):
+                    found.setdefault(name, set()).add(state)
+        return found
+
     def states(self, minion_id: str) -> set[str]:
         """The key directories (``minions``, ``minions_pre``, ...) that hold this exact id."""
         if not is_instance_id(minion_id):

@@ -1,0 +1,88 @@
+"""The reconcile sweep: what the event messages missed, found by asking EC2 about the keys.
+
+Messages get lost (a queue purged, a subscription broken for an hour, a terminate that
+arrived while the daemon was stopped and expired in the queue). Every SweepMinutes (and once
+at start-up) the instance keys on the master, accepted and pending (only ids shaped like
+instance ids: the ones this daemon manages), are looked up in EC2 in batches of 200 ids:
+
+- the key of an instance EC2 reports gone (shutting-down, terminated) or does not know, on
+  two sweeps in a row (EC2's API is eventually consistent: a brand-new instance can be "not
+  found" for a moment), is deleted, as a terminate would delete it;
+- the pending key of a running instance that passes every check a launch must pass (group,
+  tags, freshness or, under key binding, its published fingerprint) is accepted, as its lost
+  launch would have accepted it. Replay protection applies (an enrolled instance whose key
+  was removed is not accepted again).
+
+The sweep runs in the loop's thread between receives, so it never races a message about the
+same key. It logs one line per change (prefixed ``sweep:``) and a summary per sweep;
+``--dry-run`` says what it would do.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aws_ork.checks.ec2 import GONE_STATES, LIVE_STATES, Ec2Lookup, InstanceCheck
+from aws_ork.decide import Handler
+from aws_ork.keys.location import ACCEPTED, PENDING
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepCounters:
+    """Totals of the sweeps, counted apart from the messages."""
+
+    runs: int = 0
+    accepted: int = 0
+    deleted: int = 0
+
+
+class Sweep:
+    """Runs when due; :meth:`run` raises InstanceLookupError when EC2 cannot be asked (the
+    loop logs it and the next sweep tries again)."""
+
+    def __init__(self, handler: Handler, lookup: Ec2Lookup, check: InstanceCheck, *,
+                 every_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.handler = handler
+        self.lookup = lookup
+        self.check = check
+        self.every_seconds = every_seconds
+        self._clock = clock
+        self._next = clock()  # the first sweep at start-up
+        self._gone_last_time: set[str] = set()
+        self.counters = SweepCounters()
+
+    def due(self) -> bool:
+        return self._clock() >= self._next
+
+    def run(self) -> None:
+        self._next = self._clock() + self.every_seconds
+        keys = self.handler.instance_keys()
+        wanted = {i for i, states in keys.items() if states & {ACCEPTED, PENDING}}
+        instances = self.lookup.get_many(wanted)
+        gone_now: set[str] = set()
+        accepted = deleted = 0
+        for minion_id in sorted(wanted):
+            instance = instances.get(minion_id)
+            if instance is None or instance.state in GONE_STATES:
+                gone_now.add(minion_id)
+                if minion_id in self._gone_last_time:
+                    what = "not found" if instance is None else instance.state
+                    deleted += self.handler.sweep_delete(minion_id, f"EC2: {what} on two "
+                                                                    f"sweeps in a row")
+                continue
+            states = keys[minion_id]
+            if PENDING in states and ACCEPTED not in states and instance.state in LIVE_STATES:
+                verdict = self.check.judge_launch(minion_id, instance)
+                accepted += self.handler.sweep_accept(minion_id, verdict)
+        self._gone_last_time = gone_now
+        self.counters.runs += 1
+        self.counters.accepted += accepted
+        self.counters.deleted += deleted
+        log.info("sweep: %d instance keys looked up in EC2 (%d found): %d accepted, %d deleted, "
+                 "%d gone once (deleted at the next sweep if still gone)", len(wanted),
+                 len(instances), accepted, deleted, len(gone_now) - deleted)
