@@ -18,6 +18,7 @@ from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.mirror.worker import MirrorWorker
 from aws_ork.runtime.stopper import Stopped, Stopper
 from aws_ork.runtime.systemd import Watchdog
+from aws_ork.sqs.archive import Archive
 from aws_ork.sqs.queue import Message, Queue
 from aws_ork.sqs.receiver import Receiver
 
@@ -77,7 +78,7 @@ class Loop:
                  once: bool = False, dry_run: bool = False,
                  on_reload: Callable[[], None] | None = None,
                  watcher: KeyDirWatcher | None = None,
-                 watchdog: Watchdog | None = None) -> None:
+                 watchdog: Watchdog | None = None, archive: Archive | None = None) -> None:
         self.queue = queue
         self.handler = handler
         self.stopper = stopper
@@ -88,6 +89,7 @@ class Loop:
         self.on_reload = on_reload
         self.watcher = watcher
         self.watchdog = watchdog or Watchdog(None)
+        self.archive = archive  # ArchiveDir: every received body, before anything else
         self.receiver = Receiver(queue, stopper)
         self.counters = Counters()
         self.outage = QueueOutage()
@@ -133,6 +135,8 @@ class Loop:
             if self.once and self.outage.failures:
                 return 1  # --once reports a queue it could not read
             return None
+        if self.archive is not None:
+            self.archive.save(messages)  # never raises: a lost copy must not cost a key change
         if self.once:
             messages = self._first_sightings(messages)
             if not messages:
