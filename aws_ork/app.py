@@ -36,6 +36,7 @@ from aws_ork.mirror.planner import S3Mirror
 from aws_ork.mirror.worker import MirrorWorker
 from aws_ork.runtime import systemd
 from aws_ork.runtime.stopper import Stopper
+from aws_ork.sqs.archive import Archive
 from aws_ork.sqs.queue import Queue
 from aws_ork.sweep import Sweep
 
@@ -115,10 +116,11 @@ class App:
             check = next(c for c in checks if isinstance(c, InstanceCheck))
             sweep = Sweep(self.handler, check.lookup, check,
                           every_seconds=cfg.sweep_minutes * 60)
+        self.archive = self._archive(cfg)
         self.loop = Loop(self.queue, self.handler, stopper, mirror=self.mirror,
                          poll_pause=cfg.poll_pause, once=run.once, dry_run=run.dry_run,
-                         on_reload=self.reload, watcher=self.watcher,
-                         sweep=sweep, watchdog=systemd.Watchdog.from_environment())
+                         on_reload=self.reload, watcher=self.watcher, sweep=sweep,
+                         watchdog=systemd.Watchdog.from_environment(), archive=self.archive)
         log.info("aws_ork %s: queue %s, keys %s, mirror %s%s", __version__, self.queue.url,
                  location.key_dir, cfg.bucket_url or "off",
                  " (dry run: nothing will be changed)" if run.dry_run else "")
@@ -136,6 +138,21 @@ class App:
         except OSError as exc:
             raise StateError(f"StateDir {cfg.state_dir}: {exc}") from exc
         return finished, enrolled
+
+    @staticmethod
+    def _archive(cfg: Config) -> Archive | None:
+        """ArchiveDir (with --dry-run too: it changes no key); one that cannot be made or
+        opened is a start-up failure: an archive asked for must not be silently missing."""
+        if cfg.archive_dir is None:
+            return None
+        try:
+            archive = Archive(cfg.archive_dir, cfg.archive_max_mb * 1024 * 1024)
+        except OSError as exc:
+            raise StateError(f"ArchiveDir {cfg.archive_dir}: {exc}") from exc
+        log.info("archiving every received message in %s (%d MB so far, cap %s)", cfg.archive_dir,
+                 archive.total // (1024 * 1024),
+                 f"{cfg.archive_max_mb} MB" if cfg.archive_max_mb else "none")
+        return archive
 
     def reload(self) -> None:
         """SIGHUP: re-read the Salt master's config; each part that depends on it reloads."""

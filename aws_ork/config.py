@@ -90,6 +90,7 @@ class Config:
         default="{instance_id}", metadata={"option": "MinionIdTemplate"}
     )
     archive_dir: Path | None = field(default=None, metadata={"option": "ArchiveDir"})
+    archive_max_mb: int = field(default=1024, metadata={"option": "ArchiveMaxMB"})
     metrics_address: tuple[str, int] | None = field(
         default=None, metadata={"option": "MetricsAddress"}
     )
@@ -149,6 +150,13 @@ def _number(unit: str, high: float, low_text: str = "0") -> Callable[[str], floa
 
 _seconds = _number("seconds", 3600)
 _minutes = _number("minutes", 1440, "0 (only at start-up)")
+
+
+def _megabytes(raw: str) -> int:
+    """A whole number of MiB from 0 (no cap) to 1 TiB."""
+    if not re.fullmatch(r"[0-9]{1,8}", raw) or int(raw) > 1024 * 1024:
+        raise ValueError("is not a whole number of MB from 0 (no cap) to 1048576")
+    return int(raw)
 
 
 def _region(raw: str) -> str:
@@ -320,6 +328,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "instance_tags": _tags,
     "minion_id_template": _template,
     "archive_dir": _optional(_path),
+    "archive_max_mb": _megabytes,
     "metrics_address": _optional(_address),
     "key_binding": _key_binding,
     "key_binding_tag": _tag_key,

@@ -18,6 +18,7 @@ from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.mirror.worker import MirrorWorker
 from aws_ork.runtime.stopper import Stopped, Stopper
 from aws_ork.runtime.systemd import Watchdog
+from aws_ork.sqs.archive import Archive
 from aws_ork.sqs.queue import Message, Queue
 from aws_ork.sqs.receiver import Receiver
 from aws_ork.sweep import Sweep
@@ -78,7 +79,8 @@ class Loop:
                  once: bool = False, dry_run: bool = False,
                  on_reload: Callable[[], None] | None = None,
                  watcher: KeyDirWatcher | None = None,
-                 watchdog: Watchdog | None = None, sweep: Sweep | None = None) -> None:
+                 watchdog: Watchdog | None = None, sweep: Sweep | None = None,
+                 archive: Archive | None = None) -> None:
         self.sweep = sweep  # the reconcile sweep (SweepMinutes), run between receives
         self.queue = queue
         self.handler = handler
@@ -90,6 +92,7 @@ class Loop:
         self.on_reload = on_reload
         self.watcher = watcher
         self.watchdog = watchdog or Watchdog(None)
+        self.archive = archive  # ArchiveDir: every received body, before anything else
         self.receiver = Receiver(queue, stopper)
         self.counters = Counters()
         self.outage = QueueOutage()
@@ -136,6 +139,8 @@ class Loop:
             if self.once and self.outage.failures:
                 return 1  # --once reports a queue it could not read
             return None
+        if self.archive is not None:
+            self.archive.save(messages)  # never raises: a lost copy must not cost a key change
         if self.once:
             messages = self._first_sightings(messages)
             if not messages:

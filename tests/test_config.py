@@ -54,6 +54,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "BucketAcl": "bucket-owner-full-control",
     "ReconcileMinutes": 10,
     "LogFormat": "text",
+    "ArchiveMaxMB": 1024,
 }
 
 ALL_DEFAULTS = {**CONTRACT_DEFAULTS, **ADDED_DEFAULTS}
@@ -321,6 +322,10 @@ BAD_VALUES = [
     ("LogFile", "~no-such-user-aws-ork/aws_ork.log"),
     ("LogFormat", "syslog"),
     ("LogFormat", ""),
+    ("ArchiveMaxMB", "-1"),
+    ("ArchiveMaxMB", "1.5"),
+    ("ArchiveMaxMB", "1048577"),
+    ("ArchiveMaxMB", "²"),
     *((option, "maybe") for option in BOOL_OPTIONS),
 ]
 
