@@ -67,6 +67,7 @@ class Handler:
         self.arrivals = arrivals  # key binding: launches waiting for their bound key
         # the loop and the arrivals thread both change keys: one at a time
         self._keys_lock = threading.RLock()
+        self._parsed: dict[str, Event] = {}  # the batch in hand, parsed once by prime()
 
     def reload(self, opts: Mapping[str, Any]) -> None:
         """SIGHUP: a key manager for the master's (re-read) config, and the same for every
@@ -79,12 +80,36 @@ class Handler:
             if reload is not None:
                 reload(opts)
 
+    def prime(self, messages: Sequence[Message]) -> None:
+        """Before a batch: parse its messages once and let the checks that can (the EC2
+        check) look up every instance of the batch in one call."""
+        try:
+            self._parsed = {m.message_id: events.parse(m.body) for m in messages}
+            ids = {e.instance_id for e in self._parsed.values()
+                   if e.instance_id is not None and e.kind in (Kind.LAUNCH, Kind.TERMINATE)}
+            for check in self.checks:
+                prime = getattr(check, "prime", None)
+                if prime is not None:
+                    prime(ids)
+        except Exception:  # only an optimisation: each message is still handled on its own
+            log.error("could not prepare the batch; handling message by message",
+                      exc_info=True)
+            self.forget()
+
+    def forget(self) -> None:
+        """After a batch: nothing of it is reused for the next one."""
+        self._parsed = {}
+        for check in self.checks:
+            forget = getattr(check, "forget", None)
+            if forget is not None:
+                forget()
+
     def handle(self, message: Message) -> Decision:
         """Handle one message; never raises. Whatever goes wrong (a key file Salt cannot
         read, a bug of ours) is logged with its traceback and the message retried with
         backoff: the queue's redrive policy sets a message aside that always fails."""
         try:
-            event = events.parse(message.body)
+            event = self._parsed.pop(message.message_id, None) or events.parse(message.body)
             decision = self._decide(event, message)
             described = event.describe()
         except Exception as exc:

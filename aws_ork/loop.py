@@ -264,6 +264,7 @@ class Loop:
         """Handle, then delete the finished ones; True if the key store was changed."""
         done: list[Message] = []
         changed: list[tuple[Message, Decision]] = []
+        self.handler.prime(messages)  # one EC2 lookup for the whole batch
         for index, message in enumerate(messages):
             if self.stopper.stopping:
                 self._give_back(messages[index:])
@@ -279,6 +280,7 @@ class Loop:
                 done.append(message)
             elif decision.action is Action.RETRY and not self.dry_run:
                 self.queue.retry_later(message, decision.delay)
+        self.handler.forget()
         if changed:
             self.counters.batches_with_key_changes += 1
             if self.mirror is not None and not self._record_for_mirror(changed):

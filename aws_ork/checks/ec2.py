@@ -1,7 +1,9 @@
 """VerifyInstances: EC2 must confirm what a message says before a key is touched.
 
-One ``DescribeInstances`` per launch or terminate message, in SQS_Region (the queue's region:
-the instances a master manages live there).
+One ``DescribeInstances`` per receive batch (:meth:`InstanceCheck.prime`, before the batch is
+handled; a message looks its instance up alone only when that call failed), in SQS_Region
+(the queue's region: the instances a master manages live there). EC2's request-rate bucket is
+shared with the rest of the account: one call per ten messages instead of ten.
 
 Launch: the instance must exist and be ``pending`` or ``running``; with AutoScalingGroups its
 ``aws:autoscaling:groupName`` tag must match one of the patterns (shell globs, case-sensitive);
@@ -151,6 +153,26 @@ class InstanceCheck:
         self.groups = tuple(groups)
         self.tags = tuple(tags)
         self.binding_tag = binding_tag  # KeyBinding = tag: the tag holding the fingerprint
+        #: what one batched DescribeInstances said about the ids of the batch in hand
+        self._primed: dict[str, Instance | None] = {}
+
+    def prime(self, instance_ids: Collection[str]) -> None:
+        """Look the instances of a receive batch up in one call (Ec2Lookup.get_many), so the
+        messages of the batch need no call each. When EC2 cannot be asked, each message asks
+        on its own (and is retried as before)."""
+        self._primed = {}
+        if not instance_ids:
+            return
+        try:
+            found = self.lookup.get_many(instance_ids)
+        except InstanceLookupError as exc:
+            log.debug("batched EC2 lookup failed (%s); asking per message", exc)
+            return
+        self._primed = {i: found.get(i) for i in instance_ids}
+
+    def forget(self) -> None:
+        """The batch is done: the next one is looked up afresh."""
+        self._primed = {}
 
     def reload(self, opts: Mapping[str, Any]) -> None:
         """SIGHUP: the master's config may have moved its key directory."""
@@ -161,7 +183,8 @@ class InstanceCheck:
         if instance_id is None:  # the parser never lets this through; refuse if it did
             return Verdict(False, "no instance id")
         try:
-            instance = self.lookup.get(instance_id)
+            instance = self._primed[instance_id] if instance_id in self._primed \
+                else self.lookup.get(instance_id)
         except InstanceLookupError as exc:
             log.debug("%s: EC2 lookup failed", instance_id, exc_info=True)
             return Verdict(False, f"{exc}; never accepted without EC2's word", retry=True)
