@@ -10,6 +10,7 @@ import http.client
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -28,12 +29,17 @@ class Request:
     ended: float | None = None
 
 
+#: answers a request itself instead of relaying it: (HTTP status, body), or None to relay
+Answer = Callable[[Request], "tuple[int, bytes] | None"]
+
+
 @dataclass
 class CountingProxy:
     target: str
     requests: list[Request] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
+    answer: Answer | None = None  # e.g. throttle EC2: see tests/test_ec2_batch.py
 
     @property
     def url(self) -> str:
@@ -61,6 +67,16 @@ class CountingProxy:
                                  _params(body), time.monotonic())
                 with proxy.lock:
                     proxy.requests.append(record)
+                canned = proxy.answer(record) if proxy.answer is not None else None
+                if canned is not None:
+                    status, data = canned
+                    record.ended = time.monotonic()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "text/xml")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=120)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
                 conn.request(self.command, self.path, body=body, headers=headers)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.countproxy import CountingProxy
-from tests.daemon import queue_counts, run_aws_ork, send
+from tests.daemon import queue_counts, run_aws_ork, send, wait_for
 from tests.trustenv import LAUNCH, group_instance, signed, trust_config
 
 
@@ -35,3 +35,33 @@ def test_a_batch_of_ten_launches_costs_one_ec2_call(master, tmp_path, sqs, queue
     # one per receive batch: 10 messages come in one batch, or two if SQS splits them
     # (per message, as before, this was 10)
     assert 1 <= len(calls) <= 2, [r.operation for r in proxy.snapshot()]
+
+
+THROTTLED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+             b"<Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>"
+             b"</Error></Errors><RequestID>aws-ork-test</RequestID></Response>")
+
+
+def test_a_throttled_describe_instances_is_retried_never_accepted(master, tmp_path, sqs,
+                                                                  queue_url, cert_dir, identity,
+                                                                  fleet, proxy):
+    instance = group_instance(fleet)
+    master.add_pending_key(instance)
+    send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
+    proxy.answer = lambda r: (503, THROTTLED) if r.operation == "DescribeInstances" else None
+
+    throttled = run_aws_ork(conf, "--once", env={"AWS_ENDPOINT_URL_EC2": proxy.url})
+
+    assert throttled.returncode == 0, throttled.stderr
+    assert master.key_state_of(instance) == "minions_pre"
+    assert "EC2 DescribeInstances failed: RequestLimitExceeded" in throttled.stderr
+    assert sum(queue_counts(sqs, queue_url)) == 1  # kept for a retry
+    attempts = [r for r in proxy.snapshot() if r.operation == "DescribeInstances"]
+    assert len(attempts) > 1  # botocore backed off and asked again before giving up
+
+    proxy.answer = None  # the throttling is over: the retried launch is accepted
+    wait_for(lambda: queue_counts(sqs, queue_url)[0] == 1, 60, "the retried launch")
+    again = run_aws_ork(conf, "--once", env={"AWS_ENDPOINT_URL_EC2": proxy.url})
+    assert again.returncode == 0, again.stderr
+    assert master.key_state_of(instance) == "minions"
