@@ -259,14 +259,15 @@ class Handler:
         return self._retry(message, result.describe(), result.outcome.name.lower())
 
     def _tally(self, result: KeyResult) -> KeyResult:
-        """Count a key change for the metrics (under the keys lock: loop and arrivals)."""
+        """Count a key change for the metrics (the loop and the arrivals thread both count)."""
         if result.dry_run:
             return result
-        if result.outcome is Outcome.PREAUTHORISED or result.changed and result.outcome in (
-                Outcome.ACCEPTED, Outcome.DELETED, Outcome.REJECTED):  # a stub is no change
-            self.key_counts[result.outcome.name.lower()] += 1
-        if result.others and result.outcome is not Outcome.OTHER_KEY_ACCEPTED:
-            self.key_counts["impostor"] += len(result.others)
+        with self._keys_lock:
+            if result.outcome is Outcome.PREAUTHORISED or result.changed and result.outcome in (
+                    Outcome.ACCEPTED, Outcome.DELETED, Outcome.REJECTED):  # a stub: no change
+                self.key_counts[result.outcome.name.lower()] += 1
+            if result.others and result.outcome is not Outcome.OTHER_KEY_ACCEPTED:
+                self.key_counts["impostor"] += len(result.others)
         return result
 
     @staticmethod

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -165,7 +166,7 @@ class MetricsServer:
         self.registry = registry
         self.healthy = healthy
         #: binds now: an address in use is a start-up failure (OSError), not a silent gap
-        self.httpd = ThreadingHTTPServer(address, _handler_class(self))
+        self.httpd = _server_class(address[0])(address, _handler_class(self))
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics",
                                         daemon=True)
@@ -196,10 +197,22 @@ class MetricsServer:
         return 404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n"
 
 
+def _server_class(host: str) -> type[ThreadingHTTPServer]:
+    """ThreadingHTTPServer listens on IPv4 only; MetricsAddress = [::1]:9731 needs IPv6."""
+    if ":" not in host:
+        return ThreadingHTTPServer
+
+    class Server6(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    return Server6
+
+
 def _handler_class(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "aws_ork"
         sys_version = ""
+        timeout = 10  # a client that connects and sends nothing does not keep a thread
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             try:
