@@ -22,8 +22,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aws_ork import __version__
+from aws_ork.loop import oldest_age
 from aws_ork.mirror.worker import MirrorStatus
 from aws_ork.runtime import metrics
+from aws_ork.sqs.queue import Queue
 from tests.daemon import run_aws_ork, send, start_aws_ork, states, wait_for, write_config
 from tests.messages import new_id, sns_launch, sns_terminate
 from tests.saltenv import SaltMaster, free_port
@@ -100,10 +102,12 @@ def sqs_proxy(moto) -> Iterator[TcpProxy]:
     proxy.stop()
 
 
-def test_metrics_count_exactly_what_the_daemon_did(master, metrics_conf, tmp_path, sqs,
-                                                   queue_url, monkeypatch):
+def test_metrics_count_exactly_what_the_daemon_did(master, tmp_path, sqs, queue_url, bucket,
+                                                   monkeypatch):
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    conf, port = metrics_conf
+    port = free_port()
+    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
+                        bucket=bucket, MetricsAddress=f"127.0.0.1:{port}")
     first, second, gone = new_id(), new_id(), new_id()
     master.add_pending_key(first)
     master.add_pending_key(second)
@@ -120,7 +124,9 @@ def test_metrics_count_exactly_what_the_daemon_did(master, metrics_conf, tmp_pat
         send(sqs, queue_url, sns_launch(gone))
         wait_for(lambda: total(scrape(port), "aws_ork_messages_finished_total") == 5, 60,
                  "the late launch finished")
-        samples = scrape(port)
+        samples = wait_for(lambda: (got := scrape(port))[
+            ("aws_ork_mirror_pending_changes", frozenset())] == 0 and got, 60,
+            "the mirror caught up")
         assert states(master, first, second, gone) == {first: "minions", second: "minions",
                                                        gone: None}
     finally:
@@ -144,10 +150,28 @@ def test_metrics_count_exactly_what_the_daemon_did(master, metrics_conf, tmp_pat
     assert value(samples, "aws_ork_keys_preauthorised_total") == 0
     assert value(samples, "aws_ork_keys_impostors_deleted_total") == 0
     assert value(samples, "aws_ork_lifecycle_actions_completed_total") == 0
-    assert total(samples, "aws_ork_aws_errors_total") == 0
+    assert total(samples, "aws_ork_aws_errors_total") == 0  # the mirror's HEAD 404s included
     age = value(samples, "aws_ork_oldest_message_age_seconds")
     assert age is not None and age >= 0
-    assert value(samples, "aws_ork_mirror_pending_changes") is None  # no BucketUrl: no mirror
+    assert value(samples, "aws_ork_mirror_behind_seconds") == 0
+    assert value(samples, "aws_ork_mirror_failures") == 0
+    last = value(samples, "aws_ork_mirror_last_success_age_seconds")
+    assert last is not None and last >= 0
+
+
+def test_without_a_bucket_no_mirror_metrics_and_other_paths_are_404(metrics_conf, tmp_path):
+    conf, port = metrics_conf
+    proc = start_aws_ork(conf, tmp_path / "daemon.log")
+    try:
+        wait_for(lambda: try_get(port, "/healthz"), 60, "/healthz to answer")
+        samples = scrape(port)
+        assert get(port, "/")[0] == 404
+        assert get(port, "/metrics/../etc/passwd")[0] == 404
+        assert get(port, "/healthz?verbose=1") == (200, "ok\n")
+    finally:
+        assert stop(proc) == 0
+    assert value(samples, "aws_ork_messages_received_total") == 0
+    assert not [name for name, _ in samples if name.startswith("aws_ork_mirror_")]
 
 
 def test_healthz_turns_503_naming_the_queue_while_it_is_cut_and_200_after(
@@ -194,17 +218,6 @@ def test_an_address_in_use_stops_the_start_naming_the_option(master, tmp_path, q
     assert f"MetricsAddress: cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
-def test_unknown_paths_are_404(master, metrics_conf, tmp_path, monkeypatch):
-    conf, port = metrics_conf
-    proc = start_aws_ork(conf, tmp_path / "daemon.log")
-    try:
-        wait_for(lambda: try_get(port, "/healthz"), 60, "/healthz to answer")
-        assert get(port, "/")[0] == 404
-        assert get(port, "/metrics/../etc/passwd")[0] == 404
-    finally:
-        assert stop(proc) == 0
-
-
 # --- the parts, without a daemon ---
 
 
@@ -248,3 +261,14 @@ def test_aws_error_labels_stay_bounded(monkeypatch):
     assert errors[("s3", "other")] == 1
     assert len(errors) == metrics._AWS_ERROR_SERIES + 1  # the last distinct codes: "other"
     assert errors[("ec2", "other")] == 500 - (metrics._AWS_ERROR_SERIES - 2)
+
+
+def test_messages_carry_their_sent_timestamp_for_the_backlog_age(sqs, queue_url):
+    send(sqs, queue_url, "one", "two")
+    queue = Queue(sqs, queue_url)
+    got = wait_for(lambda: queue.receive(1), 30, "the messages")
+    sent = [m.sent_timestamp for m in got]
+    assert all(isinstance(t, float) for t in sent), sent
+    oldest = min(t for t in sent if t is not None)
+    assert oldest_age(got, now=lambda: oldest + 5) == 5
+    assert oldest_age([], now=lambda: oldest + 5) == 0
