@@ -21,6 +21,7 @@ setup(
         "salt>=3007",
         "python-daemon>=3.0",
         "cryptography>=42",
+        "prometheus-client>=0.20",  # MetricsAddress: /metrics (the collector API)
     ],
     extras_require={
         "test": [

@@ -35,6 +35,7 @@ from aws_ork.mirror.manifest import FILE_NAME as MANIFEST_FILE
 from aws_ork.mirror.planner import S3Mirror
 from aws_ork.mirror.worker import MirrorWorker
 from aws_ork.runtime import systemd
+from aws_ork.runtime.metrics import AwsOrkCollector, MetricsServer, health
 from aws_ork.runtime.stopper import Stopper
 from aws_ork.sqs.archive import Archive
 from aws_ork.sqs.queue import Queue
@@ -121,9 +122,26 @@ class App:
                          poll_pause=cfg.poll_pause, once=run.once, dry_run=run.dry_run,
                          on_reload=self.reload, watcher=self.watcher, sweep=sweep,
                          watchdog=systemd.Watchdog.from_environment(), archive=self.archive)
+        self.metrics = self._metrics_server(cfg, run)
         log.info("aws_ork %s: queue %s, keys %s, mirror %s%s", __version__, self.queue.url,
                  location.key_dir, cfg.bucket_url or "off",
                  " (dry run: nothing will be changed)" if run.dry_run else "")
+
+    def _metrics_server(self, cfg: Config, run: RunOptions) -> MetricsServer | None:
+        """/metrics and /healthz on MetricsAddress, bound now so that an address in use stops
+        the start (exit 2, naming the option). Not for ``--once``: a run that ends at the
+        first empty receive has nothing to scrape, and would take the daemon's port."""
+        if cfg.metrics_address is None or run.once:
+            return None
+        collector = AwsOrkCollector(self.loop, self.handler, self.mirror)
+        loop, mirror, limit = self.loop, self.mirror, cfg.health_mirror_seconds
+        try:
+            return MetricsServer(cfg.metrics_address, collector,
+                                 lambda: health(loop, mirror, limit))
+        except OSError as exc:
+            host, port = cfg.metrics_address
+            raise ConfigError(cfg.source, "MetricsAddress",
+                              f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
     @staticmethod
     def _memories(cfg: Config, dry_run: bool) -> tuple[IdMemory, IdMemory]:
@@ -163,6 +181,16 @@ class App:
             self.arrivals.reload(opts)
 
     def run(self) -> int:
+        """Serve the metrics, run; stop serving on the way out, however it ends."""
+        if self.metrics is not None:
+            self.metrics.start()
+        try:
+            return self._run()
+        finally:
+            if self.metrics is not None:
+                self.metrics.stop()
+
+    def _run(self) -> int:
         """Purge if asked, start the mirror, loop until stopped; return the exit status."""
         if self.run_options.purge:
             self._purge()

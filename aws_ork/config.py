@@ -94,6 +94,9 @@ class Config:
     metrics_address: tuple[str, int] | None = field(
         default=None, metadata={"option": "MetricsAddress"}
     )
+    health_mirror_seconds: float = field(
+        default=900.0, metadata={"option": "HealthMirrorSeconds"}
+    )
     key_binding: str = field(default="off", metadata={"option": "KeyBinding"})
     key_binding_tag: str = field(
         default="salt:minion-fingerprint", metadata={"option": "KeyBindingTag"}
@@ -150,6 +153,8 @@ def _number(unit: str, high: float, low_text: str = "0") -> Callable[[str], floa
 
 _seconds = _number("seconds", 3600)
 _minutes = _number("minutes", 1440, "0 (only at start-up)")
+#: HealthMirrorSeconds: up to a day; a mirror failing that long needs a person anyway
+_health_seconds = _number("seconds", 86400)
 
 
 def _megabytes(raw: str) -> int:
@@ -330,6 +335,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "archive_dir": _optional(_path),
     "archive_max_mb": _megabytes,
     "metrics_address": _optional(_address),
+    "health_mirror_seconds": _health_seconds,
     "key_binding": _key_binding,
     "key_binding_tag": _tag_key,
 }

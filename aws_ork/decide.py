@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -49,6 +50,10 @@ class Decision:
     rejected: bool = False  # failed a trust check (counted apart from unknown messages)
     minion_id: str | None = None  # whose key changed (``changed``): the mirror sends its files
     preauthorised: str | None = None  # a minion left to Salt's autosign stub: watch for it
+    #: for the metrics, short fixed words only (never text from the message): the event kind,
+    #: and why (a check's code, the key outcome, ``unknown``, ``error``...)
+    kind: str = "unknown"
+    reason_code: str = "error"
 
 
 class Handler:
@@ -68,6 +73,8 @@ class Handler:
         # the loop and the arrivals thread both change keys: one at a time
         self._keys_lock = threading.RLock()
         self._parsed: dict[str, Event] = {}  # the batch in hand, parsed once by prime()
+        #: key changes made (accepted, deleted, preauthorised, rejected, impostor), for metrics
+        self.key_counts: Counter[str] = Counter()
 
     def reload(self, opts: Mapping[str, Any]) -> None:
         """SIGHUP: a key manager for the master's (re-read) config, and the same for every
@@ -110,7 +117,7 @@ class Handler:
         backoff: the queue's redrive policy sets a message aside that always fails."""
         try:
             event = self._parsed.pop(message.message_id, None) or events.parse(message.body)
-            decision = self._decide(event, message)
+            decision = replace(self._decide(event, message), kind=event.kind.value)
             described = event.describe()
         except Exception as exc:
             log.error("message %s: unexpected %s while handling it; retrying",
@@ -124,31 +131,35 @@ class Handler:
     def _decide(self, event: Event, message: Message) -> Decision:
         if event.kind is Kind.UNKNOWN:
             if self.delete_unknown:
-                return Decision(Action.DELETE, "ignored, deleted")
-            return Decision(Action.LEAVE, "ignored, left in queue (DeleteUnknownMessages off)")
+                return Decision(Action.DELETE, "ignored, deleted", reason_code="unknown")
+            return Decision(Action.LEAVE, "ignored, left in queue (DeleteUnknownMessages off)",
+                            reason_code="unknown")
         if event.kind is Kind.TEST:
-            return Decision(Action.DELETE, "test notification, deleted")
+            return Decision(Action.DELETE, "test notification, deleted", reason_code="test")
         if event.kind is Kind.LAUNCH_ERROR:
-            return Decision(Action.DELETE, "launch failed in AWS; no key change")
+            return Decision(Action.DELETE, "launch failed in AWS; no key change",
+                            reason_code="launch_error")
         assert event.instance_id is not None  # parser guarantees it for launch/terminate
         fingerprint: str | None = None
         for check in self.checks:
             verdict = check(event)
             fingerprint = verdict.fingerprint or fingerprint
+            code = verdict.code or getattr(check, "code", "check")
             if verdict.retry and not 0 < verdict.attempts <= message.receive_count:
-                return self._retry(message, f"check deferred: {verdict.reason}")
+                return self._retry(message, f"check deferred: {verdict.reason}", code)
             if verdict.retry and verdict.then_ok:
                 continue  # asked often enough: the check passes
             if verdict.stale_key:
                 return self._reject_stale(event.instance_id, verdict, message)
             if not verdict.ok:
-                return Decision(Action.DELETE, f"REJECTED: {verdict.reason}", rejected=True)
+                return Decision(Action.DELETE, f"REJECTED: {verdict.reason}", rejected=True,
+                                reason_code=code)
         try:
             if event.kind is Kind.TERMINATE and self.terminations is not None:
                 self.terminations.remember(event.instance_id)
             with self._keys_lock:
                 if event.kind is Kind.TERMINATE:
-                    result = self.keys.delete(event.instance_id)
+                    result = self._tally(self.keys.delete(event.instance_id))
                 elif fingerprint is not None:
                     result = self._accept_bound(event.instance_id, fingerprint)
                 else:
@@ -163,9 +174,9 @@ class Handler:
                 self.finished.add(event.message_id)  # durable before the message goes
         except KeyStoreError as exc:
             log.error("message %s: key store error: %s", message.message_id, exc)
-            return self._retry(message, f"key store error, retrying: {exc}")
+            return self._retry(message, f"key store error, retrying: {exc}", "key_store")
         except OSError as exc:  # the memories in StateDir
-            return self._retry(message, f"cannot write to StateDir: {exc}")
+            return self._retry(message, f"cannot write to StateDir: {exc}", "state_dir")
         except AwsOrkError as exc:
             return self._retry(message, f"error, retrying: {exc}")
         return decision
@@ -174,7 +185,7 @@ class Handler:
         """Accept (or pre-authorise) unless this instance was enrolled before; remember an
         accepted key."""
         enrolled = self.enrolled is not None and instance_id in self.enrolled
-        result = self.keys.accept(instance_id, enrolled=enrolled)
+        result = self._tally(self.keys.accept(instance_id, enrolled=enrolled))
         if result.outcome is Outcome.REMOVED:
             self._removed(instance_id)
         elif result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED) \
@@ -193,7 +204,7 @@ class Handler:
     def _accept_bound(self, instance_id: str, fingerprint: str) -> KeyResult:
         """Key binding: accept exactly the published key; say loudly what else was there."""
         enrolled = self.enrolled is not None and instance_id in self.enrolled
-        result = self.keys.accept_bound(instance_id, fingerprint, enrolled=enrolled)
+        result = self._tally(self.keys.accept_bound(instance_id, fingerprint, enrolled=enrolled))
         if result.outcome is Outcome.REMOVED:
             self._removed(instance_id)
         elif result.outcome is Outcome.OTHER_KEY_ACCEPTED:
@@ -219,7 +230,8 @@ class Handler:
             return replace(decision, reason=reason)
         if message.receive_count >= defaults.BOUND_KEY_ATTEMPTS:
             return Decision(Action.DELETE, f"REJECTED: gave up after {message.receive_count} "
-                                           f"receives: {reason}", rejected=True)
+                                           f"receives: {reason}", rejected=True,
+                            reason_code="binding")
         if self.arrivals is not None:
             self.arrivals.wait_for(instance_id, fingerprint)
         return replace(decision, reason=reason)
@@ -291,12 +303,14 @@ class Handler:
                   "to the rejected keys and never accepted (inspect it: salt-key -f %s)",
                   instance_id, verdict.reason, instance_id)
         try:
-            result = self.keys.reject(instance_id)
+            result = self._tally(self.keys.reject(instance_id))
         except KeyStoreError as exc:
-            return self._retry(message, f"stale pending key could not be rejected: {exc}")
+            return self._retry(message, f"stale pending key could not be rejected: {exc}",
+                               "stale_key")
         return Decision(Action.DELETE, f"REJECTED: {verdict.reason}: {result.describe()}",
                         rejected=True, changed=result.changed,
-                        minion_id=instance_id if result.changed else None)
+                        minion_id=instance_id if result.changed else None,
+                        reason_code="stale_key")
 
     def _from_result(self, result: KeyResult, message: Message,
                      minion_id: str | None = None) -> Decision:
@@ -304,10 +318,24 @@ class Handler:
             stubbed = result.outcome is Outcome.PREAUTHORISED and not result.dry_run
             return Decision(Action.DELETE, result.describe(), changed=result.changed,
                             minion_id=minion_id if result.changed else None,
-                            preauthorised=minion_id if stubbed else None)
-        return self._retry(message, result.describe())
+                            preauthorised=minion_id if stubbed else None,
+                            reason_code=result.outcome.name.lower())
+        return self._retry(message, result.describe(), result.outcome.name.lower())
+
+    def _tally(self, result: KeyResult) -> KeyResult:
+        """Count a key change for the metrics (the loop and the arrivals thread both count)."""
+        if result.dry_run:
+            return result
+        with self._keys_lock:
+            if result.outcome is Outcome.PREAUTHORISED or result.changed and result.outcome in (
+                    Outcome.ACCEPTED, Outcome.DELETED, Outcome.REJECTED):  # a stub: no change
+                self.key_counts[result.outcome.name.lower()] += 1
+            if result.others and result.outcome is not Outcome.OTHER_KEY_ACCEPTED:
+                self.key_counts["impostor"] += len(result.others)
+        return result
 
     @staticmethod
-    def _retry(message: Message, reason: str) -> Decision:
+    def _retry(message: Message, reason: str, code: str = "error") -> Decision:
         delay = defaults.retry_delay(message.receive_count)
-        return Decision(Action.RETRY, f"{reason}; retry in {delay}s", delay=delay)
+        return Decision(Action.RETRY, f"{reason}; retry in {delay}s", delay=delay,
+                        reason_code=code)

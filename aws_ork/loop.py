@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aws_ork import defaults
 from aws_ork.decide import Action, Decision, Handler
@@ -28,7 +29,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Counters:
-    """Totals for the run, logged at exit (and, later, exported as metrics)."""
+    """Totals for the run, logged at exit and read by the metrics endpoint at scrape time.
+
+    The per-(event kind, reason code) tables hold short fixed codes only (see
+    ``Decision.reason_code``), so the metrics built from them have a bounded number of series.
+    """
 
     received: int = 0
     deleted: int = 0
@@ -36,6 +41,20 @@ class Counters:
     rejected: int = 0
     batches_with_key_changes: int = 0  # receive batches in which we changed a key
     salt_key_changes: int = 0  # key directories changed by Salt itself (autosign, salt-key)
+    finished: Counter[tuple[str, str]] = field(default_factory=Counter)  # deleted, by kind
+    retries: Counter[tuple[str, str]] = field(default_factory=Counter)
+    rejections: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+#: /healthz is unhealthy after this many poll intervals (long poll + PollPause) without a
+#: completed receive: one slow or failed receive is normal, three in a row are not.
+HEALTH_POLLS = 3
+
+
+def oldest_age(messages: list[Message], now: Callable[[], float] = time.time) -> float:
+    """Seconds since the oldest of these messages was sent (0 for none or no SentTimestamp)."""
+    sent = [m.sent_timestamp for m in messages if m.sent_timestamp is not None]
+    return max(0.0, now() - min(sent)) if sent else 0.0
 
 
 class QueueOutage:
@@ -96,6 +115,12 @@ class Loop:
         self.receiver = Receiver(queue, stopper)
         self.counters = Counters()
         self.outage = QueueOutage()
+        #: monotonic time of the last completed receive (the start counts as one), for /healthz
+        self.last_receive = time.monotonic()
+        #: /healthz: how long without a completed receive is unhealthy (set by run())
+        self.health_seconds = HEALTH_POLLS * (defaults.WAIT_TIME_SECONDS + poll_pause)
+        #: age (from SentTimestamp) of the oldest message of the latest receive, when received
+        self.oldest_message_age = 0.0
         self._reload = False
         self._seen: set[str] = set()  # --once: ids handled in this run
 
@@ -107,6 +132,8 @@ class Loop:
         """The loop; returns the process exit status."""
         wait = defaults.ONCE_WAIT_TIME_SECONDS if self.once else defaults.WAIT_TIME_SECONDS
         wait = self.watchdog.longest_wait(wait)  # every cycle pings the systemd watchdog
+        self.health_seconds = HEALTH_POLLS * (wait + self.poll_pause)
+        self.last_receive = time.monotonic()
         status: int | None = 0
         errors = 0
         try:
@@ -230,6 +257,8 @@ class Loop:
             self._sleep(delay)
             return None
         self.outage.over()
+        self.last_receive = time.monotonic()
+        self.oldest_message_age = oldest_age(messages)
         self.counters.received += len(messages)
         return messages
 
@@ -265,12 +294,14 @@ class Loop:
         done: list[Message] = []
         changed: list[tuple[Message, Decision]] = []
         self.handler.prime(messages)  # one EC2 lookup for the whole batch
+        decided: dict[int, Decision] = {}
         for index, message in enumerate(messages):
             if self.stopper.stopping:
                 self._give_back(messages[index:])
                 break
             self.watchdog.ping()  # a slow batch (EC2 lookups timing out) is still progress
             decision = self.handler.handle(message)
+            decided[id(message)] = decision
             if decision.changed:
                 changed.append((message, decision))
             self._count(decision)
@@ -290,8 +321,12 @@ class Loop:
             if done:
                 log.info("dry run: %d messages would be deleted", len(done))
             return bool(changed)
-        failed = self.queue.delete(done)
+        failed = {id(m) for m in self.queue.delete(done)}
         self.counters.deleted += len(done) - len(failed)
+        for message in done:
+            if id(message) not in failed:
+                decision = decided[id(message)]
+                self.counters.finished[decision.kind, decision.reason_code] += 1
         return bool(changed)
 
     def _record_for_mirror(self, changed: list[tuple[Message, Decision]]) -> bool:
@@ -316,7 +351,10 @@ class Loop:
             self.queue.release(unhandled)
 
     def _count(self, decision: Decision) -> None:
+        labels = (decision.kind, decision.reason_code)
         if decision.action is Action.RETRY:
             self.counters.retried += 1
+            self.counters.retries[labels] += 1
         if decision.rejected:
             self.counters.rejected += 1
+            self.counters.rejections[labels] += 1

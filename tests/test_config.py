@@ -55,6 +55,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "ReconcileMinutes": 10,
     "LogFormat": "text",
     "ArchiveMaxMB": 1024,
+    "HealthMirrorSeconds": 900,
 }
 
 ALL_DEFAULTS = {**CONTRACT_DEFAULTS, **ADDED_DEFAULTS}

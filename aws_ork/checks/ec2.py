@@ -41,6 +41,7 @@ from aws_ork.events import Event, Kind
 from aws_ork.events.fields import shorten
 from aws_ork.keys import binding
 from aws_ork.keys.location import KeyAgeUnknown, KeyLocation
+from aws_ork.runtime.metrics import count_aws_error
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,10 @@ class Ec2Lookup:
             code = error_code(exc)
             if code in NOT_FOUND:
                 return None
+            count_aws_error("ec2", code)
             raise InstanceLookupError(f"EC2 DescribeInstances failed: {code}") from exc
         except botocore.exceptions.BotoCoreError as exc:
+            count_aws_error("ec2", error_code(exc))
             raise InstanceLookupError(
                 f"EC2 DescribeInstances failed: {type(exc).__name__}: {exc}") from exc
         for reservation in response.get("Reservations", []):
@@ -144,6 +147,9 @@ class InstanceCheck:
     """The VerifyInstances check (see the module docstring).
 
     ``location`` is where the master keeps keys: the pending key's age is read there."""
+
+    #: the reason code of its failures in the metrics (a fixed word, never message text)
+    code = "instance"
 
     def __init__(self, lookup: Ec2Lookup, location: KeyLocation, *,
                  groups: Collection[str] = (), tags: Collection[tuple[str, str]] = (),
@@ -222,14 +228,15 @@ class InstanceCheck:
             group = instance.group
             if group is None:
                 return Verdict(False, "instance is in no Auto Scaling group "
-                                      "(AutoScalingGroups is set)")
+                                      "(AutoScalingGroups is set)", code="group")
             if not any(fnmatch.fnmatchcase(group, pattern) for pattern in self.groups):
-                return Verdict(False, f"group {shorten(group)} is not in AutoScalingGroups")
+                return Verdict(False, f"group {shorten(group)} is not in AutoScalingGroups",
+                               code="group")
         missing = [f"{key}={value}" for key, value in self.tags
                    if instance.tags.get(key) != value]
         if missing:
             return Verdict(False, f"instance lacks required tag {', '.join(missing)} "
-                                  f"(InstanceTags)")
+                                  f"(InstanceTags)", code="tag")
         if self.binding_tag is not None:
             return self._bound(instance)
         return self._fresh(instance_id, instance.launch_time)
@@ -245,11 +252,11 @@ class InstanceCheck:
             # seconds to minutes after launch. Ask again with backoff, then give up.
             return Verdict(False, f"the instance has not published its key's fingerprint "
                                   f"(tag {self.binding_tag}) yet", retry=True,
-                           attempts=BINDING_TAG_ATTEMPTS)
+                           attempts=BINDING_TAG_ATTEMPTS, code="binding")
         fingerprint = binding.normalise(value)
         if fingerprint is None:
             return Verdict(False, f"tag {self.binding_tag} holds {shorten(value)}, which is not "
-                                  f"a key fingerprint")
+                                  f"a key fingerprint", code="binding")
         return Verdict(True, fingerprint=fingerprint)
 
     def _fresh(self, instance_id: str, launch_time: datetime | None) -> Verdict:

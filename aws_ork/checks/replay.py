@@ -26,6 +26,9 @@ from aws_ork.memory import IdMemory, valid_id
 class ReplayCheck:
     """Refuses an SNS envelope whose MessageId was already finished."""
 
+    #: the reason code of its failures in the metrics (a fixed word, never message text)
+    code = "replay"
+
     def __init__(self, finished: IdMemory) -> None:
         self.finished = finished
 

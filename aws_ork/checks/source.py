@@ -20,6 +20,9 @@ class SourceCheck:
 
     ``unsigned`` holds the UnsignedSources names (``raw``, ``hook``, ``eventbridge``)."""
 
+    #: the reason code of its failures in the metrics (a fixed word, never message text)
+    code = "signature"
+
     def __init__(self, verifier: SignatureVerifier, unsigned: Collection[str] = ()) -> None:
         self.verifier = verifier
         self.unsigned = frozenset(unsigned)

@@ -96,6 +96,9 @@ class TerminationCheck:
     It only reads the memory; the decide stage records a terminate once every check passed,
     so a terminate refused by an earlier check is never recorded."""
 
+    #: the reason code of its failures in the metrics (a fixed word, never message text)
+    code = "terminated"
+
     def __init__(self, terminations: Terminations) -> None:
         self.terminations = terminations
 

@@ -29,6 +29,8 @@ class Verdict:
     stale_key: bool = False
     #: key binding: the fingerprint the instance published; only that key may be accepted
     fingerprint: str | None = None
+    #: a finer reason code for the metrics than the check's own ``code`` (group, tag...)
+    code: str = ""
 
 
 class Check(Protocol):

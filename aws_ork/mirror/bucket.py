@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from aws_ork.aws import AWS_ERRORS, error_code
 from aws_ork.config import BucketUrl
 from aws_ork.errors import MirrorError
+from aws_ork.runtime.metrics import count_aws_error
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ ACL = "bucket-owner-full-control"
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 MODE_META = "mode"
 MD5_META = "md5"
+#: a HEAD's answer for an object that is not there: an answer, not an error
+NOT_FOUND = ("404", "NoSuchKey")
 TYPE_META = "type"  # "symlink": the body is the link's target, relative to its directory
 
 
@@ -186,13 +189,13 @@ class S3Tree:
         import botocore.exceptions
 
         try:
-            with self._translate(f"head {relpath}"):
+            with self._translate(f"head {relpath}", expected=NOT_FOUND):
                 response = self.client.head_object(Bucket=self.target.bucket,
                                                    Key=self.key(relpath))
         except MirrorError as exc:
             cause = exc.__cause__
             if isinstance(cause, botocore.exceptions.ClientError) \
-                    and error_code(cause) in ("404", "NoSuchKey"):
+                    and error_code(cause) in NOT_FOUND:
                 return None
             raise
         meta = response.get("Metadata", {})
@@ -217,9 +220,13 @@ class S3Tree:
                         meta.get(TYPE_META) == "symlink")
 
     @contextlib.contextmanager
-    def _translate(self, what: str) -> Iterator[None]:
-        """botocore errors become MirrorError naming the bucket and the step."""
+    def _translate(self, what: str, expected: Collection[str] = ()) -> Iterator[None]:
+        """botocore errors become MirrorError naming the bucket and the step; each is counted
+        for the metrics unless its code is an ``expected`` answer (a HEAD's 404)."""
         try:
             yield
         except AWS_ERRORS as exc:
-            raise MirrorError(f"{self.target}: {what}: {error_code(exc)}: {exc}") from exc
+            code = error_code(exc)
+            if code not in expected:
+                count_aws_error("s3", code)
+            raise MirrorError(f"{self.target}: {what}: {code}: {exc}") from exc

@@ -52,6 +52,8 @@ class MirrorStatus:
     failures: int  # consecutive failed runs
     last_success: float | None  # wall-clock time of the last successful run
     runs: int  # successful runs since start (a burst of requests makes one)
+    #: wall-clock time of the first failure of the current run of failures (None: not failing)
+    failing_since: float | None = None
 
 
 class MirrorWorker:
@@ -80,6 +82,7 @@ class MirrorWorker:
         self._stopping = False
         self._failures = 0
         self._behind_since: float | None = None
+        self._failing_since: float | None = None
         self._last_success: float | None = None
         self._runs = 0
         self._thread = threading.Thread(target=self._run, name="s3-mirror", daemon=True)
@@ -128,7 +131,8 @@ class MirrorWorker:
         with self._cond:
             return MirrorStatus(len(self.journal),
                                 max(0.0, time.time() - oldest) if oldest else 0.0,
-                                self._failures, self._last_success, self._runs)
+                                self._failures, self._last_success, self._runs,
+                                self._failing_since)
 
     def flush(self, timeout: float) -> bool:
         """Mirror what is pending now, skipping the debounce; False if not done in time."""
@@ -230,6 +234,7 @@ class MirrorWorker:
                      self._failures, started - (self._behind_since or started))
         self._failures = 0
         self._behind_since = None
+        self._failing_since = None
         self._last_success = time.time()
         self._runs += 1
         for what, result in stats:
@@ -244,6 +249,8 @@ class MirrorWorker:
 
     def _failed(self, exc: Exception) -> None:
         self._failures += 1
+        if self._failing_since is None:
+            self._failing_since = time.time()
         if self._behind_since is None:
             self._behind_since = self.journal.oldest() or time.time()
         delay = self._retry_delay()

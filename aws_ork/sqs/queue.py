@@ -1,6 +1,7 @@
 """The SQS queue: receive, delete in batches, retry later, purge.
 
-Only this module talks to SQS; botocore errors are translated into :class:`QueueError`.
+Only this module talks to SQS; botocore errors are translated into :class:`QueueError`
+(and counted for the metrics endpoint).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from aws_ork import defaults
 from aws_ork.aws import AWS_ERRORS, error_code
 from aws_ork.errors import QueueError
+from aws_ork.runtime.metrics import count_aws_error
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,8 @@ class Message:
     receipt_handle: str
     body: str
     receive_count: int = 1
+    #: when SQS received it (SentTimestamp, epoch seconds): the backlog's age for the metrics
+    sent_timestamp: float | None = None
 
 
 class Queue:
@@ -44,7 +48,7 @@ class Queue:
         try:
             return cls(client, client.get_queue_url(QueueName=name)["QueueUrl"])
         except AWS_ERRORS as exc:
-            raise QueueError(f"queue {name!r}: {error_code(exc)}: {exc}") from exc
+            raise QueueError(f"queue {name!r}: {_failed(exc)}: {exc}") from exc
 
     def check(self) -> int:
         """Reach the queue; return its approximate depth, and note its retention period
@@ -63,7 +67,7 @@ class Queue:
             attrs: dict[str, str] = self.client.get_queue_attributes(
                 QueueUrl=self.url, AttributeNames=list(names))["Attributes"]
         except AWS_ERRORS as exc:
-            raise QueueError(f"queue {self.url}: {error_code(exc)}: {exc}") from exc
+            raise QueueError(f"queue {self.url}: {_failed(exc)}: {exc}") from exc
         return attrs
 
     def receive(self, wait_seconds: int = defaults.WAIT_TIME_SECONDS) -> list[Message]:
@@ -73,10 +77,10 @@ class Queue:
                 QueueUrl=self.url,
                 MaxNumberOfMessages=defaults.MAX_MESSAGES,
                 WaitTimeSeconds=wait_seconds,
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
             )
         except AWS_ERRORS as exc:
-            raise QueueError(f"receive: {error_code(exc)}: {exc}") from exc
+            raise QueueError(f"receive: {_failed(exc)}: {exc}") from exc
         return [_message(raw) for raw in response.get("Messages", [])]
 
     def delete(self, messages: Sequence[Message]) -> list[Message]:
@@ -88,6 +92,7 @@ class Queue:
         try:
             response = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)
         except AWS_ERRORS as exc:
+            _failed(exc)
             log.error("delete of %d messages failed: %s; they will be delivered again",
                       len(messages), exc)
             return list(messages)
@@ -105,7 +110,7 @@ class Queue:
             )
         except AWS_ERRORS as exc:
             log.warning("message %s: could not set retry delay (%s); it returns after the "
-                        "queue's visibility timeout", message.message_id, error_code(exc))
+                        "queue's visibility timeout", message.message_id, _failed(exc))
 
     def release(self, messages: Iterable[Message]) -> None:
         """Give unhandled messages back at once (used when stopping mid-batch)."""
@@ -117,14 +122,21 @@ class Queue:
             self.client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
         except AWS_ERRORS as exc:
             log.warning("could not release %d unhandled messages (%s); they return after the "
-                        "queue's visibility timeout", len(entries), error_code(exc))
+                        "queue's visibility timeout", len(entries), _failed(exc))
 
     def purge(self) -> None:
         """Drop every message in the queue (``--purge``)."""
         try:
             self.client.purge_queue(QueueUrl=self.url)
         except AWS_ERRORS as exc:
-            raise QueueError(f"purge: {error_code(exc)}: {exc}") from exc
+            raise QueueError(f"purge: {_failed(exc)}: {exc}") from exc
+
+
+def _failed(exc: BaseException) -> str:
+    """The AWS error code of a failed SQS call, counted for the metrics."""
+    code = error_code(exc)
+    count_aws_error("sqs", code)
+    return code
 
 
 def _message(raw: dict[str, Any]) -> Message:
@@ -133,4 +145,8 @@ def _message(raw: dict[str, Any]) -> Message:
         count = int(attributes.get("ApproximateReceiveCount", 1))
     except (TypeError, ValueError):
         count = 1
-    return Message(raw["MessageId"], raw["ReceiptHandle"], raw.get("Body", ""), count)
+    try:
+        sent: float | None = int(attributes["SentTimestamp"]) / 1000
+    except (KeyError, TypeError, ValueError):
+        sent = None
+    return Message(raw["MessageId"], raw["ReceiptHandle"], raw.get("Body", ""), count, sent)
