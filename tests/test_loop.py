@@ -14,7 +14,18 @@ from aws_ork.sqs.queue import Message, Queue
 from tests.daemon import queue_counts
 
 
-class StopsAfter:
+class BatchFree:
+    """The batch hooks of aws_ork.decide.Handler (prime, forget) as no-ops, for fake handlers
+    that only decide."""
+
+    def prime(self, _messages: object) -> None:
+        pass
+
+    def forget(self) -> None:
+        pass
+
+
+class StopsAfter(BatchFree):
     """A handler that finishes every message it is given and requests a stop after ``n``."""
 
     def __init__(self, stopper: Stopper, n: int) -> None:
@@ -78,7 +89,7 @@ def test_once_exits_1_when_the_queue_cannot_be_read(moto):
 def test_retry_sets_a_short_visibility_instead_of_the_queue_default(queue, sqs, queue_url):
     sqs.send_message(QueueUrl=queue_url, MessageBody="later")
 
-    class RetryOnce:
+    class RetryOnce(BatchFree):
         def handle(self, message: Message) -> Decision:
             return Decision(Action.RETRY, "not yet", delay=1)
 
