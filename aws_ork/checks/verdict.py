@@ -6,8 +6,9 @@ than its instance), it says so in the verdict and :mod:`aws_ork.decide` acts on 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aws_ork.events import Event
 
@@ -29,6 +30,9 @@ class Verdict:
     stale_key: bool = False
     #: key binding: the fingerprint the instance published; only that key may be accepted
     fingerprint: str | None = None
+    #: what EC2 said about the instance (``state``, ``launch_time`` ISO 8601, ``tags``), for
+    #: the Salt event of the decision (:mod:`aws_ork.keys.events`)
+    facts: Mapping[str, Any] | None = None
 
 
 class Check(Protocol):
