@@ -96,6 +96,7 @@ class Config:
     key_binding_tag: str = field(
         default="salt:minion-fingerprint", metadata={"option": "KeyBindingTag"}
     )
+    salt_events: bool = field(default=True, metadata={"option": "SaltEvents"})
 
     @property
     def effective_bucket_region(self) -> str:
@@ -321,6 +322,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "metrics_address": _optional(_address),
     "key_binding": _key_binding,
     "key_binding_tag": _tag_key,
+    "salt_events": _bool,
 }
 
 #: lower-case option name (as configparser stores it) -> (dataclass field, canonical name)

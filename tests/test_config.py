@@ -53,11 +53,12 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "BucketAcl": "bucket-owner-full-control",
     "ReconcileMinutes": 10,
     "LogFormat": "text",
+    "SaltEvents": True,
 }
 
 ALL_DEFAULTS = {**CONTRACT_DEFAULTS, **ADDED_DEFAULTS}
 
-BOOL_OPTIONS = ("DeleteUnknownMessages", "VerifySignatures", "VerifyInstances")
+BOOL_OPTIONS = ("DeleteUnknownMessages", "VerifySignatures", "VerifyInstances", "SaltEvents")
 
 LEGACY_FILE = """\
 SQS_Region: us-east-1

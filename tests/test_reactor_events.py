@@ -1,0 +1,257 @@
+"""Events for Salt's reactor: ``aws_ork/<kind>/<minion id>`` on the real master's event bus.
+
+The daemon runs as a subprocess (``--once``) against the moto server and a real salt-master; a
+listener subscribed to the master's event bus before the run receives what it fired. Absence
+is proven without waiting for nothing: after the run the test fires a sentinel event of its
+own on the same bus, and everything aws_ork fired would have been published before it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from aws_ork import __version__
+from aws_ork.decide import Handler
+from aws_ork.keys import events as reactor
+from aws_ork.keys.manager import KeyManager
+from tests.daemon import queue_counts, run_aws_ork, send, states, write_config
+from tests.messages import new_id, sns_launch, sns_terminate
+from tests.saltenv import SaltMaster
+from tests.trustenv import LAUNCH, TOPIC, group_instance, plain_instance, signed, trust_config
+
+#: How long a listener waits for the events of one run (the run itself has finished).
+EVENT_DEADLINE = 30.0
+
+
+class Listener:
+    """A subscriber on the master's event bus, for tags starting with ``aws_ork``."""
+
+    def __init__(self, master: SaltMaster) -> None:
+        import salt.utils.event
+
+        self.opts = master.opts()
+        self.bus = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"],
+                                                     listen=True)
+        self.seen: list[dict[str, Any]] = []
+
+    def until(self, wanted: set[str], deadline: float = EVENT_DEADLINE) -> dict[str, Any]:
+        """Collect events until every tag in ``wanted`` arrived; {tag: data}."""
+        import time
+
+        end = time.monotonic() + deadline
+        while not wanted <= {e["tag"] for e in self.seen}:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {sorted(wanted)}; got "
+                                     f"{[e['tag'] for e in self.seen]}")
+            event = self.bus.get_event(wait=min(left, 1.0), tag="aws_ork", full=True)
+            if event is not None:
+                self.seen.append(event)
+        return {e["tag"]: e["data"] for e in self.seen}
+
+    def fired_before_sentinel(self) -> list[str]:
+        """Fire a sentinel on the bus and return the aws_ork tags that arrived before it."""
+        import salt.utils.event
+
+        sentinel = f"aws_ork_test/sentinel/{uuid.uuid4().hex}"
+        pusher = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"],
+                                                   listen=False)
+        try:
+            assert pusher.fire_event({"sentinel": True}, sentinel)
+        finally:
+            pusher.destroy()
+        self.until({sentinel})
+        return [e["tag"] for e in self.seen if e["tag"].startswith("aws_ork/")]
+
+    def destroy(self) -> None:
+        self.bus.destroy()
+
+
+@pytest.fixture
+def listener(master: SaltMaster) -> Iterator[Listener]:
+    bus = Listener(master)
+    yield bus
+    bus.destroy()
+
+
+def test_launch_accept_preauthorise_and_terminate_are_fired(master, conf, sqs, queue_url,
+                                                            listener):
+    pending, keyless, gone = new_id(), new_id(), new_id()
+    master.add_pending_key(pending)
+    master.add_accepted_key(gone)
+    send(sqs, queue_url, sns_launch(pending), sns_launch(keyless, group="db-asg"),
+         sns_terminate(gone))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert states(master, pending, gone) == {pending: "minions", gone: None}
+    events = listener.until({f"aws_ork/accepted/{pending}", f"aws_ork/launch/{keyless}",
+                             f"aws_ork/terminate/{gone}"})
+    accepted = events[f"aws_ork/accepted/{pending}"]
+    assert {k: accepted[k] for k in ("instance_id", "minion_id", "group", "outcome", "source",
+                                     "event", "version", "facts")} == {
+        "instance_id": pending, "minion_id": pending, "group": "web-asg",
+        "outcome": "accepted", "source": "sns", "event": "autoscaling:EC2_INSTANCE_LAUNCH",
+        "version": __version__, "facts": None}  # VerifyInstances off: no EC2 facts
+    assert accepted["reason"] == "accepted"
+    assert accepted["message_id"] and accepted["message_id"] in result.stderr
+    launch = events[f"aws_ork/launch/{keyless}"]
+    assert launch["group"] == "db-asg" and launch["outcome"].startswith("pre-authorised")
+    terminate = events[f"aws_ork/terminate/{gone}"]
+    assert terminate["outcome"] == "deleted" and terminate["minion_id"] == gone
+    # one event per decision: nothing about the bystanders, nothing twice
+    assert sorted(listener.fired_before_sentinel()) == sorted(events)
+
+
+@pytest.mark.parametrize("how", ["SaltEvents = false", "--dry-run"])
+def test_nothing_is_fired_when_off_or_dry_run(master, tmp_path, sqs, queue_url, listener, how):
+    pending, gone = new_id(), new_id()
+    master.add_pending_key(pending)
+    master.add_accepted_key(gone)
+    options = {"SaltEvents": "false"} if how.startswith("SaltEvents") else {}
+    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
+                        **options)
+    send(sqs, queue_url, sns_launch(pending), sns_terminate(gone))
+
+    result = run_aws_ork(conf, "--once", *(("--dry-run",) if how == "--dry-run" else ()))
+
+    assert result.returncode == 0, result.stderr
+    decided = "would be accepted" if how == "--dry-run" else "accepted"
+    assert f"{pending} group=web-asg via=sns: {decided}" in result.stderr
+    assert listener.fired_before_sentinel() == []
+
+
+def test_unsigned_launch_is_rejected_with_an_event(master, tmp_path, sqs, queue_url, listener):
+    minion = new_id()
+    master.add_pending_key(minion)
+    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
+                        VerifySignatures="true", AllowedTopicArns=TOPIC)
+    send(sqs, queue_url, sns_launch(minion))  # the fixture's placeholder signature
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert states(master, minion) == {minion: "minions_pre"}
+    assert queue_counts(sqs, queue_url) == (0, 0)
+    data = listener.until({f"aws_ork/rejected/{minion}"})[f"aws_ork/rejected/{minion}"]
+    assert data["minion_id"] == minion and data["outcome"] == "refused"
+    assert data["reason"].startswith("REJECTED: ") and "signature" in data["reason"].lower()
+    assert listener.fired_before_sentinel() == [f"aws_ork/rejected/{minion}"]
+
+
+def test_ec2_facts_ride_along(master, tmp_path, sqs, queue_url, listener, fleet, identity,
+                              cert_dir):
+    mine = group_instance(fleet)
+    stranger = plain_instance(fleet, {"aws:autoscaling:groupName": "db-prod",
+                                      "role": "salt-minion"})
+    master.add_pending_key(mine)  # after the launch: fresh
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
+    send(sqs, queue_url, signed(identity, LAUNCH, mine, fleet["group"]),
+         signed(identity, LAUNCH, stranger, "db-prod"))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    events = listener.until({f"aws_ork/accepted/{mine}", f"aws_ork/rejected/{stranger}"})
+    facts = events[f"aws_ork/accepted/{mine}"]["facts"]
+    assert facts["state"] in ("pending", "running")
+    assert datetime.fromisoformat(facts["launch_time"]).utcoffset() is not None
+    assert facts["tags"]["aws:autoscaling:groupName"] == fleet["group"]
+    assert facts["tags"]["role"] == "salt-minion"
+    refused = events[f"aws_ork/rejected/{stranger}"]
+    assert "not in AutoScalingGroups" in refused["reason"]
+    assert refused["facts"]["tags"]["aws:autoscaling:groupName"] == "db-prod"
+
+
+class Recorder:
+    """Stands in for Salt's event object: records what would be fired, or fails."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.fired: list[tuple[str, dict[str, Any]]] = []
+        self.connects = 0
+
+    def connect(self, _opts: Any) -> Recorder:
+        self.connects += 1
+        return self
+
+    def fire_event(self, data: dict[str, Any], tag: str, timeout: int = 1000) -> bool:
+        if self.fail:
+            return False  # what Salt returns when it cannot connect
+        self.fired.append((tag, data))
+        return True
+
+    def destroy(self) -> None:
+        pass
+
+
+def test_acceptance_by_salt_through_a_stub_is_fired_with_the_launch_context(master):
+    """The loop's watcher reports consumed autosign stubs; an accepted one is announced with
+    the group and message of the launch that pre-authorised it."""
+    minion, refused = new_id(), new_id()
+    recorder = Recorder()
+    events = reactor.SaltEvents(master.opts(), connect=recorder.connect)
+    events.fire(reactor.Kind.LAUNCH, minion, {"group": "web-asg", "message_id": "m-1"})
+    master.add_accepted_key(minion)  # what Salt does with the stub on the minion's first auth
+    master.add_rejected_key(refused)
+    keys = KeyManager(master.opts())
+    try:
+        Handler(keys, salt_events=events).note_accepted_by_salt([minion, refused])
+    finally:
+        keys.close()
+    assert [tag for tag, _ in recorder.fired] == [f"aws_ork/launch/{minion}",
+                                                  f"aws_ork/accepted/{minion}"]
+    accepted = recorder.fired[1][1]
+    assert accepted["group"] == "web-asg" and accepted["message_id"] == "m-1"
+    assert accepted["source"] == "autosign"
+
+
+def test_a_bus_that_is_down_costs_one_try_per_period(caplog):
+    recorder = Recorder(fail=True)
+    now = [1000.0]
+    events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect,
+                                clock=lambda: now[0])
+    minion = new_id()
+    with caplog.at_level("DEBUG", logger="aws_ork.keys.events"):
+        assert not events.fire(reactor.Kind.LAUNCH, minion, {})
+        assert not events.fire(reactor.Kind.ACCEPTED, minion, {})  # within RETRY_SECONDS
+        now[0] += reactor.RETRY_SECONDS
+        assert not events.fire(reactor.Kind.ACCEPTED, minion, {})
+        recorder.fail = False
+        now[0] += reactor.RETRY_SECONDS
+        assert events.fire(reactor.Kind.ACCEPTED, minion, {})
+    assert recorder.connects == 3  # the dropped one never tried
+    assert (events.fired, events.dropped) == (1, 3)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "event bus is down" in warnings[0].getMessage()
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("hostile", ["*", "i-*", "../x", "i-0123/../../etc", ""])
+def test_only_instance_ids_make_a_tag(hostile):
+    recorder = Recorder()
+    events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect)
+    assert not events.fire(reactor.Kind.ACCEPTED, hostile, {})
+    assert recorder.fired == [] and recorder.connects == 0
+
+
+def test_untrusted_text_is_bounded_and_escaped():
+    recorder = Recorder()
+    events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect)
+    tags = {f"k{i:03d}": "v" * 1000 for i in range(80)}
+    tags["evil\nkey"] = "x: {{ salt['cmd.run']('id') }}\n- y"
+    assert events.fire(reactor.Kind.REJECTED, new_id(), {
+        "group": "g\n" * 1000, "reason": "r" * 5000,
+        "facts": {"state": "running", "launch_time": "2026-11-23T10:00:00+00:00", "tags": tags}})
+    data = recorder.fired[0][1]
+    assert len(data["group"]) <= reactor.GROUP_LIMIT and "\n" not in data["group"]
+    assert len(data["reason"]) == reactor.REASON_LIMIT
+    assert len(data["facts"]["tags"]) == reactor.TAGS_LIMIT
+    assert all(len(v) <= reactor.TAG_VALUE_LIMIT for v in data["facts"]["tags"].values())
+    assert all("\n" not in k + v for k, v in data["facts"]["tags"].items())
