@@ -8,9 +8,11 @@ own on the same bus, and everything aws_ork fired would have been published befo
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +21,9 @@ from aws_ork import __version__
 from aws_ork.decide import Handler
 from aws_ork.keys import events as reactor
 from aws_ork.keys.manager import KeyManager
-from tests.daemon import queue_counts, run_aws_ork, send, states, write_config
+from tests.daemon import queue_counts, run_aws_ork, send, states, wait_for, write_config
 from tests.messages import new_id, sns_launch, sns_terminate
-from tests.saltenv import SaltMaster
+from tests.saltenv import SaltMaster, start_master
 from tests.trustenv import LAUNCH, TOPIC, group_instance, plain_instance, signed, trust_config
 
 #: How long a listener waits for the events of one run (the run itself has finished).
@@ -255,3 +257,82 @@ def test_untrusted_text_is_bounded_and_escaped():
     assert len(data["facts"]["tags"]) == reactor.TAGS_LIMIT
     assert all(len(v) <= reactor.TAG_VALUE_LIMIT for v in data["facts"]["tags"].values())
     assert all("\n" not in k + v for k, v in data["facts"]["tags"].items())
+
+
+def readme_example(heading: str) -> str:
+    """The first ```jinja block after ``heading`` in the README: the test runs what it shows."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    after = text[text.index(heading):]
+    start = after.index("```jinja\n") + len("```jinja\n")
+    return after[start:after.index("```", start)]
+
+
+class Webhook:
+    """An incoming-webhook stand-in on 127.0.0.1: records the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        bodies: list[dict[str, Any]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                length = int(self.headers.get("Content-Length", 0))
+                bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.bodies = bodies
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.stop()
+
+
+@pytest.fixture
+def reactor_master(tmp_path_factory: pytest.TempPathFactory, webhook: Webhook
+                   ) -> Iterator[SaltMaster]:
+    """A real salt-master whose reactor runs the README's chat example for ``aws_ork/*``,
+    posting to the ``webhook`` instead of Slack."""
+    root = tmp_path_factory.mktemp("reactor")
+    sls = root / "chat.sls"
+    sls.write_text(readme_example("**Tell a chat channel**")
+                   .replace("https://hooks.slack.com/services/T000/B000/XXXXXXXX", webhook.url))
+    salt_master = start_master(root / "master",
+                               extra_opts={"reactor": [{"aws_ork/*": [str(sls)]}]})
+    yield salt_master
+    salt_master.stop()
+
+
+def test_the_readme_chat_reactor_posts_each_decision(reactor_master, webhook, tmp_path, sqs,
+                                                     queue_url):
+    minion, gone = new_id(), new_id()
+    reactor_master.add_pending_key(minion)
+    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=reactor_master)
+    send(sqs, queue_url, sns_launch(minion, group='web "asg"\n- x: y'), sns_terminate(gone))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    texts = wait_for(lambda: len(webhook.bodies) >= 2 and [b["text"] for b in webhook.bodies],
+                     60, "the reactor to post both decisions")
+    assert sorted(texts) == sorted([
+        f"aws_ork/accepted/{minion} group=web \"asg\"\\n- x: y: accepted",
+        f"aws_ork/terminate/{gone} group=web-asg: no key to delete"])
