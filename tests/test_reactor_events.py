@@ -9,6 +9,8 @@ own on the same bus, and everything aws_ork fired would have been published befo
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -21,9 +23,17 @@ from aws_ork import __version__
 from aws_ork.decide import Handler
 from aws_ork.keys import events as reactor
 from aws_ork.keys.manager import KeyManager
-from tests.daemon import queue_counts, run_aws_ork, send, states, wait_for, write_config
+from tests.daemon import (
+    queue_counts,
+    run_aws_ork,
+    send,
+    start_aws_ork,
+    states,
+    wait_for,
+    write_config,
+)
 from tests.messages import new_id, sns_launch, sns_terminate
-from tests.saltenv import SaltMaster, start_master
+from tests.saltenv import SaltMaster, SaltMinion, start_master, start_minion
 from tests.trustenv import LAUNCH, TOPIC, group_instance, plain_instance, signed, trust_config
 
 #: How long a listener waits for the events of one run (the run itself has finished).
@@ -309,14 +319,23 @@ def webhook() -> Iterator[Webhook]:
 @pytest.fixture
 def reactor_master(tmp_path_factory: pytest.TempPathFactory, webhook: Webhook
                    ) -> Iterator[SaltMaster]:
-    """A real salt-master whose reactor runs the README's chat example for ``aws_ork/*``,
-    posting to the ``webhook`` instead of Slack."""
+    """A real salt-master whose reactor runs the README's examples: the highstate one for
+    ``aws_ork/accepted/*`` (the highstate writes ``highstated/<minion id>`` under the
+    master's root) and the chat one for ``aws_ork/*``, posting to the ``webhook``."""
     root = tmp_path_factory.mktemp("reactor")
-    sls = root / "chat.sls"
-    sls.write_text(readme_example("**Tell a chat channel**")
-                   .replace("https://hooks.slack.com/services/T000/B000/XXXXXXXX", webhook.url))
-    salt_master = start_master(root / "master",
-                               extra_opts={"reactor": [{"aws_ork/*": [str(sls)]}]})
+    highstate, chat = root / "highstate.sls", root / "chat.sls"
+    highstate.write_text(readme_example("**Highstate a new minion"))
+    chat.write_text(readme_example("**Tell a chat channel**")
+                    .replace("https://hooks.slack.com/services/T000/B000/XXXXXXXX", webhook.url))
+    states_dir = root / "master" / "srv" / "salt"
+    states_dir.mkdir(parents=True)
+    (states_dir / "top.sls").write_text("base:\n  '*':\n    - marker\n")
+    (states_dir / "marker.sls").write_text(
+        "marker:\n  file.managed:\n"
+        f"    - name: {root / 'highstated'}/{{{{ grains['id'] }}}}\n"
+        "    - makedirs: True\n    - contents: highstated\n")
+    salt_master = start_master(root / "master", extra_opts={"reactor": [
+        {"aws_ork/accepted/*": [str(highstate)]}, {"aws_ork/*": [str(chat)]}]})
     yield salt_master
     salt_master.stop()
 
@@ -336,3 +355,39 @@ def test_the_readme_chat_reactor_posts_each_decision(reactor_master, webhook, tm
     assert sorted(texts) == sorted([
         f"aws_ork/accepted/{minion} group=web \"asg\"\\n- x: y: accepted",
         f"aws_ork/terminate/{gone} group=web-asg: no key to delete"])
+
+
+def test_a_minion_accepted_by_salt_through_the_stub_is_highstated_by_the_readme_reactor(
+        reactor_master, tmp_path, sqs, queue_url):
+    """The whole way: launch -> autosign stub -> the minion's first contact -> Salt accepts
+    -> the loop's watcher -> ``aws_ork/accepted/<id>`` (with the launch's group) -> the
+    README's highstate reactor -> the minion runs its highstate."""
+    minion = new_id()
+    listener = Listener(reactor_master)
+    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=reactor_master)
+    log = tmp_path / "aws_ork.log"
+    proc = start_aws_ork(conf, log)
+    started: list[SaltMinion] = []
+    try:
+        send(sqs, queue_url, sns_launch(minion, group="web-asg"))
+        wait_for(lambda: f"{minion} group=web-asg via=sns: pre-authorised" in log.read_text(),
+                 60, "the launch to be pre-authorised")
+        started.append(start_minion(reactor_master, tmp_path / "minion", minion))
+        events = listener.until({f"aws_ork/launch/{minion}", f"aws_ork/accepted/{minion}"},
+                                deadline=120)
+        accepted = events[f"aws_ork/accepted/{minion}"]
+        assert (accepted["source"], accepted["outcome"], accepted["group"]) == (
+            "autosign", "accepted", "web-asg")
+        assert accepted["message_id"] == events[f"aws_ork/launch/{minion}"]["message_id"]
+        marker = reactor_master.root.parent / "highstated" / minion
+        wait_for(marker.exists, 120, "the reactor's highstate to run on the new minion")
+        assert marker.read_text().strip() == "highstated"
+    finally:
+        for salt_minion in started:
+            salt_minion.stop()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        listener.destroy()
