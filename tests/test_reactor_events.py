@@ -224,6 +224,45 @@ def test_acceptance_by_salt_through_a_stub_is_fired_with_the_launch_context(mast
     assert accepted["source"] == "autosign"
 
 
+def test_a_bound_key_accepted_by_the_arrivals_thread_is_fired(master):
+    """Key binding: the arrivals thread hands a presented key to the handler, which accepts
+    it and announces it (with the context of the launch that waited for it)."""
+    from aws_ork.keys import binding
+
+    minion = new_id()
+    pub = master.add_pending_key(minion).read_text()
+    recorder = Recorder()
+    events = reactor.SaltEvents(master.opts(), connect=recorder.connect)
+    events.fire(reactor.Kind.LAUNCH, minion, {"group": "web-asg", "message_id": "m-2"})
+    keys = KeyManager(master.opts())
+    try:
+        assert Handler(keys, salt_events=events).on_key_presented(minion, binding.finger(pub))
+    finally:
+        keys.close()
+    assert states(master, minion) == {minion: "minions"}
+    tag, data = recorder.fired[-1]
+    assert tag == f"aws_ork/accepted/{minion}"
+    assert (data["source"], data["outcome"], data["group"], data["message_id"]) == (
+        "key binding", "accepted", "web-asg", "m-2")
+
+
+def test_sighup_reconnects_with_the_reloaded_master_config():
+    seen: list[Any] = []
+    recorder = Recorder()
+
+    def connect(opts: Any) -> Recorder:
+        seen.append(opts["sock_dir"])
+        return recorder
+
+    events = reactor.SaltEvents({"sock_dir": "/run/old"}, connect=connect)
+    minion = new_id()
+    assert events.fire(reactor.Kind.LAUNCH, minion, {})
+    assert events.fire(reactor.Kind.ACCEPTED, minion, {})  # the same connection
+    events.reload({"sock_dir": "/run/new"})
+    assert events.fire(reactor.Kind.TERMINATE, minion, {})
+    assert seen == ["/run/old", "/run/new"]
+
+
 def test_a_bus_that_is_down_costs_one_try_per_period(caplog):
     recorder = Recorder(fail=True)
     now = [1000.0]
