@@ -250,15 +250,14 @@ class Handler:
             try:
                 if ACCEPTED not in self.keys.states(minion_id):
                     continue
+                if self.salt_events is not None:  # best effort: never raises
+                    self.salt_events.fire(reactor.Kind.ACCEPTED, minion_id, {
+                        "outcome": Outcome.ACCEPTED.text, "source": "autosign",
+                        "reason": "accepted by Salt through aws_ork's autosign stub"})
                 if self.enrolled is not None:
                     self.enrolled.add(minion_id)
             except (OSError, ValueError, AwsOrkError) as exc:
                 log.error("%s: could not remember its accepted key: %s", minion_id, exc)
-                continue
-            if self.salt_events is not None:
-                self.salt_events.fire(reactor.Kind.ACCEPTED, minion_id, {
-                    "outcome": Outcome.ACCEPTED.text, "source": "autosign",
-                    "reason": "accepted by Salt through aws_ork's autosign stub"})
 
     def _reject_stale(self, instance_id: str, verdict: Verdict, message: Message) -> Decision:
         """The instance check found a pending key older than the instance: someone else
