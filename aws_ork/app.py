@@ -24,6 +24,7 @@ from aws_ork.config import Config, require_safe
 from aws_ork.decide import Handler
 from aws_ork.errors import AwsOrkError, ConfigError, QueueError, StateError
 from aws_ork.keys.arrivals import KeyArrivals
+from aws_ork.keys.events import SaltEvents
 from aws_ork.keys.location import KeyLocation
 from aws_ork.keys.manager import KeyManager, load_master_opts
 from aws_ork.keys.watcher import KeyDirWatcher
@@ -101,10 +102,14 @@ class App:
             log.info("KeyBinding is off: the first key presented under a new instance's id is "
                      "accepted; KeyBinding = tag accepts only the key the instance published "
                      "(see the README)")
+        # --dry-run changes nothing, and tells no reactor about changes it did not make
+        self.salt_events = SaltEvents(master_opts) if cfg.salt_events and not run.dry_run \
+            else None
         self.handler = Handler(KeyManager(master_opts, dry_run=run.dry_run),
                                delete_unknown=cfg.delete_unknown_messages, checks=checks,
                                terminations=terminations, finished=finished,
-                               enrolled=enrolled, arrivals=self.arrivals)
+                               enrolled=enrolled, arrivals=self.arrivals,
+                               salt_events=self.salt_events)
         self.mirror: MirrorWorker | None = None
         if cfg.bucket_url is not None and not run.dry_run:
             self.mirror = MirrorWorker(
@@ -209,6 +214,8 @@ class App:
                 self.arrivals.stop()
         systemd.notify("STOPPING=1")
         self.handler.keys.close()
+        if self.salt_events is not None:
+            self.salt_events.close()
         if self.mirror is not None and not self.mirror.stop(defaults.FINAL_MIRROR_SECONDS):
             log.error("S3 mirror is behind the key store; it will be brought up to date at "
                       "the next start")

@@ -101,6 +101,7 @@ class Config:
     key_binding_tag: str = field(
         default="salt:minion-fingerprint", metadata={"option": "KeyBindingTag"}
     )
+    salt_events: bool = field(default=True, metadata={"option": "SaltEvents"})
 
     @property
     def effective_bucket_region(self) -> str:
@@ -338,6 +339,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "health_mirror_seconds": _health_seconds,
     "key_binding": _key_binding,
     "key_binding_tag": _tag_key,
+    "salt_events": _bool,
 }
 
 #: lower-case option name (as configparser stores it) -> (dataclass field, canonical name)

@@ -22,6 +22,7 @@ from aws_ork.checks.terminations import Terminations
 from aws_ork.errors import AwsOrkError, KeyStoreError
 from aws_ork.events import Event, Kind, Source
 from aws_ork.events.fields import clean
+from aws_ork.keys import events as reactor
 from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.location import ACCEPTED
 from aws_ork.keys.manager import KeyManager, KeyResult, Outcome
@@ -62,7 +63,8 @@ class Handler:
     def __init__(self, keys: KeyManager, *, delete_unknown: bool = True,
                  checks: Sequence[Check] = (), terminations: Terminations | None = None,
                  finished: IdMemory | None = None, enrolled: IdMemory | None = None,
-                 arrivals: KeyArrivals | None = None) -> None:
+                 arrivals: KeyArrivals | None = None,
+                 salt_events: reactor.SaltEvents | None = None) -> None:
         self.keys = keys
         self.delete_unknown = delete_unknown
         self.checks = tuple(checks)
@@ -70,6 +72,7 @@ class Handler:
         self.finished = finished  # SNS MessageIds of finished envelopes (no replay)
         self.enrolled = enrolled  # instances whose keys were accepted once (never again)
         self.arrivals = arrivals  # key binding: launches waiting for their bound key
+        self.salt_events = salt_events  # aws_ork/<kind>/<id> for Salt's reactor (SaltEvents)
         # the loop and the arrivals thread both change keys: one at a time
         self._keys_lock = threading.RLock()
         self._parsed: dict[str, Event] = {}  # the batch in hand, parsed once by prime()
@@ -82,6 +85,8 @@ class Handler:
         with self._keys_lock:
             old, self.keys = self.keys, KeyManager(opts, dry_run=self.keys.dry_run)
         old.close()
+        if self.salt_events is not None:
+            self.salt_events.reload(opts)
         for check in self.checks:
             reload = getattr(check, "reload", None)
             if reload is not None:
@@ -141,19 +146,23 @@ class Handler:
                             reason_code="launch_error")
         assert event.instance_id is not None  # parser guarantees it for launch/terminate
         fingerprint: str | None = None
+        facts: Mapping[str, Any] | None = None  # from EC2, for the Salt event
         for check in self.checks:
             verdict = check(event)
             fingerprint = verdict.fingerprint or fingerprint
             code = verdict.code or getattr(check, "code", "check")
+            facts = verdict.facts or facts
             if verdict.retry and not 0 < verdict.attempts <= message.receive_count:
                 return self._retry(message, f"check deferred: {verdict.reason}", code)
             if verdict.retry and verdict.then_ok:
                 continue  # asked often enough: the check passes
             if verdict.stale_key:
-                return self._reject_stale(event.instance_id, verdict, message)
+                return self._announced(self._reject_stale(event.instance_id, verdict, message),
+                                       event, message, facts)
             if not verdict.ok:
-                return Decision(Action.DELETE, f"REJECTED: {verdict.reason}", rejected=True,
-                                reason_code=code)
+                return self._announced(Decision(Action.DELETE, f"REJECTED: {verdict.reason}",
+                                                rejected=True, reason_code=code), event,
+                                       message, facts)
         try:
             if event.kind is Kind.TERMINATE and self.terminations is not None:
                 self.terminations.remember(event.instance_id)
@@ -179,6 +188,25 @@ class Handler:
             return self._retry(message, f"cannot write to StateDir: {exc}", "state_dir")
         except AwsOrkError as exc:
             return self._retry(message, f"error, retrying: {exc}")
+        return self._announced(decision, event, message, facts, result)
+
+    def _announced(self, decision: Decision, event: Event, message: Message,
+                   facts: Mapping[str, Any] | None, result: KeyResult | None = None) -> Decision:
+        """Fire the decision's ``aws_ork/<kind>/<id>`` event for Salt's reactor (best effort:
+        :mod:`aws_ork.keys.events`); nothing for a retry that decided nothing yet."""
+        if self.salt_events is None or event.instance_id is None:
+            return decision
+        if decision.rejected:
+            kind: reactor.Kind | None = reactor.Kind.REJECTED
+        elif result is not None:
+            kind = reactor.kind_of(result.outcome, terminate=event.kind is Kind.TERMINATE)
+        else:
+            kind = None  # a stale key that could not be rejected yet: retried
+        if kind is not None:
+            self.salt_events.fire(kind, event.instance_id, {
+                "group": event.group, "facts": facts, "message_id": clean(message.message_id),
+                "outcome": result.describe() if result is not None else "refused",
+                "reason": decision.reason, "source": event.source.value, "event": event.name})
         return decision
 
     def _accept(self, instance_id: str) -> KeyResult:
@@ -243,6 +271,11 @@ class Handler:
             result = self._accept_bound(minion_id, fingerprint)
         log.info("key presented by %s: %s (key binding: %s)", minion_id, result.describe(),
                  fingerprint)
+        kind = reactor.kind_of(result.outcome, terminate=False)
+        if self.salt_events is not None and kind is not None and result.outcome.done:
+            self.salt_events.fire(kind, minion_id, {
+                "outcome": result.describe(), "source": "key binding",
+                "reason": f"key presented (key binding: {fingerprint})"})
         return result.outcome.done
 
     # --- the reconcile sweep (aws_ork.sweep), in the loop's thread between receives ---
@@ -285,12 +318,19 @@ class Handler:
         return int(result.changed)
 
     def note_accepted_by_salt(self, minion_ids: Sequence[str]) -> None:
-        """Salt used up our autosign stubs for these minions: those accepted are enrolled."""
-        if self.enrolled is None:
+        """Salt used up our autosign stubs for these minions: those accepted are enrolled
+        (and announced to Salt's reactor)."""
+        if self.enrolled is None and self.salt_events is None:
             return
         for minion_id in minion_ids:
             try:
-                if ACCEPTED in self.keys.states(minion_id):
+                if ACCEPTED not in self.keys.states(minion_id):
+                    continue
+                if self.salt_events is not None:  # best effort: never raises
+                    self.salt_events.fire(reactor.Kind.ACCEPTED, minion_id, {
+                        "outcome": Outcome.ACCEPTED.text, "source": "autosign",
+                        "reason": "accepted by Salt through aws_ork's autosign stub"})
+                if self.enrolled is not None:
                     self.enrolled.add(minion_id)
             except (OSError, ValueError, AwsOrkError) as exc:
                 log.error("%s: could not remember its accepted key: %s", minion_id, exc)

@@ -56,11 +56,12 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "LogFormat": "text",
     "ArchiveMaxMB": 1024,
     "HealthMirrorSeconds": 900,
+    "SaltEvents": True,
 }
 
 ALL_DEFAULTS = {**CONTRACT_DEFAULTS, **ADDED_DEFAULTS}
 
-BOOL_OPTIONS = ("DeleteUnknownMessages", "VerifySignatures", "VerifyInstances")
+BOOL_OPTIONS = ("DeleteUnknownMessages", "VerifySignatures", "VerifyInstances", "SaltEvents")
 
 LEGACY_FILE = """\
 SQS_Region: us-east-1

@@ -28,7 +28,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,6 +82,12 @@ class Instance:
     def group(self) -> str | None:
         """The Auto Scaling group that launched it, from the tag Auto Scaling sets."""
         return self.tags.get(GROUP_TAG)
+
+    def facts(self) -> dict[str, Any]:
+        """For the verdict: what a Salt reactor may want to know (see Verdict.facts)."""
+        launched = self.launch_time.astimezone(UTC).isoformat(timespec="seconds") \
+            if self.launch_time is not None else None
+        return {"state": self.state, "launch_time": launched, "tags": dict(self.tags)}
 
 
 class Ec2Lookup:
@@ -195,8 +201,10 @@ class InstanceCheck:
             log.debug("%s: EC2 lookup failed", instance_id, exc_info=True)
             return Verdict(False, f"{exc}; never accepted without EC2's word", retry=True)
         if event.kind is Kind.TERMINATE:
-            return self._terminate(instance)
-        return self._launch(instance_id, instance)
+            verdict = self._terminate(instance)
+        else:
+            verdict = self._launch(instance_id, instance)
+        return verdict if instance is None else replace(verdict, facts=instance.facts())
 
     @staticmethod
     def _terminate(instance: Instance | None) -> Verdict:

@@ -6,8 +6,9 @@ than its instance), it says so in the verdict and :mod:`aws_ork.decide` acts on 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aws_ork.events import Event
 
@@ -31,6 +32,9 @@ class Verdict:
     fingerprint: str | None = None
     #: a finer reason code for the metrics than the check's own ``code`` (group, tag...)
     code: str = ""
+    #: what EC2 said about the instance (``state``, ``launch_time`` ISO 8601, ``tags``), for
+    #: the Salt event of the decision (:mod:`aws_ork.keys.events`)
+    facts: Mapping[str, Any] | None = None
 
 
 class Check(Protocol):

@@ -1,0 +1,432 @@
+"""Events for Salt's reactor: ``aws_ork/<kind>/<minion id>`` on the real master's event bus.
+
+The daemon runs as a subprocess (``--once``) against the moto server and a real salt-master; a
+listener subscribed to the master's event bus before the run receives what it fired. Absence
+is proven without waiting for nothing: after the run the test fires a sentinel event of its
+own on the same bus, and everything aws_ork fired would have been published before it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aws_ork import __version__
+from aws_ork.decide import Handler
+from aws_ork.keys import events as reactor
+from aws_ork.keys.manager import KeyManager
+from tests.daemon import (
+    queue_counts,
+    run_aws_ork,
+    send,
+    start_aws_ork,
+    states,
+    wait_for,
+    write_config,
+)
+from tests.messages import new_id, sns_launch, sns_terminate
+from tests.saltenv import SaltMaster, SaltMinion, start_master, start_minion
+from tests.trustenv import LAUNCH, TOPIC, group_instance, plain_instance, signed, trust_config
+
+#: How long a listener waits for the events of one run (the run itself has finished).
+EVENT_DEADLINE = 30.0
+
+
+class Listener:
+    """A subscriber on the master's event bus, for tags starting with ``aws_ork``."""
+
+    def __init__(self, master: SaltMaster) -> None:
+        import salt.utils.event
+
+        self.opts = master.opts()
+        self.bus = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"],
+                                                     listen=True)
+        self.seen: list[dict[str, Any]] = []
+
+    def until(self, wanted: set[str], deadline: float = EVENT_DEADLINE) -> dict[str, Any]:
+        """Collect events until every tag in ``wanted`` arrived; {tag: data}."""
+        import time
+
+        end = time.monotonic() + deadline
+        while not wanted <= {e["tag"] for e in self.seen}:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {sorted(wanted)}; got "
+                                     f"{[e['tag'] for e in self.seen]}")
+            event = self.bus.get_event(wait=min(left, 1.0), tag="aws_ork", full=True)
+            if event is not None:
+                self.seen.append(event)
+        return {e["tag"]: e["data"] for e in self.seen}
+
+    def fired_before_sentinel(self) -> list[str]:
+        """Fire a sentinel on the bus and return the aws_ork tags that arrived before it."""
+        import salt.utils.event
+
+        sentinel = f"aws_ork_test/sentinel/{uuid.uuid4().hex}"
+        pusher = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"],
+                                                   listen=False)
+        try:
+            assert pusher.fire_event({"sentinel": True}, sentinel)
+        finally:
+            pusher.destroy()
+        self.until({sentinel})
+        return [e["tag"] for e in self.seen if e["tag"].startswith("aws_ork/")]
+
+    def destroy(self) -> None:
+        self.bus.destroy()
+
+
+@pytest.fixture
+def listener(master: SaltMaster) -> Iterator[Listener]:
+    bus = Listener(master)
+    yield bus
+    bus.destroy()
+
+
+def test_launch_accept_preauthorise_and_terminate_are_fired(master, conf, sqs, queue_url,
+                                                            listener):
+    pending, keyless, gone = new_id(), new_id(), new_id()
+    master.add_pending_key(pending)
+    master.add_accepted_key(gone)
+    send(sqs, queue_url, sns_launch(pending), sns_launch(keyless, group="db-asg"),
+         sns_terminate(gone))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert states(master, pending, gone) == {pending: "minions", gone: None}
+    events = listener.until({f"aws_ork/accepted/{pending}", f"aws_ork/launch/{keyless}",
+                             f"aws_ork/terminate/{gone}"})
+    accepted = events[f"aws_ork/accepted/{pending}"]
+    assert {k: accepted[k] for k in ("instance_id", "minion_id", "group", "outcome", "source",
+                                     "event", "version", "facts")} == {
+        "instance_id": pending, "minion_id": pending, "group": "web-asg",
+        "outcome": "accepted", "source": "sns", "event": "autoscaling:EC2_INSTANCE_LAUNCH",
+        "version": __version__, "facts": None}  # VerifyInstances off: no EC2 facts
+    assert accepted["reason"] == "accepted"
+    assert accepted["message_id"] and accepted["message_id"] in result.stderr
+    launch = events[f"aws_ork/launch/{keyless}"]
+    assert launch["group"] == "db-asg" and launch["outcome"].startswith("pre-authorised")
+    terminate = events[f"aws_ork/terminate/{gone}"]
+    assert terminate["outcome"] == "deleted" and terminate["minion_id"] == gone
+    # one event per decision: nothing about the bystanders, nothing twice
+    assert sorted(listener.fired_before_sentinel()) == sorted(events)
+
+
+@pytest.mark.parametrize("how", ["SaltEvents = false", "--dry-run"])
+def test_nothing_is_fired_when_off_or_dry_run(master, tmp_path, sqs, queue_url, listener, how):
+    pending, gone = new_id(), new_id()
+    master.add_pending_key(pending)
+    master.add_accepted_key(gone)
+    options = {"SaltEvents": "false"} if how.startswith("SaltEvents") else {}
+    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
+                        **options)
+    send(sqs, queue_url, sns_launch(pending), sns_terminate(gone))
+
+    result = run_aws_ork(conf, "--once", *(("--dry-run",) if how == "--dry-run" else ()))
+
+    assert result.returncode == 0, result.stderr
+    decided = "would be accepted" if how == "--dry-run" else "accepted"
+    assert f"{pending} group=web-asg via=sns: {decided}" in result.stderr
+    assert listener.fired_before_sentinel() == []
+
+
+def test_unsigned_launch_is_rejected_with_an_event(master, tmp_path, sqs, queue_url, listener):
+    minion = new_id()
+    master.add_pending_key(minion)
+    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
+                        VerifySignatures="true", AllowedTopicArns=TOPIC)
+    send(sqs, queue_url, sns_launch(minion))  # the fixture's placeholder signature
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert states(master, minion) == {minion: "minions_pre"}
+    assert queue_counts(sqs, queue_url) == (0, 0)
+    data = listener.until({f"aws_ork/rejected/{minion}"})[f"aws_ork/rejected/{minion}"]
+    assert data["minion_id"] == minion and data["outcome"] == "refused"
+    assert data["reason"].startswith("REJECTED: ") and "signature" in data["reason"].lower()
+    assert listener.fired_before_sentinel() == [f"aws_ork/rejected/{minion}"]
+
+
+def test_ec2_facts_ride_along(master, tmp_path, sqs, queue_url, listener, fleet, identity,
+                              cert_dir):
+    mine = group_instance(fleet)
+    stranger = plain_instance(fleet, {"aws:autoscaling:groupName": "db-prod",
+                                      "role": "salt-minion"})
+    master.add_pending_key(mine)  # after the launch: fresh
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
+    send(sqs, queue_url, signed(identity, LAUNCH, mine, fleet["group"]),
+         signed(identity, LAUNCH, stranger, "db-prod"))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    events = listener.until({f"aws_ork/accepted/{mine}", f"aws_ork/rejected/{stranger}"})
+    facts = events[f"aws_ork/accepted/{mine}"]["facts"]
+    assert facts["state"] in ("pending", "running")
+    assert datetime.fromisoformat(facts["launch_time"]).utcoffset() is not None
+    assert facts["tags"]["aws:autoscaling:groupName"] == fleet["group"]
+    assert facts["tags"]["role"] == "salt-minion"
+    refused = events[f"aws_ork/rejected/{stranger}"]
+    assert "not in AutoScalingGroups" in refused["reason"]
+    assert refused["facts"]["tags"]["aws:autoscaling:groupName"] == "db-prod"
+
+
+class Recorder:
+    """Stands in for Salt's event object: records what would be fired, or fails."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.fired: list[tuple[str, dict[str, Any]]] = []
+        self.connects = 0
+
+    def connect(self, _opts: Any) -> Recorder:
+        self.connects += 1
+        return self
+
+    def fire_event(self, data: dict[str, Any], tag: str, timeout: int = 1000) -> bool:
+        if self.fail:
+            return False  # what Salt returns when it cannot connect
+        self.fired.append((tag, data))
+        return True
+
+    def destroy(self) -> None:
+        pass
+
+
+def test_acceptance_by_salt_through_a_stub_is_fired_with_the_launch_context(master):
+    """The loop's watcher reports consumed autosign stubs; an accepted one is announced with
+    the group and message of the launch that pre-authorised it."""
+    minion, refused = new_id(), new_id()
+    recorder = Recorder()
+    events = reactor.SaltEvents(master.opts(), connect=recorder.connect)
+    events.fire(reactor.Kind.LAUNCH, minion, {"group": "web-asg", "message_id": "m-1"})
+    master.add_accepted_key(minion)  # what Salt does with the stub on the minion's first auth
+    master.add_rejected_key(refused)
+    keys = KeyManager(master.opts())
+    try:
+        Handler(keys, salt_events=events).note_accepted_by_salt([minion, refused])
+    finally:
+        keys.close()
+    assert [tag for tag, _ in recorder.fired] == [f"aws_ork/launch/{minion}",
+                                                  f"aws_ork/accepted/{minion}"]
+    accepted = recorder.fired[1][1]
+    assert accepted["group"] == "web-asg" and accepted["message_id"] == "m-1"
+    assert accepted["source"] == "autosign"
+
+
+def test_a_bound_key_accepted_by_the_arrivals_thread_is_fired(master):
+    """Key binding: the arrivals thread hands a presented key to the handler, which accepts
+    it and announces it (with the context of the launch that waited for it)."""
+    from aws_ork.keys import binding
+
+    minion = new_id()
+    pub = master.add_pending_key(minion).read_text()
+    recorder = Recorder()
+    events = reactor.SaltEvents(master.opts(), connect=recorder.connect)
+    events.fire(reactor.Kind.LAUNCH, minion, {"group": "web-asg", "message_id": "m-2"})
+    keys = KeyManager(master.opts())
+    try:
+        assert Handler(keys, salt_events=events).on_key_presented(minion, binding.finger(pub))
+    finally:
+        keys.close()
+    assert states(master, minion) == {minion: "minions"}
+    tag, data = recorder.fired[-1]
+    assert tag == f"aws_ork/accepted/{minion}"
+    assert (data["source"], data["outcome"], data["group"], data["message_id"]) == (
+        "key binding", "accepted", "web-asg", "m-2")
+
+
+def test_sighup_reconnects_with_the_reloaded_master_config():
+    seen: list[Any] = []
+    recorder = Recorder()
+
+    def connect(opts: Any) -> Recorder:
+        seen.append(opts["sock_dir"])
+        return recorder
+
+    events = reactor.SaltEvents({"sock_dir": "/run/old"}, connect=connect)
+    minion = new_id()
+    assert events.fire(reactor.Kind.LAUNCH, minion, {})
+    assert events.fire(reactor.Kind.ACCEPTED, minion, {})  # the same connection
+    events.reload({"sock_dir": "/run/new"})
+    assert events.fire(reactor.Kind.TERMINATE, minion, {})
+    assert seen == ["/run/old", "/run/new"]
+
+
+def test_a_bus_that_is_down_costs_one_try_per_period(caplog):
+    recorder = Recorder(fail=True)
+    now = [1000.0]
+    events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect,
+                                clock=lambda: now[0])
+    minion = new_id()
+    with caplog.at_level("DEBUG", logger="aws_ork.keys.events"):
+        assert not events.fire(reactor.Kind.LAUNCH, minion, {})
+        assert not events.fire(reactor.Kind.ACCEPTED, minion, {})  # within RETRY_SECONDS
+        now[0] += reactor.RETRY_SECONDS
+        assert not events.fire(reactor.Kind.ACCEPTED, minion, {})
+        recorder.fail = False
+        now[0] += reactor.RETRY_SECONDS
+        assert events.fire(reactor.Kind.ACCEPTED, minion, {})
+    assert recorder.connects == 3  # the dropped one never tried
+    assert (events.fired, events.dropped) == (1, 3)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "event bus is down" in warnings[0].getMessage()
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("hostile", ["*", "i-*", "../x", "i-0123/../../etc", ""])
+def test_only_instance_ids_make_a_tag(hostile):
+    recorder = Recorder()
+    events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect)
+    assert not events.fire(reactor.Kind.ACCEPTED, hostile, {})
+    assert recorder.fired == [] and recorder.connects == 0
+
+
+def test_untrusted_text_is_bounded_and_escaped():
+    recorder = Recorder()
+    events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect)
+    tags = {f"k{i:03d}": "v" * 1000 for i in range(80)}
+    tags["evil\nkey"] = "x: {{ salt['cmd.run']('id') }}\n- y"
+    assert events.fire(reactor.Kind.REJECTED, new_id(), {
+        "group": "g\n" * 1000, "reason": "r" * 5000,
+        "facts": {"state": "running", "launch_time": "2026-11-23T10:00:00+00:00", "tags": tags}})
+    data = recorder.fired[0][1]
+    assert len(data["group"]) <= reactor.GROUP_LIMIT and "\n" not in data["group"]
+    assert len(data["reason"]) == reactor.REASON_LIMIT
+    assert len(data["facts"]["tags"]) == reactor.TAGS_LIMIT
+    assert all(len(v) <= reactor.TAG_VALUE_LIMIT for v in data["facts"]["tags"].values())
+    assert all("\n" not in k + v for k, v in data["facts"]["tags"].items())
+
+
+def readme_example(heading: str) -> str:
+    """The first ```jinja block after ``heading`` in the README: the test runs what it shows."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    after = text[text.index(heading):]
+    start = after.index("```jinja\n") + len("```jinja\n")
+    return after[start:after.index("```", start)]
+
+
+class Webhook:
+    """An incoming-webhook stand-in on 127.0.0.1: records the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        bodies: list[dict[str, Any]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                length = int(self.headers.get("Content-Length", 0))
+                bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.bodies = bodies
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.stop()
+
+
+@pytest.fixture
+def reactor_master(tmp_path_factory: pytest.TempPathFactory, webhook: Webhook
+                   ) -> Iterator[SaltMaster]:
+    """A real salt-master whose reactor runs the README's examples: the highstate one for
+    ``aws_ork/accepted/*`` (the highstate writes ``highstated/<minion id>`` under the
+    master's root) and the chat one for ``aws_ork/*``, posting to the ``webhook``."""
+    root = tmp_path_factory.mktemp("reactor")
+    highstate, chat = root / "highstate.sls", root / "chat.sls"
+    highstate.write_text(readme_example("**Highstate a new minion"))
+    chat.write_text(readme_example("**Tell a chat channel**")
+                    .replace("https://hooks.slack.com/services/T000/B000/XXXXXXXX", webhook.url))
+    states_dir = root / "master" / "srv" / "salt"
+    states_dir.mkdir(parents=True)
+    (states_dir / "top.sls").write_text("base:\n  '*':\n    - marker\n")
+    (states_dir / "marker.sls").write_text(
+        "marker:\n  file.managed:\n"
+        f"    - name: {root / 'highstated'}/{{{{ grains['id'] }}}}\n"
+        "    - makedirs: True\n    - contents: highstated\n")
+    salt_master = start_master(root / "master", extra_opts={"reactor": [
+        {"aws_ork/accepted/*": [str(highstate)]}, {"aws_ork/*": [str(chat)]}]})
+    yield salt_master
+    salt_master.stop()
+
+
+def test_the_readme_chat_reactor_posts_each_decision(reactor_master, webhook, tmp_path, sqs,
+                                                     queue_url):
+    minion, gone = new_id(), new_id()
+    reactor_master.add_pending_key(minion)
+    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=reactor_master)
+    send(sqs, queue_url, sns_launch(minion, group='web "asg"\n- x: y'), sns_terminate(gone))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    texts = wait_for(lambda: len(webhook.bodies) >= 2 and [b["text"] for b in webhook.bodies],
+                     60, "the reactor to post both decisions")
+    assert sorted(texts) == sorted([
+        f"aws_ork/accepted/{minion} group=web \"asg\"\\n- x: y: accepted",
+        f"aws_ork/terminate/{gone} group=web-asg: no key to delete"])
+
+
+def test_a_minion_accepted_by_salt_through_the_stub_is_highstated_by_the_readme_reactor(
+        reactor_master, tmp_path, sqs, queue_url):
+    """The whole way: launch -> autosign stub -> the minion's first contact -> Salt accepts
+    -> the loop's watcher -> ``aws_ork/accepted/<id>`` (with the launch's group) -> the
+    README's highstate reactor -> the minion runs its highstate."""
+    minion = new_id()
+    listener = Listener(reactor_master)
+    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=reactor_master)
+    log = tmp_path / "aws_ork.log"
+    proc = start_aws_ork(conf, log)
+    started: list[SaltMinion] = []
+    try:
+        send(sqs, queue_url, sns_launch(minion, group="web-asg"))
+        wait_for(lambda: f"{minion} group=web-asg via=sns: pre-authorised" in log.read_text(),
+                 60, "the launch to be pre-authorised")
+        started.append(start_minion(reactor_master, tmp_path / "minion", minion))
+        events = listener.until({f"aws_ork/launch/{minion}", f"aws_ork/accepted/{minion}"},
+                                deadline=120)
+        accepted = events[f"aws_ork/accepted/{minion}"]
+        assert (accepted["source"], accepted["outcome"], accepted["group"]) == (
+            "autosign", "accepted", "web-asg")
+        assert accepted["message_id"] == events[f"aws_ork/launch/{minion}"]["message_id"]
+        marker = reactor_master.root.parent / "highstated" / minion
+        wait_for(marker.exists, 120, "the reactor's highstate to run on the new minion")
+        assert marker.read_text().strip() == "highstated"
+    finally:
+        for salt_minion in started:
+            salt_minion.stop()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        listener.destroy()
