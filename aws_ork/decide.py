@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,6 +24,8 @@ from aws_ork.events.fields import clean
 from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.location import ACCEPTED
 from aws_ork.keys.manager import KeyManager, KeyResult, Outcome
+from aws_ork.lifecycle import Completer, HookAction, LifecycleError
+from aws_ork.lifecycle.completer import State
 from aws_ork.memory import IdMemory, valid_id
 from aws_ork.sqs.queue import Message
 
@@ -57,7 +59,8 @@ class Handler:
     def __init__(self, keys: KeyManager, *, delete_unknown: bool = True,
                  checks: Sequence[Check] = (), terminations: Terminations | None = None,
                  finished: IdMemory | None = None, enrolled: IdMemory | None = None,
-                 arrivals: KeyArrivals | None = None) -> None:
+                 arrivals: KeyArrivals | None = None, completer: Completer | None = None,
+                 completes_hook: Callable[[str | None], bool] = lambda _name: True) -> None:
         self.keys = keys
         self.delete_unknown = delete_unknown
         self.checks = tuple(checks)
@@ -65,6 +68,8 @@ class Handler:
         self.finished = finished  # SNS MessageIds of finished envelopes (no replay)
         self.enrolled = enrolled  # instances whose keys were accepted once (never again)
         self.arrivals = arrivals  # key binding: launches waiting for their bound key
+        self.completer = completer  # lifecycle actions: completed once the key work is done
+        self.completes_hook = completes_hook  # LifecycleHooks: is this hook ours to answer?
         # the loop and the arrivals thread both change keys: one at a time
         self._keys_lock = threading.RLock()
 
@@ -132,6 +137,9 @@ class Handler:
             if fingerprint is not None:
                 decision = self._bound_decision(decision, result, message, event.instance_id,
                                                 fingerprint)
+            action = self._hook_action(event)
+            if action is not None:
+                decision = self._hook_decision(event.kind, action, decision, result, message)
             if decision.action is Action.DELETE and self.finished is not None \
                     and event.source is Source.SNS and valid_id(event.message_id):
                 assert event.message_id is not None
@@ -199,6 +207,46 @@ class Handler:
             self.arrivals.wait_for(instance_id, fingerprint)
         return replace(decision, reason=reason)
 
+    def _hook_action(self, event: Event) -> HookAction | None:
+        """The lifecycle action this event asks us to complete, if any (LifecycleHooks)."""
+        if self.completer is None or not self.completes_hook(event.lifecycle_hook):
+            return None
+        return HookAction.of(event)
+
+    def _hook_decision(self, kind: Kind, action: HookAction, decision: Decision,
+                       result: KeyResult, message: Message) -> Decision:
+        """Complete the lifecycle action once the key work is done; while a launching
+        action waits for its key, the message is kept (retried) so a restart loses nothing.
+        A completion that fails is retried with the message; the key change it follows
+        (``changed``) still reaches the mirror."""
+        assert self.completer is not None
+        accepted = result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED)
+        try:
+            if kind is Kind.TERMINATE:
+                if decision.action is not Action.DELETE:
+                    return decision  # the key is not deleted yet
+                note = self.completer.complete(action)
+                return replace(decision, reason=f"{decision.reason}; {note}")
+            if accepted:
+                note = self.completer.complete(action)
+                return replace(decision, reason=f"{decision.reason}; {note}")
+        except LifecycleError as exc:
+            retry = self._retry(message, f"{decision.reason}; {exc}")
+            return replace(decision, action=Action.RETRY, delay=retry.delay,
+                           reason=retry.reason)
+        if decision.action is Action.DELETE and result.outcome is not Outcome.PREAUTHORISED:
+            # refused, removed, another key accepted, given up: never accepted by us
+            self.completer.forget(action)
+            return replace(decision, reason=f"{decision.reason}; lifecycle action left to "
+                                            f"the hook's DefaultResult")
+        state = self.completer.wait(action)
+        if state is State.WAITING:
+            retry = self._retry(message, f"{decision.reason}; {state.value}")
+            return replace(decision, action=Action.RETRY, delay=retry.delay,
+                           reason=retry.reason)
+        return replace(decision, action=Action.DELETE, reason=f"{decision.reason}; "
+                                                              f"{state.value}")
+
     def on_key_presented(self, minion_id: str, fingerprint: str) -> bool:
         """The arrivals thread saw a key presented under a waiting id: ask the key stage now.
         True when nothing is left to wait for."""
@@ -206,18 +254,25 @@ class Handler:
             result = self._accept_bound(minion_id, fingerprint)
         log.info("key presented by %s: %s (key binding: %s)", minion_id, result.describe(),
                  fingerprint)
+        if self.completer is not None and not result.dry_run \
+                and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
+            self.completer.accepted(minion_id)
         return result.outcome.done
 
     def note_accepted_by_salt(self, minion_ids: Sequence[str]) -> None:
-        """Salt used up our autosign stubs for these minions: those accepted are enrolled."""
-        if self.enrolled is None:
-            return
+        """Salt used up our autosign stubs for these minions: those accepted are enrolled,
+        and their waiting lifecycle actions completed."""
         for minion_id in minion_ids:
             try:
-                if ACCEPTED in self.keys.states(minion_id):
+                if ACCEPTED not in self.keys.states(minion_id):
+                    continue
+                if self.enrolled is not None:
                     self.enrolled.add(minion_id)
             except (OSError, ValueError, AwsOrkError) as exc:
                 log.error("%s: could not remember its accepted key: %s", minion_id, exc)
+                continue
+            if self.completer is not None:
+                self.completer.accepted(minion_id)
 
     def _reject_stale(self, instance_id: str, verdict: Verdict, message: Message) -> Decision:
         """The instance check found a pending key older than the instance: someone else

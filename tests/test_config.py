@@ -53,6 +53,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "BucketAcl": "bucket-owner-full-control",
     "ReconcileMinutes": 10,
     "LogFormat": "text",
+    "LifecycleHooks": ("*",),
 }
 
 ALL_DEFAULTS = {**CONTRACT_DEFAULTS, **ADDED_DEFAULTS}
