@@ -30,6 +30,7 @@ from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, states,
 from tests.messages import envelope, fixture, fixture_text
 from tests.saltenv import SaltMinion, start_minion
 from tests.snssign import SigningIdentity, sign_envelope
+from tests.test_key_binding import make_key_pair, publish
 from tests.trustenv import TOPIC, group_instance, trust_config
 
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
@@ -109,7 +110,7 @@ def test_launch_is_completed_only_once_its_late_key_is_accepted_with_heartbeats_
     group = hooks["group"]
     instance = group_instance(hooks)
     inner = hook_message(LAUNCHING, instance, group, LAUNCH_HOOK)
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, group)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*")
     with daemon(conf, tmp_path / "aws_ork.log", asg) as log:
         send(sqs, queue_url, signed_hook(identity, inner))
         beats = wait_for(lambda: len(asg.recorded("RecordLifecycleActionHeartbeat",
@@ -139,7 +140,7 @@ def test_launch_preauthorised_by_stub_is_completed_when_salt_uses_the_stub(
     group = hooks["group"]
     instance = group_instance(hooks)
     inner = hook_message(LAUNCHING, instance, group, LAUNCH_HOOK)
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, group)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*")
     with daemon(conf, tmp_path / "aws_ork.log", asg) as log:
         send(sqs, queue_url, signed_hook(identity, inner))
         wait_for(lambda: "pre-authorised" in log.read_text(), 60, "the autosign stub")
@@ -155,6 +156,29 @@ def test_launch_preauthorised_by_stub_is_completed_when_salt_uses_the_stub(
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 60, "the message deleted")
 
 
+def test_launch_under_key_binding_is_completed_when_the_published_key_is_presented(
+        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
+    group = hooks["group"]
+    instance = group_instance(hooks)
+    pki = tmp_path / "minion-pki"
+    publish(hooks, instance, make_key_pair(pki))
+    inner = hook_message(LAUNCHING, instance, group, LAUNCH_HOOK)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, KeyBinding="tag",
+                        LifecycleHooks="*")
+    with daemon(conf, tmp_path / "aws_ork.log", asg) as log:
+        send(sqs, queue_url, signed_hook(identity, inner))
+        wait_for(lambda: "waiting for the key" in log.read_text(), 60, "the launch to wait")
+        assert not asg.recorded("CompleteLifecycleAction", instance)
+
+        master.add_pending_key(instance, (pki / "minion.pub").read_text())
+        completed = wait_for(lambda: asg.recorded("CompleteLifecycleAction", instance), 60,
+                             "the lifecycle action to be completed")
+        assert states(master, instance) == {instance: "minions"}
+        assert len(completed) == 1
+        assert_action(completed[0], inner)
+        wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 60, "the message deleted")
+
+
 def test_terminate_of_a_running_instance_deletes_the_key_at_once_then_completes(
         master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
     group = hooks["group"]
@@ -162,7 +186,7 @@ def test_terminate_of_a_running_instance_deletes_the_key_at_once_then_completes(
     master.add_accepted_key(instance)
     inner = hook_message(TERMINATING, instance, group, TERMINATE_HOOK)
     send(sqs, queue_url, signed_hook(identity, inner))
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, group)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*")
 
     result = run_aws_ork(conf, "--once", env=asg.env())
 
@@ -183,7 +207,8 @@ def test_unsigned_terminate_hook_needs_auto_scaling_to_say_terminating(
     instance = group_instance(hooks)
     master.add_accepted_key(instance)
     inner = hook_message(TERMINATING, instance, group, TERMINATE_HOOK)
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, UnsignedSources="hook")
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, UnsignedSources="hook",
+                        LifecycleHooks="*")
     send(sqs, queue_url, json.dumps(inner))
 
     forged = run_aws_ork(conf, "--once", env=asg.env())  # InService: EC2's rule, retried
