@@ -116,12 +116,13 @@ class Handler:
             verdict = check(event)
             fingerprint = verdict.fingerprint or fingerprint
             if verdict.retry and not 0 < verdict.attempts <= message.receive_count:
-                return self._retry(message, f"check deferred: {verdict.reason}")
+                return self._deferred(event, message, verdict.reason)
             if verdict.retry and verdict.then_ok:
                 continue  # asked often enough: the check passes
             if verdict.stale_key:
                 return self._reject_stale(event.instance_id, verdict, message)
             if not verdict.ok:
+                self._forget_hook(event)
                 return Decision(Action.DELETE, f"REJECTED: {verdict.reason}", rejected=True)
         try:
             if event.kind is Kind.TERMINATE and self.terminations is not None:
@@ -207,6 +208,25 @@ class Handler:
             self.arrivals.wait_for(instance_id, fingerprint)
         return replace(decision, reason=reason)
 
+    def _deferred(self, event: Event, message: Message, reason: str) -> Decision:
+        """A check cannot answer yet (EC2 does not list the instance yet, it has not
+        published its key's fingerprint yet): retry; a launching hook's action is kept alive
+        meanwhile, up to the give-up bound."""
+        action = self._hook_action(event) if event.kind is Kind.LAUNCH else None
+        if action is None:
+            return self._retry(message, f"check deferred: {reason}")
+        assert self.completer is not None
+        state = self.completer.wait(action)
+        if state is State.GIVEN_UP:
+            return Decision(Action.DELETE, f"check deferred: {reason}; {state.value}")
+        return self._retry(message, f"check deferred: {reason}; {state.value}")
+
+    def _forget_hook(self, event: Event) -> None:
+        """A refused launch is never completed: no more heartbeats for its action."""
+        action = self._hook_action(event)
+        if action is not None and self.completer is not None:
+            self.completer.forget(action)
+
     def _hook_action(self, event: Event) -> HookAction | None:
         """The lifecycle action this event asks us to complete, if any (LifecycleHooks)."""
         if self.completer is None or not self.completes_hook(event.lifecycle_hook):
@@ -262,6 +282,8 @@ class Handler:
     def note_accepted_by_salt(self, minion_ids: Sequence[str]) -> None:
         """Salt used up our autosign stubs for these minions: those accepted are enrolled,
         and their waiting lifecycle actions completed."""
+        if self.enrolled is None and self.completer is None:
+            return
         for minion_id in minion_ids:
             try:
                 if ACCEPTED not in self.keys.states(minion_id):

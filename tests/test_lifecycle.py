@@ -161,12 +161,17 @@ def test_launch_under_key_binding_is_completed_when_the_published_key_is_present
     group = hooks["group"]
     instance = group_instance(hooks)
     pki = tmp_path / "minion-pki"
-    publish(hooks, instance, make_key_pair(pki))
+    fingerprint = make_key_pair(pki)
     inner = hook_message(LAUNCHING, instance, group, LAUNCH_HOOK)
     conf = trust_config(tmp_path, queue_url, master, cert_dir, group, KeyBinding="tag",
                         LifecycleHooks="*")
     with daemon(conf, tmp_path / "aws_ork.log", asg) as log:
         send(sqs, queue_url, signed_hook(identity, inner))
+        # the EC2 check defers (no fingerprint published yet): the action is kept alive
+        wait_for(lambda: asg.recorded("RecordLifecycleActionHeartbeat", instance), 60,
+                 "a heartbeat while the check is deferred")
+        assert "check deferred" in log.read_text()
+        publish(hooks, instance, fingerprint)
         wait_for(lambda: "waiting for the key" in log.read_text(), 60, "the launch to wait")
         assert not asg.recorded("CompleteLifecycleAction", instance)
 
