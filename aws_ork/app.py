@@ -28,6 +28,7 @@ from aws_ork.keys.events import SaltEvents
 from aws_ork.keys.location import KeyLocation
 from aws_ork.keys.manager import KeyManager, load_master_opts
 from aws_ork.keys.watcher import KeyDirWatcher
+from aws_ork.lifecycle import Completer, HookClient
 from aws_ork.loop import Loop
 from aws_ork.memory import IdMemory
 from aws_ork.mirror.bucket import ObjectOptions, S3Tree
@@ -95,8 +96,12 @@ class App:
             Terminations(cfg.state_dir / "terminated", dry_run=run.dry_run)
         finished, enrolled = self._memories(cfg, run.dry_run)
         max_age = self.queue.retention_seconds + defaults.SNS_TIMESTAMP_SKEW_SECONDS
+        # Lifecycle actions are answered in SQS_Region too: the groups live there.
+        hooks = HookClient(make_client("autoscaling", cfg.sqs_region, max_attempts=3)) \
+            if cfg.lifecycle_hooks else None
+        self.completer = Completer(hooks, dry_run=run.dry_run) if hooks is not None else None
         checks = build_checks(cfg, location=location, ec2=ec2, terminations=terminations,
-                              finished=finished, max_age_seconds=max_age)
+                              finished=finished, max_age_seconds=max_age, autoscaling=hooks)
         self.arrivals = KeyArrivals(location) if cfg.key_binding == "tag" else None
         if self.arrivals is None:
             log.info("KeyBinding is off: the first key presented under a new instance's id is "
@@ -109,7 +114,8 @@ class App:
                                delete_unknown=cfg.delete_unknown_messages, checks=checks,
                                terminations=terminations, finished=finished,
                                enrolled=enrolled, arrivals=self.arrivals,
-                               salt_events=self.salt_events)
+                               salt_events=self.salt_events,
+                               completer=self.completer, completes_hook=cfg.completes_hook)
         self.mirror: MirrorWorker | None = None
         if cfg.bucket_url is not None and not run.dry_run:
             self.mirror = MirrorWorker(
@@ -203,6 +209,8 @@ class App:
             self.mirror.start()  # replays the journal, then reconciles with the bucket
         if self.arrivals is not None:
             self.arrivals.start(self.handler.on_key_presented)
+        if self.completer is not None:
+            self.completer.start()
         signal.signal(signal.SIGHUP, lambda _signum, _frame: self.loop.request_reload())
         if self.loop.watchdog.enabled:
             log.info("systemd watchdog: %.0f s", self.loop.watchdog.period)
@@ -212,6 +220,8 @@ class App:
         finally:
             if self.arrivals is not None:
                 self.arrivals.stop()
+            if self.completer is not None:
+                self.completer.stop()
         systemd.notify("STOPPING=1")
         self.handler.keys.close()
         if self.salt_events is not None:

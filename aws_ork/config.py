@@ -102,6 +102,14 @@ class Config:
         default="salt:minion-fingerprint", metadata={"option": "KeyBindingTag"}
     )
     salt_events: bool = field(default=True, metadata={"option": "SaltEvents"})
+    lifecycle_hooks: tuple[str, ...] = field(
+        default=("*",), metadata={"option": "LifecycleHooks"}
+    )
+
+    def completes_hook(self, name: str | None) -> bool:
+        """Does aws_ork complete the lifecycle actions of the hook ``name``?"""
+        return name is not None and (ANY_HOOK in self.lifecycle_hooks
+                                     or name in self.lifecycle_hooks)
 
     @property
     def effective_bucket_region(self) -> str:
@@ -294,6 +302,24 @@ def _address(raw: str) -> tuple[str, int]:
     return (host.strip("[]") or "127.0.0.1", int(port))
 
 
+#: LifecycleHooks = * : complete the actions of every hook whose messages reach the queue
+ANY_HOOK = "*"
+
+
+def _hook_names(raw: str) -> tuple[str, ...]:
+    """Hook names (1-255 characters of ``[A-Za-z0-9_./-]``, as Auto Scaling allows), or * alone;
+    empty completes none."""
+    names = _words(raw)
+    if ANY_HOOK in names:
+        if len(names) > 1:
+            raise ValueError("mixes * with hook names; use * alone (every hook) or only names")
+        return names
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9_./-]{1,255}", name):
+            raise ValueError(f"has {name!r}, which is not a lifecycle hook name")
+    return names
+
+
 def _key_binding(raw: str) -> str:
     if raw.lower() not in ("off", "tag"):
         raise ValueError("must be off or tag")
@@ -340,6 +366,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "key_binding": _key_binding,
     "key_binding_tag": _tag_key,
     "salt_events": _bool,
+    "lifecycle_hooks": _hook_names,
 }
 
 #: lower-case option name (as configparser stores it) -> (dataclass field, canonical name)

@@ -12,7 +12,7 @@ import enum
 import logging
 import threading
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,6 +26,8 @@ from aws_ork.keys import events as reactor
 from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.location import ACCEPTED
 from aws_ork.keys.manager import KeyManager, KeyResult, Outcome
+from aws_ork.lifecycle import Completer, HookAction, LifecycleError
+from aws_ork.lifecycle.completer import State
 from aws_ork.memory import IdMemory, valid_id
 from aws_ork.sqs.queue import Message
 
@@ -64,7 +66,9 @@ class Handler:
                  checks: Sequence[Check] = (), terminations: Terminations | None = None,
                  finished: IdMemory | None = None, enrolled: IdMemory | None = None,
                  arrivals: KeyArrivals | None = None,
-                 salt_events: reactor.SaltEvents | None = None) -> None:
+                 salt_events: reactor.SaltEvents | None = None,
+                 completer: Completer | None = None,
+                 completes_hook: Callable[[str | None], bool] = lambda _name: True) -> None:
         self.keys = keys
         self.delete_unknown = delete_unknown
         self.checks = tuple(checks)
@@ -73,6 +77,8 @@ class Handler:
         self.enrolled = enrolled  # instances whose keys were accepted once (never again)
         self.arrivals = arrivals  # key binding: launches waiting for their bound key
         self.salt_events = salt_events  # aws_ork/<kind>/<id> for Salt's reactor (SaltEvents)
+        self.completer = completer  # lifecycle actions: completed once the key work is done
+        self.completes_hook = completes_hook  # LifecycleHooks: is this hook ours to answer?
         # the loop and the arrivals thread both change keys: one at a time
         self._keys_lock = threading.RLock()
         self._parsed: dict[str, Event] = {}  # the batch in hand, parsed once by prime()
@@ -153,13 +159,14 @@ class Handler:
             code = verdict.code or getattr(check, "code", "check")
             facts = verdict.facts or facts
             if verdict.retry and not 0 < verdict.attempts <= message.receive_count:
-                return self._retry(message, f"check deferred: {verdict.reason}", code)
+                return self._deferred(event, message, verdict.reason, code)
             if verdict.retry and verdict.then_ok:
                 continue  # asked often enough: the check passes
             if verdict.stale_key:
                 return self._announced(self._reject_stale(event.instance_id, verdict, message),
                                        event, message, facts)
             if not verdict.ok:
+                self._forget_hook(event)
                 return self._announced(Decision(Action.DELETE, f"REJECTED: {verdict.reason}",
                                                 rejected=True, reason_code=code), event,
                                        message, facts)
@@ -177,6 +184,9 @@ class Handler:
             if fingerprint is not None:
                 decision = self._bound_decision(decision, result, message, event.instance_id,
                                                 fingerprint)
+            action = self._hook_action(event)
+            if action is not None:
+                decision = self._hook_decision(event.kind, action, decision, result, message)
             if decision.action is Action.DELETE and self.finished is not None \
                     and event.source is Source.SNS and valid_id(event.message_id):
                 assert event.message_id is not None
@@ -264,6 +274,67 @@ class Handler:
             self.arrivals.wait_for(instance_id, fingerprint)
         return replace(decision, reason=reason)
 
+    def _deferred(self, event: Event, message: Message, reason: str,
+                  code: str = "error") -> Decision:
+        """A check cannot answer yet (EC2 does not list the instance yet, it has not
+        published its key's fingerprint yet): retry; a launching hook's action is kept alive
+        meanwhile, up to the give-up bound."""
+        action = self._hook_action(event) if event.kind is Kind.LAUNCH else None
+        if action is None:
+            return self._retry(message, f"check deferred: {reason}", code)
+        assert self.completer is not None
+        state = self.completer.wait(action)
+        if state is State.GIVEN_UP:
+            return Decision(Action.DELETE, f"check deferred: {reason}; {state.value}",
+                            reason_code=code)
+        return self._retry(message, f"check deferred: {reason}; {state.value}", code)
+
+    def _forget_hook(self, event: Event) -> None:
+        """A refused launch is never completed: no more heartbeats for its action."""
+        action = self._hook_action(event)
+        if action is not None and self.completer is not None:
+            self.completer.forget(action)
+
+    def _hook_action(self, event: Event) -> HookAction | None:
+        """The lifecycle action this event asks us to complete, if any (LifecycleHooks)."""
+        if self.completer is None or not self.completes_hook(event.lifecycle_hook):
+            return None
+        return HookAction.of(event)
+
+    def _hook_decision(self, kind: Kind, action: HookAction, decision: Decision,
+                       result: KeyResult, message: Message) -> Decision:
+        """Complete the lifecycle action once the key work is done; while a launching
+        action waits for its key, the message is kept (retried) so a restart loses nothing.
+        A completion that fails is retried with the message; the key change it follows
+        (``changed``) still reaches the mirror."""
+        assert self.completer is not None
+        accepted = result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED)
+        try:
+            if kind is Kind.TERMINATE:
+                if decision.action is not Action.DELETE:
+                    return decision  # the key is not deleted yet
+                note = self.completer.complete(action)
+                return replace(decision, reason=f"{decision.reason}; {note}")
+            if accepted:
+                note = self.completer.complete(action)
+                return replace(decision, reason=f"{decision.reason}; {note}")
+        except LifecycleError as exc:
+            retry = self._retry(message, f"{decision.reason}; {exc}")
+            return replace(decision, action=Action.RETRY, delay=retry.delay,
+                           reason=retry.reason)
+        if decision.action is Action.DELETE and result.outcome is not Outcome.PREAUTHORISED:
+            # refused, removed, another key accepted, given up: never accepted by us
+            self.completer.forget(action)
+            return replace(decision, reason=f"{decision.reason}; lifecycle action left to "
+                                            f"the hook's DefaultResult")
+        state = self.completer.wait(action)
+        if state is State.WAITING:
+            retry = self._retry(message, f"{decision.reason}; {state.value}")
+            return replace(decision, action=Action.RETRY, delay=retry.delay,
+                           reason=retry.reason)
+        return replace(decision, action=Action.DELETE, reason=f"{decision.reason}; "
+                                                              f"{state.value}")
+
     def on_key_presented(self, minion_id: str, fingerprint: str) -> bool:
         """The arrivals thread saw a key presented under a waiting id: ask the key stage now.
         True when nothing is left to wait for."""
@@ -276,6 +347,9 @@ class Handler:
             self.salt_events.fire(kind, minion_id, {
                 "outcome": result.describe(), "source": "key binding",
                 "reason": f"key presented (key binding: {fingerprint})"})
+        if self.completer is not None and not result.dry_run \
+                and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
+            self.completer.accepted(minion_id)
         return result.outcome.done
 
     # --- the reconcile sweep (aws_ork.sweep), in the loop's thread between receives ---
@@ -318,9 +392,9 @@ class Handler:
         return int(result.changed)
 
     def note_accepted_by_salt(self, minion_ids: Sequence[str]) -> None:
-        """Salt used up our autosign stubs for these minions: those accepted are enrolled
-        (and announced to Salt's reactor)."""
-        if self.enrolled is None and self.salt_events is None:
+        """Salt used up our autosign stubs for these minions: those accepted are enrolled,
+        announced to Salt's reactor, and their waiting lifecycle actions completed."""
+        if self.enrolled is None and self.salt_events is None and self.completer is None:
             return
         for minion_id in minion_ids:
             try:
@@ -334,6 +408,9 @@ class Handler:
                     self.enrolled.add(minion_id)
             except (OSError, ValueError, AwsOrkError) as exc:
                 log.error("%s: could not remember its accepted key: %s", minion_id, exc)
+                continue
+            if self.completer is not None:
+                self.completer.accepted(minion_id)
 
     def _reject_stale(self, instance_id: str, verdict: Verdict, message: Message) -> Decision:
         """The instance check found a pending key older than the instance: someone else

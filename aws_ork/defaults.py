@@ -105,3 +105,21 @@ ARRIVAL_WAIT_SECONDS = 30 * 60
 #: Key binding: a launch whose bound key was not presented after this many receives (retries
 #: up to 60 s apart: about half an hour) is given up, with a WARNING line.
 BOUND_KEY_ATTEMPTS = 35
+
+#: Lifecycle hooks: a waiting launching action gets a heartbeat each time this fraction of its
+#: hook's HeartbeatTimeout has passed since the last one (the first at once): half leaves
+#: time for a failed heartbeat to be retried before the action lapses.
+HEARTBEAT_FRACTION = 0.5
+#: How often the heartbeat thread looks for due heartbeats.
+HEARTBEAT_TICK_SECONDS = 1.0
+#: A failed heartbeat is tried again this much later.
+HEARTBEAT_RETRY_SECONDS = 5.0
+#: AWS's smallest HeartbeatTimeout: assumed when the hook's own cannot be learnt.
+MIN_HEARTBEAT_TIMEOUT_SECONDS = 30
+#: A launching action whose key is not accepted after this long (the key-binding bound,
+#: ARRIVAL_WAIT_SECONDS, too) gets no more heartbeats: one WARNING line, and the hook's own
+#: HeartbeatTimeout and DefaultResult decide (ABANDON terminates the instance).
+HOOK_WAIT_SECONDS = 30 * 60
+#: Tokens answered or given up in this run, remembered so their returning messages are
+#: deleted (a few MB at most).
+ENDED_ACTIONS_LIMIT = 10_000

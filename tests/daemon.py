@@ -18,7 +18,9 @@ def write_config(path: Path, *, queue_url: str, master: SaltMaster, bucket: str 
     """An aws_ork.conf for this master and queue. Extra options as Name=value keywords.
 
     The trust checks (signatures, EC2 lookup) are off unless a test turns them on: the tests
-    of those checks set them explicitly.
+    of those checks set them explicitly. So is completing lifecycle actions (moto answers
+    CompleteLifecycleAction with HTTP 500): tests/test_lifecycle.py sets LifecycleHooks and
+    sends those calls to tests/asgproxy.py.
     """
     values: dict[str, Any] = {
         "QueueUrl": queue_url,
@@ -27,6 +29,7 @@ def write_config(path: Path, *, queue_url: str, master: SaltMaster, bucket: str 
         "StateDir": path.parent / "state",
         "VerifySignatures": "false",
         "VerifyInstances": "false",
+        "LifecycleHooks": "",
     }
     if bucket:
         values["BucketUrl"] = f"s3://{bucket}/{prefix}"

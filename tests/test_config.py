@@ -57,6 +57,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "ArchiveMaxMB": 1024,
     "HealthMirrorSeconds": 900,
     "SaltEvents": True,
+    "LifecycleHooks": ("*",),
 }
 
 ALL_DEFAULTS = {**CONTRACT_DEFAULTS, **ADDED_DEFAULTS}

@@ -15,10 +15,16 @@ LaunchTime) was submitted by someone else under that id: the verdict says so
 Terminate: honoured only when EC2 says the instance is ``shutting-down`` or ``terminated``, or
 still does not know it after :data:`NOT_FOUND_ATTEMPTS` receives (terminated long ago, or
 never ours; a brand-new instance can be "not found" for a few seconds): so a forged terminate
-cannot delete a live minion's key. A terminate for an instance still running (a terminate
-lifecycle hook fires before the instance stops) is retried with backoff until EC2 reports it
-gone. Group and tag filters do not apply to a terminate: the key of an instance that is gone
-can only serve an impostor.
+cannot delete a live minion's key. A terminate for an instance still running is retried with
+backoff until EC2 reports it gone. Group and tag filters do not apply to a terminate: the key
+of an instance that is gone can only serve an impostor.
+
+Terminating lifecycle hook whose action aws_ork completes (LifecycleHooks): the instance stays
+``running`` until the action is completed, so EC2's word cannot come first. What proves the
+instance is leaving instead: for an SNS envelope, its signature and topic (checked before,
+with VerifySignatures on); for an unsigned body (hook, EventBridge), Auto Scaling's own word,
+``DescribeAutoScalingInstances`` saying ``Terminating:Wait`` or ``Terminating:Proceed``.
+Otherwise the EC2 rule above applies.
 
 Throttling, a network error or any other EC2 failure: retry later, never accept.
 """
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -37,10 +43,11 @@ import botocore.exceptions
 from aws_ork.aws import error_code
 from aws_ork.checks.verdict import Verdict
 from aws_ork.errors import AwsOrkError, KeyStoreError
-from aws_ork.events import Event, Kind
+from aws_ork.events import Event, Kind, Source
 from aws_ork.events.fields import shorten
 from aws_ork.keys import binding
 from aws_ork.keys.location import KeyAgeUnknown, KeyLocation
+from aws_ork.lifecycle.client import TERMINATING_STATES, HookClient, LifecycleError
 from aws_ork.runtime.metrics import count_aws_error
 
 log = logging.getLogger(__name__)
@@ -159,8 +166,13 @@ class InstanceCheck:
 
     def __init__(self, lookup: Ec2Lookup, location: KeyLocation, *,
                  groups: Collection[str] = (), tags: Collection[tuple[str, str]] = (),
-                 binding_tag: str | None = None) -> None:
+                 binding_tag: str | None = None,
+                 hooks: Callable[[str | None], bool] | None = None,
+                 autoscaling: HookClient | None = None, signed: bool = False) -> None:
         self.lookup = lookup
+        self.hooks = hooks  # LifecycleHooks: the hooks whose actions aws_ork completes
+        self.autoscaling = autoscaling  # asked whether an instance is Terminating
+        self.signed = signed  # VerifySignatures: an SNS envelope here was signed by AWS
         self.location = location
         self.groups = tuple(groups)
         self.tags = tuple(tags)
@@ -194,6 +206,13 @@ class InstanceCheck:
         instance_id = event.instance_id
         if instance_id is None:  # the parser never lets this through; refuse if it did
             return Verdict(False, "no instance id")
+        if event.kind is Kind.TERMINATE and event.lifecycle_token and self.hooks is not None \
+                and self.hooks(event.lifecycle_hook):
+            leaving = self._leaving(event, instance_id)
+            if leaving is not None:  # said once: a running instance's key goes at once
+                log.info("%s: %s: its key is deleted without waiting for EC2", instance_id,
+                         leaving)
+                return Verdict(True, leaving)
         try:
             instance = self._primed[instance_id] if instance_id in self._primed \
                 else self.lookup.get(instance_id)
@@ -205,6 +224,21 @@ class InstanceCheck:
         else:
             verdict = self._launch(instance_id, instance)
         return verdict if instance is None else replace(verdict, facts=instance.facts())
+
+    def _leaving(self, event: Event, instance_id: str) -> str | None:
+        """Why a terminating hook's instance is known to be leaving; None: ask EC2."""
+        if event.source is Source.SNS and self.signed:
+            return "terminating lifecycle hook in a signed envelope"
+        if self.autoscaling is None:
+            return None
+        try:
+            state = self.autoscaling.lifecycle_state(instance_id)
+        except LifecycleError as exc:
+            log.debug("%s: Auto Scaling lookup failed: %s", instance_id, exc)
+            return None
+        if state in TERMINATING_STATES:
+            return f"Auto Scaling says {state}"
+        return None
 
     @staticmethod
     def _terminate(instance: Instance | None) -> Verdict:

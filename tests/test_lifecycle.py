@@ -1,0 +1,311 @@
+"""Lifecycle hooks: launching actions completed once the key is accepted (with heartbeats
+meanwhile), terminating actions completed once the key is deleted.
+
+The daemon's Auto Scaling calls go to tests/asgproxy.py (moto cannot answer
+CompleteLifecycleAction and RecordLifecycleActionHeartbeat); the rest is moto, the real
+salt-master and signed envelopes with the shipped trust defaults (tests/trustenv.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from aws_ork import config, defaults
+from aws_ork.errors import ConfigError
+from aws_ork.lifecycle import Completer, HookAction, HookClient
+from aws_ork.lifecycle.completer import State
+from tests.asgproxy import AsgProxy
+from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, states, wait_for
+from tests.messages import envelope, fixture, fixture_text
+from tests.saltenv import SaltMinion, start_minion
+from tests.snssign import SigningIdentity, sign_envelope
+from tests.test_key_binding import make_key_pair, publish
+from tests.trustenv import TOPIC, group_instance, trust_config
+
+LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
+TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
+LAUNCH_HOOK = "salt-launch"
+TERMINATE_HOOK = "salt-terminate"
+#: AWS's smallest HeartbeatTimeout: heartbeats every 15 s (HEARTBEAT_FRACTION 0.5)
+HEARTBEAT_TIMEOUT = 30
+
+
+@pytest.fixture
+def asg(moto) -> Iterator[AsgProxy]:
+    proxy = AsgProxy(moto.url).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def hooks(fleet) -> dict[str, Any]:
+    """The managed group with a launching and a terminating hook (HeartbeatTimeout 30 s)."""
+    for name, transition in ((LAUNCH_HOOK, LAUNCHING), (TERMINATE_HOOK, TERMINATING)):
+        fleet["asg"].put_lifecycle_hook(
+            AutoScalingGroupName=fleet["group"], LifecycleHookName=name,
+            LifecycleTransition=transition, HeartbeatTimeout=HEARTBEAT_TIMEOUT,
+            DefaultResult="ABANDON")
+    return fleet
+
+
+@pytest.fixture
+def minions() -> Iterator[list[SaltMinion]]:
+    started: list[SaltMinion] = []
+    yield started
+    for minion in started:
+        minion.stop()
+
+
+def hook_message(transition: str, instance_id: str, group: str, hook: str,
+                 token: str | None = None) -> dict[str, Any]:
+    """A lifecycle-hook message as Auto Scaling sends it (tests/fixtures/messages)."""
+    inner = fixture("hook-launching")
+    inner.update({"LifecycleTransition": transition, "EC2InstanceId": instance_id,
+                  "AutoScalingGroupName": group, "LifecycleHookName": hook,
+                  "LifecycleActionToken": token or str(uuid.uuid4())})
+    return inner
+
+
+def signed_hook(identity: SigningIdentity, inner: dict[str, Any]) -> str:
+    """The hook message in an SNS envelope from the allowed topic, signed."""
+    return json.dumps(sign_envelope(envelope(inner, TOPIC), identity, "2"))
+
+
+@contextmanager
+def daemon(conf: Path, log: Path, asg: AsgProxy) -> Iterator[Path]:
+    """aws_ork in the background, its Auto Scaling calls going to ``asg``; stopped by PID."""
+    proc = start_aws_ork(conf, log, env=asg.env())
+    try:
+        yield log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def assert_action(call: dict[str, str], inner: dict[str, Any]) -> None:
+    """The call names exactly the action of this hook message."""
+    assert call["LifecycleHookName"] == inner["LifecycleHookName"]
+    assert call["AutoScalingGroupName"] == inner["AutoScalingGroupName"]
+    assert call["LifecycleActionToken"] == inner["LifecycleActionToken"]
+    assert call["InstanceId"] == inner["EC2InstanceId"]
+
+
+def test_launch_is_completed_only_once_its_late_key_is_accepted_with_heartbeats_meanwhile(
+        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
+    group = hooks["group"]
+    instance = group_instance(hooks)
+    inner = hook_message(LAUNCHING, instance, group, LAUNCH_HOOK)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*")
+    with daemon(conf, tmp_path / "aws_ork.log", asg) as log:
+        send(sqs, queue_url, signed_hook(identity, inner))
+        beats = wait_for(lambda: len(asg.recorded("RecordLifecycleActionHeartbeat",
+                                                  instance)) >= 2 and
+                         asg.recorded("RecordLifecycleActionHeartbeat", instance),
+                         3 * HEARTBEAT_TIMEOUT, "two heartbeats while the key is missing")
+        for beat in beats:
+            assert_action(beat, inner)
+        assert "waiting for the key" in log.read_text()
+        assert not asg.recorded("CompleteLifecycleAction"), "completed before the key came"
+        assert states(master, instance) == {instance: None}
+
+        master.add_pending_key(instance)
+        completed = wait_for(lambda: asg.recorded("CompleteLifecycleAction", instance), 60,
+                             "the lifecycle action to be completed")
+        assert states(master, instance) == {instance: "minions"}
+        assert len(completed) == 1
+        assert_action(completed[0], inner)
+        assert completed[0]["LifecycleActionResult"] == "CONTINUE"
+        wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 60, "the message deleted")
+    text = log.read_text()
+    assert f"{instance}: lifecycle action {LAUNCH_HOOK} ({group}) completed: CONTINUE" in text
+
+
+def test_launch_preauthorised_by_stub_is_completed_when_salt_uses_the_stub(
+        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg, minions):
+    group = hooks["group"]
+    instance = group_instance(hooks)
+    inner = hook_message(LAUNCHING, instance, group, LAUNCH_HOOK)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*")
+    with daemon(conf, tmp_path / "aws_ork.log", asg) as log:
+        send(sqs, queue_url, signed_hook(identity, inner))
+        wait_for(lambda: "pre-authorised" in log.read_text(), 60, "the autosign stub")
+        assert not asg.recorded("CompleteLifecycleAction", instance)
+
+        minions.append(start_minion(master, tmp_path / "minion", instance))
+        completed = wait_for(lambda: asg.recorded("CompleteLifecycleAction", instance), 60,
+                             "the lifecycle action to be completed")
+        assert states(master, instance) == {instance: "minions"}
+        assert len(completed) == 1 and completed[0]["LifecycleActionResult"] == "CONTINUE"
+        assert_action(completed[0], inner)
+        master.wait_for_ping(instance, timeout=60)
+        wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 60, "the message deleted")
+
+
+def test_launch_under_key_binding_is_completed_when_the_published_key_is_presented(
+        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
+    group = hooks["group"]
+    instance = group_instance(hooks)
+    pki = tmp_path / "minion-pki"
+    fingerprint = make_key_pair(pki)
+    inner = hook_message(LAUNCHING, instance, group, LAUNCH_HOOK)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, KeyBinding="tag",
+                        LifecycleHooks="*")
+    with daemon(conf, tmp_path / "aws_ork.log", asg) as log:
+        send(sqs, queue_url, signed_hook(identity, inner))
+        # the EC2 check defers (no fingerprint published yet): the action is kept alive
+        wait_for(lambda: asg.recorded("RecordLifecycleActionHeartbeat", instance), 60,
+                 "a heartbeat while the check is deferred")
+        assert "check deferred" in log.read_text()
+        publish(hooks, instance, fingerprint)
+        wait_for(lambda: "waiting for the key" in log.read_text(), 60, "the launch to wait")
+        assert not asg.recorded("CompleteLifecycleAction", instance)
+
+        master.add_pending_key(instance, (pki / "minion.pub").read_text())
+        completed = wait_for(lambda: asg.recorded("CompleteLifecycleAction", instance), 60,
+                             "the lifecycle action to be completed")
+        assert states(master, instance) == {instance: "minions"}
+        assert len(completed) == 1
+        assert_action(completed[0], inner)
+        wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 60, "the message deleted")
+
+
+def test_terminate_of_a_running_instance_deletes_the_key_at_once_then_completes(
+        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
+    group = hooks["group"]
+    instance = group_instance(hooks)
+    master.add_accepted_key(instance)
+    inner = hook_message(TERMINATING, instance, group, TERMINATE_HOOK)
+    send(sqs, queue_url, signed_hook(identity, inner))
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*")
+
+    result = run_aws_ork(conf, "--once", env=asg.env())
+
+    assert result.returncode == 0, result.stderr
+    assert states(master, instance) == {instance: None}
+    [completed] = asg.recorded("CompleteLifecycleAction", instance)
+    assert_action(completed, inner)
+    assert completed["LifecycleActionResult"] == "CONTINUE"
+    reply = hooks["ec2"].describe_instances(InstanceIds=[instance])
+    assert reply["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
+    assert "terminating lifecycle hook in a signed envelope" in result.stderr
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def test_unsigned_terminate_hook_needs_auto_scaling_to_say_terminating(
+        master, tmp_path, sqs, queue_url, cert_dir, hooks, asg):
+    group = hooks["group"]
+    instance = group_instance(hooks)
+    master.add_accepted_key(instance)
+    inner = hook_message(TERMINATING, instance, group, TERMINATE_HOOK)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, UnsignedSources="hook",
+                        LifecycleHooks="*")
+    send(sqs, queue_url, json.dumps(inner))
+
+    forged = run_aws_ork(conf, "--once", env=asg.env())  # InService: EC2's rule, retried
+    assert forged.returncode == 0, forged.stderr
+    assert "is still running in EC2" in forged.stderr
+    assert states(master, instance) == {instance: "minions"}
+    assert not asg.recorded("CompleteLifecycleAction")
+
+    asg.terminating[instance] = group
+    wait_for(lambda: queue_counts(sqs, queue_url) == (1, 0), 60, "the retry to come back")
+    leaving = run_aws_ork(conf, "--once", env=asg.env())
+    assert leaving.returncode == 0, leaving.stderr
+    assert "Auto Scaling says Terminating:Wait" in leaving.stderr
+    assert states(master, instance) == {instance: None}
+    [completed] = asg.recorded("CompleteLifecycleAction", instance)
+    assert_action(completed, inner)
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def test_expired_token_is_dropped_and_other_hooks_and_tests_are_left_alone(
+        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
+    group = hooks["group"]
+    expired, foreign = group_instance(hooks), group_instance(hooks)
+    master.add_pending_key(expired)
+    master.add_pending_key(foreign)
+    gone = hook_message(LAUNCHING, expired, group, LAUNCH_HOOK)
+    asg.gone.add(gone["LifecycleActionToken"])
+    other = hook_message(LAUNCHING, foreign, group, "someone-elses-hook")
+    send(sqs, queue_url, signed_hook(identity, gone), signed_hook(identity, other),
+         fixture_text("hook-test-notification"))
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group,
+                        LifecycleHooks=f"{LAUNCH_HOOK}, {TERMINATE_HOOK}",
+                        UnsignedSources="hook")
+
+    result = run_aws_ork(conf, "--once", env=asg.env())
+
+    assert result.returncode == 0, result.stderr
+    assert states(master, expired, foreign) == {expired: "minions", foreign: "minions"}
+    assert len(asg.recorded("CompleteLifecycleAction", expired)) == 1
+    assert result.stderr.count(f"{expired}: lifecycle action {LAUNCH_HOOK} ({group}) is no "
+                               f"longer waiting") == 1
+    assert not asg.recorded("CompleteLifecycleAction", foreign)  # not in LifecycleHooks
+    assert "test notification, deleted" in result.stderr
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def test_heartbeats_at_the_documented_fraction_then_one_warning_at_the_bound(
+        hooks, asg, caplog):
+    """The heartbeat clock, on a fake clock (no waiting); the calls are real (the proxy)."""
+    group = hooks["group"]
+    client = HookClient(boto3.client("autoscaling", region_name="us-west-2",
+                                     endpoint_url=asg.url))
+    now = [0.0]
+    completer = Completer(client, clock=lambda: now[0])
+    action = HookAction(group, LAUNCH_HOOK, str(uuid.uuid4()), "i-0123456789abcdef0")
+    period = HEARTBEAT_TIMEOUT * defaults.HEARTBEAT_FRACTION
+
+    def beats() -> int:
+        return len(asg.recorded("RecordLifecycleActionHeartbeat", action.instance_id))
+
+    assert completer.wait(action) is State.WAITING
+    completer.tick()
+    assert beats() == 1  # at once: when the hook started is not known
+    now[0] = period - 0.1
+    completer.tick()
+    assert beats() == 1
+    now[0] = period
+    completer.tick()
+    assert beats() == 2
+    with caplog.at_level(logging.WARNING):
+        now[0] = defaults.HOOK_WAIT_SECONDS
+        completer.tick()
+        now[0] += HEARTBEAT_TIMEOUT
+        completer.tick()
+    assert beats() == 2
+    warnings = [r for r in caplog.records if "gave up waiting" in r.getMessage()]
+    assert len(warnings) == 1
+    assert completer.wait(action) is State.GIVEN_UP  # its message is then deleted
+    assert not asg.recorded("CompleteLifecycleAction", action.instance_id)
+
+
+def test_lifecycle_hooks_option() -> None:
+    def parse(raw: str) -> tuple[str, ...]:
+        return config.from_mapping({"LifecycleHooks": raw}, "f").lifecycle_hooks
+
+    assert parse("*") == ("*",)
+    assert parse("a-hook, b.hook  c_hook") == ("a-hook", "b.hook", "c_hook")
+    assert parse("") == ()
+    for bad in ("* a-hook", "a hook;rm"):
+        with pytest.raises(ConfigError):
+            parse(bad)
+    cfg = config.from_mapping({"LifecycleHooks": "a-hook"}, "f")
+    assert cfg.completes_hook("a-hook") and not cfg.completes_hook("b-hook")
+    assert not cfg.completes_hook(None)
+    assert config.Config().completes_hook("any-hook")
