@@ -13,11 +13,15 @@ from typing import Any
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.parsers
 
 from aws_ork import defaults
 
 #: Errors that mean "AWS could not be reached or refused": translate these at each edge.
-AWS_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+#: ResponseParserError (an answer botocore cannot read, e.g. an HTML error page from a proxy)
+#: derives from neither BotoCoreError nor ClientError.
+AWS_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+              botocore.parsers.ResponseParserError)
 
 
 def make_client(service: str, region: str, *,

@@ -40,7 +40,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from aws_ork.aws import error_code
+from aws_ork.aws import AWS_ERRORS, error_code
 from aws_ork.checks.verdict import Verdict
 from aws_ork.errors import AwsOrkError, KeyStoreError
 from aws_ork.events import Event, Kind, Source
@@ -112,7 +112,7 @@ class Ec2Lookup:
                 return None
             count_aws_error("ec2", code)
             raise InstanceLookupError(f"EC2 DescribeInstances failed: {code}") from exc
-        except botocore.exceptions.BotoCoreError as exc:
+        except AWS_ERRORS as exc:  # unreachable, timed out, an answer botocore cannot read
             count_aws_error("ec2", error_code(exc))
             raise InstanceLookupError(
                 f"EC2 DescribeInstances failed: {type(exc).__name__}: {exc}") from exc
@@ -141,7 +141,7 @@ class Ec2Lookup:
             except botocore.exceptions.ClientError as exc:
                 raise InstanceLookupError(
                     f"EC2 DescribeInstances failed: {error_code(exc)}") from exc
-            except botocore.exceptions.BotoCoreError as exc:
+            except AWS_ERRORS as exc:  # unreachable, timed out, an answer botocore cannot read
                 raise InstanceLookupError(
                     f"EC2 DescribeInstances failed: {type(exc).__name__}: {exc}") from exc
         return found
