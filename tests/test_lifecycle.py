@@ -28,9 +28,9 @@ from aws_ork.lifecycle.completer import State
 from tests.asgproxy import AsgProxy
 from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, states, wait_for
 from tests.messages import envelope, fixture, fixture_text
-from tests.saltenv import SaltMinion, start_minion
+from tests.saltenv import SaltMinion, make_minion_keys, start_minion
 from tests.snssign import SigningIdentity, sign_envelope
-from tests.test_key_binding import make_key_pair, publish
+from tests.test_key_binding import publish
 from tests.trustenv import TOPIC, group_instance, trust_config
 
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
@@ -161,7 +161,7 @@ def test_launch_under_key_binding_is_completed_when_the_published_key_is_present
     group = hooks["group"]
     instance = group_instance(hooks)
     pki = tmp_path / "minion-pki"
-    fingerprint = make_key_pair(pki)
+    fingerprint = make_minion_keys(pki)
     inner = hook_message(LAUNCHING, instance, group, LAUNCH_HOOK)
     conf = trust_config(tmp_path, queue_url, master, cert_dir, group, KeyBinding="tag",
                         LifecycleHooks="*")
