@@ -97,9 +97,31 @@ def lines(cfg: Config, warnings: Iterable[str]) -> Iterator[Line]:
         yield warn(warning)
     checks: list[Callable[[Config], Iterable[Line]]] = [
         check_queue, check_bucket, check_pki, check_ec2, check_cert_cache, check_state_dir,
-        check_key_binding]
+        check_key_binding, check_lifecycle]
     for check in checks:
         yield from check(cfg)
+
+
+# --- lifecycle hooks ---
+
+
+def check_lifecycle(cfg: Config) -> Iterator[Line]:
+    """With LifecycleHooks: Auto Scaling is reachable and answers (DescribeAutoScalingInstances,
+    one record: what a terminating hook's proof and the completions need)."""
+    if not cfg.lifecycle_hooks:
+        yield ok("lifecycle hooks: none completed (LifecycleHooks is empty)")
+        return
+    try:
+        client = make_client("autoscaling", cfg.sqs_region, max_attempts=2)
+        client.describe_auto_scaling_instances(MaxRecords=1)
+    except AWS_ERRORS as exc:
+        yield fail(f"lifecycle hooks: Auto Scaling DescribeAutoScalingInstances failed: "
+                   f"{error_code(exc)} (the role needs autoscaling:CompleteLifecycleAction, "
+                   f"RecordLifecycleActionHeartbeat, DescribeLifecycleHooks and "
+                   f"DescribeAutoScalingInstances)")
+        return
+    names = "every hook" if "*" in cfg.lifecycle_hooks else ", ".join(cfg.lifecycle_hooks)
+    yield ok(f"lifecycle hooks: Auto Scaling reachable; completing {names}")
 
 
 # --- key binding ---
