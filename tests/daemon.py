@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -62,6 +63,18 @@ def start_aws_ork(config: Path, log: Path, *args: str,
     with open(log, "wb") as out:
         return subprocess.Popen(command(config, *args), stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})})
+
+
+def stop_aws_ork(proc: subprocess.Popen, timeout: float = 30) -> int | None:
+    """SIGTERM a daemon started with start_aws_ork; SIGKILL it if it has not exited after
+    ``timeout`` seconds. Its exit status (None if it had to be killed)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return None
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:

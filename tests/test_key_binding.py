@@ -7,15 +7,13 @@ daemon with the shipped trust defaults (signed envelopes, EC2 checks) plus KeyBi
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, wait_for
+from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, stop_aws_ork, wait_for
 from tests.saltenv import SaltEnvError, SaltMaster, SaltMinion, make_minion_keys, start_minion
 from tests.trustenv import LAUNCH, decision_line, group_instance, signed, trust_config
 
@@ -57,11 +55,7 @@ def daemon(master, tmp_path, queue_url, cert_dir, fleet) -> Iterator[tuple[Path,
     try:
         yield log, proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_aws_ork(proc)
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +24,15 @@ from aws_ork.errors import ConfigError
 from aws_ork.lifecycle import Completer, HookAction, HookClient
 from aws_ork.lifecycle.completer import State
 from tests.asgproxy import AsgProxy
-from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, states, wait_for
+from tests.daemon import (
+    queue_counts,
+    run_aws_ork,
+    send,
+    start_aws_ork,
+    states,
+    stop_aws_ork,
+    wait_for,
+)
 from tests.messages import envelope, fixture, fixture_text
 from tests.saltenv import SaltMinion, make_minion_keys, start_minion
 from tests.snssign import SigningIdentity, sign_envelope
@@ -89,12 +95,7 @@ def daemon(conf: Path, log: Path, asg: AsgProxy) -> Iterator[Path]:
     try:
         yield log
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_aws_ork(proc)
 
 
 def assert_action(call: dict[str, str], inner: dict[str, Any]) -> None:

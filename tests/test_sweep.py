@@ -3,10 +3,7 @@ finds what lost messages would have changed."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-
-from tests.daemon import run_aws_ork, start_aws_ork, wait_for
+from tests.daemon import run_aws_ork, start_aws_ork, stop_aws_ork, wait_for
 from tests.trustenv import group_instance, plain_instance, trust_config
 
 
@@ -48,11 +45,7 @@ def test_a_sweep_deletes_the_key_of_an_instance_terminated_while_the_daemon_was_
         assert master.key_state_of(gone) == "minions"  # not on the first sighting
         wait_for(lambda: master.key_state_of(gone) is None, 60, "the key deleted")
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        stop_aws_ork(daemon)
     text = log.read_text()
     assert f"sweep: terminate {gone} (EC2: terminated on two sweeps in a row): deleted" in text
     assert master.key_state_of(alive) == "minions"
