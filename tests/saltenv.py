@@ -32,9 +32,11 @@ from typing import Any
 KEY_STATES = ("minions", "minions_pre", "minions_rejected", "minions_denied")
 AUTOSIGN_DIR = "minions_autosign"
 
-# Unix socket paths are limited to 107 bytes; Salt's longest socket name under
-# sock_dir is "master_event_pull.ipc" / "workers-default.ipc".
-_MAX_SOCK_DIR_LEN = 80
+# Unix socket paths are limited to 107 bytes. Salt's longest socket name under a sock_dir is
+# a minion's "minion_event_<10 hex>_pull.ipc" (32 characters, plus the slash): with a longer
+# dir the minion cannot bind its event socket ("AF_UNIX path too long") and never answers a
+# job, which showed up only when pytest's temp path happened to be long.
+_MAX_SOCK_DIR_LEN = 107 - 33 - 10  # 10 characters to spare
 
 
 class SaltEnvError(RuntimeError):
