@@ -252,16 +252,27 @@ def _words(raw: str) -> tuple[str, ...]:
 ANY_TOPIC = "*"
 
 
-def _topic_arns(raw: str) -> tuple[str, ...]:
-    arns = _words(raw)
-    if ANY_TOPIC in arns:
-        if len(arns) > 1:
-            raise ValueError("mixes * with topic ARNs; use * alone (any topic) or only ARNs")
-        return arns
-    for arn in arns:
-        if not re.fullmatch(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]+", arn):
-            raise ValueError(f"has {arn!r}, which is not an SNS topic ARN")
-    return arns
+def _star_or(pattern: str, item: str, items: str, star: str) -> Callable[[str], tuple[str, ...]]:
+    """A parser for a list of ``item`` values matching ``pattern``, or ``*`` alone (``star``);
+    mixing the two is refused: it says something the operator cannot have meant."""
+
+    def parse(raw: str) -> tuple[str, ...]:
+        words = _words(raw)
+        if "*" in words:
+            if len(words) > 1:
+                raise ValueError(f"mixes * with {items}; use * alone ({star}) or only "
+                                 f"{items.split()[-1]}")
+            return words
+        for word in words:
+            if not re.fullmatch(pattern, word):
+                raise ValueError(f"has {word!r}, which is not {item}")
+        return words
+
+    return parse
+
+
+_topic_arns = _star_or(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]+",
+                       "an SNS topic ARN", "topic ARNs", "any topic")
 
 
 #: Message sources that carry no signature (see aws_ork.checks.source); UnsignedSources names them.
@@ -306,18 +317,10 @@ def _address(raw: str) -> tuple[str, int]:
 ANY_HOOK = "*"
 
 
-def _hook_names(raw: str) -> tuple[str, ...]:
-    """Hook names (1-255 characters of ``[A-Za-z0-9_./-]``, as Auto Scaling allows), or * alone;
-    empty completes none."""
-    names = _words(raw)
-    if ANY_HOOK in names:
-        if len(names) > 1:
-            raise ValueError("mixes * with hook names; use * alone (every hook) or only names")
-        return names
-    for name in names:
-        if not re.fullmatch(r"[A-Za-z0-9_./-]{1,255}", name):
-            raise ValueError(f"has {name!r}, which is not a lifecycle hook name")
-    return names
+#: hook names are 1-255 characters of ``[A-Za-z0-9_./-]``, as Auto Scaling allows; empty
+#: completes none
+_hook_names = _star_or(r"[A-Za-z0-9_./-]{1,255}", "a lifecycle hook name", "hook names",
+                       "every hook")
 
 
 def _key_binding(raw: str) -> str:
