@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import boto3
 import pytest
@@ -14,6 +15,7 @@ from tests.awsenv import MotoServer, start_moto
 from tests.daemon import write_config
 from tests.saltenv import SaltMaster, start_master
 from tests.snssign import SigningIdentity, make_signing_identity
+from tests.tcpproxy import TcpProxy
 
 AWS_VARIABLES = ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
 
@@ -100,3 +102,14 @@ def bucket_conf(tmp_path: Path, queue_url: str, master: SaltMaster, bucket: str)
     """The same, with the pki mirrored to this test's ``bucket`` (under ``pki/``)."""
     return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
                         bucket=bucket)
+
+
+@pytest.fixture
+def sqs_proxy(moto: MotoServer) -> Iterator[TcpProxy]:
+    """A cuttable TCP proxy to moto: point a daemon's AWS_ENDPOINT_URL_SQS at it to cut SQS."""
+    target = urlparse(moto.url)
+    assert target.hostname is not None and target.port is not None
+    proxy = TcpProxy(target.hostname, target.port)
+    proxy.start()
+    yield proxy
+    proxy.stop()

@@ -12,11 +12,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,7 +27,6 @@ from aws_ork.sqs.queue import Queue
 from tests.daemon import run_aws_ork, send, start_aws_ork, states, wait_for, write_config
 from tests.messages import new_id, sns_launch, sns_terminate
 from tests.saltenv import SaltMaster, free_port
-from tests.tcpproxy import TcpProxy
 
 #: A 4 s systemd watchdog cuts the long poll to 2 s (runtime/systemd.py Watchdog.longest_wait),
 #: and /healthz allows 3 poll intervals without a completed receive: 6 s instead of 60 s.
@@ -89,17 +86,6 @@ def metrics_conf(tmp_path: Path, queue_url: str, master: SaltMaster) -> tuple[Pa
     path = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
                         MetricsAddress=f"127.0.0.1:{port}")
     return path, port
-
-
-@pytest.fixture
-def sqs_proxy(moto) -> Iterator[TcpProxy]:
-    """A cuttable proxy to moto, for the daemon's SQS only (as in test_outage.py)."""
-    target = urlparse(moto.url)
-    assert target.hostname is not None and target.port is not None
-    proxy = TcpProxy(target.hostname, target.port)
-    proxy.start()
-    yield proxy
-    proxy.stop()
 
 
 def test_metrics_count_exactly_what_the_daemon_did(master, tmp_path, sqs, queue_url, bucket,

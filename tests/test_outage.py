@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterator
-from urllib.parse import urlparse
-
-import pytest
 
 from aws_ork.errors import QueueError
 from aws_ork.loop import QueueOutage
 from tests.daemon import queue_counts, send, start_aws_ork, states, wait_for
 from tests.messages import new_id, sns_launch
-from tests.tcpproxy import TcpProxy
 
 #: how many receives in a row must fail before the queue is given back (see the test)
 FAILED_RECEIVES = 3
@@ -53,17 +48,6 @@ def test_an_outage_logs_its_start_once_a_minute_and_its_end(caplog):
     assert lines[4][1].startswith("queue still unreachable (10 failures over 243 s)")
     assert lines[5][1] == "queue reachable again after 10 failures over 248 s"
     assert outage.failures == 0
-
-
-@pytest.fixture
-def sqs_proxy(moto) -> Iterator[TcpProxy]:
-    """A cuttable proxy to moto, for the daemon's SQS only."""
-    target = urlparse(moto.url)
-    assert target.hostname is not None and target.port is not None
-    proxy = TcpProxy(target.hostname, target.port)
-    proxy.start()
-    yield proxy
-    proxy.stop()
 
 
 def receives_since(log_text: str, mark: int) -> int:
