@@ -27,10 +27,11 @@ from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.events import SaltEvents
 from aws_ork.keys.location import KeyLocation
 from aws_ork.keys.manager import KeyManager, load_master_opts
+from aws_ork.keys.naming import Template
 from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.lifecycle import Completer, HookClient
 from aws_ork.loop import Loop
-from aws_ork.memory import IdMemory
+from aws_ork.memory import IdMemory, MinionNames
 from aws_ork.mirror.bucket import ObjectOptions, S3Tree
 from aws_ork.mirror.journal import Journal
 from aws_ork.mirror.manifest import FILE_NAME as MANIFEST_FILE
@@ -94,14 +95,15 @@ class App:
             else None
         terminations = None if cfg.verify_instances else \
             Terminations(cfg.state_dir / "terminated", dry_run=run.dry_run)
-        finished, enrolled = self._memories(cfg, run.dry_run)
+        finished, enrolled, names = self._memories(cfg, run.dry_run)
         max_age = self.queue.retention_seconds + defaults.SNS_TIMESTAMP_SKEW_SECONDS
         # Lifecycle actions are answered in SQS_Region too: the groups live there.
         hooks = HookClient(make_client("autoscaling", cfg.sqs_region, max_attempts=3)) \
             if cfg.lifecycle_hooks else None
         self.completer = Completer(hooks, dry_run=run.dry_run) if hooks is not None else None
         checks = build_checks(cfg, location=location, ec2=ec2, terminations=terminations,
-                              finished=finished, max_age_seconds=max_age, autoscaling=hooks)
+                              finished=finished, max_age_seconds=max_age, autoscaling=hooks,
+                              names=names)
         self.arrivals = KeyArrivals(location) if cfg.key_binding == "tag" else None
         if self.arrivals is None:
             log.info("KeyBinding is off: the first key presented under a new instance's id is "
@@ -115,7 +117,8 @@ class App:
                                terminations=terminations, finished=finished,
                                enrolled=enrolled, arrivals=self.arrivals,
                                salt_events=self.salt_events,
-                               completer=self.completer, completes_hook=cfg.completes_hook)
+                               completer=self.completer, completes_hook=cfg.completes_hook,
+                               names=names)
         self.mirror: MirrorWorker | None = None
         if cfg.bucket_url is not None and not run.dry_run:
             self.mirror = MirrorWorker(
@@ -155,8 +158,9 @@ class App:
                               f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
     @staticmethod
-    def _memories(cfg: Config, dry_run: bool) -> tuple[IdMemory, IdMemory]:
-        """The replay memories in StateDir; an unreadable one is a start-up failure."""
+    def _memories(cfg: Config, dry_run: bool) -> tuple[IdMemory, IdMemory, MinionNames | None]:
+        """The replay memories in StateDir, and (MinionIdTemplate other than the instance id)
+        the minion id each instance was given; an unreadable one is a start-up failure."""
         try:
             finished = IdMemory(cfg.state_dir / "finished-sns-messages",
                                 keep_seconds=defaults.SQS_MAX_RETENTION_SECONDS,
@@ -164,9 +168,12 @@ class App:
             enrolled = IdMemory(cfg.state_dir / "enrolled-instances",
                                 keep_seconds=defaults.ENROLLED_KEEP_SECONDS,
                                 limit=defaults.ENROLLED_LIMIT, dry_run=dry_run)
+            names = None if Template(cfg.minion_id_template).identity else \
+                MinionNames(cfg.state_dir / "minion-ids", limit=defaults.MINION_NAMES_LIMIT,
+                            dry_run=dry_run)
         except OSError as exc:
             raise StateError(f"StateDir {cfg.state_dir}: {exc}") from exc
-        return finished, enrolled
+        return finished, enrolled, names
 
     @staticmethod
     def _archive(cfg: Config) -> Archive | None:

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from aws_ork.errors import ConfigError
+from aws_ork.keys.naming import IDENTITY, parse_template
 
 log = logging.getLogger(__name__)
 
@@ -298,12 +299,7 @@ def _tags(raw: str) -> tuple[tuple[str, str], ...]:
 
 
 def _template(raw: str) -> str:
-    allowed = re.compile(r"\{(instance_id|asg_name|tag:[^{}]+)\}")
-    if "{instance_id}" not in raw and "{tag:" not in raw:
-        raise ValueError("must contain {instance_id} or a {tag:...} field")
-    if re.sub(allowed, "", raw).count("{") or re.sub(allowed, "", raw).count("}"):
-        raise ValueError("has an unknown field; use {instance_id}, {asg_name}, {tag:NAME}")
-    return raw
+    return parse_template(raw).text
 
 
 def _address(raw: str) -> tuple[str, int]:
@@ -424,6 +420,10 @@ def require_safe(cfg: Config) -> list[str]:
     if cfg.key_binding == "tag" and not cfg.verify_instances:
         raise ConfigError(cfg.source, "KeyBinding", "tag needs VerifyInstances: the tag is read "
                                                     "from the instance's DescribeInstances")
+    if cfg.minion_id_template != IDENTITY and not cfg.verify_instances:
+        raise ConfigError(cfg.source, "MinionIdTemplate", "is not {instance_id} but "
+                                                         "VerifyInstances is off: tags and "
+                                                         "names are read from EC2")
     for option, value in (("AutoScalingGroups", cfg.auto_scaling_groups),
                           ("InstanceTags", cfg.instance_tags)):
         if value and not cfg.verify_instances:

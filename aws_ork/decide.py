@@ -22,13 +22,15 @@ from aws_ork.checks.terminations import Terminations
 from aws_ork.errors import AwsOrkError, KeyStoreError
 from aws_ork.events import Event, Kind, Source
 from aws_ork.events.fields import clean
+from aws_ork.ids import is_instance_id
 from aws_ork.keys import events as reactor
 from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.location import ACCEPTED
 from aws_ork.keys.manager import KeyManager, KeyResult, Outcome
+from aws_ork.keys.naming import owner_of_key
 from aws_ork.lifecycle import Completer, HookAction, LifecycleError
 from aws_ork.lifecycle.completer import State
-from aws_ork.memory import IdMemory, valid_id
+from aws_ork.memory import IdMemory, MinionNames, valid_id
 from aws_ork.sqs.queue import Message
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,8 @@ class Handler:
                  arrivals: KeyArrivals | None = None,
                  salt_events: reactor.SaltEvents | None = None,
                  completer: Completer | None = None,
-                 completes_hook: Callable[[str | None], bool] = lambda _name: True) -> None:
+                 completes_hook: Callable[[str | None], bool] = lambda _name: True,
+                 names: MinionNames | None = None) -> None:
         self.keys = keys
         self.delete_unknown = delete_unknown
         self.checks = tuple(checks)
@@ -79,6 +82,7 @@ class Handler:
         self.salt_events = salt_events  # aws_ork/<kind>/<id> for Salt's reactor (SaltEvents)
         self.completer = completer  # lifecycle actions: completed once the key work is done
         self.completes_hook = completes_hook  # LifecycleHooks: is this hook ours to answer?
+        self.names = names  # MinionIdTemplate: the minion id each instance was given
         # the loop and the arrivals thread both change keys: one at a time
         self._keys_lock = threading.RLock()
         self._parsed: dict[str, Event] = {}  # the batch in hand, parsed once by prime()
@@ -151,38 +155,52 @@ class Handler:
             return Decision(Action.DELETE, "launch failed in AWS; no key change",
                             reason_code="launch_error")
         assert event.instance_id is not None  # parser guarantees it for launch/terminate
+        instance_id = event.instance_id
         fingerprint: str | None = None
         facts: Mapping[str, Any] | None = None  # from EC2, for the Salt event
+        # whose key: a launch's from the checks (MinionIdTemplate), a terminate's remembered
+        minion_id = self._minion_of(instance_id)
         for check in self.checks:
             verdict = check(event)
             fingerprint = verdict.fingerprint or fingerprint
             code = verdict.code or getattr(check, "code", "check")
             facts = verdict.facts or facts
+            if event.kind is Kind.LAUNCH:
+                minion_id = verdict.minion_id or minion_id
             if verdict.retry and not 0 < verdict.attempts <= message.receive_count:
                 return self._deferred(event, message, verdict.reason, code)
             if verdict.retry and verdict.then_ok:
                 continue  # asked often enough: the check passes
             if verdict.stale_key:
-                return self._announced(self._reject_stale(event.instance_id, verdict, message),
-                                       event, message, facts)
+                return self._announced(self._reject_stale(minion_id, verdict, message),
+                                       event, message, facts, minion_id=minion_id)
             if not verdict.ok:
                 self._forget_hook(event)
                 return self._announced(Decision(Action.DELETE, f"REJECTED: {verdict.reason}",
                                                 rejected=True, reason_code=code), event,
-                                       message, facts)
+                                       message, facts, minion_id=minion_id)
         try:
             if event.kind is Kind.TERMINATE and self.terminations is not None:
-                self.terminations.remember(event.instance_id)
+                self.terminations.remember(instance_id)
             with self._keys_lock:
-                if event.kind is Kind.TERMINATE:
-                    result = self._tally(self.keys.delete(event.instance_id))
+                refused = None if event.kind is Kind.TERMINATE \
+                    else self._claim(instance_id, minion_id)
+                if refused is not None:
+                    result = None
+                elif event.kind is Kind.TERMINATE:
+                    result = self._delete(instance_id, minion_id)
                 elif fingerprint is not None:
-                    result = self._accept_bound(event.instance_id, fingerprint)
+                    result = self._accept_bound(instance_id, minion_id, fingerprint)
                 else:
-                    result = self._accept(event.instance_id)
-            decision = self._from_result(result, message, event.instance_id)
+                    result = self._accept(instance_id, minion_id)
+            if result is None:
+                self._forget_hook(event)
+                return self._announced(Decision(Action.DELETE, f"REJECTED: {refused}",
+                                                rejected=True, reason_code="minion_id"),
+                                       event, message, facts, minion_id=minion_id)
+            decision = self._from_result(result, message, minion_id)
             if fingerprint is not None:
-                decision = self._bound_decision(decision, result, message, event.instance_id,
+                decision = self._bound_decision(decision, result, message, minion_id,
                                                 fingerprint)
             action = self._hook_action(event)
             if action is not None:
@@ -198,10 +216,55 @@ class Handler:
             return self._retry(message, f"cannot write to StateDir: {exc}", "state_dir")
         except AwsOrkError as exc:
             return self._retry(message, f"error, retrying: {exc}")
-        return self._announced(decision, event, message, facts, result)
+        if minion_id != instance_id:  # MinionIdTemplate: the decision line names the key
+            decision = replace(decision, reason=f"minion {minion_id}: {decision.reason}")
+        return self._announced(decision, event, message, facts, result, minion_id=minion_id)
+
+    # --- MinionIdTemplate: which key belongs to which instance ---
+
+    def _minion_of(self, instance_id: str) -> str:
+        """The minion id of this instance's key: the one it was given (MinionIdTemplate),
+        else its instance id."""
+        given = self.names.minion_of(instance_id) if self.names is not None else None
+        return given or instance_id
+
+    def _instance_of(self, minion_id: str) -> str | None:
+        """The instance a key belongs to (None: not one aws_ork named)."""
+        return owner_of_key(minion_id, self.names.owner_of(minion_id)
+                            if self.names is not None else None)
+
+    def _claim(self, instance_id: str, minion_id: str) -> str | None:
+        """MinionIdTemplate: give ``minion_id`` to this instance, durably, before any key is
+        accepted under it; or say why it may not have it (the caller holds the keys lock).
+        OSError when StateDir cannot be written."""
+        if minion_id == instance_id:
+            return None  # an instance id names its own instance
+        if self.names is None or is_instance_id(minion_id):
+            return (f"minion id {minion_id} is the id of another instance; MinionIdTemplate "
+                    f"never gives one instance another's id")
+        owner = self.names.owner_of(minion_id)
+        if owner is not None and owner != instance_id:
+            return (f"minion id {minion_id} is held by instance {owner} (MinionIdTemplate "
+                    f"gives one id to one instance at a time)")
+        if owner is None and ACCEPTED in self.keys.states(minion_id):
+            return (f"minion id {minion_id} belongs to an accepted key that aws_ork did not "
+                    f"enrol for this instance; left alone (an operator decides: salt-key -f "
+                    f"{minion_id})")
+        self.names.bind(instance_id, minion_id)
+        return None
+
+    def _delete(self, instance_id: str, minion_id: str) -> KeyResult:
+        """The terminate's key change: delete the instance's key; its minion id is free
+        again once the key is gone."""
+        result = self._tally(self.keys.delete(minion_id))
+        if self.names is not None and result.outcome.done and not result.dry_run \
+                and self.names.minion_of(instance_id) == minion_id:
+            self.names.release(instance_id)
+        return result
 
     def _announced(self, decision: Decision, event: Event, message: Message,
-                   facts: Mapping[str, Any] | None, result: KeyResult | None = None) -> Decision:
+                   facts: Mapping[str, Any] | None, result: KeyResult | None = None, *,
+                   minion_id: str | None = None) -> Decision:
         """Fire the decision's ``aws_ork/<kind>/<id>`` event for Salt's reactor (best effort:
         :mod:`aws_ork.keys.events`); nothing for a retry that decided nothing yet."""
         if self.salt_events is None or event.instance_id is None:
@@ -213,54 +276,63 @@ class Handler:
         else:
             kind = None  # a stale key that could not be rejected yet: retried
         if kind is not None:
-            self.salt_events.fire(kind, event.instance_id, {
-                "group": event.group, "facts": facts, "message_id": clean(message.message_id),
+            self.salt_events.fire(kind, minion_id or event.instance_id, {
+                "instance_id": event.instance_id, "group": event.group, "facts": facts,
+                "message_id": clean(message.message_id),
                 "outcome": result.describe() if result is not None else "refused",
                 "reason": decision.reason, "source": event.source.value, "event": event.name})
         return decision
 
-    def _accept(self, instance_id: str) -> KeyResult:
+    def _is_enrolled(self, instance_id: str | None) -> bool:
+        return self.enrolled is not None and instance_id is not None \
+            and instance_id in self.enrolled
+
+    def _enrol(self, instance_id: str | None, result: KeyResult) -> None:
+        """Remember an instance whose key is accepted: it is never enrolled again."""
+        if result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED) \
+                and not result.dry_run and self.enrolled is not None and instance_id is not None:
+            self.enrolled.add(instance_id)
+
+    def _accept(self, instance_id: str, minion_id: str) -> KeyResult:
         """Accept (or pre-authorise) unless this instance was enrolled before; remember an
         accepted key."""
-        enrolled = self.enrolled is not None and instance_id in self.enrolled
-        result = self._tally(self.keys.accept(instance_id, enrolled=enrolled))
+        result = self._tally(self.keys.accept(minion_id,
+                                              enrolled=self._is_enrolled(instance_id)))
         if result.outcome is Outcome.REMOVED:
-            self._removed(instance_id)
-        elif result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED) \
-                and not result.dry_run and self.enrolled is not None:
-            self.enrolled.add(instance_id)
+            self._removed(instance_id, minion_id)
+        self._enrol(instance_id, result)
         return result
 
     @staticmethod
-    def _removed(instance_id: str) -> None:
+    def _removed(instance_id: str | None, minion_id: str) -> None:
         log.error("SECURITY: %s: its key was accepted before and has since been removed "
                   "(salt-key -d?); a launch message never enrols an instance twice. To "
                   "enrol it again by hand, compare salt-key -f %s with the minion's own "
                   "salt-call --local key.finger, then salt-key -a %s",
-                  instance_id, instance_id, instance_id)
+                  instance_id if instance_id in (None, minion_id)
+                  else f"{minion_id} (instance {instance_id})", minion_id, minion_id)
 
-    def _accept_bound(self, instance_id: str, fingerprint: str) -> KeyResult:
+    def _accept_bound(self, instance_id: str | None, minion_id: str,
+                      fingerprint: str) -> KeyResult:
         """Key binding: accept exactly the published key; say loudly what else was there."""
-        enrolled = self.enrolled is not None and instance_id in self.enrolled
-        result = self._tally(self.keys.accept_bound(instance_id, fingerprint, enrolled=enrolled))
+        result = self._tally(self.keys.accept_bound(minion_id, fingerprint,
+                                                    enrolled=self._is_enrolled(instance_id)))
         if result.outcome is Outcome.REMOVED:
-            self._removed(instance_id)
+            self._removed(instance_id, minion_id)
         elif result.outcome is Outcome.OTHER_KEY_ACCEPTED:
             log.error("SECURITY: %s: the key accepted under this id has fingerprint %s, not %s "
                       "which the instance published; left alone (check it: salt-key -f %s)",
-                      instance_id, ", ".join(result.others) or "?", fingerprint, instance_id)
+                      minion_id, ", ".join(result.others) or "?", fingerprint, minion_id)
         if result.others and result.outcome is not Outcome.OTHER_KEY_ACCEPTED:
             log.error("SECURITY: %s: %s pending key with fingerprint %s is not the key the "
                       "instance published (%s): someone else presented it under this id; "
-                      "deleted", instance_id, "would delete the" if result.dry_run else "the",
+                      "deleted", minion_id, "would delete the" if result.dry_run else "the",
                       ", ".join(result.others), fingerprint)
-        if result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED) \
-                and not result.dry_run and self.enrolled is not None:
-            self.enrolled.add(instance_id)
+        self._enrol(instance_id, result)
         return result
 
     def _bound_decision(self, decision: Decision, result: KeyResult, message: Message,
-                        instance_id: str, fingerprint: str) -> Decision:
+                        minion_id: str, fingerprint: str) -> Decision:
         """Name the fingerprint; watch for the key while it is not presented; give up on a
         key never presented after BOUND_KEY_ATTEMPTS receives."""
         reason = f"{decision.reason} (key binding: {fingerprint})"
@@ -271,7 +343,7 @@ class Handler:
                                            f"receives: {reason}", rejected=True,
                             reason_code="binding")
         if self.arrivals is not None:
-            self.arrivals.wait_for(instance_id, fingerprint)
+            self.arrivals.wait_for(minion_id, fingerprint)
         return replace(decision, reason=reason)
 
     def _deferred(self, event: Event, message: Message, reason: str,
@@ -338,57 +410,78 @@ class Handler:
     def on_key_presented(self, minion_id: str, fingerprint: str) -> bool:
         """The arrivals thread saw a key presented under a waiting id: ask the key stage now.
         True when nothing is left to wait for."""
+        instance_id = self._instance_of(minion_id)
         with self._keys_lock:
-            result = self._accept_bound(minion_id, fingerprint)
+            result = self._accept_bound(instance_id, minion_id, fingerprint)
         log.info("key presented by %s: %s (key binding: %s)", minion_id, result.describe(),
                  fingerprint)
         kind = reactor.kind_of(result.outcome, terminate=False)
         if self.salt_events is not None and kind is not None and result.outcome.done:
             self.salt_events.fire(kind, minion_id, {
-                "outcome": result.describe(), "source": "key binding",
-                "reason": f"key presented (key binding: {fingerprint})"})
-        if self.completer is not None and not result.dry_run \
+                "instance_id": instance_id, "outcome": result.describe(),
+                "source": "key binding", "reason": f"key presented (key binding: {fingerprint})"})
+        if self.completer is not None and not result.dry_run and instance_id is not None \
                 and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
-            self.completer.accepted(minion_id)
+            self.completer.accepted(instance_id)
         return result.outcome.done
 
     # --- the reconcile sweep (aws_ork.sweep), in the loop's thread between receives ---
 
-    def instance_keys(self) -> dict[str, set[str]]:
+    def instance_keys(self) -> list[tuple[str, str, set[str]]]:
+        """(instance id, minion id, states) of every key this daemon manages: those named
+        like an instance id, and those MinionIdTemplate gave an instance."""
+        given = {minion_id: instance_id for instance_id, minion_id in self.names.items()} \
+            if self.names is not None else {}
         with self._keys_lock:
-            return self.keys.instance_keys()
+            listing = self.keys.instance_keys(given)
+        found = []
+        for minion_id, states in sorted(listing.items()):
+            instance_id = given.get(minion_id) or minion_id
+            if is_instance_id(instance_id):
+                found.append((instance_id, minion_id, states))
+        return found
 
-    def sweep_accept(self, instance_id: str, verdict: Verdict) -> int:
+    def sweep_accept(self, instance_id: str, minion_id: str, verdict: Verdict) -> int:
         """A pending key whose launch message was lost: accept it if the instance passes what
-        a launch must pass. Returns 1 when a key was accepted."""
+        a launch must pass and the key is under the id the instance is given. Returns 1 when a
+        key was accepted."""
+        if (verdict.minion_id or instance_id) != minion_id:
+            log.debug("sweep: %s: pending key %s left alone: the instance's minion id is %s",
+                      instance_id, minion_id, verdict.minion_id or instance_id)
+            return 0
         if verdict.stale_key:
             log.error("SECURITY: sweep: %s: %s: someone else submitted a key under this id; "
                       "it is moved to the rejected keys (inspect it: salt-key -f %s)",
-                      instance_id, verdict.reason, instance_id)
+                      minion_id, verdict.reason, minion_id)
             with self._keys_lock:
-                self.keys.reject(instance_id)
+                self.keys.reject(minion_id)
             return 0
         if not verdict.ok:
-            log.debug("sweep: %s: pending key left alone: %s", instance_id, verdict.reason)
+            log.debug("sweep: %s: pending key left alone: %s", minion_id, verdict.reason)
             return 0
         with self._keys_lock:
+            refused = self._claim(instance_id, minion_id)
+            if refused is not None:
+                log.warning("sweep: %s: pending key left alone: %s", minion_id, refused)
+                return 0
             if verdict.fingerprint is not None:
-                result = self._accept_bound(instance_id, verdict.fingerprint)
+                result = self._accept_bound(instance_id, minion_id, verdict.fingerprint)
             else:
-                result = self._accept(instance_id)
-        log.info("sweep: launch %s (its launch message was lost): %s%s", instance_id,
-                 result.describe(), f" (key binding: {verdict.fingerprint})"
+                result = self._accept(instance_id, minion_id)
+        log.info("sweep: launch %s (its launch message was lost): %s%s", _named(instance_id,
+                 minion_id), result.describe(), f" (key binding: {verdict.fingerprint})"
                  if verdict.fingerprint else "")
         return int(result.outcome is Outcome.ACCEPTED and result.changed)
 
-    def sweep_delete(self, instance_id: str, why: str) -> int:
+    def sweep_delete(self, instance_id: str, minion_id: str, why: str) -> int:
         """The key of an instance that is gone: delete it, as its terminate would have.
         Returns 1 when a key was deleted."""
         with self._keys_lock:
             if self.terminations is not None:
                 self.terminations.remember(instance_id)
-            result = self.keys.delete(instance_id)
-        log.info("sweep: terminate %s (%s): %s", instance_id, why, result.describe())
+            result = self._delete(instance_id, minion_id)
+        log.info("sweep: terminate %s (%s): %s", _named(instance_id, minion_id), why,
+                 result.describe())
         return int(result.changed)
 
     def note_accepted_by_salt(self, minion_ids: Sequence[str]) -> None:
@@ -397,36 +490,38 @@ class Handler:
         if self.enrolled is None and self.salt_events is None and self.completer is None:
             return
         for minion_id in minion_ids:
+            instance_id = self._instance_of(minion_id)
             try:
                 if ACCEPTED not in self.keys.states(minion_id):
                     continue
                 if self.salt_events is not None:  # best effort: never raises
                     self.salt_events.fire(reactor.Kind.ACCEPTED, minion_id, {
-                        "outcome": Outcome.ACCEPTED.text, "source": "autosign",
+                        "instance_id": instance_id, "outcome": Outcome.ACCEPTED.text,
+                        "source": "autosign",
                         "reason": "accepted by Salt through aws_ork's autosign stub"})
-                if self.enrolled is not None:
-                    self.enrolled.add(minion_id)
+                if self.enrolled is not None and instance_id is not None:
+                    self.enrolled.add(instance_id)
             except (OSError, ValueError, AwsOrkError) as exc:
                 log.error("%s: could not remember its accepted key: %s", minion_id, exc)
                 continue
-            if self.completer is not None:
-                self.completer.accepted(minion_id)
+            if self.completer is not None and instance_id is not None:
+                self.completer.accepted(instance_id)
 
-    def _reject_stale(self, instance_id: str, verdict: Verdict, message: Message) -> Decision:
+    def _reject_stale(self, minion_id: str, verdict: Verdict, message: Message) -> Decision:
         """The instance check found a pending key older than the instance: someone else
         submitted it under this id. Move it to the rejected keys, where it is never accepted
         and an operator can still inspect it."""
         log.error("SECURITY: %s: %s: someone else submitted a key under this id; it is moved "
                   "to the rejected keys and never accepted (inspect it: salt-key -f %s)",
-                  instance_id, verdict.reason, instance_id)
+                  minion_id, verdict.reason, minion_id)
         try:
-            result = self._tally(self.keys.reject(instance_id))
+            result = self._tally(self.keys.reject(minion_id))
         except KeyStoreError as exc:
             return self._retry(message, f"stale pending key could not be rejected: {exc}",
                                "stale_key")
         return Decision(Action.DELETE, f"REJECTED: {verdict.reason}: {result.describe()}",
                         rejected=True, changed=result.changed,
-                        minion_id=instance_id if result.changed else None,
+                        minion_id=minion_id if result.changed else None,
                         reason_code="stale_key")
 
     def _from_result(self, result: KeyResult, message: Message,
@@ -456,3 +551,8 @@ class Handler:
         delay = defaults.retry_delay(message.receive_count)
         return Decision(Action.RETRY, f"{reason}; retry in {delay}s", delay=delay,
                         reason_code=code)
+
+
+def _named(instance_id: str, minion_id: str) -> str:
+    """An instance for a log line: its id, and its minion id when that is another."""
+    return instance_id if minion_id == instance_id else f"{instance_id} (minion {minion_id})"

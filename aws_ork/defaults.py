@@ -68,6 +68,8 @@ FINISHED_MESSAGES_LIMIT = 200_000
 #: bounds the memory (the oldest enrolments are forgotten first).
 ENROLLED_KEEP_SECONDS = 400 * 24 * 3600
 ENROLLED_LIMIT = 200_000
+#: MinionIdTemplate: instances whose minion id is remembered (until their key is deleted).
+MINION_NAMES_LIMIT = 200_000
 
 #: SNS signing certificates that cannot be fetched (checks/signature.py). A fetch that fails at
 #: the network level (an invented region is NXDOMAIN, a firewall drops packets) may be an AWS

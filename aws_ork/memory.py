@@ -34,6 +34,18 @@ def valid_id(value: object) -> bool:
     return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append one line to a memory file and fsync it: durable before the caller goes on.
+    Never follows a symlink; the file is 0600 in a 0700 directory."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, line.encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class IdMemory:
     """A set of ids, each with the time it was added; thread-safe.
 
@@ -92,14 +104,7 @@ class IdMemory:
             self._ids.pop(value, None)
             self._ids[value] = now
             self._trim()
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
-                         0o600)
-            try:
-                os.write(fd, f"{now:.3f} {value}\n".encode("ascii"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_line(self.path, f"{now:.3f} {value}\n")
             self._lines += 1
             if self._lines > 2 * len(self._ids) + 1000:
                 self._compact()
@@ -120,4 +125,128 @@ class IdMemory:
             write_atomic(self.path, data.encode("ascii"), 0o600)
             self._lines = len(self._ids)
         except OSError as exc:  # the long file still holds every live id
+            log.warning("%s: cannot compact: %s", self.path, exc)
+
+
+#: a released instance's line: its minion id is free again
+_RELEASED = "-"
+
+
+class MinionNames:
+    """MinionIdTemplate: which minion id each instance was given, durably (StateDir).
+
+    A terminate must delete the key of the id its launch was given, even when the tags the id
+    was made from are gone; and an id given to one instance may not be given to another while
+    the first holds it. Lines ``<epoch> <instance id> <minion id>`` (``-``: released, after
+    its key was deleted), read back at start-up, the last line of an instance winning;
+    rewritten when dead lines outnumber live ones. At most ``limit`` instances are kept (the
+    oldest go first; a forgotten one's terminate deletes nothing, and the sweep finds its
+    key only if it is named like an instance id). Thread-safe; ``dry_run`` writes nothing."""
+
+    def __init__(self, path: Path, *, limit: int, dry_run: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.limit = limit
+        self.dry_run = dry_run
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._names: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._owners: dict[str, str] = {}
+        self._lines = 0
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            text = self.path.read_text(encoding="ascii", errors="replace")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise OSError(f"{self.path}: cannot read: {exc}") from exc
+        for line in text.splitlines():
+            self._lines += 1
+            parts = line.split(" ")
+            if len(parts) != 3:
+                continue  # a torn line: the message it stood for was not finished
+            when_text, instance_id, minion_id = parts
+            try:
+                when = float(when_text)
+            except ValueError:
+                continue
+            if not valid_id(instance_id):
+                continue
+            if minion_id == _RELEASED:
+                self._drop(instance_id)
+            elif valid_id(minion_id):
+                self._set(instance_id, minion_id, when)
+                self._trim()  # as it was trimmed when the line was written
+
+    def minion_of(self, instance_id: str) -> str | None:
+        """The minion id this instance was given; None if none is remembered."""
+        with self._lock:
+            entry = self._names.get(instance_id)
+            return entry[1] if entry is not None else None
+
+    def owner_of(self, minion_id: str) -> str | None:
+        """The instance that holds this minion id; None if none does."""
+        with self._lock:
+            return self._owners.get(minion_id)
+
+    def items(self) -> list[tuple[str, str]]:
+        """(instance id, minion id) of every instance remembered (for the sweep)."""
+        with self._lock:
+            return [(instance_id, entry[1]) for instance_id, entry in self._names.items()]
+
+    def bind(self, instance_id: str, minion_id: str) -> None:
+        """Give ``minion_id`` to ``instance_id``, durably (OSError: not written; the caller
+        must not go on). ValueError when another instance holds the id."""
+        if not (valid_id(instance_id) and valid_id(minion_id)):
+            raise ValueError(f"{instance_id!r:.60} -> {minion_id!r:.60}: not ids this memory "
+                             f"keeps")
+        with self._lock:
+            owner = self._owners.get(minion_id)
+            if owner is not None and owner != instance_id:
+                raise ValueError(f"{minion_id} belongs to {owner}")
+            entry = self._names.get(instance_id)
+            if entry is not None and entry[1] == minion_id or self.dry_run:
+                return
+            now = self.clock()
+            append_line(self.path, f"{now:.3f} {instance_id} {minion_id}\n")
+            self._set(instance_id, minion_id, now)
+            self._trim()
+            self._lines += 1
+            self._maybe_compact()
+
+    def release(self, instance_id: str) -> None:
+        """The instance's key is deleted: its minion id is free again (durably)."""
+        with self._lock:
+            if instance_id not in self._names or self.dry_run:
+                return
+            append_line(self.path, f"{self.clock():.3f} {instance_id} {_RELEASED}\n")
+            self._drop(instance_id)
+            self._lines += 1
+            self._maybe_compact()
+
+    def _set(self, instance_id: str, minion_id: str, when: float) -> None:
+        self._drop(instance_id)
+        self._names[instance_id] = (when, minion_id)
+        self._owners[minion_id] = instance_id
+
+    def _drop(self, instance_id: str) -> None:
+        entry = self._names.pop(instance_id, None)
+        if entry is not None and self._owners.get(entry[1]) == instance_id:
+            del self._owners[entry[1]]
+
+    def _trim(self) -> None:
+        while len(self._names) > self.limit:
+            self._drop(next(iter(self._names)))
+
+    def _maybe_compact(self) -> None:
+        if self._lines <= 2 * len(self._names) + 1000:
+            return
+        data = "".join(f"{when:.3f} {instance_id} {minion_id}\n"
+                       for instance_id, (when, minion_id) in self._names.items())
+        try:
+            write_atomic(self.path, data.encode("ascii"), 0o600)
+            self._lines = len(self._names)
+        except OSError as exc:  # the long file still holds every live entry
             log.warning("%s: cannot compact: %s", self.path, exc)

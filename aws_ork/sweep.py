@@ -2,8 +2,9 @@
 
 Messages get lost (a queue purged, a subscription broken for an hour, a terminate that
 arrived while the daemon was stopped and expired in the queue). Every SweepMinutes (and once
-at start-up) the instance keys on the master, accepted and pending (only ids shaped like
-instance ids: the ones this daemon manages), are looked up in EC2 in batches of 200 ids:
+at start-up) the instance keys on the master, accepted and pending (only the ids this daemon
+manages: those shaped like instance ids, and those MinionIdTemplate gave an instance, whose
+instance is looked up), are looked up in EC2 in batches of 200 ids:
 
 - the key of an instance EC2 reports gone (shutting-down, terminated) or does not know, on
   two sweeps in a row (EC2's API is eventually consistent: a brand-new instance can be "not
@@ -61,24 +62,24 @@ class Sweep:
 
     def run(self) -> None:
         self._next = self._clock() + self.every_seconds
-        keys = self.handler.instance_keys()
-        wanted = {i for i, states in keys.items() if states & {ACCEPTED, PENDING}}
+        keys = [(i, m, states) for i, m, states in self.handler.instance_keys()
+                if states & {ACCEPTED, PENDING}]
+        wanted = {instance_id for instance_id, _, _ in keys}
         instances = self.lookup.get_many(wanted)
         gone_now: set[str] = set()
         accepted = deleted = 0
-        for minion_id in sorted(wanted):
-            instance = instances.get(minion_id)
+        for instance_id, minion_id, states in keys:
+            instance = instances.get(instance_id)
             if instance is None or instance.state in GONE_STATES:
                 gone_now.add(minion_id)
                 if minion_id in self._gone_last_time:
                     what = "not found" if instance is None else instance.state
-                    deleted += self.handler.sweep_delete(minion_id, f"EC2: {what} on two "
-                                                                    f"sweeps in a row")
+                    deleted += self.handler.sweep_delete(instance_id, minion_id,
+                                                         f"EC2: {what} on two sweeps in a row")
                 continue
-            states = keys[minion_id]
             if PENDING in states and ACCEPTED not in states and instance.state in LIVE_STATES:
-                verdict = self.check.judge_launch(minion_id, instance)
-                accepted += self.handler.sweep_accept(minion_id, verdict)
+                verdict = self.check.judge_launch(instance_id, instance)
+                accepted += self.handler.sweep_accept(instance_id, minion_id, verdict)
         self._gone_last_time = gone_now
         self.counters.runs += 1
         self.counters.accepted += accepted

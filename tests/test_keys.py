@@ -36,8 +36,9 @@ def test_accept_takes_exactly_the_named_pending_key(master, keys):
 
 
 @pytest.mark.parametrize("bad", ["*", "i-*", "i-?", "i-[0-9a-f]*", "../minions/x", "i-0,i-1",
-                                 "I-0123456789ABCDEF0", "i-0123456789abcdef0 ", ""])
-def test_ids_that_are_not_instance_ids_never_reach_salt(master, keys, bad):
+                                 ".hidden", "..", "-i-0123456789abcdef0", "web 1", "w" * 129,
+                                 "i-0123456789abcdef0 ", ""])
+def test_ids_that_are_not_safe_minion_ids_never_reach_salt(master, keys, bad):
     pending, accepted = new_id(), new_id()
     master.add_pending_key(pending)
     master.add_accepted_key(accepted)

@@ -35,8 +35,9 @@ from aws_ork.checks.topic import TopicCheck
 from aws_ork.checks.verdict import Check, Verdict
 from aws_ork.config import ANY_TOPIC, Config
 from aws_ork.keys.location import KeyLocation
+from aws_ork.keys.naming import Template
 from aws_ork.lifecycle.client import HookClient
-from aws_ork.memory import IdMemory
+from aws_ork.memory import IdMemory, MinionNames
 
 __all__ = ["Check", "Verdict", "build_checks"]
 
@@ -45,14 +46,16 @@ def build_checks(cfg: Config, *, location: KeyLocation, ec2: Any = None,
                  terminations: Terminations | None = None,
                  finished: IdMemory | None = None,
                  max_age_seconds: float | None = None,
-                 autoscaling: HookClient | None = None) -> list[Check]:
+                 autoscaling: HookClient | None = None,
+                 names: MinionNames | None = None) -> list[Check]:
     """The checks the config asks for, in order: topic, signature/source, replay, instance.
 
     ``location`` is where the master keeps keys (read for a pending key's age); ``ec2`` is an
     EC2 client, needed with VerifyInstances; ``terminations`` the termination memory, needed
     without it; ``finished`` the SNS MessageIds already handled; ``max_age_seconds`` how old a
     signed envelope may be (the queue's retention plus clock skew); ``autoscaling`` answers
-    whether a terminating hook's instance is Terminating (LifecycleHooks)."""
+    whether a terminating hook's instance is Terminating (LifecycleHooks); ``names`` the minion
+    id each instance was given (MinionIdTemplate)."""
     checks: list[Check] = []
     if cfg.allowed_topic_arns and cfg.allowed_topic_arns != (ANY_TOPIC,):
         checks.append(TopicCheck(cfg.allowed_topic_arns))
@@ -70,7 +73,8 @@ def build_checks(cfg: Config, *, location: KeyLocation, ec2: Any = None,
             Ec2Lookup(ec2), location, groups=cfg.auto_scaling_groups, tags=cfg.instance_tags,
             binding_tag=cfg.key_binding_tag if cfg.key_binding == "tag" else None,
             hooks=cfg.completes_hook if cfg.lifecycle_hooks else None,
-            autoscaling=autoscaling, signed=cfg.verify_signatures))
+            autoscaling=autoscaling, signed=cfg.verify_signatures,
+            template=Template(cfg.minion_id_template), names=names))
     else:
         if terminations is None:
             raise ValueError("without VerifyInstances the termination memory is needed")

@@ -7,7 +7,10 @@ shared with the rest of the account: one call per ten messages instead of ten.
 
 Launch: the instance must exist and be ``pending`` or ``running``; with AutoScalingGroups its
 ``aws:autoscaling:groupName`` tag must match one of the patterns (shell globs, case-sensitive);
-with InstanceTags it must carry every ``Key=Value`` exactly. Then freshness: a pending key
+with InstanceTags it must carry every ``Key=Value`` exactly. Then its minion id: the one it
+was given before, else MinionIdTemplate's from what EC2 said (a tag missing: asked again a few
+times; an unsafe result: refused); the key stage decides whether it may hold that id. Then
+freshness, of the pending key under that id: a pending key
 written before the instance was launched (more than :data:`CLOCK_SKEW_SECONDS` before its
 LaunchTime) was submitted by someone else under that id: the verdict says so
 (``stale_key``) and the key stage moves it to the rejected keys; it is never accepted.
@@ -47,7 +50,9 @@ from aws_ork.events import Event, Kind, Source
 from aws_ork.events.fields import shorten
 from aws_ork.keys import binding
 from aws_ork.keys.location import KeyAgeUnknown, KeyLocation
+from aws_ork.keys.naming import NamingError, Template
 from aws_ork.lifecycle.client import TERMINATING_STATES, HookClient, LifecycleError
+from aws_ork.memory import MinionNames
 from aws_ork.runtime.metrics import count_aws_error
 
 log = logging.getLogger(__name__)
@@ -84,6 +89,7 @@ class Instance:
     state: str
     launch_time: datetime | None
     tags: Mapping[str, str] = field(default_factory=dict)
+    private_dns_name: str = ""
 
     @property
     def group(self) -> str | None:
@@ -94,7 +100,8 @@ class Instance:
         """For the verdict: what a Salt reactor may want to know (see Verdict.facts)."""
         launched = self.launch_time.astimezone(UTC).isoformat(timespec="seconds") \
             if self.launch_time is not None else None
-        return {"state": self.state, "launch_time": launched, "tags": dict(self.tags)}
+        return {"state": self.state, "launch_time": launched, "tags": dict(self.tags),
+                "private_dns_name": self.private_dns_name or None}
 
 
 class Ec2Lookup:
@@ -152,8 +159,10 @@ def _instance(item: Mapping[str, Any]) -> Instance:
     launch = item.get("LaunchTime")
     if isinstance(launch, datetime) and launch.tzinfo is None:
         launch = launch.replace(tzinfo=UTC)
+    dns = item.get("PrivateDnsName")
     return Instance(item["InstanceId"], str(item.get("State", {}).get("Name", "unknown")),
-                    launch if isinstance(launch, datetime) else None, tags)
+                    launch if isinstance(launch, datetime) else None, tags,
+                    dns if isinstance(dns, str) else "")
 
 
 class InstanceCheck:
@@ -168,8 +177,12 @@ class InstanceCheck:
                  groups: Collection[str] = (), tags: Collection[tuple[str, str]] = (),
                  binding_tag: str | None = None,
                  hooks: Callable[[str | None], bool] | None = None,
-                 autoscaling: HookClient | None = None, signed: bool = False) -> None:
+                 autoscaling: HookClient | None = None, signed: bool = False,
+                 template: Template = Template(),
+                 names: MinionNames | None = None) -> None:
         self.lookup = lookup
+        self.template = template  # MinionIdTemplate
+        self.names = names  # the minion id each instance was given (read only here)
         self.hooks = hooks  # LifecycleHooks: the hooks whose actions aws_ork completes
         self.autoscaling = autoscaling  # asked whether an instance is Terminating
         self.signed = signed  # VerifySignatures: an SNS envelope here was signed by AWS
@@ -279,9 +292,24 @@ class InstanceCheck:
         if missing:
             return Verdict(False, f"instance lacks required tag {', '.join(missing)} "
                                   f"(InstanceTags)", code="tag")
+        try:
+            minion_id = self._minion_id(instance)
+        except NamingError as exc:
+            return Verdict(False, exc.reason, retry=exc.retry,
+                           attempts=NOT_FOUND_ATTEMPTS if exc.retry else 0, code="minion_id")
+        named = None if minion_id == instance_id else minion_id
         if self.binding_tag is not None:
-            return self._bound(instance)
-        return self._fresh(instance_id, instance.launch_time)
+            return replace(self._bound(instance), minion_id=named)
+        return replace(self._fresh(minion_id, instance.launch_time), minion_id=named)
+
+    def _minion_id(self, instance: Instance) -> str:
+        """MinionIdTemplate: the id given to this instance before (an instance keeps its
+        first id, whatever its tags say now), else the template's."""
+        if self.template.identity:
+            return instance.instance_id
+        given = self.names.minion_of(instance.instance_id) if self.names is not None else None
+        return given or self.template.render(instance.instance_id, instance.tags,
+                                             private_dns_name=instance.private_dns_name)
 
     def _bound(self, instance: Instance) -> Verdict:
         """Key binding: the fingerprint the instance published is the fact the key stage needs.
@@ -301,12 +329,12 @@ class InstanceCheck:
                                   f"a key fingerprint", code="binding")
         return Verdict(True, fingerprint=fingerprint)
 
-    def _fresh(self, instance_id: str, launch_time: datetime | None) -> Verdict:
+    def _fresh(self, minion_id: str, launch_time: datetime | None) -> Verdict:
         """A pending key written before the instance existed is someone else's."""
         if launch_time is None:
             return Verdict(False, "EC2 gave no LaunchTime: cannot tell the pending key's age")
         try:
-            written = self.location.pending_mtime(instance_id)
+            written = self.location.pending_mtime(minion_id)
         except KeyAgeUnknown as exc:  # fail closed: no key is accepted without its age
             return Verdict(False, f"{exc}: freshness cannot be checked, so no key is accepted")
         except KeyStoreError as exc:

@@ -35,6 +35,9 @@ class Verdict:
     #: what EC2 said about the instance (``state``, ``launch_time`` ISO 8601, ``tags``), for
     #: the Salt event of the decision (:mod:`aws_ork.keys.events`)
     facts: Mapping[str, Any] | None = None
+    #: MinionIdTemplate: the minion id the instance's key is accepted under (None: its
+    #: instance id); the key stage decides whether the instance may hold it
+    minion_id: str | None = None
 
 
 class Check(Protocol):

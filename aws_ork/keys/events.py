@@ -31,8 +31,8 @@ from typing import Any
 
 from aws_ork import __version__
 from aws_ork.events.fields import clean
-from aws_ork.ids import is_instance_id
 from aws_ork.keys.manager import Outcome
+from aws_ork.keys.naming import is_minion_id
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,16 @@ def kind_of(outcome: Outcome, *, terminate: bool) -> Kind | None:
 
 def bounded_facts(facts: Mapping[str, Any]) -> dict[str, Any]:
     """What EC2 said about an instance (:attr:`aws_ork.checks.Verdict.facts`), bounded for an
-    event: its state, its LaunchTime (ISO 8601) and at most EC2's own limits of tags, escaped
+    event: its state, its LaunchTime (ISO 8601), its private DNS name and at most EC2's own
+    limits of tags, escaped
     (an instance may set its own tags)."""
     tags = facts.get("tags")
     items = sorted(tags.items())[:TAGS_LIMIT] if isinstance(tags, Mapping) else []
     launch_time = facts.get("launch_time")
+    dns = facts.get("private_dns_name")
     return {"state": clean(str(facts.get("state")), 32),
             "launch_time": clean(launch_time, 40) if isinstance(launch_time, str) else None,
+            "private_dns_name": clean(dns, 255) if isinstance(dns, str) else None,
             "tags": {clean(str(key), TAG_KEY_LIMIT): clean(str(value), TAG_VALUE_LIMIT)
                      for key, value in items}}
 
@@ -146,7 +149,7 @@ class SaltEvents:
         A ``launch`` is remembered, so the ``accepted`` event that follows it (from the key
         binding arrivals thread, or from Salt through our autosign stub) carries the same
         group, EC2 facts and message id."""
-        if not is_instance_id(minion_id):  # the tag's last part: never anything else
+        if not is_minion_id(minion_id):  # the tag's last part: never anything else
             return False
         tag = f"{TAG_PREFIX}/{kind.value}/{minion_id}"
         payload = self._payload(kind, minion_id, data)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aws_ork.errors import KeyStoreError
-from aws_ork.ids import is_instance_id
+from aws_ork.keys.naming import is_minion_id
 
 ACCEPTED = "minions"
 PENDING = "minions_pre"
@@ -57,9 +57,9 @@ class KeyLocation:
         return tuple(self.key_dir / state for state in KEY_STATES)
 
     def path(self, state: str, minion_id: str) -> Path:
-        """The file of this minion's key in ``state`` (a validated instance id only)."""
-        if not is_instance_id(minion_id):
-            raise ValueError(f"{minion_id!r} is not an instance id")
+        """The file of this minion's key in ``state`` (a safe minion id only: never a path)."""
+        if not is_minion_id(minion_id):
+            raise ValueError(f"{minion_id!r:.80} is not a safe minion id")
         return self.key_dir / state / minion_id
 
     def pending_mtime(self, minion_id: str) -> float | None:

@@ -1,17 +1,18 @@
 """Accept and delete minion keys through Salt's own key API (``salt.key.Key``).
 
-Salt's API takes globs; we never give it one. Every id is checked against the instance-id
-pattern first, its state is looked up by exact name (``list_match``), and the change is made
-on exactly that key (:mod:`aws_ork.keys.backend`: Salt's cache and event objects, O(1) per key),
-so ``*`` or ``i-*`` can never widen a match. A launch whose minion has no key yet leaves an
-autosign stub (:mod:`aws_ork.keys.autosign`), so Salt accepts the key on the minion's first contact.
+Salt's API takes globs; we never give it one. Every id is checked first (an instance id, or
+a safe minion id MinionIdTemplate made: :func:`aws_ork.keys.naming.is_minion_id`), its state
+is looked up by exact name (``list_match``), and the change is made on exactly that key
+(:mod:`aws_ork.keys.backend`: Salt's cache and event objects, O(1) per key), so ``*`` or
+``i-*`` can never widen a match. A launch whose minion has no key yet leaves an autosign stub
+(:mod:`aws_ork.keys.autosign`), so Salt accepts the key on the minion's first contact.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from aws_ork.keys import binding
 from aws_ork.keys.autosign import AutosignStubs
 from aws_ork.keys.backend import SaltKeys
 from aws_ork.keys.location import ACCEPTED, DENIED, PENDING, REJECTED, KeyLocation
+from aws_ork.keys.naming import is_minion_id
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class Outcome(enum.Enum):
     DELETED = ("deleted", True)
     REJECTED = ("pending key moved to rejected keys", True)
     ABSENT = ("no key to delete", True)
-    INVALID_ID = ("not an instance id; nothing passed to Salt", True)
+    INVALID_ID = ("not a safe minion id; nothing passed to Salt", True)
     PREAUTHORISED = ("pre-authorised (no key yet): Salt accepts it on the minion's first "
                      "contact", True)
     PREAUTH_WITHDRAWN = ("withdrawn from pre-authorisation (no key)", True)
@@ -106,21 +108,23 @@ class KeyManager:
         if event is not None:
             event.destroy()
 
-    def instance_keys(self) -> dict[str, set[str]]:
-        """Every key whose id is an instance id, with the states it is in (a full listing:
-        for the periodic sweep, never per message)."""
+    def instance_keys(self, named: Collection[str] = ()) -> dict[str, set[str]]:
+        """Every key whose id is an instance id or one of ``named`` (the ids MinionIdTemplate
+        gave), with the states it is in (a full listing: for the periodic sweep, never per
+        message)."""
+        wanted = set(named)
         listing = self._call("list", "*", self._key.list_keys)
         found: dict[str, set[str]] = {}
         for state, names in (listing or {}).items():
             for name in names or ():
-                if is_instance_id(name):
+                if is_instance_id(name) or name in wanted:
                     found.setdefault(name, set()).add(state)
         return found
 
     def states(self, minion_id: str) -> set[str]:
         """The key directories (``minions``, ``minions_pre``, ...) that hold this exact id."""
-        if not is_instance_id(minion_id):
-            raise ValueError(f"{minion_id!r} is not an instance id")
+        if not is_minion_id(minion_id):
+            raise ValueError(f"{minion_id!r:.80} is not a safe minion id")
         found = self._call("look up", minion_id, self._key.list_match, [minion_id])
         return {state for state, names in found.items() if minion_id in names}
 
@@ -130,8 +134,8 @@ class KeyManager:
         ``enrolled``: this instance's key was accepted once before. An instance launches
         once; if its key is no longer accepted, someone (an operator) removed it, and no
         launch message (a replay, or a late one) may accept or pre-authorise a key again."""
-        if not is_instance_id(minion_id):
-            log.warning("refusing to accept key %r: not an instance id", minion_id)
+        if not is_minion_id(minion_id):
+            log.warning("refusing to accept key %.80r: not a safe minion id", minion_id)
             return KeyResult(Outcome.INVALID_ID)
         states = self.states(minion_id)
         if ACCEPTED in states:
@@ -155,8 +159,8 @@ class KeyManager:
         the genuine minion out); the genuine key denied by Salt because an impostor's was
         pending first is accepted from the denied keys. A key already accepted with another
         fingerprint is left alone (an operator decides). Not presented yet: BOUND_NOT_YET."""
-        if not is_instance_id(minion_id):
-            log.warning("refusing to accept key %r: not an instance id", minion_id)
+        if not is_minion_id(minion_id):
+            log.warning("refusing to accept key %.80r: not a safe minion id", minion_id)
             return KeyResult(Outcome.INVALID_ID)
         hash_type = str(self._key.opts.get("hash_type") or "sha256")
         states = self.states(minion_id)
@@ -218,8 +222,8 @@ class KeyManager:
 
     def delete(self, minion_id: str) -> KeyResult:
         """Delete this minion's key in whatever state it is: pending, accepted, rejected, denied."""
-        if not is_instance_id(minion_id):
-            log.warning("refusing to delete key %r: not an instance id", minion_id)
+        if not is_minion_id(minion_id):
+            log.warning("refusing to delete key %.80r: not a safe minion id", minion_id)
             return KeyResult(Outcome.INVALID_ID)
         withdrawn = self._withdraw(minion_id)  # first: Salt must not accept it from now on
         states = self.states(minion_id)
@@ -237,8 +241,8 @@ class KeyManager:
     def reject(self, minion_id: str) -> KeyResult:
         """Move exactly this minion's pending key to the rejected keys (a key we must never
         accept, e.g. one submitted before its instance existed); an operator can still see it."""
-        if not is_instance_id(minion_id):
-            log.warning("refusing to reject key %r: not an instance id", minion_id)
+        if not is_minion_id(minion_id):
+            log.warning("refusing to reject key %.80r: not a safe minion id", minion_id)
             return KeyResult(Outcome.INVALID_ID)
         if PENDING not in self.states(minion_id):
             return KeyResult(Outcome.NOT_PENDING)
