@@ -5,6 +5,9 @@ With the shipped trust defaults: every message an SNS envelope signed by a test 
 certificate in CertCacheDir), AllowedTopicArns set, VerifyInstances on (N real moto instances,
 running for the launches and terminated before the terminates), replay memories in StateDir.
 Targets: with the mirror on, at least 0.8 of the bare loop's rate for both phases.
+N = 500 (AWS_ORK_BENCH_SCALE scales it). The queue is preloaded, which is why N stays small:
+moto's receive and delete walk the whole queue, so a deeper queue measures moto (the
+5,000-launch drain is test_drain_flat.py, fed rather than preloaded).
 """
 
 from __future__ import annotations
