@@ -5,57 +5,33 @@ With the shipped trust defaults: every message an SNS envelope signed by a test 
 certificate in CertCacheDir), AllowedTopicArns set, VerifyInstances on (N real moto instances,
 running for the launches and terminated before the terminates), replay memories in StateDir.
 Targets: with the mirror on, at least 0.8 of the bare loop's rate for both phases.
+N = 500 (AWS_ORK_BENCH_SCALE scales it). The queue is preloaded, which is why N stays small:
+moto's receive and delete walk the whole queue, so a deeper queue measures moto (the
+5,000-launch drain is test_drain_flat.py, fed rather than preloaded).
 """
 
 from __future__ import annotations
 
-import json
-import uuid
-
-import boto3
 import pytest
 
 from tests.benchmarks.bench import (
     add_keys,
+    defaults_config,
+    fresh_queue,
     instance_ids,
+    launch_instances,
     report,
+    scaled,
     send_all,
+    sign_body,
+    terminate_instances,
     time_aws_ork,
     time_bare_loop,
 )
-from tests.daemon import bucket_objects, write_config
+from tests.daemon import bucket_objects
 from tests.messages import sns_launch, sns_terminate
-from tests.snssign import sign_envelope
-from tests.trustenv import TOPIC
 
-N = 500
-
-
-
-def fresh_queue(sqs) -> str:
-    return sqs.create_queue(QueueName=f"bench-{uuid.uuid4().hex[:12]}",
-                            Attributes={"VisibilityTimeout": "60"})["QueueUrl"]
-
-
-def signed(identity, body: str) -> str:
-    """The envelope, signed as SNS would (our topic, the test CA's certificate)."""
-    envelope = json.loads(body)
-    envelope["TopicArn"] = TOPIC
-    return json.dumps(sign_envelope(envelope, identity))
-
-
-def launch_instances(n: int) -> list[str]:
-    """N running moto instances: what VerifyInstances looks up."""
-    ec2 = boto3.client("ec2", region_name="us-west-2")
-    image = ec2.describe_images()["Images"][0]["ImageId"]
-    reply = ec2.run_instances(ImageId=image, MinCount=n, MaxCount=n)
-    return sorted(i["InstanceId"] for i in reply["Instances"])
-
-
-def terminate_instances(ids: list[str]) -> None:
-    ec2 = boto3.client("ec2", region_name="us-west-2")
-    for start in range(0, len(ids), 500):
-        ec2.terminate_instances(InstanceIds=ids[start:start + 500])
+N = scaled(500, 20)
 
 
 def drain(master, sqs, tmp_path, ids, identity, cert_dir, *, bucket=None) -> float:
@@ -65,12 +41,11 @@ def drain(master, sqs, tmp_path, ids, identity, cert_dir, *, bucket=None) -> flo
     total = 0.0
     for make in (sns_launch, sns_terminate):
         url = fresh_queue(sqs)
-        send_all(sqs, url, [signed(identity, make(i)) for i in ids])
+        send_all(sqs, url, [sign_body(identity, make(i)) for i in ids])
         if make is sns_terminate:
             terminate_instances(ids)  # EC2 must say they are gone before a key goes
-        conf = write_config(tmp_path / "c.conf", queue_url=url, master=master, bucket=bucket,
-                            VerifySignatures="true", VerifyInstances="true",
-                            AllowedTopicArns=TOPIC, CertCacheDir=cert_dir)
+        conf = defaults_config(tmp_path / "c.conf", queue_url=url, master=master,
+                               cert_dir=cert_dir, bucket=bucket)
         total += time_aws_ork(conf)
         sqs.delete_queue(QueueUrl=url)
         expected = "minions" if make is sns_launch else None
@@ -84,7 +59,7 @@ def bare(sqs, ids, identity) -> float:
     total = 0.0
     for make in (sns_launch, sns_terminate):
         url = fresh_queue(sqs)
-        send_all(sqs, url, [signed(identity, make(i)) for i in ids])
+        send_all(sqs, url, [sign_body(identity, make(i)) for i in ids])
         seconds, handled = time_bare_loop(url)
         assert handled == len(ids)
         total += seconds
