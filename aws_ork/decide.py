@@ -61,6 +61,15 @@ class Decision:
     reason_code: str = "error"
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A batch parsed, and what the checks looked up ahead for it (check, what it found)."""
+
+    message_ids: tuple[str, ...]
+    parsed: Mapping[str, Event]
+    looked: Sequence[tuple[Any, Any]]
+
+
 class Handler:
     """Turns a message into a key operation and a decision about the message."""
 
@@ -86,6 +95,8 @@ class Handler:
         # the loop and the arrivals thread both change keys: one at a time
         self._keys_lock = threading.RLock()
         self._parsed: dict[str, Event] = {}  # the batch in hand, parsed once by prime()
+        self._prepared: _Prepared | None = None  # the next batch, prepared ahead
+        self._prepared_lock = threading.Lock()
         #: key changes made (accepted, deleted, preauthorised, rejected, impostor), for metrics
         self.key_counts: Counter[str] = Counter()
 
@@ -102,17 +113,44 @@ class Handler:
             if reload is not None:
                 reload(opts)
 
+    def prepare(self, messages: Sequence[Message]) -> None:
+        """Right after a prefetched receive, in the receiver's helper thread: parse the batch
+        and make the look-ups that can be made ahead (the EC2 check's one DescribeInstances)
+        while the loop still handles the previous batch, so that the EC2 round trip is not
+        on the drain's critical path. Only looks; :meth:`prime` takes the result when this
+        very batch comes up. Never raises (prime then does the work itself)."""
+        try:
+            prepared = self._prepare(messages)
+        except Exception:
+            log.debug("could not prepare the next batch ahead; prime will", exc_info=True)
+            return
+        with self._prepared_lock:
+            self._prepared = prepared
+
+    def _prepare(self, messages: Sequence[Message]) -> _Prepared:
+        parsed = {m.message_id: events.parse(m.body) for m in messages}
+        ids = {e.instance_id for e in parsed.values()
+               if e.instance_id is not None and e.kind in (Kind.LAUNCH, Kind.TERMINATE)}
+        looked: list[tuple[Any, Any]] = []
+        for check in self.checks:
+            look_ahead = getattr(check, "look_ahead", None)
+            if look_ahead is not None:
+                looked.append((check, look_ahead(ids)))
+        return _Prepared(tuple(m.message_id for m in messages), parsed, looked)
+
     def prime(self, messages: Sequence[Message]) -> None:
         """Before a batch: parse its messages once and let the checks that can (the EC2
-        check) look up every instance of the batch in one call."""
+        check) look up every instance of the batch in one call, or take what
+        :meth:`prepare` found ahead for exactly this batch."""
+        with self._prepared_lock:
+            prepared, self._prepared = self._prepared, None
         try:
-            self._parsed = {m.message_id: events.parse(m.body) for m in messages}
-            ids = {e.instance_id for e in self._parsed.values()
-                   if e.instance_id is not None and e.kind in (Kind.LAUNCH, Kind.TERMINATE)}
-            for check in self.checks:
-                prime = getattr(check, "prime", None)
-                if prime is not None:
-                    prime(ids)
+            if prepared is None or prepared.message_ids != tuple(m.message_id
+                                                                 for m in messages):
+                prepared = self._prepare(messages)
+            self._parsed = dict(prepared.parsed)
+            for check, found in prepared.looked:
+                check.use(found)
         except Exception:  # only an optimisation: each message is still handled on its own
             log.error("could not prepare the batch; handling message by message",
                       exc_info=True)

@@ -112,7 +112,7 @@ class Loop:
         self.watcher = watcher
         self.watchdog = watchdog or Watchdog(None)
         self.archive = archive  # ArchiveDir: every received body, before anything else
-        self.receiver = Receiver(queue, stopper)
+        self.receiver = Receiver(queue, stopper, prepare=handler.prepare)
         self.counters = Counters()
         self.outage = QueueOutage()
         #: monotonic time of the last completed receive (the start counts as one), for /healthz

@@ -193,19 +193,27 @@ class InstanceCheck:
         #: what one batched DescribeInstances said about the ids of the batch in hand
         self._primed: dict[str, Instance | None] = {}
 
-    def prime(self, instance_ids: Collection[str]) -> None:
+    def look_ahead(self, instance_ids: Collection[str]) -> dict[str, Instance | None]:
         """Look the instances of a receive batch up in one call (Ec2Lookup.get_many), so the
-        messages of the batch need no call each. When EC2 cannot be asked, each message asks
-        on its own (and is retried as before)."""
-        self._primed = {}
+        messages of the batch need no call each. Only looks (safe in the receiver's thread,
+        for the next batch); :meth:`use` makes the answer the batch's. When EC2 cannot be
+        asked the answer is empty, and each message asks on its own (retried as before)."""
         if not instance_ids:
-            return
+            return {}
         try:
             found = self.lookup.get_many(instance_ids)
         except InstanceLookupError as exc:
             log.debug("batched EC2 lookup failed (%s); asking per message", exc)
-            return
-        self._primed = {i: found.get(i) for i in instance_ids}
+            return {}
+        return {i: found.get(i) for i in instance_ids}
+
+    def use(self, primed: Mapping[str, Instance | None]) -> None:
+        """The batch in hand is the one ``primed`` was looked up for."""
+        self._primed = dict(primed)
+
+    def prime(self, instance_ids: Collection[str]) -> None:
+        """Look the batch's instances up now and use the answer (see look_ahead)."""
+        self.use(self.look_ahead(instance_ids))
 
     def forget(self) -> None:
         """The batch is done: the next one is looked up afresh."""

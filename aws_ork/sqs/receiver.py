@@ -4,12 +4,15 @@ A backlog drains at the pace of ReceiveMessage, not of ReceiveMessage plus the k
 soon as a batch arrives, the next long poll starts in a helper thread, and the loop picks its
 result up when the batch is done. There is never more than one receive in flight, so an idle
 daemon still makes exactly one ReceiveMessage per long poll (a poll is prefetched only after
-a batch that held messages, and with PollPause 0).
+a batch that held messages, and with PollPause 0). A prefetched batch is also prepared in that
+thread (``prepare``: parsed, its instances looked up in EC2), so that the look-up too runs
+while the previous batch is handled.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from aws_ork.runtime.stopper import Stopped, Stopper
@@ -21,17 +24,26 @@ log = logging.getLogger(__name__)
 class Receiver:
     """Long polls for the loop; :meth:`prefetch` starts the next one early."""
 
-    def __init__(self, queue: Queue, stopper: Stopper) -> None:
+    def __init__(self, queue: Queue, stopper: Stopper, *,
+                 prepare: Callable[[list[Message]], None] | None = None) -> None:
         self.queue = queue
         self.stopper = stopper
+        self.prepare = prepare  # never raises (Handler.prepare)
         self._next: Future[list[Message]] | None = None
 
     def prefetch(self, wait: int) -> None:
-        """Start the next long poll now, in a helper thread (one at most)."""
+        """Start the next long poll now, in a helper thread (one at most); its batch is
+        prepared there too."""
         if self._next is not None:
             return
-        future = self.stopper.start(lambda: self.queue.receive(wait))
+        future = self.stopper.start(lambda: self._receive_and_prepare(wait))
         self._next = future
+
+    def _receive_and_prepare(self, wait: int) -> list[Message]:
+        messages = self.queue.receive(wait)
+        if messages and self.prepare is not None:
+            self.prepare(messages)
+        return messages
 
     def receive(self, wait: int) -> list[Message]:
         """The prefetched batch if there is one, else a long poll now. Raises Stopped when
