@@ -97,6 +97,10 @@ class Handler:
         self._parsed: dict[str, Event] = {}  # the batch in hand, parsed once by prime()
         self._prepared: _Prepared | None = None  # the next batch, prepared ahead
         self._prepared_lock = threading.Lock()
+        #: the loop's thread while it handles a batch: memories written there are made
+        #: durable once for the batch (:meth:`flush`), before its messages are deleted
+        self._batch_thread: int | None = None
+        self._unsynced: set[IdMemory] = set()
         #: key changes made (accepted, deleted, preauthorised, rejected, impostor), for metrics
         self.key_counts: Counter[str] = Counter()
 
@@ -142,6 +146,7 @@ class Handler:
         """Before a batch: parse its messages once and let the checks that can (the EC2
         check) look up every instance of the batch in one call, or take what
         :meth:`prepare` found ahead for exactly this batch."""
+        self._batch_thread = threading.get_ident()
         with self._prepared_lock:
             prepared, self._prepared = self._prepared, None
         try:
@@ -155,6 +160,22 @@ class Handler:
             log.error("could not prepare the batch; handling message by message",
                       exc_info=True)
             self.forget()
+
+    def flush(self) -> None:
+        """After a batch, before its messages are deleted: make what it remembered durable,
+        one fsync per memory instead of one per message. OSError when that fails: none of the
+        batch's messages may then be reported done."""
+        self._batch_thread = None
+        unsynced, self._unsynced = self._unsynced, set()
+        for memory in unsynced:
+            memory.sync()
+
+    def _remember(self, memory: IdMemory, value: str) -> None:
+        """Add to a replay memory: durable now, or (in the loop's batch) at :meth:`flush`."""
+        deferred = self._batch_thread == threading.get_ident()
+        memory.add(value, sync=not deferred)
+        if deferred:
+            self._unsynced.add(memory)
 
     def forget(self) -> None:
         """After a batch: nothing of it is reused for the next one."""
@@ -246,7 +267,7 @@ class Handler:
             if decision.action is Action.DELETE and self.finished is not None \
                     and event.source is Source.SNS and valid_id(event.message_id):
                 assert event.message_id is not None
-                self.finished.add(event.message_id)  # durable before the message goes
+                self._remember(self.finished, event.message_id)  # durable before it goes
         except KeyStoreError as exc:
             log.error("message %s: key store error: %s", message.message_id, exc)
             return self._retry(message, f"key store error, retrying: {exc}", "key_store")
@@ -329,7 +350,7 @@ class Handler:
         """Remember an instance whose key is accepted: it is never enrolled again."""
         if result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED) \
                 and not result.dry_run and self.enrolled is not None and instance_id is not None:
-            self.enrolled.add(instance_id)
+            self._remember(self.enrolled, instance_id)
 
     def _accept(self, instance_id: str, minion_id: str) -> KeyResult:
         """Accept (or pre-authorise) unless this instance was enrolled before; remember an

@@ -312,6 +312,16 @@ class Loop:
             elif decision.action is Action.RETRY and not self.dry_run:
                 self.queue.retry_later(message, decision.delay)
         self.handler.forget()
+        try:
+            self.handler.flush()  # the batch's replay memories durable before any delete
+        except OSError as exc:
+            log.error("cannot make StateDir durable (%s); keeping %d finished messages for a "
+                      "retry", exc, len(done))
+            if not self.dry_run:
+                for message in done:
+                    self.queue.retry_later(message, defaults.RETRY_BASE_SECONDS)
+            self.counters.retried += len(done)
+            done = []
         if changed:
             self.counters.batches_with_key_changes += 1
             if self.mirror is not None and not self._record_for_mirror(changed):

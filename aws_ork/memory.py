@@ -2,7 +2,8 @@
 
 Two of them stop replays (see :mod:`aws_ork.checks.replay`): the SNS MessageIds of finished
 signed envelopes, and the instances whose keys were accepted once. Each is an append-only
-file of ``<epoch> <id>`` lines, fsync'd before the message is reported done, read back at
+file of ``<epoch> <id>`` lines, fsync'd before the message is reported done (the loop's
+batch: once per receive batch, before its messages are deleted), read back at
 start-up, entries older than ``keep_seconds`` dropped. The file is rewritten (temp file +
 rename) when it holds more dead lines than live ones; at most ``limit`` ids are kept (the
 oldest go first), so a flood cannot grow it without bound.
@@ -34,13 +35,23 @@ def valid_id(value: object) -> bool:
     return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
-def append_line(path: Path, line: str) -> None:
-    """Append one line to a memory file and fsync it: durable before the caller goes on.
-    Never follows a symlink; the file is 0600 in a 0700 directory."""
+def append_line(path: Path, line: str, *, sync: bool = True) -> None:
+    """Append one line to a memory file and (``sync``) fsync it: durable before the caller
+    goes on. Never follows a symlink; the file is 0600 in a 0700 directory."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, line.encode("ascii"))
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_file(path: Path) -> None:
+    """fsync a memory file: every line appended to it so far is durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -62,7 +73,15 @@ class IdMemory:
         self._lock = threading.Lock()
         self._ids: OrderedDict[str, float] = OrderedDict()
         self._lines = 0  # lines in the file, live or not
+        self._unsynced = False  # lines appended with sync=False since the last fsync
         self._load()
+
+    def sync(self) -> None:
+        """Make every id added so far durable (one fsync); OSError when it cannot be."""
+        with self._lock:
+            if self._unsynced:
+                sync_file(self.path)
+                self._unsynced = False
 
     def _load(self) -> None:
         try:
@@ -93,8 +112,11 @@ class IdMemory:
         with self._lock:
             return len(self._ids)
 
-    def add(self, value: str) -> None:
-        """Remember ``value`` now, durably; ValueError for an id no memory may hold."""
+    def add(self, value: str, *, sync: bool = True) -> None:
+        """Remember ``value`` now, durably; ValueError for an id no memory may hold.
+
+        ``sync=False``: written but not yet durable, for a caller that makes a whole batch
+        durable at once with :meth:`sync` before any of its messages is deleted."""
         if not valid_id(value):
             raise ValueError(f"{value!r:.60} is not an id this memory keeps")
         if self.dry_run:
@@ -104,7 +126,8 @@ class IdMemory:
             self._ids.pop(value, None)
             self._ids[value] = now
             self._trim()
-            append_line(self.path, f"{now:.3f} {value}\n")
+            append_line(self.path, f"{now:.3f} {value}\n", sync=sync)
+            self._unsynced = self._unsynced or not sync
             self._lines += 1
             if self._lines > 2 * len(self._ids) + 1000:
                 self._compact()

@@ -11,17 +11,23 @@ from aws_ork.decide import Action, Decision
 from aws_ork.loop import Loop
 from aws_ork.runtime.stopper import Stopped, Stopper
 from aws_ork.sqs.queue import Message, Queue
-from tests.daemon import queue_counts
+from tests.daemon import queue_counts, wait_for
 
 
 class BatchFree:
-    """The batch hooks of aws_ork.decide.Handler (prime, forget) as no-ops, for fake handlers
-    that only decide."""
+    """The batch hooks of aws_ork.decide.Handler (prepare, prime, forget, flush) as no-ops,
+    for fake handlers that only decide."""
+
+    def prepare(self, _messages: object) -> None:
+        pass
 
     def prime(self, _messages: object) -> None:
         pass
 
     def forget(self) -> None:
+        pass
+
+    def flush(self) -> None:
         pass
 
 
@@ -101,3 +107,30 @@ def test_retry_sets_a_short_visibility_instead_of_the_queue_default(queue, sqs, 
                               MessageSystemAttributeNames=["ApproximateReceiveCount"])
     assert [m["Body"] for m in got["Messages"]] == ["later"]
     assert int(got["Messages"][0]["Attributes"]["ApproximateReceiveCount"]) >= 2
+
+
+def test_a_batch_whose_memories_cannot_be_made_durable_is_not_deleted(queue, sqs, queue_url):
+    """The replay memories are fsync'd once per batch, before its messages are deleted: when
+    that fails, every message of the batch stays in the queue (retried soon), none is lost."""
+    sqs.send_message_batch(QueueUrl=queue_url, Entries=[
+        {"Id": str(i), "MessageBody": f"m{i}"} for i in range(5)])
+
+    class DiskFull(BatchFree):
+        def handle(self, message: Message) -> Decision:
+            return Decision(Action.DELETE, "done")
+
+        def flush(self) -> None:
+            raise OSError(28, "No space left on device")
+
+    loop = Loop(queue, DiskFull(), Stopper(), once=True)  # type: ignore[arg-type]
+    assert loop.run() == 0
+    assert loop.counters.deleted == 0
+    back: set[str] = set()
+
+    def all_back() -> bool:
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
+                                  WaitTimeSeconds=1, VisibilityTimeout=60)
+        back.update(m["Body"] for m in got.get("Messages", []))
+        return len(back) == 5
+
+    wait_for(all_back, 30, "the batch back in the queue")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from aws_ork import memory as memory_module
+from aws_ork.decide import Handler
+from aws_ork.keys.manager import KeyManager, load_master_opts
 from aws_ork.memory import IdMemory
+from aws_ork.sqs.queue import Message
+from tests.messages import envelope, new_id, notification
 
 
 class Clock:
@@ -81,3 +87,37 @@ def test_an_unwritable_state_dir_raises_so_the_message_is_not_reported_done(tmp_
     state.write_text("StateDir replaced by a file while running")
     with pytest.raises(OSError):
         mem.add("id-1")
+
+
+def test_a_batch_makes_its_memories_durable_with_one_fsync_each(master, tmp_path, monkeypatch):
+    """Ten launches handled as one batch: the MessageIds and instances are written as they are
+    handled, made durable by one fsync per memory at flush (before the loop deletes the
+    batch), not two per message; a restart reads every one back."""
+    finished = IdMemory(tmp_path / "finished", keep_seconds=3600, limit=100)
+    enrolled = IdMemory(tmp_path / "enrolled", keep_seconds=3600, limit=100)
+    handler = Handler(KeyManager(load_master_opts(master.config_file)), finished=finished,
+                      enrolled=enrolled)
+    instances = [new_id() for _ in range(10)]
+    for instance in instances:
+        master.add_pending_key(instance)
+    bodies = [envelope(notification("autoscaling:EC2_INSTANCE_LAUNCH", i)) for i in instances]
+    messages = [Message(f"m{n}", f"r{n}", json.dumps(b), 1)
+                for n, b in enumerate(bodies)]
+    fsyncs: list[int] = []
+    real_fsync = memory_module.os.fsync
+    monkeypatch.setattr(memory_module.os, "fsync", lambda fd: (fsyncs.append(fd),
+                                                               real_fsync(fd))[1])
+
+    handler.prime(messages)
+    decisions = [handler.handle(m) for m in messages]
+    handler.forget()
+    assert [d.reason for d in decisions] == ["accepted"] * 10
+    assert fsyncs == []  # nothing reported done yet
+    handler.flush()
+
+    assert len(fsyncs) == 2
+    again = [IdMemory(tmp_path / name, keep_seconds=3600, limit=100)
+             for name in ("finished", "enrolled")]
+    assert all(b["MessageId"] in again[0] for b in bodies)
+    assert all(i in again[1] for i in instances)
+    assert [master.key_state_of(i) for i in instances] == ["minions"] * 10
