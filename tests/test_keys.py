@@ -92,3 +92,22 @@ def test_dry_run_reports_and_changes_nothing(master):
     assert dry.delete(accepted).describe() == "would be deleted"
     assert (master.key_state_of(pending), master.key_state_of(accepted)) == \
         ("minions_pre", "minions")
+
+
+def test_a_key_another_daemon_accepted_meanwhile_is_already_accepted_not_an_error(
+        master, keys, monkeypatch):
+    """A Salt cluster: two daemons on one key store may handle the same instance (a
+    notification and a hook message); the one that finds the key accepted between its look-up
+    and its accept reports it accepted, without an ERROR and a retry."""
+    minion = new_id()
+    master.add_accepted_key(minion)
+    looked_up = keys.states
+    seen: list[str] = []
+
+    def pending_at_first_look(minion_id: str) -> set[str]:
+        seen.append(minion_id)
+        return {"minions_pre"} if len(seen) == 1 else looked_up(minion_id)
+
+    monkeypatch.setattr(keys, "states", pending_at_first_look)
+    assert keys.accept(minion).outcome is Outcome.ALREADY_ACCEPTED
+    assert master.key_state_of(minion) == "minions"

@@ -210,6 +210,9 @@ class KeyManager:
             self._restore_pending(minion_id, pub)
             raise
         if not accepted:
+            if ACCEPTED in self.states(minion_id):
+                # another daemon on the same key store (a Salt cluster) accepted it first
+                return KeyResult(Outcome.ALREADY_ACCEPTED)
             raise KeyStoreError(f"{minion_id}: Salt did not accept the key (invalid public key?)")
         return KeyResult(Outcome.ACCEPTED, changed=True)
 
