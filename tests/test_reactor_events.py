@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -181,6 +183,16 @@ def test_ec2_facts_ride_along(master, tmp_path, sqs, queue_url, listener, fleet,
     assert refused["facts"]["tags"]["aws:autoscaling:groupName"] == "db-prod"
 
 
+def settled(events: reactor.SaltEvents, count: int, deadline: float = 10.0) -> None:
+    """Wait until the worker thread has fired or dropped ``count`` events in all."""
+    end = time.monotonic() + deadline
+    while events.fired + events.dropped < count:
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out: {events.fired} fired + {events.dropped} dropped "
+                                 f"of {count}")
+        time.sleep(0.002)
+
+
 class Recorder:
     """Stands in for Salt's event object: records what would be fired, or fails."""
 
@@ -217,6 +229,7 @@ def test_acceptance_by_salt_through_a_stub_is_fired_with_the_launch_context(mast
         Handler(keys, salt_events=events).note_accepted_by_salt([minion, refused])
     finally:
         keys.close()
+    events.close()  # fires what is queued
     assert [tag for tag, _ in recorder.fired] == [f"aws_ork/launch/{minion}",
                                                   f"aws_ork/accepted/{minion}"]
     accepted = recorder.fired[1][1]
@@ -239,6 +252,7 @@ def test_a_bound_key_accepted_by_the_arrivals_thread_is_fired(master):
         assert Handler(keys, salt_events=events).on_key_presented(minion, binding.finger(pub))
     finally:
         keys.close()
+    events.close()  # fires what is queued
     assert states(master, minion) == {minion: "minions"}
     tag, data = recorder.fired[-1]
     assert tag == f"aws_ork/accepted/{minion}"
@@ -260,7 +274,11 @@ def test_sighup_reconnects_with_the_reloaded_master_config():
     assert events.fire(reactor.Kind.ACCEPTED, minion, {})  # the same connection
     events.reload({"sock_dir": "/run/new"})
     assert events.fire(reactor.Kind.TERMINATE, minion, {})
+    events.close()
     assert seen == ["/run/old", "/run/new"]
+    assert [tag.split("/")[1] for tag, _ in recorder.fired] == ["launch", "accepted",
+                                                                 "terminate"]
+    assert (events.fired, events.dropped) == (3, 0)
 
 
 def test_a_bus_that_is_down_costs_one_try_per_period(caplog):
@@ -270,13 +288,18 @@ def test_a_bus_that_is_down_costs_one_try_per_period(caplog):
                                 clock=lambda: now[0])
     minion = new_id()
     with caplog.at_level("DEBUG", logger="aws_ork.keys.events"):
-        assert not events.fire(reactor.Kind.LAUNCH, minion, {})
-        assert not events.fire(reactor.Kind.ACCEPTED, minion, {})  # within RETRY_SECONDS
+        # queued at once; the worker thread reads the clock: each waits for the one before
+        assert events.fire(reactor.Kind.LAUNCH, minion, {})
+        settled(events, 1)
+        assert events.fire(reactor.Kind.ACCEPTED, minion, {})  # within RETRY_SECONDS
+        settled(events, 2)
         now[0] += reactor.RETRY_SECONDS
-        assert not events.fire(reactor.Kind.ACCEPTED, minion, {})
+        assert events.fire(reactor.Kind.ACCEPTED, minion, {})
+        settled(events, 3)
         recorder.fail = False
         now[0] += reactor.RETRY_SECONDS
         assert events.fire(reactor.Kind.ACCEPTED, minion, {})
+        events.close()
     assert recorder.connects == 3  # the dropped one never tried
     assert (events.fired, events.dropped) == (1, 3)
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
@@ -284,12 +307,103 @@ def test_a_bus_that_is_down_costs_one_try_per_period(caplog):
     assert any("reachable again" in r.getMessage() for r in caplog.records)
 
 
+class HungBus(Recorder):
+    """Salt's event object on a bus that hangs: the connection (or the first event) blocks
+    until the test lets it go."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def _hang(self) -> None:
+        self.entered.set()
+        assert self.release.wait(30)
+
+    def connect(self, opts: Any) -> Recorder:
+        if self.where == "connect":
+            self._hang()
+        return super().connect(opts)
+
+    def fire_event(self, data: dict[str, Any], tag: str, timeout: int = 1000) -> bool:
+        if self.where == "fire_event":
+            self._hang()
+        return super().fire_event(data, tag, timeout)
+
+
+@pytest.mark.parametrize("where", ["connect", "fire_event"])
+def test_a_hung_bus_never_delays_a_decision(caplog, where):
+    """fire() only queues: the worker thread waits for Salt, the caller never does; the
+    queue is bounded, and close() gives up after its bound, counting what was not fired."""
+    bus = HungBus(where)
+    events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=bus.connect,
+                                queue_limit=5)
+    minions = [new_id() for _ in range(8)]
+    try:
+        with caplog.at_level("DEBUG", logger="aws_ork.keys.events"):
+            start = time.monotonic()
+            assert events.fire(reactor.Kind.LAUNCH, minions[0], {"group": "web-asg"})
+            assert bus.entered.wait(10)  # the worker holds the first event, stuck in Salt
+            queued = [events.fire(reactor.Kind.LAUNCH, minion, {"group": "web-asg"})
+                      for minion in minions[1:]]
+            fired_in = time.monotonic() - start
+            assert queued == [True] * 5 + [False] * 2  # the queue holds 5; 2 are dropped
+            assert (events.fired, events.dropped) == (0, 2)
+
+            start = time.monotonic()
+            events.close(timeout=0.2)
+            closed_in = time.monotonic() - start
+            assert not events.fire(reactor.Kind.TERMINATE, minions[0], {})  # after close
+        # 2 for want of room, 5 queued and the one in Salt's hands at close, 1 after close
+        assert (events.fired, events.dropped) == (0, 9)
+        assert 0.2 <= closed_in < 2.0
+        assert fired_in < 2.0  # in practice well under a millisecond per fire
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 2, warnings  # one for the full queue, one at close
+        assert "already wait to be fired" in warnings[0]
+        assert warnings[1].startswith("6 aws_ork Salt events dropped at stop")
+    finally:
+        bus.release.set()
+    # let go, the worker finishes the event it held, closes the connection and ends, without
+    # touching the counters (close() counted that event as dropped) or firing the rest
+    end = time.monotonic() + 10
+    while any(t.name == "aws_ork-salt-events" and t.is_alive() for t in threading.enumerate()):
+        assert time.monotonic() < end, "the worker thread did not end"
+        time.sleep(0.01)
+    assert [tag for tag, _ in bus.fired] == [f"aws_ork/launch/{minions[0]}"]
+    assert (events.fired, events.dropped) == (0, 9)
+
+
+def test_events_reach_the_real_bus_in_order_and_close_fires_what_is_queued(master, listener):
+    """On a real master: fire() returns before Salt has the event; close() fires everything
+    queued, in the order it was queued, over one connection."""
+    events = reactor.SaltEvents(master.opts())
+    minions = [new_id() for _ in range(100)]
+    tags = []
+    for minion in minions:
+        assert events.fire(reactor.Kind.LAUNCH, minion, {"group": "web-asg",
+                                                         "message_id": f"m-{minion}"})
+        assert events.fire(reactor.Kind.ACCEPTED, minion, {"source": "autosign"})
+        tags += [f"aws_ork/launch/{minion}", f"aws_ork/accepted/{minion}"]
+    events.close()
+    assert (events.fired, events.dropped) == (len(tags), 0)
+
+    received = listener.until(set(tags))
+    assert [e["tag"] for e in listener.seen if e["tag"].startswith("aws_ork/")] == tags
+    accepted = received[tags[-1]]  # the launch's context rode along, through the queue
+    assert (accepted["group"], accepted["message_id"]) == ("web-asg", f"m-{minions[-1]}")
+    assert listener.fired_before_sentinel() == tags  # and nothing more
+
+
 @pytest.mark.parametrize("hostile", ["*", "i-*", "../x", "i-0123/../../etc", ""])
 def test_only_instance_ids_make_a_tag(hostile):
     recorder = Recorder()
     events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect)
     assert not events.fire(reactor.Kind.ACCEPTED, hostile, {})
+    events.close()
     assert recorder.fired == [] and recorder.connects == 0
+    assert (events.fired, events.dropped) == (0, 0)  # not an event at all
 
 
 def test_untrusted_text_is_bounded_and_escaped():
@@ -300,6 +414,7 @@ def test_untrusted_text_is_bounded_and_escaped():
     assert events.fire(reactor.Kind.REJECTED, new_id(), {
         "group": "g\n" * 1000, "reason": "r" * 5000,
         "facts": {"state": "running", "launch_time": "2026-11-23T10:00:00+00:00", "tags": tags}})
+    events.close()
     data = recorder.fired[0][1]
     assert len(data["group"]) <= reactor.GROUP_LIMIT and "\n" not in data["group"]
     assert len(data["reason"]) == reactor.REASON_LIMIT

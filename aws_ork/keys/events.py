@@ -7,13 +7,20 @@ own reactor instead of a hook of ours. Kinds (:class:`Kind`): ``launch`` (pre-au
 waiting for its key), ``accepted``, ``terminate`` (key deleted, or there was none) and
 ``rejected`` (a check or the key stage refused the launch).
 
-Firing is best effort and bounded: the message's decision is already made and the key store
-already changed when the event is fired, so a Salt event bus that is down must neither fail
-nor delay the message. Salt's own ``fire_event`` waits up to a second to connect when no master
-runs; here the connection gets :data:`CONNECT_TIMEOUT_MS`, and after a failure no connection is
-tried for :data:`RETRY_SECONDS` (the events meanwhile are dropped: with the master down, its
-reactor is down too). The failure is logged as a WARNING at most once per
-:data:`WARN_EVERY_SECONDS`, otherwise at DEBUG.
+Firing is best effort and bounded, and off the caller's thread: the message's decision is
+already made and the key store already changed when the event is fired, so a Salt event bus
+that is down, slow or hung must neither fail nor delay the message. :meth:`SaltEvents.fire`
+builds the event and queues it; one worker thread owns the connection to the master's event
+socket and fires the events in the order they were queued. (Salt 3008's ``fire_event`` starts
+a thread per event inside Salt, whatever the calling thread: its publisher is a SyncWrapper
+nested in another; that cost, about a millisecond per event, now falls on the worker.) The
+queue holds at most :data:`QUEUE_LIMIT` events; beyond, events are dropped. Salt's own
+``fire_event`` waits up to a second to connect when no master runs; here the connection gets
+:data:`CONNECT_TIMEOUT_MS`, and after a failure no connection is tried for
+:data:`RETRY_SECONDS` (the events meanwhile are dropped: with the master down, its reactor is
+down too). A bus that is down, and a queue that is full, are each logged as a WARNING at most
+once per :data:`WARN_EVERY_SECONDS`, otherwise at DEBUG. At stop, :meth:`SaltEvents.close`
+gives the queued events at most :data:`CLOSE_SECONDS` to be fired; the rest are dropped.
 
 Values that came from a message or from EC2 (the group name, tags) are bounded and escaped like
 log values before they go into the event: a reactor sls renders them into YAML.
@@ -25,8 +32,9 @@ import enum
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aws_ork import __version__
@@ -44,8 +52,17 @@ CONNECT_TIMEOUT_MS = 250
 #: After a failure, events are dropped without trying for this long: a down master costs a
 #: decision at most one connection timeout per this period.
 RETRY_SECONDS = 10.0
-#: A bus that stays down is reported as a WARNING this often; DEBUG in between.
+#: A bus that stays down (or a queue that stays full) is reported as a WARNING this often;
+#: DEBUG in between.
 WARN_EVERY_SECONDS = 600.0
+#: Events waiting for the worker thread, at most: a bus that hangs (the master's event
+#: publisher wedged) costs memory, not the loop's time: about 1.5 KiB an event (measured, a
+#: few tags), 26 KiB with EC2's most and longest tags, so 15 MB, 260 MB at the very worst
+#: (the launch contexts, CONTEXT_LIMIT, can hold as much). A working bus fires an event in
+#: about a millisecond, faster than the loop decides, so the queue stays short.
+QUEUE_LIMIT = 10_000
+#: At stop, the queued events get this long, in all, to be fired; what is left is dropped.
+CLOSE_SECONDS = 3.0
 #: Auto Scaling group names are at most 255 characters; anything longer is not one.
 GROUP_LIMIT = 255
 #: EC2 allows 50 tags per instance, keys of 128 and values of 256 characters.
@@ -121,30 +138,61 @@ def _master_event(opts: Mapping[str, Any]) -> Any:
     return salt.utils.event.get_master_event(dict(opts), opts["sock_dir"], listen=False)
 
 
-class SaltEvents:
-    """Fires ``aws_ork/<kind>/<minion id>`` events on the master's event bus (one connection,
-    opened on the first event, shared by the loop and the key binding arrivals thread).
+@dataclass(frozen=True, eq=False)
+class _Target:
+    """The master's opts an event is fired with: a new one at each reload (compared by
+    identity), so that the worker reconnects for the events queued after the reload."""
 
-    ``connect`` makes Salt's event object from the master's opts (tests pass another);
-    ``clock`` is monotonic seconds."""
+    opts: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class _Queued:
+    tag: str
+    payload: dict[str, Any]
+    target: _Target
+
+
+class SaltEvents:
+    """Fires ``aws_ork/<kind>/<minion id>`` events on the master's event bus: :meth:`fire`
+    queues them (from the loop and from the key binding arrivals thread), one worker thread
+    fires them in order over one connection, opened on the first event.
+
+    ``connect`` makes Salt's event object from the master's opts (tests pass another); it
+    and the object are only ever used in the worker thread. ``clock`` is monotonic seconds.
+    """
 
     def __init__(self, opts: Mapping[str, Any], *,
                  connect: Callable[[Mapping[str, Any]], Any] = _master_event,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._opts = opts
+                 clock: Callable[[], float] = time.monotonic,
+                 queue_limit: int = QUEUE_LIMIT) -> None:
         self._connect = connect
         self._clock = clock
-        self._lock = threading.Lock()  # Salt's event object is not thread-safe
+        self._queue_limit = queue_limit
+        # guards what callers and the worker share: the queue, the launch contexts, the
+        # counters and the flags below (never held while Salt is called)
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[_Queued] = deque()
+        self._target = _Target(opts)
+        self._context: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._worker: threading.Thread | None = None
+        self._busy = False  # the worker is firing an event it took off the queue
+        self._closing = False  # close() was called: no more events are queued
+        self._abandoned = False  # close() gave up waiting for a worker stuck in Salt
+        self._full_warned_at: float | None = None  # last WARNING about a full queue
+        # the worker's own, never touched by another thread
         self._event: Any = None
+        self._event_target: _Target | None = None  # what self._event was connected with
         self._down_until = 0.0  # no connection is tried before this (after a failure)
         self._warned_at: float | None = None  # last WARNING about a bus that is down
-        self._context: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        #: events Salt took, and events dropped (bus down, queue full, or left at stop)
         self.fired = 0
         self.dropped = 0
 
     def fire(self, kind: Kind, minion_id: str, data: Mapping[str, Any]) -> bool:
-        """Fire one event; True if Salt took it. Never raises, never waits longer than one
-        connection timeout. ``data`` is completed with the minion id and aws_ork's version.
+        """Queue one event for the worker thread; True if it was queued (not that Salt took
+        it: see :attr:`fired`). Never raises, never waits for Salt. ``data`` is completed
+        with the minion id and aws_ork's version.
 
         A ``launch`` is remembered, so the ``accepted`` event that follows it (from the key
         binding arrivals thread, or from Salt through our autosign stub) carries the same
@@ -152,25 +200,22 @@ class SaltEvents:
         if not is_minion_id(minion_id):  # the tag's last part: never anything else
             return False
         tag = f"{TAG_PREFIX}/{kind.value}/{minion_id}"
-        payload = self._payload(kind, minion_id, data)
-        with self._lock:
-            now = self._clock()
-            if now < self._down_until:
+        with self._cond:  # one order for the contexts and the queue
+            payload = self._payload(kind, minion_id, data)
+            if self._closing:
                 self.dropped += 1
-                log.debug("Salt event %s dropped: the master's event bus is down", tag)
+                log.debug("Salt event %s dropped: aws_ork is stopping", tag)
                 return False
-            try:
-                if self._event is None:
-                    self._event = self._connect(self._opts)
-                if not self._event.fire_event(payload, tag, timeout=CONNECT_TIMEOUT_MS):
-                    raise ConnectionError("cannot connect to the master's event socket")
-            except Exception as exc:  # anything from Salt's transport: best effort
-                self._failed(now, tag, exc)
+            if len(self._queue) >= self._queue_limit:
+                self.dropped += 1
+                self._full(tag)
                 return False
-            self.fired += 1
-            if self._warned_at is not None:
-                log.info("Salt event bus reachable again; firing aws_ork events")
-                self._warned_at = None
+            self._queue.append(_Queued(tag, payload, self._target))
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="aws_ork-salt-events",
+                                                daemon=True)  # never holds up an exit
+                self._worker.start()
+            self._cond.notify_all()
             return True
 
     def _payload(self, kind: Kind, minion_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -196,8 +241,71 @@ class SaltEvents:
             self._context.pop(minion_id, None)
         return payload
 
+    def _full(self, tag: str) -> None:
+        """An event dropped for want of room in the queue (under the lock)."""
+        now = self._clock()
+        if self._full_warned_at is None or now - self._full_warned_at >= WARN_EVERY_SECONDS:
+            self._full_warned_at = now
+            log.warning("Salt event %s dropped: %d aws_ork events already wait to be fired "
+                        "(the master's event bus is slow or hangs?); events are dropped while "
+                        "the queue is full (reactors miss them)", tag, len(self._queue))
+        else:
+            log.debug("Salt event %s dropped: the event queue is full", tag)
+
+    # --- the worker thread ---
+
+    def _work(self) -> None:
+        """Fire the queued events in order until close() and the queue is empty (or close()
+        gave up on this thread); then close the connection."""
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:  # closing (close() empties it when it gives up)
+                    break
+                item = self._queue.popleft()
+                self._busy = True
+            try:
+                fired = self._deliver(item)
+            except Exception:  # a bug of ours: the thread must live on
+                log.exception("Salt event %s dropped", item.tag)
+                fired = False
+            with self._cond:
+                self._busy = False
+                if self._abandoned:  # close() counted it as dropped already
+                    break
+                if fired:
+                    self.fired += 1
+                else:
+                    self.dropped += 1
+                self._cond.notify_all()
+        self._close()
+
+    def _deliver(self, item: _Queued) -> bool:
+        """Fire one event; True if Salt took it. Waits at most one connection timeout for a
+        new connection (and, like Salt, as long as the socket takes a message)."""
+        now = self._clock()
+        if item.target is not self._event_target:  # the first event, or the first after a
+            self._close()                           # reload: a new connection, at once
+            self._event_target = item.target
+            self._down_until = 0.0
+        if now < self._down_until:
+            log.debug("Salt event %s dropped: the master's event bus is down", item.tag)
+            return False
+        try:
+            if self._event is None:
+                self._event = self._connect(item.target.opts)
+            if not self._event.fire_event(item.payload, item.tag, timeout=CONNECT_TIMEOUT_MS):
+                raise ConnectionError("cannot connect to the master's event socket")
+        except Exception as exc:  # anything from Salt's transport: best effort
+            self._failed(now, item.tag, exc)
+            return False
+        if self._warned_at is not None:
+            log.info("Salt event bus reachable again; firing aws_ork events")
+            self._warned_at = None
+        return True
+
     def _failed(self, now: float, tag: str, exc: Exception) -> None:
-        self.dropped += 1
         self._down_until = now + RETRY_SECONDS
         self._close()
         if self._warned_at is None or now - self._warned_at >= WARN_EVERY_SECONDS:
@@ -216,15 +324,35 @@ class SaltEvents:
             except Exception:  # a half-broken connection: nothing more to do with it
                 log.debug("closing the Salt event connection failed", exc_info=True)
 
-    def reload(self, opts: Mapping[str, Any]) -> None:
-        """SIGHUP: the master's (re-read) config may move its sock_dir: reconnect on the next
-        event."""
-        with self._lock:
-            self._close()
-            self._opts = opts
-            self._down_until = 0.0
+    # --- the daemon's own thread ---
 
-    def close(self) -> None:
-        """Close the connection (at exit: Salt warns about an unclosed one)."""
-        with self._lock:
-            self._close()
+    def reload(self, opts: Mapping[str, Any]) -> None:
+        """SIGHUP: the master's (re-read) config may move its sock_dir: the events queued
+        from now on are fired over a new connection (tried at once, even after a failure);
+        those queued before still go the old way."""
+        with self._cond:
+            self._target = _Target(opts)
+
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """At stop: fire what is queued, waiting at most ``timeout`` seconds in all, then
+        close the connection (Salt warns about an unclosed one). Events still queued then,
+        and the one a hung bus holds up, are dropped (counted, and one WARNING); so are
+        events fired after this."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            worker = self._worker
+        if worker is None:
+            return
+        worker.join(timeout)
+        if not worker.is_alive():
+            return  # it fired (or dropped) everything, and closed the connection
+        with self._cond:
+            if self._abandoned:
+                return
+            self._abandoned = True
+            left = len(self._queue) + int(self._busy)
+            self._queue.clear()
+            self.dropped += left
+        log.warning("%d aws_ork Salt events dropped at stop: not fired within %.1f s (the "
+                    "master's event bus hangs?)", left, timeout)
