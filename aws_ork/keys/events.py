@@ -57,10 +57,10 @@ RETRY_SECONDS = 10.0
 WARN_EVERY_SECONDS = 600.0
 #: Events waiting for the worker thread, at most: a bus that hangs (the master's event
 #: publisher wedged) costs memory, not the loop's time: about 1.5 KiB an event (measured, a
-#: few tags), 26 KiB with EC2's most and longest tags, so 15 MB, 260 MB at the very worst
-#: (the launch contexts, CONTEXT_LIMIT, can hold as much). A working bus fires an event in
-#: about a millisecond, faster than the loop decides, so the queue stays short.
-QUEUE_LIMIT = 10_000
+#: few tags), 26 KiB with EC2's most and longest tags, so 1.5 MB, 26 MB at the very worst.
+#: A working bus fires an event in about a millisecond, faster than the loop decides (a
+#: 10-message batch takes tens of milliseconds), so the queue stays short.
+QUEUE_LIMIT = 1_000
 #: At stop, the queued events get this long, in all, to be fired; what is left is dropped.
 CLOSE_SECONDS = 3.0
 #: Auto Scaling group names are at most 255 characters; anything longer is not one.
