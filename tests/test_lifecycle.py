@@ -34,7 +34,8 @@ from tests.daemon import (
     wait_for,
 )
 from tests.messages import envelope, fixture, fixture_text
-from tests.saltenv import SaltMinion, make_minion_keys, start_minion
+from tests.metricsenv import scrape, value
+from tests.saltenv import SaltMinion, free_port, make_minion_keys, start_minion
 from tests.snssign import SigningIdentity, sign_envelope
 from tests.test_key_binding import publish
 from tests.trustenv import TOPIC, group_instance, trust_config
@@ -111,7 +112,9 @@ def test_launch_is_completed_only_once_its_late_key_is_accepted_with_heartbeats_
     group = hooks["group"]
     instance = group_instance(hooks)
     inner = hook_message(LAUNCHING, instance, group, LAUNCH_HOOK)
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*")
+    port = free_port()
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*",
+                        MetricsAddress=f"127.0.0.1:{port}")
     with daemon(conf, tmp_path / "aws_ork.log", asg) as log:
         send(sqs, queue_url, signed_hook(identity, inner))
         beats = wait_for(lambda: len(asg.recorded("RecordLifecycleActionHeartbeat",
@@ -132,6 +135,7 @@ def test_launch_is_completed_only_once_its_late_key_is_accepted_with_heartbeats_
         assert_action(completed[0], inner)
         assert completed[0]["LifecycleActionResult"] == "CONTINUE"
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 60, "the message deleted")
+        assert value(scrape(port), "aws_ork_lifecycle_actions_completed_total") == 1
     text = log.read_text()
     assert f"{instance}: lifecycle action {LAUNCH_HOOK} ({group}) completed: CONTINUE" in text
 

@@ -10,14 +10,11 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from aws_ork import __version__
 from aws_ork.loop import oldest_age
@@ -26,48 +23,12 @@ from aws_ork.runtime import metrics
 from aws_ork.sqs.queue import Queue
 from tests.daemon import run_aws_ork, send, start_aws_ork, states, wait_for, write_config
 from tests.messages import new_id, sns_launch, sns_terminate
+from tests.metricsenv import get, scrape, total, try_get, value
 from tests.saltenv import SaltMaster, free_port
 
 #: A 4 s systemd watchdog cuts the long poll to 2 s (runtime/systemd.py Watchdog.longest_wait),
 #: and /healthz allows 3 poll intervals without a completed receive: 6 s instead of 60 s.
 SHORT_POLLS = {"WATCHDOG_USEC": "4000000"}
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    """(HTTP status, body) of a GET on the daemon's metrics address."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def try_get(port: int, path: str) -> tuple[int, str] | None:
-    """Like get(), None while nothing listens yet."""
-    try:
-        return get(port, path)
-    except (urllib.error.URLError, ConnectionError):
-        return None
-
-
-def scrape(port: int) -> Samples:
-    """Every sample of /metrics: {(sample name, labels): value}."""
-    status, text = get(port, "/metrics")
-    assert status == 200, text
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
-
-
-def total(samples: Samples, name: str) -> float:
-    """The sum over every label set of one sample name."""
-    return sum(v for (n, _), v in samples.items() if n == name)
-
 
 def stop(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGTERM)
@@ -111,8 +72,9 @@ def test_metrics_count_exactly_what_the_daemon_did(master, tmp_path, sqs, queue_
         wait_for(lambda: total(scrape(port), "aws_ork_messages_finished_total") == 5, 60,
                  "the late launch finished")
         samples = wait_for(lambda: (got := scrape(port))[
-            ("aws_ork_mirror_pending_changes", frozenset())] == 0 and got, 60,
-            "the mirror caught up")
+            ("aws_ork_mirror_pending_changes", frozenset())] == 0
+            and value(got, "aws_ork_salt_events_fired_total") == 4 and got, 60,
+            "the mirror caught up and the reactor events fired")
         assert states(master, first, second, gone) == {first: "minions", second: "minions",
                                                        gone: None}
     finally:
@@ -136,6 +98,8 @@ def test_metrics_count_exactly_what_the_daemon_did(master, tmp_path, sqs, queue_
     assert value(samples, "aws_ork_keys_preauthorised_total") == 0
     assert value(samples, "aws_ork_keys_impostors_deleted_total") == 0
     assert value(samples, "aws_ork_lifecycle_actions_completed_total") == 0
+    # one aws_ork/... event per decision about an instance (the unknown body names none)
+    assert value(samples, "aws_ork_salt_events_dropped_total") == 0
     assert total(samples, "aws_ork_aws_errors_total") == 0  # the mirror's HEAD 404s included
     age = value(samples, "aws_ork_oldest_message_age_seconds")
     assert age is not None and age >= 0

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import uuid
 
-from tests.daemon import run_aws_ork, send, start_aws_ork, stop_aws_ork, wait_for
-from tests.saltenv import start_minion
+from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, stop_aws_ork, wait_for
+from tests.saltenv import make_minion_keys, start_minion
 from tests.trustenv import LAUNCH, TERMINATE, decision_line, group_instance, signed, trust_config
 
 
@@ -119,3 +119,33 @@ def test_a_template_other_than_the_instance_id_needs_verify_instances(master, tm
     result = run_aws_ork(conf, "--once")
     assert result.returncode == 2
     assert "MinionIdTemplate: is not {instance_id} but VerifyInstances is off" in result.stderr
+
+
+def test_with_key_binding_only_the_published_key_is_accepted_under_the_templated_id(
+        master, tmp_path, sqs, queue_url, cert_dir, identity, fleet):
+    """A templated id is easy to guess: with KeyBinding = tag an impostor's key pending under
+    it is deleted and the key the instance published is accepted there."""
+    name = f"web-{uuid.uuid4().hex[:6]}"
+    instance = named_instance(fleet, name)
+    fingerprint = make_minion_keys(tmp_path / "genuine")
+    make_minion_keys(tmp_path / "impostor")
+    master.add_pending_key(name, (tmp_path / "impostor" / "minion.pub").read_text())
+    fleet["ec2"].create_tags(Resources=[instance], Tags=[{"Key": "salt:minion-fingerprint",
+                                                          "Value": fingerprint}])
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
+                        MinionIdTemplate="{tag:Name}", KeyBinding="tag")
+    send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
+
+    waiting = run_aws_ork(conf, "--once")
+    assert waiting.returncode == 0, waiting.stderr
+    assert f"SECURITY: {name}: the pending key with fingerprint" in waiting.stderr
+    assert master.key_state_of(name) is None  # the impostor's key is gone
+
+    master.add_pending_key(name, (tmp_path / "genuine" / "minion.pub").read_text())
+    wait_for(lambda: queue_counts(sqs, queue_url) == (1, 0), 60, "the launch visible again")
+    accepted = run_aws_ork(conf, "--once")  # the retried launch finds the genuine key
+    assert accepted.returncode == 0, accepted.stderr
+    assert f"minion {name}: accepted (key binding: {fingerprint})" in about(
+        accepted.stderr, instance)
+    assert master.key_path(name, "minions").read_text().strip() == \
+        (tmp_path / "genuine" / "minion.pub").read_text().strip()

@@ -92,6 +92,8 @@ class Completer:
         self._ended: OrderedDict[str, State] = OrderedDict()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: actions completed with CONTINUE in this run (the metrics read it)
+        self.completed = 0
 
     # --- the decide stage ---
 
@@ -111,6 +113,8 @@ class Completer:
                      "answered); dropped", action.instance_id, action.describe())
             return "lifecycle action no longer waiting; dropped"
         self._end(action, State.DONE)
+        with self._lock:
+            self.completed += 1
         log.info("%s: %s completed: CONTINUE", action.instance_id, action.describe())
         return State.DONE.value
 

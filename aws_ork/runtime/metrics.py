@@ -123,8 +123,18 @@ class AwsOrkCollector(Collector):
             yield family
         lifecycle = CounterMetricFamily("aws_ork_lifecycle_actions_completed",
                                         "lifecycle actions completed (CompleteLifecycleAction)")
-        lifecycle.add_metric([], 0)  # lifecycle hooks are not completed by aws_ork yet
+        completer = self.handler.completer
+        lifecycle.add_metric([], completer.completed if completer is not None else 0)
         yield lifecycle
+        events = self.handler.salt_events
+        for name, text, count in (
+                ("fired", "aws_ork/... events fired on the master's event bus (SaltEvents)",
+                 events.fired if events is not None else 0),
+                ("dropped", "aws_ork/... events dropped: the bus was down, hung or full",
+                 events.dropped if events is not None else 0)):
+            family = CounterMetricFamily(f"aws_ork_salt_events_{name}", text)
+            family.add_metric([], count)
+            yield family
         errors = CounterMetricFamily("aws_ork_aws_errors", "failed AWS calls",
                                      labels=["service", "code"])
         for (service, code), count in sorted(aws_errors().items()):
