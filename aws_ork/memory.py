@@ -48,6 +48,18 @@ def append_line(path: Path, line: str, *, sync: bool = True) -> None:
         os.close(fd)
 
 
+def read_lines(path: Path) -> list[str]:
+    """The lines of a memory file ([] when there is none yet); OSError naming the file when
+    it cannot be read (a start-up failure)."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise OSError(f"{path}: cannot read: {exc}") from exc
+    return text.splitlines()
+
+
 def sync_file(path: Path) -> None:
     """fsync a memory file: every line appended to it so far is durable."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -84,14 +96,8 @@ class IdMemory:
                 self._unsynced = False
 
     def _load(self) -> None:
-        try:
-            text = self.path.read_text(encoding="ascii", errors="replace")
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise OSError(f"{self.path}: cannot read: {exc}") from exc
         cutoff = self.clock() - self.keep_seconds
-        for line in text.splitlines():
+        for line in read_lines(self.path):
             self._lines += 1
             when_text, _, value = line.partition(" ")
             try:
@@ -179,13 +185,7 @@ class MinionNames:
         self._load()
 
     def _load(self) -> None:
-        try:
-            text = self.path.read_text(encoding="ascii", errors="replace")
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise OSError(f"{self.path}: cannot read: {exc}") from exc
-        for line in text.splitlines():
+        for line in read_lines(self.path):
             self._lines += 1
             parts = line.split(" ")
             if len(parts) != 3:
