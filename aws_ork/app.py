@@ -38,6 +38,7 @@ from aws_ork.mirror.manifest import FILE_NAME as MANIFEST_FILE
 from aws_ork.mirror.planner import S3Mirror
 from aws_ork.mirror.worker import MirrorWorker
 from aws_ork.runtime import systemd
+from aws_ork.runtime.files import lock_directory
 from aws_ork.runtime.metrics import AwsOrkCollector, MetricsServer, health
 from aws_ork.runtime.stopper import Stopper
 from aws_ork.sqs.archive import Archive
@@ -93,6 +94,7 @@ class App:
         # EC2 is asked in SQS_Region: the instances a master manages live in the queue's region.
         ec2 = make_client("ec2", cfg.sqs_region, max_attempts=3) if cfg.verify_instances \
             else None
+        self._state_lock = self._lock_state_dir(cfg, run.dry_run)
         terminations = None if cfg.verify_instances else \
             Terminations(cfg.state_dir / "terminated", dry_run=run.dry_run)
         finished, enrolled, names = self._memories(cfg, run.dry_run)
@@ -156,6 +158,18 @@ class App:
             host, port = cfg.metrics_address
             raise ConfigError(cfg.source, "MetricsAddress",
                               f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+    @staticmethod
+    def _lock_state_dir(cfg: Config, dry_run: bool) -> int | None:
+        """One daemon per StateDir: its memories, mirror journal and manifest are one
+        process's own (two daemons of a Salt cluster on one host each need their own). A
+        dry run writes nothing there and takes no lock."""
+        if dry_run:
+            return None
+        try:
+            return lock_directory(cfg.state_dir)
+        except OSError as exc:
+            raise StateError(f"StateDir: {exc}") from exc
 
     @staticmethod
     def _memories(cfg: Config, dry_run: bool) -> tuple[IdMemory, IdMemory, MinionNames | None]:

@@ -16,6 +16,7 @@ from tests.daemon import (
     send,
     start_aws_ork,
     states,
+    stop_aws_ork,
     tree_md5s,
     wait_for,
     write_config,
@@ -300,3 +301,22 @@ def test_check_reports_each_part_and_fails_on_a_missing_bucket(master, tmp_path,
     failed = run_aws_ork(bad, "--check")
     assert failed.returncode == 1
     assert any(line.startswith("FAIL bucket") for line in failed.stdout.splitlines())
+
+
+def test_a_second_daemon_on_the_same_state_dir_does_not_start(conf, tmp_path):
+    """StateDir (replay memories, mirror journal and manifest, minion ids) is one daemon's
+    own: a second aws_ork pointed at it exits 1 naming the first one's pid; a dry run, which
+    writes nothing there, still runs; once the first has stopped the next one starts."""
+    log = tmp_path / "first.log"
+    first = start_aws_ork(conf, log, "-v")
+    try:
+        wait_for(lambda: "long poll" in log.read_text(), 60, "the first daemon's long poll")
+        second = run_aws_ork(conf, "--once")
+        assert second.returncode == 1, second.stderr
+        assert f"is in use by another aws_ork (pid {first.pid})" in second.stderr
+        dry = run_aws_ork(conf, "--once", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+    finally:
+        assert stop_aws_ork(first) == 0
+    after = run_aws_ork(conf, "--once")
+    assert after.returncode == 0, after.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -49,3 +50,30 @@ def tree_entries(root: Path,
         links = [name for name in dirnames if os.path.islink(os.path.join(dirpath, name))]
         for name in sorted(filenames + links):
             yield Path(dirpath, name).relative_to(root).as_posix()
+
+
+class DirectoryInUse(OSError):
+    """Another process holds the directory's lock."""
+
+
+def lock_directory(directory: Path, name: str = "lock") -> int:
+    """Take an exclusive lock on ``directory/name`` (made 0600, never through a symlink) and
+    return its descriptor: the lock lasts as long as the process keeps it open, and the
+    kernel drops it when the process dies (no stale lock file to clean up). The file holds
+    the holder's pid, for the message of the next one. DirectoryInUse when another process
+    holds it; OSError when it cannot be made."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise DirectoryInUse(f"{directory} is in use by another aws_ork (pid {holder})") \
+            from None
+    except OSError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
