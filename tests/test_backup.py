@@ -356,7 +356,7 @@ def test_restore_brings_back_a_master_whose_minion_still_answers(tmp_path, queue
         send(sqs, queue_url, sns_launch(minion_id))
         result = run_aws_ork(conf, "--once")
         assert result.returncode == 0, result.stderr
-        assert lost.key_state_of(minion_id) == "minions"
+        assert lost.key_state_of(minion_id) == "minions", result.stderr
         lost.wait_for_ping(minion_id, timeout=60)
         before, before_modes = tree_md5s(lost.pki_root), modes(lost.pki_root)
         assert bucket_objects(s3, bucket) == before

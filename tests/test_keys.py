@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from aws_ork.keys.manager import KeyManager, Outcome, load_master_opts
@@ -110,4 +112,35 @@ def test_a_key_another_daemon_accepted_meanwhile_is_already_accepted_not_an_erro
 
     monkeypatch.setattr(keys, "states", pending_at_first_look)
     assert keys.accept(minion).outcome is Outcome.ALREADY_ACCEPTED
+    assert master.key_state_of(minion) == "minions"
+
+
+def test_an_accepted_key_is_never_absent_for_a_minion_authenticating_meanwhile(
+        master, keys, monkeypatch):
+    """Salt's file driver stores a state change as "delete the old file, write the new one";
+    a minion authenticating in between finds no key, is taken for a new minion, and the master
+    puts its key back in pending over the accept. The accept is one rename instead: at every
+    removal of one of the key's files, another state still holds it."""
+    minion = new_id()
+    master.add_pending_key(minion)
+    absent_at: list[str] = []
+    real_remove, real_unlink = os.remove, os.unlink
+
+    def watched(real):
+        def remove(path, *args, **kwargs):
+            path = os.fspath(path)
+            if os.path.basename(path) == minion:
+                real(path, *args, **kwargs)
+                if not any(master.key_path(minion, state).is_file()
+                           for state in ("minions", "minions_pre", "minions_rejected")):
+                    absent_at.append(path)
+                return None
+            return real(path, *args, **kwargs)
+        return remove
+
+    monkeypatch.setattr(os, "remove", watched(real_remove))
+    monkeypatch.setattr(os, "unlink", watched(real_unlink))
+    assert keys.accept(minion).outcome is Outcome.ACCEPTED
+    monkeypatch.undo()
+    assert absent_at == []
     assert master.key_state_of(minion) == "minions"

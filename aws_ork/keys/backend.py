@@ -12,15 +12,24 @@ This module does what those methods do for one id, with the same objects Salt us
 grains/pillar cache of that one minion flushed after a delete (what ``check_minion_cache``
 does for every deleted id), and the AES rotation drop file when ``rotate_aes_key`` is on,
 so a deleted minion can no longer decrypt publications.
+
+One difference, on purpose: with Salt's file driver (``localfs_key``) a pending key is
+accepted by one ``rename`` of ``minions_pre/<id>`` to ``minions/<id>``, where the driver's
+``store`` first deletes the pending file and then writes the accepted one. Between the two
+the key exists nowhere, and a minion authenticating at that moment (it retries every
+``acceptance_wait_time``) is taken for a new minion: the master stores its key as pending
+again, over the accepted one, and the accept is lost. With the rename the key is always in
+exactly one state.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any
 
-from aws_ork.keys.location import ACCEPTED, DENIED
+from aws_ork.keys.location import ACCEPTED, DENIED, FILE_DRIVER, PENDING, REJECTED, KeyLocation
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +43,12 @@ class SaltKeys:
     Callers validate the id first (``aws_ork.ids``) and translate Salt's exceptions.
     """
 
-    def __init__(self, key: Any) -> None:
+    def __init__(self, key: Any, location: KeyLocation | None = None) -> None:
         self.key = key
         self.opts = key.opts
+        #: where the file driver keeps keys (None: always through the cache driver)
+        self.location = location if location is not None and location.driver == FILE_DRIVER \
+            else None
         self._data_cache: Any = None  # salt.cache for grains/pillar, made on first delete
 
     def accept(self, minion_id: str, entry: Any = None) -> bool:
@@ -60,10 +72,28 @@ class SaltKeys:
             log.error("%s: pending key is not a valid RSA public key; not accepted", minion_id)
             return False
         entry = {**entry, "state": "accepted"}
-        self.key.cache.store("keys", minion_id, entry)
+        if self.location is not None:
+            try:
+                self._rename_accept(minion_id)
+            except FileNotFoundError:
+                return False  # no longer pending (another process changed it)
+        else:
+            self.key.cache.store("keys", minion_id, entry)
         self._fire({"result": True, "act": "accept", "id": minion_id, "pub": entry["pub"]},
                    salt.utils.event.tagify(prefix="key"))
         return True
+
+    def _rename_accept(self, minion_id: str) -> None:
+        """minions_pre/<id> -> minions/<id> in one step (see the module docstring); then, as
+        the driver's store would, no other state of the id is left (a rejected copy would
+        win over the accepted one: the driver reads rejected first)."""
+        assert self.location is not None
+        os.rename(self.location.path(PENDING, minion_id),
+                  self.location.path(ACCEPTED, minion_id))
+        try:
+            os.unlink(self.location.path(REJECTED, minion_id))
+        except FileNotFoundError:
+            pass
 
     def denied(self, minion_id: str) -> list[str]:
         """The public keys Salt denied under this id (another key was pending or accepted)."""

@@ -95,8 +95,8 @@ class KeyManager:
 
             key = salt.key.Key(dict(opts))
         self._key = key
-        self._salt = SaltKeys(key)  # exact O(1) changes: salt.key's own list every key
         self.location = KeyLocation.from_opts(opts)
+        self._salt = SaltKeys(key, self.location)  # exact O(1): salt.key's own list every key
         self._stubs = AutosignStubs(self.location, auto_accept=bool(opts.get("auto_accept")))
         self.dry_run = dry_run
 
