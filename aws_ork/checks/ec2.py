@@ -1,7 +1,7 @@
 """VerifyInstances: EC2 must confirm what a message says before a key is touched.
 
-One ``DescribeInstances`` per receive batch (:meth:`InstanceCheck.prime`, before the batch is
-handled; a message looks its instance up alone only when that call failed), in SQS_Region
+One ``DescribeInstances`` per receive batch (:meth:`InstanceCheck.look_ahead`, before the
+batch is handled; a message looks its instance up alone only when that call failed), in SQS_Region
 (the queue's region: the instances a master manages live there). EC2's request-rate bucket is
 shared with the rest of the account: one call per ten messages instead of ten.
 
@@ -114,15 +114,11 @@ class Ec2Lookup:
         try:
             response = self.ec2.describe_instances(InstanceIds=[instance_id])
         except botocore.exceptions.ClientError as exc:
-            code = error_code(exc)
-            if code in NOT_FOUND:
+            if error_code(exc) in NOT_FOUND:
                 return None
-            count_aws_error("ec2", code)
-            raise InstanceLookupError(f"EC2 DescribeInstances failed: {code}") from exc
-        except AWS_ERRORS as exc:  # unreachable, timed out, an answer botocore cannot read
-            count_aws_error("ec2", error_code(exc))
-            raise InstanceLookupError(
-                f"EC2 DescribeInstances failed: {type(exc).__name__}: {exc}") from exc
+            raise _failed(exc) from exc
+        except AWS_ERRORS as exc:
+            raise _failed(exc) from exc
         for reservation in response.get("Reservations", []):
             for item in reservation.get("Instances", []):
                 if item.get("InstanceId") == instance_id:
@@ -145,13 +141,19 @@ class Ec2Lookup:
                         for item in reservation.get("Instances", []):
                             if item.get("InstanceId") in chunk:
                                 found[item["InstanceId"]] = _instance(item)
-            except botocore.exceptions.ClientError as exc:
-                raise InstanceLookupError(
-                    f"EC2 DescribeInstances failed: {error_code(exc)}") from exc
-            except AWS_ERRORS as exc:  # unreachable, timed out, an answer botocore cannot read
-                raise InstanceLookupError(
-                    f"EC2 DescribeInstances failed: {type(exc).__name__}: {exc}") from exc
+            except AWS_ERRORS as exc:
+                raise _failed(exc) from exc
         return found
+
+
+def _failed(exc: Exception) -> InstanceLookupError:
+    """A DescribeInstances that failed (throttled, not authorised, unreachable, timed out, an
+    answer botocore cannot read), counted for the metrics: retry later, never accept."""
+    code = error_code(exc)
+    count_aws_error("ec2", code)
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return InstanceLookupError(f"EC2 DescribeInstances failed: {code}")
+    return InstanceLookupError(f"EC2 DescribeInstances failed: {type(exc).__name__}: {exc}")
 
 
 def _instance(item: Mapping[str, Any]) -> Instance:
@@ -210,10 +212,6 @@ class InstanceCheck:
     def use(self, primed: Mapping[str, Instance | None]) -> None:
         """The batch in hand is the one ``primed`` was looked up for."""
         self._primed = dict(primed)
-
-    def prime(self, instance_ids: Collection[str]) -> None:
-        """Look the batch's instances up now and use the answer (see look_ahead)."""
-        self.use(self.look_ahead(instance_ids))
 
     def forget(self) -> None:
         """The batch is done: the next one is looked up afresh."""
