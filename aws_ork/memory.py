@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from aws_ork.runtime.files import write_atomic
@@ -58,6 +58,22 @@ def read_lines(path: Path) -> list[str]:
     except OSError as exc:
         raise OSError(f"{path}: cannot read: {exc}") from exc
     return text.splitlines()
+
+
+def compact_if_due(path: Path, lines: int, live: int,
+                   render: Callable[[], Iterable[str]]) -> int:
+    """Rewrite a memory file of ``lines`` lines with its ``live`` ones only (``render``: temp
+    file + rename) once it holds more dead lines than live ones, plus 1,000; the file's line
+    count after it. A rewrite that fails leaves the long file, which still holds every live
+    line. The caller holds its lock."""
+    if lines <= 2 * live + 1000:
+        return lines
+    try:
+        write_atomic(path, "".join(render()).encode("ascii"), 0o600)
+    except OSError as exc:
+        log.warning("%s: cannot compact: %s", path, exc)
+        return lines
+    return live
 
 
 def sync_file(path: Path) -> None:
@@ -135,8 +151,9 @@ class IdMemory:
             append_line(self.path, f"{now:.3f} {value}\n", sync=sync)
             self._unsynced = self._unsynced or not sync
             self._lines += 1
-            if self._lines > 2 * len(self._ids) + 1000:
-                self._compact()
+            self._lines = compact_if_due(
+                self.path, self._lines, len(self._ids),
+                lambda: (f"{when:.3f} {value}\n" for value, when in self._ids.items()))
 
     def _trim(self) -> None:
         """Drop expired ids, then the oldest beyond the limit (caller holds the lock)."""
@@ -146,15 +163,6 @@ class IdMemory:
             if when >= cutoff and len(self._ids) <= self.limit:
                 break
             del self._ids[oldest]
-
-    def _compact(self) -> None:
-        """Rewrite the file with the live ids only (caller holds the lock)."""
-        data = "".join(f"{when:.3f} {value}\n" for value, when in self._ids.items())
-        try:
-            write_atomic(self.path, data.encode("ascii"), 0o600)
-            self._lines = len(self._ids)
-        except OSError as exc:  # the long file still holds every live id
-            log.warning("%s: cannot compact: %s", self.path, exc)
 
 
 #: a released instance's line: its minion id is free again
@@ -237,7 +245,7 @@ class MinionNames:
             self._set(instance_id, minion_id, now)
             self._trim()
             self._lines += 1
-            self._maybe_compact()
+            self._compact()
 
     def release(self, instance_id: str) -> None:
         """The instance's key is deleted: its minion id is free again (durably)."""
@@ -247,7 +255,7 @@ class MinionNames:
             append_line(self.path, f"{self.clock():.3f} {instance_id} {_RELEASED}\n")
             self._drop(instance_id)
             self._lines += 1
-            self._maybe_compact()
+            self._compact()
 
     def _set(self, instance_id: str, minion_id: str, when: float) -> None:
         self._drop(instance_id)
@@ -263,13 +271,8 @@ class MinionNames:
         while len(self._names) > self.limit:
             self._drop(next(iter(self._names)))
 
-    def _maybe_compact(self) -> None:
-        if self._lines <= 2 * len(self._names) + 1000:
-            return
-        data = "".join(f"{when:.3f} {instance_id} {minion_id}\n"
-                       for instance_id, (when, minion_id) in self._names.items())
-        try:
-            write_atomic(self.path, data.encode("ascii"), 0o600)
-            self._lines = len(self._names)
-        except OSError as exc:  # the long file still holds every live entry
-            log.warning("%s: cannot compact: %s", self.path, exc)
+    def _compact(self) -> None:
+        self._lines = compact_if_due(
+            self.path, self._lines, len(self._names),
+            lambda: (f"{when:.3f} {instance_id} {minion_id}\n"
+                     for instance_id, (when, minion_id) in self._names.items()))
