@@ -95,7 +95,8 @@ class Handler:
         # the loop and the arrivals thread both change keys: one at a time
         self._keys_lock = threading.RLock()
         self._parsed: dict[str, Event] = {}  # the batch in hand, parsed once by prime()
-        self._prepared: _Prepared | None = None  # the next batch, prepared ahead
+        #: batches prepared ahead (defaults.RECEIVE_AHEAD at most), by their message ids
+        self._prepared: dict[tuple[str, ...], _Prepared] = {}
         self._prepared_lock = threading.Lock()
         #: the loop's thread while it handles a batch: memories written there are made
         #: durable once for the batch (:meth:`flush`), before its messages are deleted
@@ -129,7 +130,9 @@ class Handler:
             log.debug("could not prepare the next batch ahead; prime will", exc_info=True)
             return
         with self._prepared_lock:
-            self._prepared = prepared
+            self._prepared[prepared.message_ids] = prepared
+            while len(self._prepared) > defaults.RECEIVE_AHEAD:  # never taken (a stop)
+                del self._prepared[next(iter(self._prepared))]
 
     def _prepare(self, messages: Sequence[Message]) -> _Prepared:
         parsed = {m.message_id: events.parse(m.body) for m in messages}
@@ -148,10 +151,9 @@ class Handler:
         :meth:`prepare` found ahead for exactly this batch."""
         self._batch_thread = threading.get_ident()
         with self._prepared_lock:
-            prepared, self._prepared = self._prepared, None
+            prepared = self._prepared.pop(tuple(m.message_id for m in messages), None)
         try:
-            if prepared is None or prepared.message_ids != tuple(m.message_id
-                                                                 for m in messages):
+            if prepared is None:
                 prepared = self._prepare(messages)
             self._parsed = dict(prepared.parsed)
             for check, found in prepared.looked:

@@ -6,6 +6,10 @@ from __future__ import annotations
 WAIT_TIME_SECONDS = 20
 #: The most messages one ReceiveMessage may return.
 MAX_MESSAGES = 10
+#: Receive batches taken from the queue ahead of the loop at most (sqs/receiver.py): two
+#: keep receives back to back during a backlog (one waiting while the next is in flight)
+#: without pulling a backlog out of the queue faster than it is handled.
+RECEIVE_AHEAD = 2
 #: ``--once`` stops at the first empty receive; a short long-poll still asks every SQS
 #: server (a zero wait samples only some and can come back empty while messages exist).
 ONCE_WAIT_TIME_SECONDS = 2

@@ -1,68 +1,95 @@
-"""Receive the next batch while the current one is handled.
+"""Keep the next receives going while the loop handles a batch.
 
-A backlog drains at the pace of ReceiveMessage, not of ReceiveMessage plus the key work: as
-soon as a batch arrives, the next long poll starts in a helper thread, and the loop picks its
-result up when the batch is done. There is never more than one receive in flight, so an idle
-daemon still makes exactly one ReceiveMessage per long poll (a poll is prefetched only after
-a batch that held messages, and with PollPause 0). A prefetched batch is also prepared in that
-thread (``prepare``: parsed, its instances looked up in EC2), so that the look-up too runs
-while the previous batch is handled.
+A backlog drains at the pace of ReceiveMessage, not of ReceiveMessage plus the key work:
+during a backlog the next long poll starts the moment the previous one returned (not when
+the loop gets round to it), so receives follow each other back to back, as in a bare
+receive/delete loop. At most ``defaults.RECEIVE_AHEAD`` batches are received and not yet
+taken by the loop (the one in flight included), so a backlog is never pulled out of the queue faster
+than it is handled: messages received ahead keep their visibility timeout running.
+
+A receive is chained only after one that brought messages, and never after a stop or
+:meth:`Receiver.close`: an idle daemon still makes exactly one ReceiveMessage per long
+poll. Each batch received ahead is also prepared in its receive's thread (``prepare``:
+parsed, its instances looked up in EC2) after the next receive has been started, so the
+look-up overlaps both the next receive and the loop's work on the batch before.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 
+from aws_ork import defaults
 from aws_ork.runtime.stopper import Stopped, Stopper
 from aws_ork.sqs.queue import Message, Queue
 
 log = logging.getLogger(__name__)
 
-
 class Receiver:
-    """Long polls for the loop; :meth:`prefetch` starts the next one early."""
+    """Long polls for the loop; :meth:`prefetch` starts receiving ahead."""
 
     def __init__(self, queue: Queue, stopper: Stopper, *,
                  prepare: Callable[[list[Message]], None] | None = None) -> None:
         self.queue = queue
         self.stopper = stopper
         self.prepare = prepare  # never raises (Handler.prepare)
-        self._next: Future[list[Message]] | None = None
+        self._lock = threading.Lock()
+        #: receives started ahead, oldest first, not yet taken by the loop
+        self._ahead: deque[Future[list[Message]]] = deque()
+        self._in_flight = False  # a receive started ahead has not returned yet
+        self._closed = False
 
     def prefetch(self, wait: int) -> None:
-        """Start the next long poll now, in a helper thread (one at most); its batch is
-        prepared there too."""
-        if self._next is not None:
-            return
-        future = self.stopper.start(lambda: self._receive_and_prepare(wait))
-        self._next = future
+        """Start receiving ahead now, in a helper thread, unless a receive is in flight or
+        :data:`defaults.RECEIVE_AHEAD` batches are already waiting."""
+        with self._lock:
+            self._start_locked(wait)
 
-    def _receive_and_prepare(self, wait: int) -> list[Message]:
-        messages = self.queue.receive(wait)
-        if messages and self.prepare is not None:
-            self.prepare(messages)
+    def _start_locked(self, wait: int) -> None:
+        if self._closed or self._in_flight or len(self._ahead) >= defaults.RECEIVE_AHEAD \
+                or self.stopper.stopping:
+            return
+        self._in_flight = True
+        self._ahead.append(self.stopper.start(lambda: self._receive_ahead(wait)))
+
+    def _receive_ahead(self, wait: int) -> list[Message]:
+        try:
+            messages = self.queue.receive(wait)
+        finally:
+            with self._lock:
+                self._in_flight = False
+        if messages:
+            with self._lock:
+                self._start_locked(wait)  # a backlog: the next receive goes out at once
+            if self.prepare is not None:
+                self.prepare(messages)
         return messages
 
     def receive(self, wait: int) -> list[Message]:
-        """The prefetched batch if there is one, else a long poll now. Raises Stopped when
-        a stop cuts the wait short, QueueError when the receive failed."""
-        future, self._next = self._next, None
+        """The oldest batch received ahead if there is one, else a long poll now. Raises
+        Stopped when a stop cuts the wait short, QueueError when the receive failed."""
+        with self._lock:
+            future = self._ahead.popleft() if self._ahead else None
         if future is None:
             return self.stopper.call(lambda: self.queue.receive(wait))
         try:
             return self.stopper.result(future)
         except Stopped:
-            self._next = future  # still ours to give back in close()
+            with self._lock:
+                self._ahead.appendleft(future)  # still ours to give back in close()
             raise
 
     def close(self) -> None:
-        """On the way out: give a prefetched, unhandled batch back to the queue at once."""
-        future, self._next = self._next, None
-        if future is None:
-            return
-        future.add_done_callback(self._give_back)
+        """On the way out: no more receives ahead; every batch received ahead and not
+        handled goes back to the queue at once (when its receive returns)."""
+        with self._lock:
+            self._closed = True
+            futures, self._ahead = list(self._ahead), deque()
+        for future in futures:
+            future.add_done_callback(self._give_back)
 
     def _give_back(self, future: Future[list[Message]]) -> None:
         if future.exception() is not None:
