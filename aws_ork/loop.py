@@ -20,6 +20,7 @@ from aws_ork.mirror.worker import MirrorWorker
 from aws_ork.runtime.stopper import Stopped, Stopper
 from aws_ork.runtime.systemd import Watchdog
 from aws_ork.sqs.archive import Archive
+from aws_ork.sqs.deleter import Deleter
 from aws_ork.sqs.queue import Message, Queue
 from aws_ork.sqs.receiver import Receiver
 from aws_ork.sweep import Sweep
@@ -113,6 +114,7 @@ class Loop:
         self.watchdog = watchdog or Watchdog(None)
         self.archive = archive  # ArchiveDir: every received body, before anything else
         self.receiver = Receiver(queue, stopper, prepare=handler.prepare)
+        self.deleter = Deleter(queue)  # a handled batch is deleted while the next is handled
         self.counters = Counters()
         self.outage = QueueOutage()
         #: monotonic time of the last completed receive (the start counts as one), for /healthz
@@ -172,8 +174,11 @@ class Loop:
             messages = self._first_sightings(messages)
             if not messages:
                 return 0
+        # one EC2 look-up for the whole batch (made ahead, but not for a first batch) before
+        # the next receive goes out, which a single server would otherwise answer first
+        self.handler.prime(messages)
         if self.poll_pause <= 0:
-            self.receiver.prefetch(wait)  # the next poll runs while this batch is handled
+            self.receiver.prefetch(wait)  # the next polls run while this batch is handled
         changed = self._handle_batch(messages)
         self._watch(changed)
         if self._sleep(self.poll_pause):
@@ -205,6 +210,7 @@ class Loop:
         changes to the mirror, log the totals."""
         if not self.dry_run:
             self.receiver.close()
+        self.deleter.close()  # the last batch's delete is confirmed before the totals
         try:
             self._watch(False)  # what Salt changed in the last cycle still goes to the mirror
         except Exception:
@@ -290,10 +296,10 @@ class Loop:
             log.error("could not record Salt's own key changes for the mirror: %s", exc)
 
     def _handle_batch(self, messages: list[Message]) -> bool:
-        """Handle, then delete the finished ones; True if the key store was changed."""
+        """Handle a primed batch, then delete the finished ones (in the deleter's thread);
+        True if the key store was changed."""
         done: list[Message] = []
         changed: list[tuple[Message, Decision]] = []
-        self.handler.prime(messages)  # one EC2 lookup for the whole batch
         decided: dict[int, Decision] = {}
         for index, message in enumerate(messages):
             if self.stopper.stopping:
@@ -331,13 +337,15 @@ class Loop:
             if done:
                 log.info("dry run: %d messages would be deleted", len(done))
             return bool(changed)
-        failed = {id(m) for m in self.queue.delete(done)}
-        self.counters.deleted += len(done) - len(failed)
-        for message in done:
-            if id(message) not in failed:
-                decision = decided[id(message)]
-                self.counters.finished[decision.kind, decision.reason_code] += 1
+        self.deleter.delete(done, lambda deleted: self._count_deleted(deleted, decided))
         return bool(changed)
+
+    def _count_deleted(self, deleted: list[Message], decided: dict[int, Decision]) -> None:
+        """Messages SQS confirmed deleted are done (in the deleter's thread)."""
+        self.counters.deleted += len(deleted)
+        for message in deleted:
+            decision = decided[id(message)]
+            self.counters.finished[decision.kind, decision.reason_code] += 1
 
     def _record_for_mirror(self, changed: list[tuple[Message, Decision]]) -> bool:
         """Durably note the changed keys for the S3 mirror before their messages are deleted.

@@ -276,6 +276,56 @@ def test_key_presented_while_the_stub_is_written_is_accepted_at_once(master, mon
     assert not stub(master, instance).exists()
 
 
+def test_a_backlog_is_received_back_to_back_but_at_most_two_batches_ahead(sqs, queue_url):
+    """During a backlog the next receive goes out as soon as one returns, without waiting
+    for the loop; but no more than two batches (20 messages) are taken out of the queue
+    ahead of the loop, so a deep backlog stays in the queue, not in flight in our process."""
+    from aws_ork.aws import make_client
+    from aws_ork.runtime.stopper import Stopper
+    from aws_ork.sqs.queue import Queue
+    from aws_ork.sqs.receiver import Receiver
+
+    bodies = [f"m{n:02d}" for n in range(50)]
+    for start in range(0, 50, 10):
+        sqs.send_message_batch(QueueUrl=queue_url, Entries=[
+            {"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies[start:start + 10])])
+    prepared: list[int] = []
+    receiver = Receiver(Queue(make_client("sqs", "us-west-2"), queue_url), Stopper(),
+                        prepare=lambda batch: prepared.append(len(batch)))
+    receiver.prefetch(2)  # the loop asks once; the second receive follows by itself
+    wait_for(lambda: len(receiver._ahead) == 2 and all(f.done() for f in receiver._ahead), 30,
+             "two batches received ahead")
+    assert queue_counts(sqs, queue_url) == (30, 20)  # and no third receive
+    assert sum(prepared) == 20  # each batch was prepared in its receive's thread
+
+    got = receiver.receive(2) + receiver.receive(2)
+    assert len(got) == 20 and len({m.message_id for m in got}) == 20
+    receiver.prefetch(2)  # the loop took both: receiving ahead goes on
+    wait_for(lambda: queue_counts(sqs, queue_url) == (10, 40), 30, "two more batches")
+    receiver.close()
+
+
+def test_a_handled_batch_counts_as_deleted_only_once_sqs_confirmed_it(sqs, queue_url):
+    """The delete runs beside the loop; what SQS refused (here a receipt handle of another
+    queue's message) is not reported deleted, and close() waits for the delete in flight."""
+    from aws_ork.aws import make_client
+    from aws_ork.sqs.deleter import Deleter
+    from aws_ork.sqs.queue import Message, Queue
+
+    send(sqs, queue_url, "one", "two")
+    queue = Queue(make_client("sqs", "us-west-2"), queue_url)
+    received: list[Message] = []
+    wait_for(lambda: received.extend(queue.receive(1)) or len(received) == 2, 30, "both")
+    forged = Message("forged", "not-a-receipt-handle", "{}")
+    confirmed: list[list[Message]] = []
+    deleter = Deleter(queue)
+    deleter.delete([*received, forged], confirmed.append)
+    deleter.close()
+    assert [sorted(m.message_id for m in batch) for batch in confirmed] == \
+        [sorted(m.message_id for m in received)]
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
 def test_a_prefetched_batch_is_given_back_on_the_way_out(sqs, queue_url):
     """Receive-ahead never strands messages: a batch fetched ahead but not handled when the
     daemon stops is visible again at once, not after the visibility timeout."""
@@ -287,8 +337,11 @@ def test_a_prefetched_batch_is_given_back_on_the_way_out(sqs, queue_url):
     send(sqs, queue_url, *(f"m{n}" for n in range(3)))
     receiver = Receiver(Queue(make_client("sqs", "us-west-2"), queue_url), Stopper())
     receiver.prefetch(2)
-    wait_for(lambda: receiver._next is not None and receiver._next.done(), 30,
+    wait_for(lambda: receiver._ahead and receiver._ahead[0].done(), 30,
              "the prefetched receive")
     assert queue_counts(sqs, queue_url) == (0, 3)
+    ahead = list(receiver._ahead)  # the batch, and the receive chained after it
     receiver.close()
-    assert queue_counts(sqs, queue_url) == (3, 0)
+    wait_for(lambda: all(f.done() for f in ahead), 10, "the chained receive")
+    # well within the queue's 30 s visibility timeout: given back, not timed out
+    wait_for(lambda: queue_counts(sqs, queue_url) == (3, 0), 5, "the batch given back")
