@@ -38,11 +38,14 @@ from tests.messages import sns_launch, sns_terminate
 N = scaled(500, 20)
 
 
-def drain(master, sqs, tmp_path, ids, identity, cert_dir, *, bucket=None) -> float:
+PHASES = ("launch", "terminate")
+
+
+def drain(master, sqs, tmp_path, ids, identity, cert_dir, *, bucket=None) -> list[float]:
     """Seconds for aws_ork to work off N launches, then N terminates (two --once runs),
-    with the shipped trust defaults."""
+    with the shipped trust defaults: one figure per phase."""
     add_keys(master, ids)
-    total = 0.0
+    times = []
     for make in (sns_launch, sns_terminate):
         url = fresh_queue(sqs)
         send_all(sqs, url, [sign_body(identity, make(i)) for i in ids])
@@ -50,57 +53,66 @@ def drain(master, sqs, tmp_path, ids, identity, cert_dir, *, bucket=None) -> flo
             terminate_instances(ids)  # EC2 must say they are gone before a key goes
         conf = defaults_config(tmp_path / "c.conf", queue_url=url, master=master,
                                cert_dir=cert_dir, bucket=bucket)
-        total += time_aws_ork(conf)
+        times.append(time_aws_ork(conf))
         sqs.delete_queue(QueueUrl=url)
         expected = "minions" if make is sns_launch else None
         listing = master.key_states()
         found = {s for s, names in listing.items() if ids[0] in names}
         assert found == ({expected} if expected else set()), found
-    return total
+    return times
 
 
-def bare(sqs, ids, identity) -> float:
-    total = 0.0
+def bare(sqs, ids, identity) -> list[float]:
+    """The bare loop over the same two phases: one figure per phase."""
+    times = []
     for make in (sns_launch, sns_terminate):
         url = fresh_queue(sqs)
         send_all(sqs, url, [sign_body(identity, make(i)) for i in ids])
         seconds, handled = time_bare_loop(url)
         assert handled == len(ids)
-        total += seconds
+        times.append(seconds)
         sqs.delete_queue(QueueUrl=url)
-    return total
+    return times
 
 
 ROUNDS = 2  # interleaved, so load from other work on the machine hits every variant alike
 
 
 def measure(master, sqs, s3, bucket, tmp_path, identity, cert_dir, title: str) -> None:
-    """ROUNDS interleaved rounds of the bare loop, aws_ork, aws_ork + mirror; the report."""
-    totals = {"bare": 0.0, "plain": 0.0, "mirror": 0.0}
+    """ROUNDS interleaved rounds of the bare loop, aws_ork, aws_ork + mirror; the report,
+    with the ratio of each phase (launches, terminates) and of both together."""
+    variants = ("bare", "plain", "mirror")
+    totals = {(v, p): 0.0 for v in variants for p in PHASES}
     lines = []
     for r in range(ROUNDS):
-        bare_s = bare(sqs, instance_ids(N, f"b0{r}"), identity)
-        plain_s = drain(master, sqs, tmp_path, launch_instances(N), identity, cert_dir)
+        seconds = {"bare": bare(sqs, instance_ids(N, f"b0{r}"), identity),
+                   "plain": drain(master, sqs, tmp_path, launch_instances(N), identity,
+                                  cert_dir)}
         mirrored = launch_instances(N)
-        mirror_s = drain(master, sqs, tmp_path, mirrored, identity, cert_dir, bucket=bucket)
+        seconds["mirror"] = drain(master, sqs, tmp_path, mirrored, identity, cert_dir,
+                                  bucket=bucket)
         objects = bucket_objects(s3, bucket)
         assert not any(i in key for i in mirrored for key in objects), "mirror deletes"
-        for name, value in (("bare", bare_s), ("plain", plain_s), ("mirror", mirror_s)):
-            totals[name] += value
-        lines.append(f"round {r + 1}: bare {bare_s:5.1f} s, aws_ork {plain_s:5.1f} s "
-                     f"({bare_s / plain_s:.2f}), aws_ork + mirror {mirror_s:5.1f} s "
-                     f"({bare_s / mirror_s:.2f})")
-    count = ROUNDS * 2 * N
-    bare_s, plain_s, mirror_s = totals["bare"], totals["plain"], totals["mirror"]
+        for variant in variants:
+            for phase, value in zip(PHASES, seconds[variant]):
+                totals[variant, phase] += value
+        b, p, m = (sum(seconds[v]) for v in variants)
+        lines.append(f"round {r + 1}: bare {b:5.1f} s, aws_ork {p:5.1f} s ({b / p:.2f}), "
+                     f"aws_ork + mirror {m:5.1f} s ({b / m:.2f})")
+    count = ROUNDS * N
+    lines.append(f"{'':16}  {'launches':>20}  {'terminates':>20}  {'both':>8}")
+    for variant, name in (("bare", "bare boto3 loop"), ("plain", "aws_ork"),
+                          ("mirror", "aws_ork + mirror")):
+        cells = []
+        for phase in PHASES:
+            s, base = totals[variant, phase], totals["bare", phase]
+            cells.append(f"{s:5.1f} s {count / s:5.1f}/s {base / s:4.2f}")
+        both = sum(totals["bare", p] for p in PHASES) / sum(totals[variant, p] for p in PHASES)
+        lines.append(f"{name:16}  {cells[0]:>20}  {cells[1]:>20}  {both:8.2f}")
+    lines.append("(seconds, messages per second, rate as a fraction of the bare loop's; "
+                 "target: aws_ork + mirror >= 0.8 in each phase)")
     report(f"drain (shipped trust defaults{title}): {N} launches + {N} terminates x {ROUNDS} "
-           f"rounds, process start included", [
-        *lines,
-        f"bare boto3 loop : {bare_s:6.1f} s  {count / bare_s:6.1f} msg/s",
-        f"aws_ork         : {plain_s:6.1f} s  {count / plain_s:6.1f} msg/s  "
-        f"rate {bare_s / plain_s:.2f} of the bare loop",
-        f"aws_ork + mirror: {mirror_s:6.1f} s  {count / mirror_s:6.1f} msg/s  "
-        f"rate {bare_s / mirror_s:.2f} of the bare loop (target >= 0.8)",
-    ])
+           f"rounds, process start included", lines)
 
 
 @pytest.mark.timeout(900)
