@@ -36,7 +36,7 @@ from aws_ork.mirror.bucket import ObjectOptions, S3Tree
 from aws_ork.mirror.journal import Journal
 from aws_ork.mirror.manifest import FILE_NAME as MANIFEST_FILE
 from aws_ork.mirror.planner import S3Mirror
-from aws_ork.mirror.worker import MirrorWorker
+from aws_ork.mirror.worker import MirrorWorker, unmirrored_dirs
 from aws_ork.runtime import systemd
 from aws_ork.runtime.files import lock_directory
 from aws_ork.runtime.metrics import AwsOrkCollector, MetricsServer, health
@@ -123,9 +123,11 @@ class App:
                                names=names)
         self.mirror: MirrorWorker | None = None
         if cfg.bucket_url is not None and not run.dry_run:
+            key_dir = mirrored_key_dir(cfg, location)
             self.mirror = MirrorWorker(
-                S3Mirror(s3_tree(cfg), cfg.pki_dir, cfg.state_dir / MANIFEST_FILE),
-                Journal(cfg.state_dir), key_dir=mirrored_key_dir(cfg, location),
+                S3Mirror(s3_tree(cfg), cfg.pki_dir, cfg.state_dir / MANIFEST_FILE,
+                         unmirrored=unmirrored_dirs(key_dir)),
+                Journal(cfg.state_dir), key_dir=key_dir,
                 reconcile_seconds=cfg.reconcile_minutes * 60)
         self.watcher = KeyDirWatcher(location)
         sweep = None

@@ -96,6 +96,9 @@ def run_restore(cfg: Config, *, force: bool) -> int:
     if result.stubs_dropped:
         print(f"{result.stubs_dropped} autosign stubs not restored (pre-authorisations of "
               f"the old master; send the launch again for an instance still booting)")
+    if result.keys_dropped:
+        print(f"{result.keys_dropped} pending or denied keys not restored (each minion "
+              f"presents its key again; a restored copy would look fresh)")
     if result.clamped:
         print(f"{result.clamped} file modes clamped (no setuid/setgid/sticky, no group or "
               f"world write; *.pem 0400 or 0600)")

@@ -120,13 +120,20 @@ def bucket_objects(s3: Any, bucket: str, prefix: str = "pki/") -> dict[str, str]
     return out
 
 
+#: key directories the S3 mirror leaves out (pending and denied keys, autosign stubs)
+UNMIRRORED = ("minions_pre", "minions_denied", "minions_autosign")
+
+
 def tree_md5s(root: Path) -> dict[str, str]:
-    """{relative path: md5} of every regular file under root, and of every symlink to a
-    file inside root (mirrored as an object holding its relative target)."""
+    """What the S3 mirror of root must hold: {relative path: md5} of every regular file
+    under root, and of every symlink to a file inside root (mirrored as an object holding
+    its relative target), less the files in the key directories the mirror leaves out."""
     import hashlib
 
     out = {}
     for p in sorted(root.rglob("*")):
+        if p.parent.name in UNMIRRORED:
+            continue
         if p.is_symlink():
             real = p.resolve()
             if real.is_file() and real.is_relative_to(root.resolve()):

@@ -421,9 +421,14 @@ def test_restore_refuses_keys_that_would_escape_pki(tmp_path, s3, bucket):
     assert "'../escape': not a safe relative path" in result.stderr
 
 
-def test_restore_leaves_out_autosign_stubs(tmp_path, s3, bucket):
-    """A restored stub would pre-authorise its id afresh on the new master."""
+def test_restore_leaves_out_autosign_stubs_and_pending_keys(tmp_path, s3, bucket):
+    """A restored stub would pre-authorise its id afresh on the new master; a restored
+    pending key (a mirror written before 2.1 held them) would look fresh to the freshness
+    check however long before its instance it was presented."""
     s3.put_object(Bucket=bucket, Key="pki/master/minions_autosign/i-0123456789abcdef0", Body=b"")
+    for state in ("minions_pre", "minions_denied"):
+        s3.put_object(Bucket=bucket, Key=f"pki/master/{state}/i-0aaaaaaaaaaaaaaa1", Body=b"k",
+                      Metadata={"mode": "0644"})
     s3.put_object(Bucket=bucket, Key="pki/master/minions/i-0fedcba9876543210", Body=b"key",
                   Metadata={"mode": "0644"})
     pki = tmp_path / "pki"
@@ -433,4 +438,7 @@ def test_restore_leaves_out_autosign_stubs(tmp_path, s3, bucket):
     assert result.returncode == 0, result.stderr
     assert (pki / "master" / "minions" / "i-0fedcba9876543210").read_text() == "key"
     assert not (pki / "master" / "minions_autosign" / "i-0123456789abcdef0").exists()
+    assert not list(pki.rglob("i-0aaaaaaaaaaaaaaa1"))
     assert "1 autosign stubs not restored" in result.stdout
+    assert "2 pending or denied keys not restored" in result.stdout
+    assert "restored 1 files" in result.stdout

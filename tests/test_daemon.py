@@ -186,10 +186,18 @@ def test_purge_drops_the_backlog_before_handling(master, conf, sqs, queue_url):
 def test_s3_mirror_follows_every_change(master, bucket_conf, queue_url, sqs, s3, bucket):
     instance = new_id()
     master.add_pending_key(instance)
+    # what a mirror written by 2.0 also held: a pending key, an autosign stub
+    old = new_id()
+    for state in ("minions_pre", "minions_autosign"):
+        s3.put_object(Bucket=bucket, Key=f"pki/master/{state}/{old}", Body=b"old")
 
     assert run_aws_ork(bucket_conf, "--once").returncode == 0
-    assert bucket_objects(s3, bucket) == tree_md5s(master.pki_root)
-    assert f"master/minions_pre/{instance}" in bucket_objects(s3, bucket)
+    mirrored = bucket_objects(s3, bucket)
+    assert mirrored == tree_md5s(master.pki_root)
+    assert "master/master.pem" in mirrored  # the master's keys
+    # a pending key is left out (anyone reaching the master's port can make one), and the
+    # transient objects of an older mirror are deleted
+    assert not any(instance in key or old in key for key in mirrored)
 
     send(sqs, queue_url, sns_launch(instance))
     assert run_aws_ork(bucket_conf, "--once").returncode == 0

@@ -59,9 +59,13 @@ def link_target(root: Path, rel: str) -> str | None:
 class S3Mirror:
     """The pki tree at ``pki_dir`` and its mirror ``tree``; ``manifest_path`` in StateDir."""
 
-    def __init__(self, tree: S3Tree, pki_dir: Path, manifest_path: Path | None = None) -> None:
+    def __init__(self, tree: S3Tree, pki_dir: Path, manifest_path: Path | None = None, *,
+                 unmirrored: Iterable[str] = ()) -> None:
         self.tree = tree
         self.pki_dir = pki_dir
+        #: directories (relative to pki_dir) whose files the mirror leaves out, and whose
+        #: objects (from an older version) it deletes: see worker.unmirrored_dirs
+        self.unmirrored = tuple(f"{d.strip('/')}/" for d in unmirrored)
         self.manifest_path = manifest_path
         self.manifest: dict[str, Remote] = (
             manifest.load(manifest_path, str(tree.target)) if manifest_path else {})
@@ -84,7 +88,7 @@ class S3Mirror:
         to_delete: list[str] = []
         unchanged = 0
         for rel in sorted(set(paths)):
-            st = self._lstat(rel)
+            st = None if self._left_out(rel) else self._lstat(rel)
             if st is None:
                 if rel in self.manifest or not self.complete:
                     to_delete.append(rel)
@@ -193,14 +197,20 @@ class S3Mirror:
 
     def _scan(self) -> Iterator[tuple[str, os.stat_result]]:
         """Regular files (and in-tree links to them) under pki_dir as (posix relative path,
-        stat)."""
+        stat), less those not mirrored."""
         def error(exc: OSError) -> None:
             raise MirrorError(f"{self.pki_dir}: {exc}") from exc
 
         for rel in tree_entries(self.pki_dir, onerror=error):
+            if self._left_out(rel):
+                continue
             st = self._lstat(rel)
             if st is not None:
                 yield rel, st
+
+    def _left_out(self, rel: str) -> bool:
+        """Not mirrored (a pending or denied key, an autosign stub): as if it did not exist."""
+        return rel.startswith(self.unmirrored)
 
     def _put_one(self, rel: str) -> Remote | None:
         """Upload one file as it is now; None when it vanished meanwhile."""

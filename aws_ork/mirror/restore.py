@@ -44,7 +44,7 @@ from typing import Protocol
 from aws_ork import defaults
 from aws_ork.errors import AwsOrkError, MirrorError
 from aws_ork.events.fields import shorten
-from aws_ork.keys.location import AUTOSIGN
+from aws_ork.keys.location import AUTOSIGN, DENIED, PENDING
 from aws_ork.mirror.bucket import Download
 from aws_ork.runtime.files import tree_entries
 
@@ -94,6 +94,7 @@ class RestoreResult:
     refused: list[Refusal]  # objects not restored: unsafe key, link target or place on disk
     left_in_place: int  # local files not overwritten (with force)
     stubs_dropped: int = 0  # autosign stubs not restored
+    keys_dropped: int = 0  # pending and denied keys (of an older version's mirror) not restored
     clamped: int = 0  # files given a safer mode than the one stored
 
 
@@ -200,7 +201,12 @@ def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResul
     stubs = {rel for rel in wanted if PurePosixPath(rel).parent.name == AUTOSIGN}
     for rel in sorted(stubs):
         log.info("restore: not restoring autosign stub %s", shown(rel))
-    wanted = [rel for rel in wanted if rel not in stubs]
+    # Pending and denied keys (mirrored before 2.1) were written by whoever reached the old
+    # master's port; restored, they too would look fresh. Minions present their keys again.
+    keys = {rel for rel in wanted if PurePosixPath(rel).parent.name in (PENDING, DENIED)}
+    for rel in sorted(keys):
+        log.info("restore: not restoring pending or denied key %s", shown(rel))
+    wanted = [rel for rel in wanted if rel not in stubs and rel not in keys]
     # A key that is also a directory of other keys: it would be a file (or a link) that
     # the others are written under.
     dirs = {"/".join(rel.split("/")[:n]) for rel in wanted for n in range(1, rel.count("/") + 1)}
@@ -263,7 +269,7 @@ def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResul
     written = [d for d in done if d.rel not in refused_rels]
     left = len(set(existing) - {d.rel for d in written})
     return RestoreResult(len(written), sum(d.size for d in written), refused, left,
-                         len(stubs), sum(d.clamped for d in written))
+                         len(stubs), len(keys), sum(d.clamped for d in written))
 
 
 def _parent(rel: str) -> str:

@@ -23,24 +23,43 @@ from dataclasses import dataclass
 
 from aws_ork import defaults
 from aws_ork.errors import MirrorError
-from aws_ork.keys.location import AUTOSIGN, KEY_STATES
+from aws_ork.keys.location import AUTOSIGN, DENIED, KEY_STATES, PENDING
 from aws_ork.mirror.journal import Journal, Snapshot
 from aws_ork.mirror.planner import S3Mirror, SyncStats
 
-__all__ = ["MirrorStatus", "MirrorWorker", "S3Mirror", "SyncStats", "key_paths"]
+__all__ = ["MirrorStatus", "MirrorWorker", "S3Mirror", "SyncStats", "key_paths",
+           "unmirrored_dirs"]
 
 log = logging.getLogger(__name__)
 
 #: Every place the master's key store keeps a file named after the minion id.
 KEY_DIRS = (*KEY_STATES, AUTOSIGN)
 
+#: Key directories the mirror leaves out. Pending and denied keys are written by whoever
+#: reaches the master's request port, not by a decision: mirroring them would let anyone
+#: make us write S3 objects, and a restored copy would carry the restore's mtime, so a key
+#: presented before its instance launched would pass the freshness check on the new master.
+#: A minion presents its key again at its next authentication, so nothing is lost. Autosign
+#: stubs are this master's pre-authorisations and must not outlive it (restore never wrote
+#: them back either).
+UNMIRRORED = (PENDING, DENIED, AUTOSIGN)
+
+
+def _base(key_dir: str) -> str:
+    return f"{key_dir.strip('/')}/" if key_dir.strip("/") else ""
+
 
 def key_paths(key_dir: str, minion_id: str) -> list[str]:
     """The paths (relative to PkiDir) a change of this minion's key may touch.
 
     ``key_dir`` is the master's pki_dir relative to PkiDir ('' when they are the same)."""
-    base = f"{key_dir.strip('/')}/" if key_dir.strip("/") else ""
-    return [f"{base}{state}/{minion_id}" for state in KEY_DIRS]
+    return [f"{_base(key_dir)}{state}/{minion_id}" for state in KEY_DIRS]
+
+
+def unmirrored_dirs(key_dir: str | None) -> list[str]:
+    """The directories (relative to PkiDir) of :data:`UNMIRRORED` under the master's key
+    directory; none when that is outside PkiDir (then no key is mirrored anyway)."""
+    return [] if key_dir is None else [f"{_base(key_dir)}{state}" for state in UNMIRRORED]
 
 
 @dataclass(frozen=True)
