@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from aws_ork.config import Config, require_safe
 from aws_ork.decide import Handler
 from aws_ork.errors import AwsOrkError, ConfigError, QueueError, StateError
 from aws_ork.keys.arrivals import KeyArrivals
+from aws_ork.keys.backend import preload_event_transport
 from aws_ork.keys.events import SaltEvents
 from aws_ork.keys.location import KeyLocation
 from aws_ork.keys.manager import KeyManager, load_master_opts
@@ -238,6 +240,7 @@ class App:
         if self.loop.watchdog.enabled:
             log.info("systemd watchdog: %.0f s", self.loop.watchdog.period)
         systemd.notify("READY=1")  # the queue was reached in __init__
+        threading.Thread(target=preload_event_transport, name="preload", daemon=True).start()
         try:
             status = self.loop.run()
         finally:

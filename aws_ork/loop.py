@@ -208,8 +208,7 @@ class Loop:
     def _tear_down(self) -> None:
         """On the way out, however it ends: give back a prefetched batch, hand Salt's last
         changes to the mirror, log the totals."""
-        if not self.dry_run:
-            self.receiver.close()
+        self.receiver.close(give_back=not self.dry_run)
         self.deleter.close()  # the last batch's delete is confirmed before the totals
         try:
             self._watch(False)  # what Salt changed in the last cycle still goes to the mirror

@@ -82,14 +82,16 @@ class Receiver:
                 self._ahead.appendleft(future)  # still ours to give back in close()
             raise
 
-    def close(self) -> None:
+    def close(self, *, give_back: bool = True) -> None:
         """On the way out: no more receives ahead; every batch received ahead and not
-        handled goes back to the queue at once (when its receive returns)."""
+        handled goes back to the queue at once (when its receive returns), unless
+        ``give_back`` is False (a dry run changes nothing in the queue)."""
         with self._lock:
             self._closed = True
             futures, self._ahead = list(self._ahead), deque()
-        for future in futures:
-            future.add_done_callback(self._give_back)
+        if give_back:
+            for future in futures:
+                future.add_done_callback(self._give_back)
 
     def _give_back(self, future: Future[list[Message]]) -> None:
         if future.exception() is not None:
