@@ -168,6 +168,13 @@ def time_bare_loop(queue_url: str) -> tuple[float, int]:
     return time.perf_counter() - started, int(result.stdout.strip())
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, e.g. a moto server's."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> str:
     cpus = os.cpu_count()
     model = ""

@@ -20,6 +20,7 @@ import pytest
 from tests.awsenv import start_moto
 from tests.benchmarks.bench import (
     add_keys,
+    cpu_seconds,
     defaults_config,
     fresh_queue,
     instance_ids,
@@ -41,9 +42,11 @@ N = scaled(500, 20)
 PHASES = ("launch", "terminate")
 
 
-def drain(master, sqs, tmp_path, ids, identity, cert_dir, *, bucket=None) -> list[float]:
+def drain(master, sqs, tmp_path, ids, identity, cert_dir, meter, *,
+          bucket=None) -> list[float]:
     """Seconds for aws_ork to work off N launches, then N terminates (two --once runs),
-    with the shipped trust defaults: one figure per phase."""
+    with the shipped trust defaults: one figure per phase. ``meter`` adds moto's CPU
+    seconds during each run."""
     add_keys(master, ids)
     times = []
     for make in (sns_launch, sns_terminate):
@@ -53,7 +56,7 @@ def drain(master, sqs, tmp_path, ids, identity, cert_dir, *, bucket=None) -> lis
             terminate_instances(ids)  # EC2 must say they are gone before a key goes
         conf = defaults_config(tmp_path / "c.conf", queue_url=url, master=master,
                                cert_dir=cert_dir, bucket=bucket)
-        times.append(time_aws_ork(conf))
+        times.append(meter(lambda: time_aws_ork(conf)))
         sqs.delete_queue(QueueUrl=url)
         expected = "minions" if make is sns_launch else None
         listing = master.key_states()
@@ -62,13 +65,13 @@ def drain(master, sqs, tmp_path, ids, identity, cert_dir, *, bucket=None) -> lis
     return times
 
 
-def bare(sqs, ids, identity) -> list[float]:
+def bare(sqs, ids, identity, meter) -> list[float]:
     """The bare loop over the same two phases: one figure per phase."""
     times = []
     for make in (sns_launch, sns_terminate):
         url = fresh_queue(sqs)
         send_all(sqs, url, [sign_body(identity, make(i)) for i in ids])
-        seconds, handled = time_bare_loop(url)
+        seconds, handled = meter(lambda: time_bare_loop(url))
         assert handled == len(ids)
         times.append(seconds)
         sqs.delete_queue(QueueUrl=url)
@@ -78,19 +81,33 @@ def bare(sqs, ids, identity) -> list[float]:
 ROUNDS = 2  # interleaved, so load from other work on the machine hits every variant alike
 
 
-def measure(master, sqs, s3, bucket, tmp_path, identity, cert_dir, title: str) -> None:
+def measure(master, sqs, s3, bucket, tmp_path, identity, cert_dir, title: str,
+            servers: list) -> None:
     """ROUNDS interleaved rounds of the bare loop, aws_ork, aws_ork + mirror; the report,
-    with the ratio of each phase (launches, terminates) and of both together."""
+    with the ratio of each phase (launches, terminates) and of both together, and how busy
+    the moto server(s) were: a moto server answers one request at a time (one interpreter
+    lock), so where the bare loop alone keeps it busy, every request the defaults add
+    (DescribeInstances, PutObject) costs wall time one for one."""
     variants = ("bare", "plain", "mirror")
     totals = {(v, p): 0.0 for v in variants for p in PHASES}
+    busy = {v: 0.0 for v in variants}
     lines = []
+
+    def meter(variant: str):
+        def run(timed):
+            before = sum(cpu_seconds(server.proc.pid) for server in servers)
+            result = timed()
+            busy[variant] += sum(cpu_seconds(server.proc.pid) for server in servers) - before
+            return result
+        return run
+
     for r in range(ROUNDS):
-        seconds = {"bare": bare(sqs, instance_ids(N, f"b0{r}"), identity),
+        seconds = {"bare": bare(sqs, instance_ids(N, f"b0{r}"), identity, meter("bare")),
                    "plain": drain(master, sqs, tmp_path, launch_instances(N), identity,
-                                  cert_dir)}
+                                  cert_dir, meter("plain"))}
         mirrored = launch_instances(N)
         seconds["mirror"] = drain(master, sqs, tmp_path, mirrored, identity, cert_dir,
-                                  bucket=bucket)
+                                  meter("mirror"), bucket=bucket)
         objects = bucket_objects(s3, bucket)
         assert not any(i in key for i in mirrored for key in objects), "mirror deletes"
         for variant in variants:
@@ -111,14 +128,18 @@ def measure(master, sqs, s3, bucket, tmp_path, identity, cert_dir, title: str) -
         lines.append(f"{name:16}  {cells[0]:>20}  {cells[1]:>20}  {both:8.2f}")
     lines.append("(seconds, messages per second, rate as a fraction of the bare loop's; "
                  "target: aws_ork + mirror >= 0.8 in each phase)")
+    lines.append("moto CPU while each ran (all servers): " + ", ".join(
+        f"{name} {busy[v]:.1f} s ({busy[v] / sum(totals[v, p] for p in PHASES):.0%} of its "
+        f"wall time)" for v, name in (("bare", "bare loop"), ("plain", "aws_ork"),
+                                      ("mirror", "aws_ork + mirror"))))
     report(f"drain (shipped trust defaults{title}): {N} launches + {N} terminates x {ROUNDS} "
            f"rounds, process start included", lines)
 
 
 @pytest.mark.timeout(900)
-def test_drain(master, sqs, s3, bucket, tmp_path, identity, cert_dir):
+def test_drain(master, sqs, s3, bucket, tmp_path, identity, cert_dir, moto):
     """Everything on one moto server: SQS, EC2 and S3 share one Python process."""
-    measure(master, sqs, s3, bucket, tmp_path, identity, cert_dir, "")
+    measure(master, sqs, s3, bucket, tmp_path, identity, cert_dir, "", [moto])
 
 
 @pytest.fixture
@@ -135,10 +156,11 @@ def services_apart(tmp_path, monkeypatch):
 
 
 @pytest.mark.timeout(900)
-def test_drain_services_apart(master, sqs, tmp_path, identity, cert_dir, services_apart):
+def test_drain_services_apart(master, sqs, tmp_path, identity, cert_dir, services_apart,
+                              moto):
     s3 = boto3.client("s3", region_name="us-west-2")  # made after the endpoint moved
     bucket = f"aws-ork-bench-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint":
                                                                   "us-west-2"})
     measure(master, sqs, s3, bucket, tmp_path, identity, cert_dir,
-            "; SQS on one moto server, EC2 and S3 on another")
+            "; SQS on one moto server, EC2 and S3 on another", [moto, services_apart])
