@@ -42,11 +42,11 @@ N = scaled(500, 20)
 PHASES = ("launch", "terminate")
 
 
-def drain(master, sqs, tmp_path, ids, identity, cert_dir, meter, *,
+def drain(master, sqs, tmp_path, ids, identity, cert_dir, meter=lambda run: run(), *,
           bucket=None) -> list[float]:
     """Seconds for aws_ork to work off N launches, then N terminates (two --once runs),
-    with the shipped trust defaults: one figure per phase. ``meter`` adds moto's CPU
-    seconds during each run."""
+    with the shipped trust defaults: one figure per phase. ``meter`` runs each timed run
+    (measure() adds moto's CPU seconds during it)."""
     add_keys(master, ids)
     times = []
     for make in (sns_launch, sns_terminate):

@@ -50,7 +50,7 @@ def test_key_scaling(master, sqs, tmp_path, identity, cert_dir):
             bystanders = others(master, count, f"f{r}{int(count == MANY)}")
             ids = launch_instances(N)  # before the clock: moto's run_instances is slow
             os.sync()  # the new key files are written back before the clock starts
-            took = drain(master, sqs, tmp_path, ids, identity, cert_dir)
+            took = sum(drain(master, sqs, tmp_path, ids, identity, cert_dir))
             remove_keys(master, bystanders)
             seconds[count] += took
             lines.append(f"round {r + 1}: {count:>6} other keys: {took:5.1f} s "
