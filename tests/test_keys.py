@@ -115,12 +115,15 @@ def test_a_key_another_daemon_accepted_meanwhile_is_already_accepted_not_an_erro
     assert master.key_state_of(minion) == "minions"
 
 
-def test_an_accepted_key_is_never_absent_for_a_minion_authenticating_meanwhile(
-        master, keys, monkeypatch):
+@pytest.mark.parametrize(("change", "state"), [("accept", "minions"),
+                                               ("reject", "minions_rejected")])
+def test_a_key_changing_state_is_never_absent_for_a_minion_authenticating_meanwhile(
+        master, keys, monkeypatch, change, state):
     """Salt's file driver stores a state change as "delete the old file, write the new one";
     a minion authenticating in between finds no key, is taken for a new minion, and the master
-    puts its key back in pending over the accept. The accept is one rename instead: at every
-    removal of one of the key's files, another state still holds it."""
+    puts its key back in pending over the accept (or, over a reject, pending again with a
+    fresh mtime). The change is one rename instead: at every removal of one of the key's
+    files, another state still holds it."""
     minion = new_id()
     master.add_pending_key(minion)
     absent_at: list[str] = []
@@ -140,7 +143,8 @@ def test_an_accepted_key_is_never_absent_for_a_minion_authenticating_meanwhile(
 
     monkeypatch.setattr(os, "remove", watched(real_remove))
     monkeypatch.setattr(os, "unlink", watched(real_unlink))
-    assert keys.accept(minion).outcome is Outcome.ACCEPTED
+    outcome = getattr(keys, change)(minion).outcome
     monkeypatch.undo()
+    assert outcome is (Outcome.ACCEPTED if change == "accept" else Outcome.REJECTED)
     assert absent_at == []
-    assert master.key_state_of(minion) == "minions"
+    assert master.key_state_of(minion) == state

@@ -14,12 +14,13 @@ does for every deleted id), and the AES rotation drop file when ``rotate_aes_key
 so a deleted minion can no longer decrypt publications.
 
 One difference, on purpose: with Salt's file driver (``localfs_key``) a pending key is
-accepted by one ``rename`` of ``minions_pre/<id>`` to ``minions/<id>``, where the driver's
-``store`` first deletes the pending file and then writes the accepted one. Between the two
-the key exists nowhere, and a minion authenticating at that moment (it retries every
-``acceptance_wait_time``) is taken for a new minion: the master stores its key as pending
-again, over the accepted one, and the accept is lost. With the rename the key is always in
-exactly one state.
+accepted (or rejected) by one ``rename`` of ``minions_pre/<id>`` to ``minions/<id>`` (or
+``minions_rejected/<id>``), where the driver's ``store`` first deletes the pending file and
+then writes the new one. Between the two the key exists nowhere, and a minion
+authenticating at that moment (it retries every ``acceptance_wait_time``) is taken for a new
+minion: the master stores its key as pending again, with a fresh mtime, and the accept is
+lost (or, after a reject, a stale key is pending again and looks fresh). With the rename the
+key is always in exactly one state.
 """
 
 from __future__ import annotations
@@ -79,29 +80,45 @@ class SaltKeys:
         except salt.exceptions.InvalidKeyError:
             log.error("%s: pending key is not a valid RSA public key; not accepted", minion_id)
             return False
-        entry = {**entry, "state": "accepted"}
-        if self.location is not None:
-            try:
-                self._rename_accept(minion_id)
-            except FileNotFoundError:
-                return False  # no longer pending (another process changed it)
-        else:
-            self.key.cache.store("keys", minion_id, entry)
+        if not self._move_pending(minion_id, entry, "accepted"):
+            return False
         self._fire({"result": True, "act": "accept", "id": minion_id, "pub": entry["pub"]},
                    salt.utils.event.tagify(prefix="key"))
         return True
 
-    def _rename_accept(self, minion_id: str) -> None:
-        """minions_pre/<id> -> minions/<id> in one step (see the module docstring); then, as
-        the driver's store would, no other state of the id is left (a rejected copy would
-        win over the accepted one: the driver reads rejected first)."""
-        assert self.location is not None
-        os.rename(self.location.path(PENDING, minion_id),
-                  self.location.path(ACCEPTED, minion_id))
+    def reject(self, minion_id: str) -> bool:
+        """Move a pending key to rejected, as ``Key.change_state(PEND, REJ)`` does (without
+        listing every key). False when there is no pending key any more."""
+        import salt.utils.event
+
+        entry = self.key.cache.fetch("keys", minion_id)
+        if not isinstance(entry, dict) or entry.get("state") != "pending":
+            return False
+        if not self._move_pending(minion_id, entry, "rejected"):
+            return False
+        self._fire({"result": True, "act": "reject", "id": minion_id},
+                   salt.utils.event.tagify(prefix="key"))
+        return True
+
+    def _move_pending(self, minion_id: str, entry: dict[str, Any], state: str) -> bool:
+        """The pending key's new state. Under the file driver one rename of
+        ``minions_pre/<id>`` (see the module docstring), so the key is never absent; then,
+        as the driver's store would, no other state of the id is left. False when the key
+        was no longer pending (another process changed it)."""
+        if self.location is None:
+            self.key.cache.store("keys", minion_id, {**entry, "state": state})
+            return True
+        target, other = (ACCEPTED, REJECTED) if state == "accepted" else (REJECTED, ACCEPTED)
         try:
-            os.unlink(self.location.path(REJECTED, minion_id))
+            os.rename(self.location.path(PENDING, minion_id),
+                      self.location.path(target, minion_id))
+        except FileNotFoundError:
+            return False
+        try:  # a rejected copy would win over an accepted one (the driver reads it first)
+            os.unlink(self.location.path(other, minion_id))
         except FileNotFoundError:
             pass
+        return True
 
     def denied(self, minion_id: str) -> list[str]:
         """The public keys Salt denied under this id (another key was pending or accepted)."""

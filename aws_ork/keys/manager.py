@@ -251,7 +251,7 @@ class KeyManager:
             return KeyResult(Outcome.NOT_PENDING)
         if self.dry_run:
             return KeyResult(Outcome.REJECTED, dry_run=True)
-        self._call("reject", minion_id, self._key.reject, match_dict={PENDING: [minion_id]})
+        self._call("reject", minion_id, self._salt.reject, minion_id)
         if PENDING in self.states(minion_id):
             raise KeyStoreError(f"{minion_id}: key still pending after reject")
         return KeyResult(Outcome.REJECTED, changed=True)
