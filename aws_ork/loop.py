@@ -174,8 +174,9 @@ class Loop:
             messages = self._first_sightings(messages)
             if not messages:
                 return 0
-        # one EC2 look-up for the whole batch (made ahead, but not for a first batch) before
-        # the next receive goes out, which a single server would otherwise answer first
+        # the batch's one EC2 look-up (made ahead for every batch but the first) goes out
+        # before the next receive, so it never waits behind that receive where one server
+        # answers both
         self.handler.prime(messages)
         if self.poll_pause <= 0:
             self.receiver.prefetch(wait)  # the next polls run while this batch is handled
