@@ -306,8 +306,8 @@ def test_a_backlog_is_received_back_to_back_but_at_most_two_batches_ahead(sqs, q
 
 
 def test_a_handled_batch_counts_as_deleted_only_once_sqs_confirmed_it(sqs, queue_url):
-    """The delete runs beside the loop; what SQS refused (here a receipt handle of another
-    queue's message) is not reported deleted, and close() waits for the delete in flight."""
+    """The delete runs beside the loop; what SQS refused (here a receipt handle it never
+    issued) is not reported deleted, and close() waits for the delete in flight."""
     from aws_ork.aws import make_client
     from aws_ork.sqs.deleter import Deleter
     from aws_ork.sqs.queue import Message, Queue

@@ -44,8 +44,9 @@ from typing import Protocol
 from aws_ork import defaults
 from aws_ork.errors import AwsOrkError, MirrorError
 from aws_ork.events.fields import shorten
-from aws_ork.keys.location import AUTOSIGN, DENIED, PENDING
+from aws_ork.keys.location import AUTOSIGN
 from aws_ork.mirror.bucket import Download
+from aws_ork.mirror.worker import UNMIRRORED
 from aws_ork.runtime.files import tree_entries
 
 log = logging.getLogger(__name__)
@@ -196,17 +197,17 @@ def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResul
             wanted.append(rel)
         else:
             refuse(rel, "not a safe relative path")
-    # An autosign stub is a standing pre-authorisation for an id; a restored copy would look
-    # fresh (its mtime is the restore's) and could let an instance long gone be re-accepted.
-    stubs = {rel for rel in wanted if PurePosixPath(rel).parent.name == AUTOSIGN}
-    for rel in sorted(stubs):
-        log.info("restore: not restoring autosign stub %s", shown(rel))
-    # Pending and denied keys (mirrored before 2.1) were written by whoever reached the old
-    # master's port; restored, they too would look fresh. Minions present their keys again.
-    keys = {rel for rel in wanted if PurePosixPath(rel).parent.name in (PENDING, DENIED)}
-    for rel in sorted(keys):
-        log.info("restore: not restoring pending or denied key %s", shown(rel))
-    wanted = [rel for rel in wanted if rel not in stubs and rel not in keys]
+    # What the mirror leaves out (UNMIRRORED) is not restored from a bucket written before
+    # 2.1 that still holds it either: pending and denied keys were written by whoever reached
+    # the old master's port (minions present their keys again), and an autosign stub is a
+    # standing pre-authorisation of the old master; a restored copy of any of them would look
+    # fresh (its mtime is the restore's): an instance long gone could be re-accepted.
+    left_out = {rel for rel in wanted if PurePosixPath(rel).parent.name in UNMIRRORED}
+    stubs = {rel for rel in left_out if PurePosixPath(rel).parent.name == AUTOSIGN}
+    for rel in sorted(left_out):
+        log.info("restore: not restoring %s %s",
+                 "autosign stub" if rel in stubs else "pending or denied key", shown(rel))
+    wanted = [rel for rel in wanted if rel not in left_out]
     # A key that is also a directory of other keys: it would be a file (or a link) that
     # the others are written under.
     dirs = {"/".join(rel.split("/")[:n]) for rel in wanted for n in range(1, rel.count("/") + 1)}
@@ -269,7 +270,8 @@ def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResul
     written = [d for d in done if d.rel not in refused_rels]
     left = len(set(existing) - {d.rel for d in written})
     return RestoreResult(len(written), sum(d.size for d in written), refused, left,
-                         len(stubs), len(keys), sum(d.clamped for d in written))
+                         len(stubs), len(left_out) - len(stubs),
+                         sum(d.clamped for d in written))
 
 
 def _parent(rel: str) -> str:

@@ -4,8 +4,9 @@ A backlog drains at the pace of ReceiveMessage, not of ReceiveMessage plus the k
 during a backlog the next long poll starts the moment the previous one returned (not when
 the loop gets round to it), so receives follow each other back to back, as in a bare
 receive/delete loop. At most ``defaults.RECEIVE_AHEAD`` batches are received and not yet
-taken by the loop (the one in flight included), so a backlog is never pulled out of the queue faster
-than it is handled: messages received ahead keep their visibility timeout running.
+taken by the loop (the one in flight included), so a backlog is never pulled out of the
+queue faster than it is handled: messages received ahead keep their visibility timeout
+running.
 
 A receive is chained only after one that brought messages, and never after a stop or
 :meth:`Receiver.close`: an idle daemon still makes exactly one ReceiveMessage per long
@@ -27,6 +28,7 @@ from aws_ork.runtime.stopper import Stopped, Stopper
 from aws_ork.sqs.queue import Message, Queue
 
 log = logging.getLogger(__name__)
+
 
 class Receiver:
     """Long polls for the loop; :meth:`prefetch` starts receiving ahead."""
