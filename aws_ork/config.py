@@ -9,6 +9,7 @@ the file, the option and the value, which the CLI prints as one line before exit
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from urllib.parse import urlparse
 
 from aws_ork.errors import ConfigError
 from aws_ork.keys.naming import IDENTITY, parse_template
+from aws_ork.runtime.trusted import untrusted_dir_problem
 
 log = logging.getLogger(__name__)
 
@@ -414,6 +416,20 @@ def require_safe(cfg: Config) -> list[str]:
             "names eventbridge but neither AutoScalingGroups nor InstanceTags is set: EC2 "
             "state-change events come from every instance in the account. Set one of them "
             "(AutoScalingGroups = * for any Auto Scaling group)"))
+    unfiltered = [name for name in ("raw", "hook") if name in cfg.unsigned_sources]
+    if unfiltered and not (cfg.auto_scaling_groups or cfg.instance_tags):
+        raise ConfigError(cfg.source, "UnsignedSources", (
+            f"names {' and '.join(unfiltered)} but neither AutoScalingGroups nor InstanceTags "
+            f"is set: an unsigned launch may name any running instance of the region (a "
+            f"bastion, this master), and only the queue policy stands in the way. Set one of "
+            f"them (AutoScalingGroups = * for any Auto Scaling group)"))
+    if cfg.verify_signatures:
+        problem = untrusted_dir_problem(cfg.effective_cert_cache_dir)
+        if problem:
+            raise ConfigError(cfg.source, "CertCacheDir", (
+                f"{problem}. The certificates cached there are believed without a fetch: "
+                f"whoever can put one there can sign any message (chmod go-w, chown to "
+                f"aws_ork's user)"))
     if cfg.sweep_minutes and not cfg.verify_instances:
         raise ConfigError(cfg.source, "SweepMinutes", "is set but VerifyInstances is off: "
                                                       "the sweep asks EC2 about every key")
@@ -440,7 +456,24 @@ def require_safe(cfg: Config) -> list[str]:
                         f"carry no signature; the queue policy is their only gate")
     if not cfg.verify_instances:
         warnings.append("VerifyInstances is off: launches are not checked against EC2")
+    if cfg.metrics_address is not None and not is_loopback(cfg.metrics_address[0]):
+        host, port = cfg.metrics_address
+        warnings.append(f"MetricsAddress = {host}:{port} is not a loopback address: /metrics "
+                        f"and /healthz (plain HTTP, no authentication) answer whoever reaches "
+                        f"it; keep it on 127.0.0.1 and scrape through a proxy you secure")
     return warnings
+
+
+def is_loopback(host: str) -> bool:
+    """Is ``host`` an address in 127.0.0.0/8 or ::1 (IPv4-mapped too)? A name is not: it may
+    resolve to any address, and 0.0.0.0 and :: are every address."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def read_file(path: str | os.PathLike[str]) -> Config:

@@ -509,3 +509,159 @@ def test_the_cli_refuses_to_start_or_check_without_topics(tmp_path: Path) -> Non
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and "AllowedTopicArns" in result.stderr
+
+
+# --- settings that make the checks moot (issue 18, item 10) ---
+
+TOPIC = {"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t"}
+
+
+@pytest.mark.parametrize("sources", ["raw", "hook", "raw hook"])
+def test_unsigned_raw_and_hook_need_a_group_or_tag_filter(tmp_path: Path, sources: str) -> None:
+    """An unsigned launch may name any running instance of the region: without a group or
+    tag filter the queue policy would be its only gate, so it is a config error."""
+    base = {**TOPIC, "StateDir": str(tmp_path / "state"), "UnsignedSources": sources}
+    with pytest.raises(ConfigError, match="f: UnsignedSources: names (raw|hook)"):
+        config.require_safe(config.from_mapping(base, "f"))
+    for filters in ({"AutoScalingGroups": "*"}, {"InstanceTags": "role=minion"}):
+        cfg = config.from_mapping({**base, **filters}, "f")
+        assert any("UnsignedSources" in w for w in config.require_safe(cfg))
+
+
+def run_cli(conf: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "aws_ork", "-c", str(conf), *flags],
+                          capture_output=True, text=True, timeout=60)
+
+
+def cli_config(tmp_path: Path, **options: str) -> Path:
+    lines = [f"{name} = {value}" for name, value in {
+        "QueueUrl": "http://127.0.0.1:1/123456789012/q", **TOPIC,
+        "StateDir": str(tmp_path / "state"), **options}.items()]
+    return write(tmp_path, "[aws_ork]\n" + "\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("sources", ["raw", "hook"])
+def test_the_cli_refuses_unsigned_raw_or_hook_without_a_filter(tmp_path: Path,
+                                                               sources: str) -> None:
+    conf = cli_config(tmp_path, UnsignedSources=sources)
+    for flags in ((), ("--check",), ("--once",)):
+        result = run_cli(conf, *flags)
+        assert result.returncode == 2, result.stderr
+        assert result.stdout == ""
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert f"UnsignedSources: names {sources} but neither AutoScalingGroups nor " \
+               f"InstanceTags is set" in result.stderr
+
+
+@pytest.mark.parametrize(("address", "warned"), [
+    ("0.0.0.0:9731", True), ("[::]:9731", True), ("10.1.2.3:9731", True),
+    ("metrics.example.com:9731", True), ("localhost:9731", True),
+    ("127.0.0.1:9731", False), ("127.9.8.7:9731", False), ("[::1]:9731", False),
+    ("[::ffff:127.0.0.1]:9731", False), (":9731", False)])
+def test_a_metrics_address_off_loopback_is_warned_about(tmp_path: Path, address: str,
+                                                        warned: bool) -> None:
+    cfg = config.from_mapping({**TOPIC, "StateDir": str(tmp_path), "MetricsAddress": address},
+                              "f")
+    warnings = [w for w in config.require_safe(cfg) if w.startswith("MetricsAddress")]
+    assert bool(warnings) == warned, warnings
+    if warned:
+        assert "is not a loopback address" in warnings[0]
+
+
+@pytest.fixture
+def anchor(tmp_path: Path) -> Path:
+    """A tree as aws_ork leaves it: a 0700 parent, a 0755 cache dir, a host dir, a cert."""
+    parent = tmp_path / "state"
+    parent.mkdir(mode=0o700)
+    certs = parent / "certs"
+    (certs / "sns.us-west-2.amazonaws.com").mkdir(mode=0o755, parents=True)
+    (certs / "sns.us-west-2.amazonaws.com" / "SimpleNotificationService-x.pem").write_text("")
+    return certs
+
+
+def cert_dir_refusal(directory: Path) -> str | None:
+    """The ConfigError require_safe raises for CertCacheDir = directory, or None."""
+    cfg = config.from_mapping({**TOPIC, "CertCacheDir": str(directory)}, "f")
+    try:
+        config.require_safe(cfg)
+    except ConfigError as exc:
+        assert exc.option == "CertCacheDir", exc
+        return str(exc)
+    return None
+
+
+def test_a_cert_cache_dir_only_aws_ork_can_write_is_accepted(anchor: Path, tmp_path: Path):
+    assert cert_dir_refusal(anchor) is None
+    assert cert_dir_refusal(anchor / "not-yet") is None  # made by aws_ork under a safe parent
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # like /tmp: no one renames what another user made there
+    (sticky / "certs").mkdir(mode=0o700)
+    assert cert_dir_refusal(sticky / "certs") is None
+    link = tmp_path / "link"
+    link.symlink_to(anchor)  # a symlink is followed: its target is held to the same rules
+    assert cert_dir_refusal(link) is None
+
+
+@pytest.mark.parametrize("where", ["dir", "host dir", "cert"])
+@pytest.mark.parametrize("mode", [0o775, 0o757])
+def test_a_cert_cache_dir_others_can_write_is_a_config_error(anchor: Path, where: str,
+                                                             mode: int) -> None:
+    host = anchor / "sns.us-west-2.amazonaws.com"
+    target = {"dir": anchor, "host dir": host, "cert": next(host.iterdir())}[where]
+    target.chmod(mode)
+    refusal = cert_dir_refusal(anchor)
+    assert refusal is not None and f"{target} is writable by " in refusal, refusal
+    assert "whoever can put one there can sign any message" in refusal
+
+
+def test_a_cert_cache_dir_in_a_directory_others_can_write_is_a_config_error(anchor: Path):
+    anchor.parent.chmod(0o777)  # the directory can be renamed away and replaced
+    refusal = cert_dir_refusal(anchor)
+    assert refusal is not None and f"{anchor.parent} (on the way to {anchor})" in refusal
+    refusal = cert_dir_refusal(anchor.parent / "not-yet")  # could be made by someone else
+    assert refusal is not None and f"{anchor.parent} (on the way to" in refusal
+
+
+def test_a_symlinked_cert_cache_dir_is_judged_by_every_directory_on_the_way(anchor: Path,
+                                                                           tmp_path: Path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    link = shared / "certs"
+    link.symlink_to(anchor)
+    shared.chmod(0o777)  # the link itself can be swapped for one to another directory
+    refusal = cert_dir_refusal(link)
+    assert refusal is not None and f"{shared} (on the way to {link})" in refusal, refusal
+    shared.chmod(0o755)
+    assert cert_dir_refusal(link) is None
+    anchor.chmod(0o777)  # the target others can write
+    refusal = cert_dir_refusal(link)
+    assert refusal is not None and f"{anchor} is writable by others" in refusal, refusal
+
+
+def test_a_cert_cache_dir_not_owned_by_aws_ork_s_user_is_a_config_error(anchor: Path):
+    if os.geteuid() == 0:
+        os.chown(anchor, 65534, 65534)  # nobody's
+        foreign = anchor
+    else:
+        foreign = Path("/")  # root's, and so not this user's
+    refusal = cert_dir_refusal(foreign)
+    assert refusal is not None and "not by aws_ork's user" in refusal, refusal
+
+
+def test_a_cert_cache_dir_is_not_checked_without_signatures(anchor: Path) -> None:
+    anchor.chmod(0o777)
+    cfg = config.from_mapping({"VerifySignatures": "no", "CertCacheDir": str(anchor)}, "f")
+    assert not any("CertCacheDir" in w for w in config.require_safe(cfg))
+
+
+def test_the_cli_refuses_to_start_or_check_with_an_unsafe_cert_cache_dir(anchor: Path,
+                                                                         tmp_path: Path):
+    anchor.chmod(0o777)
+    conf = cli_config(tmp_path, CertCacheDir=str(anchor))
+    for flags in ((), ("--check",), ("--once",)):
+        result = run_cli(conf, *flags)
+        assert result.returncode == 2, result.stderr
+        assert result.stdout == ""
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert f"CertCacheDir: {anchor} is writable by others (mode 0777)" in result.stderr

@@ -99,7 +99,7 @@ def test_a_healthy_setup_passes_every_check_without_a_warning(healthy, s3, bucke
 def test_an_open_policy_with_unsigned_sources_fails(healthy, sqs, queue_url):
     set_policy(sqs, queue_url, ONLY_THE_TOPIC, EVERYONE)
 
-    status, lines = check(healthy(UnsignedSources="raw"))
+    status, lines = check(healthy(UnsignedSources="raw", AutoScalingGroups="*"))
 
     assert status == 1
     [failed] = starting(lines, "FAIL")
