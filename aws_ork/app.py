@@ -24,6 +24,7 @@ from aws_ork.checks.terminations import Terminations
 from aws_ork.config import Config, require_safe
 from aws_ork.decide import Handler
 from aws_ork.errors import AwsOrkError, ConfigError, QueueError, StateError
+from aws_ork.keys import bypass
 from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.backend import preload_event_transport
 from aws_ork.keys.events import SaltEvents
@@ -88,6 +89,8 @@ class App:
         self.cfg = cfg
         self.run_options = run
         for warning in require_safe(cfg):  # the explicit unsafe choices, at every start
+            log.warning("%s", warning)
+        for warning in bypass.warnings(master_opts):  # the master's own auto-acceptance
             log.warning("%s", warning)
         location = KeyLocation.from_opts(master_opts)
         self.queue = Queue.open(make_client("sqs", cfg.sqs_region), url=cfg.queue_url,
@@ -211,6 +214,8 @@ class App:
     def reload(self) -> None:
         """SIGHUP: re-read the Salt master's config; each part that depends on it reloads."""
         opts = load_master_opts(self.cfg.salt_master_config)
+        for warning in bypass.warnings(opts):  # an option added since the start counts too
+            log.warning("%s", warning)
         self.handler.reload(opts)
         self.watcher.reload(opts)
         if self.arrivals is not None:

@@ -27,6 +27,7 @@ from aws_ork.app import s3_tree
 from aws_ork.aws import AWS_ERRORS, error_code, make_client
 from aws_ork.config import ANY_TOPIC, Config
 from aws_ork.errors import ConfigError, MirrorError, QueueError
+from aws_ork.keys import bypass
 from aws_ork.keys.location import ACCEPTED, FILE_DRIVER, PENDING, REJECTED, KeyLocation
 from aws_ork.keys.manager import load_master_opts
 from aws_ork.mirror.bucket import S3Tree
@@ -356,10 +357,12 @@ def check_pki(cfg: Config) -> Iterator[Line]:
     """The master's key directory (cluster_pki_dir on a clustered master) and the state
     directories aws_ork writes: accepted, pending, rejected, autosign."""
     try:
-        location = KeyLocation.from_opts(load_master_opts(cfg.salt_master_config))
+        opts = load_master_opts(cfg.salt_master_config)
+        location = KeyLocation.from_opts(opts)
     except ConfigError as exc:
         yield fail(f"salt master config: {exc}")
         return
+    yield from master_option_lines(opts, cfg.salt_master_config)
     missing = _dir_problem(location.key_dir, create=False)
     if missing:
         yield fail(f"salt pki {location.key_dir}: {missing} (the master's pki_dir in "
@@ -383,6 +386,17 @@ def check_pki(cfg: Config) -> Iterator[Line]:
         yield fail(f"salt keys.cache_driver {location.driver!r} keeps no key files: no "
                    f"pending key's age can be read, so with VerifyInstances no key is ever "
                    f"accepted (freshness fails closed)")
+
+
+def master_option_lines(opts: Mapping[str, Any], path: Path) -> Iterator[Line]:
+    """A FAIL for each master option that accepts keys without aws_ork (keys/bypass.py)."""
+    found = bypass.accepting_options(opts)
+    for _option, why in found:
+        yield fail(f"salt master {why}: aws_ork's checks decide nothing for those keys "
+                   f"(in {path} or its includes)")
+    if not found:
+        yield ok("salt master: no auto_accept, open_mode, autosign_file or "
+                 "autosign_grains_dir (only aws_ork accepts keys)")
 
 
 # --- EC2 ---

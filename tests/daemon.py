@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -38,6 +39,24 @@ def write_config(path: Path, *, queue_url: str, master: SaltMaster, bucket: str 
     lines = ["[aws_ork]"] + [f"{name} = {value}" for name, value in values.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def salt_config(tmp_path: Path, master: SaltMaster, options: dict[str, Any],
+                included: dict[str, Any] | None = None) -> Path:
+    """A copy of the ``master`` fixture's config with ``options``, and ``included`` in a
+    master.d/*.conf file beside it (Salt's default_include)."""
+    directory = tmp_path / "salt"
+    (directory / "master.d").mkdir(parents=True)
+    (directory / "master").write_text(json.dumps({**master.config, **options}))
+    if included is not None:
+        (directory / "master.d" / "extra.conf").write_text(json.dumps(included))
+    return directory / "master"
+
+
+def accepting_value(tmp_path: Path, option: str) -> Any:
+    """A value of ``option`` that makes Salt accept keys by itself (a path need not exist:
+    Salt reads it at each authentication)."""
+    return True if option in ("auto_accept", "open_mode") else str(tmp_path / option)
 
 
 def command(config: Path, *args: str) -> list[str]:

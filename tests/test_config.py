@@ -528,7 +528,7 @@ def test_unsigned_raw_and_hook_need_a_group_or_tag_filter(tmp_path: Path, source
         assert any("UnsignedSources" in w for w in config.require_safe(cfg))
 
 
-def run_cli(conf: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+def run_conf(conf: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "aws_ork", "-c", str(conf), *flags],
                           capture_output=True, text=True, timeout=60)
 
@@ -545,7 +545,7 @@ def test_the_cli_refuses_unsigned_raw_or_hook_without_a_filter(tmp_path: Path,
                                                                sources: str) -> None:
     conf = cli_config(tmp_path, UnsignedSources=sources)
     for flags in ((), ("--check",), ("--once",)):
-        result = run_cli(conf, *flags)
+        result = run_conf(conf, *flags)
         assert result.returncode == 2, result.stderr
         assert result.stdout == ""
         assert result.stderr.count("\n") == 1, result.stderr
@@ -660,7 +660,7 @@ def test_the_cli_refuses_to_start_or_check_with_an_unsafe_cert_cache_dir(anchor:
     anchor.chmod(0o777)
     conf = cli_config(tmp_path, CertCacheDir=str(anchor))
     for flags in ((), ("--check",), ("--once",)):
-        result = run_cli(conf, *flags)
+        result = run_conf(conf, *flags)
         assert result.returncode == 2, result.stderr
         assert result.stdout == ""
         assert result.stderr.count("\n") == 1, result.stderr

@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import uuid
 
+import boto3
 import pytest
 
 from aws_ork import __version__
+from tests.certproxy import CertProxy
 from tests.daemon import (
+    accepting_value,
     bucket_objects,
     queue_counts,
     run_aws_ork,
+    salt_config,
     send,
     start_aws_ork,
     states,
@@ -21,7 +26,14 @@ from tests.daemon import (
     wait_for,
     write_config,
 )
-from tests.messages import FIXTURES, fixture_text, new_id, sns_launch, sns_terminate
+from tests.messages import (
+    FIXTURES,
+    fixture_text,
+    new_id,
+    notification,
+    sns_launch,
+    sns_terminate,
+)
 from tests.saltenv import free_port
 
 #: the start-up line's beginning
@@ -328,3 +340,93 @@ def test_a_second_daemon_on_the_same_state_dir_does_not_start(conf, tmp_path):
         assert stop_aws_ork(first) == 0
     after = run_aws_ork(conf, "--once")
     assert after.returncode == 0, after.stderr
+
+
+def _warnings(text: str, about: str) -> list[str]:
+    return [line for line in text.splitlines() if "WARNING" in line and about in line]
+
+
+@pytest.mark.parametrize("option", ["auto_accept", "open_mode", "autosign_file",
+                                    "autosign_grains_dir"])
+def test_a_master_that_accepts_keys_by_itself_is_warned_about_at_start(master, tmp_path,
+                                                                       queue_url, sqs, option):
+    """Salt accepts those keys before aws_ork sees them: the operator chose it, so the
+    daemon runs, and says at every start which option makes its checks moot."""
+    config = salt_config(tmp_path, master, {option: accepting_value(tmp_path, option)})
+    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
+                        SaltMasterConfig=config)
+    instance = new_id()
+    master.add_pending_key(instance)
+    send(sqs, queue_url, sns_launch(instance))
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    [warning] = _warnings(result.stderr, "salt master")
+    assert f"salt master {option} is " in warning, warning
+    assert "aws_ork's checks decide nothing for those keys" in warning
+    assert states(master, instance) == {instance: "minions"}  # and it still does its work
+
+
+def test_a_master_option_included_before_a_reload_is_warned_about(master, tmp_path, queue_url):
+    config = salt_config(tmp_path, master, {})
+    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
+                        SaltMasterConfig=config)
+    log = tmp_path / "daemon.log"
+    proc = start_aws_ork(conf, log)
+    try:
+        wait_for(lambda: STARTED in log.read_text(), 60, "the daemon to start")
+        assert _warnings(log.read_text(), "salt master") == []
+        grains = tmp_path / "autosign_grains"
+        (config.parent / "master.d" / "autosign.conf").write_text(
+            json.dumps({"autosign_grains_dir": str(grains)}))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded the Salt master config" in log.read_text(), 60,
+                 "the reload (between two long polls)")
+    finally:
+        assert stop_aws_ork(proc) == 0
+    [warning] = _warnings(log.read_text(), "salt master")
+    assert f"salt master autosign_grains_dir is {grains}: " in warning, warning
+
+
+def test_a_metrics_address_off_loopback_is_warned_about_at_start(master, tmp_path, queue_url):
+    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
+                        MetricsAddress=f"0.0.0.0:{free_port()}")
+    result = run_aws_ork(conf, "--once")  # --once serves no metrics: nothing is exposed
+    assert result.returncode == 0, result.stderr
+    [warning] = _warnings(result.stderr, "MetricsAddress")
+    assert "is not a loopback address" in warning, warning
+
+
+def test_the_cert_cache_aws_ork_makes_passes_its_own_check_at_the_next_start(
+        master, tmp_path, sqs, queue_url, moto):
+    """The default CertCacheDir (StateDir/certs), made by aws_ork when it caches the first
+    certificate it fetched, is one the next start and --check accept."""
+    proxy = CertProxy(tmp_path / "cert-proxy", moto.url)
+    proxy.start()
+    try:
+        sns = boto3.client("sns", region_name="us-west-2")
+        topic = sns.create_topic(Name=f"aws-ork-certs-{uuid.uuid4().hex[:8]}")["TopicArn"]
+        arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"]
+                                       )["Attributes"]["QueueArn"]
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+        instance = new_id()
+        master.add_pending_key(instance)
+        sns.publish(TopicArn=topic, Message=json.dumps(notification(
+            "autoscaling:EC2_INSTANCE_LAUNCH", instance)))
+        state = tmp_path / "new" / "state"  # nothing there yet: aws_ork makes it all
+        conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
+                            StateDir=state, VerifySignatures="true", AllowedTopicArns=topic)
+
+        first = run_aws_ork(conf, "--once", env=proxy.env())
+        assert first.returncode == 0, first.stderr
+        assert states(master, instance) == {instance: "minions"}
+        assert len(proxy.fetched) == 1 and list((state / "certs").rglob("*.pem"))
+
+        checked = run_aws_ork(conf, "--check", env=proxy.env())
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert f"ok   CertCacheDir {state / 'certs'}" in checked.stdout.splitlines()
+        again = run_aws_ork(conf, "--once", env=proxy.env())
+        assert again.returncode == 0, again.stderr
+    finally:
+        proxy.stop()

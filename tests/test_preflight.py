@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aws_ork.preflight import PROBE_OBJECT, Status, policy_lines
-from tests.daemon import bucket_objects, run_aws_ork, write_config
+from tests.daemon import accepting_value, bucket_objects, run_aws_ork, salt_config, write_config
 
 TOPIC = "arn:aws:sns:us-west-2:123456789012:aws-ork-test-topic"
 LINE = re.compile(r"(ok  |WARN|FAIL) .+")
@@ -89,7 +89,8 @@ def test_a_healthy_setup_passes_every_check_without_a_warning(healthy, s3, bucke
     assert starting(lines, "FAIL") == [] and starting(lines, "WARN") == []
     for part in ("config", "queue", "queue dead-letter queue", "queue policy", "bucket",
                  "bucket encryption", "bucket public access block", "salt pki",
-                 "EC2 DescribeInstances permitted", "CertCacheDir", "StateDir"):
+                 "EC2 DescribeInstances permitted", "CertCacheDir", "StateDir",
+                 "salt master: no auto_accept"):
         assert starting(lines, f"ok   {part}"), (part, lines)
     # the write probe was deleted: the mirror prefix holds nothing of --check's
     assert f"pki/{PROBE_OBJECT}" in "\n".join(lines)
@@ -199,6 +200,48 @@ def test_a_key_cache_without_files_fails_with_verify_instances(healthy, tmp_path
     assert status == 1
     assert [line[:35] for line in starting(lines, "FAIL")] == [
         "FAIL salt keys.cache_driver 'mysql'"]
+
+
+@pytest.mark.parametrize(("option", "included"), [
+    ("auto_accept", False), ("open_mode", False), ("autosign_file", False),
+    ("autosign_grains_dir", False), ("auto_accept", True), ("autosign_file", True)])
+def test_a_master_that_accepts_keys_by_itself_fails(healthy, tmp_path, master, option,
+                                                    included):
+    value = {option: accepting_value(tmp_path, option)}
+    config = salt_config(tmp_path, master, {} if included else value,
+                         value if included else None)
+
+    status, lines = check(healthy(SaltMasterConfig=config))
+
+    assert status == 1, lines
+    [failed] = starting(lines, "FAIL")
+    assert failed.startswith(f"FAIL salt master {option} is "), failed
+    assert "aws_ork's checks decide nothing for those keys" in failed
+    assert starting(lines, "ok   salt pki")  # the other checks still ran
+    assert not starting(lines, "ok   salt master:")
+
+
+def test_an_autosign_file_that_exists_fails_naming_it(healthy, tmp_path, master):
+    autosign = tmp_path / "autosign.conf"
+    autosign.write_text("i-*\n")
+    config = salt_config(tmp_path, master, {"autosign_file": str(autosign)})
+
+    status, lines = check(healthy(SaltMasterConfig=config))
+
+    assert status == 1
+    assert [line[:len(f"FAIL salt master autosign_file is {autosign}:")]
+            for line in starting(lines, "FAIL")] == [
+        f"FAIL salt master autosign_file is {autosign}:"]
+
+
+def test_a_metrics_address_off_loopback_warns(healthy, tmp_path):
+    status, lines = check(healthy(MetricsAddress="0.0.0.0:9731"))
+
+    assert status == 0, lines
+    assert starting(lines, "WARN") == [
+        "WARN MetricsAddress = 0.0.0.0:9731 is not a loopback address: /metrics and /healthz "
+        "(plain HTTP, no authentication) answer whoever reaches it; keep it on 127.0.0.1 "
+        "and scrape through a proxy you secure"]
 
 
 def test_an_unwritable_state_dir_fails(healthy, tmp_path):
