@@ -102,7 +102,7 @@ class App:
         self._state_lock = self._lock_state_dir(cfg, run.dry_run)
         terminations = None if cfg.verify_instances else \
             Terminations(cfg.state_dir / "terminated", dry_run=run.dry_run)
-        finished, enrolled, names = self._memories(cfg, run.dry_run)
+        finished, enrolled, preauthorised, names = self._memories(cfg, run.dry_run)
         max_age = self.queue.retention_seconds + defaults.SNS_TIMESTAMP_SKEW_SECONDS
         # Lifecycle actions are answered in SQS_Region too: the groups live there.
         hooks = HookClient(make_client("autoscaling", cfg.sqs_region, max_attempts=3)) \
@@ -125,7 +125,7 @@ class App:
                                enrolled=enrolled, arrivals=self.arrivals,
                                salt_events=self.salt_events,
                                completer=self.completer, completes_hook=cfg.completes_hook,
-                               names=names)
+                               names=names, preauthorised=preauthorised)
         self.mirror: MirrorWorker | None = None
         if cfg.bucket_url is not None and not run.dry_run:
             key_dir = mirrored_key_dir(cfg, location)
@@ -179,9 +179,11 @@ class App:
             raise StateError(f"StateDir: {exc}") from exc
 
     @staticmethod
-    def _memories(cfg: Config, dry_run: bool) -> tuple[IdMemory, IdMemory, MinionNames | None]:
-        """The replay memories in StateDir, and (MinionIdTemplate other than the instance id)
-        the minion id each instance was given; an unreadable one is a start-up failure."""
+    def _memories(cfg: Config, dry_run: bool) -> tuple[IdMemory, IdMemory, IdMemory,
+                                                        MinionNames | None]:
+        """The replay memories in StateDir, the instances given an autosign stub (whose keys
+        the sweep may delete), and (MinionIdTemplate other than the instance id) the minion
+        id each instance was given; an unreadable one is a start-up failure."""
         try:
             finished = IdMemory(cfg.state_dir / "finished-sns-messages",
                                 keep_seconds=defaults.SQS_MAX_RETENTION_SECONDS,
@@ -189,12 +191,15 @@ class App:
             enrolled = IdMemory(cfg.state_dir / "enrolled-instances",
                                 keep_seconds=defaults.ENROLLED_KEEP_SECONDS,
                                 limit=defaults.ENROLLED_LIMIT, dry_run=dry_run)
+            preauthorised = IdMemory(cfg.state_dir / "preauthorised-instances",
+                                     keep_seconds=defaults.ENROLLED_KEEP_SECONDS,
+                                     limit=defaults.ENROLLED_LIMIT, dry_run=dry_run)
             names = None if Template(cfg.minion_id_template).identity else \
                 MinionNames(cfg.state_dir / "minion-ids", limit=defaults.MINION_NAMES_LIMIT,
                             dry_run=dry_run)
         except OSError as exc:
             raise StateError(f"StateDir {cfg.state_dir}: {exc}") from exc
-        return finished, enrolled, names
+        return finished, enrolled, preauthorised, names
 
     @staticmethod
     def _archive(cfg: Config) -> Archive | None:

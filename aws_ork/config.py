@@ -433,6 +433,11 @@ def require_safe(cfg: Config) -> list[str]:
     if cfg.sweep_minutes and not cfg.verify_instances:
         raise ConfigError(cfg.source, "SweepMinutes", "is set but VerifyInstances is off: "
                                                       "the sweep asks EC2 about every key")
+    if cfg.sweep_minutes and not (cfg.auto_scaling_groups or cfg.instance_tags):
+        raise ConfigError(cfg.source, "SweepMinutes", (
+            "is set but neither AutoScalingGroups nor InstanceTags is set: the sweep would "
+            "judge every instance of the region (bastions, this master). Set one of them "
+            "(AutoScalingGroups = * for any Auto Scaling group)"))
     if cfg.key_binding == "tag" and not cfg.verify_instances:
         raise ConfigError(cfg.source, "KeyBinding", "tag needs VerifyInstances: the tag is read "
                                                     "from the instance's DescribeInstances")

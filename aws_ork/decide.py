@@ -80,7 +80,8 @@ class Handler:
                  salt_events: reactor.SaltEvents | None = None,
                  completer: Completer | None = None,
                  completes_hook: Callable[[str | None], bool] = lambda _name: True,
-                 names: MinionNames | None = None) -> None:
+                 names: MinionNames | None = None,
+                 preauthorised: IdMemory | None = None) -> None:
         self.keys = keys
         self.delete_unknown = delete_unknown
         self.checks = tuple(checks)
@@ -92,6 +93,7 @@ class Handler:
         self.completer = completer  # lifecycle actions: completed once the key work is done
         self.completes_hook = completes_hook  # LifecycleHooks: is this hook ours to answer?
         self.names = names  # MinionIdTemplate: the minion id each instance was given
+        self.preauthorised = preauthorised  # instances given an autosign stub (the sweep's)
         # the loop and the arrivals thread both change keys: one at a time
         self._keys_lock = threading.RLock()
         self._parsed: dict[str, Event] = {}  # the batch in hand, parsed once by prime()
@@ -361,6 +363,11 @@ class Handler:
                                               enrolled=self._is_enrolled(instance_id)))
         if result.outcome is Outcome.REMOVED:
             self._removed(instance_id, minion_id)
+        elif result.outcome is Outcome.PREAUTHORISED and not result.dry_run \
+                and self.preauthorised is not None:
+            # whatever key Salt accepts through the stub is aws_ork's doing: the sweep may
+            # delete it once the instance is gone (even if no running daemon saw it used)
+            self._remember(self.preauthorised, instance_id)
         self._enrol(instance_id, result)
         return result
 
@@ -502,36 +509,44 @@ class Handler:
                 found.append((instance_id, minion_id, states))
         return found
 
+    def enrolled_here(self, instance_id: str, minion_id: str) -> bool:
+        """Did aws_ork enrol this key (the sweep deletes nothing else)? Its instance's key was
+        accepted by aws_ork (a message, key binding, or Salt through aws_ork's autosign stub
+        while the daemon watched: StateDir/enrolled-instances), or aws_ork wrote the
+        instance an autosign stub (StateDir/preauthorised-instances), or MinionIdTemplate
+        gave the instance this id (StateDir/minion-ids). A key shaped like an instance id
+        that none of these knows was put there by someone else (a hand-accepted minion of
+        another region or account): EC2 of SQS_Region not knowing it proves nothing."""
+        if minion_id != instance_id:
+            return self.names is not None and self.names.minion_of(instance_id) == minion_id
+        return any(memory is not None and instance_id in memory
+                   for memory in (self.enrolled, self.preauthorised))
+
     def sweep_accept(self, instance_id: str, minion_id: str, verdict: Verdict) -> int:
-        """A pending key whose launch message was lost: accept it if the instance passes what
-        a launch must pass and the key is under the id the instance is given. Returns 1 when a
-        key was accepted."""
+        """A pending key whose launch message was lost: accept it only if the instance passes
+        what a launch must pass and published the key's fingerprint (key binding), and the
+        key is under the id the instance is given. Never by freshness: a key presented now
+        under a long-running instance's id is "younger than the instance" whoever presented
+        it. Returns 1 when a key was accepted."""
         if (verdict.minion_id or instance_id) != minion_id:
             log.debug("sweep: %s: pending key %s left alone: the instance's minion id is %s",
                       instance_id, minion_id, verdict.minion_id or instance_id)
             return 0
-        if verdict.stale_key:
-            log.error("SECURITY: sweep: %s: %s: someone else submitted a key under this id; "
-                      "it is moved to the rejected keys (inspect it: salt-key -f %s)",
-                      minion_id, verdict.reason, minion_id)
-            with self._keys_lock:
-                self.keys.reject(minion_id)
-            return 0
         if not verdict.ok:
             log.debug("sweep: %s: pending key left alone: %s", minion_id, verdict.reason)
+            return 0
+        if verdict.fingerprint is None:  # never by freshness (Sweep asks only under binding)
+            log.debug("sweep: %s: pending key left alone: the sweep accepts only the key the "
+                      "instance published (KeyBinding = tag)", minion_id)
             return 0
         with self._keys_lock:
             refused = self._claim(instance_id, minion_id)
             if refused is not None:
                 log.warning("sweep: %s: pending key left alone: %s", minion_id, refused)
                 return 0
-            if verdict.fingerprint is not None:
-                result = self._accept_bound(instance_id, minion_id, verdict.fingerprint)
-            else:
-                result = self._accept(instance_id, minion_id)
-        log.info("sweep: launch %s (its launch message was lost): %s%s", _named(instance_id,
-                 minion_id), result.describe(), f" (key binding: {verdict.fingerprint})"
-                 if verdict.fingerprint else "")
+            result = self._accept_bound(instance_id, minion_id, verdict.fingerprint)
+        log.info("sweep: launch %s (its launch message was lost): %s (key binding: %s)",
+                 named(instance_id, minion_id), result.describe(), verdict.fingerprint)
         return int(result.outcome is Outcome.ACCEPTED and result.changed)
 
     def sweep_delete(self, instance_id: str, minion_id: str, why: str) -> int:
@@ -541,7 +556,7 @@ class Handler:
             if self.terminations is not None:
                 self.terminations.remember(instance_id)
             result = self._delete(instance_id, minion_id)
-        log.info("sweep: terminate %s (%s): %s", _named(instance_id, minion_id), why,
+        log.info("sweep: terminate %s (%s): %s", named(instance_id, minion_id), why,
                  result.describe())
         return int(result.changed)
 
@@ -614,6 +629,6 @@ class Handler:
                         reason_code=code)
 
 
-def _named(instance_id: str, minion_id: str) -> str:
+def named(instance_id: str, minion_id: str) -> str:
     """An instance for a log line: its id, and its minion id when that is another."""
     return instance_id if minion_id == instance_id else f"{instance_id} (minion {minion_id})"

@@ -1,7 +1,9 @@
 """Durable, bounded memories of ids in StateDir: what the daemon has already done.
 
 Two of them stop replays (see :mod:`aws_ork.checks.replay`): the SNS MessageIds of finished
-signed envelopes, and the instances whose keys were accepted once. Each is an append-only
+signed envelopes, and the instances whose keys were accepted once. A third, the instances
+aws_ork wrote an autosign stub for, tells the reconcile sweep (with the second and
+:class:`MinionNames`) which keys aws_ork enrolled, the only ones it deletes. Each is an append-only
 file of ``<epoch> <id>`` lines, fsync'd before the message is reported done (the loop's
 batch: once per receive batch, before its messages are deleted), read back at
 start-up, entries older than ``keep_seconds`` dropped. The file is rewritten (temp file +

@@ -8,11 +8,17 @@ instance is looked up), are looked up in EC2 in batches of 200 ids:
 
 - the key of an instance EC2 reports gone (shutting-down, terminated) or does not know, on
   two sweeps in a row (EC2's API is eventually consistent: a brand-new instance can be "not
-  found" for a moment), is deleted, as a terminate would delete it;
-- the pending key of a running instance that passes every check a launch must pass (group,
-  tags, freshness or, under key binding, its published fingerprint) is accepted, as its lost
-  launch would have accepted it. Replay protection applies (an enrolled instance whose key
-  was removed is not accepted again).
+  found" for a moment), is deleted, as a terminate would delete it; but only a key aws_ork
+  enrolled (:meth:`Handler.enrolled_here`): a key shaped like an instance id that aws_ork
+  never accepted or pre-authorised is someone else's (a hand-accepted minion of another
+  region or account, whose instance SQS_Region's EC2 cannot know) and is left alone;
+- under key binding, the pending key of a running instance that passes every check a launch
+  must pass (group, tags, and the fingerprint it published) is accepted, as its lost launch
+  would have accepted it. Replay protection applies (an enrolled instance whose key was
+  removed is not accepted again). Without key binding the sweep accepts nothing: a key
+  presented now under the id of an instance up for days is "younger than the instance"
+  whoever presented it, so freshness proves nothing here. Such a key is left pending (said
+  once per key at INFO).
 
 The sweep runs in the loop's thread between receives, so it never races a message about the
 same key. It logs one line per change (prefixed ``sweep:``) and a summary per sweep;
@@ -27,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aws_ork.checks.ec2 import GONE_STATES, LIVE_STATES, Ec2Lookup, InstanceCheck
-from aws_ork.decide import Handler
+from aws_ork.decide import Handler, named
 from aws_ork.keys.location import ACCEPTED, PENDING
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,8 @@ class Sweep:
         self._clock = clock
         self._next = clock()  # the first sweep at start-up
         self._gone_last_time: set[str] = set()
+        #: (minion id, why) of the keys left alone that the last sweep said so about
+        self._told: set[tuple[str, str]] = set()
         self.counters = SweepCounters()
 
     def due(self) -> bool:
@@ -67,23 +75,47 @@ class Sweep:
         wanted = {instance_id for instance_id, _, _ in keys}
         instances = self.lookup.get_many(wanted)
         gone_now: set[str] = set()
-        accepted = deleted = 0
+        accepted = deleted = foreign = 0
+        told: set[tuple[str, str]] = set()
         for instance_id, minion_id, states in keys:
             instance = instances.get(instance_id)
             if instance is None or instance.state in GONE_STATES:
+                what = "not found" if instance is None else instance.state
+                if not self.handler.enrolled_here(instance_id, minion_id):
+                    foreign += 1
+                    self._once(told, minion_id, "foreign", "sweep: %s: EC2: %s, but aws_ork "
+                               "did not enrol this key (accepted by hand? a minion of "
+                               "another region or account?); left alone",
+                               named(instance_id, minion_id), what)
+                    continue
                 gone_now.add(minion_id)
                 if minion_id in self._gone_last_time:
-                    what = "not found" if instance is None else instance.state
                     deleted += self.handler.sweep_delete(instance_id, minion_id,
                                                          f"EC2: {what} on two sweeps in a row")
                 continue
             if PENDING in states and ACCEPTED not in states and instance.state in LIVE_STATES:
+                if self.check.binding_tag is None:
+                    self._once(told, minion_id, "unbound", "sweep: %s: pending key left "
+                               "alone: without key binding the sweep accepts no key (nothing "
+                               "proves whose it is; KeyBinding = tag accepts the key the "
+                               "instance published)", named(instance_id, minion_id))
+                    continue
                 verdict = self.check.judge_launch(instance_id, instance)
                 accepted += self.handler.sweep_accept(instance_id, minion_id, verdict)
         self._gone_last_time = gone_now
+        self._told = told  # a key gone or changed is said again if it comes back
         self.counters.runs += 1
         self.counters.accepted += accepted
         self.counters.deleted += deleted
         log.info("sweep: %d instance keys looked up in EC2 (%d found): %d accepted, %d deleted, "
-                 "%d gone once (deleted at the next sweep if still gone)", len(wanted),
-                 len(instances), accepted, deleted, len(gone_now) - deleted)
+                 "%d gone once (deleted at the next sweep if still gone), %d not enrolled by "
+                 "aws_ork (left alone)", len(wanted), len(instances), accepted, deleted,
+                 len(gone_now) - deleted, foreign)
+
+    def _once(self, told: set[tuple[str, str]], minion_id: str, why: str, text: str,
+              *args: object) -> None:
+        """Log a key left alone at INFO the first time a sweep finds it so, not every sweep
+        (every few minutes, for as long as the key stays)."""
+        told.add((minion_id, why))
+        if (minion_id, why) not in self._told:
+            log.info(text, *args)

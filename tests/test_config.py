@@ -493,6 +493,18 @@ def test_unsigned_eventbridge_needs_a_group_or_tag_filter() -> None:
         assert any("UnsignedSources" in w for w in config.require_safe(cfg))
 
 
+def test_the_sweep_needs_a_group_or_tag_filter() -> None:
+    """Without one the sweep would judge every instance of the region (bastions, the
+    master itself)."""
+    topic = {"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t"}
+    with pytest.raises(ConfigError, match="f: SweepMinutes: is set but neither "
+                                          "AutoScalingGroups nor InstanceTags"):
+        config.require_safe(config.from_mapping({**topic, "SweepMinutes": "5"}, "f"))
+    for filters in ({"AutoScalingGroups": "*"}, {"InstanceTags": "role=minion"}):
+        cfg = config.from_mapping({**topic, "SweepMinutes": "5", **filters}, "f")
+        assert config.require_safe(cfg) == []
+
+
 @pytest.mark.parametrize("option", ["AutoScalingGroups", "InstanceTags"])
 def test_filters_without_verify_instances_are_a_config_error(option: str) -> None:
     cfg = config.from_mapping({"VerifySignatures": "no", "VerifyInstances": "no",
