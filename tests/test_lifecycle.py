@@ -225,15 +225,24 @@ def test_signed_terminate_hook_needs_auto_scaling_to_say_terminating_then_comple
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
+def eventbridge_hook(inner: dict[str, Any]) -> dict[str, Any]:
+    """The same hook message as EventBridge delivers it ("EC2 Instance-terminate Lifecycle
+    Action", tests/fixtures/messages)."""
+    event = fixture("eventbridge-asg-terminate-lifecycle-action")
+    event["detail"] = {k: inner[k] for k in event["detail"]}
+    return event
+
+
+@pytest.mark.parametrize("source", ["hook", "eventbridge"])
 def test_unsigned_terminate_hook_needs_auto_scaling_to_say_terminating(
-        master, tmp_path, sqs, queue_url, cert_dir, hooks, asg):
+        master, tmp_path, sqs, queue_url, cert_dir, hooks, asg, source):
     group = hooks["group"]
     instance = group_instance(hooks)
     master.add_accepted_key(instance)
     inner = hook_message(TERMINATING, instance, group, TERMINATE_HOOK)
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, UnsignedSources="hook",
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, UnsignedSources=source,
                         LifecycleHooks="*")
-    send(sqs, queue_url, json.dumps(inner))
+    send(sqs, queue_url, json.dumps(inner if source == "hook" else eventbridge_hook(inner)))
 
     forged = run_aws_ork(conf, "--once", env=asg.env())  # InService: EC2's rule, retried
     assert forged.returncode == 0, forged.stderr
