@@ -250,7 +250,7 @@ class InstanceCheck:
     def _leaving(self, instance_id: str) -> tuple[bool, str]:
         """Whether Auto Scaling itself says a terminating hook's instance is leaving, and
         what it said (for the verdict's reason). Asked for every such message: the message's
-        signature is no proof (anyone with sns:Publish on the topic can sign one)."""
+        signature is no proof (SNS signs what anyone with sns:Publish on the topic sends)."""
         if self.autoscaling is None:
             return False, ""
         try:
@@ -260,8 +260,9 @@ class InstanceCheck:
             return False, f"Auto Scaling could not be asked ({exc})"
         if state in TERMINATING_STATES:
             return True, f"Auto Scaling says {state}"
-        return False, f"Auto Scaling says {shorten(state or 'it is in no group')}, " \
-                      f"not Terminating"
+        if state is None:
+            return False, "Auto Scaling has the instance in no group, not Terminating"
+        return False, f"Auto Scaling says {shorten(state)}, not Terminating"
 
     @staticmethod
     def _terminate(instance: Instance | None) -> Verdict:
