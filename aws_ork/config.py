@@ -460,7 +460,8 @@ def require_safe(cfg: Config) -> list[str]:
         warnings.append(f"UnsignedSources = {' '.join(cfg.unsigned_sources)}: those messages "
                         f"carry no signature; the queue policy is their only gate")
     if not cfg.verify_instances:
-        warnings.append("VerifyInstances is off: launches are not checked against EC2")
+        warnings.append("VerifyInstances is off: launches and terminates are not checked "
+                        "against EC2 (a terminate deletes a key on the message's word)")
     if cfg.metrics_address is not None and not is_loopback(cfg.metrics_address[0]):
         host, port = cfg.metrics_address
         warnings.append(f"MetricsAddress = {host}:{port} is not a loopback address: /metrics "

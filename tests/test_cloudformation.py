@@ -1,6 +1,6 @@
 """data/cloudformation/aws_ork.yaml: deployed to the moto server, then aws_ork run against it.
 
-moto's CloudFormation has no model for four of the template's resource types (it would skip
+moto's CloudFormation has no model for five of the template's resource types (it would skip
 them with a warning and still report the stack complete). The deployed variant leaves them out
 (``MOTO_LACKS``) and says so; what they would set is checked on the template itself instead.
 """
@@ -25,13 +25,19 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "data" / "cloudformation" / "aws_ork.yaml"
 
 #: Resource types moto (5.2) cannot create through CloudFormation. The deployed variant
-#: leaves them out; the README ("Deploying the AWS side") names the same four.
+#: leaves them out; the README ("Deploying the AWS side") names the same five.
 MOTO_LACKS = frozenset({
     "AWS::SQS::QueuePolicy",  # only the topic may send
     "AWS::SNS::Subscription",  # topic -> queue, raw delivery off
+    "AWS::SNS::TopicPolicy",  # only Auto Scaling and the hook role may publish
     "AWS::AutoScaling::LifecycleHook",  # launching/terminating hooks on the group
-    "AWS::S3::BucketPolicy",  # TLS only
+    "AWS::S3::BucketPolicy",  # TLS only, the master's role (and the restore role) only
 })
+#: What moto names the restore role's ARN parameter in the policy documents below.
+RESTORE_ROLE = {"Ref": "RestoreRoleArn"}
+MASTER_ROLE = {"Fn::GetAtt": ["MasterRole", "Arn"]}
+HOOK_ROLE = {"Fn::GetAtt": ["HookRole", "Arn"]}
+NO_VALUE = {"Ref": "AWS::NoValue"}
 
 #: IAM has no actions of their own for these (the single-message actions authorise them).
 BATCH_ACTIONS = {"sqs:DeleteMessageBatch", "sqs:ChangeMessageVisibilityBatch"}
@@ -62,6 +68,27 @@ _CfnLoader.add_multi_constructor("!", _short_tag)
 
 def load_template() -> dict[str, Any]:
     return yaml.load(TEMPLATE.read_text(), _CfnLoader)  # noqa: S506 - SafeLoader subclass
+
+
+def resolve(node: Any, **conditions: bool) -> Any:
+    """The template fragment as CloudFormation would see it with these conditions true or
+    false: ``Fn::If`` picks its branch, ``AWS::NoValue`` drops the item or key."""
+    if isinstance(node, dict):
+        if set(node) == {"Fn::If"}:
+            name, then, otherwise = node["Fn::If"]
+            return resolve(then if conditions[name] else otherwise, **conditions)
+        out = {k: resolve(v, **conditions) for k, v in node.items()}
+        return {k: v for k, v in out.items() if v != NO_VALUE}
+    if isinstance(node, list):
+        return [v for v in (resolve(i, **conditions) for i in node) if v != NO_VALUE]
+    return node
+
+
+def statements(kind: str, **conditions: bool) -> dict[str, dict[str, Any]]:
+    """The policy statements (by Sid) of the template's one resource of this type."""
+    props = the(load_template(), kind)
+    document = props.get("PolicyDocument") or props["KeyPolicy"]
+    return {s["Sid"]: s for s in resolve(document, **conditions)["Statement"]}
 
 
 def resources_of(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
@@ -108,6 +135,16 @@ def test_the_stack_deploys_with_its_outputs(stack, sqs, fleet):
     assert stack["TopicArn"].startswith("arn:aws:sns:us-west-2:")
     assert stack["BucketUrl"] == f"s3://{stack['BucketName']}/salt/pki/"
     assert stack["MasterInstanceProfile"] and stack["KeyBindingPolicyArn"]
+    assert stack["BucketSSE"] == "aws:kms"
+    # the stack's own key (not aws/s3, which any principal S3 lets in may use), under its
+    # alias (moto keeps a CloudFormation key's policy unparsed, so DescribeKey fails there)
+    aliases = boto3.client("kms", region_name="us-west-2").list_aliases()["Aliases"]
+    assert {a["AliasName"]: a.get("TargetKeyId") for a in aliases}[
+        stack["BucketKmsKeyAlias"]] == stack["BucketKmsKeyId"].rsplit("/", 1)[1]
+    encryption = boto3.client("s3", region_name="us-west-2").get_bucket_encryption(
+        Bucket=stack["BucketName"])["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert encryption["ApplyServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": stack["BucketKmsKeyId"]}
     assert stack["NotificationCommand"].split() == [
         "aws", "autoscaling", "put-notification-configuration", "--region", "us-west-2",
         "--auto-scaling-group-name", fleet["group"], "--topic-arn", stack["TopicArn"],
@@ -128,7 +165,7 @@ def test_check_passes_and_a_signed_launch_is_handled(stack, master, identity, ce
     conf = write_config(tmp_path / "aws_ork.conf", queue_url=stack["QueueUrl"], master=master,
                         AllowedTopicArns=stack["AllowedTopicArns"], VerifySignatures="true",
                         CertCacheDir=cert_dir, BucketUrl=stack["BucketUrl"],
-                        BucketSSE="aws:kms")
+                        BucketSSE=stack["BucketSSE"], BucketKmsKeyId=stack["BucketKmsKeyId"])
 
     check = run_aws_ork(conf, "--check")
 
@@ -188,10 +225,100 @@ def test_the_bucket_is_locked_down():
     assert set(bucket["PublicAccessBlockConfiguration"].values()) == {True}
     assert len(bucket["PublicAccessBlockConfiguration"]) == 4
     assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
-    (statement,) = the(template, "AWS::S3::BucketPolicy")["PolicyDocument"]["Statement"]
-    assert (statement["Effect"], statement["Principal"], statement["Action"]) == \
-        ("Deny", "*", "s3:*")
-    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    (rule,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": {"Fn::GetAtt": ["BucketKey", "Arn"]}}
+    assert template["Parameters"]["RestoreRoleArn"]["Default"] == ""
+    bucket_arns = [{"Fn::GetAtt": ["Bucket", "Arn"]}, {"Fn::Sub": "${Bucket.Arn}/*"}]
+
+    for restore in (False, True):
+        policy = statements("AWS::S3::BucketPolicy", HasRestoreRole=restore)
+        tls = policy.pop("TlsOnly")
+        assert (tls["Effect"], tls["Principal"], tls["Action"], tls["Resource"]) == \
+            ("Deny", "*", "s3:*", bucket_arns)
+        assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        # every principal but the roles is denied the objects and their listing, by the
+        # role's ARN (every session of the role carries it), not NotPrincipal
+        others = policy.pop("OnlyTheMasterAndTheRestoreRole")
+        assert (others["Effect"], others["Principal"], others["Resource"]) == \
+            ("Deny", "*", bucket_arns)
+        assert "NotPrincipal" not in others
+        for action in ("s3:GetObject*", "s3:PutObject*", "s3:DeleteObject*", "s3:ListBucket*"):
+            assert action in others["Action"]
+        allowed = [MASTER_ROLE, RESTORE_ROLE] if restore else [MASTER_ROLE]
+        assert others["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": allowed}}
+        if restore:  # the restore role reads (and lists versions), writes nothing
+            reads = policy.pop("TheRestoreRoleReads")
+            assert (reads["Effect"], reads["Principal"]) == ("Allow", {"AWS": RESTORE_ROLE})
+            assert sorted(reads["Action"]) == ["s3:GetObject", "s3:GetObjectVersion",
+                                               "s3:ListBucket", "s3:ListBucketVersions"]
+        assert policy == {}  # nothing else: no Allow for anyone else, no root
+
+
+def test_only_the_master_encrypts_and_only_the_restore_role_decrypts():
+    template = load_template()
+    key = the(template, "AWS::KMS::Key")
+    assert key["EnableKeyRotation"] is True
+    assert template["Resources"]["BucketKey"]["DeletionPolicy"] == "Retain"
+    alias = the(template, "AWS::KMS::Alias")
+    assert alias["TargetKeyId"] == {"Ref": "BucketKey"}
+    via_s3 = {"StringEquals": {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}}}
+    for restore in (False, True):
+        policy = statements("AWS::KMS::Key", HasRestoreRole=restore)
+        admin = policy.pop("AccountAdministersTheKeyButCannotUseIt")
+        assert admin["Principal"] == {"AWS": {"Fn::Sub":
+                                              "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
+        # administration only: no use of the key, nor a grant that would give its use
+        for use in ("kms:*", "kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey*",
+                    "kms:ReEncrypt*", "kms:CreateGrant", "kms:Create*"):
+            assert use not in admin["Action"]
+        assert not [a for a in admin["Action"]
+                    if a.startswith(("kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey",
+                                     "kms:ReEncrypt", "kms:CreateGrant"))]
+        assert "kms:PutKeyPolicy" in admin["Action"] or "kms:Put*" in admin["Action"]
+        master = policy.pop("TheMasterEncrypts")
+        assert (master["Effect"], master["Principal"], master["Action"]) == \
+            ("Allow", {"AWS": MASTER_ROLE}, "kms:GenerateDataKey")
+        assert master["Condition"] == via_s3
+        if restore:
+            decrypt = policy.pop("TheRestoreRoleDecrypts")
+            assert (decrypt["Effect"], decrypt["Principal"], decrypt["Action"]) == \
+                ("Allow", {"AWS": RESTORE_ROLE}, "kms:Decrypt")
+            assert decrypt["Condition"] == via_s3
+        assert policy == {}
+    # the master's own IAM policy has no kms:Decrypt either: the running daemon never reads
+    # a body back (PUT, DELETE, HEAD, LIST); only --restore does, with the restore role
+    (policy_resource,) = resources_of(template, "AWS::IAM::Policy").values()
+    kms = [st for st in policy_resource["Properties"]["PolicyDocument"]["Statement"]
+           if str(st["Action"]).startswith("kms:")]
+    assert kms == [{"Effect": "Allow", "Action": "kms:GenerateDataKey",
+                    "Resource": {"Fn::GetAtt": ["BucketKey", "Arn"]}}]
+
+
+def test_only_auto_scaling_and_the_hook_role_may_publish_to_the_topic():
+    slr = {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/aws-service-role/"
+                      "autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling*"}
+    assert the(load_template(), "AWS::SNS::TopicPolicy")["Topics"] == [{"Ref": "Topic"}]
+    for group in (False, True):
+        policy = statements("AWS::SNS::TopicPolicy", HasGroup=group)
+        service = policy.pop("AutoScalingOfThisAccount")
+        assert (service["Effect"], service["Principal"], service["Action"]) == \
+            ("Allow", {"Service": "autoscaling.amazonaws.com"}, "sns:Publish")
+        assert service["Condition"] == {"StringEquals": {"aws:SourceAccount":
+                                                         {"Ref": "AWS::AccountId"}}}
+        if group:
+            hook = policy.pop("TheHookRole")
+            assert (hook["Effect"], hook["Principal"], hook["Action"]) == \
+                ("Allow", {"AWS": HOOK_ROLE}, "sns:Publish")
+        others = policy.pop("NobodyElse")
+        assert (others["Effect"], others["Principal"], others["Action"]) == \
+            ("Deny", "*", "sns:Publish")
+        # IAM principals (service principals carry no aws:PrincipalArn: they get only the
+        # Allow above) other than the hook role and Auto Scaling's service-linked role
+        assert others["Condition"] == {
+            "Bool": {"aws:PrincipalIsAWSService": "false"},
+            "ArnNotLike": {"aws:PrincipalArn": [HOOK_ROLE, slr] if group else [slr]}}
+        assert policy == {}
 
 
 def test_the_master_role_has_the_readme_policy():
@@ -206,11 +333,11 @@ def test_the_master_role_has_the_readme_policy():
         wanted.update([action] if isinstance(action, str) else action)
     template = load_template()
     assert the(template, "AWS::IAM::InstanceProfile")["Roles"] == [{"Ref": "MasterRole"}]
-    (policy,) = template["Resources"]["MasterRole"]["Properties"]["Policies"]
+    assert "Policies" not in template["Resources"]["MasterRole"]["Properties"]
+    (policy,) = resources_of(template, "AWS::IAM::Policy").values()
+    assert policy["Properties"]["Roles"] == [{"Ref": "MasterRole"}]
     granted: set[str] = set()
-    for statement in policy["PolicyDocument"]["Statement"]:
-        if "Fn::If" in statement:  # kms:GenerateDataKey/Decrypt, only with a KmsKeyArn
-            continue
+    for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
         action = statement["Action"]
         granted.update([action] if isinstance(action, str) else action)
     assert granted == wanted - BATCH_ACTIONS

@@ -310,7 +310,8 @@ def test_check_reports_each_part_and_fails_on_a_missing_bucket(master, tmp_path,
     # (tests/test_preflight.py has a setup without any warning)
     assert [line for line in lines if line.startswith("WARN")][:2] == [
         "WARN VerifySignatures is off: any message in the queue is believed",
-        "WARN VerifyInstances is off: launches are not checked against EC2"]
+        "WARN VerifyInstances is off: launches and terminates are not checked against EC2 "
+        "(a terminate deletes a key on the message's word)"]
     assert {line.split()[0] for line in lines} == {"ok", "WARN"}
     assert any(line.startswith("ok   queue") for line in lines)
     assert any(line.startswith("ok   bucket") for line in lines)

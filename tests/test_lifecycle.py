@@ -189,8 +189,12 @@ def test_launch_under_key_binding_is_completed_when_the_published_key_is_present
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 60, "the message deleted")
 
 
-def test_terminate_of_a_running_instance_deletes_the_key_at_once_then_completes(
+def test_signed_terminate_hook_needs_auto_scaling_to_say_terminating_then_completes(
         master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
+    """A signature proves only that someone allowed to publish to the topic sent it: a signed
+    terminating hook for an instance Auto Scaling keeps InService deletes nothing; once Auto
+    Scaling says Terminating:Wait the key goes at once (the instance still runs) and the
+    action is completed."""
     group = hooks["group"]
     instance = group_instance(hooks)
     master.add_accepted_key(instance)
@@ -198,28 +202,47 @@ def test_terminate_of_a_running_instance_deletes_the_key_at_once_then_completes(
     send(sqs, queue_url, signed_hook(identity, inner))
     conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*")
 
-    result = run_aws_ork(conf, "--once", env=asg.env())
+    forged = run_aws_ork(conf, "--once", env=asg.env())  # moto says InService
 
-    assert result.returncode == 0, result.stderr
+    assert forged.returncode == 0, forged.stderr
+    assert "Auto Scaling says 'InService', not Terminating" in forged.stderr
+    assert "is still running in EC2" in forged.stderr
+    assert states(master, instance) == {instance: "minions"}
+    assert not asg.recorded("CompleteLifecycleAction")
+
+    asg.terminating[instance] = group
+    wait_for(lambda: queue_counts(sqs, queue_url) == (1, 0), 60, "the retry to come back")
+    leaving = run_aws_ork(conf, "--once", env=asg.env())
+
+    assert leaving.returncode == 0, leaving.stderr
+    assert "Auto Scaling says Terminating:Wait" in leaving.stderr
     assert states(master, instance) == {instance: None}
     [completed] = asg.recorded("CompleteLifecycleAction", instance)
     assert_action(completed, inner)
     assert completed["LifecycleActionResult"] == "CONTINUE"
     reply = hooks["ec2"].describe_instances(InstanceIds=[instance])
     assert reply["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
-    assert "terminating lifecycle hook in a signed envelope" in result.stderr
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
+def eventbridge_hook(inner: dict[str, Any]) -> dict[str, Any]:
+    """The same hook message as EventBridge delivers it ("EC2 Instance-terminate Lifecycle
+    Action", tests/fixtures/messages)."""
+    event = fixture("eventbridge-asg-terminate-lifecycle-action")
+    event["detail"] = {k: inner[k] for k in event["detail"]}
+    return event
+
+
+@pytest.mark.parametrize("source", ["hook", "eventbridge"])
 def test_unsigned_terminate_hook_needs_auto_scaling_to_say_terminating(
-        master, tmp_path, sqs, queue_url, cert_dir, hooks, asg):
+        master, tmp_path, sqs, queue_url, cert_dir, hooks, asg, source):
     group = hooks["group"]
     instance = group_instance(hooks)
     master.add_accepted_key(instance)
     inner = hook_message(TERMINATING, instance, group, TERMINATE_HOOK)
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, UnsignedSources="hook",
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, UnsignedSources=source,
                         LifecycleHooks="*")
-    send(sqs, queue_url, json.dumps(inner))
+    send(sqs, queue_url, json.dumps(inner if source == "hook" else eventbridge_hook(inner)))
 
     forged = run_aws_ork(conf, "--once", env=asg.env())  # InService: EC2's rule, retried
     assert forged.returncode == 0, forged.stderr

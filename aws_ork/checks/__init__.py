@@ -73,8 +73,7 @@ def build_checks(cfg: Config, *, location: KeyLocation, ec2: Any = None,
             Ec2Lookup(ec2), location, groups=cfg.auto_scaling_groups, tags=cfg.instance_tags,
             binding_tag=cfg.key_binding_tag if cfg.key_binding == "tag" else None,
             hooks=cfg.completes_hook if cfg.lifecycle_hooks else None,
-            autoscaling=autoscaling, signed=cfg.verify_signatures,
-            template=Template(cfg.minion_id_template), names=names))
+            autoscaling=autoscaling, template=Template(cfg.minion_id_template), names=names))
     else:
         if terminations is None:
             raise ValueError("without VerifyInstances the termination memory is needed")

@@ -24,10 +24,11 @@ of an instance that is gone can only serve an impostor.
 
 Terminating lifecycle hook whose action aws_ork completes (LifecycleHooks): the instance stays
 ``running`` until the action is completed, so EC2's word cannot come first. What proves the
-instance is leaving instead: for an SNS envelope, its signature and topic (checked before,
-with VerifySignatures on); for an unsigned body (hook, EventBridge), Auto Scaling's own word,
-``DescribeAutoScalingInstances`` saying ``Terminating:Wait`` or ``Terminating:Proceed``.
-Otherwise the EC2 rule above applies.
+instance is leaving instead is Auto Scaling's own word, ``DescribeAutoScalingInstances`` saying
+``Terminating:Wait`` or ``Terminating:Proceed``, asked for every such message, signed or not:
+a signature only proves that someone allowed to publish to the topic sent it, not that Auto
+Scaling is terminating the instance. Anything else Auto Scaling says (``InService``, no group,
+the call failed) leaves the EC2 rule above, which keeps a live minion's key.
 
 Throttling, a network error or any other EC2 failure: retry later, never accept.
 """
@@ -46,7 +47,7 @@ import botocore.exceptions
 from aws_ork.aws import AWS_ERRORS, error_code
 from aws_ork.checks.verdict import Verdict
 from aws_ork.errors import AwsOrkError, KeyStoreError
-from aws_ork.events import Event, Kind, Source
+from aws_ork.events import Event, Kind
 from aws_ork.events.fields import shorten
 from aws_ork.keys import binding
 from aws_ork.keys.location import KeyAgeUnknown, KeyLocation
@@ -179,7 +180,7 @@ class InstanceCheck:
                  groups: Collection[str] = (), tags: Collection[tuple[str, str]] = (),
                  binding_tag: str | None = None,
                  hooks: Callable[[str | None], bool] | None = None,
-                 autoscaling: HookClient | None = None, signed: bool = False,
+                 autoscaling: HookClient | None = None,
                  template: Template = Template(),
                  names: MinionNames | None = None) -> None:
         self.lookup = lookup
@@ -187,7 +188,6 @@ class InstanceCheck:
         self.names = names  # the minion id each instance was given (read only here)
         self.hooks = hooks  # LifecycleHooks: the hooks whose actions aws_ork completes
         self.autoscaling = autoscaling  # asked whether an instance is Terminating
-        self.signed = signed  # VerifySignatures: an SNS envelope here was signed by AWS
         self.location = location
         self.groups = tuple(groups)
         self.tags = tuple(tags)
@@ -225,13 +225,14 @@ class InstanceCheck:
         instance_id = event.instance_id
         if instance_id is None:  # the parser never lets this through; refuse if it did
             return Verdict(False, "no instance id")
+        said = ""  # what Auto Scaling said about a terminating hook's instance
         if event.kind is Kind.TERMINATE and event.lifecycle_token and self.hooks is not None \
                 and self.hooks(event.lifecycle_hook):
-            leaving = self._leaving(event, instance_id)
-            if leaving is not None:  # said once: a running instance's key goes at once
+            leaving, said = self._leaving(instance_id)
+            if leaving:  # said once: a running instance's key goes at once
                 log.info("%s: %s: its key is deleted without waiting for EC2", instance_id,
-                         leaving)
-                return Verdict(True, leaving)
+                         said)
+                return Verdict(True, said)
         try:
             instance = self._primed[instance_id] if instance_id in self._primed \
                 else self.lookup.get(instance_id)
@@ -240,24 +241,28 @@ class InstanceCheck:
             return Verdict(False, f"{exc}; never accepted without EC2's word", retry=True)
         if event.kind is Kind.TERMINATE:
             verdict = self._terminate(instance)
+            if said and not verdict.ok:
+                verdict = replace(verdict, reason=f"{said}; {verdict.reason}")
         else:
             verdict = self._launch(instance_id, instance)
         return verdict if instance is None else replace(verdict, facts=instance.facts())
 
-    def _leaving(self, event: Event, instance_id: str) -> str | None:
-        """Why a terminating hook's instance is known to be leaving; None: ask EC2."""
-        if event.source is Source.SNS and self.signed:
-            return "terminating lifecycle hook in a signed envelope"
+    def _leaving(self, instance_id: str) -> tuple[bool, str]:
+        """Whether Auto Scaling itself says a terminating hook's instance is leaving, and
+        what it said (for the verdict's reason). Asked for every such message: the message's
+        signature is no proof (SNS signs what anyone with sns:Publish on the topic sends)."""
         if self.autoscaling is None:
-            return None
+            return False, ""
         try:
             state = self.autoscaling.lifecycle_state(instance_id)
         except LifecycleError as exc:
             log.debug("%s: Auto Scaling lookup failed: %s", instance_id, exc)
-            return None
+            return False, f"Auto Scaling could not be asked ({exc})"
         if state in TERMINATING_STATES:
-            return f"Auto Scaling says {state}"
-        return None
+            return True, f"Auto Scaling says {state}"
+        if state is None:
+            return False, "Auto Scaling has the instance in no group, not Terminating"
+        return False, f"Auto Scaling says {shorten(state)}, not Terminating"
 
     @staticmethod
     def _terminate(instance: Instance | None) -> Verdict:
