@@ -64,6 +64,10 @@ class KeyArrivals:
         self._bus_failed = False  # said once
 
     def start(self, on_arrival: OnArrival) -> None:
+        if self.opts is not None and self.opts.get("auth_events") is not True:
+            log.warning("key binding: the master's auth_events is off: Salt fires no salt/auth "
+                        "event, and impostors presenting keys fast can keep the genuine key "
+                        "out of the key files (set auth_events: True on the master)")
         self._on_arrival = on_arrival
         self._thread = threading.Thread(target=self._run, name="key-arrivals", daemon=True)
         self._thread.start()
