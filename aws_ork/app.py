@@ -111,7 +111,8 @@ class App:
         checks = build_checks(cfg, location=location, ec2=ec2, terminations=terminations,
                               finished=finished, max_age_seconds=max_age, autoscaling=hooks,
                               names=names)
-        self.arrivals = KeyArrivals(location) if cfg.key_binding == "tag" else None
+        self.arrivals = KeyArrivals(location, master_opts) if cfg.key_binding == "tag" \
+            else None
         if self.arrivals is None:
             log.info("KeyBinding is off: the first key presented under a new instance's id is "
                      "accepted; KeyBinding = tag accepts only the key the instance published "

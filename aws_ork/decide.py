@@ -106,6 +106,8 @@ class Handler:
         self._unsynced: set[IdMemory] = set()
         #: key changes made (accepted, deleted, preauthorised, rejected, impostor), for metrics
         self.key_counts: Counter[str] = Counter()
+        #: key binding: (minion id, fingerprint) of impostor keys already logged
+        self._impostors_seen: set[tuple[str, str]] = set()
 
     def reload(self, opts: Mapping[str, Any]) -> None:
         """SIGHUP: a key manager for the master's (re-read) config, and the same for every
@@ -380,22 +382,32 @@ class Handler:
                   instance_id if instance_id in (None, minion_id)
                   else f"{minion_id} (instance {instance_id})", minion_id, minion_id)
 
-    def _accept_bound(self, instance_id: str | None, minion_id: str,
-                      fingerprint: str) -> KeyResult:
-        """Key binding: accept exactly the published key; say loudly what else was there."""
+    def _accept_bound(self, instance_id: str | None, minion_id: str, fingerprint: str,
+                      presented: str | None = None) -> KeyResult:
+        """Key binding: accept exactly the published key; say loudly what else was there
+        (once per impostor key: an impostor presents its key as often as it likes)."""
         result = self._tally(self.keys.accept_bound(minion_id, fingerprint,
-                                                    enrolled=self._is_enrolled(instance_id)))
+                                                    enrolled=self._is_enrolled(instance_id),
+                                                    presented=presented))
         if result.outcome is Outcome.REMOVED:
             self._removed(instance_id, minion_id)
         elif result.outcome is Outcome.OTHER_KEY_ACCEPTED:
             log.error("SECURITY: %s: the key accepted under this id has fingerprint %s, not %s "
                       "which the instance published; left alone (check it: salt-key -f %s)",
                       minion_id, ", ".join(result.others) or "?", fingerprint, minion_id)
-        if result.others and result.outcome is not Outcome.OTHER_KEY_ACCEPTED:
-            log.error("SECURITY: %s: %s pending key with fingerprint %s is not the key the "
-                      "instance published (%s): someone else presented it under this id; "
-                      "deleted", minion_id, "would delete the" if result.dry_run else "the",
-                      ", ".join(result.others), fingerprint)
+        elif result.others:
+            for other in result.others:
+                if (minion_id, other) in self._impostors_seen:
+                    continue
+                if len(self._impostors_seen) >= defaults.IMPOSTORS_REMEMBERED:
+                    self._impostors_seen.clear()  # bounded; a repeat line at worst
+                self._impostors_seen.add((minion_id, other))
+                log.error("SECURITY: %s: a key with fingerprint %s is not the key the instance "
+                          "published (%s): someone else presented it under this id; %s",
+                          minion_id, clean(other, 200), fingerprint,
+                          "it would never be accepted" if result.dry_run else
+                          "never accepted, and removed (pending: once the genuine key is "
+                          "accepted)")
         self._enrol(instance_id, result)
         return result
 
@@ -475,12 +487,14 @@ class Handler:
         return replace(decision, action=Action.DELETE, reason=f"{decision.reason}; "
                                                               f"{state.value}")
 
-    def on_key_presented(self, minion_id: str, fingerprint: str) -> bool:
-        """The arrivals thread saw a key presented under a waiting id: ask the key stage now.
-        True when nothing is left to wait for."""
+    def on_key_presented(self, minion_id: str, fingerprint: str,
+                         presented: str | None = None) -> bool:
+        """The arrivals thread saw a key presented under a waiting id (``presented``: the
+        public key of its ``salt/auth`` event, which Salt may not have kept): ask the key
+        stage now. True when nothing is left to wait for."""
         instance_id = self._instance_of(minion_id)
         with self._keys_lock:
-            result = self._accept_bound(instance_id, minion_id, fingerprint)
+            result = self._accept_bound(instance_id, minion_id, fingerprint, presented)
         log.info("key presented by %s: %s (key binding: %s)", minion_id, result.describe(),
                  fingerprint)
         kind = reactor.kind_of(result.outcome, terminate=False)

@@ -111,6 +111,9 @@ ARRIVAL_WAIT_SECONDS = 30 * 60
 #: Key binding: a launch whose bound key was not presented after this many receives (retries
 #: up to 60 s apart: about half an hour) is given up, with a WARNING line.
 BOUND_KEY_ATTEMPTS = 35
+#: Key binding: impostor keys (minion id, fingerprint) whose SECURITY line was written, at
+#: most; an impostor presents its key as often as it likes, the line is written once.
+IMPOSTORS_REMEMBERED = 10_000
 
 #: Lifecycle hooks: a waiting launching action gets a heartbeat each time this fraction of its
 #: hook's HeartbeatTimeout has passed since the last one (the first at once): half leaves

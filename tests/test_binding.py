@@ -45,14 +45,37 @@ def test_the_bound_pending_key_is_accepted(master, keys, tmp_path):
     assert master.key_path(minion, "minions").read_text().strip() == pub
 
 
-def test_an_impostors_pending_key_is_deleted_and_no_stub_is_written(master, keys, tmp_path):
+def test_an_impostors_pending_key_is_never_accepted_and_no_stub_is_written(master, keys,
+                                                                          tmp_path):
+    """Left pending (an id without any key lets the next presenter's pending key wipe the
+    accepted one), and its denied one removed, so the genuine key finds the denied slot."""
     minion, genuine, impostor = new_id(), generate_public_key_pem(), generate_public_key_pem()
+    other = generate_public_key_pem()
     master.add_pending_key(minion, impostor)
+    master.add_denied_key(minion, other)
     result = keys.accept_bound(minion, finger_file(tmp_path, genuine))
     assert result.outcome is Outcome.BOUND_NOT_YET and not result.outcome.done
-    assert result.others == (salt.utils.crypt.pem_finger(key=impostor.encode()),)
-    assert master.key_state_of(minion) is None
+    assert result.others == tuple(salt.utils.crypt.pem_finger(key=pub.encode())
+                                  for pub in (impostor, other))
+    assert master.key_state_of(minion) == "minions_pre"
+    assert not master.key_path(minion, "minions_denied").exists()
     assert not (master.pki_dir / "minions_autosign" / minion).exists()
+
+
+def test_a_presented_key_salt_threw_away_is_accepted(master, keys, tmp_path):
+    """Both slots held by impostors: the genuine key is on no disk, only on its salt/auth
+    event; it is accepted, and the impostors' keys are gone."""
+    minion, genuine = new_id(), generate_public_key_pem()
+    master.add_pending_key(minion, generate_public_key_pem())
+    master.add_denied_key(minion, generate_public_key_pem())
+    fingerprint = finger_file(tmp_path, genuine)
+    assert keys.accept_bound(minion, fingerprint, presented=generate_public_key_pem()).outcome \
+        is Outcome.BOUND_NOT_YET
+    result = keys.accept_bound(minion, fingerprint, presented=genuine + "\n")
+    assert (result.outcome, result.changed) == (Outcome.ACCEPTED, True)
+    assert master.key_path(minion, "minions").read_text().strip() == genuine
+    assert not master.key_path(minion, "minions_pre").exists()
+    assert not master.key_path(minion, "minions_denied").exists()
 
 
 def test_the_genuine_key_denied_behind_an_impostor_is_accepted_from_denied(master, keys,

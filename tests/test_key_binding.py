@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import salt.utils.crypt
 
 from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, stop_aws_ork, wait_for
+from tests.presenter import Presenter, start_presenter
 from tests.saltenv import SaltEnvError, SaltMaster, SaltMinion, make_minion_keys, start_minion
 from tests.trustenv import LAUNCH, decision_line, group_instance, signed, trust_config
 
@@ -91,6 +93,54 @@ def test_an_impostor_connecting_first_never_gets_the_key(
     text = log.read_text()
     assert f"SECURITY: {instance}" in text and proc.poll() is None, text
     wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 60, "the launch to finish")
+
+
+@pytest.fixture
+def impostors() -> Iterator[list[Presenter]]:
+    started: list[Presenter] = []
+    yield started
+    for impostor in started:
+        impostor.stop()
+
+
+def test_impostors_holding_the_pending_and_denied_keys_cannot_stall_the_genuine_minion(
+        master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions, impostors):
+    """Salt keeps one pending and one denied key per id: two impostors presenting their keys
+    as fast as the master answers hold both, and Salt throws the genuine key away at each of
+    its attempts unless aws_ork takes it from what Salt saw (the salt/auth event)."""
+    log, proc = daemon
+    instance = group_instance(fleet)
+    genuine_root = tmp_path / "genuine"
+    publish(fleet, instance, make_minion_keys(genuine_root / "pki"))
+    impostors.extend(start_presenter(master, tmp_path / f"impostor{n}", instance)
+                     for n in (1, 2))
+    wait_for(lambda: master.key_path(instance, "minions_pre").is_file()
+             and master.key_path(instance, "minions_denied").is_file(), 60,
+             "the impostors' keys to be pending and denied")
+    send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
+    wait_for(lambda: "key binding:" in log.read_text(), 60, "the launch to wait for its key")
+
+    genuine = start_minion(master, genuine_root, instance, extra_opts=AS_THE_SCRIPT_SETS)
+    minions.append(genuine)
+    wait_for(lambda: accepted_pub(master, instance) == genuine.public_key(), 60,
+             "the genuine key to be accepted")
+    # refused once (Salt denied it or threw it away), accepted at its next attempt; one more
+    # refusal of slack for an attempt that crossed the acceptance
+    refusals = genuine.log_file.read_text().count("seconds before retry")
+    assert refusals <= 2, genuine.log_file.read_text()
+    wait_for(lambda: answers_from(master, instance) == str(genuine.pki_dir), 180,
+             "the genuine minion to answer")
+
+    tried = [impostor.attempts() for impostor in impostors]
+    wait_for(lambda: all(impostor.attempts() >= n + 50 for impostor, n in zip(impostors, tried)),
+             120, "the impostors to present their keys 50 times more each")
+    assert accepted_pub(master, instance) == genuine.public_key()
+    assert answers_from(master, instance) == str(genuine.pki_dir)
+    assert proc.poll() is None
+    text = log.read_text()
+    for impostor in impostors:  # each impostor's key named once, however often it tried
+        finger = salt.utils.crypt.pem_finger(key=impostor.public_key().encode())
+        assert text.count(f"fingerprint {finger}") == 1, text
 
 
 def test_the_genuine_minion_connecting_first_is_accepted(

@@ -25,8 +25,10 @@ key is always in exactly one state.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -127,10 +129,17 @@ class SaltKeys:
             return [found]
         return [pub for pub in found or [] if isinstance(pub, str)]
 
-    def accept_denied(self, minion_id: str, pub: str) -> bool:
-        """Accept a denied key (key binding: the genuine key, denied because an impostor's
-        was pending first): store it as accepted, then drop the denied entry. False when it
-        is not a valid RSA public key."""
+    def accept_presented(self, minion_id: str, pub: str) -> bool:
+        """Accept a key Salt did not keep as pending (key binding: the genuine key, denied
+        because an impostor's was pending first, or thrown away because the one denied slot
+        was taken too: seen only on its ``salt/auth`` event). False when it is not a valid RSA
+        public key.
+
+        Under the file driver the accepted file is written first (atomically) and only then
+        is the impostor's pending file removed: Salt's ``store`` would delete every state of
+        the id first, and a presenter authenticating in that gap finds no key, is taken for a
+        new minion and stored as pending, which deletes the accepted key again. With a key
+        always there, Salt denies every other key and never replaces the accepted one."""
         import salt.crypt
         import salt.exceptions
         import salt.utils.event
@@ -138,22 +147,36 @@ class SaltKeys:
         try:
             salt.crypt.PublicKey.from_str(pub)
         except salt.exceptions.InvalidKeyError:
-            log.error("%s: denied key is not a valid RSA public key; not accepted", minion_id)
+            log.error("%s: presented key is not a valid RSA public key; not accepted", minion_id)
             return False
-        self.key.cache.store("keys", minion_id, {"state": "accepted", "pub": pub})
+        pub = pub.strip()
+        if self.location is None:
+            self.key.cache.store("keys", minion_id, {"state": "accepted", "pub": pub})
+        else:
+            target = self.location.path(ACCEPTED, minion_id)
+            target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".aws_ork-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(pub.encode("utf-8"))
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            for state in (PENDING, REJECTED):  # they would win over it (read first)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.location.path(state, minion_id))
         self.key.cache.flush("denied_keys", minion_id)
         self._fire({"result": True, "act": "accept", "id": minion_id, "pub": pub},
                    salt.utils.event.tagify(prefix="key"))
         return True
 
-    def drop_pending(self, minion_id: str) -> None:
-        """Delete a pending key that never served a minion (key binding: an impostor's). No
-        minion data to flush and no AES rotation: nobody was ever given the AES key."""
-        import salt.utils.event
-
-        self.key.cache.flush("keys", minion_id)
-        self._fire({"result": True, "act": "delete", "id": minion_id},
-                   salt.utils.event.tagify(prefix="key"))
+    def drop_denied(self, minion_id: str) -> None:
+        """Delete the denied key (key binding: an impostor's), so that the genuine key finds
+        Salt's one denied slot free at its next attempt (Salt keeps the first denied key of
+        an id and throws every later one away)."""
+        self.key.cache.flush("denied_keys", minion_id)
 
     def delete(self, minion_id: str, states: Iterable[str]) -> None:
         """Delete the key in each of ``states`` (directory names), as ``Key.delete_key`` does."""

@@ -150,15 +150,20 @@ class KeyManager:
             return KeyResult(Outcome.NOT_PENDING)
         return self._accept_pending(minion_id)
 
-    def accept_bound(self, minion_id: str, fingerprint: str, *,
-                     enrolled: bool = False) -> KeyResult:
+    def accept_bound(self, minion_id: str, fingerprint: str, *, enrolled: bool = False,
+                     presented: str | None = None) -> KeyResult:
         """Key binding: accept exactly the key whose fingerprint the instance published.
 
-        Never writes an autosign stub (a stub accepts whichever key comes first). A pending
-        key with another fingerprint is deleted, not rejected (rejecting the id would lock
-        the genuine minion out); the genuine key denied by Salt because an impostor's was
-        pending first is accepted from the denied keys. A key already accepted with another
-        fingerprint is left alone (an operator decides). Not presented yet: BOUND_NOT_YET."""
+        Never writes an autosign stub (a stub accepts whichever key comes first). The bound
+        key is accepted wherever it is seen: pending, denied (an impostor's key was pending
+        first), or ``presented`` (the public key of a ``salt/auth`` event: Salt keeps one
+        denied key per id and throws the others away). An impostor's denied key is deleted,
+        so the slot is free for the genuine key's next attempt; an impostor's pending key is
+        left pending (never accepted) until the bound key is accepted, and removed then:
+        deleting it would leave the id without a key, and Salt stores the next presenter's
+        key as pending with a ``store`` that deletes the accepted key too when it lands after
+        ours. A key already accepted with another fingerprint is left alone (an operator
+        decides). Not presented yet: BOUND_NOT_YET; ``others`` names the impostors' keys."""
         if not is_minion_id(minion_id):
             log.warning("refusing to accept key %.80r: not a safe minion id", minion_id)
             return KeyResult(Outcome.INVALID_ID)
@@ -178,19 +183,26 @@ class KeyManager:
             if pub is not None and binding.matches(pub, fingerprint, hash_type):
                 return self._accept_pending(minion_id)
             impostors.append(binding.finger(pub, hash_type) if pub is not None else "?")
-            if not self.dry_run:
-                self._call("delete", minion_id, self._salt.drop_pending, minion_id)
+        genuine = presented if presented is not None \
+            and binding.matches(presented.strip(), fingerprint, hash_type) else None
+        denied_impostor = False
         if DENIED in states:
             for pub in self._call("look up", minion_id, self._salt.denied, minion_id):
                 if binding.matches(pub, fingerprint, hash_type):
-                    if self.dry_run:
-                        return KeyResult(Outcome.ACCEPTED, dry_run=True,
-                                         others=tuple(impostors))
-                    if not self._call("accept", minion_id, self._salt.accept_denied,
-                                      minion_id, pub):
-                        raise KeyStoreError(f"{minion_id}: Salt did not accept the denied key")
-                    return KeyResult(Outcome.ACCEPTED, changed=True, others=tuple(impostors))
-        return KeyResult(Outcome.BOUND_NOT_YET, changed=bool(impostors) and not self.dry_run,
+                    genuine = pub
+                else:
+                    impostors.append(binding.finger(pub, hash_type))
+                    denied_impostor = True
+        if genuine is not None:
+            if self.dry_run:
+                return KeyResult(Outcome.ACCEPTED, dry_run=True, others=tuple(impostors))
+            if not self._call("accept", minion_id, self._salt.accept_presented, minion_id,
+                              genuine):
+                raise KeyStoreError(f"{minion_id}: Salt did not accept the presented key")
+            return KeyResult(Outcome.ACCEPTED, changed=True, others=tuple(impostors))
+        if denied_impostor and not self.dry_run:
+            self._call("delete", minion_id, self._salt.drop_denied, minion_id)
+        return KeyResult(Outcome.BOUND_NOT_YET, changed=denied_impostor and not self.dry_run,
                          dry_run=self.dry_run and bool(impostors), others=tuple(impostors))
 
     def _pub(self, minion_id: str) -> str | None:
