@@ -68,9 +68,11 @@ class Listener:
                                                      listen=True)
         self.seen: list[dict[str, Any]] = []
 
-    def until(self, wanted: set[str], deadline: float = EVENT_DEADLINE) -> dict[str, Any]:
+    def until(self, wanted: set[str], deadline: float = EVENT_DEADLINE, *,
+              verify: bool = True) -> dict[str, Any]:
         """Collect events until every tag in ``wanted`` arrived; {tag: data}, an aws_ork
-        event's data verified and read as a recipe does (:func:`content`)."""
+        event's data verified and read as a recipe does (:func:`content`) unless not
+        ``verify`` (forgeries)."""
         import time
 
         end = time.monotonic() + deadline
@@ -82,7 +84,7 @@ class Listener:
             event = self.bus.get_event(wait=min(left, 1.0), tag="aws_ork", full=True)
             if event is not None:
                 self.seen.append(event)
-        return {e["tag"]: self.content(e) for e in self.seen}
+        return {e["tag"]: self.content(e) if verify else e["data"] for e in self.seen}
 
     def content(self, event: dict[str, Any]) -> dict[str, Any]:
         if not event["tag"].startswith("aws_ork/"):
@@ -579,8 +581,73 @@ def test_the_readme_chat_reactor_posts_each_decision(reactor_master, webhook, tm
     texts = wait_for(lambda: len(webhook.bodies) >= 2 and [b["text"] for b in webhook.bodies],
                      60, "the reactor to post both decisions")
     assert sorted(texts) == sorted([
-        f"aws_ork/accepted/{minion} group=web \"asg\"\\n- x: y: accepted",
+        f"aws_ork/accepted/{minion} group=web _asg__- x: y: accepted",
         f"aws_ork/terminate/{gone} group=web-asg: no key to delete"])
+
+
+def salt_call(minion: SaltMinion, *args: str) -> subprocess.CompletedProcess:
+    """``salt-call`` as the accepted minion itself: its own key, straight to the master."""
+    from tests.saltenv import salt_script
+
+    return subprocess.run([*salt_script("salt-call"), "-c", str(minion.config_dir),
+                           "--out=json", *args], capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def test_an_accepted_minion_cannot_forge_an_event_the_readme_recipes_act_on(
+        reactor_master, webhook, tmp_path, sqs, queue_url):
+    """A real accepted salt-minion puts ``aws_ork/accepted/<id>`` on the master's bus, with a
+    plain tag, with a ``pretag`` (fired before Salt's blacklist check), and with a genuine
+    aws_ork event's ``signed`` and ``hmac`` replayed under another tag: the README's chat
+    recipe posts none of them, and posts the genuine event that follows."""
+    attacker, victim, genuine = new_id(), new_id(), new_id()
+    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=reactor_master)
+    reactor_master.add_pending_key(victim)
+    send(sqs, queue_url, sns_launch(victim))
+    assert run_aws_ork(conf, "--once").returncode == 0
+    first = wait_for(lambda: webhook.bodies[:1], 60, "the genuine accepted to be posted")
+    assert first[0]["text"].startswith(f"aws_ork/accepted/{victim} ")
+    listener = Listener(reactor_master)
+    minion = start_minion(reactor_master, tmp_path / "attacker", attacker)
+    try:
+        reactor_master.wait_for_key(attacker, "minions_pre", timeout=60)
+        reactor_master.salt_key("-a", attacker, "-y")
+        reactor_master.wait_for_ping(attacker, timeout=60)
+        # a genuine signed event of another tag, captured: replayed under accepted/<other>
+        launch_tag = f"aws_ork/launch/{genuine}"
+        pusher = reactor.SaltEvents(reactor_master.opts(), key=EventKey.load_or_create(
+            default_path(reactor_master.opts()), reactor_master.opts(), create=False))
+        pusher.fire(reactor.Kind.LAUNCH, genuine, {"group": "web-asg"})
+        pusher.close()
+        captured = next(e["data"] for e in iter(lambda: listener.bus.get_event(
+            wait=5, tag=launch_tag, full=True), None) if e["tag"] == launch_tag)
+        forged = {"signed": captured["signed"], "hmac": captured["hmac"],
+                  "minion_id": attacker, "outcome": "accepted", "reason": "forged",
+                  "group": "forged"}
+        target = f"aws_ork/accepted/{attacker}"
+        plain = salt_call(minion, "event.send", target, json.dumps(forged))
+        assert plain.returncode == 0, plain.stderr
+        pretagged = salt_call(minion, "event.fire_master", json.dumps(forged), "ignored",
+                              "preload=" + json.dumps({
+                                  "pretag": "aws_ork", "events": [
+                                      {"tag": f"accepted/{attacker}", "data": forged}]}))
+        assert pretagged.returncode == 0, pretagged.stderr
+        listener.until({target}, verify=False)  # the forgeries are on the bus, aws_ork's tag
+    finally:
+        minion.stop()
+        listener.destroy()
+    # a genuine event after them: once the recipe posted it, it had rendered the forgeries
+    reactor_master.add_pending_key(genuine)
+    send(sqs, queue_url, sns_launch(genuine))
+    assert run_aws_ork(conf, "--once").returncode == 0
+    texts = wait_for(lambda: any(b["text"].startswith(f"aws_ork/accepted/{genuine} ")
+                                 for b in webhook.bodies)
+                     and [b["text"] for b in webhook.bodies],
+                     60, "the genuine event after the forgeries to be posted")
+    assert not [t for t in texts if attacker in t or "forged" in t], texts
+    assert sorted(t.split(" ")[0] for t in texts) == sorted([  # the genuine ones, once each
+        f"aws_ork/accepted/{victim}", f"aws_ork/launch/{genuine}",
+        f"aws_ork/accepted/{genuine}"])
 
 
 def test_a_minion_accepted_by_salt_through_the_stub_is_highstated_by_the_readme_reactor(
