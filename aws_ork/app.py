@@ -27,6 +27,7 @@ from aws_ork.errors import AwsOrkError, ConfigError, QueueError, StateError
 from aws_ork.keys import bypass
 from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.backend import preload_event_transport
+from aws_ork.keys.eventkey import EventKey, EventKeyError, default_path
 from aws_ork.keys.events import SaltEvents
 from aws_ork.keys.location import KeyLocation
 from aws_ork.keys.manager import KeyManager, load_master_opts
@@ -80,6 +81,16 @@ def mirrored_key_dir(cfg: Config, location: KeyLocation) -> str | None:
     return "" if rel == "." else rel
 
 
+def event_key(cfg: Config, master_opts: Mapping[str, Any]) -> EventKey:
+    """The secret that signs the reactor events (SaltEventKey, default in the master's
+    cachedir), made at the first start; ConfigError (exit 2) when it is unsafe."""
+    path = cfg.salt_event_key or default_path(master_opts)
+    try:
+        return EventKey.load_or_create(path, master_opts)
+    except EventKeyError as exc:
+        raise ConfigError(cfg.source, "SaltEventKey", str(exc)) from None
+
+
 class App:
     """The daemon's parts, built from the config (after daemonizing: sockets do not survive
     it). Raises QueueError when the queue cannot be reached (a start-up failure, exit 1)."""
@@ -118,8 +129,8 @@ class App:
                      "accepted; KeyBinding = tag accepts only the key the instance published "
                      "(see the README)")
         # --dry-run changes nothing, and tells no reactor about changes it did not make
-        self.salt_events = SaltEvents(master_opts) if cfg.salt_events and not run.dry_run \
-            else None
+        self.salt_events = SaltEvents(master_opts, key=event_key(cfg, master_opts)) \
+            if cfg.salt_events and not run.dry_run else None
         self.handler = Handler(KeyManager(master_opts, dry_run=run.dry_run),
                                delete_unknown=cfg.delete_unknown_messages, checks=checks,
                                terminations=terminations, finished=finished,

@@ -105,6 +105,7 @@ class Config:
         default="salt:minion-fingerprint", metadata={"option": "KeyBindingTag"}
     )
     salt_events: bool = field(default=True, metadata={"option": "SaltEvents"})
+    salt_event_key: Path | None = field(default=None, metadata={"option": "SaltEventKey"})
     lifecycle_hooks: tuple[str, ...] = field(
         default=("*",), metadata={"option": "LifecycleHooks"}
     )
@@ -367,6 +368,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "key_binding": _key_binding,
     "key_binding_tag": _tag_key,
     "salt_events": _bool,
+    "salt_event_key": _optional(_path),
     "lifecycle_hooks": _hook_names,
 }
 

@@ -35,6 +35,11 @@ from aws_ork.sqs.queue import Message
 
 log = logging.getLogger(__name__)
 
+#: The checks (by their ``code``) that prove who sent a message: topic, signature or source,
+#: replay. A message one of them refuses fires no reactor event: it is anyone's, and its
+#: text (a group name, a reason quoting it) must not reach a reactor.
+UNANNOUNCED_CHECKS = frozenset({"topic", "signature", "replay"})
+
 
 class Action(enum.Enum):
     """What the loop does with the message."""
@@ -241,9 +246,11 @@ class Handler:
                                        event, message, facts, minion_id=minion_id)
             if not verdict.ok:
                 self._forget_hook(event)
-                return self._announced(Decision(Action.DELETE, f"REJECTED: {verdict.reason}",
-                                                rejected=True, reason_code=code), event,
-                                       message, facts, minion_id=minion_id)
+                denied = Decision(Action.DELETE, f"REJECTED: {verdict.reason}",
+                                   rejected=True, reason_code=code)
+                if getattr(check, "code", None) in UNANNOUNCED_CHECKS:
+                    return denied  # anyone's text: never on the master's bus
+                return self._announced(denied, event, message, facts, minion_id=minion_id)
         try:
             if event.kind is Kind.TERMINATE and self.terminations is not None:
                 self.terminations.remember(instance_id)
@@ -343,7 +350,7 @@ class Handler:
         if kind is not None:
             self.salt_events.fire(kind, minion_id or event.instance_id, {
                 "instance_id": event.instance_id, "group": event.group, "facts": facts,
-                "message_id": clean(message.message_id),
+                "message_id": message.message_id,
                 "outcome": result.describe() if result is not None else "refused",
                 "reason": decision.reason, "source": event.source.value, "event": event.name})
         return decision

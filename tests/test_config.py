@@ -57,6 +57,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "ArchiveMaxMB": 1024,
     "HealthMirrorSeconds": 900,
     "SaltEvents": True,
+    "SaltEventKey": None,
     "LifecycleHooks": ("*",),
 }
 

@@ -24,6 +24,7 @@ import pytest
 from aws_ork import __version__
 from aws_ork.decide import Handler
 from aws_ork.keys import events as reactor
+from aws_ork.keys.eventkey import EventKey, default_path
 from aws_ork.keys.manager import KeyManager
 from tests.daemon import (
     queue_counts,
@@ -40,6 +41,20 @@ from tests.trustenv import LAUNCH, TOPIC, group_instance, plain_instance, signed
 
 #: How long a listener waits for the events of one run (the run itself has finished).
 EVENT_DEADLINE = 30.0
+#: The key of the tests that fire through a stand-in for Salt's event object.
+KEY = EventKey(b"0123456789abcdef" * 4, Path("/nonexistent"))
+
+
+def content(data: dict[str, Any], key: EventKey = KEY) -> dict[str, Any]:
+    """What a recipe reads once the HMAC checks: the event data is ``signed`` and ``hmac``
+    only, and the HMAC verifies as Salt's ``hmac`` filter checks it."""
+    import salt.utils.hashutils
+
+    assert set(data) - {"_stamp"} == {"signed", "hmac"}, data
+    assert salt.utils.hashutils.hmac_signature(data["signed"], key.secret, data["hmac"])
+    loaded = json.loads(data["signed"])
+    assert isinstance(loaded, dict)
+    return loaded
 
 
 class Listener:
@@ -53,8 +68,11 @@ class Listener:
                                                      listen=True)
         self.seen: list[dict[str, Any]] = []
 
-    def until(self, wanted: set[str], deadline: float = EVENT_DEADLINE) -> dict[str, Any]:
-        """Collect events until every tag in ``wanted`` arrived; {tag: data}."""
+    def until(self, wanted: set[str], deadline: float = EVENT_DEADLINE, *,
+              verify: bool = True) -> dict[str, Any]:
+        """Collect events until every tag in ``wanted`` arrived; {tag: data}, an aws_ork
+        event's data verified and read as a recipe does (:func:`content`) unless not
+        ``verify`` (forgeries)."""
         import time
 
         end = time.monotonic() + deadline
@@ -66,7 +84,15 @@ class Listener:
             event = self.bus.get_event(wait=min(left, 1.0), tag="aws_ork", full=True)
             if event is not None:
                 self.seen.append(event)
-        return {e["tag"]: e["data"] for e in self.seen}
+        return {e["tag"]: self.content(e) if verify else e["data"] for e in self.seen}
+
+    def content(self, event: dict[str, Any]) -> dict[str, Any]:
+        if not event["tag"].startswith("aws_ork/"):
+            return event["data"]
+        key = EventKey.load_or_create(default_path(self.opts), self.opts, create=False)
+        loaded = content(event["data"], key)
+        assert loaded["tag"] == event["tag"]
+        return loaded
 
     def fired_before_sentinel(self) -> list[str]:
         """Fire a sentinel on the bus and return the aws_ork tags that arrived before it."""
@@ -141,22 +167,27 @@ def test_nothing_is_fired_when_off_or_dry_run(master, tmp_path, sqs, queue_url, 
     assert listener.fired_before_sentinel() == []
 
 
-def test_unsigned_launch_is_rejected_with_an_event(master, tmp_path, sqs, queue_url, listener):
+HOSTILE_GROUP = 'web$(touch /tmp/aws_ork_pwned)`id`;{{ salt["cmd.run"]("id") }}\n- x: "y"'
+
+
+def test_a_launch_that_fails_the_signature_check_fires_nothing(master, tmp_path, sqs,
+                                                               queue_url, listener):
+    """Anyone's message, with shell and template text in it: refused, logged, and nothing
+    of it reaches the master's bus (it used to fire ``aws_ork/rejected/<id>`` with the
+    sender's text)."""
     minion = new_id()
     master.add_pending_key(minion)
     conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
                         VerifySignatures="true", AllowedTopicArns=TOPIC)
-    send(sqs, queue_url, sns_launch(minion))  # the fixture's placeholder signature
+    send(sqs, queue_url, sns_launch(minion, group=HOSTILE_GROUP))  # a placeholder signature
 
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
     assert states(master, minion) == {minion: "minions_pre"}
     assert queue_counts(sqs, queue_url) == (0, 0)
-    data = listener.until({f"aws_ork/rejected/{minion}"})[f"aws_ork/rejected/{minion}"]
-    assert data["minion_id"] == minion and data["outcome"] == "refused"
-    assert data["reason"].startswith("REJECTED: ") and "signature" in data["reason"].lower()
-    assert listener.fired_before_sentinel() == [f"aws_ork/rejected/{minion}"]
+    assert "REJECTED" in result.stderr and "signature" in result.stderr.lower()
+    assert listener.fired_before_sentinel() == []
 
 
 def test_ec2_facts_ride_along(master, tmp_path, sqs, queue_url, listener, fleet, identity,
@@ -181,6 +212,48 @@ def test_ec2_facts_ride_along(master, tmp_path, sqs, queue_url, listener, fleet,
     refused = events[f"aws_ork/rejected/{stranger}"]
     assert "not in AutoScalingGroups" in refused["reason"]
     assert refused["facts"]["tags"]["aws:autoscaling:groupName"] == "db-prod"
+
+
+def test_a_forged_rejected_leaves_the_genuine_launch_its_facts(master, tmp_path, sqs,
+                                                               queue_url, listener, fleet,
+                                                               identity, cert_dir):
+    """A genuine launch is pre-authorised; a forged message about the same instance (its
+    signature fails) comes next; the minion then boots and Salt accepts it through the
+    stub: the ``accepted`` still carries the launch's EC2 facts, nothing of the forgery was
+    fired, and the instance's own hostile tag reaches the event without shell or template
+    characters."""
+    mine = plain_instance(fleet, {"aws:autoscaling:groupName": fleet["group"],
+                                  "role": "salt-minion", "note": HOSTILE_GROUP})
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
+    log = tmp_path / "aws_ork.log"
+    proc = start_aws_ork(conf, log)
+    started: list[SaltMinion] = []
+    try:
+        send(sqs, queue_url, signed(identity, LAUNCH, mine, fleet["group"]))
+        wait_for(lambda: f"{mine} group={fleet['group']} via=sns: pre-authorised"
+                 in log.read_text(), 60, "the genuine launch to be pre-authorised")
+        send(sqs, queue_url, sns_launch(mine, group=HOSTILE_GROUP))  # no valid signature
+        wait_for(lambda: "REJECTED" in log.read_text(), 60, "the forgery to be refused")
+        started.append(start_minion(master, tmp_path / "minion", mine))
+        events = listener.until({f"aws_ork/launch/{mine}", f"aws_ork/accepted/{mine}"},
+                                deadline=120)
+    finally:
+        for salt_minion in started:
+            salt_minion.stop()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    accepted = events[f"aws_ork/accepted/{mine}"]
+    assert accepted["source"] == "autosign" and accepted["outcome"] == "accepted"
+    assert accepted["facts"] is not None
+    assert accepted["facts"]["tags"]["role"] == "salt-minion"
+    note = accepted["facts"]["tags"]["note"]
+    assert note.startswith("web__touch /tmp/aws_ork_pwned__id_")
+    assert not set(note) & set("$`;{}()\"'\n%")
+    assert sorted(listener.fired_before_sentinel()) == sorted(
+        [f"aws_ork/launch/{mine}", f"aws_ork/accepted/{mine}"])  # no rejected
 
 
 def settled(events: reactor.SaltEvents, count: int, deadline: float = 10.0) -> None:
@@ -220,7 +293,7 @@ def test_acceptance_by_salt_through_a_stub_is_fired_with_the_launch_context(mast
     the group and message of the launch that pre-authorised it."""
     minion, refused = new_id(), new_id()
     recorder = Recorder()
-    events = reactor.SaltEvents(master.opts(), connect=recorder.connect)
+    events = reactor.SaltEvents(master.opts(), connect=recorder.connect, key=KEY)
     events.fire(reactor.Kind.LAUNCH, minion, {"group": "web-asg", "message_id": "m-1"})
     master.add_accepted_key(minion)  # what Salt does with the stub on the minion's first auth
     master.add_rejected_key(refused)
@@ -232,7 +305,7 @@ def test_acceptance_by_salt_through_a_stub_is_fired_with_the_launch_context(mast
     events.close()  # fires what is queued
     assert [tag for tag, _ in recorder.fired] == [f"aws_ork/launch/{minion}",
                                                   f"aws_ork/accepted/{minion}"]
-    accepted = recorder.fired[1][1]
+    accepted = content(recorder.fired[1][1])
     assert accepted["group"] == "web-asg" and accepted["message_id"] == "m-1"
     assert accepted["source"] == "autosign"
 
@@ -245,7 +318,7 @@ def test_a_bound_key_accepted_by_the_arrivals_thread_is_fired(master):
     minion = new_id()
     pub = master.add_pending_key(minion).read_text()
     recorder = Recorder()
-    events = reactor.SaltEvents(master.opts(), connect=recorder.connect)
+    events = reactor.SaltEvents(master.opts(), connect=recorder.connect, key=KEY)
     events.fire(reactor.Kind.LAUNCH, minion, {"group": "web-asg", "message_id": "m-2"})
     keys = KeyManager(master.opts())
     try:
@@ -254,7 +327,7 @@ def test_a_bound_key_accepted_by_the_arrivals_thread_is_fired(master):
         keys.close()
     events.close()  # fires what is queued
     assert states(master, minion) == {minion: "minions"}
-    tag, data = recorder.fired[-1]
+    tag, data = recorder.fired[-1][0], content(recorder.fired[-1][1])
     assert tag == f"aws_ork/accepted/{minion}"
     assert (data["source"], data["outcome"], data["group"], data["message_id"]) == (
         "key binding", "accepted", "web-asg", "m-2")
@@ -268,7 +341,7 @@ def test_sighup_reconnects_with_the_reloaded_master_config():
         seen.append(opts["sock_dir"])
         return recorder
 
-    events = reactor.SaltEvents({"sock_dir": "/run/old"}, connect=connect)
+    events = reactor.SaltEvents({"sock_dir": "/run/old"}, connect=connect, key=KEY)
     minion = new_id()
     assert events.fire(reactor.Kind.LAUNCH, minion, {})
     assert events.fire(reactor.Kind.ACCEPTED, minion, {})  # the same connection
@@ -285,7 +358,7 @@ def test_a_bus_that_is_down_costs_one_try_per_period(caplog):
     recorder = Recorder(fail=True)
     now = [1000.0]
     events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect,
-                                clock=lambda: now[0])
+                                clock=lambda: now[0], key=KEY)
     minion = new_id()
     with caplog.at_level("DEBUG", logger="aws_ork.keys.events"):
         # queued at once; the worker thread reads the clock: each waits for the one before
@@ -338,7 +411,7 @@ def test_a_hung_bus_never_delays_a_decision(caplog, where):
     queue is bounded, and close() gives up after its bound, counting what was not fired."""
     bus = HungBus(where)
     events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=bus.connect,
-                                queue_limit=5)
+                                queue_limit=5, key=KEY)
     minions = [new_id() for _ in range(8)]
     try:
         with caplog.at_level("DEBUG", logger="aws_ork.keys.events"):
@@ -378,7 +451,8 @@ def test_a_hung_bus_never_delays_a_decision(caplog, where):
 def test_events_reach_the_real_bus_in_order_and_close_fires_what_is_queued(master, listener):
     """On a real master: fire() returns before Salt has the event; close() fires everything
     queued, in the order it was queued, over one connection."""
-    events = reactor.SaltEvents(master.opts())
+    events = reactor.SaltEvents(master.opts(), key=EventKey.load_or_create(
+        default_path(master.opts()), master.opts()))
     minions = [new_id() for _ in range(100)]
     tags = []
     for minion in minions:
@@ -399,7 +473,7 @@ def test_events_reach_the_real_bus_in_order_and_close_fires_what_is_queued(maste
 @pytest.mark.parametrize("hostile", ["*", "i-*", "../x", "i-0123/../../etc", ""])
 def test_only_instance_ids_make_a_tag(hostile):
     recorder = Recorder()
-    events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect)
+    events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect, key=KEY)
     assert not events.fire(reactor.Kind.ACCEPTED, hostile, {})
     events.close()
     assert recorder.fired == [] and recorder.connects == 0
@@ -408,14 +482,14 @@ def test_only_instance_ids_make_a_tag(hostile):
 
 def test_untrusted_text_is_bounded_and_escaped():
     recorder = Recorder()
-    events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect)
+    events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect, key=KEY)
     tags = {f"k{i:03d}": "v" * 1000 for i in range(80)}
     tags["evil\nkey"] = "x: {{ salt['cmd.run']('id') }}\n- y"
     assert events.fire(reactor.Kind.REJECTED, new_id(), {
         "group": "g\n" * 1000, "reason": "r" * 5000,
         "facts": {"state": "running", "launch_time": "2026-11-23T10:00:00+00:00", "tags": tags}})
     events.close()
-    data = recorder.fired[0][1]
+    data = content(recorder.fired[0][1])
     assert len(data["group"]) <= reactor.GROUP_LIMIT and "\n" not in data["group"]
     assert len(data["reason"]) == reactor.REASON_LIMIT
     assert len(data["facts"]["tags"]) == reactor.TAGS_LIMIT
@@ -507,8 +581,73 @@ def test_the_readme_chat_reactor_posts_each_decision(reactor_master, webhook, tm
     texts = wait_for(lambda: len(webhook.bodies) >= 2 and [b["text"] for b in webhook.bodies],
                      60, "the reactor to post both decisions")
     assert sorted(texts) == sorted([
-        f"aws_ork/accepted/{minion} group=web \"asg\"\\n- x: y: accepted",
+        f"aws_ork/accepted/{minion} group=web _asg__- x: y: accepted",
         f"aws_ork/terminate/{gone} group=web-asg: no key to delete"])
+
+
+def salt_call(minion: SaltMinion, *args: str) -> subprocess.CompletedProcess:
+    """``salt-call`` as the accepted minion itself: its own key, straight to the master."""
+    from tests.saltenv import salt_script
+
+    return subprocess.run([*salt_script("salt-call"), "-c", str(minion.config_dir),
+                           "--out=json", *args], capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def test_an_accepted_minion_cannot_forge_an_event_the_readme_recipes_act_on(
+        reactor_master, webhook, tmp_path, sqs, queue_url):
+    """A real accepted salt-minion puts ``aws_ork/accepted/<id>`` on the master's bus, with a
+    plain tag, with a ``pretag`` (fired before Salt's blacklist check), and with a genuine
+    aws_ork event's ``signed`` and ``hmac`` replayed under another tag: the README's chat
+    recipe posts none of them, and posts the genuine event that follows."""
+    attacker, victim, genuine = new_id(), new_id(), new_id()
+    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=reactor_master)
+    reactor_master.add_pending_key(victim)
+    send(sqs, queue_url, sns_launch(victim))
+    assert run_aws_ork(conf, "--once").returncode == 0
+    first = wait_for(lambda: webhook.bodies[:1], 60, "the genuine accepted to be posted")
+    assert first[0]["text"].startswith(f"aws_ork/accepted/{victim} ")
+    listener = Listener(reactor_master)
+    minion = start_minion(reactor_master, tmp_path / "attacker", attacker)
+    try:
+        reactor_master.wait_for_key(attacker, "minions_pre", timeout=60)
+        reactor_master.salt_key("-a", attacker, "-y")
+        reactor_master.wait_for_ping(attacker, timeout=60)
+        # a genuine signed event of another tag, captured: replayed under accepted/<other>
+        launch_tag = f"aws_ork/launch/{genuine}"
+        pusher = reactor.SaltEvents(reactor_master.opts(), key=EventKey.load_or_create(
+            default_path(reactor_master.opts()), reactor_master.opts(), create=False))
+        pusher.fire(reactor.Kind.LAUNCH, genuine, {"group": "web-asg"})
+        pusher.close()
+        captured = next(e["data"] for e in iter(lambda: listener.bus.get_event(
+            wait=5, tag=launch_tag, full=True), None) if e["tag"] == launch_tag)
+        forged = {"signed": captured["signed"], "hmac": captured["hmac"],
+                  "minion_id": attacker, "outcome": "accepted", "reason": "forged",
+                  "group": "forged"}
+        target = f"aws_ork/accepted/{attacker}"
+        plain = salt_call(minion, "event.send", target, json.dumps(forged))
+        assert plain.returncode == 0, plain.stderr
+        pretagged = salt_call(minion, "event.fire_master", json.dumps(forged), "ignored",
+                              "preload=" + json.dumps({
+                                  "pretag": "aws_ork", "events": [
+                                      {"tag": f"accepted/{attacker}", "data": forged}]}))
+        assert pretagged.returncode == 0, pretagged.stderr
+        listener.until({target}, verify=False)  # the forgeries are on the bus, aws_ork's tag
+    finally:
+        minion.stop()
+        listener.destroy()
+    # a genuine event after them: once the recipe posted it, it had rendered the forgeries
+    reactor_master.add_pending_key(genuine)
+    send(sqs, queue_url, sns_launch(genuine))
+    assert run_aws_ork(conf, "--once").returncode == 0
+    texts = wait_for(lambda: any(b["text"].startswith(f"aws_ork/accepted/{genuine} ")
+                                 for b in webhook.bodies)
+                     and [b["text"] for b in webhook.bodies],
+                     60, "the genuine event after the forgeries to be posted")
+    assert not [t for t in texts if attacker in t or "forged" in t], texts
+    assert sorted(t.split(" ")[0] for t in texts) == sorted([  # the genuine ones, once each
+        f"aws_ork/accepted/{victim}", f"aws_ork/launch/{genuine}",
+        f"aws_ork/accepted/{genuine}"])
 
 
 def test_a_minion_accepted_by_salt_through_the_stub_is_highstated_by_the_readme_reactor(

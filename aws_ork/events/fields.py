@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,3 +45,16 @@ def clean(value: str, limit: int = 80) -> str:
     the quotes, cut to ``limit``."""
     rendered = repr(value)[1:-1]
     return rendered if len(rendered) <= limit else rendered[: limit - 3] + "..."
+
+
+#: What :func:`safe` keeps: letters, digits and `` ._:/@+,=-`` (space included). Nothing a
+#: shell acts on (``$``, backquote, quotes, ``;|&<>()``, backslash, globs, ``~``, ``!``,
+#: ``#``, newlines) and nothing a Jinja or YAML template does (``{``, ``}``, ``%``, ``[``).
+SAFE_CHARACTERS = frozenset(string.ascii_letters + string.digits + " ._:/@+,=-")
+
+
+def safe(value: str, limit: int = 80) -> str:
+    """Text for a Salt reactor event: cut to ``limit``, every character outside
+    :data:`SAFE_CHARACTERS` replaced by ``_`` (a recipe that pastes it into ``cmd.run`` or a
+    template runs no shell and renders no template)."""
+    return "".join(c if c in SAFE_CHARACTERS else "_" for c in value[:limit])

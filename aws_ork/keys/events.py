@@ -22,14 +22,23 @@ down too). A bus that is down, and a queue that is full, are each logged as a WA
 once per :data:`WARN_EVERY_SECONDS`, otherwise at DEBUG. At stop, :meth:`SaltEvents.close`
 gives the queued events at most :data:`CLOSE_SECONDS` to be fired; the rest are dropped.
 
-Values that came from a message or from EC2 (the group name, tags) are bounded and escaped like
-log values before they go into the event: a reactor sls renders them into YAML.
+What a reactor may trust: any accepted minion can put any tag on the master's bus with data
+of its choosing, so an event's data is only two strings: ``signed``, a canonical JSON text
+(:func:`canonical`) of the event's content (its own ``tag``, ``kind``, a wall-clock ``time``
+and a random ``nonce`` included), and ``hmac``, its HMAC-SHA256 under the master side's
+secret (:mod:`aws_ork.keys.eventkey`), in the form Salt's Jinja ``hmac`` filter checks. A
+recipe checks the HMAC, parses ``signed``, checks its ``tag`` against the event's and, to
+refuse a replayed copy, its ``time``. Every text value is bounded and reduced to
+:data:`aws_ork.events.fields.SAFE_CHARACTERS` (no shell or template metacharacter); the
+rest are typed (ids checked, ``time`` an int, ``facts`` a fixed shape).
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import logging
+import secrets
 import threading
 import time
 from collections import OrderedDict, deque
@@ -38,7 +47,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_ork import __version__
-from aws_ork.events.fields import clean
+from aws_ork.events.fields import safe
+from aws_ork.keys.eventkey import EventKey
 from aws_ork.keys.manager import Outcome
 from aws_ork.keys.naming import is_minion_id
 
@@ -69,16 +79,21 @@ GROUP_LIMIT = 255
 TAGS_LIMIT = 50
 TAG_KEY_LIMIT = 128
 TAG_VALUE_LIMIT = 256
-#: A decision's reason is already escaped for the log; it is cut to this length.
+#: A decision's reason is cut to this length.
 REASON_LIMIT = 500
+#: Any other text value (outcome, source, event name, message id), at most.
+TEXT_LIMIT = 200
 #: Launches remembered for the ``accepted`` event that follows them (group, facts, message):
 #: one entry per instance waiting for its key.
 CONTEXT_LIMIT = 10_000
 
 
-#: Every event carries these (None when not known), and ``version`` (and Salt's ``_stamp``).
+#: Every event's ``signed`` content carries these (None when not known), and ``tag``,
+#: ``kind``, ``time``, ``nonce`` and ``version``.
 DATA_KEYS = ("instance_id", "minion_id", "group", "facts", "outcome", "reason", "message_id",
              "source", "event")
+#: The length of the random nonce, in hex characters.
+NONCE_HEX = 32
 #: What a ``launch`` event hands on to the ``accepted`` event that follows it.
 CONTEXT_KEYS = ("group", "facts", "message_id", "event")
 
@@ -125,11 +140,18 @@ def bounded_facts(facts: Mapping[str, Any]) -> dict[str, Any]:
     items = sorted(tags.items())[:TAGS_LIMIT] if isinstance(tags, Mapping) else []
     launch_time = facts.get("launch_time")
     dns = facts.get("private_dns_name")
-    return {"state": clean(str(facts.get("state")), 32),
-            "launch_time": clean(launch_time, 40) if isinstance(launch_time, str) else None,
-            "private_dns_name": clean(dns, 255) if isinstance(dns, str) else None,
-            "tags": {clean(str(key), TAG_KEY_LIMIT): clean(str(value), TAG_VALUE_LIMIT)
+    return {"state": safe(str(facts.get("state")), 32),
+            "launch_time": safe(launch_time, 40) if isinstance(launch_time, str) else None,
+            "private_dns_name": safe(dns, 255) if isinstance(dns, str) else None,
+            "tags": {safe(str(key), TAG_KEY_LIMIT): safe(str(value), TAG_VALUE_LIMIT)
                      for key, value in items}}
+
+
+def canonical(content: Mapping[str, Any]) -> str:
+    """The one text that is signed and carried: sorted keys, no spaces, ASCII only (what
+    Jinja's ``hmac`` filter encodes is then exactly what was signed)."""
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False)
 
 
 def _master_event(opts: Mapping[str, Any]) -> Any:
@@ -158,14 +180,18 @@ class SaltEvents:
     queues them (from the loop and from the key binding arrivals thread), one worker thread
     fires them in order over one connection, opened on the first event.
 
-    ``connect`` makes Salt's event object from the master's opts (tests pass another); it
-    and the object are only ever used in the worker thread. ``clock`` is monotonic seconds.
+    ``key`` signs each event (:mod:`aws_ork.keys.eventkey`). ``connect`` makes Salt's event
+    object from the master's opts (tests pass another); it and the object are only ever used
+    in the worker thread. ``clock`` is monotonic seconds, ``wall`` the time put in events.
     """
 
-    def __init__(self, opts: Mapping[str, Any], *,
+    def __init__(self, opts: Mapping[str, Any], *, key: EventKey,
                  connect: Callable[[Mapping[str, Any]], Any] = _master_event,
                  clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
                  queue_limit: int = QUEUE_LIMIT) -> None:
+        self._key = key
+        self._wall = wall
         self._connect = connect
         self._clock = clock
         self._queue_limit = queue_limit
@@ -192,7 +218,7 @@ class SaltEvents:
     def fire(self, kind: Kind, minion_id: str, data: Mapping[str, Any]) -> bool:
         """Queue one event for the worker thread; True if it was queued (not that Salt took
         it: see :attr:`fired`). Never raises, never waits for Salt. ``data`` is completed
-        with the minion id and aws_ork's version.
+        with the minion id and aws_ork's version, made safe, and signed.
 
         A ``launch`` is remembered, so the ``accepted`` event that follows it (from the key
         binding arrivals thread, or from Salt through our autosign stub) carries the same
@@ -201,7 +227,7 @@ class SaltEvents:
             return False
         tag = f"{TAG_PREFIX}/{kind.value}/{minion_id}"
         with self._cond:  # one order for the contexts and the queue
-            payload = self._payload(kind, minion_id, data)
+            payload = self._signed(tag, kind, self._payload(kind, minion_id, data))
             if self._closing:
                 self.dropped += 1
                 log.debug("Salt event %s dropped: aws_ork is stopping", tag)
@@ -219,27 +245,45 @@ class SaltEvents:
             return True
 
     def _payload(self, kind: Kind, minion_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
-        """The event data; remembers a launch's context and adds it to its acceptance."""
+        """The event's content; remembers a launch's context and adds it to its acceptance.
+        Only a terminate forgets a launch's context: a ``rejected`` (whatever caused it)
+        leaves the genuine launch's context to its ``accepted``."""
         payload: dict[str, Any] = dict.fromkeys(DATA_KEYS)
         payload.update(instance_id=minion_id, minion_id=minion_id)
         if kind is Kind.ACCEPTED:
             payload.update(self._context.pop(minion_id, {}))
-        payload.update({name: value for name, value in data.items() if value is not None})
-        if isinstance(payload["group"], str):
-            payload["group"] = clean(payload["group"], GROUP_LIMIT)
-        if isinstance(payload.get("reason"), str):
-            payload["reason"] = payload["reason"][:REASON_LIMIT]
-        if isinstance(data.get("facts"), Mapping):
-            payload["facts"] = bounded_facts(data["facts"])
+        payload.update({name: value for name, value in data.items()
+                        if value is not None and name in DATA_KEYS})
+        for name in DATA_KEYS:
+            value = payload[name]
+            if name == "facts":
+                payload[name] = bounded_facts(value) if isinstance(value, Mapping) else None
+            elif name in ("instance_id", "minion_id"):
+                payload[name] = value if isinstance(value, str) and is_minion_id(value) \
+                    else None
+            elif isinstance(value, str):
+                limit = {"group": GROUP_LIMIT, "reason": REASON_LIMIT}.get(name, TEXT_LIMIT)
+                payload[name] = safe(value, limit)
+            else:
+                payload[name] = None
+        payload["minion_id"] = minion_id
         payload["version"] = __version__
         if kind is Kind.LAUNCH:
             self._context[minion_id] = {name: payload[name] for name in CONTEXT_KEYS}
             self._context.move_to_end(minion_id)
             while len(self._context) > CONTEXT_LIMIT:
                 self._context.popitem(last=False)
-        elif kind is not Kind.ACCEPTED:
+        elif kind is Kind.TERMINATE:
             self._context.pop(minion_id, None)
         return payload
+
+    def _signed(self, tag: str, kind: Kind, content: dict[str, Any]) -> dict[str, Any]:
+        """The event data: the canonical text of the content (with its tag, kind, time and
+        a nonce) and its HMAC. Nothing else: a recipe has only what it can verify."""
+        content = dict(content, tag=tag, kind=kind.value, time=int(self._wall()),
+                       nonce=secrets.token_hex(NONCE_HEX // 2))
+        text = canonical(content)
+        return {"signed": text, "hmac": self._key.sign(text)}
 
     def _full(self, tag: str) -> None:
         """An event dropped for want of room in the queue (under the lock)."""

@@ -30,6 +30,7 @@ if len(sys.argv) > 1:
     sys.path.insert(0, sys.argv[1])
 
 from aws_ork.keys import events as reactor  # noqa: E402
+from aws_ork.keys.eventkey import EventKey  # noqa: E402
 from tests.saltenv import start_master  # noqa: E402
 
 N = 2000
@@ -38,6 +39,9 @@ WORK_SECONDS = 0.002
 _started = [0]
 _thread_start = threading.Thread.start
 
+
+#: Signs the events (the signature is part of what a fire costs).
+KEY = EventKey(b"0123456789abcdef" * 4, Path("/nonexistent"))
 
 def _counting_start(self: threading.Thread) -> None:
     _started[0] += 1
@@ -69,7 +73,7 @@ def data(i: int) -> dict[str, object]:
 
 def run(opts: dict, bus: object, label: str, work: Callable[[], None] | None,
         base: int) -> None:
-    events = reactor.SaltEvents(opts)
+    events = reactor.SaltEvents(opts, key=KEY)
     tags = [f"aws_ork/accepted/i-{base + i:017x}" for i in range(N)]
     calls: list[float] = []
     threads = _started[0]
@@ -111,7 +115,7 @@ def main() -> None:
     try:
         opts = master.opts()
         bus = salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=True)
-        warm = reactor.SaltEvents(opts)  # imports, first connection
+        warm = reactor.SaltEvents(opts, key=KEY)  # imports, first connection
         warm.fire(reactor.Kind.LAUNCH, "i-00000000000000000", {})
         warm.close()
         bus.get_event(wait=5, tag="aws_ork/")
