@@ -145,3 +145,9 @@ METRICS_REQUEST_BYTES = 8192
 #: While accept() fails for want of descriptors or memory (EMFILE, ENFILE), asyncio stops
 #: accepting for 1 s each time (never a busy loop); one WARNING line this often at most.
 METRICS_ACCEPT_WARNING_SECONDS = 60.0
+
+#: ArchiveDir: each archived file counts at least this much against ArchiveMaxMB (besides its
+#: real blocks): one block of ext4/XFS, so a file system that reports no blocks for tiny files
+#: (inline data) still caps the number of files, at ArchiveMaxMB x 256, and with it the
+#: inodes and the archive's memory (about 200 bytes per file).
+ARCHIVE_FILE_BYTES = 4096
