@@ -21,7 +21,7 @@ from aws_ork.aws import make_client
 from aws_ork.checks import build_checks
 from aws_ork.checks.ec2 import InstanceCheck
 from aws_ork.checks.terminations import Terminations
-from aws_ork.config import Config, require_safe
+from aws_ork.config import ANY_TOPIC, Config, require_safe
 from aws_ork.decide import Handler
 from aws_ork.errors import AwsOrkError, ConfigError, QueueError, StateError
 from aws_ork.keys import bypass
@@ -220,12 +220,15 @@ class App:
         if cfg.archive_dir is None:
             return None
         try:
-            archive = Archive(cfg.archive_dir, cfg.archive_max_mb * 1024 * 1024)
+            # a folder per topic only for the topics named: a made-up one shares other-topics
+            named = () if cfg.allowed_topic_arns == (ANY_TOPIC,) else cfg.allowed_topic_arns
+            archive = Archive(cfg.archive_dir, cfg.archive_max_mb * 1024 * 1024, named)
         except OSError as exc:
             raise StateError(f"ArchiveDir {cfg.archive_dir}: {exc}") from exc
-        log.info("archiving every received message in %s (%d MB so far, cap %s)", cfg.archive_dir,
-                 archive.total // (1024 * 1024),
-                 f"{cfg.archive_max_mb} MB" if cfg.archive_max_mb else "none")
+        log.info("archiving every received message in %s (%d MB on disk so far, cap %s)",
+                 cfg.archive_dir, archive.total // (1024 * 1024),
+                 f"{cfg.archive_max_mb} MB, {archive.max_files} files"
+                 if cfg.archive_max_mb else "none")
         return archive
 
     def reload(self) -> None:

@@ -132,3 +132,25 @@ HOOK_WAIT_SECONDS = 30 * 60
 #: Tokens answered or given up in this run, remembered so their returning messages are
 #: deleted (a few MB at most).
 ENDED_ACTIONS_LIMIT = 10_000
+
+#: MetricsAddress (runtime/metrics.py) is plain HTTP that anyone who reaches it may open.
+#: Connections served at once: Prometheus and a health probe need one or two each; beyond,
+#: the connection open longest is closed for the newcomer, so slow clients cannot hold the
+#: server (a request that arrives whole is answered at once, before 32 newer ones can
+#: arrive) and the server never holds more than this many descriptors.
+METRICS_MAX_CONNECTIONS = 32
+#: A connection's whole life (request read, answer sent), however slowly its bytes come: a
+#: scrape on loopback takes milliseconds, Prometheus's own scrape timeout is 10 s.
+METRICS_REQUEST_SECONDS = 5.0
+#: Request line and headers together (a GET of /metrics from Prometheus is about 300 bytes);
+#: a longer request is dropped unread.
+METRICS_REQUEST_BYTES = 8192
+#: While accept() fails for want of descriptors or memory (EMFILE, ENFILE), asyncio stops
+#: accepting for 1 s each time (never a busy loop); one WARNING line this often at most.
+METRICS_ACCEPT_WARNING_SECONDS = 60.0
+
+#: ArchiveDir: each archived file counts at least this much against ArchiveMaxMB (besides its
+#: real blocks): one block of ext4/XFS, so a file system that reports no blocks for tiny files
+#: (inline data) still caps the number of files, at ArchiveMaxMB x 256, and with it the
+#: inodes and the archive's memory (about 200 bytes per file).
+ARCHIVE_FILE_BYTES = 4096

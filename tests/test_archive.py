@@ -15,7 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aws_ork.sqs.archive import DIRECT, Archive, file_name, safe_component, source_folder
+from aws_ork import defaults
+from aws_ork.sqs.archive import (
+    DIRECT,
+    OTHER_TOPICS,
+    Archive,
+    file_name,
+    safe_component,
+    source_folder,
+)
 from aws_ork.sqs.queue import Message
 from tests.daemon import queue_counts, run_aws_ork, send, states, write_config
 from tests.messages import envelope, fixture, new_id, notification, sns_launch
@@ -45,6 +53,26 @@ def sns_body(topic_arn: object) -> str:
     doc = envelope(notification("autoscaling:EC2_INSTANCE_LAUNCH", new_id()))
     doc["TopicArn"] = topic_arn
     return json.dumps(doc)
+
+
+def disk_usage(root: Path) -> tuple[int, int, int]:
+    """(bytes of blocks, files, folders) under ``root``, root included, as os.stat says."""
+    used, files, folders = os.stat(root).st_blocks * 512, 0, 0
+    for path in root.rglob("*"):
+        used += os.stat(path, follow_symlinks=False).st_blocks * 512
+        files += path.is_file()
+        folders += path.is_dir()
+    return used, files, folders
+
+
+def block(root: Path) -> int:
+    """What one tiny file costs on this file system (its blocks, at least the 4 KiB floor)."""
+    probe = root / ".probe"
+    probe.write_bytes(b"x")
+    try:
+        return max(os.stat(probe).st_blocks * 512, defaults.ARCHIVE_FILE_BYTES)
+    finally:
+        probe.unlink()
 
 
 def archived(root: Path) -> dict[str, bytes]:
@@ -79,6 +107,17 @@ def test_file_name_is_the_utc_receive_time_then_the_message_id() -> None:
 ])
 def test_source_folder(body: str, folder: str) -> None:
     assert source_folder(body) == folder
+
+
+def test_only_allowed_topics_get_a_folder_of_their_own() -> None:
+    allowed = [TOPIC]
+    assert source_folder(sns_body(TOPIC), allowed) == "salt-master-asg-events"
+    for other in ("arn:aws:sns:us-west-2:123456789012:made-up", TOPIC + "x", "",
+                  "arn:aws:sns:us-west-2:999999999999:salt-master-asg-events"):
+        assert source_folder(sns_body(other), allowed) == OTHER_TOPICS
+        assert source_folder(sns_body(other), ()) == OTHER_TOPICS
+    assert source_folder(sns_body(None), allowed) == DIRECT
+    assert source_folder("junk", allowed) == DIRECT
 
 
 def test_long_names_are_bounded() -> None:
@@ -127,7 +166,7 @@ def test_bodies_are_saved_per_source_with_private_modes(tmp_path: Path) -> None:
     root = tmp_path / "archive"
     old_umask = os.umask(0)  # the modes are ours, not the umask's
     try:
-        archive = Archive(root, 0, clock=Clock())
+        archive = Archive(root, 0, [TOPIC], clock=Clock())
         snsbody, raw = sns_body(TOPIC), "caf\u00e9 \u2603 not JSON"
         archive.save([message(snsbody, "m-1"), message(raw, "m-2")])
     finally:
@@ -140,7 +179,7 @@ def test_bodies_are_saved_per_source_with_private_modes(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o700
     for path in root.rglob("*.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert archive.total == len(snsbody.encode()) + len(raw.encode())
+    assert archive.total == disk_usage(root)[0]
     assert (archive.saved, archive.failed) == (2, 0)
 
 
@@ -165,39 +204,71 @@ def test_a_message_delivered_twice_is_saved_twice(tmp_path: Path) -> None:
 
 
 def test_the_cap_removes_the_oldest_files_first_across_folders(tmp_path: Path) -> None:
-    archive = Archive(tmp_path, 25, clock=Clock())
+    root = tmp_path / "archive"
+    root.mkdir()
+    one = block(tmp_path)
+    base = disk_usage(root)[0]
+    # the root, one folder and two files fit; a third file does not, nor a second folder
+    # with two files
+    probe = Archive(root, 0, [TOPIC], clock=Clock())
+    probe.save([message("a", "probe")])
+    folder = probe.total - base - one
+    probe.close()
+    (root / DIRECT / file_name(NOW, "probe")).unlink()
+    cap = base + folder + 2 * one + one // 2
+    archive = Archive(root, cap, [TOPIC], clock=Clock())
     archive.save([message("a" * 10, "1"), message("b" * 10, "2")])
-    snsbody = sns_body("arn:aws:sns:r:1:t")
-    archive.save([message("c" * 10, "3")])  # 30 bytes > 25: the oldest ("1") goes
-    assert sorted(archived(tmp_path).values()) == [b"b" * 10, b"c" * 10]
-    archive.save([message(snsbody, "4")])  # larger than the cap alone: all older files go
-    assert archived(tmp_path) == {}  # ... and it too: the total never stays above the cap
-    assert archive.total == 0
-    archive.save([message("d" * 10, "5"), message("e" * 10, "6")])
-    assert sorted(archived(tmp_path).values()) == [b"d" * 10, b"e" * 10]
-    assert archive.total == 20
+    archive.save([message("c" * 10, "3")])  # over the cap: the oldest ("1") goes
+    assert sorted(archived(root).values()) == [b"b" * 10, b"c" * 10]
+    archive.save([message(sns_body(TOPIC), "4")])  # another folder too: the older files go
+    assert list(archived(root)) == ["salt-master-asg-events/20261123T101532.123Z-4.json"]
+    assert archive.total == disk_usage(root)[0] <= cap
+
+
+def test_tiny_bodies_count_what_they_cost_the_disk_and_the_file_count_is_capped(
+        tmp_path: Path) -> None:
+    """1-byte bodies from made-up topics: each file costs a block, not a byte; they share one
+    folder; the cap bounds the disk usage as os.stat measures it, and the number of files."""
+    root = tmp_path / "archive"
+    cap = 64 * block(tmp_path)
+    archive = Archive(root, cap, [TOPIC], clock=Clock())
+    for batch in range(30):
+        archive.save([message(sns_body(f"arn:aws:sns:us-west-2:666666666666:t{batch}-{n}"),
+                              f"{batch}-{n}") for n in range(10)])
+        used, files, folders = disk_usage(root)
+        assert used <= cap and archive.total == used
+        assert files <= cap // defaults.ARCHIVE_FILE_BYTES
+        assert folders == 1
+    assert [p.name for p in root.iterdir()] == [OTHER_TOPICS]
+    assert archive.max_files == cap // defaults.ARCHIVE_FILE_BYTES
 
 
 def test_start_up_rescans_counts_trims_and_cleans_up(tmp_path: Path) -> None:
     clock = Clock()
     first = Archive(tmp_path, 0, clock=clock)
     first.save([message(str(n) * 10, f"m{n}") for n in range(5)])
-    first.save([message(sns_body("arn:aws:sns:r:1:t")[:10] + "x", "s")])
     first.close()
     (tmp_path / DIRECT / ".0123abcd.tmp").write_text("a write cut short")
     (tmp_path / DIRECT / "README").write_text("not ours: never counted nor removed")
     (tmp_path / "notes.txt").write_text("not ours either")
+    # a folder per made-up topic, as an older version made them
+    made_up = tmp_path / "made-up-topic"
+    made_up.mkdir()
+    (made_up / file_name(NOW - 10, "old")).write_text("from an older version")
 
     again = Archive(tmp_path, 0, clock=clock)
-    assert again.total == 61
     assert not (tmp_path / DIRECT / ".0123abcd.tmp").exists()
+    foreign = sum(os.stat(p).st_blocks * 512 for p in (tmp_path / DIRECT / "README",
+                                                      tmp_path / "notes.txt"))
+    assert again.total == disk_usage(tmp_path)[0] - foreign
     again.close()
 
-    smaller = Archive(tmp_path, 30, clock=clock)  # a lower cap applies at once
-    assert smaller.total == 21
+    smaller = Archive(tmp_path, again.total - 2 * block(tmp_path), clock=clock)
+    assert smaller.total == disk_usage(tmp_path)[0] - foreign
+    assert not made_up.exists()  # its file was the oldest; the empty folder went with it
     assert sorted(archived(tmp_path).values()) == sorted([
-        b"4" * 10, b"not ours: never counted nor removed", b"not ours either",
-        (sns_body("arn:aws:sns:r:1:t")[:10] + "x").encode()])
+        b"1" * 10, b"2" * 10, b"3" * 10, b"4" * 10, b"not ours: never counted nor removed",
+        b"not ours either"])
 
 
 # --- failures and symlinks ---
@@ -206,7 +277,7 @@ def test_start_up_rescans_counts_trims_and_cleans_up(tmp_path: Path) -> None:
 def test_a_failed_write_is_one_error_line_and_no_exception(tmp_path: Path,
                                                            caplog: pytest.LogCaptureFixture
                                                            ) -> None:
-    archive = Archive(tmp_path, 0, clock=Clock())
+    archive = Archive(tmp_path, 0, [TOPIC], clock=Clock())
     (tmp_path / DIRECT).write_text("a file where the folder should be")
     with caplog.at_level(logging.ERROR):
         archive.save([message("x", "m-1"), message("y", "m-2"), message(sns_body(TOPIC), "m-3")])
@@ -236,9 +307,9 @@ def test_a_planted_symlink_is_never_followed(tmp_path: Path,
 # --- the daemon, through the moto server and a real salt-master ---
 
 
-def archive_conf(tmp_path: Path, queue_url: str, master, archive: Path):
+def archive_conf(tmp_path: Path, queue_url: str, master, archive: Path, **options):
     return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
-                        ArchiveDir=archive)
+                        ArchiveDir=archive, AllowedTopicArns=TOPIC, **options)
 
 
 def by_folder(root: Path) -> dict[str, Counter[bytes]]:
@@ -299,3 +370,29 @@ def test_daemon_refuses_to_start_on_an_archive_dir_that_is_a_symlink(tmp_path, m
                          "--once")
     assert result.returncode == 1
     assert "ArchiveDir" in result.stderr and "symlink" in result.stderr
+
+
+def test_daemon_caps_the_disk_and_the_folders_for_tiny_bodies_from_made_up_topics(
+        tmp_path, master, sqs, queue_url) -> None:
+    """400 tiny messages: 1-byte bodies and envelopes from 200 made-up topics. With
+    ArchiveMaxMB = 1 the archive's blocks (os.stat) stay within 1 MB, the files within
+    1 MB / 4 KiB, and the made-up topics share one folder."""
+    root = tmp_path / "archive"
+    bodies = []
+    for n in range(200):
+        bodies.append("x")
+        bodies.append(sns_body(f"arn:aws:sns:us-west-2:666666666666:made-up-{n}"))
+    for start in range(0, len(bodies), 10):
+        sqs.send_message_batch(QueueUrl=queue_url, Entries=[
+            {"Id": str(i), "MessageBody": body}
+            for i, body in enumerate(bodies[start:start + 10])])
+
+    result = run_aws_ork(archive_conf(tmp_path, queue_url, master, root, ArchiveMaxMB=1),
+                         "--once", timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    assert queue_counts(sqs, queue_url) == (0, 0)  # every message was received (and archived)
+    used, files, folders = disk_usage(root)
+    assert used <= 1024 * 1024, used
+    assert 0 < files <= 1024 * 1024 // defaults.ARCHIVE_FILE_BYTES
+    assert sorted(p.name for p in root.iterdir()) == [DIRECT, OTHER_TOPICS]

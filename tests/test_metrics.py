@@ -6,6 +6,8 @@ answer with prometheus_client's own parser, so a metric that is misnamed or malf
 
 from __future__ import annotations
 
+import os
+import resource
 import signal
 import socket
 import subprocess
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from aws_ork import __version__
+from aws_ork import __version__, defaults
 from aws_ork.loop import oldest_age
 from aws_ork.mirror.worker import MirrorStatus
 from aws_ork.runtime import metrics
@@ -25,6 +27,7 @@ from tests.daemon import run_aws_ork, send, start_aws_ork, states, wait_for, wri
 from tests.messages import new_id, sns_launch, sns_terminate
 from tests.metricsenv import get, scrape, total, try_get, value
 from tests.saltenv import SaltMaster, free_port
+from tests.slowclients import SlowFlood
 
 #: A 4 s systemd watchdog cuts the long poll to 2 s (runtime/systemd.py Watchdog.longest_wait),
 #: and /healthz allows 3 poll intervals without a completed receive: 6 s instead of 60 s.
@@ -166,6 +169,59 @@ def test_an_address_in_use_stops_the_start_naming_the_option(master, tmp_path, q
         result = run_aws_ork(conf, timeout=120)
     assert result.returncode == 2, result.stderr
     assert f"MetricsAddress: cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+#: The daemon's descriptor limit in the flood test: as low as a small unit's LimitNOFILE, and
+#: below what the flood alone would take if every slow client kept a descriptor.
+FLOOD_NOFILE = 128
+FLOOD_CLIENTS = 200
+
+
+def test_a_flood_of_slow_clients_neither_exhausts_the_daemon_nor_stops_health_or_keys(
+        master, metrics_conf, tmp_path, sqs, queue_url):
+    """200 slow clients (a byte every 2 s, reconnecting when closed) against MetricsAddress:
+    /healthz still answers within the client's timeout, a launch sent meanwhile is accepted,
+    and the daemon's descriptors stay bounded by the connection limit."""
+    conf, port = metrics_conf
+    launched = new_id()
+    proc = start_aws_ork(conf, tmp_path / "daemon.log", "-v")
+    try:
+        assert wait_for(lambda: try_get(port, "/healthz"), 60, "/healthz to answer") \
+            == (200, "ok\n")
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (FLOOD_NOFILE, FLOOD_NOFILE))
+        before = open_fds(proc.pid)
+        most = before
+        with SlowFlood(port, FLOOD_CLIENTS) as flood:
+            wait_for(lambda: flood.connects >= FLOOD_CLIENTS, 60, "every slow client connected")
+            full = before + defaults.METRICS_MAX_CONNECTIONS
+            wait_for(lambda: open_fds(proc.pid) >= full, 60, "the flood to fill the server")
+            for _ in range(5):  # urllib's 10 s timeout is the bound: a hang fails
+                most = max(most, open_fds(proc.pid))
+                assert get(port, "/healthz") == (200, "ok\n")
+            master.add_pending_key(launched)
+            send(sqs, queue_url, sns_launch(launched))
+
+            def accepted() -> bool:
+                nonlocal most
+                most = max(most, open_fds(proc.pid))
+                return states(master, launched)[launched] == "minions"
+
+            wait_for(accepted, 120, "the launch sent during the flood to be accepted")
+            assert get(port, "/healthz") == (200, "ok\n")
+            most = max(most, open_fds(proc.pid))
+            assert flood.closed_by_server > 0  # the flood did run into the limits
+        # a connection's descriptor, for at most twice the limit (one accept batch beyond
+        # it before the oldest are closed), and a few for the launch (EC2, the event bus)
+        assert most <= before + 2 * defaults.METRICS_MAX_CONNECTIONS + 16, (before, most)
+        assert get(port, "/healthz") == (200, "ok\n")
+    finally:
+        status = stop(proc)
+        master.clear_keys()
+    assert status == 0
 
 
 # --- the parts, without a daemon ---

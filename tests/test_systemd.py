@@ -79,6 +79,15 @@ def test_the_unit_is_notify_with_a_watchdog_above_the_long_poll():
     assert "/etc/salt/pki" in service["ReadWritePaths"].split()
 
 
+def test_the_unit_bounds_descriptors_and_tasks_above_what_the_daemon_may_need():
+    service = unit_values()["Service"]
+    nofile, tasks = int(service["LimitNOFILE"]), int(service["TasksMax"])
+    # MetricsAddress holds at most twice its limit for a moment (an accept batch beyond it)
+    assert 2 * defaults.METRICS_MAX_CONNECTIONS + defaults.MIRROR_UPLOAD_THREADS + 100 \
+        < nofile <= 65536
+    assert defaults.MIRROR_UPLOAD_THREADS + 20 < tasks <= 1024
+
+
 # --- the watchdog, in-process ---------------------------------------------------------------
 
 

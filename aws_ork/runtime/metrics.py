@@ -12,21 +12,24 @@ never text from a message, so the number of series stays bounded whatever arrive
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import re
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from aws_ork import __version__
+from aws_ork import __version__, defaults
+from aws_ork.events.fields import clean
 
 if TYPE_CHECKING:  # the loop and the handler import modules that import this one
     from aws_ork.decide import Handler
@@ -167,33 +170,65 @@ class AwsOrkCollector(Collector):
 
 
 class MetricsServer:
-    """``/metrics`` and ``/healthz`` on one address, served by a daemon thread."""
+    """``/metrics`` and ``/healthz`` on one address, served by one asyncio loop in a daemon
+    thread.
+
+    Anyone who reaches the address may connect, so nothing a client does may exhaust the
+    daemon (the descriptors every ``open()`` of the daemon needs, its threads, its CPU):
+
+    - at most ``max_connections`` are open at once; a newcomer beyond closes the connection
+      open longest (so slow clients cannot hold the server: a request sent whole is read
+      and answered in the loop's next turns, before that many newer ones arrive);
+    - each connection has ``request_seconds`` for its whole life (request read and answer
+      sent), not per byte, and ``request_bytes`` for its request line and headers;
+    - one thread serves them all (no thread per connection), and when ``accept()`` fails
+      with EMFILE/ENFILE asyncio stops accepting for a second (never a busy loop).
+    """
 
     def __init__(self, address: tuple[str, int], collector: Collector,
-                 healthy: Callable[[], str | None]) -> None:
+                 healthy: Callable[[], str | None], *,
+                 max_connections: int = defaults.METRICS_MAX_CONNECTIONS,
+                 request_seconds: float = defaults.METRICS_REQUEST_SECONDS,
+                 request_bytes: int = defaults.METRICS_REQUEST_BYTES) -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)
         self.registry = registry
         self.healthy = healthy
-        #: binds now: an address in use is a start-up failure (OSError), not a silent gap
-        self.httpd = _server_class(address[0])(address, _handler_class(self))
-        self.httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics",
-                                        daemon=True)
+        self.max_connections = max_connections
+        self.request_seconds = request_seconds
+        self.request_bytes = request_bytes
+        #: binds now: an address in use is a start-up failure (OSError), not a silent gap.
+        #: The event loop itself is made in the thread (after a -d fork, never before).
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._sock = socket.create_server(address, family=family,
+                                          backlog=max_connections)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._ready = threading.Event()
+        #: open connections, oldest first (the first to go when the table is full)
+        self._open: dict[asyncio.StreamWriter, None] = {}
+        self._last_warning = -math.inf
+        self._thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self.httpd.server_address[:2]
+        host, port = self._sock.getsockname()[:2]
         return str(host), int(port)
 
     def start(self) -> None:
         self._thread.start()
+        self._ready.wait(10)
         log.info("metrics on http://%s:%d/metrics, health on /healthz", *self.address)
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self.httpd.shutdown()
-        self.httpd.server_close()
+        loop, stopped = self._loop, self._stopped
+        if self._thread.is_alive() and loop is not None and stopped is not None:
+            try:
+                loop.call_soon_threadsafe(stopped.set)
+            except RuntimeError:  # the loop has closed meanwhile
+                pass
+            self._thread.join(10)
+        self._sock.close()
 
     def respond(self, path: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for a GET of ``path``."""
@@ -206,37 +241,110 @@ class MetricsServer:
             return 503, "text/plain; charset=utf-8", f"{reason}\n".encode()
         return 404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n"
 
+    # --- the loop's thread ---
 
-def _server_class(host: str) -> type[ThreadingHTTPServer]:
-    """ThreadingHTTPServer listens on IPv4 only; MetricsAddress = [::1]:9731 needs IPv6."""
-    if ":" not in host:
-        return ThreadingHTTPServer
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        loop.set_exception_handler(self._loop_error)
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except Exception:  # the metrics must never take the daemon down
+            log.exception("metrics server stopped")
+        finally:
+            self._ready.set()
+            for writer in list(self._open):
+                writer.transport.abort()
+            loop.run_until_complete(asyncio.sleep(0))  # let the aborts close their sockets
+            loop.close()
 
-    class Server6(ThreadingHTTPServer):
-        address_family = socket.AF_INET6
+    async def _main(self) -> None:
+        self._stopped = asyncio.Event()
+        # limit: a line longer than the request may be is refused by readline() itself
+        server = await asyncio.start_server(self._connection, sock=self._sock,
+                                            limit=self.request_bytes,
+                                            backlog=self.max_connections)
+        self._ready.set()
+        async with server:
+            await self._stopped.wait()
 
-    return Server6
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio's own errors, the out-of-descriptors accept() among them: one WARNING a
+        minute at most (asyncio already waits a second before it accepts again)."""
+        now = time.monotonic()
+        if now - self._last_warning < defaults.METRICS_ACCEPT_WARNING_SECONDS:
+            return
+        self._last_warning = now
+        exc = context.get("exception")
+        log.warning("metrics: %s%s", context.get("message", "error"),
+                    f": {exc}" if exc is not None else "")
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        self._open[writer] = None
+        while len(self._open) > self.max_connections:  # the oldest makes room
+            oldest = next(iter(self._open))
+            del self._open[oldest]
+            oldest.transport.abort()
+        answered = False
+        try:
+            async with asyncio.timeout(self.request_seconds):
+                request = await self._request(reader)
+                if request is not None:
+                    status, ctype, body = self._answer(request)
+                    writer.write(_response(status, ctype, body))
+                    await writer.drain()
+                    answered = True
+                    log.debug("metrics: %s %s %d", _peer(writer), clean(request, 100), status)
+        except TimeoutError:
+            log.debug("metrics: %s: no whole request within %.0f s, closed", _peer(writer),
+                      self.request_seconds)
+        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+            # a reset, a closed peer, a line over the limit (ValueError from readline)
+            log.debug("metrics: %s: %s, closed", _peer(writer), type(exc).__name__)
+        finally:
+            self._open.pop(writer, None)
+            if answered:
+                writer.close()  # the answer is sent: a normal close
+            else:
+                writer.transport.abort()
+
+    async def _request(self, reader: asyncio.StreamReader) -> str | None:
+        """The request line, its headers read and ignored; None for a request over the size
+        limit or cut short."""
+        left = self.request_bytes
+        first = await reader.readline()
+        left -= len(first)
+        while True:
+            line = await reader.readline()
+            left -= len(line)
+            if left < 0 or not line:
+                return None
+            if line in (b"\r\n", b"\n"):
+                return first.decode("latin-1").rstrip("\r\n")
+
+    def _answer(self, request: str) -> tuple[int, str, bytes]:
+        parts = request.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return 400, "text/plain; charset=utf-8", b"bad request\n"
+        method, target, _ = parts
+        if method != "GET":
+            return 405, "text/plain; charset=utf-8", b"only GET\n"
+        try:
+            return self.respond(target.split("?", 1)[0])
+        except Exception:  # a bug in a scrape must not look like a healthy daemon
+            log.exception("metrics request %s failed", clean(target, 100))
+            return 500, "text/plain; charset=utf-8", b"internal error\n"
 
 
-def _handler_class(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "aws_ork"
-        sys_version = ""
-        timeout = 10  # a client that connects and sends nothing does not keep a thread
+def _response(status: int, ctype: str, body: bytes) -> bytes:
+    """One HTTP/1.0 answer; the connection closes after it."""
+    head = (f"HTTP/1.0 {status} {HTTPStatus(status).phrase}\r\nServer: aws_ork\r\n"
+            f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n")
+    return head.encode("latin-1") + body
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            try:
-                status, ctype, body = server.respond(self.path.split("?", 1)[0])
-            except Exception:  # a bug in a scrape must not look like a healthy daemon
-                log.exception("metrics request %s failed", self.path[:100])
-                status, ctype, body = 500, "text/plain; charset=utf-8", b"internal error\n"
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            log.debug("metrics: %s " + format, self.address_string(), *args)
-
-    return Handler
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"

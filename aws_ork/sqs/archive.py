@@ -4,19 +4,27 @@ What the queue delivered is kept byte for byte (before any check: the archive is
 not what was believed), for audits and for replaying an incident. The layout is
 ``ArchiveDir/<source>/<UTC receive time>-<SQS message id>.json``:
 
-- ``<source>`` is the SNS topic name (the last part of the envelope's TopicArn) or
-  ``direct`` for any other body (raw delivery, lifecycle hooks, EventBridge, junk). It is
-  what the body *claims*: the archive is written before the signature check.
+- ``<source>`` is the SNS topic name (the last part of the envelope's TopicArn) when that
+  ARN is one of AllowedTopicArns, ``other-topics`` for every other SNS envelope (a made-up
+  topic, or any topic with ``AllowedTopicArns = *``), and ``direct`` for any other body
+  (raw delivery, lifecycle hooks, EventBridge, junk). So the folders are a fixed few, never
+  one per topic a sender makes up. It is what the body *claims*: the archive is written
+  before the signature check.
 - A body never chooses a path: both parts are reduced to ``[A-Za-z0-9_.-]``, no leading
   dot, bounded length, so every file is exactly two components under ArchiveDir.
 - Files are written under a temp name, fsync'd and hard-linked to their final name (a link
   never replaces an existing file), mode 0600; folders are 0700 and are opened with
   O_NOFOLLOW relative to the ArchiveDir descriptor, so a symlink planted in the archive is
   never followed.
-- ArchiveMaxMB caps the total size of the archived files: past it the oldest files (by
-  their receive time, across all folders) are removed first. The running total is kept in
-  memory (the name and size of every archived file: a little over 200 bytes each, some
-  80 MB for a full 1 GB of 2.5 KB envelopes) and rebuilt by a scan at start-up.
+- ArchiveMaxMB caps what the archive costs the disk, not the bodies' length: each file
+  counts its allocated blocks (``st_blocks * 512``) and at least ARCHIVE_FILE_BYTES (4 KiB,
+  one block of a common file system, so a file system that reports none for tiny files
+  still caps the count: at most ArchiveMaxMB x 256 files), and the folders count their own
+  blocks. Past the cap the oldest files (by their receive time, across all folders) are
+  removed first. The running total is kept in memory (the name and cost of every archived
+  file: a little over 200 bytes each, some 50 MB for a full 1 GB of tiny files) and rebuilt
+  by a scan at start-up. A folder left empty that is no longer one of the fixed few (from an
+  older version that made one per topic) is removed.
 
 A failed write (disk full, permissions) is one ERROR line per batch and nothing else: the
 message is still handled, deleted and counted as usual, because a lost archive copy is
@@ -35,7 +43,7 @@ import secrets
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: The folder of every body that is no SNS envelope.
 DIRECT = "direct"
+#: The folder of every SNS envelope whose topic is not one of AllowedTopicArns.
+OTHER_TOPICS = "other-topics"
 #: Longest folder name (SNS topic names are up to 256 characters) and message-id part.
 MAX_FOLDER_CHARS = 100
 MAX_ID_CHARS = 100
@@ -70,9 +80,11 @@ def safe_component(text: str, limit: int) -> str:
     return clean or "_"
 
 
-def source_folder(body: str) -> str:
-    """The folder for a body: its SNS topic's name, or ``direct``. Bodies are untrusted:
-    anything that is not clearly an SNS envelope with a string TopicArn is ``direct``."""
+def source_folder(body: str, allowed: Collection[str] | None = None) -> str:
+    """The folder for a body: its SNS topic's name if the topic is in ``allowed`` (exact
+    ARNs; None: any topic, a test's shortcut), ``other-topics`` for any other envelope, or
+    ``direct``. Bodies are untrusted: anything that is not clearly an SNS envelope with a
+    string TopicArn is ``direct``."""
     if len(body) > defaults.MAX_BODY_BYTES:
         return DIRECT
     try:
@@ -84,6 +96,8 @@ def source_folder(body: str) -> str:
     arn = doc["TopicArn"]
     if not isinstance(arn, str):
         return DIRECT
+    if allowed is not None and arn not in allowed:
+        return OTHER_TOPICS
     return safe_component(arn.rsplit(":", 1)[-1], MAX_FOLDER_CHARS)
 
 
@@ -98,22 +112,30 @@ def file_name(when: float, message_id: str) -> str:
     return f"{timestamp(when)}-{safe_component(message_id, MAX_ID_CHARS)}.json"
 
 
+def disk_cost(st: os.stat_result) -> int:
+    """What a file costs the disk: its allocated blocks, at least ARCHIVE_FILE_BYTES."""
+    return max(st.st_blocks * 512, defaults.ARCHIVE_FILE_BYTES)
+
+
 class Archive:
-    """The archive under ``root``; ``max_bytes`` 0 means no cap.
+    """The archive under ``root``; ``max_bytes`` 0 means no cap. ``allowed_topics``: the
+    topics that get a folder of their own (AllowedTopicArns; empty: none does).
 
     Raises OSError when ``root`` cannot be created or opened (or is a symlink): an archive
     that was asked for and cannot exist is a start-up failure, not a silent gap.
     """
 
-    def __init__(self, root: Path, max_bytes: int,
+    def __init__(self, root: Path, max_bytes: int, allowed_topics: Collection[str] = (),
                  clock: Callable[[], float] = time.time) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self.allowed_topics = frozenset(allowed_topics)
         self.clock = clock
-        self.total = 0  # bytes in the archived files
+        self.files_bytes = 0  # disk_cost() of the archived files
+        self._folder_bytes: dict[str, int] = {}  # the blocks of each folder (and of root)
         self.saved = 0
         self.failed = 0
-        self._files: list[tuple[str, str, int]] = []  # heap of (name, folder, size)
+        self._files: list[tuple[str, str, int]] = []  # heap of (name, folder, cost)
         if root.is_symlink():  # O_NOFOLLOW below would refuse it too, less clearly
             raise OSError(errno.ELOOP, "is a symlink (give the real path)")
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -122,8 +144,19 @@ class Archive:
         if mode & 0o077:
             log.warning("ArchiveDir %s is open to other users (mode %o): the archive holds "
                         "every message received; make it 0700", root, stat.S_IMODE(mode))
+        self._folder_bytes[""] = os.fstat(self._fd).st_blocks * 512
         self._scan()
         self._trim()
+
+    @property
+    def total(self) -> int:
+        """What the archive costs the disk now: its files' and its folders' blocks."""
+        return self.files_bytes + sum(self._folder_bytes.values())
+
+    @property
+    def max_files(self) -> int:
+        """The most files the cap allows (each counts at least ARCHIVE_FILE_BYTES); 0: none."""
+        return self.max_bytes // defaults.ARCHIVE_FILE_BYTES
 
     def close(self) -> None:
         os.close(self._fd)
@@ -141,9 +174,10 @@ class Archive:
                 except (OSError, UnicodeError) as exc:
                     self.failed += 1
                     failures.append(f"{message.message_id}: {exc}")
-            for fd in touched.values():
+            for folder, fd in touched.items():
                 try:
                     os.fsync(fd)  # the new names survive a power loss
+                    self._folder_bytes[folder] = os.fstat(fd).st_blocks * 512
                 except OSError as exc:
                     failures.append(f"syncing a folder: {exc}")
             self._trim()
@@ -158,7 +192,8 @@ class Archive:
 
     def _save_one(self, message: Message, when: float, touched: dict[str, int]) -> None:
         data = message.body.encode("utf-8")
-        folder = sys.intern(source_folder(message.body))  # one string per folder in memory
+        # one string per folder in memory
+        folder = sys.intern(source_folder(message.body, self.allowed_topics))
         if folder not in touched:
             touched[folder] = self._folder(folder)
         fd = touched[folder]
@@ -172,13 +207,14 @@ class Archive:
                 while view:
                     view = view[os.write(out, view):]
                 os.fsync(out)
+                cost = disk_cost(os.fstat(out))
             finally:
                 os.close(out)
             name = self._link(tmp, name, fd)
         finally:
             os.unlink(tmp, dir_fd=fd)
-        self.total += len(data)
-        heapq.heappush(self._files, (name, folder, len(data)))
+        self.files_bytes += cost
+        heapq.heappush(self._files, (name, folder, cost))
 
     @staticmethod
     def _link(tmp: str, name: str, fd: int) -> str:
@@ -213,6 +249,7 @@ class Archive:
                 log.warning("ArchiveDir %s: cannot read %s: %s", self.root, folder, exc)
                 continue
             try:
+                self._folder_bytes[folder] = os.fstat(fd).st_blocks * 512
                 with os.scandir(fd) as entries:
                     for entry in entries:
                         if not entry.is_file(follow_symlinks=False):
@@ -224,9 +261,9 @@ class Archive:
                                 log.warning("ArchiveDir %s: cannot remove %s/%s: %s",
                                             self.root, folder, entry.name, exc)
                         elif ARCHIVED.fullmatch(entry.name):
-                            size = entry.stat(follow_symlinks=False).st_size
-                            self._files.append((entry.name, folder, size))
-                            self.total += size
+                            cost = disk_cost(entry.stat(follow_symlinks=False))
+                            self._files.append((entry.name, folder, cost))
+                            self.files_bytes += cost
             finally:
                 os.close(fd)
         heapq.heapify(self._files)
@@ -236,9 +273,11 @@ class Archive:
         if not self.max_bytes:
             return
         removed = 0
+        emptied: set[str] = set()
         while self.total > self.max_bytes and self._files:
-            name, folder, size = heapq.heappop(self._files)
-            self.total -= size
+            name, folder, cost = heapq.heappop(self._files)
+            self.files_bytes -= cost
+            emptied.add(folder)
             try:
                 fd = os.open(folder, _DIR_FLAGS, dir_fd=self._fd)
                 try:
@@ -251,6 +290,17 @@ class Archive:
             except OSError as exc:  # forgotten: counted no more, retried at the next start
                 log.error("ArchiveDir %s: cannot remove %s/%s: %s", self.root, folder, name,
                           exc)
+        for folder in emptied - {DIRECT, OTHER_TOPICS} - set(map(self._allowed_folder,
+                                                                 self.allowed_topics)):
+            try:  # a folder of an older version's made-up topic, once it is empty
+                os.rmdir(folder, dir_fd=self._fd)
+                self._folder_bytes.pop(folder, None)
+            except OSError:
+                pass  # not empty yet (or someone else's files in it): kept, still counted
         if removed:
             log.debug("ArchiveDir %s: removed the %d oldest files (cap %d bytes)", self.root,
                       removed, self.max_bytes)
+
+    @staticmethod
+    def _allowed_folder(arn: str) -> str:
+        return safe_component(arn.rsplit(":", 1)[-1], MAX_FOLDER_CHARS)
