@@ -35,10 +35,11 @@ from aws_ork.keys.naming import Template
 from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.lifecycle import Completer, HookClient
 from aws_ork.loop import Loop
-from aws_ork.memory import IdMemory, MinionNames
+from aws_ork.memory import ENROLLED_FILE, FINISHED_FILE, NAMES_FILE, IdMemory, MinionNames
 from aws_ork.mirror.bucket import ObjectOptions, S3Tree
 from aws_ork.mirror.journal import Journal
 from aws_ork.mirror.manifest import FILE_NAME as MANIFEST_FILE
+from aws_ork.mirror.memories import OWN_ROOT, memory_mirror
 from aws_ork.mirror.planner import S3Mirror
 from aws_ork.mirror.worker import MirrorWorker, unmirrored_dirs
 from aws_ork.runtime import systemd
@@ -141,11 +142,13 @@ class App:
         self.mirror: MirrorWorker | None = None
         if cfg.bucket_url is not None and not run.dry_run:
             key_dir = mirrored_key_dir(cfg, location)
+            tree = s3_tree(cfg)
             self.mirror = MirrorWorker(
-                S3Mirror(s3_tree(cfg), cfg.pki_dir, cfg.state_dir / MANIFEST_FILE,
-                         unmirrored=unmirrored_dirs(key_dir)),
+                S3Mirror(tree, cfg.pki_dir, cfg.state_dir / MANIFEST_FILE,
+                         unmirrored=unmirrored_dirs(key_dir), foreign=(OWN_ROOT,)),
                 Journal(cfg.state_dir), key_dir=key_dir,
-                reconcile_seconds=cfg.reconcile_minutes * 60)
+                reconcile_seconds=cfg.reconcile_minutes * 60,
+                memories=memory_mirror(tree, cfg.state_dir))
         self.watcher = KeyDirWatcher(location)
         sweep = None
         if cfg.sweep_minutes and ec2 is not None:
@@ -197,17 +200,17 @@ class App:
         the sweep may delete), and (MinionIdTemplate other than the instance id) the minion
         id each instance was given; an unreadable one is a start-up failure."""
         try:
-            finished = IdMemory(cfg.state_dir / "finished-sns-messages",
+            finished = IdMemory(cfg.state_dir / FINISHED_FILE,
                                 keep_seconds=defaults.SQS_MAX_RETENTION_SECONDS,
                                 limit=defaults.FINISHED_MESSAGES_LIMIT, dry_run=dry_run)
-            enrolled = IdMemory(cfg.state_dir / "enrolled-instances",
+            enrolled = IdMemory(cfg.state_dir / ENROLLED_FILE,
                                 keep_seconds=defaults.ENROLLED_KEEP_SECONDS,
                                 limit=defaults.ENROLLED_LIMIT, dry_run=dry_run)
             preauthorised = IdMemory(cfg.state_dir / "preauthorised-instances",
                                      keep_seconds=defaults.ENROLLED_KEEP_SECONDS,
                                      limit=defaults.ENROLLED_LIMIT, dry_run=dry_run)
             names = None if Template(cfg.minion_id_template).identity else \
-                MinionNames(cfg.state_dir / "minion-ids", limit=defaults.MINION_NAMES_LIMIT,
+                MinionNames(cfg.state_dir / NAMES_FILE, limit=defaults.MINION_NAMES_LIMIT,
                             dry_run=dry_run)
         except OSError as exc:
             raise StateError(f"StateDir {cfg.state_dir}: {exc}") from exc

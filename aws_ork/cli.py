@@ -16,6 +16,7 @@ from aws_ork.app import RunOptions, s3_tree
 from aws_ork.config import Config
 from aws_ork.errors import AwsOrkError, ConfigError
 from aws_ork.keys.manager import load_master_opts
+from aws_ork.mirror.memories import restore_memories
 from aws_ork.mirror.restore import RestoreRefused, restore
 from aws_ork.runtime import logsetup
 from aws_ork.runtime.daemonize import daemonize
@@ -81,8 +82,10 @@ def run_restore(cfg: Config, *, force: bool) -> int:
     if cfg.bucket_url is None:
         raise ConfigError(cfg.source, "BucketUrl", "not set: --restore needs the mirror's URL")
     logsetup.setup(verbose=False, log_format=cfg.log_format)
+    tree = s3_tree(cfg)
     try:
-        result = restore(s3_tree(cfg), cfg.pki_dir, force=force)
+        result = restore(tree, cfg.pki_dir, force=force)
+        memories = restore_memories(tree, cfg.state_dir)
     except RestoreRefused as exc:
         raise ConfigError(cfg.source, "PkiDir", str(exc)) from None
     except AwsOrkError as exc:
@@ -102,8 +105,12 @@ def run_restore(cfg: Config, *, force: bool) -> int:
     if result.clamped:
         print(f"{result.clamped} file modes clamped (no setuid/setgid/sticky, no group or "
               f"world write; *.pem 0400 or 0600)")
+    print(f"restored {memories.files} replay and enrolment memories ({memories.entries} "
+          f"entries) into {cfg.state_dir}")
+    if memories.refused:
+        print(f"{len(memories.refused)} memories refused (too large): not restored, see the "
+              f"warnings")
     if result.refused:
         print(f"{len(result.refused)} objects refused (unsafe path or link): not restored, "
               f"see the warnings")
-        return 1
-    return 0
+    return 1 if result.refused or memories.refused else 0

@@ -58,6 +58,10 @@ MIRROR_DEBOUNCE_MAX_SECONDS = 10.0
 #: A failed mirror run is retried after 1, 2, 4, ... seconds up to this cap: short enough
 #: that the bucket catches up soon after an S3 outage ends.
 MIRROR_RETRY_CAP_SECONDS = 30
+#: The StateDir memories (replay, enrolment, minion ids) are compared with the mirror this
+#: often (a local stat) and uploaded when they changed: at most one PUT per file per interval
+#: (and at each reconciliation and clean stop). A master lost in between forgets at most this.
+MIRROR_MEMORY_SECONDS = 60.0
 #: Parallel uploads when many files differ (first mirror, reconciliation after drift);
 #: below botocore's default connection pool of 10.
 MIRROR_UPLOAD_THREADS = 8

@@ -11,7 +11,9 @@ rename) when it holds more dead lines than live ones; at most ``limit`` ids are 
 oldest go first), so a flood cannot grow it without bound.
 
 Ids are checked before they reach the file: 1-128 characters of ``[A-Za-z0-9._:-]``, so a
-line can never be split or forged by what a message carries.
+line can never be split or forged by what a message carries. The same reader takes a memory
+back from the S3 mirror (``--restore``, :mod:`aws_ork.mirror.memories`): whatever a line
+holds, it is an id that passes that check, with a time no later than now, or it is skipped.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from aws_ork.runtime.files import write_atomic
 log = logging.getLogger(__name__)
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+#: The memory files in StateDir (each is also mirrored to S3 beside the pki).
+FINISHED_FILE = "finished-sns-messages"
+ENROLLED_FILE = "enrolled-instances"
+NAMES_FILE = "minion-ids"
 
 
 def valid_id(value: object) -> bool:
@@ -119,7 +126,7 @@ class IdMemory:
             self._lines += 1
             when_text, _, value = line.partition(" ")
             try:
-                when = float(when_text)
+                when = min(float(when_text), self.clock())  # never later than now
             except ValueError:
                 continue  # a torn or damaged line: the message it stood for was not deleted
             if when >= cutoff and valid_id(value):
@@ -153,9 +160,15 @@ class IdMemory:
             append_line(self.path, f"{now:.3f} {value}\n", sync=sync)
             self._unsynced = self._unsynced or not sync
             self._lines += 1
-            self._lines = compact_if_due(
-                self.path, self._lines, len(self._ids),
-                lambda: (f"{when:.3f} {value}\n" for value, when in self._ids.items()))
+            self._lines = compact_if_due(self.path, self._lines, len(self._ids), self._render)
+
+    def _render(self) -> Iterable[str]:
+        return (f"{when:.3f} {value}\n" for value, when in self._ids.items())
+
+    def render(self) -> str:
+        """The file's text with the live ids only (what a compaction writes)."""
+        with self._lock:
+            return "".join(self._render())
 
     def _trim(self) -> None:
         """Drop expired ids, then the oldest beyond the limit (caller holds the lock)."""
@@ -274,7 +287,13 @@ class MinionNames:
             self._drop(next(iter(self._names)))
 
     def _compact(self) -> None:
-        self._lines = compact_if_due(
-            self.path, self._lines, len(self._names),
-            lambda: (f"{when:.3f} {instance_id} {minion_id}\n"
-                     for instance_id, (when, minion_id) in self._names.items()))
+        self._lines = compact_if_due(self.path, self._lines, len(self._names), self._render)
+
+    def _render(self) -> Iterable[str]:
+        return (f"{when:.3f} {instance_id} {minion_id}\n"
+                for instance_id, (when, minion_id) in self._names.items())
+
+    def render(self) -> str:
+        """The file's text with the live names only (what a compaction writes)."""
+        with self._lock:
+            return "".join(self._render())

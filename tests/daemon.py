@@ -130,12 +130,16 @@ def queue_counts(sqs: Any, queue_url: str) -> tuple[int, int]:
         int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
-def bucket_objects(s3: Any, bucket: str, prefix: str = "pki/") -> dict[str, str]:
-    """{relative path: ETag} of the mirror."""
+def bucket_objects(s3: Any, bucket: str, prefix: str = "pki/", *,
+                   memories: bool = False) -> dict[str, str]:
+    """{relative path: ETag} of the pki mirror; with ``memories``, aws_ork's own objects
+    under ``.aws_ork/`` (the StateDir memories) too."""
     out: dict[str, str] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            out[obj["Key"][len(prefix):]] = obj["ETag"].strip('"')
+            rel = obj["Key"][len(prefix):]
+            if memories or not rel.startswith(".aws_ork/"):
+                out[rel] = obj["ETag"].strip('"')
     return out
 
 

@@ -34,13 +34,17 @@ from tests.daemon import (
     run_aws_ork,
     send,
     start_aws_ork,
+    stop_aws_ork,
     tree_md5s,
     wait_for,
     write_config,
 )
 from tests.messages import new_id, sns_launch, sns_terminate
-from tests.saltenv import generate_public_key_pem, start_master, start_minion
+from tests.metricsenv import scrape, try_get
+from tests.metricsenv import value as sample
+from tests.saltenv import free_port, generate_public_key_pem, start_master, start_minion
 from tests.tcpproxy import TcpProxy
+from tests.trustenv import LAUNCH, decision_line, group_instance, signed, trust_config
 
 PUB = generate_public_key_pem()  # one key for the many bulk minions (content is irrelevant)
 
@@ -174,6 +178,57 @@ def test_reconciliation_repairs_drift_both_ways(master, tmp_path, s3, bucket):
     finally:
         worker.stop(10)
         master.clear_keys()
+
+
+@pytest.mark.parametrize("sse", [None, "aws:kms"])
+def test_an_object_overwritten_with_its_metadata_copied_is_uploaded_again_and_counted(
+        master, tmp_path, queue_url, s3, bucket, sse):
+    """A bucket writer overwrites a mirrored key keeping its x-amz-meta-md5: the next
+    reconciliation must believe S3 (the body's MD5 ETag, or under SSE-KMS the SHA-256
+    checksum S3 keeps), not the metadata, upload the local file again, and say so."""
+    minion = new_id()
+    master.add_accepted_key(minion)
+    port = free_port()
+    kms = {} if sse is None else {
+        "BucketSSE": sse,
+        "BucketKmsKeyId": boto3.client("kms", region_name="us-west-2").create_key()[
+            "KeyMetadata"]["Arn"]}
+    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket,
+                        MetricsAddress=f"127.0.0.1:{port}", **kms)
+    first = run_aws_ork(conf, "--once")
+    assert first.returncode == 0, first.stderr
+    key = f"pki/master/minions/{minion}"
+    assert bucket_objects(s3, bucket) == tree_md5s(master.pki_root)
+    head = s3.head_object(Bucket=bucket, Key=key)
+    extra = {} if sse is None else {"ServerSideEncryption": sse}
+    s3.put_object(Bucket=bucket, Key=key, Body=b"-----BEGIN PUBLIC KEY-----\nnot yours\n",
+                  Metadata=head["Metadata"], **extra)
+    assert s3.head_object(Bucket=bucket, Key=key)["Metadata"] == head["Metadata"]
+
+    log = tmp_path / "daemon.log"
+    proc = start_aws_ork(conf, log)
+    try:
+        wait_for(lambda: "S3 mirror reconciliation" in log.read_text(), 60,
+                 "the start-up reconciliation")
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert body == master.key_path(minion, "minions").read_bytes()  # repaired
+        samples = wait_for(lambda: try_get(port, "/healthz") and scrape(port), 30, "/metrics")
+        assert sample(samples, "aws_ork_mirror_repaired_total") == 1
+    finally:
+        assert stop_aws_ork(proc) == 0
+    text = log.read_text()
+    warnings = [line for line in text.splitlines() if "WARNING" in line and "overwritten" in line]
+    assert len(warnings) == 1 and f"'{key}'" in warnings[0], text
+    assert "1 repaired" in text
+
+    restored = tmp_path / "restored"
+    restore_conf = tmp_path / "r.conf"
+    restore_conf.write_text(f"[aws_ork]\nBucketUrl = s3://{bucket}/pki/\nPkiDir = {restored}\n"
+                            f"StateDir = {tmp_path / 'rstate'}\n")
+    result = run_aws_ork(restore_conf, "--restore")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert tree_md5s(restored) == tree_md5s(master.pki_root)
+    master.clear_keys()
 
 
 # --- encryption, ACL, modes ------------------------------------------------------------------
@@ -442,3 +497,56 @@ def test_restore_leaves_out_autosign_stubs_and_pending_keys(tmp_path, s3, bucket
     assert "1 autosign stubs not restored" in result.stdout
     assert "2 pending or denied keys not restored" in result.stdout
     assert "restored 1 files" in result.stdout
+
+
+def test_a_restored_master_remembers_the_finished_envelopes_and_enrolments(
+        master, tmp_path, queue_url, sqs, s3, bucket, cert_dir, identity, fleet):
+    """Master A handles a signed launch; master B is restored from A's mirror onto a fresh
+    pki and an empty StateDir. The captured envelope replayed to B is refused as a replay,
+    and a new launch of the enrolled instance accepts nothing on B either."""
+    instance = group_instance(fleet)
+    master.add_pending_key(instance)
+    captured = signed(identity, LAUNCH, instance, fleet["group"])
+    (tmp_path / "a").mkdir()
+    conf_a = trust_config(tmp_path / "a", queue_url, master, cert_dir, fleet["group"],
+                          BucketUrl=f"s3://{bucket}/pki/")
+    send(sqs, queue_url, captured)
+    first = run_aws_ork(conf_a, "--once")
+    assert first.returncode == 0, first.stderr
+    assert master.key_state_of(instance) == "minions"
+    mirrored = bucket_objects(s3, bucket, memories=True)
+    assert {".aws_ork/state/finished-sns-messages", ".aws_ork/state/enrolled-instances"} \
+        <= set(mirrored), mirrored
+
+    replacement = start_master(tmp_path / "mb")
+    try:
+        replacement.stop()
+        shutil.rmtree(replacement.pki_root)  # a fresh master: nothing of A's on it
+        (tmp_path / "b").mkdir()
+        conf_b = trust_config(tmp_path / "b", queue_url, replacement, cert_dir, fleet["group"],
+                              BucketUrl=f"s3://{bucket}/pki/")
+        restored = run_aws_ork(conf_b, "--restore")
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert "restored 2 replay and enrolment memories" in restored.stdout
+        assert not (replacement.pki_root / ".aws_ork").exists()  # nothing of it in PkiDir
+        state = tmp_path / "b" / "state"
+        assert stat.S_IMODE((state / "enrolled-instances").stat().st_mode) == 0o600
+        replacement.start()
+        assert replacement.key_state_of(instance) == "minions"
+
+        replacement.salt_key("-y", "-d", instance)  # the key is removed on B...
+        replacement.add_pending_key(instance)  # ...and someone presents one under that id
+        send(sqs, queue_url, captured)  # the envelope captured from A's topic, sent again
+        again = run_aws_ork(conf_b, "--once")
+        assert again.returncode == 0, again.stderr
+        assert "a replay" in decision_line(again.stderr, instance)
+        assert replacement.key_state_of(instance) == "minions_pre"
+
+        send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))  # a new one
+        late = run_aws_ork(conf_b, "--once")
+        assert late.returncode == 0, late.stderr
+        assert "removed by someone else" in decision_line(late.stderr, instance)
+        assert replacement.key_state_of(instance) == "minions_pre"  # never accepted again
+    finally:
+        replacement.cleanup()
+        master.clear_keys()

@@ -4,6 +4,14 @@ Every object is one file of the pki tree, keyed ``prefix + relative path``. Each
 file's mode and MD5 as user metadata (``x-amz-meta-mode: 0600``, ``x-amz-meta-md5``): the
 mode so a restore puts it back, the MD5 because with SSE-KMS the ETag is not the content's
 MD5. botocore errors are translated into :class:`MirrorError` here.
+
+Metadata is written by whoever writes the object: a bucket writer who overwrites an object
+can copy it. So what the mirror believes about a body it did not upload itself comes from
+S3: the ETag of a single-part put without SSE-KMS or SSE-C is the body's MD5, and every
+object is put with ``ChecksumAlgorithm=SHA256`` (S3 checks the body against it and refuses
+a mismatch), which a HEAD with ``ChecksumMode=ENABLED`` returns. ListObjectsV2 names the
+algorithm but not the value, so the value costs a HEAD, made only for an object whose ETag
+the manifest does not know.
 """
 
 from __future__ import annotations
@@ -31,6 +39,10 @@ NOT_FOUND = ("404", "NoSuchKey")
 TYPE_META = "type"  # "symlink": the body is the link's target, relative to its directory
 
 
+class ObjectTooLarge(MirrorError):
+    """An object longer than the caller's limit: refused, not read."""
+
+
 @dataclass(frozen=True)
 class ObjectOptions:
     """How objects are written: SSE (None, ``AES256`` or ``aws:kms``) and the canned ACL."""
@@ -52,11 +64,17 @@ class ObjectOptions:
 
 @dataclass(frozen=True)
 class Remote:
-    """What we know of one object: its ETag, and (from metadata) the file's MD5 and mode."""
+    """What we know of one object: its ETag, the body's MD5 and SHA-256 (base64) as S3
+    vouches for them (the MD5 we sent and S3 checked, an MD5 ETag, S3's own checksum; None
+    when S3 does not say), and the mode. ``claimed`` is the MD5 its metadata claims (a HEAD
+    only; not trusted, never saved): an object whose claim matches the local file while S3
+    says otherwise was overwritten with copied metadata."""
 
     etag: str
     md5: str | None
     mode: int | None
+    sha256: str | None = None
+    claimed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,12 +110,23 @@ def _etag(raw: str) -> str:
     return raw.strip('"')
 
 
-def md5_from_etag(etag: str, sse: str | None) -> str | None:
+def md5_from_etag(etag: str, sse: str | None, *, customer_key: bool = False) -> str | None:
     """The content MD5 an ETag stands for, when it stands for one: a single-part upload
-    stored without SSE-KMS (whose ETags are not MD5s); None otherwise."""
-    if sse == "aws:kms" or re.fullmatch(r"[0-9a-f]{32}", etag) is None:
+    stored without SSE-KMS or SSE-C (whose ETags are not MD5s); None otherwise."""
+    if sse in ("aws:kms", "aws:kms:dsse") or customer_key \
+            or re.fullmatch(r"[0-9a-f]{32}", etag) is None:
         return None
     return etag
+
+
+def full_sha256(response: dict[str, Any]) -> str | None:
+    """The body's SHA-256 (base64) from a HEAD or GET with ChecksumMode=ENABLED; None when
+    there is none, or it is a multipart upload's composite checksum (not the body's)."""
+    value = response.get("ChecksumSHA256")
+    if not isinstance(value, str) or "-" in value \
+            or response.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        return None
+    return value
 
 
 class S3Tree:
@@ -153,8 +182,8 @@ class S3Tree:
         with self._translate(f"put {relpath}"):
             response = self.client.put_object(
                 Bucket=self.target.bucket, Key=self.key(relpath), Body=body,
-                Metadata=metadata, **self.options.put_args())
-        return Remote(_etag(response["ETag"]), md5, mode & 0o7777)
+                Metadata=metadata, ChecksumAlgorithm="SHA256", **self.options.put_args())
+        return Remote(_etag(response["ETag"]), md5, mode & 0o7777, full_sha256(response))
 
     def delete(self, relpaths: Iterable[str]) -> int:
         """Delete objects, up to 1,000 per request; returns how many were asked for."""
@@ -184,14 +213,15 @@ class S3Tree:
         return etags
 
     def head(self, relpath: str) -> Remote | None:
-        """The object's ETag and metadata (when the manifest does not know them); None if
-        the object is gone."""
+        """What S3 says of the object's body (when the manifest does not know its ETag), its
+        mode and its metadata's MD5 claim; None if the object is gone."""
         import botocore.exceptions
 
         try:
             with self._translate(f"head {relpath}", expected=NOT_FOUND):
                 response = self.client.head_object(Bucket=self.target.bucket,
-                                                   Key=self.key(relpath))
+                                                   Key=self.key(relpath),
+                                                   ChecksumMode="ENABLED")
         except MirrorError as exc:
             cause = exc.__cause__
             if isinstance(cause, botocore.exceptions.ClientError) \
@@ -199,16 +229,25 @@ class S3Tree:
                 return None
             raise
         meta = response.get("Metadata", {})
-        return Remote(_etag(response["ETag"]), meta.get(MD5_META),
-                      parse_mode(meta.get(MODE_META)))
+        etag = _etag(response["ETag"])
+        md5 = md5_from_etag(etag, response.get("ServerSideEncryption"),
+                            customer_key="SSECustomerAlgorithm" in response)
+        return Remote(etag, md5, parse_mode(meta.get(MODE_META)), full_sha256(response),
+                      meta.get(MD5_META))
 
-    def get(self, relpath: str) -> Download:
-        """Download one object and check its body against the MD5 it was stored with."""
+    def get(self, relpath: str, limit: int | None = None) -> Download:
+        """Download one object and check its body against the MD5 it was stored with; with
+        ``limit``, a body longer than that many bytes is refused (MirrorError), unread."""
         import hashlib
 
         with self._translate(f"get {relpath}"):
             response = self.client.get_object(Bucket=self.target.bucket, Key=self.key(relpath))
-            body = response["Body"].read()
+            stream = response["Body"]
+            body = stream.read() if limit is None else stream.read(limit + 1)
+            if limit is not None:
+                stream.close()
+        if limit is not None and len(body) > limit:
+            raise ObjectTooLarge(f"{self.target}{relpath}: larger than {limit} bytes: refused")
         meta = response.get("Metadata", {})
         digest = hashlib.md5(body, usedforsecurity=False).hexdigest()
         expected = meta.get(MD5_META) or md5_from_etag(

@@ -9,10 +9,17 @@ Three ways, cheapest first:
   only, S3 requests only for what differs (for changes made behind our back, e.g. autosign).
 - :meth:`S3Mirror.reconcile`: list the bucket (paginated) and repair drift both ways
   toward the local tree, at start-up and every ReconcileMinutes.
+
+An object's own metadata is never proof of its body: a bucket writer can overwrite an object
+and copy its ``x-amz-meta-md5``. Reconciliation compares the local file with what S3 says of
+the body (see :mod:`aws_ork.mirror.bucket`); an object whose metadata claims the local file
+while S3 says otherwise (or cannot say) is uploaded again, logged as a WARNING and counted
+(``repaired``, the metric ``aws_ork_mirror_repaired_total``).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
@@ -24,8 +31,9 @@ from pathlib import Path
 
 from aws_ork import defaults
 from aws_ork.errors import MirrorError
+from aws_ork.events.fields import shorten
 from aws_ork.mirror import manifest
-from aws_ork.mirror.bucket import Remote, S3Tree, md5_from_etag
+from aws_ork.mirror.bucket import Remote, S3Tree
 from aws_ork.runtime.files import tree_entries
 
 log = logging.getLogger(__name__)
@@ -39,10 +47,30 @@ class SyncStats:
     deleted: int = 0
     unchanged: int = 0
     heads: int = 0
+    repaired: int = 0  # of the uploaded: objects whose body was not what their metadata said
 
     def __str__(self) -> str:
         text = f"{self.uploaded} uploaded, {self.deleted} deleted, {self.unchanged} unchanged"
-        return text + (f", {self.heads} looked up" if self.heads else "")
+        text += f", {self.heads} looked up" if self.heads else ""
+        return text + (f", {self.repaired} repaired" if self.repaired else "")
+
+
+@dataclass(frozen=True)
+class Digests:
+    """A local file's MD5 (hex) and SHA-256 (base64, as S3 writes its checksums)."""
+
+    md5: str
+    sha256: str
+
+    @classmethod
+    def of(cls, body: bytes) -> Digests:
+        return cls(hashlib.md5(body, usedforsecurity=False).hexdigest(),
+                   base64.b64encode(hashlib.sha256(body).digest()).decode("ascii"))
+
+    def held_by(self, entry: Remote) -> bool:
+        """Does S3 vouch that the object holds this body? (Its metadata does not count.)"""
+        return (entry.md5 is not None and entry.md5 == self.md5) \
+            or (entry.sha256 is not None and entry.sha256 == self.sha256)
 
 
 def link_target(root: Path, rel: str) -> str | None:
@@ -60,18 +88,26 @@ class S3Mirror:
     """The pki tree at ``pki_dir`` and its mirror ``tree``; ``manifest_path`` in StateDir."""
 
     def __init__(self, tree: S3Tree, pki_dir: Path, manifest_path: Path | None = None, *,
-                 unmirrored: Iterable[str] = ()) -> None:
+                 unmirrored: Iterable[str] = (), only: Iterable[str] | None = None,
+                 foreign: Iterable[str] = ()) -> None:
         self.tree = tree
         self.pki_dir = pki_dir
         #: directories (relative to pki_dir) whose files the mirror leaves out, and whose
         #: objects (from an older version) it deletes: see worker.unmirrored_dirs
         self.unmirrored = tuple(f"{d.strip('/')}/" for d in unmirrored)
+        #: when set, the only files mirrored (relative paths, stat'ed one by one: no walk)
+        self.only = None if only is None else tuple(sorted(set(only)))
+        #: key prefixes (relative to the tree's prefix) of objects another mirror owns: not
+        #: listed, never deleted (the memories under the pki prefix)
+        self.foreign = tuple(foreign)
+        #: objects repaired since start (for the metrics)
+        self.repaired = 0
         self.manifest_path = manifest_path
         self.manifest: dict[str, Remote] = (
             manifest.load(manifest_path, str(tree.target)) if manifest_path else {})
         #: True once a reconciliation in this process made the manifest equal the bucket
         self.complete = False
-        self._hashes: dict[str, tuple[tuple[int, int, int], str]] = {}
+        self._hashes: dict[str, tuple[tuple[int, int, int], Digests]] = {}
 
     def save_manifest(self) -> None:
         if self.manifest_path is not None:
@@ -114,10 +150,12 @@ class S3Mirror:
 
     def reconcile(self) -> SyncStats:
         """List the bucket and repair drift both ways toward the local tree."""
-        remote = self.tree.list()
+        remote = {rel: etag for rel, etag in self.tree.list().items()
+                  if not rel.startswith(self.foreign)}
         local = dict(self._scan())
         known: dict[str, Remote] = {}
         to_put: list[str] = []
+        tampered: list[str] = []
         heads = 0
         for rel, st in local.items():
             etag = remote.get(rel)
@@ -128,34 +166,54 @@ class S3Mirror:
             if entry is None or entry.etag != etag:
                 entry = self.tree.head(rel)
                 heads += 1
-                md5 = None if entry is None or entry.md5 is not None else \
-                    md5_from_etag(entry.etag, self.tree.options.sse)
-                if entry is not None and md5 is not None:
-                    entry = Remote(entry.etag, md5, entry.mode)
             if entry is not None and self._same(rel, entry, st):
                 known[rel] = entry
-            else:
-                to_put.append(rel)
+                continue
+            to_put.append(rel)
+            if entry is not None and self._claims_local(rel, entry, st):
+                tampered.append(rel)
         stale = [rel for rel in remote if rel not in local]
         self.manifest = known | {rel: self.manifest[rel] for rel in stale
                                  if rel in self.manifest}
-        uploaded, vanished = self._put_many(to_put)
+        try:
+            uploaded, vanished = self._put_many(to_put)
+        finally:
+            repaired = sum(1 for rel in tampered if rel in self.manifest)
+            self.repaired += repaired
         deleted = self._delete(stale + vanished)
         self.complete = True
         self.save_manifest()
-        return SyncStats(uploaded, deleted, len(known), heads)
+        return SyncStats(uploaded, deleted, len(known), heads, repaired)
 
     # --- the steps ----------------------------------------------------------------------
 
     def _same(self, rel: str, entry: Remote | None, st: os.stat_result) -> bool:
-        """Does the mirror hold this file's content and mode?"""
-        if entry is None or entry.md5 is None or entry.mode != stat.S_IMODE(st.st_mode):
+        """Does the mirror hold this file's content (as S3 vouches for it) and mode?"""
+        if entry is None or entry.mode != stat.S_IMODE(st.st_mode):
             return False
-        md5 = self._md5(rel, st)
-        return md5 is not None and md5 == entry.md5
+        digests = self._digests(rel, st)
+        return digests is not None and digests.held_by(entry)
 
-    def _md5(self, rel: str, st: os.stat_result) -> str | None:
-        """The file's MD5, re-read only when its size, mtime or inode changed."""
+    def _claims_local(self, rel: str, entry: Remote, st: os.stat_result) -> bool:
+        """An object whose metadata claims this file's MD5 while S3 does not vouch for that
+        body (it reports another, or none): overwritten behind our back with the metadata
+        copied. Logged here (one WARNING, the key escaped); the caller uploads it again."""
+        digests = self._digests(rel, st)
+        if digests is None or entry.claimed != digests.md5 or digests.held_by(entry):
+            return False
+        if entry.md5 is not None:
+            said = f"S3 reports MD5 {entry.md5} for its body"
+        elif entry.sha256 is not None:
+            said = f"S3 reports SHA-256 {entry.sha256} for its body"
+        else:
+            said = "S3 reports no MD5 ETag and no SHA-256 checksum for its body"
+        log.warning("S3 mirror: object %s claims (x-amz-meta-md5) to hold the local file, but "
+                    "%s: overwritten in the bucket; uploading the local file again",
+                    shorten(self.tree.key(rel), 160), said)
+        return True
+
+    def _digests(self, rel: str, st: os.stat_result) -> Digests | None:
+        """The file's digests, re-read only when its size, mtime or inode changed."""
         signature = (st.st_size, st.st_mtime_ns, st.st_ino)
         cached = self._hashes.get(rel)
         if cached is not None and cached[0] == signature:
@@ -163,9 +221,9 @@ class S3Mirror:
         body = self._read(rel, st)
         if body is None:
             return None
-        digest = hashlib.md5(body, usedforsecurity=False).hexdigest()
-        self._hashes[rel] = (signature, digest)
-        return digest
+        digests = Digests.of(body)
+        self._hashes[rel] = (signature, digests)
+        return digests
 
     def _read(self, rel: str, st: os.stat_result) -> bytes | None:
         """What the object holds: the file's bytes, or a symlink's target (relative)."""
@@ -201,7 +259,8 @@ class S3Mirror:
         def error(exc: OSError) -> None:
             raise MirrorError(f"{self.pki_dir}: {exc}") from exc
 
-        for rel in tree_entries(self.pki_dir, onerror=error):
+        rels = self.only if self.only is not None else tree_entries(self.pki_dir, onerror=error)
+        for rel in rels:
             if self._left_out(rel):
                 continue
             st = self._lstat(rel)
@@ -209,8 +268,10 @@ class S3Mirror:
                 yield rel, st
 
     def _left_out(self, rel: str) -> bool:
-        """Not mirrored (a pending or denied key, an autosign stub): as if it did not exist."""
-        return rel.startswith(self.unmirrored)
+        """Not mirrored (a pending or denied key, an autosign stub, a file not in ``only``, a
+        path another mirror owns): as if it did not exist."""
+        return rel.startswith(self.unmirrored) or rel.startswith(self.foreign) \
+            or (self.only is not None and rel not in self.only)
 
     def _put_one(self, rel: str) -> Remote | None:
         """Upload one file as it is now; None when it vanished meanwhile."""
@@ -218,9 +279,9 @@ class S3Mirror:
         body = None if st is None else self._read(rel, st)
         if st is None or body is None:
             return None
-        md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
-        self._hashes[rel] = ((st.st_size, st.st_mtime_ns, st.st_ino), md5)
-        return self.tree.put(rel, body, stat.S_IMODE(st.st_mode), md5,
+        digests = Digests.of(body)
+        self._hashes[rel] = ((st.st_size, st.st_mtime_ns, st.st_ino), digests)
+        return self.tree.put(rel, body, stat.S_IMODE(st.st_mode), digests.md5,
                              symlink=stat.S_ISLNK(st.st_mode))
 
     def _put_many(self, rels: list[str]) -> tuple[int, list[str]]:

@@ -20,12 +20,13 @@ written outside PkiDir, nor a setuid or world-writable one inside it. So:
   kept, owner read always), any other file at most 0644; never setuid, setgid, sticky, group
   or world writable. A clamped mode is logged, not refused.
 
-Each body is checked against the MD5 it was stored with. Directories that are created get
-0700 when they hold a private key (``*.pem``: a master or minion pki_dir, which Salt keeps
-0700) or are PkiDir itself, else 0755 (what Salt's ``verify_env`` creates). A non-empty
-PkiDir is refused unless ``force``; with ``force``, files in the mirror overwrite local ones
-and local files not in the mirror are left alone. Whatever is refused is logged (one WARNING
-line each) and listed in the result.
+Objects under ``.aws_ork/`` (the StateDir memories, :mod:`aws_ork.mirror.memories`) are not
+written into PkiDir. Each body is checked against the MD5 it was stored with. Directories
+that are created get 0700 when they hold a private key (``*.pem``: a master or minion
+pki_dir, which Salt keeps 0700) or are PkiDir itself, else 0755 (what Salt's ``verify_env``
+creates). A non-empty PkiDir is refused unless ``force``; with ``force``, files in the
+mirror overwrite local ones and local files not in the mirror are left alone. Whatever is
+refused is logged (one WARNING line each) and listed in the result.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from aws_ork.errors import AwsOrkError, MirrorError
 from aws_ork.events.fields import shorten
 from aws_ork.keys.location import AUTOSIGN
 from aws_ork.mirror.bucket import Download
+from aws_ork.mirror.memories import OWN_ROOT
 from aws_ork.mirror.worker import UNMIRRORED
 from aws_ork.runtime.files import tree_entries
 
@@ -192,7 +194,9 @@ def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResul
         log.warning("restore: refused object %s: %s", shown(rel), reason)
 
     wanted = []
-    for rel in sorted(listing):
+    # aws_ork's own objects (the StateDir memories) are not files of PkiDir: restored into
+    # StateDir by aws_ork.mirror.memories, never here.
+    for rel in sorted(rel for rel in listing if not rel.startswith(OWN_ROOT)):
         if safe_relpath(rel):
             wanted.append(rel)
         else:

@@ -8,7 +8,9 @@ The worker thread then:
    outage), then runs a full reconciliation (listing the bucket);
 2. after a burst of requests has been quiet for MIRROR_DEBOUNCE_SECONDS (or at the latest
    MIRROR_DEBOUNCE_MAX_SECONDS after its first request), mirrors the recorded paths;
-3. every ReconcileMinutes, reconciles again (out-of-band changes, drift in the bucket).
+3. every ReconcileMinutes, reconciles again (out-of-band changes, drift in the bucket);
+4. with ``memories`` (:mod:`aws_ork.mirror.memories`), every MIRROR_MEMORY_SECONDS, at each
+   reconciliation and at a clean stop, uploads the StateDir memory files that changed.
 
 A failed run is retried with a doubling delay; journal entries go only once S3 confirmed.
 """
@@ -73,18 +75,23 @@ class MirrorStatus:
     runs: int  # successful runs since start (a burst of requests makes one)
     #: wall-clock time of the first failure of the current run of failures (None: not failing)
     failing_since: float | None = None
+    #: objects found overwritten in the bucket (metadata copied) and uploaded again
+    repaired: int = 0
 
 
 class MirrorWorker:
     """Runs the mirror in a thread of its own. ``request()`` is cheap and never waits on S3."""
 
     def __init__(self, mirror: S3Mirror, journal: Journal, *, key_dir: str | None = "",
-                 reconcile_seconds: float = 0.0,
+                 reconcile_seconds: float = 0.0, memories: S3Mirror | None = None,
+                 memory_seconds: float = defaults.MIRROR_MEMORY_SECONDS,
                  debounce: float = defaults.MIRROR_DEBOUNCE_SECONDS,
                  debounce_max: float = defaults.MIRROR_DEBOUNCE_MAX_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.mirror = mirror
         self.journal = journal
+        self.memories = memories
+        self.memory_seconds = memory_seconds
         self.key_dir = key_dir
         self.reconcile_seconds = reconcile_seconds
         self.debounce = debounce
@@ -93,6 +100,8 @@ class MirrorWorker:
         self._cond = threading.Condition()
         self._need_reconcile = True  # at start-up
         self._next_reconcile: float | None = None
+        self._memory_due = False
+        self._next_memory: float | None = None  # set after the first run
         self._burst_start: float | None = None
         self._last_request = 0.0
         self._retry_at = 0.0
@@ -151,7 +160,9 @@ class MirrorWorker:
             return MirrorStatus(len(self.journal),
                                 max(0.0, time.time() - oldest) if oldest else 0.0,
                                 self._failures, self._last_success, self._runs,
-                                self._failing_since)
+                                self._failing_since,
+                                self.mirror.repaired + (self.memories.repaired
+                                                        if self.memories else 0))
 
     def flush(self, timeout: float) -> bool:
         """Mirror what is pending now, skipping the debounce; False if not done in time."""
@@ -174,22 +185,35 @@ class MirrorWorker:
         self._thread.join(timeout=defaults.CONNECT_TIMEOUT_SECONDS * 2)
         if not self._thread.is_alive():
             self.mirror.save_manifest()
+            if self.memories is not None:  # the thread is gone: this one may use them
+                try:
+                    self.memories.rescan()
+                    self.memories.save_manifest()
+                except Exception as exc:
+                    log.error("S3 mirror: the last upload of the StateDir memories failed: %s",
+                              exc)
+                    done = False
         self.journal.close()
         return done
 
     # --- the thread -------------------------------------------------------------------
 
     def _has_work(self) -> bool:
-        return self._need_reconcile or len(self.journal) > 0
+        return self._need_reconcile or self._memory_due or len(self.journal) > 0
 
     def _next_wake(self, now: float) -> float | None:
         """Seconds until something is due (None: nothing is); 0 means now."""
         if self._next_reconcile is not None and now >= self._next_reconcile:
             self._need_reconcile = True
             self._next_reconcile = None
+        if self._next_memory is not None and now >= self._next_memory:
+            self._memory_due = True
+            self._next_memory = None
         waits: list[float] = []
         if self._next_reconcile is not None:
             waits.append(self._next_reconcile - now)
+        if self._next_memory is not None:
+            waits.append(self._next_memory - now)
         if self._has_work():
             if now < self._retry_at:
                 waits.append(self._retry_at - now)
@@ -217,10 +241,14 @@ class MirrorWorker:
                 self._running = True
                 self._burst_start = None
                 reconcile = self._need_reconcile
+                memory = self._memory_due or reconcile
                 snap = self.journal.snapshot()
-            ok = self._sync_once(snap, reconcile)
+            ok = self._sync_once(snap, reconcile, memory)
             with self._cond:
                 self._running = False
+                if ok and self.memories is not None and memory:
+                    self._memory_due = False
+                    self._next_memory = self._clock() + self.memory_seconds
                 if ok:
                     if reconcile:
                         self._need_reconcile = False
@@ -231,8 +259,9 @@ class MirrorWorker:
                     self._retry_at = self._clock() + delay
                 self._cond.notify_all()
 
-    def _sync_once(self, snap: Snapshot, reconcile: bool) -> bool:
-        """Mirror the journal's paths first (quick), then reconcile or rescan if due."""
+    def _sync_once(self, snap: Snapshot, reconcile: bool, memory: bool = False) -> bool:
+        """Mirror the journal's paths first (quick), then reconcile or rescan if due, then
+        the memories (reconciled with the pki, else compared with their manifest)."""
         started = time.time()
         try:
             stats: list[tuple[str, SyncStats]] = []
@@ -245,6 +274,9 @@ class MirrorWorker:
             elif snap.rescan:
                 stats.append(("rescan", self.mirror.rescan()))
                 self.journal.done(snap)
+            if self.memories is not None and memory:
+                stats.append(("memories", self.memories.reconcile() if reconcile
+                              else self.memories.rescan()))
         except Exception as exc:  # never let the mirror thread die silently
             self._failed(exc)
             return False
@@ -257,8 +289,8 @@ class MirrorWorker:
         self._last_success = time.time()
         self._runs += 1
         for what, result in stats:
-            level = logging.INFO if result.uploaded or result.deleted or what != "rescan" \
-                else logging.DEBUG
+            level = logging.INFO if result.uploaded or result.deleted \
+                or what not in ("rescan", "memories") else logging.DEBUG
             log.log(level, "S3 mirror %s: %s (%.2fs)", what, result, time.time() - started)
         return True
 

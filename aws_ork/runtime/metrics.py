@@ -143,6 +143,13 @@ class AwsOrkCollector(Collector):
         for (service, code), count in sorted(aws_errors().items()):
             errors.add_metric([service, code], count)
         yield errors
+        if self.mirror is not None:
+            repaired = CounterMetricFamily(
+                "aws_ork_mirror_repaired", "objects of the S3 mirror found overwritten in the "
+                "bucket (their metadata claiming the local file, S3 reporting another body) "
+                "and uploaded again")
+            repaired.add_metric([], self.mirror.status().repaired)
+            yield repaired
         yield from self._gauges()
 
     def _gauges(self) -> Iterator[GaugeMetricFamily]:
