@@ -35,7 +35,14 @@ from aws_ork.keys.naming import Template
 from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.lifecycle import Completer, HookClient
 from aws_ork.loop import Loop
-from aws_ork.memory import ENROLLED_FILE, FINISHED_FILE, NAMES_FILE, IdMemory, MinionNames
+from aws_ork.memory import (
+    ENROLLED_FILE,
+    FINISHED_FILE,
+    NAMES_FILE,
+    PREAUTHORISED_FILE,
+    IdMemory,
+    MinionNames,
+)
 from aws_ork.mirror.bucket import ObjectOptions, S3Tree
 from aws_ork.mirror.journal import Journal
 from aws_ork.mirror.manifest import FILE_NAME as MANIFEST_FILE
@@ -206,7 +213,7 @@ class App:
             enrolled = IdMemory(cfg.state_dir / ENROLLED_FILE,
                                 keep_seconds=defaults.ENROLLED_KEEP_SECONDS,
                                 limit=defaults.ENROLLED_LIMIT, dry_run=dry_run)
-            preauthorised = IdMemory(cfg.state_dir / "preauthorised-instances",
+            preauthorised = IdMemory(cfg.state_dir / PREAUTHORISED_FILE,
                                      keep_seconds=defaults.ENROLLED_KEEP_SECONDS,
                                      limit=defaults.ENROLLED_LIMIT, dry_run=dry_run)
             names = None if Template(cfg.minion_id_template).identity else \

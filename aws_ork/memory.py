@@ -36,6 +36,7 @@ _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 #: The memory files in StateDir (each is also mirrored to S3 beside the pki).
 FINISHED_FILE = "finished-sns-messages"
 ENROLLED_FILE = "enrolled-instances"
+PREAUTHORISED_FILE = "preauthorised-instances"
 NAMES_FILE = "minion-ids"
 
 

@@ -2,7 +2,8 @@
 
 A master restored from the pki alone has forgotten which signed envelopes it finished and
 which instances it enrolled: a replayed launch would be accepted again. So the memory files
-(:mod:`aws_ork.memory`: ``finished-sns-messages``, ``enrolled-instances``, ``minion-ids``)
+(:mod:`aws_ork.memory`: ``finished-sns-messages``, ``enrolled-instances``,
+``preauthorised-instances``, ``minion-ids``)
 are mirrored to ``<prefix>.aws_ork/state/<file name>``, under the pki mirror's prefix (the
 same bucket policy and KMS key cover them) in a directory the pki mirror leaves alone (it
 neither mirrors a local ``.aws_ork/`` nor deletes those objects, and ``--restore`` never
@@ -38,7 +39,14 @@ from aws_ork import defaults
 from aws_ork.config import BucketUrl
 from aws_ork.errors import MirrorError
 from aws_ork.events.fields import shorten
-from aws_ork.memory import ENROLLED_FILE, FINISHED_FILE, NAMES_FILE, IdMemory, MinionNames
+from aws_ork.memory import (
+    ENROLLED_FILE,
+    FINISHED_FILE,
+    NAMES_FILE,
+    PREAUTHORISED_FILE,
+    IdMemory,
+    MinionNames,
+)
 from aws_ork.mirror.bucket import ObjectTooLarge, S3Tree
 from aws_ork.mirror.planner import S3Mirror
 from aws_ork.runtime.files import lock_directory, write_atomic
@@ -50,7 +58,7 @@ OWN_ROOT = ".aws_ork/"
 #: Where the memories are, relative to the pki prefix.
 STATE_PREFIX = f"{OWN_ROOT}state/"
 #: The files mirrored, relative to StateDir.
-FILES = (FINISHED_FILE, ENROLLED_FILE, NAMES_FILE)
+FILES = (FINISHED_FILE, ENROLLED_FILE, PREAUTHORISED_FILE, NAMES_FILE)
 #: What the memory mirror last confirmed S3 holds (a cache, like the pki manifest).
 MANIFEST_FILE = "mirror-memories-manifest.json"
 #: The largest memory object a restore reads: a full memory (200,000 lines of at most
