@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from aws_ork import __version__
+from aws_ork.events.fields import clean
 
 if TYPE_CHECKING:  # the loop and the handler import modules that import this one
     from aws_ork.decide import Handler
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 #: AWS error codes come from the endpoint: an odd one is bucketed, and the table is bounded.
 _CODE = re.compile(r"[A-Za-z0-9_.]{1,64}")
 _AWS_ERROR_SERIES = 100
+#: A request's log line (request line, status) is cut to this length.
+_LOG_LINE_LIMIT = 300
 
 _aws_errors: Counter[tuple[str, str]] = Counter()
 _aws_lock = threading.Lock()
@@ -237,6 +240,9 @@ def _handler_class(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            log.debug("metrics: %s " + format, self.address_string(), *args)
+            # the request line and its parts are the client's text (a newline or an escape
+            # sequence in the path would forge or garble a log line): escaped, bounded
+            log.debug("metrics: %s %s", self.address_string(),
+                      clean(format % args, _LOG_LINE_LIMIT))
 
     return Handler
