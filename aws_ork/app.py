@@ -34,6 +34,7 @@ from aws_ork.keys.manager import KeyManager, load_master_opts
 from aws_ork.keys.naming import Template
 from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.lifecycle import Completer, HookClient
+from aws_ork.lifecycle.waits import LIFECYCLE_WAITS_FILE
 from aws_ork.loop import Loop
 from aws_ork.memory import (
     ENROLLED_FILE,
@@ -126,7 +127,12 @@ class App:
         # Lifecycle actions are answered in SQS_Region too: the groups live there.
         hooks = HookClient(make_client("autoscaling", cfg.sqs_region, max_attempts=3)) \
             if cfg.lifecycle_hooks else None
-        self.completer = Completer(hooks, dry_run=run.dry_run) if hooks is not None else None
+        try:  # the waits of the last run (StateDir/lifecycle-waits) are taken up
+            self.completer = Completer(hooks, dry_run=run.dry_run,
+                                       path=cfg.state_dir / LIFECYCLE_WAITS_FILE) \
+                if hooks is not None else None
+        except OSError as exc:
+            raise StateError(f"StateDir {cfg.state_dir}: {exc}") from exc
         checks = build_checks(cfg, location=location, ec2=ec2, terminations=terminations,
                               finished=finished, max_age_seconds=max_age, autoscaling=hooks,
                               names=names)

@@ -18,7 +18,9 @@ from typing import Any
 
 from aws_ork import defaults, events
 from aws_ork.checks import Check, Verdict
+from aws_ork.checks.source import SourceCheck
 from aws_ork.checks.terminations import Terminations
+from aws_ork.checks.topic import TopicCheck
 from aws_ork.errors import AwsOrkError, KeyStoreError
 from aws_ork.events import Event, Kind, Source
 from aws_ork.events.fields import clean
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 #: replay. A message one of them refuses fires no reactor event: it is anyone's, and its
 #: text (a group name, a reason quoting it) must not reach a reactor.
 UNANNOUNCED_CHECKS = frozenset({"topic", "signature", "replay"})
+#: The checks that say who sent a message (AllowedTopicArns, VerifySignatures and
+#: UnsignedSources): nothing is done for a message's lifecycle action before they pass.
+_AUTHENTICITY = (TopicCheck, SourceCheck)
 
 
 class Action(enum.Enum):
@@ -230,7 +235,7 @@ class Handler:
         facts: Mapping[str, Any] | None = None  # from EC2, for the Salt event
         # whose key: a launch's from the checks (MinionIdTemplate), a terminate's remembered
         minion_id = self._minion_of(instance_id)
-        for check in self.checks:
+        for index, check in enumerate(self.checks):
             verdict = check(event)
             fingerprint = verdict.fingerprint or fingerprint
             code = verdict.code or getattr(check, "code", "check")
@@ -238,11 +243,17 @@ class Handler:
             if event.kind is Kind.LAUNCH:
                 minion_id = verdict.minion_id or minion_id
             if verdict.retry and not 0 < verdict.attempts <= message.receive_count:
-                return self._deferred(event, message, verdict.reason, code)
+                # a heartbeat only for a message the topic, signature and source checks
+                # passed: not while one of them cannot answer yet (a certificate fetch failed)
+                authenticated = not any(isinstance(later, _AUTHENTICITY)
+                                        for later in self.checks[index:])
+                return self._deferred(event, message, verdict.reason, code,
+                                      authenticated=authenticated)
             if verdict.retry and verdict.then_ok:
                 continue  # asked often enough: the check passes
             if verdict.stale_key:
-                return self._announced(self._reject_stale(minion_id, verdict, message),
+                return self._announced(self._reject_stale(instance_id, minion_id, verdict,
+                                                          message),
                                        event, message, facts, minion_id=minion_id)
             if not verdict.ok:
                 self._forget_hook(event)
@@ -434,11 +445,14 @@ class Handler:
         return replace(decision, reason=reason)
 
     def _deferred(self, event: Event, message: Message, reason: str,
-                  code: str = "error") -> Decision:
+                  code: str = "error", *, authenticated: bool = True) -> Decision:
         """A check cannot answer yet (EC2 does not list the instance yet, it has not
         published its key's fingerprint yet): retry; a launching hook's action is kept alive
-        meanwhile, up to the give-up bound."""
-        action = self._hook_action(event) if event.kind is Kind.LAUNCH else None
+        meanwhile, up to the give-up bound, but only once the message is authenticated
+        (``authenticated``: the topic, signature and source checks passed): a forged message
+        whose certificate cannot be fetched must not keep anyone's action alive."""
+        action = self._hook_action(event) \
+            if event.kind is Kind.LAUNCH and authenticated else None
         if action is None:
             return self._retry(message, f"check deferred: {reason}", code)
         assert self.completer is not None
@@ -604,18 +618,28 @@ class Handler:
             if self.completer is not None and instance_id is not None:
                 self.completer.accepted(instance_id)
 
-    def _reject_stale(self, minion_id: str, verdict: Verdict, message: Message) -> Decision:
+    def _reject_stale(self, instance_id: str, minion_id: str, verdict: Verdict,
+                      message: Message) -> Decision:
         """The instance check found a pending key older than the instance: someone else
         submitted it under this id. Move it to the rejected keys, where it is never accepted
-        and an operator can still inspect it."""
-        log.error("SECURITY: %s: %s: someone else submitted a key under this id; it is moved "
-                  "to the rejected keys and never accepted (inspect it: salt-key -f %s)",
-                  minion_id, verdict.reason, minion_id)
+        and an operator can still inspect it; but only under an id this instance may hold
+        (MinionIdTemplate: the id is claimed first): a pending key under an id another
+        instance holds is that instance's, and is left alone."""
         try:
-            result = self._tally(self.keys.reject(minion_id))
+            with self._keys_lock:
+                refused = self._claim(instance_id, minion_id)
+                if refused is not None:
+                    return Decision(Action.DELETE, f"REJECTED: {refused}", rejected=True,
+                                    reason_code="minion_id")
+                log.error("SECURITY: %s: %s: someone else submitted a key under this id; it "
+                          "is moved to the rejected keys and never accepted (inspect it: "
+                          "salt-key -f %s)", minion_id, verdict.reason, minion_id)
+                result = self._tally(self.keys.reject(minion_id))
         except KeyStoreError as exc:
             return self._retry(message, f"stale pending key could not be rejected: {exc}",
                                "stale_key")
+        except OSError as exc:  # the claim's StateDir/minion-ids
+            return self._retry(message, f"cannot write to StateDir: {exc}", "state_dir")
         return Decision(Action.DELETE, f"REJECTED: {verdict.reason}: {result.describe()}",
                         rejected=True, changed=result.changed,
                         minion_id=minion_id if result.changed else None,

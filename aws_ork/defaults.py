@@ -158,3 +158,31 @@ METRICS_ACCEPT_WARNING_SECONDS = 60.0
 #: (inline data) still caps the number of files, at ArchiveMaxMB x 256, and with it the
 #: inodes and the archive's memory (about 200 bytes per file).
 ARCHIVE_FILE_BYTES = 4096
+
+#: Lifecycle waits in StateDir/lifecycle-waits: at most this many lines (waiting actions
+#: first, then the newest given-up ones), a few hundred KB at most.
+HOOK_WAITS_LIMIT = 2_000
+#: Auto Scaling ends any lifecycle action after 48 hours (or 100 heartbeat timeouts): a
+#: given-up action is remembered that long, so its returning message is not waited for again.
+LIFECYCLE_ACTION_MAX_SECONDS = 48 * 3600
+
+
+def receives_within(seconds: float) -> int:
+    """How many times a message retried with :func:`retry_delay` is received until ``seconds``
+    have passed since its first receive: the receive at or after that time included (the
+    one that finds the bound reached and deletes it). Receive k comes, at the earliest, the
+    sum of the first k-1 delays after the first: 2 + 4 + 8 + 16 + 32 = 62 s, then 60 s each,
+    so for HOOK_WAIT_SECONDS (1,800 s) the 35th receive (62 + 29 * 60 = 1,802 s) is the last.
+    """
+    count, elapsed = 1, 0
+    while elapsed < seconds:
+        elapsed += retry_delay(count)
+        count += 1
+    return count
+
+
+#: The most receives a waiting launch's message can take before it is deleted: the
+#: lifecycle give-up bound (HOOK_WAIT_SECONDS) and key binding's BOUND_KEY_ATTEMPTS. The
+#: queue's redrive maxReceiveCount must be at least this (tests/test_cloudformation.py checks
+#: the template), or the message reaches the dead-letter queue before its bound.
+WAIT_RECEIVES = max(receives_within(HOOK_WAIT_SECONDS), BOUND_KEY_ATTEMPTS)

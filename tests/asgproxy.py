@@ -2,11 +2,18 @@
 
 moto answers ``CompleteLifecycleAction`` and ``RecordLifecycleActionHeartbeat`` with HTTP 500,
 so this server speaks the Auto Scaling Query API for those two itself: it parses the
-form-encoded POST body, records the call and answers with the documented XML. A token named in
-:attr:`AsgProxy.gone` is answered like AWS answers a token that no longer waits (HTTP 400
-``ValidationError``, "No active Lifecycle Action found"). ``DescribeAutoScalingInstances``
-for an instance in :attr:`AsgProxy.terminating` says ``Terminating:Wait`` (moto never holds an
-instance there). Everything else is relayed to moto byte for byte.
+form-encoded POST body, records the call and answers as the API reference documents them.
+``AutoScalingGroupName`` and ``LifecycleHookName`` (and for a completion
+``LifecycleActionResult``, ``CONTINUE`` or ``ABANDON``) are required, and the action is named
+by ``LifecycleActionToken`` or by ``InstanceId``: a call missing them is a ``ValidationError``.
+The actions Auto Scaling holds are those a test registered with :meth:`AsgProxy.hold`; a call
+that names none of them, a token named in :attr:`AsgProxy.gone`, or an action already
+completed is answered like AWS answers an action that no longer waits (HTTP 400
+``ValidationError``, "No active Lifecycle Action found"). Each recorded call says under
+``_instance`` whose action it named (by its token, or by the instance id it carried).
+``DescribeAutoScalingInstances`` for an instance in :attr:`AsgProxy.terminating` says
+``Terminating:Wait`` (moto never holds an instance there). Everything else is relayed to
+moto byte for byte.
 
 Point a process's ``AWS_ENDPOINT_URL_AUTO_SCALING`` at :attr:`AsgProxy.url` (:meth:`env`):
 botocore names the variable after the service id, "Auto Scaling", so
@@ -33,6 +40,8 @@ class AsgProxy:
     target: str  # moto's URL
     calls: list[dict[str, str]] = field(default_factory=list)  # answered here, in order
     gone: set[str] = field(default_factory=set)  # tokens that no longer wait
+    #: the waiting actions: token -> (group, hook, instance id)
+    actions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     terminating: dict[str, str] = field(default_factory=dict)  # instance id -> group
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
@@ -46,11 +55,53 @@ class AsgProxy:
         """The environment that sends a process's Auto Scaling calls here."""
         return {"AWS_ENDPOINT_URL_AUTO_SCALING": self.url}
 
+    def hold(self, inner: dict[str, Any]) -> dict[str, Any]:
+        """Auto Scaling holds the action of this hook message (tests/test_lifecycle.py's
+        ``hook_message``) until it is completed; the message, for chaining."""
+        with self.lock:
+            self.actions[inner["LifecycleActionToken"]] = (
+                inner["AutoScalingGroupName"], inner["LifecycleHookName"],
+                inner["EC2InstanceId"])
+        return inner
+
     def recorded(self, action: str, instance_id: str | None = None) -> list[dict[str, str]]:
-        """The calls of ``action`` recorded so far (for one instance, if named)."""
+        """The calls of ``action`` recorded so far (naming one instance's action, if given)."""
         with self.lock:
             return [dict(c) for c in self.calls if c["Action"] == action
-                    and (instance_id is None or c.get("InstanceId") == instance_id)]
+                    and (instance_id is None or c.get("_instance") == instance_id)]
+
+    def _resolve(self, params: dict[str, str]) -> tuple[str, str | None, str | None]:
+        """(whose action the call names, its token, the error it gets or None); the caller
+        holds the lock."""
+        group, hook = params.get("AutoScalingGroupName"), params.get("LifecycleHookName")
+        token, instance = params.get("LifecycleActionToken"), params.get("InstanceId")
+        if token is not None:
+            held = self.actions.get(token)
+        else:  # by instance: whatever action that instance has for this hook
+            held = next((a for a in self.actions.values() if a[2] == instance), None)
+            token = next((t for t, a in self.actions.items() if a == held), None)
+        named = held[2] if held is not None else instance or ""
+        if held is None or token in self.gone or held[:2] != (group, hook):
+            return named, token, f"No active Lifecycle Action found with instance ID {instance}"
+        return named, token, None
+
+    @staticmethod
+    def _invalid(params: dict[str, str]) -> str | None:
+        """What the API reference's request parameters rule out, as AWS words it."""
+        required = ["AutoScalingGroupName", "LifecycleHookName"]
+        if params.get("Action") == "CompleteLifecycleAction":
+            required.append("LifecycleActionResult")
+        for name in required:
+            if not params.get(name):
+                member = name[0].lower() + name[1:]
+                return (f"1 validation error detected: Value null at '{member}' failed to "
+                        f"satisfy constraint: Member must not be null")
+        if params.get("Action") == "CompleteLifecycleAction" and \
+                params["LifecycleActionResult"] not in ("CONTINUE", "ABANDON"):
+            return "LifecycleActionResult must be CONTINUE or ABANDON"
+        if not params.get("LifecycleActionToken") and not params.get("InstanceId"):
+            return "Either a lifecycle action token or an instance id must be specified"
+        return None
 
     def answer(self, params: dict[str, str]) -> tuple[int, bytes] | None:
         """The reply for a call answered here; None to relay it to moto."""
@@ -58,13 +109,16 @@ class AsgProxy:
         request_id = str(uuid.uuid4())
         if action in ANSWERED:
             with self.lock:
-                self.calls.append(params)
-                gone = params.get("LifecycleActionToken") in self.gone
-            if gone:
+                error = self._invalid(params)
+                named, token, gone = self._resolve(params)
+                self.calls.append({**params, "_instance": named})
+                if error is None and gone is None and action == "CompleteLifecycleAction":
+                    assert token is not None
+                    self.gone.add(token)  # answered: it waits no more
+            if error is not None or gone is not None:
                 return 400, (
                     f'<ErrorResponse xmlns="{NS}"><Error><Type>Sender</Type>'
-                    f"<Code>ValidationError</Code><Message>No active Lifecycle Action found "
-                    f"with instance ID {params.get('InstanceId')}</Message></Error>"
+                    f"<Code>ValidationError</Code><Message>{error or gone}</Message></Error>"
                     f"<RequestId>{request_id}</RequestId></ErrorResponse>").encode()
             return 200, (
                 f'<{action}Response xmlns="{NS}"><{action}Result/><ResponseMetadata>'

@@ -17,6 +17,7 @@ import boto3
 import pytest
 import yaml
 
+from aws_ork import defaults
 from tests.daemon import queue_counts, run_aws_ork, send, write_config
 from tests.messages import new_id
 from tests.trustenv import LAUNCH, signed
@@ -155,9 +156,30 @@ def test_the_stack_deploys_with_its_outputs(stack, sqs, fleet):
     redrive = json.loads(attributes["RedrivePolicy"])
     dead_letter = sqs.get_queue_attributes(QueueUrl=stack["DeadLetterQueueUrl"],
                                            AttributeNames=["QueueArn"])["Attributes"]
-    assert redrive == {"deadLetterTargetArn": dead_letter["QueueArn"], "maxReceiveCount": 20}
+    assert redrive == {"deadLetterTargetArn": dead_letter["QueueArn"], "maxReceiveCount": 50}
     assert attributes["SqsManagedSseEnabled"] == "true"
     assert attributes["ReceiveMessageWaitTimeSeconds"] == "20"
+
+
+def test_max_receive_count_lets_a_waiting_launch_reach_its_bound():
+    """The redrive's maxReceiveCount against the retry spacing and wait bounds the daemon
+    really uses (aws_ork/defaults.py): a launch waiting for its key must be given up by
+    aws_ork, not moved to the dead-letter queue first. Computed from the constants, so the
+    template cannot drift from them again."""
+    parameter = load_template()["Parameters"]["MaxReceiveCount"]
+    # receive k comes, at the earliest, the sum of the first k-1 retry delays after the first
+    arrivals = [0]
+    while arrivals[-1] < defaults.HOOK_WAIT_SECONDS:
+        arrivals.append(arrivals[-1] + defaults.retry_delay(len(arrivals)))
+    receives = max(len(arrivals), defaults.BOUND_KEY_ATTEMPTS)
+    assert receives == defaults.WAIT_RECEIVES
+    assert parameter["MinValue"] >= receives  # SQS delivers receive N <= maxReceiveCount
+    # a wait may start after a deferred certificate (two failed fetches: the back-off
+    # windows of CERT_FAILURE_BACKOFF_SECONDS, 60 s then 120 s)
+    late = sum(defaults.CERT_FAILURE_BACKOFF_SECONDS * 2 ** n
+               for n in range(defaults.CERT_FAILURE_LIMIT - 1))
+    assert parameter["Default"] >= defaults.receives_within(defaults.HOOK_WAIT_SECONDS + late)
+    assert parameter["MinValue"] <= parameter["Default"] <= parameter["MaxValue"]
 
 
 def test_check_passes_and_a_signed_launch_is_handled(stack, master, identity, cert_dir, sqs,

@@ -36,7 +36,7 @@ from tests.daemon import (
 from tests.messages import envelope, fixture, fixture_text
 from tests.metricsenv import scrape, value
 from tests.saltenv import SaltMinion, free_port, make_minion_keys, start_minion
-from tests.snssign import SigningIdentity, sign_envelope
+from tests.snssign import SigningIdentity, make_signing_identity, sign_envelope
 from tests.test_key_binding import publish
 from tests.trustenv import TOPIC, group_instance, trust_config
 
@@ -104,14 +104,16 @@ def assert_action(call: dict[str, str], inner: dict[str, Any]) -> None:
     assert call["LifecycleHookName"] == inner["LifecycleHookName"]
     assert call["AutoScalingGroupName"] == inner["AutoScalingGroupName"]
     assert call["LifecycleActionToken"] == inner["LifecycleActionToken"]
-    assert call["InstanceId"] == inner["EC2InstanceId"]
+    # by its token alone: an instance id from a message could name another instance's action
+    assert "InstanceId" not in call
+    assert call["_instance"] == inner["EC2InstanceId"]  # whose action Auto Scaling found
 
 
 def test_launch_is_completed_only_once_its_late_key_is_accepted_with_heartbeats_meanwhile(
         master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
     group = hooks["group"]
     instance = group_instance(hooks)
-    inner = hook_message(LAUNCHING, instance, group, LAUNCH_HOOK)
+    inner = asg.hold(hook_message(LAUNCHING, instance, group, LAUNCH_HOOK))
     port = free_port()
     conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*",
                         MetricsAddress=f"127.0.0.1:{port}")
@@ -144,7 +146,7 @@ def test_launch_preauthorised_by_stub_is_completed_when_salt_uses_the_stub(
         master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg, minions):
     group = hooks["group"]
     instance = group_instance(hooks)
-    inner = hook_message(LAUNCHING, instance, group, LAUNCH_HOOK)
+    inner = asg.hold(hook_message(LAUNCHING, instance, group, LAUNCH_HOOK))
     conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*")
     with daemon(conf, tmp_path / "aws_ork.log", asg) as log:
         send(sqs, queue_url, signed_hook(identity, inner))
@@ -167,7 +169,7 @@ def test_launch_under_key_binding_is_completed_when_the_published_key_is_present
     instance = group_instance(hooks)
     pki = tmp_path / "minion-pki"
     fingerprint = make_minion_keys(pki)
-    inner = hook_message(LAUNCHING, instance, group, LAUNCH_HOOK)
+    inner = asg.hold(hook_message(LAUNCHING, instance, group, LAUNCH_HOOK))
     conf = trust_config(tmp_path, queue_url, master, cert_dir, group, KeyBinding="tag",
                         LifecycleHooks="*")
     with daemon(conf, tmp_path / "aws_ork.log", asg) as log:
@@ -198,7 +200,7 @@ def test_signed_terminate_hook_needs_auto_scaling_to_say_terminating_then_comple
     group = hooks["group"]
     instance = group_instance(hooks)
     master.add_accepted_key(instance)
-    inner = hook_message(TERMINATING, instance, group, TERMINATE_HOOK)
+    inner = asg.hold(hook_message(TERMINATING, instance, group, TERMINATE_HOOK))
     send(sqs, queue_url, signed_hook(identity, inner))
     conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*")
 
@@ -239,7 +241,7 @@ def test_unsigned_terminate_hook_needs_auto_scaling_to_say_terminating(
     group = hooks["group"]
     instance = group_instance(hooks)
     master.add_accepted_key(instance)
-    inner = hook_message(TERMINATING, instance, group, TERMINATE_HOOK)
+    inner = asg.hold(hook_message(TERMINATING, instance, group, TERMINATE_HOOK))
     conf = trust_config(tmp_path, queue_url, master, cert_dir, group, UnsignedSources=source,
                         LifecycleHooks="*")
     send(sqs, queue_url, json.dumps(inner if source == "hook" else eventbridge_hook(inner)))
@@ -267,7 +269,7 @@ def test_expired_token_is_dropped_and_other_hooks_and_tests_are_left_alone(
     expired, foreign = group_instance(hooks), group_instance(hooks)
     master.add_pending_key(expired)
     master.add_pending_key(foreign)
-    gone = hook_message(LAUNCHING, expired, group, LAUNCH_HOOK)
+    gone = asg.hold(hook_message(LAUNCHING, expired, group, LAUNCH_HOOK))
     asg.gone.add(gone["LifecycleActionToken"])
     other = hook_message(LAUNCHING, foreign, group, "someone-elses-hook")
     send(sqs, queue_url, signed_hook(identity, gone), signed_hook(identity, other),
@@ -297,6 +299,7 @@ def test_heartbeats_at_the_documented_fraction_then_one_warning_at_the_bound(
     now = [0.0]
     completer = Completer(client, clock=lambda: now[0])
     action = HookAction(group, LAUNCH_HOOK, str(uuid.uuid4()), "i-0123456789abcdef0")
+    asg.actions[action.token] = (group, LAUNCH_HOOK, action.instance_id)
     period = HEARTBEAT_TIMEOUT * defaults.HEARTBEAT_FRACTION
 
     def beats() -> int:
@@ -337,3 +340,117 @@ def test_lifecycle_hooks_option() -> None:
     assert cfg.completes_hook("a-hook") and not cfg.completes_hook("b-hook")
     assert not cfg.completes_hook(None)
     assert config.Config().completes_hook("any-hook")
+
+
+def test_a_hook_name_with_a_newline_is_logged_as_one_escaped_line(
+        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
+    """Hook and group names are the message's text: a newline in one cannot forge a line."""
+    group = hooks["group"]
+    instance = group_instance(hooks)
+    master.add_pending_key(instance)
+    forged = "2026-01-01 00:00:00,000 INFO aws_ork: forged"
+    inner = asg.hold(hook_message(LAUNCHING, instance, group, f"salt-launch\n{forged}"))
+    send(sqs, queue_url, signed_hook(identity, inner))
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*")
+
+    result = run_aws_ork(conf, "--once", env=asg.env())
+
+    assert result.returncode == 0, result.stderr
+    [completed] = asg.recorded("CompleteLifecycleAction", instance)
+    assert completed["LifecycleHookName"] == inner["LifecycleHookName"]  # answered as sent
+    assert states(master, instance) == {instance: "minions"}
+    lines = result.stderr.splitlines()
+    assert not [line for line in lines if line.startswith(forged)], result.stderr
+    escaped = f"lifecycle action salt-launch\\n{forged} ({group}) completed: CONTINUE"
+    assert [line for line in lines if escaped in line], result.stderr
+
+
+def test_no_heartbeat_for_a_message_whose_signature_cannot_be_checked_yet(
+        master, tmp_path, sqs, queue_url, cert_dir, hooks, asg):
+    """The certificate of the envelope cannot be fetched (anyone can name any URL): the
+    message is retried, and nothing keeps the named instance's action alive meanwhile."""
+    group = hooks["group"]
+    instance = group_instance(hooks)
+    stranger = make_signing_identity(tmp_path / "elsewhere")  # its certificate is not cached
+    inner = asg.hold(hook_message(LAUNCHING, instance, group, LAUNCH_HOOK))
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*")
+    unreachable = {"https_proxy": f"http://127.0.0.1:{free_port()}", **asg.env()}
+    log = tmp_path / "aws_ork.log"
+    proc = start_aws_ork(conf, log, env=unreachable)
+    try:
+        send(sqs, queue_url, signed_hook(stranger, inner))
+        # three receives, each deferred: the old code sent a heartbeat within a tick (1 s)
+        # of the first, and the third comes at least 6 s later
+        wait_for(lambda: log.read_text().count("SNS signature not verifiable yet") >= 3, 90,
+                 "three deferred receives")
+        assert not asg.recorded("RecordLifecycleActionHeartbeat"), log.read_text()
+    finally:
+        stop_aws_ork(proc)
+    assert not asg.recorded("CompleteLifecycleAction")
+    assert states(master, instance) == {instance: None}
+
+
+def test_a_wait_survives_a_restart_and_is_given_up_at_its_first_deadline(
+        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
+    """The daemon is stopped while a launch waits for its key and started again later: the
+    wait goes on from where it was (StateDir), and it ends at the deadline it had, not 30
+    minutes after the restart."""
+    group = hooks["group"]
+    instance = group_instance(hooks)
+    inner = asg.hold(hook_message(LAUNCHING, instance, group, LAUNCH_HOOK))
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*")
+    saved = tmp_path / "state" / "lifecycle-waits"
+    with daemon(conf, tmp_path / "first.log", asg) as log:
+        send(sqs, queue_url, signed_hook(identity, inner))
+        wait_for(lambda: asg.recorded("RecordLifecycleActionHeartbeat", instance), 60,
+                 "a heartbeat while the key is missing")
+        assert "waiting for the key" in log.read_text()
+    [wait] = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert (wait["token"], wait["instance"], wait["state"]) == (
+        inner["LifecycleActionToken"], instance, "waiting")
+
+    # the daemon stays down until the wait's deadline is 10 s away (the test moves the
+    # wait's start back instead of waiting half an hour)
+    wait["since"] -= defaults.HOOK_WAIT_SECONDS - 10
+    saved.write_text(json.dumps(wait) + "\n")
+    with daemon(conf, tmp_path / "second.log", asg) as log:
+        wait_for(lambda: "gave up waiting for its key" in log.read_text(), 90,
+                 "the wait to end at its first deadline")
+        wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 90, "the message deleted")
+    text = log.read_text()
+    [warning] = [line for line in text.splitlines() if "gave up waiting for its key" in line]
+    elapsed = float(warning.split("gave up waiting for its key after ")[1].split(" s ")[0])
+    assert elapsed >= defaults.HOOK_WAIT_SECONDS  # counted from the first run's start
+    assert "1 lifecycle action(s) still waiting for their key since the last run" in text
+    assert not asg.recorded("CompleteLifecycleAction")
+    assert states(master, instance) == {instance: None}
+    [ended] = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert (ended["token"], ended["state"]) == (inner["LifecycleActionToken"], "given_up")
+
+
+def test_torn_or_forged_lines_of_the_waits_file_are_ignored(tmp_path, hooks, asg):
+    """What a crash or another writer left in StateDir/lifecycle-waits never becomes a wait:
+    only whole lines with what Auto Scaling could have sent are taken up."""
+    from aws_ork.lifecycle import waits
+
+    group = hooks["group"]
+    client = HookClient(boto3.client("autoscaling", region_name="us-west-2",
+                                     endpoint_url=asg.url))
+    path = tmp_path / "lifecycle-waits"
+    good = waits.SavedWait(group, LAUNCH_HOOK, str(uuid.uuid4()), "i-0123456789abcdef0",
+                           since=1000.0, due=1010.0, beats=2, state=waits.WAITING)
+    forged = dict(json.loads(good.line()), token="../x y", instance="i-0123456789abcdef1")
+    path.write_text(good.line() + json.dumps(forged) + "\n" + "not json\n"
+                    + good.line()[:40])  # the last one torn
+    now = [1005.0]
+    completer = Completer(client, clock=lambda: now[0], path=path)
+    action = HookAction(group, LAUNCH_HOOK, good.token, good.instance_id)
+    assert completer.wait(action) is State.WAITING  # taken up, not a fresh wait
+    asg.actions[good.token] = (group, LAUNCH_HOOK, good.instance_id)
+    completer.tick()
+    assert not asg.recorded("RecordLifecycleActionHeartbeat")  # not due before 1010
+    now[0] = 1010.0
+    completer.tick()
+    assert len(asg.recorded("RecordLifecycleActionHeartbeat", good.instance_id)) == 1
+    assert [json.loads(line)["token"] for line in path.read_text().splitlines()] == \
+        [good.token]

@@ -127,6 +127,27 @@ def test_without_a_bucket_no_mirror_metrics_and_other_paths_are_404(metrics_conf
     assert not [name for name, _ in samples if name.startswith("aws_ork_mirror_")]
 
 
+def test_the_request_log_escapes_control_characters(metrics_conf, tmp_path):
+    """A request line is the client's text: an escape sequence or a backspace in it (which
+    would rewrite the log line on a terminal) is logged escaped."""
+    conf, port = metrics_conf
+    log = tmp_path / "daemon.log"
+    proc = start_aws_ork(conf, log, "-v")
+    try:
+        wait_for(lambda: try_get(port, "/healthz"), 60, "/healthz to answer")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"GET /\x1b[2Kok-forged\x08 HTTP/1.0\r\n\r\n")
+            assert client.recv(100).startswith(b"HTTP/1.0 404")
+        wait_for(lambda: "ok-forged" in log.read_text(errors="replace"), 30,
+                 "the request's log line")
+    finally:
+        assert stop(proc) == 0
+    data = log.read_bytes()
+    assert b"\x1b" not in data and b"\x08" not in data
+    [line] = [t for t in data.decode().splitlines() if "ok-forged" in t]
+    assert "GET /\\x1b[2Kok-forged\\x08 HTTP/1.0" in line
+
+
 def test_healthz_turns_503_naming_the_queue_while_it_is_cut_and_200_after(
         master, metrics_conf, tmp_path, queue_url, sqs_proxy, monkeypatch):
     monkeypatch.delenv("WATCHDOG_PID", raising=False)

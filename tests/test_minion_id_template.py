@@ -5,6 +5,8 @@ unsafe or that another instance or key holds is refused."""
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 
 from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, stop_aws_ork, wait_for
@@ -149,3 +151,30 @@ def test_with_key_binding_only_the_published_key_is_accepted_under_the_templated
         accepted.stderr, instance)
     assert master.key_path(name, "minions").read_text().strip() == \
         (tmp_path / "genuine" / "minion.pub").read_text().strip()
+
+
+def test_a_pending_key_under_a_name_another_instance_holds_is_left_alone(
+        master, tmp_path, sqs, queue_url, cert_dir, identity, fleet):
+    """A later instance given the same Name is refused the id; the earlier instance's pending
+    key under it is not moved to the rejected keys (the id is claimed before a stale key is
+    rejected, and a refused claim touches nothing)."""
+    name = f"web-{uuid.uuid4().hex[:6]}"
+    first = named_instance(fleet, name)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
+                        MinionIdTemplate="{tag:Name}")
+    send(sqs, queue_url, signed(identity, LAUNCH, first, fleet["group"]))
+    launched = run_aws_ork(conf, "--once")  # first holds the id now (its key not there yet)
+    assert launched.returncode == 0, launched.stderr
+    assert f"minion {name}: pre-authorised" in decision_line(launched.stderr, first)
+
+    pending = master.add_pending_key(name)  # first's minion, its key presented a while ago
+    os.utime(pending, (time.time() - 3600, time.time() - 3600))
+    second = named_instance(fleet, name)  # launched after that key: to it, the key is stale
+    send(sqs, queue_url, signed(identity, LAUNCH, second, fleet["group"]))
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert f"REJECTED: minion id {name} is held by instance {first}" in \
+        about(result.stderr, second)
+    assert master.key_state_of(name) == "minions_pre"  # left alone, not rejected
+    assert "someone else submitted a key" not in result.stderr

@@ -41,20 +41,23 @@ class HookClient:
         self.autoscaling = autoscaling
         self._timeouts: dict[tuple[str, str], int] = {}  # (group, hook) -> HeartbeatTimeout
 
-    def complete(self, group: str, hook: str, token: str, instance_id: str,
-                 result: str = "CONTINUE") -> None:
-        """Answer the action; ActionGone when there is none to answer."""
+    def complete(self, group: str, hook: str, token: str, result: str = "CONTINUE") -> None:
+        """Answer the action; ActionGone when there is none to answer.
+
+        The action is named by its token alone (AWS takes the token or the instance id):
+        the token is what Auto Scaling sent for this one action, while an instance id taken
+        from a message would let that message answer whatever action the instance has."""
         self._call("CompleteLifecycleAction", self.autoscaling.complete_lifecycle_action,
                    AutoScalingGroupName=group, LifecycleHookName=hook,
-                   LifecycleActionToken=token, InstanceId=instance_id,
-                   LifecycleActionResult=result)
+                   LifecycleActionToken=token, LifecycleActionResult=result)
 
-    def heartbeat(self, group: str, hook: str, token: str, instance_id: str) -> None:
-        """Restart the action's HeartbeatTimeout; ActionGone when it no longer waits."""
+    def heartbeat(self, group: str, hook: str, token: str) -> None:
+        """Restart the action's HeartbeatTimeout; ActionGone when it no longer waits. By the
+        token alone, as :meth:`complete`."""
         self._call("RecordLifecycleActionHeartbeat",
                    self.autoscaling.record_lifecycle_action_heartbeat,
                    AutoScalingGroupName=group, LifecycleHookName=hook,
-                   LifecycleActionToken=token, InstanceId=instance_id)
+                   LifecycleActionToken=token)
 
     def heartbeat_timeout(self, group: str, hook: str) -> int | None:
         """The hook's HeartbeatTimeout in seconds, asked once per hook; None when the hook is

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 #: AWS error codes come from the endpoint: an odd one is bucketed, and the table is bounded.
 _CODE = re.compile(r"[A-Za-z0-9_.]{1,64}")
 _AWS_ERROR_SERIES = 100
+#: A request's log line (request line, status) is cut to this length.
+_LOG_LINE_LIMIT = 300
 
 _aws_errors: Counter[tuple[str, str]] = Counter()
 _aws_lock = threading.Lock()
@@ -302,7 +304,8 @@ class MetricsServer:
                     writer.write(_response(status, ctype, body))
                     await writer.drain()
                     answered = True
-                    log.debug("metrics: %s %s %d", _peer(writer), clean(request, 100), status)
+                    log.debug("metrics: %s %s %d", _peer(writer),
+                              clean(request, _LOG_LINE_LIMIT), status)
         except TimeoutError:
             log.debug("metrics: %s: no whole request within %.0f s, closed", _peer(writer),
                       self.request_seconds)
