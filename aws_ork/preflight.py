@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from aws_ork import defaults
 from aws_ork.app import s3_tree
 from aws_ork.aws import AWS_ERRORS, error_code, make_client
 from aws_ork.config import ANY_TOPIC, Config
@@ -39,9 +40,9 @@ PROBE_OBJECT = ".aws_ork-check"
 #: The receiver long-polls for the next batch while one is handled: a message whose visibility
 #: timeout ends before it is finished comes back in that poll (SQS's default is 30 s).
 MIN_VISIBILITY_TIMEOUT = 30
-#: A message waiting for EC2 (a terminate before the instance is gone) is retried every 2, 4
-#: ... 60 s: with fewer receives than this it may be set aside before it could be finished.
-MIN_MAX_RECEIVE_COUNT = 20
+#: A waiting launch (its key, its lifecycle action) is retried every 2, 4 ... 60 s until its
+#: bound: with fewer receives than that it is set aside before aws_ork could finish it.
+MIN_MAX_RECEIVE_COUNT = defaults.WAIT_RECEIVES
 #: Policy condition operators that admit only the values they name.
 ADMITTING_OPERATORS = frozenset({"arnequals", "arnlike", "stringequals", "stringlike",
                                  "stringequalsignorecase"})
@@ -180,8 +181,8 @@ def redrive_line(text: str | None) -> Line:
     count = _int(redrive.get("maxReceiveCount"))
     if count is not None and count < MIN_MAX_RECEIVE_COUNT:
         return warn(f"queue dead-letter queue {target} after {count} receives: under "
-                    f"{MIN_MAX_RECEIVE_COUNT}, a message waiting for EC2 (a terminate before "
-                    f"the instance is gone) may be set aside before it could be finished")
+                    f"{MIN_MAX_RECEIVE_COUNT}, a launch waiting for its key or lifecycle action "
+                    f"may be set aside before its bound (50 leaves room)")
     return ok(f"queue dead-letter queue {target} after {count} receives")
 
 

@@ -34,11 +34,11 @@ def set_policy(sqs: Any, queue_url: str, *statements: dict[str, Any]) -> None:
     sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
 
 
-def add_dead_letter_queue(sqs: Any, queue_url: str) -> None:
+def add_dead_letter_queue(sqs: Any, queue_url: str, max_receive_count: int = 50) -> None:
     dlq = sqs.create_queue(QueueName=f"aws-ork-dlq-{uuid.uuid4().hex[:12]}")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"]
-    redrive = {"deadLetterTargetArn": arn, "maxReceiveCount": 20}
+    redrive = {"deadLetterTargetArn": arn, "maxReceiveCount": max_receive_count}
     sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"RedrivePolicy": json.dumps(redrive)})
 
 
@@ -117,6 +117,20 @@ def test_an_open_policy_without_unsigned_sources_only_warns(healthy, sqs, queue_
     assert starting(lines, "WARN") == [line for line in lines
                                        if line.startswith("WARN queue policy lets others")]
     assert len(starting(lines, "WARN")) == 1
+
+
+def test_a_dead_letter_queue_sooner_than_a_waiting_launch_takes_warns(tmp_path, sqs, queue_url,
+                                                                      master):
+    """A launch waiting for its key or lifecycle action is received 35 times before aws_ork
+    gives up (the template's old maxReceiveCount of 20 set it aside after ten minutes)."""
+    add_dead_letter_queue(sqs, queue_url, max_receive_count=20)
+    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master)
+
+    status, lines = check(conf)
+
+    assert status == 0, lines
+    [line] = starting(lines, "WARN queue dead-letter queue")
+    assert "after 20 receives: under 35" in line
 
 
 def test_a_queue_without_dead_letter_queue_and_a_bare_bucket_warn(tmp_path, sqs, queue_url,
