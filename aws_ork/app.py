@@ -14,6 +14,7 @@ import signal
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aws_ork import __version__, defaults
@@ -90,10 +91,23 @@ def mirrored_key_dir(cfg: Config, location: KeyLocation) -> str | None:
     return "" if rel == "." else rel
 
 
-def event_key(cfg: Config, master_opts: Mapping[str, Any]) -> EventKey:
-    """The secret that signs the reactor events (SaltEventKey, default in the master's
-    cachedir), made at the first start; ConfigError (exit 2) when it is unsafe."""
+def event_key_path(cfg: Config, master_opts: Mapping[str, Any]) -> Path:
+    """SaltEventKey, default in the master's cachedir. Never under PkiDir: PkiDir is mirrored
+    to S3, and the secret stays on the master (a restored master makes its own)."""
     path = cfg.salt_event_key or default_path(master_opts)
+    real, root = os.path.realpath(path), os.path.realpath(cfg.pki_dir)
+    if os.path.commonpath([real, root]) == root:
+        raise ConfigError(cfg.source, "SaltEventKey",
+                          f"{path} is under PkiDir {cfg.pki_dir}, which is mirrored to S3: "
+                          f"keep the secret out of the bucket (the default is in the "
+                          f"master's cachedir)")
+    return path
+
+
+def event_key(cfg: Config, master_opts: Mapping[str, Any]) -> EventKey:
+    """The secret that signs the reactor events (:func:`event_key_path`), made at the first
+    start; ConfigError (exit 2) when it is unsafe."""
+    path = event_key_path(cfg, master_opts)
     try:
         return EventKey.load_or_create(path, master_opts)
     except EventKeyError as exc:

@@ -4,7 +4,10 @@ One line per check, printed as soon as it is made (a check that hangs shows wher
 ``ok  `` it holds, ``WARN`` it works but is unsafe or fragile, ``FAIL`` the daemon would not
 work, or would let someone forge a launch. Exit 1 on any FAIL; warnings alone exit 0, so a
 deliberate choice (a queue without a dead-letter queue) does not break a deployment script.
-A config error never gets here: the CLI exits 2 before any check.
+A config error never gets here: the CLI exits 2 before any check. A FAIL the start would
+refuse as a config error too, but which needs the master's config to be seen (an unsafe
+SaltEventKey file), is printed with the other lines and makes the exit status 2, as the
+start's would be.
 
 Every check only looks, except the bucket's: it writes one small object under the prefix and
 deletes it again, since only a write proves that the mirror can write.
@@ -24,11 +27,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aws_ork import defaults
-from aws_ork.app import s3_tree
+from aws_ork.app import event_key_path, s3_tree
 from aws_ork.aws import AWS_ERRORS, error_code, make_client
 from aws_ork.config import ANY_TOPIC, Config
 from aws_ork.errors import ConfigError, MirrorError, QueueError
 from aws_ork.keys import bypass
+from aws_ork.keys.eventkey import EventKey, EventKeyError
 from aws_ork.keys.location import ACCEPTED, FILE_DRIVER, PENDING, REJECTED, KeyLocation
 from aws_ork.keys.manager import load_master_opts
 from aws_ork.mirror.bucket import S3Tree
@@ -65,6 +69,8 @@ class Line:
 
     status: Status
     text: str
+    #: a FAIL that the start refuses as a config error (exit 2), not a broken part (exit 1)
+    config_error: bool = False
 
     def __str__(self) -> str:
         return f"{self.status.value} {self.text}"
@@ -82,14 +88,21 @@ def fail(text: str) -> Line:
     return Line(Status.FAIL, text)
 
 
+def config_fail(text: str) -> Line:
+    """A FAIL that the start would refuse with exit 2: ``--check`` exits 2 too."""
+    return Line(Status.FAIL, text, config_error=True)
+
+
 def run(cfg: Config, warnings: Iterable[str], out: TextIO | None = None) -> int:
-    """Make every check, print its lines; 1 if any failed, else 0."""
+    """Make every check, print its lines; 2 if a failure is a config error the start would
+    refuse (exit 2), 1 if any other failed, else 0."""
     stream = out or sys.stdout
-    failed = False
+    failed = config_error = False
     for line in lines(cfg, warnings):
         print(line, file=stream, flush=True)
         failed = failed or line.status is Status.FAIL
-    return 1 if failed else 0
+        config_error = config_error or line.config_error
+    return 2 if config_error else 1 if failed else 0
 
 
 def lines(cfg: Config, warnings: Iterable[str]) -> Iterator[Line]:
@@ -98,8 +111,8 @@ def lines(cfg: Config, warnings: Iterable[str]) -> Iterator[Line]:
     for warning in warnings:  # config.require_safe: the explicit unsafe choices
         yield warn(warning)
     checks: list[Callable[[Config], Iterable[Line]]] = [
-        check_queue, check_bucket, check_pki, check_ec2, check_cert_cache, check_state_dir,
-        check_key_binding, check_lifecycle]
+        check_queue, check_bucket, check_pki, check_event_key, check_ec2, check_cert_cache,
+        check_state_dir, check_key_binding, check_lifecycle]
     for check in checks:
         yield from check(cfg)
 
@@ -398,6 +411,37 @@ def master_option_lines(opts: Mapping[str, Any], path: Path) -> Iterator[Line]:
     if not found:
         yield ok("salt master: no auto_accept, open_mode, autosign_file or "
                  "autosign_grains_dir (only aws_ork accepts keys)")
+
+
+def check_event_key(cfg: Config) -> Iterator[Line]:
+    """SaltEvents: the secret that signs the reactor events (keys/eventkey.py) is safe, or can
+    be made at the first start. It is read with the start's own rules, never created here.
+    An unsafe file is a FAIL that exits 2, as the start refuses it with exit 2."""
+    if not cfg.salt_events:
+        return
+    try:
+        opts = load_master_opts(cfg.salt_master_config)
+    except ConfigError:
+        return  # the salt master config line has FAILed already
+    try:
+        path = event_key_path(cfg, opts)
+    except ConfigError as exc:
+        yield config_fail(f"SaltEventKey {exc.problem}: the start refuses it (exit 2)")
+        return
+    if not os.path.lexists(path):
+        problem = _dir_problem(path.parent, create=False)
+        if problem:
+            yield fail(f"SaltEventKey {path}: cannot be created at the first start: "
+                       f"{problem}")
+        else:
+            yield ok(f"SaltEventKey {path}: absent, made at the first start (mode 0600)")
+        return
+    try:
+        EventKey.load_or_create(path, opts, create=False)
+    except EventKeyError as exc:
+        yield config_fail(f"SaltEventKey {exc}: the start refuses it (exit 2)")
+        return
+    yield ok(f"SaltEventKey {path}: a regular file, no group write, nothing for others")
 
 
 # --- EC2 ---
