@@ -288,7 +288,7 @@ class App:
         if self.mirror is not None:
             self.mirror.start()  # replays the journal, then reconciles with the bucket
         if self.arrivals is not None:
-            self.arrivals.start(self.handler.on_key_presented)
+            self.arrivals.start(self.handler.on_key_presented, self.handler.on_key_lost)
         if self.completer is not None:
             self.completer.start()
         signal.signal(signal.SIGHUP, lambda _signum, _frame: self.loop.request_reload())

@@ -288,6 +288,9 @@ class Handler:
             action = self._hook_action(event)
             if action is not None:
                 decision = self._hook_decision(event.kind, action, decision, result, message)
+            if fingerprint is not None and result.outcome is Outcome.BOUND_NOT_YET \
+                    and decision.action is Action.DELETE:
+                decision = self._give_up_bound(decision, minion_id, fingerprint)
             if decision.action is Action.DELETE and self.finished is not None \
                     and event.source is Source.SNS and valid_id(event.message_id):
                 assert event.message_id is not None
@@ -415,19 +418,67 @@ class Handler:
                       minion_id, ", ".join(result.others) or "?", fingerprint, minion_id)
         elif result.others:
             for other in result.others:
-                if (minion_id, other) in self._impostors_seen:
+                if not self._new_impostor(minion_id, other, counted=not result.dry_run):
                     continue
-                if len(self._impostors_seen) >= defaults.IMPOSTORS_REMEMBERED:
-                    self._impostors_seen.clear()  # bounded; a repeat line at worst
-                self._impostors_seen.add((minion_id, other))
                 log.error("SECURITY: %s: a key with fingerprint %s is not the key the instance "
                           "published (%s): someone else presented it under this id; %s",
                           minion_id, clean(other, 200), fingerprint,
                           "it would never be accepted" if result.dry_run else
                           "never accepted, and removed (pending: once the genuine key is "
-                          "accepted)")
+                          "accepted, or the launch is given up)")
         self._enrol(instance_id, result)
+        if result.outcome is Outcome.ACCEPTED and result.changed and self.arrivals is not None:
+            pub = self.keys.public_key(minion_id)
+            if pub is not None:
+                self.arrivals.guard(minion_id, fingerprint, pub)
         return result
+
+    def _new_impostor(self, minion_id: str, fingerprint: str, *, counted: bool) -> bool:
+        """First sight of this impostor key (id, fingerprint): counted once for the metrics
+        (with its one SECURITY line), however often it is presented. Under the keys lock."""
+        if (minion_id, fingerprint) in self._impostors_seen:
+            return False
+        if len(self._impostors_seen) >= defaults.IMPOSTORS_REMEMBERED:
+            self._impostors_seen.clear()  # bounded; a repeat line (and count) at worst
+        self._impostors_seen.add((minion_id, fingerprint))
+        if counted:
+            self.key_counts["impostor"] += 1
+        return True
+
+    def on_key_lost(self, minion_id: str, fingerprint: str, pub: str) -> None:
+        """The arrivals thread saw a just-accepted bound key replaced by a pending one (a
+        Salt auth attempt that found the id without a key stored it over ours): accept the
+        bound key again, with one SECURITY line."""
+        with self._keys_lock:
+            result = self.keys.restore_bound(minion_id, fingerprint, pub)
+            if result.outcome is not Outcome.ACCEPTED:
+                return
+            for other in result.others:
+                self._new_impostor(minion_id, other, counted=not result.dry_run)
+        log.error("SECURITY: %s: the accepted key (the instance's, %s) was replaced by a "
+                  "pending key with fingerprint %s, stored by a Salt authentication that found "
+                  "the id without a key just before the acceptance; %s", minion_id,
+                  fingerprint, clean(", ".join(result.others), 200),
+                  "the instance's key would be accepted again" if result.dry_run else
+                  "the instance's key is accepted again and that key removed")
+
+    def _give_up_bound(self, decision: Decision, minion_id: str,
+                       fingerprint: str) -> Decision:
+        """A bound launch given up (the bound key never presented): the impostors' pending
+        and denied keys under the id were proven not to be the instance's key; remove them
+        (never a key with the published fingerprint, never an accepted key)."""
+        with self._keys_lock:
+            removed = self.keys.drop_impostors(minion_id, fingerprint)
+        if not removed:
+            return decision
+        dry = self.keys.dry_run
+        log.warning("%s: key binding gave up; %s %d key(s) presented under this id with "
+                    "another fingerprint than the instance published (%s): %s", minion_id,
+                    "would remove" if dry else "removed", len(removed), fingerprint,
+                    clean(", ".join(removed), 400))
+        if dry:
+            return decision
+        return replace(decision, changed=True, minion_id=minion_id)
 
     def _bound_decision(self, decision: Decision, result: KeyResult, message: Message,
                         minion_id: str, fingerprint: str) -> Decision:
@@ -663,8 +714,6 @@ class Handler:
             if result.outcome is Outcome.PREAUTHORISED or result.changed and result.outcome in (
                     Outcome.ACCEPTED, Outcome.DELETED, Outcome.REJECTED):  # a stub: no change
                 self.key_counts[result.outcome.name.lower()] += 1
-            if result.others and result.outcome is not Outcome.OTHER_KEY_ACCEPTED:
-                self.key_counts["impostor"] += len(result.others)
         return result
 
     @staticmethod

@@ -118,6 +118,12 @@ BOUND_KEY_ATTEMPTS = 35
 #: Key binding: impostor keys (minion id, fingerprint) whose SECURITY line was written, at
 #: most; an impostor presents its key as often as it likes, the line is written once.
 IMPOSTORS_REMEMBERED = 10_000
+#: Key binding: seconds an id stays watched after its bound key was accepted. Salt's auth
+#: fetches the id's key and, finding none, stores the presented key as pending a few awaits
+#: (executor hops) later, deleting an accepted key written in between; on a loaded master
+#: those hops can take seconds, two minutes is far beyond them (and costs two stat calls per
+#: ARRIVAL_POLL_SECONDS per accepted id).
+BOUND_GUARD_SECONDS = 120.0
 
 #: Lifecycle hooks: a waiting launching action gets a heartbeat each time this fraction of its
 #: hook's HeartbeatTimeout has passed since the last one (the first at once): half leaves

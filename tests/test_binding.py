@@ -110,3 +110,46 @@ def test_nothing_presented_yet_waits_and_dry_run_changes_nothing(master, tmp_pat
     result = dry.accept_bound(minion, finger_file(tmp_path, genuine))
     assert result.dry_run and result.others
     assert master.key_state_of(minion) == "minions_pre"  # the impostor's, still there
+
+
+def test_a_given_up_launch_removes_only_impostor_keys(master, keys, tmp_path):
+    """The give-up cleanup: the impostors' pending and denied keys go; a key with the
+    published fingerprint, or anything under an accepted id, stays."""
+    minion, genuine = new_id(), generate_public_key_pem()
+    impostor, other = generate_public_key_pem(), generate_public_key_pem()
+    fingerprint = finger_file(tmp_path, genuine)
+    master.add_pending_key(minion, impostor)
+    master.add_denied_key(minion, other)
+    assert KeyManager(load_master_opts(master.config_file), dry_run=True) \
+        .drop_impostors(minion, fingerprint)  # dry run: says so, changes nothing
+    assert master.key_state_of(minion) == "minions_pre"
+    assert keys.drop_impostors(minion, fingerprint) == tuple(
+        salt.utils.crypt.pem_finger(key=pub.encode()) for pub in (impostor, other))
+    assert not master.key_path(minion, "minions_pre").exists()
+    assert not master.key_path(minion, "minions_denied").exists()
+
+    master.add_pending_key(minion, genuine)  # the published key: never removed
+    assert keys.drop_impostors(minion, fingerprint) == ()
+    assert master.key_path(minion, "minions_pre").read_text().strip() == genuine
+
+    accepted = new_id()
+    master.add_accepted_key(accepted, impostor)
+    master.add_denied_key(accepted, other)
+    assert keys.drop_impostors(accepted, fingerprint) == ()
+    assert master.key_path(accepted, "minions").is_file()
+    assert master.key_path(accepted, "minions_denied").is_file()
+
+
+def test_a_racing_pending_store_over_the_accepted_key_is_undone(master, keys, tmp_path):
+    """What Salt's store does when an auth attempt found the id empty before the accept: the
+    accepted file deleted, the impostor's pending one written; the bound key comes back."""
+    minion, genuine, impostor = new_id(), generate_public_key_pem(), generate_public_key_pem()
+    fingerprint = finger_file(tmp_path, genuine)
+    master.add_pending_key(minion, impostor)
+    assert keys.restore_bound(minion, fingerprint, genuine).outcome is Outcome.ACCEPTED
+    assert master.key_path(minion, "minions").read_text().strip() == genuine
+    assert not master.key_path(minion, "minions_pre").exists()
+    assert keys.restore_bound(minion, fingerprint, genuine).outcome is Outcome.ALREADY_ACCEPTED
+    master.key_path(minion, "minions").unlink()  # an operator's salt-key -d: left alone
+    assert keys.restore_bound(minion, fingerprint, genuine).outcome is Outcome.NOT_PENDING
+    assert master.key_state_of(minion) is None

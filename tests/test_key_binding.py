@@ -14,9 +14,19 @@ from typing import Any
 import pytest
 import salt.utils.crypt
 
+from aws_ork import defaults
 from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, stop_aws_ork, wait_for
+from tests.metricsenv import scrape, value
 from tests.presenter import Presenter, start_presenter
-from tests.saltenv import SaltEnvError, SaltMaster, SaltMinion, make_minion_keys, start_minion
+from tests.saltenv import (
+    SaltEnvError,
+    SaltMaster,
+    SaltMinion,
+    free_port,
+    generate_public_key_pem,
+    make_minion_keys,
+    start_minion,
+)
 from tests.trustenv import LAUNCH, decision_line, group_instance, signed, trust_config
 
 TAG = "salt:minion-fingerprint"
@@ -48,10 +58,17 @@ def accepted_pub(master: SaltMaster, minion_id: str) -> str | None:
 
 
 @pytest.fixture
-def daemon(master, tmp_path, queue_url, cert_dir, fleet) -> Iterator[tuple[Path, Any]]:
+def metrics_port() -> int:
+    """Where the ``daemon`` fixture's /metrics answers."""
+    return free_port()
+
+
+@pytest.fixture
+def daemon(master, tmp_path, queue_url, cert_dir, fleet,
+           metrics_port) -> Iterator[tuple[Path, Any]]:
     """The daemon with KeyBinding = tag, running in the background; (its log, process)."""
     conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        KeyBinding="tag")
+                        KeyBinding="tag", MetricsAddress=f"127.0.0.1:{metrics_port}")
     log = tmp_path / "aws_ork.log"
     proc = start_aws_ork(conf, log)
     try:
@@ -104,7 +121,8 @@ def impostors() -> Iterator[list[Presenter]]:
 
 
 def test_impostors_holding_the_pending_and_denied_keys_cannot_stall_the_genuine_minion(
-        master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions, impostors):
+        master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions, impostors,
+        metrics_port):
     """Salt keeps one pending and one denied key per id: two impostors presenting their keys
     as fast as the master answers hold both, and Salt throws the genuine key away at each of
     its attempts unless aws_ork takes it from what Salt saw (the salt/auth event)."""
@@ -141,6 +159,68 @@ def test_impostors_holding_the_pending_and_denied_keys_cannot_stall_the_genuine_
     for impostor in impostors:  # each impostor's key named once, however often it tried
         finger = salt.utils.crypt.pem_finger(key=impostor.public_key().encode())
         assert text.count(f"fingerprint {finger}") == 1, text
+    # and counted once: two impostor keys, whatever the number of their presentations
+    assert value(scrape(metrics_port), "aws_ork_keys_impostors_deleted_total") == 2
+
+
+def test_an_accepted_key_wiped_by_a_racing_pending_store_is_accepted_again(
+        master, tmp_path, sqs, queue_url, identity, fleet, daemon):
+    """The id had no key when the bound key was accepted; a Salt auth attempt that looked
+    just before then stores its key as pending, and Salt's store deletes minions/<id> first.
+    Simulated as Salt's store does it: the accepted file removed, the impostor's pending file
+    written."""
+    log, proc = daemon
+    instance = group_instance(fleet)
+    genuine = generate_public_key_pem()
+    publish(fleet, instance, salt.utils.crypt.pem_finger(key=genuine.encode()))
+    send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
+    wait_for(lambda: "key binding:" in log.read_text(), 60, "the launch to wait for its key")
+    master.add_pending_key(instance, genuine)  # the genuine minion presents its key
+    wait_for(lambda: accepted_pub(master, instance) == genuine, 60,
+             "the genuine key to be accepted")
+
+    impostor = generate_public_key_pem()
+    master.key_path(instance, "minions").unlink()
+    master.add_pending_key(instance, impostor)
+
+    wait_for(lambda: accepted_pub(master, instance) == genuine, 60,
+             "the genuine key to be accepted again")
+    wait_for(lambda: not master.key_path(instance, "minions_pre").exists(), 60,
+             "the impostor's pending key to be removed")
+    finger = salt.utils.crypt.pem_finger(key=impostor.strip().encode())  # as Salt keeps it
+    line = next(line for line in log.read_text().splitlines()
+                if f"SECURITY: {instance}" in line and finger in line)
+    assert "accepted again" in line, line
+    assert proc.poll() is None
+
+
+def test_a_given_up_launch_removes_the_impostors_keys(
+        master, tmp_path, sqs, queue_url, cert_dir, identity, fleet):
+    """The bound key never came: the impostors' pending and denied keys were proven not to
+    be the instance's key and do not outlive the launch."""
+    instance = group_instance(fleet)
+    publish(fleet, instance, make_minion_keys(tmp_path / "pki"))
+    pending = master.add_pending_key(instance).read_text()
+    master.add_denied_key(instance)  # deleted at once, as at every look (the slot is freed)
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
+                        KeyBinding="tag")
+    send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
+    for _ in range(defaults.BOUND_KEY_ATTEMPTS - 1):  # the receives of the last half hour
+        got = sqs.receive_message(QueueUrl=queue_url, VisibilityTimeout=0,
+                                  WaitTimeSeconds=5).get("Messages")
+        assert got, "the launch message"
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    line = decision_line(result.stderr, instance)
+    assert "gave up" in line, line
+    assert master.key_state_of(instance) is None
+    assert not master.key_path(instance, "minions_denied").exists()
+    finger = salt.utils.crypt.pem_finger(key=pending.encode())
+    assert any("key binding gave up; removed 1 key(s)" in line and line.endswith(finger)
+               for line in result.stderr.splitlines()), result.stderr
+    assert queue_counts(sqs, queue_url) == (0, 0)
 
 
 def test_the_genuine_minion_connecting_first_is_accepted(

@@ -16,6 +16,14 @@ never on disk (issue 18). Salt fires a ``salt/auth`` event for every attempt, ke
 with the key presented (``pub``; the master's ``auth_events``, on by default). While launches
 wait, this thread also reads those events from the master's event bus, and hands the key of
 an attempt under a waiting id to the key stage, which accepts it when it is the bound key.
+
+An accepted id is guarded a while longer (:data:`~aws_ork.defaults.BOUND_GUARD_SECONDS`).
+Salt's ``_auth_impl`` fetches the id's key, and when there is none at all (an operator deleted
+the impostor's pending key, say) it stores the presented key as pending a few awaits later;
+the file driver's ``store`` deletes every other state of the id first, the accepted key
+included. An attempt that looked before our accept and stores after it wipes the genuine
+key. So while guarded, an id whose accepted file vanished while a pending one appeared is
+handed back to the key stage, which accepts the bound key again.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aws_ork import defaults
-from aws_ork.keys.location import DENIED, PENDING, KeyLocation
+from aws_ork.keys.location import ACCEPTED, DENIED, PENDING, KeyLocation
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,9 @@ Stamp = tuple[int | None, int | None]
 #: asked when the files of a waiting id change, or a key is presented under it:
 #: (minion id, fingerprint, the presented public key or None) -> finished?
 OnArrival = Callable[[str, str, "str | None"], bool]
+#: asked when a guarded id lost its accepted key to a pending one: (minion id, fingerprint,
+#: the bound public key that was accepted)
+OnLost = Callable[[str, str, str], None]
 #: the tag of Salt's authentication events
 AUTH_TAG = "salt/auth"
 #: never the stamp of a file: the first look after :meth:`KeyArrivals.wait_for` always asks
@@ -49,26 +60,32 @@ class KeyArrivals:
     def __init__(self, location: KeyLocation, opts: Mapping[str, Any] | None = None, *,
                  interval: float = defaults.ARRIVAL_POLL_SECONDS,
                  keep_seconds: float = defaults.ARRIVAL_WAIT_SECONDS,
+                 guard_seconds: float = defaults.BOUND_GUARD_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.location = location
         self.opts = dict(opts) if opts is not None else None  # None: the files only
         self.interval = interval
         self.keep_seconds = keep_seconds
+        self.guard_seconds = guard_seconds
         self._clock = clock
         self._cond = threading.Condition()
         self._waiting: dict[str, tuple[str, float, Stamp]] = {}
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._on_arrival: OnArrival | None = None
+        self._on_lost: OnLost | None = None
+        #: accepted ids still watched: minion id -> (fingerprint, public key, until)
+        self._guarded: dict[str, tuple[str, str, float]] = {}
         self._bus: Any = None  # the master's event bus, while launches wait (this thread)
         self._bus_failed = False  # said once
 
-    def start(self, on_arrival: OnArrival) -> None:
+    def start(self, on_arrival: OnArrival, on_lost: OnLost | None = None) -> None:
         if self.opts is not None and self.opts.get("auth_events") is not True:
             log.warning("key binding: the master's auth_events is off: Salt fires no salt/auth "
                         "event, and impostors presenting keys fast can keep the genuine key "
                         "out of the key files (set auth_events: True on the master)")
         self._on_arrival = on_arrival
+        self._on_lost = on_lost
         self._thread = threading.Thread(target=self._run, name="key-arrivals", daemon=True)
         self._thread.start()
 
@@ -91,6 +108,13 @@ class KeyArrivals:
             self._waiting[minion_id] = (fingerprint, self._clock(), UNSEEN)
             self._cond.notify_all()
 
+    def guard(self, minion_id: str, fingerprint: str, pub: str) -> None:
+        """The bound key ``pub`` was just accepted under this id: for guard_seconds, put it
+        back should a racing Salt store replace it with a pending key."""
+        with self._cond:
+            self._guarded[minion_id] = (fingerprint, pub, self._clock() + self.guard_seconds)
+            self._cond.notify_all()
+
     def waiting(self) -> frozenset[str]:
         with self._cond:
             return frozenset(self._waiting)
@@ -110,14 +134,17 @@ class KeyArrivals:
                 with self._cond:
                     if not self._waiting:
                         self._close_bus()
-                    while not self._stopping and not self._waiting:
+                    while not self._stopping and not self._waiting and not self._guarded:
                         self._cond.wait()
                     if self._stopping:
                         return
                     waiting = dict(self._waiting)
+                    guarded = dict(self._guarded)
                 for minion_id, (fingerprint, since, last) in waiting.items():
                     self._look(minion_id, fingerprint, since, last)
-                if self._listen(self.interval):
+                for minion_id, entry in guarded.items():
+                    self._check_guarded(minion_id, entry)
+                if waiting and self._listen(self.interval):
                     continue
                 with self._cond:
                     if self._cond.wait_for(lambda: self._stopping, self.interval):
@@ -196,6 +223,21 @@ class KeyArrivals:
             if minion_id in self._waiting:
                 self._waiting[minion_id] = (fingerprint, since, stamp)
         self._ask(minion_id, fingerprint, since, None)
+
+    def _check_guarded(self, minion_id: str, entry: tuple[str, str, float]) -> None:
+        fingerprint, pub, until = entry
+        if self._clock() > until:
+            with self._cond:
+                if self._guarded.get(minion_id) == entry:
+                    del self._guarded[minion_id]
+            return
+        if self._on_lost is None or self.location.path(ACCEPTED, minion_id).exists() \
+                or not self.location.path(PENDING, minion_id).exists():
+            return
+        try:
+            self._on_lost(minion_id, fingerprint, pub)
+        except Exception:  # the next look asks again
+            log.error("%s: putting the bound key back failed", minion_id, exc_info=True)
 
     def _ask(self, minion_id: str, fingerprint: str, since: float,
              presented: str | None) -> None:

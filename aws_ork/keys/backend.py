@@ -29,7 +29,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aws_ork.keys.location import ACCEPTED, DENIED, FILE_DRIVER, PENDING, REJECTED, KeyLocation
@@ -177,6 +177,36 @@ class SaltKeys:
         Salt's one denied slot free at its next attempt (Salt keeps the first denied key of
         an id and throws every later one away)."""
         self.key.cache.flush("denied_keys", minion_id)
+
+    def drop_impostor(self, state: str, minion_id: str,
+                      genuine: Callable[[str], bool]) -> list[str]:
+        """Remove the pending (``state`` PENDING) or denied (DENIED) key of this id unless it
+        is ``genuine`` (key binding gave up: they were proven not to be the instance's key).
+        The public keys removed. Only under the file driver, and only the very file that was
+        read (same inode: Salt's store writes a new file, so a key stored in between is
+        kept); with another driver nothing is removed (its flush of the ``keys`` bank would
+        take every state of the id, an accepted key too)."""
+        if self.location is None:
+            return []
+        path = self.location.path(state, minion_id)
+        try:
+            with open(path, "rb") as fh:
+                seen = os.fstat(fh.fileno())
+                text = fh.read(1 << 20).decode("utf-8", "replace")
+        except FileNotFoundError:
+            return []
+        pubs = [text] if state == PENDING else self.denied(minion_id)
+        if not pubs or any(genuine(pub) for pub in pubs):
+            return []
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            return []
+        if (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino):
+            return []  # replaced since it was read: not the key we judged
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return [pub.strip() for pub in pubs]
 
     def delete(self, minion_id: str, states: Iterable[str]) -> None:
         """Delete the key in each of ``states`` (directory names), as ``Key.delete_key`` does."""

@@ -205,6 +205,66 @@ class KeyManager:
         return KeyResult(Outcome.BOUND_NOT_YET, changed=denied_impostor and not self.dry_run,
                          dry_run=self.dry_run and bool(impostors), others=tuple(impostors))
 
+    def drop_impostors(self, minion_id: str, fingerprint: str) -> tuple[str, ...]:
+        """Key binding gave up on this id: remove the pending and denied keys under it whose
+        fingerprint is not the published one (they were proven not to be the instance's
+        key; Salt would otherwise keep the id's pending and denied slots for them). Never a
+        key with the published fingerprint, never an accepted key (nothing at all is removed
+        when one is accepted). The fingerprints removed (dry run: that would be)."""
+        if not is_minion_id(minion_id):
+            return ()
+        hash_type = str(self._key.opts.get("hash_type") or "sha256")
+        states = self.states(minion_id)
+        if ACCEPTED in states:
+            return ()
+
+        def genuine(pub: str) -> bool:
+            return binding.matches(pub.strip(), fingerprint, hash_type)
+
+        removed: list[str] = []
+        for state in (PENDING, DENIED):
+            if state not in states:
+                continue
+            if self.dry_run:
+                pubs = [self._pub(minion_id)] if state == PENDING \
+                    else self._call("look up", minion_id, self._salt.denied, minion_id)
+                found = [pub for pub in pubs if pub is not None]
+                if found and not any(genuine(pub) for pub in found):
+                    removed.extend(found)
+                continue
+            removed.extend(self._call("delete", minion_id, self._salt.drop_impostor, state,
+                                      minion_id, genuine))
+        return tuple(binding.finger(pub, hash_type) for pub in removed)
+
+    def restore_bound(self, minion_id: str, fingerprint: str, pub: str) -> KeyResult:
+        """Key binding, just after the bound key ``pub`` was accepted: if the accepted key
+        is gone and a pending key is there instead, a Salt auth attempt that found the id
+        without any key (before our accept) stored its key as pending after it, and Salt's
+        store deleted the accepted key: accept ``pub`` again (``others``: the pending key's
+        fingerprint, removed). Nothing pending (an operator deleted the key): left alone."""
+        hash_type = str(self._key.opts.get("hash_type") or "sha256")
+        if not is_minion_id(minion_id) or not binding.matches(pub.strip(), fingerprint,
+                                                              hash_type):
+            return KeyResult(Outcome.INVALID_ID)
+        states = self.states(minion_id)
+        if ACCEPTED in states:
+            return KeyResult(Outcome.ALREADY_ACCEPTED)
+        if PENDING not in states:
+            return KeyResult(Outcome.NOT_PENDING)
+        pending = self._pub(minion_id)
+        if pending is not None and binding.matches(pending, fingerprint, hash_type):
+            return self._accept_pending(minion_id)  # the genuine minion's own attempt
+        other = (binding.finger(pending, hash_type) if pending is not None else "?",)
+        if self.dry_run:
+            return KeyResult(Outcome.ACCEPTED, dry_run=True, others=other)
+        if not self._call("accept", minion_id, self._salt.accept_presented, minion_id, pub):
+            raise KeyStoreError(f"{minion_id}: Salt did not accept the bound key again")
+        return KeyResult(Outcome.ACCEPTED, changed=True, others=other)
+
+    def public_key(self, minion_id: str) -> str | None:
+        """The public key Salt holds for this id (accepted or pending), or None."""
+        return self._pub(minion_id) if is_minion_id(minion_id) else None
+
     def _pub(self, minion_id: str) -> str | None:
         """The public key Salt holds for this id (accepted or pending)."""
         entry = self._entry(minion_id)

@@ -121,8 +121,10 @@ class AwsOrkCollector(Collector):
                 ("preauthorised", "minions pre-authorised (autosign stub written)",
                  "preauthorised"),
                 ("rejected", "stale pending keys moved to the rejected keys", "rejected"),
-                ("impostors_deleted", "key binding: pending keys with another fingerprint "
-                                      "than the instance published, deleted", "impostor")):
+                ("impostors_deleted", "key binding: keys presented under a bound id with "
+                                      "another fingerprint than the instance published "
+                                      "(never accepted, removed), each key counted once",
+                 "impostor")):
             family = CounterMetricFamily(f"aws_ork_keys_{name}", text)
             family.add_metric([], keys.get(outcome, 0))
             yield family
