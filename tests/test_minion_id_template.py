@@ -126,7 +126,8 @@ def test_a_template_other_than_the_instance_id_needs_verify_instances(master, tm
 def test_with_key_binding_only_the_published_key_is_accepted_under_the_templated_id(
         master, tmp_path, sqs, queue_url, cert_dir, identity, fleet):
     """A templated id is easy to guess: with KeyBinding = tag an impostor's key pending under
-    it is deleted and the key the instance published is accepted there."""
+    it is never accepted, and the key the instance published is accepted there when its
+    minion presents it (Salt puts it in the denied keys, the impostor's being pending)."""
     name = f"web-{uuid.uuid4().hex[:6]}"
     instance = named_instance(fleet, name)
     fingerprint = make_minion_keys(tmp_path / "genuine")
@@ -140,10 +141,10 @@ def test_with_key_binding_only_the_published_key_is_accepted_under_the_templated
 
     waiting = run_aws_ork(conf, "--once")
     assert waiting.returncode == 0, waiting.stderr
-    assert f"SECURITY: {name}: the pending key with fingerprint" in waiting.stderr
-    assert master.key_state_of(name) is None  # the impostor's key is gone
+    assert f"SECURITY: {name}: a key with fingerprint" in waiting.stderr
+    assert master.key_state_of(name) == "minions_pre"  # the impostor's: never accepted
 
-    master.add_pending_key(name, (tmp_path / "genuine" / "minion.pub").read_text())
+    master.add_denied_key(name, (tmp_path / "genuine" / "minion.pub").read_text())
     wait_for(lambda: queue_counts(sqs, queue_url) == (1, 0), 60, "the launch visible again")
     accepted = run_aws_ork(conf, "--once")  # the retried launch finds the genuine key
     assert accepted.returncode == 0, accepted.stderr
@@ -151,6 +152,7 @@ def test_with_key_binding_only_the_published_key_is_accepted_under_the_templated
         accepted.stderr, instance)
     assert master.key_path(name, "minions").read_text().strip() == \
         (tmp_path / "genuine" / "minion.pub").read_text().strip()
+    assert not master.key_path(name, "minions_pre").exists()  # the impostor's key is gone
 
 
 def test_a_pending_key_under_a_name_another_instance_holds_is_left_alone(
