@@ -212,19 +212,27 @@ def test_signed_terminate_hook_needs_auto_scaling_to_say_terminating_then_comple
     assert states(master, instance) == {instance: "minions"}
     assert not asg.recorded("CompleteLifecycleAction")
 
+    completed = deleted_once_terminating(master, sqs, queue_url, asg, conf, instance, group,
+                                         inner)
+    assert completed["LifecycleActionResult"] == "CONTINUE"
+    reply = hooks["ec2"].describe_instances(InstanceIds=[instance])
+    assert reply["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
+    assert queue_counts(sqs, queue_url) == (0, 0)
+
+
+def deleted_once_terminating(master: Any, sqs: Any, queue_url: str, asg: Any, conf: Path,
+                             instance: str, group: str, inner: dict[str, Any]) -> dict[str, Any]:
+    """Auto Scaling now says the instance is Terminating:Wait: the retried hook deletes its
+    key and completes the action (returned) by its token alone."""
     asg.terminating[instance] = group
     wait_for(lambda: queue_counts(sqs, queue_url) == (1, 0), 60, "the retry to come back")
     leaving = run_aws_ork(conf, "--once", env=asg.env())
-
     assert leaving.returncode == 0, leaving.stderr
     assert "Auto Scaling says Terminating:Wait" in leaving.stderr
     assert states(master, instance) == {instance: None}
     [completed] = asg.recorded("CompleteLifecycleAction", instance)
     assert_action(completed, inner)
-    assert completed["LifecycleActionResult"] == "CONTINUE"
-    reply = hooks["ec2"].describe_instances(InstanceIds=[instance])
-    assert reply["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
-    assert queue_counts(sqs, queue_url) == (0, 0)
+    return dict(completed)
 
 
 def eventbridge_hook(inner: dict[str, Any]) -> dict[str, Any]:
@@ -252,14 +260,7 @@ def test_unsigned_terminate_hook_needs_auto_scaling_to_say_terminating(
     assert states(master, instance) == {instance: "minions"}
     assert not asg.recorded("CompleteLifecycleAction")
 
-    asg.terminating[instance] = group
-    wait_for(lambda: queue_counts(sqs, queue_url) == (1, 0), 60, "the retry to come back")
-    leaving = run_aws_ork(conf, "--once", env=asg.env())
-    assert leaving.returncode == 0, leaving.stderr
-    assert "Auto Scaling says Terminating:Wait" in leaving.stderr
-    assert states(master, instance) == {instance: None}
-    [completed] = asg.recorded("CompleteLifecycleAction", instance)
-    assert_action(completed, inner)
+    deleted_once_terminating(master, sqs, queue_url, asg, conf, instance, group, inner)
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 

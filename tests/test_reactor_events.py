@@ -9,7 +9,6 @@ own on the same bus, and everything aws_ork fired would have been published befo
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ from tests.daemon import (
     send,
     start_aws_ork,
     states,
+    stop_aws_ork,
     wait_for,
     write_config,
 )
@@ -240,11 +240,7 @@ def test_a_forged_rejected_leaves_the_genuine_launch_its_facts(master, tmp_path,
     finally:
         for salt_minion in started:
             salt_minion.stop()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_aws_ork(proc)
     accepted = events[f"aws_ork/accepted/{mine}"]
     assert accepted["source"] == "autosign" and accepted["outcome"] == "accepted"
     assert accepted["facts"] is not None
@@ -678,9 +674,5 @@ def test_a_minion_accepted_by_salt_through_the_stub_is_highstated_by_the_readme_
     finally:
         for salt_minion in started:
             salt_minion.stop()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_aws_ork(proc)
         listener.destroy()
