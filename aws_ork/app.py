@@ -29,10 +29,10 @@ from aws_ork.keys import bypass
 from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.backend import preload_event_transport
 from aws_ork.keys.eventkey import EventKey, EventKeyError, default_path
-from aws_ork.keys.events import SaltEvents
 from aws_ork.keys.location import KeyLocation
 from aws_ork.keys.manager import KeyManager, load_master_opts
 from aws_ork.keys.naming import Template
+from aws_ork.keys.reactor import SaltEvents
 from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.lifecycle import Completer, HookClient
 from aws_ork.lifecycle.waits import LIFECYCLE_WAITS_FILE

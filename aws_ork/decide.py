@@ -25,7 +25,7 @@ from aws_ork.errors import AwsOrkError, KeyStoreError
 from aws_ork.events import Event, Kind, Source
 from aws_ork.events.fields import clean
 from aws_ork.ids import is_instance_id
-from aws_ork.keys import events as reactor
+from aws_ork.keys import reactor
 from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.location import ACCEPTED
 from aws_ork.keys.manager import KeyManager, KeyResult, Outcome
@@ -352,7 +352,7 @@ class Handler:
                    facts: Mapping[str, Any] | None, result: KeyResult | None = None, *,
                    minion_id: str | None = None) -> Decision:
         """Fire the decision's ``aws_ork/<kind>/<id>`` event for Salt's reactor (best effort:
-        :mod:`aws_ork.keys.events`); nothing for a retry that decided nothing yet."""
+        :mod:`aws_ork.keys.reactor`); nothing for a retry that decided nothing yet."""
         if self.salt_events is None or event.instance_id is None:
             return decision
         if decision.rejected:

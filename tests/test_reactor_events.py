@@ -22,7 +22,7 @@ import pytest
 
 from aws_ork import __version__
 from aws_ork.decide import Handler
-from aws_ork.keys import events as reactor
+from aws_ork.keys import reactor
 from aws_ork.keys.eventkey import EventKey, default_path
 from aws_ork.keys.manager import KeyManager
 from tests.daemon import (
@@ -356,7 +356,7 @@ def test_a_bus_that_is_down_costs_one_try_per_period(caplog):
     events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect,
                                 clock=lambda: now[0], key=KEY)
     minion = new_id()
-    with caplog.at_level("DEBUG", logger="aws_ork.keys.events"):
+    with caplog.at_level("DEBUG", logger="aws_ork.keys.reactor"):
         # queued at once; the worker thread reads the clock: each waits for the one before
         assert events.fire(reactor.Kind.LAUNCH, minion, {})
         settled(events, 1)
@@ -410,7 +410,7 @@ def test_a_hung_bus_never_delays_a_decision(caplog, where):
                                 queue_limit=5, key=KEY)
     minions = [new_id() for _ in range(8)]
     try:
-        with caplog.at_level("DEBUG", logger="aws_ork.keys.events"):
+        with caplog.at_level("DEBUG", logger="aws_ork.keys.reactor"):
             start = time.monotonic()
             assert events.fire(reactor.Kind.LAUNCH, minions[0], {"group": "web-asg"})
             assert bus.entered.wait(10)  # the worker holds the first event, stuck in Salt

@@ -33,7 +33,7 @@ class Verdict:
     #: a finer reason code for the metrics than the check's own ``code`` (group, tag...)
     code: str = ""
     #: what EC2 said about the instance (``state``, ``launch_time`` ISO 8601, ``tags``), for
-    #: the Salt event of the decision (:mod:`aws_ork.keys.events`)
+    #: the Salt event of the decision (:mod:`aws_ork.keys.reactor`)
     facts: Mapping[str, Any] | None = None
     #: MinionIdTemplate: the minion id the instance's key is accepted under (None: its
     #: instance id); the key stage decides whether the instance may hold it

@@ -29,7 +29,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # tests.saltenv
 if len(sys.argv) > 1:
     sys.path.insert(0, sys.argv[1])
 
-from aws_ork.keys import events as reactor  # noqa: E402
+from aws_ork.keys import reactor  # noqa: E402
 from aws_ork.keys.eventkey import EventKey  # noqa: E402
 from tests.saltenv import start_master  # noqa: E402
 
