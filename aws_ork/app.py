@@ -19,17 +19,18 @@ from typing import Any
 
 from aws_ork import __version__, defaults
 from aws_ork.aws import make_client
+from aws_ork.base.errors import AwsOrkError, ConfigError, QueueError, StateError
+from aws_ork.base.files import lock_directory
+from aws_ork.base.saltkeys import KeyLocation
 from aws_ork.checks import build_checks
 from aws_ork.checks.ec2 import InstanceCheck
 from aws_ork.checks.terminations import Terminations
 from aws_ork.config import ANY_TOPIC, Config, require_safe
 from aws_ork.decide import Handler
-from aws_ork.errors import AwsOrkError, ConfigError, QueueError, StateError
 from aws_ork.keys import bypass
 from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.backend import preload_event_transport
 from aws_ork.keys.eventkey import EventKey, EventKeyError, default_path
-from aws_ork.keys.location import KeyLocation
 from aws_ork.keys.manager import KeyManager, load_master_opts
 from aws_ork.keys.naming import Template
 from aws_ork.keys.reactor import SaltEvents
@@ -52,7 +53,6 @@ from aws_ork.mirror.memories import OWN_ROOT, memory_mirror
 from aws_ork.mirror.planner import S3Mirror
 from aws_ork.mirror.worker import MirrorWorker, unmirrored_dirs
 from aws_ork.runtime import systemd
-from aws_ork.runtime.files import lock_directory
 from aws_ork.runtime.metrics import AwsOrkCollector, MetricsServer, health
 from aws_ork.runtime.stopper import Stopper
 from aws_ork.sqs.archive import Archive

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from aws_ork.errors import ConfigError
+from aws_ork.base.errors import ConfigError
 from aws_ork.keys.naming import IDENTITY, parse_template
 from aws_ork.runtime.trusted import untrusted_dir_problem
 

@@ -17,17 +17,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from aws_ork import defaults, events
+from aws_ork.base.errors import AwsOrkError, KeyStoreError
+from aws_ork.base.ids import is_instance_id
+from aws_ork.base.saltkeys import ACCEPTED
+from aws_ork.base.text import clean
 from aws_ork.checks import Check, Verdict
 from aws_ork.checks.source import SourceCheck
 from aws_ork.checks.terminations import Terminations
 from aws_ork.checks.topic import TopicCheck
-from aws_ork.errors import AwsOrkError, KeyStoreError
 from aws_ork.events import Event, Kind, Source
-from aws_ork.events.fields import clean
-from aws_ork.ids import is_instance_id
 from aws_ork.keys import reactor
 from aws_ork.keys.arrivals import KeyArrivals
-from aws_ork.keys.location import ACCEPTED
 from aws_ork.keys.manager import KeyManager, KeyResult, Outcome
 from aws_ork.keys.naming import owner_of_key
 from aws_ork.lifecycle import Completer, HookAction, LifecycleError

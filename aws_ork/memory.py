@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from aws_ork.runtime.files import write_atomic
+from aws_ork.base.files import write_atomic
 
 log = logging.getLogger(__name__)
 

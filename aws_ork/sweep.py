@@ -32,9 +32,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aws_ork.base.saltkeys import ACCEPTED, PENDING
 from aws_ork.checks.ec2 import GONE_STATES, LIVE_STATES, Ec2Lookup, InstanceCheck
 from aws_ork.decide import Handler, named
-from aws_ork.keys.location import ACCEPTED, PENDING
 
 log = logging.getLogger(__name__)
 

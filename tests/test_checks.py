@@ -18,6 +18,8 @@ import pytest
 from botocore.stub import Stubber
 
 from aws_ork import config, events
+from aws_ork.base.errors import ConfigError
+from aws_ork.base.saltkeys import KeyLocation
 from aws_ork.checks import Verdict, build_checks
 from aws_ork.checks.ec2 import NOT_FOUND_ATTEMPTS, Ec2Lookup, InstanceCheck
 from aws_ork.checks.signature import SignatureVerifier
@@ -25,9 +27,7 @@ from aws_ork.checks.source import SourceCheck
 from aws_ork.checks.terminations import RETENTION_SECONDS, TerminationCheck, Terminations
 from aws_ork.checks.topic import TopicCheck
 from aws_ork.decide import Action, Handler
-from aws_ork.errors import ConfigError
 from aws_ork.events import Event, Kind, Source
-from aws_ork.keys.location import KeyLocation
 from aws_ork.sqs.queue import Message
 from tests.messages import envelope, fixture, notification
 from tests.snssign import make_signing_identity, sign_envelope

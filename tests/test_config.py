@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from aws_ork import __version__, config
+from aws_ork.base.errors import ConfigError
 from aws_ork.config import BucketUrl, Config
-from aws_ork.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Unit tests for aws_ork.events and aws_ork.ids: which key a message body would touch, if any."""
+"""Unit tests for aws_ork.events and aws_ork.base.ids: which key a message body would touch."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aws_ork import defaults, events, ids
+from aws_ork import defaults, events
+from aws_ork.base import ids
 from aws_ork.events import Event, Kind, Source
 from tests.messages import FIXTURES, envelope, fixture, fixture_text, notification
 
-#: Independent of aws_ork.ids: what may ever reach Salt as a minion id.
+#: Independent of aws_ork.base.ids: what may ever reach Salt as a minion id.
 ID_PATTERN = re.compile(r"i-([0-9a-f]{8}|[0-9a-f]{17})")
 
 LAUNCHED = "i-0a1b2c3d4e5f60718"

@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 from aws_ork import config, defaults
-from aws_ork.errors import ConfigError
+from aws_ork.base.errors import ConfigError
 from aws_ork.lifecycle import Completer, HookAction, HookClient
 from aws_ork.lifecycle.completer import State
 from tests.asgproxy import AsgProxy

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from aws_ork import __version__, defaults
+from aws_ork.base import awserrors
 from aws_ork.loop import oldest_age
 from aws_ork.mirror.worker import MirrorStatus
 from aws_ork.runtime import metrics
@@ -277,17 +279,17 @@ def test_health_names_what_is_wrong_first_the_queue_then_the_mirror():
 
 
 def test_aws_error_labels_stay_bounded(monkeypatch):
-    monkeypatch.setattr(metrics, "_aws_errors", metrics.Counter())
-    metrics.count_aws_error("sqs", "AccessDenied")
-    metrics.count_aws_error("sqs", "AccessDenied")
-    metrics.count_aws_error("s3", "a code with spaces {and braces}")
+    monkeypatch.setattr(awserrors, "_aws_errors", Counter())
+    awserrors.count_aws_error("sqs", "AccessDenied")
+    awserrors.count_aws_error("sqs", "AccessDenied")
+    awserrors.count_aws_error("s3", "a code with spaces {and braces}")
     for n in range(500):
-        metrics.count_aws_error("ec2", f"Made.Up{n}")
-    errors = metrics.aws_errors()
+        awserrors.count_aws_error("ec2", f"Made.Up{n}")
+    errors = awserrors.aws_errors()
     assert errors[("sqs", "AccessDenied")] == 2
     assert errors[("s3", "other")] == 1
-    assert len(errors) == metrics._AWS_ERROR_SERIES + 1  # the last distinct codes: "other"
-    assert errors[("ec2", "other")] == 500 - (metrics._AWS_ERROR_SERIES - 2)
+    assert len(errors) == awserrors._AWS_ERROR_SERIES + 1  # the last distinct codes: "other"
+    assert errors[("ec2", "other")] == 500 - (awserrors._AWS_ERROR_SERIES - 2)
 
 
 def test_messages_carry_their_sent_timestamp_for_the_backlog_age(sqs, queue_url):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 
-from aws_ork.errors import QueueError
+from aws_ork.base.errors import QueueError
 from aws_ork.loop import QueueOutage
 from tests.daemon import queue_counts, send, start_aws_ork, states, wait_for
 from tests.messages import new_id, sns_launch

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aws_ork.errors import MirrorError
+from aws_ork.base.errors import MirrorError
 from aws_ork.mirror.bucket import Download
 from aws_ork.mirror.restore import link_destination, restore, safe_mode
 from tests.daemon import run_aws_ork

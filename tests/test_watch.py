@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_ork.keys.location import KeyLocation
+from aws_ork.base.saltkeys import KeyLocation
 from aws_ork.keys.watcher import KeyDirWatcher
 
 ID = "i-0123456789abcdef0"

@@ -17,9 +17,9 @@ A message only deferred for a retry is not finished, so it is handled when it co
 
 from __future__ import annotations
 
+from aws_ork.base.text import shorten
 from aws_ork.checks.verdict import Verdict
 from aws_ork.events import Event, Source
-from aws_ork.events.fields import shorten
 from aws_ork.memory import IdMemory, valid_id
 
 

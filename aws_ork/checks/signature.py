@@ -61,9 +61,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from aws_ork import defaults
+from aws_ork.base.files import write_atomic
+from aws_ork.base.text import shorten
 from aws_ork.checks.verdict import Verdict
-from aws_ork.events.fields import shorten
-from aws_ork.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aws_ork import defaults
+from aws_ork.base.files import write_atomic
+from aws_ork.base.ids import is_instance_id
 from aws_ork.checks.verdict import Verdict
 from aws_ork.events import Event, Kind
-from aws_ork.ids import is_instance_id
-from aws_ork.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from aws_ork.base.text import shorten
 from aws_ork.checks.verdict import Verdict
 from aws_ork.events import Event, Source
-from aws_ork.events.fields import shorten
 
 
 class TopicCheck:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from aws_ork.base.text import shorten
 from aws_ork.events import fields
 from aws_ork.events.model import Event, Kind, Source, unknown
 
@@ -48,7 +49,7 @@ def parse(doc: Mapping[str, Any], source: Source, **context: Any) -> Event:
         return unknown("Event/LifecycleTransition is not a string", source, **context)
     kind = NOTIFICATIONS.get(name) or TRANSITIONS.get(name)
     if kind is None:
-        return unknown(f"unhandled {fields.shorten(name)}", source, name=name, **context)
+        return unknown(f"unhandled {shorten(name)}", source, name=name, **context)
     if kind is Kind.TEST:
         return Event(kind, source, group=group, name=name, **context)
     return instance_event(kind, source, doc, name, **context)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from aws_ork.base.text import shorten
 from aws_ork.events import autoscaling, fields
 from aws_ork.events.model import Event, Kind, Source, unknown
 
@@ -59,10 +60,10 @@ def parse(doc: Mapping[str, Any]) -> Event:
         instance_id, problem = fields.instance_id(detail, "instance-id")
         label = f"{name}: {state}"
         if kind is None:
-            return unknown(f"EC2 state {fields.shorten(state)} needs no key change", SOURCE,
+            return unknown(f"EC2 state {shorten(state)} needs no key change", SOURCE,
                            name=label)
         if instance_id is None:
             return unknown(problem, SOURCE, name=label)
         return Event(kind, SOURCE, instance_id=instance_id, name=label)
-    return unknown(f"unhandled EventBridge {fields.shorten(origin)} {fields.shorten(name)}",
+    return unknown(f"unhandled EventBridge {shorten(origin)} {shorten(name)}",
                    SOURCE, name=name)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aws_ork.events.fields import clean
+from aws_ork.base.text import clean
 
 
 class Kind(enum.Enum):

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aws_ork import defaults
-from aws_ork.keys.location import ACCEPTED, DENIED, PENDING, KeyLocation
+from aws_ork.base.saltkeys import ACCEPTED, DENIED, PENDING, KeyLocation
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import logging
 import os
 from pathlib import Path
 
-from aws_ork.keys.location import KeyLocation
+from aws_ork.base.saltkeys import KeyLocation
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from aws_ork.keys.location import ACCEPTED, DENIED, FILE_DRIVER, PENDING, REJECTED, KeyLocation
+from aws_ork.base.saltkeys import ACCEPTED, DENIED, FILE_DRIVER, PENDING, REJECTED, KeyLocation
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def preload_event_transport() -> None:
 class SaltKeys:
     """Exact, constant-cost key changes on one ``salt.key.Key``.
 
-    Callers validate the id first (``aws_ork.ids``) and translate Salt's exceptions.
+    Callers validate the id first (``aws_ork.base.ids``) and translate Salt's exceptions.
     """
 
     def __init__(self, key: Any, location: KeyLocation | None = None) -> None:

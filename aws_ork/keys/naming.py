@@ -16,29 +16,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from aws_ork.events.fields import shorten
-from aws_ork.ids import is_instance_id
+from aws_ork.base.ids import MAX_LENGTH, is_instance_id, is_minion_id
+from aws_ork.base.text import shorten
 
 #: The default template: the minion id is the instance id.
 IDENTITY = "{instance_id}"
-#: Longest minion id accepted (a file name in each key directory and in the S3 mirror).
-MAX_LENGTH = 128
-#: Letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit: no path separator,
-#: no glob character (``* ? [ ]``), no leading dot or dash, nothing a shell or a log splits on.
-_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _FIELD = re.compile(r"\{([^{}]*)\}")
 #: Fields whose value identifies one instance: a template needs one of them.
 UNIQUE_FIELDS = ("instance_id", "private_dns_name", "tag:")
 #: The fields a template may use (``tag:`` is a prefix: ``{tag:Name}``).
 FIELDS = ("instance_id", "asg_name", "private_dns_name")
-
-
-def is_minion_id(value: object) -> bool:
-    """True for an id that is safe as a Salt minion id, a key file name and an S3 key part:
-    1-128 characters of ``[A-Za-z0-9._-]``, starting with a letter or digit. Every instance
-    id is one."""
-    return isinstance(value, str) and len(value) <= MAX_LENGTH \
-        and _SAFE.fullmatch(value) is not None
 
 
 class NamingError(Exception):

@@ -47,10 +47,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_ork import __version__
-from aws_ork.events.fields import safe
+from aws_ork.base.ids import is_minion_id
+from aws_ork.base.text import safe
 from aws_ork.keys.eventkey import EventKey
 from aws_ork.keys.manager import Outcome
-from aws_ork.keys.naming import is_minion_id
 
 log = logging.getLogger(__name__)
 

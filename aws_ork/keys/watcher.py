@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aws_ork.keys.location import KeyLocation
+from aws_ork.base.saltkeys import KeyLocation
 
 log = logging.getLogger(__name__)
 

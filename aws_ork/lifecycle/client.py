@@ -14,7 +14,7 @@ import botocore.exceptions
 import botocore.parsers
 
 from aws_ork.aws import AWS_ERRORS, error_code
-from aws_ork.errors import AwsOrkError
+from aws_ork.base.errors import AwsOrkError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ deadline) and the time its next heartbeat is due, and a given-up action is not w
 again when its message returns. Their times are wall-clock times for that reason.
 
 Hook and group names come from the message: every log line shows them escaped
-(:func:`~aws_ork.events.fields.clean`).
+(:func:`~aws_ork.base.text.clean`).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aws_ork import defaults
+from aws_ork.base.text import clean
 from aws_ork.events import Event
-from aws_ork.events.fields import clean
 from aws_ork.lifecycle import waits
 from aws_ork.lifecycle.client import ActionGone, HookClient, LifecycleError
 

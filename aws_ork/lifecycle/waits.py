@@ -3,7 +3,7 @@
 A restart must not give a waiting launch a fresh 30 minutes, nor forget when its next
 heartbeat is due: the completer writes what it waits for (and what it gave up, so a returning
 message is not waited for again) to one small file, rewritten whole (temp file + rename,
-:func:`aws_ork.runtime.files.write_atomic`) when it changes, read back at start-up.
+:func:`aws_ork.base.files.write_atomic`) when it changes, read back at start-up.
 
 One JSON object per line (``json.dumps`` escapes every control character, so a hook or group
 name from a message can never split a line). A line that is torn, not JSON, or whose fields
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aws_ork.ids import is_instance_id
+from aws_ork.base.files import write_atomic
+from aws_ork.base.ids import is_instance_id
 from aws_ork.memory import read_lines
-from aws_ork.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_ork.aws import AWS_ERRORS, error_code
+from aws_ork.base.awserrors import count_aws_error
+from aws_ork.base.errors import MirrorError
 from aws_ork.config import BucketUrl
-from aws_ork.errors import MirrorError
-from aws_ork.runtime.metrics import count_aws_error
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aws_ork.errors import MirrorError
-from aws_ork.runtime.files import write_atomic
+from aws_ork.base.errors import MirrorError
+from aws_ork.base.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import json
 import logging
 from pathlib import Path
 
+from aws_ork.base.files import write_atomic
 from aws_ork.mirror.bucket import Remote
-from aws_ork.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aws_ork import defaults
+from aws_ork.base.errors import MirrorError
+from aws_ork.base.files import lock_directory, write_atomic
+from aws_ork.base.text import shorten
 from aws_ork.config import BucketUrl
-from aws_ork.errors import MirrorError
-from aws_ork.events.fields import shorten
 from aws_ork.memory import (
     ENROLLED_FILE,
     FINISHED_FILE,
@@ -49,7 +50,6 @@ from aws_ork.memory import (
 )
 from aws_ork.mirror.bucket import ObjectTooLarge, S3Tree
 from aws_ork.mirror.planner import S3Mirror
-from aws_ork.runtime.files import lock_directory, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aws_ork import defaults
-from aws_ork.errors import MirrorError
-from aws_ork.events.fields import shorten
+from aws_ork.base.errors import MirrorError
+from aws_ork.base.files import tree_entries
+from aws_ork.base.text import shorten
 from aws_ork.mirror import manifest
 from aws_ork.mirror.bucket import Remote, S3Tree
-from aws_ork.runtime.files import tree_entries
 
 log = logging.getLogger(__name__)
 

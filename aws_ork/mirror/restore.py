@@ -43,13 +43,13 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from aws_ork import defaults
-from aws_ork.errors import AwsOrkError, MirrorError
-from aws_ork.events.fields import shorten
-from aws_ork.keys.location import AUTOSIGN
+from aws_ork.base.errors import AwsOrkError, MirrorError
+from aws_ork.base.files import tree_entries
+from aws_ork.base.saltkeys import AUTOSIGN
+from aws_ork.base.text import shorten
 from aws_ork.mirror.bucket import Download
 from aws_ork.mirror.memories import OWN_ROOT
 from aws_ork.mirror.worker import UNMIRRORED
-from aws_ork.runtime.files import tree_entries
 
 log = logging.getLogger(__name__)
 

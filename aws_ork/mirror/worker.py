@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aws_ork import defaults
-from aws_ork.errors import MirrorError
-from aws_ork.keys.location import AUTOSIGN, DENIED, KEY_STATES, PENDING
+from aws_ork.base.errors import MirrorError
+from aws_ork.base.saltkeys import AUTOSIGN, DENIED, KEY_STATES, PENDING
 from aws_ork.mirror.journal import Journal, Snapshot
 from aws_ork.mirror.planner import S3Mirror, SyncStats
 

@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -29,7 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from aws_ork import __version__, defaults
-from aws_ork.events.fields import clean
+from aws_ork.base.awserrors import aws_errors
+from aws_ork.base.text import clean
 
 if TYPE_CHECKING:  # the loop and the handler import modules that import this one
     from aws_ork.decide import Handler
@@ -38,32 +37,8 @@ if TYPE_CHECKING:  # the loop and the handler import modules that import this on
 
 log = logging.getLogger(__name__)
 
-#: AWS error codes come from the endpoint: an odd one is bucketed, and the table is bounded.
-_CODE = re.compile(r"[A-Za-z0-9_.]{1,64}")
-_AWS_ERROR_SERIES = 100
 #: A request's log line (request line, status) is cut to this length.
 _LOG_LINE_LIMIT = 300
-
-_aws_errors: Counter[tuple[str, str]] = Counter()
-_aws_lock = threading.Lock()
-
-
-def count_aws_error(service: str, code: str) -> None:
-    """Count one failed AWS call (called where botocore errors are translated)."""
-    if not _CODE.fullmatch(code):
-        code = "other"
-    with _aws_lock:
-        key = (service, code)
-        if key not in _aws_errors and len(_aws_errors) >= _AWS_ERROR_SERIES:
-            key = (service, "other")
-        _aws_errors[key] += 1
-
-
-def aws_errors() -> dict[tuple[str, str], int]:
-    """A copy of the AWS error tally: {(service, code): count}."""
-    with _aws_lock:
-        return dict(_aws_errors)
-
 
 def health(loop: Loop, mirror: MirrorWorker | None, mirror_seconds: float,
            now: Callable[[], float] = time.monotonic) -> str | None:

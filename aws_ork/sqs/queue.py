@@ -13,8 +13,8 @@ from typing import Any
 
 from aws_ork import defaults
 from aws_ork.aws import AWS_ERRORS, error_code
-from aws_ork.errors import QueueError
-from aws_ork.runtime.metrics import count_aws_error
+from aws_ork.base.awserrors import count_aws_error
+from aws_ork.base.errors import QueueError
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aws_ork.errors import KeyStoreError
-from aws_ork.keys.naming import is_minion_id
+from aws_ork.base.errors import KeyStoreError
+from aws_ork.base.ids import is_minion_id
 
 ACCEPTED = "minions"
 PENDING = "minions_pre"
