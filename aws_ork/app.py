@@ -75,8 +75,9 @@ def s3_tree(cfg: Config) -> S3Tree:
     """The mirror's objects, written with the configured SSE and ACL."""
     assert cfg.bucket_url is not None
     s3 = make_client("s3", cfg.effective_bucket_region, max_attempts=2)
-    return S3Tree(s3, cfg.bucket_url, ObjectOptions(cfg.bucket_sse, cfg.bucket_kms_key_id,
-                                                    cfg.bucket_acl))
+    return S3Tree(
+        s3, cfg.bucket_url, ObjectOptions(cfg.bucket_sse, cfg.bucket_kms_key_id, cfg.bucket_acl)
+    )
 
 
 def mirrored_key_dir(cfg: Config, location: KeyLocation) -> str | None:
@@ -84,8 +85,12 @@ def mirrored_key_dir(cfg: Config, location: KeyLocation) -> str | None:
     key_dir = os.path.realpath(location.key_dir)
     root = os.path.realpath(cfg.pki_dir)
     if os.path.commonpath([key_dir, root]) != root:
-        log.warning("the master's key directory %s is not under PkiDir %s: minion keys are "
-                    "not mirrored to S3", key_dir, root)
+        log.warning(
+            "the master's key directory %s is not under PkiDir %s: minion keys are "
+            "not mirrored to S3",
+            key_dir,
+            root,
+        )
         return None
     rel = os.path.relpath(key_dir, root)
     return "" if rel == "." else rel
@@ -97,10 +102,13 @@ def event_key_path(cfg: Config, master_opts: Mapping[str, Any]) -> Path:
     path = cfg.salt_event_key or default_path(master_opts)
     real, root = os.path.realpath(path), os.path.realpath(cfg.pki_dir)
     if os.path.commonpath([real, root]) == root:
-        raise ConfigError(cfg.source, "SaltEventKey",
-                          f"{path} is under PkiDir {cfg.pki_dir}, which is mirrored to S3: "
-                          f"keep the secret out of the bucket (the default is in the "
-                          f"master's cachedir)")
+        raise ConfigError(
+            cfg.source,
+            "SaltEventKey",
+            f"{path} is under PkiDir {cfg.pki_dir}, which is mirrored to S3: "
+            f"keep the secret out of the bucket (the default is in the "
+            f"master's cachedir)",
+        )
     return path
 
 
@@ -118,8 +126,9 @@ class App:
     """The daemon's parts, built from the config (after daemonizing: sockets do not survive
     it). Raises QueueError when the queue cannot be reached (a start-up failure, exit 1)."""
 
-    def __init__(self, cfg: Config, run: RunOptions, master_opts: Mapping[str, Any],
-                 stopper: Stopper) -> None:
+    def __init__(
+        self, cfg: Config, run: RunOptions, master_opts: Mapping[str, Any], stopper: Stopper
+    ) -> None:
         self.cfg = cfg
         self.run_options = run
         for warning in require_safe(cfg):  # the explicit unsafe choices, at every start
@@ -127,70 +136,117 @@ class App:
         for warning in bypass.warnings(master_opts):  # the master's own auto-acceptance
             log.warning("%s", warning)
         location = KeyLocation.from_opts(master_opts)
-        self.queue = Queue.open(make_client("sqs", cfg.sqs_region), url=cfg.queue_url,
-                                name=cfg.queue_name)
+        self.queue = Queue.open(
+            make_client("sqs", cfg.sqs_region), url=cfg.queue_url, name=cfg.queue_name
+        )
         self.queue.check()  # an unreachable queue is a start-up failure, not a silent retry
         # EC2 is asked in SQS_Region: the instances a master manages live in the queue's region.
-        ec2 = make_client("ec2", cfg.sqs_region, max_attempts=3) if cfg.verify_instances \
-            else None
+        ec2 = make_client("ec2", cfg.sqs_region, max_attempts=3) if cfg.verify_instances else None
         self._state_lock = self._lock_state_dir(cfg, run.dry_run)
-        terminations = None if cfg.verify_instances else \
-            Terminations(cfg.state_dir / "terminated", dry_run=run.dry_run)
+        terminations = (
+            None
+            if cfg.verify_instances
+            else Terminations(cfg.state_dir / "terminated", dry_run=run.dry_run)
+        )
         finished, enrolled, preauthorised, names = self._memories(cfg, run.dry_run)
         max_age = self.queue.retention_seconds + defaults.SNS_TIMESTAMP_SKEW_SECONDS
         # Lifecycle actions are answered in SQS_Region too: the groups live there.
-        hooks = HookClient(make_client("autoscaling", cfg.sqs_region, max_attempts=3)) \
-            if cfg.lifecycle_hooks else None
+        hooks = (
+            HookClient(make_client("autoscaling", cfg.sqs_region, max_attempts=3))
+            if cfg.lifecycle_hooks
+            else None
+        )
         try:  # the waits of the last run (StateDir/lifecycle-waits) are taken up
-            self.completer = Completer(hooks, dry_run=run.dry_run,
-                                       path=cfg.state_dir / LIFECYCLE_WAITS_FILE) \
-                if hooks is not None else None
+            self.completer = (
+                Completer(hooks, dry_run=run.dry_run, path=cfg.state_dir / LIFECYCLE_WAITS_FILE)
+                if hooks is not None
+                else None
+            )
         except OSError as exc:
             raise StateError(f"StateDir {cfg.state_dir}: {exc}") from exc
-        checks = build_checks(cfg, location=location, ec2=ec2, terminations=terminations,
-                              finished=finished, max_age_seconds=max_age, autoscaling=hooks,
-                              names=names)
-        self.arrivals = KeyArrivals(location, master_opts) if cfg.key_binding == "tag" \
-            else None
+        checks = build_checks(
+            cfg,
+            location=location,
+            ec2=ec2,
+            terminations=terminations,
+            finished=finished,
+            max_age_seconds=max_age,
+            autoscaling=hooks,
+            names=names,
+        )
+        self.arrivals = KeyArrivals(location, master_opts) if cfg.key_binding == "tag" else None
         if self.arrivals is None:
-            log.info("KeyBinding is off: the first key presented under a new instance's id is "
-                     "accepted; KeyBinding = tag accepts only the key the instance published "
-                     "(see the README)")
+            log.info(
+                "KeyBinding is off: the first key presented under a new instance's id is "
+                "accepted; KeyBinding = tag accepts only the key the instance published "
+                "(see the README)"
+            )
         # --dry-run changes nothing, and tells no reactor about changes it did not make
-        self.salt_events = SaltEvents(master_opts, key=event_key(cfg, master_opts)) \
-            if cfg.salt_events and not run.dry_run else None
-        self.handler = Handler(KeyManager(master_opts, dry_run=run.dry_run),
-                               delete_unknown=cfg.delete_unknown_messages, checks=checks,
-                               terminations=terminations, finished=finished,
-                               enrolled=enrolled, arrivals=self.arrivals,
-                               salt_events=self.salt_events,
-                               completer=self.completer, completes_hook=cfg.completes_hook,
-                               names=names, preauthorised=preauthorised)
+        self.salt_events = (
+            SaltEvents(master_opts, key=event_key(cfg, master_opts))
+            if cfg.salt_events and not run.dry_run
+            else None
+        )
+        self.handler = Handler(
+            KeyManager(master_opts, dry_run=run.dry_run),
+            delete_unknown=cfg.delete_unknown_messages,
+            checks=checks,
+            terminations=terminations,
+            finished=finished,
+            enrolled=enrolled,
+            arrivals=self.arrivals,
+            salt_events=self.salt_events,
+            completer=self.completer,
+            completes_hook=cfg.completes_hook,
+            names=names,
+            preauthorised=preauthorised,
+        )
         self.mirror: MirrorWorker | None = None
         if cfg.bucket_url is not None and not run.dry_run:
             key_dir = mirrored_key_dir(cfg, location)
             tree = s3_tree(cfg)
             self.mirror = MirrorWorker(
-                S3Mirror(tree, cfg.pki_dir, cfg.state_dir / MANIFEST_FILE,
-                         unmirrored=unmirrored_dirs(key_dir), foreign=(OWN_ROOT,)),
-                Journal(cfg.state_dir), key_dir=key_dir,
+                S3Mirror(
+                    tree,
+                    cfg.pki_dir,
+                    cfg.state_dir / MANIFEST_FILE,
+                    unmirrored=unmirrored_dirs(key_dir),
+                    foreign=(OWN_ROOT,),
+                ),
+                Journal(cfg.state_dir),
+                key_dir=key_dir,
                 reconcile_seconds=cfg.reconcile_minutes * 60,
-                memories=memory_mirror(tree, cfg.state_dir))
+                memories=memory_mirror(tree, cfg.state_dir),
+            )
         self.watcher = KeyDirWatcher(location)
         sweep = None
         if cfg.sweep_minutes and ec2 is not None:
             check = next(c for c in checks if isinstance(c, InstanceCheck))
-            sweep = Sweep(self.handler, check.lookup, check,
-                          every_seconds=cfg.sweep_minutes * 60)
+            sweep = Sweep(self.handler, check.lookup, check, every_seconds=cfg.sweep_minutes * 60)
         self.archive = self._archive(cfg)
-        self.loop = Loop(self.queue, self.handler, stopper, mirror=self.mirror,
-                         poll_pause=cfg.poll_pause, once=run.once, dry_run=run.dry_run,
-                         on_reload=self.reload, watcher=self.watcher, sweep=sweep,
-                         watchdog=systemd.Watchdog.from_environment(), archive=self.archive)
+        self.loop = Loop(
+            self.queue,
+            self.handler,
+            stopper,
+            mirror=self.mirror,
+            poll_pause=cfg.poll_pause,
+            once=run.once,
+            dry_run=run.dry_run,
+            on_reload=self.reload,
+            watcher=self.watcher,
+            sweep=sweep,
+            watchdog=systemd.Watchdog.from_environment(),
+            archive=self.archive,
+        )
         self.metrics = self._metrics_server(cfg, run)
-        log.info("aws_ork %s: queue %s, keys %s, mirror %s%s", __version__, self.queue.url,
-                 location.key_dir, cfg.bucket_url or "off",
-                 " (dry run: nothing will be changed)" if run.dry_run else "")
+        log.info(
+            "aws_ork %s: queue %s, keys %s, mirror %s%s",
+            __version__,
+            self.queue.url,
+            location.key_dir,
+            cfg.bucket_url or "off",
+            " (dry run: nothing will be changed)" if run.dry_run else "",
+        )
 
     def _metrics_server(self, cfg: Config, run: RunOptions) -> MetricsServer | None:
         """/metrics and /healthz on MetricsAddress, bound now so that an address in use stops
@@ -201,12 +257,16 @@ class App:
         collector = AwsOrkCollector(self.loop, self.handler, self.mirror)
         loop, mirror, limit = self.loop, self.mirror, cfg.health_mirror_seconds
         try:
-            return MetricsServer(cfg.metrics_address, collector,
-                                 lambda: health(loop, mirror, limit))
+            return MetricsServer(
+                cfg.metrics_address, collector, lambda: health(loop, mirror, limit)
+            )
         except OSError as exc:
             host, port = cfg.metrics_address
-            raise ConfigError(cfg.source, "MetricsAddress",
-                              f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+            raise ConfigError(
+                cfg.source,
+                "MetricsAddress",
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            ) from exc
 
     @staticmethod
     def _lock_state_dir(cfg: Config, dry_run: bool) -> int | None:
@@ -221,24 +281,38 @@ class App:
             raise StateError(f"StateDir: {exc}") from exc
 
     @staticmethod
-    def _memories(cfg: Config, dry_run: bool) -> tuple[IdMemory, IdMemory, IdMemory,
-                                                        MinionNames | None]:
+    def _memories(
+        cfg: Config, dry_run: bool
+    ) -> tuple[IdMemory, IdMemory, IdMemory, MinionNames | None]:
         """The replay memories in StateDir, the instances given an autosign stub (whose keys
         the sweep may delete), and (MinionIdTemplate other than the instance id) the minion
         id each instance was given; an unreadable one is a start-up failure."""
         try:
-            finished = IdMemory(cfg.state_dir / FINISHED_FILE,
-                                keep_seconds=defaults.SQS_MAX_RETENTION_SECONDS,
-                                limit=defaults.FINISHED_MESSAGES_LIMIT, dry_run=dry_run)
-            enrolled = IdMemory(cfg.state_dir / ENROLLED_FILE,
-                                keep_seconds=defaults.ENROLLED_KEEP_SECONDS,
-                                limit=defaults.ENROLLED_LIMIT, dry_run=dry_run)
-            preauthorised = IdMemory(cfg.state_dir / PREAUTHORISED_FILE,
-                                     keep_seconds=defaults.ENROLLED_KEEP_SECONDS,
-                                     limit=defaults.ENROLLED_LIMIT, dry_run=dry_run)
-            names = None if Template(cfg.minion_id_template).identity else \
-                MinionNames(cfg.state_dir / NAMES_FILE, limit=defaults.MINION_NAMES_LIMIT,
-                            dry_run=dry_run)
+            finished = IdMemory(
+                cfg.state_dir / FINISHED_FILE,
+                keep_seconds=defaults.SQS_MAX_RETENTION_SECONDS,
+                limit=defaults.FINISHED_MESSAGES_LIMIT,
+                dry_run=dry_run,
+            )
+            enrolled = IdMemory(
+                cfg.state_dir / ENROLLED_FILE,
+                keep_seconds=defaults.ENROLLED_KEEP_SECONDS,
+                limit=defaults.ENROLLED_LIMIT,
+                dry_run=dry_run,
+            )
+            preauthorised = IdMemory(
+                cfg.state_dir / PREAUTHORISED_FILE,
+                keep_seconds=defaults.ENROLLED_KEEP_SECONDS,
+                limit=defaults.ENROLLED_LIMIT,
+                dry_run=dry_run,
+            )
+            names = (
+                None
+                if Template(cfg.minion_id_template).identity
+                else MinionNames(
+                    cfg.state_dir / NAMES_FILE, limit=defaults.MINION_NAMES_LIMIT, dry_run=dry_run
+                )
+            )
         except OSError as exc:
             raise StateError(f"StateDir {cfg.state_dir}: {exc}") from exc
         return finished, enrolled, preauthorised, names
@@ -255,10 +329,12 @@ class App:
             archive = Archive(cfg.archive_dir, cfg.archive_max_mb * 1024 * 1024, named)
         except OSError as exc:
             raise StateError(f"ArchiveDir {cfg.archive_dir}: {exc}") from exc
-        log.info("archiving every received message in %s (%d MB on disk so far, cap %s)",
-                 cfg.archive_dir, archive.total // (1024 * 1024),
-                 f"{cfg.archive_max_mb} MB, {archive.max_files} files"
-                 if cfg.archive_max_mb else "none")
+        log.info(
+            "archiving every received message in %s (%d MB on disk so far, cap %s)",
+            cfg.archive_dir,
+            archive.total // (1024 * 1024),
+            f"{cfg.archive_max_mb} MB, {archive.max_files} files" if cfg.archive_max_mb else "none",
+        )
         return archive
 
     def reload(self) -> None:
@@ -308,8 +384,9 @@ class App:
         if self.salt_events is not None:
             self.salt_events.close()
         if self.mirror is not None and not self.mirror.stop(defaults.FINAL_MIRROR_SECONDS):
-            log.error("S3 mirror is behind the key store; it will be brought up to date at "
-                      "the next start")
+            log.error(
+                "S3 mirror is behind the key store; it will be brought up to date at the next start"
+            )
             status = status or 1
         return status
 

@@ -20,12 +20,14 @@ from aws_ork import defaults
 #: Errors that mean "AWS could not be reached or refused": translate these at each edge.
 #: ResponseParserError (an answer botocore cannot read, e.g. an HTML error page from a proxy)
 #: derives from neither BotoCoreError nor ClientError.
-AWS_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
-              botocore.parsers.ResponseParserError)
+AWS_ERRORS = (
+    botocore.exceptions.BotoCoreError,
+    botocore.exceptions.ClientError,
+    botocore.parsers.ResponseParserError,
+)
 
 
-def make_client(service: str, region: str, *,
-                max_attempts: int = defaults.MAX_ATTEMPTS) -> Any:
+def make_client(service: str, region: str, *, max_attempts: int = defaults.MAX_ATTEMPTS) -> Any:
     """A client for ``service`` in ``region`` with our timeouts and retry policy."""
     config = botocore.config.Config(
         connect_timeout=defaults.CONNECT_TIMEOUT_SECONDS,

@@ -28,25 +28,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aws_ork",
         description="Keep a Salt master's minion keys in step with EC2 Auto Scaling events "
-                    "from SQS, and mirror the pki to S3.",
+        "from SQS, and mirror the pki to S3.",
     )
     add = parser.add_argument
     add("-V", "--version", action="version", version=f"aws_ork {__version__}")
-    add("-c", "--config", metavar="PATH",
-        help=f"config file (default ${config.ENV_PATH} or {config.DEFAULT_PATH})")
+    add(
+        "-c",
+        "--config",
+        metavar="PATH",
+        help=f"config file (default ${config.ENV_PATH} or {config.DEFAULT_PATH})",
+    )
     add("-v", "--verbose", action="store_true", help="debug logging")
     add("-d", "--daemon", action="store_true", help="detach, write PidFile, log to LogFile")
     add("--syslog", action="store_true", help="with -d: log to syslog (facility daemon)")
     add("--purge", action="store_true", help="purge the queue once at start-up, then run")
-    add("--once", action="store_true",
-        help="handle messages until a receive comes back empty, then exit")
-    add("--dry-run", action="store_true",
-        help="log every decision; change no key, delete no message, write nothing to S3")
-    add("--check", action="store_true",
+    add(
+        "--once",
+        action="store_true",
+        help="handle messages until a receive comes back empty, then exit",
+    )
+    add(
+        "--dry-run",
+        action="store_true",
+        help="log every decision; change no key, delete no message, write nothing to S3",
+    )
+    add(
+        "--check",
+        action="store_true",
         help="check the config, the queue and its policy, the bucket, the Salt pki, EC2 "
-             "and the local directories; one ok/WARN/FAIL line each, then exit")
-    add("--restore", action="store_true",
-        help="copy the pki mirror from BucketUrl into PkiDir, then exit")
+        "and the local directories; one ok/WARN/FAIL line each, then exit",
+    )
+    add(
+        "--restore",
+        action="store_true",
+        help="copy the pki mirror from BucketUrl into PkiDir, then exit",
+    )
     add("--force", action="store_true", help="with --restore: overwrite a non-empty PkiDir")
     return parser
 
@@ -69,8 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     options = RunOptions(dry_run=args.dry_run, once=args.once, purge=args.purge)
     if args.daemon:
-        return daemonize(cfg, verbose=args.verbose, syslog=args.syslog,
-                         run=lambda: app.run(cfg, options, master_opts))
+        return daemonize(
+            cfg,
+            verbose=args.verbose,
+            syslog=args.syslog,
+            run=lambda: app.run(cfg, options, master_opts),
+        )
     logsetup.setup(verbose=args.verbose, syslog=args.syslog, log_format=cfg.log_format)
     return app.run(cfg, options, master_opts)
 
@@ -91,26 +111,40 @@ def run_restore(cfg: Config, *, force: bool) -> int:
     except AwsOrkError as exc:
         print(f"aws_ork: restore failed: {exc}", file=sys.stderr)
         return 1
-    print(f"restored {result.files} files ({result.bytes} bytes) from {cfg.bucket_url} "
-          f"into {cfg.pki_dir}")
+    print(
+        f"restored {result.files} files ({result.bytes} bytes) from {cfg.bucket_url} "
+        f"into {cfg.pki_dir}"
+    )
     if result.left_in_place:
-        print(f"{result.left_in_place} local files not overwritten by the mirror were left "
-              f"in place")
+        print(
+            f"{result.left_in_place} local files not overwritten by the mirror were left in place"
+        )
     if result.stubs_dropped:
-        print(f"{result.stubs_dropped} autosign stubs not restored (pre-authorisations of "
-              f"the old master; send the launch again for an instance still booting)")
+        print(
+            f"{result.stubs_dropped} autosign stubs not restored (pre-authorisations of "
+            f"the old master; send the launch again for an instance still booting)"
+        )
     if result.keys_dropped:
-        print(f"{result.keys_dropped} pending or denied keys not restored (each minion "
-              f"presents its key again; a restored copy would look fresh)")
+        print(
+            f"{result.keys_dropped} pending or denied keys not restored (each minion "
+            f"presents its key again; a restored copy would look fresh)"
+        )
     if result.clamped:
-        print(f"{result.clamped} file modes clamped (no setuid/setgid/sticky, no group or "
-              f"world write; *.pem 0400 or 0600)")
-    print(f"restored {memories.files} replay and enrolment memories ({memories.entries} "
-          f"entries) into {cfg.state_dir}")
+        print(
+            f"{result.clamped} file modes clamped (no setuid/setgid/sticky, no group or "
+            f"world write; *.pem 0400 or 0600)"
+        )
+    print(
+        f"restored {memories.files} replay and enrolment memories ({memories.entries} "
+        f"entries) into {cfg.state_dir}"
+    )
     if memories.refused:
-        print(f"{len(memories.refused)} memories refused (too large): not restored, see the "
-              f"warnings")
+        print(
+            f"{len(memories.refused)} memories refused (too large): not restored, see the warnings"
+        )
     if result.refused:
-        print(f"{len(result.refused)} objects refused (unsafe path or link): not restored, "
-              f"see the warnings")
+        print(
+            f"{len(result.refused)} objects refused (unsafe path or link): not restored, "
+            f"see the warnings"
+        )
     return 1 if result.refused or memories.refused else 0

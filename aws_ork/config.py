@@ -75,13 +75,9 @@ class Config:
     log_format: str = field(default="text", metadata={"option": "LogFormat"})
     state_dir: Path = field(default=Path("/var/lib/aws_ork"), metadata={"option": "StateDir"})
     verify_signatures: bool = field(default=True, metadata={"option": "VerifySignatures"})
-    allowed_topic_arns: tuple[str, ...] = field(
-        default=(), metadata={"option": "AllowedTopicArns"}
-    )
+    allowed_topic_arns: tuple[str, ...] = field(default=(), metadata={"option": "AllowedTopicArns"})
     cert_cache_dir: Path | None = field(default=None, metadata={"option": "CertCacheDir"})
-    unsigned_sources: tuple[str, ...] = field(
-        default=(), metadata={"option": "UnsignedSources"}
-    )
+    unsigned_sources: tuple[str, ...] = field(default=(), metadata={"option": "UnsignedSources"})
     verify_instances: bool = field(default=True, metadata={"option": "VerifyInstances"})
     auto_scaling_groups: tuple[str, ...] = field(
         default=(), metadata={"option": "AutoScalingGroups"}
@@ -97,23 +93,20 @@ class Config:
     metrics_address: tuple[str, int] | None = field(
         default=None, metadata={"option": "MetricsAddress"}
     )
-    health_mirror_seconds: float = field(
-        default=900.0, metadata={"option": "HealthMirrorSeconds"}
-    )
+    health_mirror_seconds: float = field(default=900.0, metadata={"option": "HealthMirrorSeconds"})
     key_binding: str = field(default="off", metadata={"option": "KeyBinding"})
     key_binding_tag: str = field(
         default="salt:minion-fingerprint", metadata={"option": "KeyBindingTag"}
     )
     salt_events: bool = field(default=True, metadata={"option": "SaltEvents"})
     salt_event_key: Path | None = field(default=None, metadata={"option": "SaltEventKey"})
-    lifecycle_hooks: tuple[str, ...] = field(
-        default=("*",), metadata={"option": "LifecycleHooks"}
-    )
+    lifecycle_hooks: tuple[str, ...] = field(default=("*",), metadata={"option": "LifecycleHooks"})
 
     def completes_hook(self, name: str | None) -> bool:
         """Does aws_ork complete the lifecycle actions of the hook ``name``?"""
-        return name is not None and (ANY_HOOK in self.lifecycle_hooks
-                                     or name in self.lifecycle_hooks)
+        return name is not None and (
+            ANY_HOOK in self.lifecycle_hooks or name in self.lifecycle_hooks
+        )
 
     @property
     def effective_bucket_region(self) -> str:
@@ -264,8 +257,9 @@ def _star_or(pattern: str, item: str, items: str, star: str) -> Callable[[str], 
         words = _words(raw)
         if "*" in words:
             if len(words) > 1:
-                raise ValueError(f"mixes * with {items}; use * alone ({star}) or only "
-                                 f"{items.split()[-1]}")
+                raise ValueError(
+                    f"mixes * with {items}; use * alone ({star}) or only {items.split()[-1]}"
+                )
             return words
         for word in words:
             if not re.fullmatch(pattern, word):
@@ -275,8 +269,12 @@ def _star_or(pattern: str, item: str, items: str, star: str) -> Callable[[str], 
     return parse
 
 
-_topic_arns = _star_or(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]+",
-                       "an SNS topic ARN", "topic ARNs", "any topic")
+_topic_arns = _star_or(
+    r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]+",
+    "an SNS topic ARN",
+    "topic ARNs",
+    "any topic",
+)
 
 
 #: Message sources that carry no signature (see aws_ork.checks.source); UnsignedSources names them.
@@ -318,8 +316,9 @@ ANY_HOOK = "*"
 
 #: hook names are 1-255 characters of ``[A-Za-z0-9_./-]``, as Auto Scaling allows; empty
 #: completes none
-_hook_names = _star_or(r"[A-Za-z0-9_./-]{1,255}", "a lifecycle hook name", "hook names",
-                       "every hook")
+_hook_names = _star_or(
+    r"[A-Za-z0-9_./-]{1,255}", "a lifecycle hook name", "hook names", "every hook"
+)
 
 
 def _key_binding(raw: str) -> str:
@@ -407,68 +406,113 @@ def require_safe(cfg: Config) -> list[str]:
     config can be read (and tested) option by option.
     """
     if cfg.verify_signatures and not cfg.allowed_topic_arns:
-        raise ConfigError(cfg.source, "AllowedTopicArns", (
-            "not set while VerifySignatures is on: a valid signature only proves that some "
-            "SNS topic sent the message, and any AWS account can publish to a topic of its "
-            "own. Set AllowedTopicArns = arn:aws:sns:REGION:ACCOUNT:TOPIC (the topic of your "
-            "Auto Scaling notifications), or * to accept any topic (unsafe)"))
-    if "eventbridge" in cfg.unsigned_sources and not (cfg.auto_scaling_groups
-                                                      or cfg.instance_tags):
-        raise ConfigError(cfg.source, "UnsignedSources", (
-            "names eventbridge but neither AutoScalingGroups nor InstanceTags is set: EC2 "
-            "state-change events come from every instance in the account. Set one of them "
-            "(AutoScalingGroups = * for any Auto Scaling group)"))
+        raise ConfigError(
+            cfg.source,
+            "AllowedTopicArns",
+            (
+                "not set while VerifySignatures is on: a valid signature only proves that some "
+                "SNS topic sent the message, and any AWS account can publish to a topic of its "
+                "own. Set AllowedTopicArns = arn:aws:sns:REGION:ACCOUNT:TOPIC (the topic of your "
+                "Auto Scaling notifications), or * to accept any topic (unsafe)"
+            ),
+        )
+    if "eventbridge" in cfg.unsigned_sources and not (cfg.auto_scaling_groups or cfg.instance_tags):
+        raise ConfigError(
+            cfg.source,
+            "UnsignedSources",
+            (
+                "names eventbridge but neither AutoScalingGroups nor InstanceTags is set: EC2 "
+                "state-change events come from every instance in the account. Set one of them "
+                "(AutoScalingGroups = * for any Auto Scaling group)"
+            ),
+        )
     unfiltered = [name for name in ("raw", "hook") if name in cfg.unsigned_sources]
     if unfiltered and not (cfg.auto_scaling_groups or cfg.instance_tags):
-        raise ConfigError(cfg.source, "UnsignedSources", (
-            f"names {' and '.join(unfiltered)} but neither AutoScalingGroups nor InstanceTags "
-            f"is set: an unsigned launch may name any running instance of the region (a "
-            f"bastion, this master), and only the queue policy stands in the way. Set one of "
-            f"them (AutoScalingGroups = * for any Auto Scaling group)"))
+        raise ConfigError(
+            cfg.source,
+            "UnsignedSources",
+            (
+                f"names {' and '.join(unfiltered)} but neither AutoScalingGroups nor InstanceTags "
+                f"is set: an unsigned launch may name any running instance of the region (a "
+                f"bastion, this master), and only the queue policy stands in the way. Set one of "
+                f"them (AutoScalingGroups = * for any Auto Scaling group)"
+            ),
+        )
     if cfg.verify_signatures:
         problem = untrusted_dir_problem(cfg.effective_cert_cache_dir)
         if problem:
-            raise ConfigError(cfg.source, "CertCacheDir", (
-                f"{problem}. The certificates cached there are believed without a fetch: "
-                f"whoever can put one there can sign any message (chmod go-w, chown to "
-                f"aws_ork's user)"))
+            raise ConfigError(
+                cfg.source,
+                "CertCacheDir",
+                (
+                    f"{problem}. The certificates cached there are believed without a fetch: "
+                    f"whoever can put one there can sign any message (chmod go-w, chown to "
+                    f"aws_ork's user)"
+                ),
+            )
     if cfg.sweep_minutes and not cfg.verify_instances:
-        raise ConfigError(cfg.source, "SweepMinutes", "is set but VerifyInstances is off: "
-                                                      "the sweep asks EC2 about every key")
+        raise ConfigError(
+            cfg.source,
+            "SweepMinutes",
+            "is set but VerifyInstances is off: the sweep asks EC2 about every key",
+        )
     if cfg.sweep_minutes and not (cfg.auto_scaling_groups or cfg.instance_tags):
-        raise ConfigError(cfg.source, "SweepMinutes", (
-            "is set but neither AutoScalingGroups nor InstanceTags is set: the sweep would "
-            "judge every instance of the region (bastions, this master). Set one of them "
-            "(AutoScalingGroups = * for any Auto Scaling group)"))
+        raise ConfigError(
+            cfg.source,
+            "SweepMinutes",
+            (
+                "is set but neither AutoScalingGroups nor InstanceTags is set: the sweep would "
+                "judge every instance of the region (bastions, this master). Set one of them "
+                "(AutoScalingGroups = * for any Auto Scaling group)"
+            ),
+        )
     if cfg.key_binding == "tag" and not cfg.verify_instances:
-        raise ConfigError(cfg.source, "KeyBinding", "tag needs VerifyInstances: the tag is read "
-                                                    "from the instance's DescribeInstances")
+        raise ConfigError(
+            cfg.source,
+            "KeyBinding",
+            "tag needs VerifyInstances: the tag is read from the instance's DescribeInstances",
+        )
     if cfg.minion_id_template != IDENTITY and not cfg.verify_instances:
-        raise ConfigError(cfg.source, "MinionIdTemplate", "is not {instance_id} but "
-                                                         "VerifyInstances is off: tags and "
-                                                         "names are read from EC2")
-    for option, value in (("AutoScalingGroups", cfg.auto_scaling_groups),
-                          ("InstanceTags", cfg.instance_tags)):
+        raise ConfigError(
+            cfg.source,
+            "MinionIdTemplate",
+            "is not {instance_id} but VerifyInstances is off: tags and names are read from EC2",
+        )
+    for option, value in (
+        ("AutoScalingGroups", cfg.auto_scaling_groups),
+        ("InstanceTags", cfg.instance_tags),
+    ):
         if value and not cfg.verify_instances:
-            raise ConfigError(cfg.source, option, "is set but VerifyInstances is off: groups "
-                                                  "and tags are read from EC2")
+            raise ConfigError(
+                cfg.source,
+                option,
+                "is set but VerifyInstances is off: groups and tags are read from EC2",
+            )
     warnings = []
     if not cfg.verify_signatures:
         warnings.append("VerifySignatures is off: any message in the queue is believed")
     elif cfg.allowed_topic_arns == (ANY_TOPIC,):
-        warnings.append("AllowedTopicArns = *: signed envelopes from ANY SNS topic are "
-                        "believed, including topics of other AWS accounts")
+        warnings.append(
+            "AllowedTopicArns = *: signed envelopes from ANY SNS topic are "
+            "believed, including topics of other AWS accounts"
+        )
     if cfg.verify_signatures and cfg.unsigned_sources:
-        warnings.append(f"UnsignedSources = {' '.join(cfg.unsigned_sources)}: those messages "
-                        f"carry no signature; the queue policy is their only gate")
+        warnings.append(
+            f"UnsignedSources = {' '.join(cfg.unsigned_sources)}: those messages "
+            f"carry no signature; the queue policy is their only gate"
+        )
     if not cfg.verify_instances:
-        warnings.append("VerifyInstances is off: launches and terminates are not checked "
-                        "against EC2 (a terminate deletes a key on the message's word)")
+        warnings.append(
+            "VerifyInstances is off: launches and terminates are not checked "
+            "against EC2 (a terminate deletes a key on the message's word)"
+        )
     if cfg.metrics_address is not None and not is_loopback(cfg.metrics_address[0]):
         host, port = cfg.metrics_address
-        warnings.append(f"MetricsAddress = {host}:{port} is not a loopback address: /metrics "
-                        f"and /healthz (plain HTTP, no authentication) answer whoever reaches "
-                        f"it; keep it on 127.0.0.1 and scrape through a proxy you secure")
+        warnings.append(
+            f"MetricsAddress = {host}:{port} is not a loopback address: /metrics "
+            f"and /healthz (plain HTTP, no authentication) answer whoever reaches "
+            f"it; keep it on 127.0.0.1 and scrape through a proxy you secure"
+        )
     return warnings
 
 

@@ -83,15 +83,22 @@ class _Prepared:
 class Handler:
     """Turns a message into a key operation and a decision about the message."""
 
-    def __init__(self, keys: KeyManager, *, delete_unknown: bool = True,
-                 checks: Sequence[Check] = (), terminations: Terminations | None = None,
-                 finished: IdMemory | None = None, enrolled: IdMemory | None = None,
-                 arrivals: KeyArrivals | None = None,
-                 salt_events: reactor.SaltEvents | None = None,
-                 completer: Completer | None = None,
-                 completes_hook: Callable[[str | None], bool] = lambda _name: True,
-                 names: MinionNames | None = None,
-                 preauthorised: IdMemory | None = None) -> None:
+    def __init__(
+        self,
+        keys: KeyManager,
+        *,
+        delete_unknown: bool = True,
+        checks: Sequence[Check] = (),
+        terminations: Terminations | None = None,
+        finished: IdMemory | None = None,
+        enrolled: IdMemory | None = None,
+        arrivals: KeyArrivals | None = None,
+        salt_events: reactor.SaltEvents | None = None,
+        completer: Completer | None = None,
+        completes_hook: Callable[[str | None], bool] = lambda _name: True,
+        names: MinionNames | None = None,
+        preauthorised: IdMemory | None = None,
+    ) -> None:
         self.keys = keys
         self.delete_unknown = delete_unknown
         self.checks = tuple(checks)
@@ -150,8 +157,11 @@ class Handler:
 
     def _prepare(self, messages: Sequence[Message]) -> _Prepared:
         parsed = {m.message_id: events.parse(m.body) for m in messages}
-        ids = {e.instance_id for e in parsed.values()
-               if e.instance_id is not None and e.kind in (Kind.LAUNCH, Kind.TERMINATE)}
+        ids = {
+            e.instance_id
+            for e in parsed.values()
+            if e.instance_id is not None and e.kind in (Kind.LAUNCH, Kind.TERMINATE)
+        }
         looked: list[tuple[Any, Any]] = []
         for check in self.checks:
             look_ahead = getattr(check, "look_ahead", None)
@@ -173,8 +183,7 @@ class Handler:
             for check, found in prepared.looked:
                 check.use(found)
         except Exception:  # only an optimisation: each message is still handled on its own
-            log.error("could not prepare the batch; handling message by message",
-                      exc_info=True)
+            log.error("could not prepare the batch; handling message by message", exc_info=True)
             self.forget()
 
     def flush(self) -> None:
@@ -210,25 +219,32 @@ class Handler:
             decision = replace(self._decide(event, message), kind=event.kind.value)
             described = event.describe()
         except Exception as exc:
-            log.error("message %s: unexpected %s while handling it; retrying",
-                      clean(message.message_id), type(exc).__name__, exc_info=True)
+            log.error(
+                "message %s: unexpected %s while handling it; retrying",
+                clean(message.message_id),
+                type(exc).__name__,
+                exc_info=True,
+            )
             return self._retry(message, f"unexpected {type(exc).__name__}")
         level = logging.WARNING if decision.rejected else logging.INFO
-        log.log(level, "message %s: %s: %s", clean(message.message_id), described,
-                decision.reason)
+        log.log(level, "message %s: %s: %s", clean(message.message_id), described, decision.reason)
         return decision
 
     def _decide(self, event: Event, message: Message) -> Decision:
         if event.kind is Kind.UNKNOWN:
             if self.delete_unknown:
                 return Decision(Action.DELETE, "ignored, deleted", reason_code="unknown")
-            return Decision(Action.LEAVE, "ignored, left in queue (DeleteUnknownMessages off)",
-                            reason_code="unknown")
+            return Decision(
+                Action.LEAVE,
+                "ignored, left in queue (DeleteUnknownMessages off)",
+                reason_code="unknown",
+            )
         if event.kind is Kind.TEST:
             return Decision(Action.DELETE, "test notification, deleted", reason_code="test")
         if event.kind is Kind.LAUNCH_ERROR:
-            return Decision(Action.DELETE, "launch failed in AWS; no key change",
-                            reason_code="launch_error")
+            return Decision(
+                Action.DELETE, "launch failed in AWS; no key change", reason_code="launch_error"
+            )
         assert event.instance_id is not None  # parser guarantees it for launch/terminate
         instance_id = event.instance_id
         fingerprint: str | None = None
@@ -245,20 +261,27 @@ class Handler:
             if verdict.retry and not 0 < verdict.attempts <= message.receive_count:
                 # a heartbeat only for a message the topic, signature and source checks
                 # passed: not while one of them cannot answer yet (a certificate fetch failed)
-                authenticated = not any(isinstance(later, _AUTHENTICITY)
-                                        for later in self.checks[index:])
-                return self._deferred(event, message, verdict.reason, code,
-                                      authenticated=authenticated)
+                authenticated = not any(
+                    isinstance(later, _AUTHENTICITY) for later in self.checks[index:]
+                )
+                return self._deferred(
+                    event, message, verdict.reason, code, authenticated=authenticated
+                )
             if verdict.retry and verdict.then_ok:
                 continue  # asked often enough: the check passes
             if verdict.stale_key:
-                return self._announced(self._reject_stale(instance_id, minion_id, verdict,
-                                                          message),
-                                       event, message, facts, minion_id=minion_id)
+                return self._announced(
+                    self._reject_stale(instance_id, minion_id, verdict, message),
+                    event,
+                    message,
+                    facts,
+                    minion_id=minion_id,
+                )
             if not verdict.ok:
                 self._forget_hook(event)
-                denied = Decision(Action.DELETE, f"REJECTED: {verdict.reason}",
-                                   rejected=True, reason_code=code)
+                denied = Decision(
+                    Action.DELETE, f"REJECTED: {verdict.reason}", rejected=True, reason_code=code
+                )
                 if getattr(check, "code", None) in UNANNOUNCED_CHECKS:
                     return denied  # anyone's text: never on the master's bus
                 return self._announced(denied, event, message, facts, minion_id=minion_id)
@@ -266,8 +289,9 @@ class Handler:
             if event.kind is Kind.TERMINATE and self.terminations is not None:
                 self.terminations.remember(instance_id)
             with self._keys_lock:
-                refused = None if event.kind is Kind.TERMINATE \
-                    else self._claim(instance_id, minion_id)
+                refused = (
+                    None if event.kind is Kind.TERMINATE else self._claim(instance_id, minion_id)
+                )
                 if refused is not None:
                     result = None
                 elif event.kind is Kind.TERMINATE:
@@ -278,21 +302,36 @@ class Handler:
                     result = self._accept(instance_id, minion_id)
             if result is None:
                 self._forget_hook(event)
-                return self._announced(Decision(Action.DELETE, f"REJECTED: {refused}",
-                                                rejected=True, reason_code="minion_id"),
-                                       event, message, facts, minion_id=minion_id)
+                return self._announced(
+                    Decision(
+                        Action.DELETE,
+                        f"REJECTED: {refused}",
+                        rejected=True,
+                        reason_code="minion_id",
+                    ),
+                    event,
+                    message,
+                    facts,
+                    minion_id=minion_id,
+                )
             decision = self._from_result(result, message, minion_id)
             if fingerprint is not None:
-                decision = self._bound_decision(decision, result, message, minion_id,
-                                                fingerprint)
+                decision = self._bound_decision(decision, result, message, minion_id, fingerprint)
             action = self._hook_action(event)
             if action is not None:
                 decision = self._hook_decision(event.kind, action, decision, result, message)
-            if fingerprint is not None and result.outcome is Outcome.BOUND_NOT_YET \
-                    and decision.action is Action.DELETE:
+            if (
+                fingerprint is not None
+                and result.outcome is Outcome.BOUND_NOT_YET
+                and decision.action is Action.DELETE
+            ):
                 decision = self._give_up_bound(decision, minion_id, fingerprint)
-            if decision.action is Action.DELETE and self.finished is not None \
-                    and event.source is Source.SNS and valid_id(event.message_id):
+            if (
+                decision.action is Action.DELETE
+                and self.finished is not None
+                and event.source is Source.SNS
+                and valid_id(event.message_id)
+            ):
                 assert event.message_id is not None
                 self._remember(self.finished, event.message_id)  # durable before it goes
         except KeyStoreError as exc:
@@ -316,8 +355,9 @@ class Handler:
 
     def _instance_of(self, minion_id: str) -> str | None:
         """The instance a key belongs to (None: not one aws_ork named)."""
-        return owner_of_key(minion_id, self.names.owner_of(minion_id)
-                            if self.names is not None else None)
+        return owner_of_key(
+            minion_id, self.names.owner_of(minion_id) if self.names is not None else None
+        )
 
     def _claim(self, instance_id: str, minion_id: str) -> str | None:
         """MinionIdTemplate: give ``minion_id`` to this instance, durably, before any key is
@@ -326,16 +366,22 @@ class Handler:
         if minion_id == instance_id:
             return None  # an instance id names its own instance
         if self.names is None or is_instance_id(minion_id):
-            return (f"minion id {minion_id} is the id of another instance; MinionIdTemplate "
-                    f"never gives one instance another's id")
+            return (
+                f"minion id {minion_id} is the id of another instance; MinionIdTemplate "
+                f"never gives one instance another's id"
+            )
         owner = self.names.owner_of(minion_id)
         if owner is not None and owner != instance_id:
-            return (f"minion id {minion_id} is held by instance {owner} (MinionIdTemplate "
-                    f"gives one id to one instance at a time)")
+            return (
+                f"minion id {minion_id} is held by instance {owner} (MinionIdTemplate "
+                f"gives one id to one instance at a time)"
+            )
         if owner is None and ACCEPTED in self.keys.states(minion_id):
-            return (f"minion id {minion_id} belongs to an accepted key that aws_ork did not "
-                    f"enrol for this instance; left alone (an operator decides: salt-key -f "
-                    f"{minion_id})")
+            return (
+                f"minion id {minion_id} belongs to an accepted key that aws_ork did not "
+                f"enrol for this instance; left alone (an operator decides: salt-key -f "
+                f"{minion_id})"
+            )
         self.names.bind(instance_id, minion_id)
         return None
 
@@ -343,14 +389,25 @@ class Handler:
         """The terminate's key change: delete the instance's key; its minion id is free
         again once the key is gone."""
         result = self._tally(self.keys.delete(minion_id))
-        if self.names is not None and result.outcome.done and not result.dry_run \
-                and self.names.minion_of(instance_id) == minion_id:
+        if (
+            self.names is not None
+            and result.outcome.done
+            and not result.dry_run
+            and self.names.minion_of(instance_id) == minion_id
+        ):
             self.names.release(instance_id)
         return result
 
-    def _announced(self, decision: Decision, event: Event, message: Message,
-                   facts: Mapping[str, Any] | None, result: KeyResult | None = None, *,
-                   minion_id: str | None = None) -> Decision:
+    def _announced(
+        self,
+        decision: Decision,
+        event: Event,
+        message: Message,
+        facts: Mapping[str, Any] | None,
+        result: KeyResult | None = None,
+        *,
+        minion_id: str | None = None,
+    ) -> Decision:
         """Fire the decision's ``aws_ork/<kind>/<id>`` event for Salt's reactor (best effort:
         :mod:`aws_ork.keys.reactor`); nothing for a retry that decided nothing yet."""
         if self.salt_events is None or event.instance_id is None:
@@ -362,32 +419,48 @@ class Handler:
         else:
             kind = None  # a stale key that could not be rejected yet: retried
         if kind is not None:
-            self.salt_events.fire(kind, minion_id or event.instance_id, {
-                "instance_id": event.instance_id, "group": event.group, "facts": facts,
-                "message_id": message.message_id,
-                "outcome": result.describe() if result is not None else "refused",
-                "reason": decision.reason, "source": event.source.value, "event": event.name})
+            self.salt_events.fire(
+                kind,
+                minion_id or event.instance_id,
+                {
+                    "instance_id": event.instance_id,
+                    "group": event.group,
+                    "facts": facts,
+                    "message_id": message.message_id,
+                    "outcome": result.describe() if result is not None else "refused",
+                    "reason": decision.reason,
+                    "source": event.source.value,
+                    "event": event.name,
+                },
+            )
         return decision
 
     def _is_enrolled(self, instance_id: str | None) -> bool:
-        return self.enrolled is not None and instance_id is not None \
-            and instance_id in self.enrolled
+        return (
+            self.enrolled is not None and instance_id is not None and instance_id in self.enrolled
+        )
 
     def _enrol(self, instance_id: str | None, result: KeyResult) -> None:
         """Remember an instance whose key is accepted: it is never enrolled again."""
-        if result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED) \
-                and not result.dry_run and self.enrolled is not None and instance_id is not None:
+        if (
+            result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED)
+            and not result.dry_run
+            and self.enrolled is not None
+            and instance_id is not None
+        ):
             self._remember(self.enrolled, instance_id)
 
     def _accept(self, instance_id: str, minion_id: str) -> KeyResult:
         """Accept (or pre-authorise) unless this instance was enrolled before; remember an
         accepted key."""
-        result = self._tally(self.keys.accept(minion_id,
-                                              enrolled=self._is_enrolled(instance_id)))
+        result = self._tally(self.keys.accept(minion_id, enrolled=self._is_enrolled(instance_id)))
         if result.outcome is Outcome.REMOVED:
             self._removed(instance_id, minion_id)
-        elif result.outcome is Outcome.PREAUTHORISED and not result.dry_run \
-                and self.preauthorised is not None:
+        elif (
+            result.outcome is Outcome.PREAUTHORISED
+            and not result.dry_run
+            and self.preauthorised is not None
+        ):
             # whatever key Salt accepts through the stub is aws_ork's doing: the sweep may
             # delete it once the instance is gone (even if no running daemon saw it used)
             self._remember(self.preauthorised, instance_id)
@@ -396,36 +469,58 @@ class Handler:
 
     @staticmethod
     def _removed(instance_id: str | None, minion_id: str) -> None:
-        log.error("SECURITY: %s: its key was accepted before and has since been removed "
-                  "(salt-key -d?); a launch message never enrols an instance twice. To "
-                  "enrol it again by hand, compare salt-key -f %s with the minion's own "
-                  "salt-call --local key.finger, then salt-key -a %s",
-                  instance_id if instance_id in (None, minion_id)
-                  else f"{minion_id} (instance {instance_id})", minion_id, minion_id)
+        log.error(
+            "SECURITY: %s: its key was accepted before and has since been removed "
+            "(salt-key -d?); a launch message never enrols an instance twice. To "
+            "enrol it again by hand, compare salt-key -f %s with the minion's own "
+            "salt-call --local key.finger, then salt-key -a %s",
+            instance_id
+            if instance_id in (None, minion_id)
+            else f"{minion_id} (instance {instance_id})",
+            minion_id,
+            minion_id,
+        )
 
-    def _accept_bound(self, instance_id: str | None, minion_id: str, fingerprint: str,
-                      presented: str | None = None) -> KeyResult:
+    def _accept_bound(
+        self,
+        instance_id: str | None,
+        minion_id: str,
+        fingerprint: str,
+        presented: str | None = None,
+    ) -> KeyResult:
         """Key binding: accept exactly the published key; say loudly what else was there
         (once per impostor key: an impostor presents its key as often as it likes)."""
-        result = self._tally(self.keys.accept_bound(minion_id, fingerprint,
-                                                    enrolled=self._is_enrolled(instance_id),
-                                                    presented=presented))
+        result = self._tally(
+            self.keys.accept_bound(
+                minion_id, fingerprint, enrolled=self._is_enrolled(instance_id), presented=presented
+            )
+        )
         if result.outcome is Outcome.REMOVED:
             self._removed(instance_id, minion_id)
         elif result.outcome is Outcome.OTHER_KEY_ACCEPTED:
-            log.error("SECURITY: %s: the key accepted under this id has fingerprint %s, not %s "
-                      "which the instance published; left alone (check it: salt-key -f %s)",
-                      minion_id, ", ".join(result.others) or "?", fingerprint, minion_id)
+            log.error(
+                "SECURITY: %s: the key accepted under this id has fingerprint %s, not %s "
+                "which the instance published; left alone (check it: salt-key -f %s)",
+                minion_id,
+                ", ".join(result.others) or "?",
+                fingerprint,
+                minion_id,
+            )
         elif result.others:
             for other in result.others:
                 if not self._new_impostor(minion_id, other, counted=not result.dry_run):
                     continue
-                log.error("SECURITY: %s: a key with fingerprint %s is not the key the instance "
-                          "published (%s): someone else presented it under this id; %s",
-                          minion_id, clean(other, 200), fingerprint,
-                          "it would never be accepted" if result.dry_run else
-                          "never accepted, and removed (pending: once the genuine key is "
-                          "accepted, or the launch is given up)")
+                log.error(
+                    "SECURITY: %s: a key with fingerprint %s is not the key the instance "
+                    "published (%s): someone else presented it under this id; %s",
+                    minion_id,
+                    clean(other, 200),
+                    fingerprint,
+                    "it would never be accepted"
+                    if result.dry_run
+                    else "never accepted, and removed (pending: once the genuine key is "
+                    "accepted, or the launch is given up)",
+                )
         self._enrol(instance_id, result)
         if result.outcome is Outcome.ACCEPTED and result.changed and self.arrivals is not None:
             pub = self.keys.public_key(minion_id)
@@ -455,15 +550,19 @@ class Handler:
                 return
             for other in result.others:
                 self._new_impostor(minion_id, other, counted=not result.dry_run)
-        log.error("SECURITY: %s: the accepted key (the instance's, %s) was replaced by a "
-                  "pending key with fingerprint %s, stored by a Salt authentication that found "
-                  "the id without a key just before the acceptance; %s", minion_id,
-                  fingerprint, clean(", ".join(result.others), 200),
-                  "the instance's key would be accepted again" if result.dry_run else
-                  "the instance's key is accepted again and that key removed")
+        log.error(
+            "SECURITY: %s: the accepted key (the instance's, %s) was replaced by a "
+            "pending key with fingerprint %s, stored by a Salt authentication that found "
+            "the id without a key just before the acceptance; %s",
+            minion_id,
+            fingerprint,
+            clean(", ".join(result.others), 200),
+            "the instance's key would be accepted again"
+            if result.dry_run
+            else "the instance's key is accepted again and that key removed",
+        )
 
-    def _give_up_bound(self, decision: Decision, minion_id: str,
-                       fingerprint: str) -> Decision:
+    def _give_up_bound(self, decision: Decision, minion_id: str, fingerprint: str) -> Decision:
         """A bound launch given up (the bound key never presented): the impostors' pending
         and denied keys under the id were proven not to be the instance's key; remove them
         (never a key with the published fingerprint, never an accepted key)."""
@@ -472,45 +571,66 @@ class Handler:
         if not removed:
             return decision
         dry = self.keys.dry_run
-        log.warning("%s: key binding gave up; %s %d key(s) presented under this id with "
-                    "another fingerprint than the instance published (%s): %s", minion_id,
-                    "would remove" if dry else "removed", len(removed), fingerprint,
-                    clean(", ".join(removed), 400))
+        log.warning(
+            "%s: key binding gave up; %s %d key(s) presented under this id with "
+            "another fingerprint than the instance published (%s): %s",
+            minion_id,
+            "would remove" if dry else "removed",
+            len(removed),
+            fingerprint,
+            clean(", ".join(removed), 400),
+        )
         if dry:
             return decision
         return replace(decision, changed=True, minion_id=minion_id)
 
-    def _bound_decision(self, decision: Decision, result: KeyResult, message: Message,
-                        minion_id: str, fingerprint: str) -> Decision:
+    def _bound_decision(
+        self,
+        decision: Decision,
+        result: KeyResult,
+        message: Message,
+        minion_id: str,
+        fingerprint: str,
+    ) -> Decision:
         """Name the fingerprint; watch for the key while it is not presented; give up on a
         key never presented after BOUND_KEY_ATTEMPTS receives."""
         reason = f"{decision.reason} (key binding: {fingerprint})"
         if result.outcome is not Outcome.BOUND_NOT_YET:
             return replace(decision, reason=reason)
         if message.receive_count >= defaults.BOUND_KEY_ATTEMPTS:
-            return Decision(Action.DELETE, f"REJECTED: gave up after {message.receive_count} "
-                                           f"receives: {reason}", rejected=True,
-                            reason_code="binding")
+            return Decision(
+                Action.DELETE,
+                f"REJECTED: gave up after {message.receive_count} receives: {reason}",
+                rejected=True,
+                reason_code="binding",
+            )
         if self.arrivals is not None:
             self.arrivals.wait_for(minion_id, fingerprint)
         return replace(decision, reason=reason)
 
-    def _deferred(self, event: Event, message: Message, reason: str,
-                  code: str = "error", *, authenticated: bool = True) -> Decision:
+    def _deferred(
+        self,
+        event: Event,
+        message: Message,
+        reason: str,
+        code: str = "error",
+        *,
+        authenticated: bool = True,
+    ) -> Decision:
         """A check cannot answer yet (EC2 does not list the instance yet, it has not
         published its key's fingerprint yet): retry; a launching hook's action is kept alive
         meanwhile, up to the give-up bound, but only once the message is authenticated
         (``authenticated``: the topic, signature and source checks passed): a forged message
         whose certificate cannot be fetched must not keep anyone's action alive."""
-        action = self._hook_action(event) \
-            if event.kind is Kind.LAUNCH and authenticated else None
+        action = self._hook_action(event) if event.kind is Kind.LAUNCH and authenticated else None
         if action is None:
             return self._retry(message, f"check deferred: {reason}", code)
         assert self.completer is not None
         state = self.completer.wait(action)
         if state is State.GIVEN_UP:
-            return Decision(Action.DELETE, f"check deferred: {reason}; {state.value}",
-                            reason_code=code)
+            return Decision(
+                Action.DELETE, f"check deferred: {reason}; {state.value}", reason_code=code
+            )
         return self._retry(message, f"check deferred: {reason}; {state.value}", code)
 
     def _forget_hook(self, event: Event) -> None:
@@ -525,8 +645,14 @@ class Handler:
             return None
         return HookAction.of(event)
 
-    def _hook_decision(self, kind: Kind, action: HookAction, decision: Decision,
-                       result: KeyResult, message: Message) -> Decision:
+    def _hook_decision(
+        self,
+        kind: Kind,
+        action: HookAction,
+        decision: Decision,
+        result: KeyResult,
+        message: Message,
+    ) -> Decision:
         """Complete the lifecycle action once the key work is done; while a launching
         action waits for its key, the message is kept (retried) so a restart loses nothing.
         A completion that fails is retried with the message; the key change it follows
@@ -544,38 +670,50 @@ class Handler:
                 return replace(decision, reason=f"{decision.reason}; {note}")
         except LifecycleError as exc:
             retry = self._retry(message, f"{decision.reason}; {exc}")
-            return replace(decision, action=Action.RETRY, delay=retry.delay,
-                           reason=retry.reason)
+            return replace(decision, action=Action.RETRY, delay=retry.delay, reason=retry.reason)
         if decision.action is Action.DELETE and result.outcome is not Outcome.PREAUTHORISED:
             # refused, removed, another key accepted, given up: never accepted by us
             self.completer.forget(action)
-            return replace(decision, reason=f"{decision.reason}; lifecycle action left to "
-                                            f"the hook's DefaultResult")
+            return replace(
+                decision,
+                reason=f"{decision.reason}; lifecycle action left to the hook's DefaultResult",
+            )
         state = self.completer.wait(action)
         if state is State.WAITING:
             retry = self._retry(message, f"{decision.reason}; {state.value}")
-            return replace(decision, action=Action.RETRY, delay=retry.delay,
-                           reason=retry.reason)
-        return replace(decision, action=Action.DELETE, reason=f"{decision.reason}; "
-                                                              f"{state.value}")
+            return replace(decision, action=Action.RETRY, delay=retry.delay, reason=retry.reason)
+        return replace(decision, action=Action.DELETE, reason=f"{decision.reason}; {state.value}")
 
-    def on_key_presented(self, minion_id: str, fingerprint: str,
-                         presented: str | None = None) -> bool:
+    def on_key_presented(
+        self, minion_id: str, fingerprint: str, presented: str | None = None
+    ) -> bool:
         """The arrivals thread saw a key presented under a waiting id (``presented``: the
         public key of its ``salt/auth`` event, which Salt may not have kept): ask the key
         stage now. True when nothing is left to wait for."""
         instance_id = self._instance_of(minion_id)
         with self._keys_lock:
             result = self._accept_bound(instance_id, minion_id, fingerprint, presented)
-        log.info("key presented by %s: %s (key binding: %s)", minion_id, result.describe(),
-                 fingerprint)
+        log.info(
+            "key presented by %s: %s (key binding: %s)", minion_id, result.describe(), fingerprint
+        )
         kind = reactor.kind_of(result.outcome, terminate=False)
         if self.salt_events is not None and kind is not None and result.outcome.done:
-            self.salt_events.fire(kind, minion_id, {
-                "instance_id": instance_id, "outcome": result.describe(),
-                "source": "key binding", "reason": f"key presented (key binding: {fingerprint})"})
-        if self.completer is not None and not result.dry_run and instance_id is not None \
-                and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
+            self.salt_events.fire(
+                kind,
+                minion_id,
+                {
+                    "instance_id": instance_id,
+                    "outcome": result.describe(),
+                    "source": "key binding",
+                    "reason": f"key presented (key binding: {fingerprint})",
+                },
+            )
+        if (
+            self.completer is not None
+            and not result.dry_run
+            and instance_id is not None
+            and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED)
+        ):
             self.completer.accepted(instance_id)
         return result.outcome.done
 
@@ -584,8 +722,11 @@ class Handler:
     def instance_keys(self) -> list[tuple[str, str, set[str]]]:
         """(instance id, minion id, states) of every key this daemon manages: those named
         like an instance id, and those MinionIdTemplate gave an instance."""
-        given = {minion_id: instance_id for instance_id, minion_id in self.names.items()} \
-            if self.names is not None else {}
+        given = (
+            {minion_id: instance_id for instance_id, minion_id in self.names.items()}
+            if self.names is not None
+            else {}
+        )
         with self._keys_lock:
             listing = self.keys.instance_keys(given)
         found = []
@@ -605,8 +746,10 @@ class Handler:
         another region or account): EC2 of SQS_Region not knowing it proves nothing."""
         if minion_id != instance_id:
             return self.names is not None and self.names.minion_of(instance_id) == minion_id
-        return any(memory is not None and instance_id in memory
-                   for memory in (self.enrolled, self.preauthorised))
+        return any(
+            memory is not None and instance_id in memory
+            for memory in (self.enrolled, self.preauthorised)
+        )
 
     def sweep_accept(self, instance_id: str, minion_id: str, verdict: Verdict) -> int:
         """A pending key whose launch message was lost: accept it only if the instance passes
@@ -615,15 +758,22 @@ class Handler:
         under a long-running instance's id is "younger than the instance" whoever presented
         it. Returns 1 when a key was accepted."""
         if (verdict.minion_id or instance_id) != minion_id:
-            log.debug("sweep: %s: pending key %s left alone: the instance's minion id is %s",
-                      instance_id, minion_id, verdict.minion_id or instance_id)
+            log.debug(
+                "sweep: %s: pending key %s left alone: the instance's minion id is %s",
+                instance_id,
+                minion_id,
+                verdict.minion_id or instance_id,
+            )
             return 0
         if not verdict.ok:
             log.debug("sweep: %s: pending key left alone: %s", minion_id, verdict.reason)
             return 0
         if verdict.fingerprint is None:  # never by freshness (Sweep asks only under binding)
-            log.debug("sweep: %s: pending key left alone: the sweep accepts only the key the "
-                      "instance published (KeyBinding = tag)", minion_id)
+            log.debug(
+                "sweep: %s: pending key left alone: the sweep accepts only the key the "
+                "instance published (KeyBinding = tag)",
+                minion_id,
+            )
             return 0
         with self._keys_lock:
             refused = self._claim(instance_id, minion_id)
@@ -631,8 +781,12 @@ class Handler:
                 log.warning("sweep: %s: pending key left alone: %s", minion_id, refused)
                 return 0
             result = self._accept_bound(instance_id, minion_id, verdict.fingerprint)
-        log.info("sweep: launch %s (its launch message was lost): %s (key binding: %s)",
-                 named(instance_id, minion_id), result.describe(), verdict.fingerprint)
+        log.info(
+            "sweep: launch %s (its launch message was lost): %s (key binding: %s)",
+            named(instance_id, minion_id),
+            result.describe(),
+            verdict.fingerprint,
+        )
         return int(result.outcome is Outcome.ACCEPTED and result.changed)
 
     def sweep_delete(self, instance_id: str, minion_id: str, why: str) -> int:
@@ -642,8 +796,9 @@ class Handler:
             if self.terminations is not None:
                 self.terminations.remember(instance_id)
             result = self._delete(instance_id, minion_id)
-        log.info("sweep: terminate %s (%s): %s", named(instance_id, minion_id), why,
-                 result.describe())
+        log.info(
+            "sweep: terminate %s (%s): %s", named(instance_id, minion_id), why, result.describe()
+        )
         return int(result.changed)
 
     def note_accepted_by_salt(self, minion_ids: Sequence[str]) -> None:
@@ -657,10 +812,16 @@ class Handler:
                 if ACCEPTED not in self.keys.states(minion_id):
                     continue
                 if self.salt_events is not None:  # best effort: never raises
-                    self.salt_events.fire(reactor.Kind.ACCEPTED, minion_id, {
-                        "instance_id": instance_id, "outcome": Outcome.ACCEPTED.text,
-                        "source": "autosign",
-                        "reason": "accepted by Salt through aws_ork's autosign stub"})
+                    self.salt_events.fire(
+                        reactor.Kind.ACCEPTED,
+                        minion_id,
+                        {
+                            "instance_id": instance_id,
+                            "outcome": Outcome.ACCEPTED.text,
+                            "source": "autosign",
+                            "reason": "accepted by Salt through aws_ork's autosign stub",
+                        },
+                    )
                 if self.enrolled is not None and instance_id is not None:
                     self.enrolled.add(instance_id)
             except (OSError, ValueError, AwsOrkError) as exc:
@@ -669,8 +830,9 @@ class Handler:
             if self.completer is not None and instance_id is not None:
                 self.completer.accepted(instance_id)
 
-    def _reject_stale(self, instance_id: str, minion_id: str, verdict: Verdict,
-                      message: Message) -> Decision:
+    def _reject_stale(
+        self, instance_id: str, minion_id: str, verdict: Verdict, message: Message
+    ) -> Decision:
         """The instance check found a pending key older than the instance: someone else
         submitted it under this id. Move it to the rejected keys, where it is never accepted
         and an operator can still inspect it; but only under an id this instance may hold
@@ -680,30 +842,49 @@ class Handler:
             with self._keys_lock:
                 refused = self._claim(instance_id, minion_id)
                 if refused is not None:
-                    return Decision(Action.DELETE, f"REJECTED: {refused}", rejected=True,
-                                    reason_code="minion_id")
-                log.error("SECURITY: %s: %s: someone else submitted a key under this id; it "
-                          "is moved to the rejected keys and never accepted (inspect it: "
-                          "salt-key -f %s)", minion_id, verdict.reason, minion_id)
+                    return Decision(
+                        Action.DELETE,
+                        f"REJECTED: {refused}",
+                        rejected=True,
+                        reason_code="minion_id",
+                    )
+                log.error(
+                    "SECURITY: %s: %s: someone else submitted a key under this id; it "
+                    "is moved to the rejected keys and never accepted (inspect it: "
+                    "salt-key -f %s)",
+                    minion_id,
+                    verdict.reason,
+                    minion_id,
+                )
                 result = self._tally(self.keys.reject(minion_id))
         except KeyStoreError as exc:
-            return self._retry(message, f"stale pending key could not be rejected: {exc}",
-                               "stale_key")
+            return self._retry(
+                message, f"stale pending key could not be rejected: {exc}", "stale_key"
+            )
         except OSError as exc:  # the claim's StateDir/minion-ids
             return self._retry(message, f"cannot write to StateDir: {exc}", "state_dir")
-        return Decision(Action.DELETE, f"REJECTED: {verdict.reason}: {result.describe()}",
-                        rejected=True, changed=result.changed,
-                        minion_id=minion_id if result.changed else None,
-                        reason_code="stale_key")
+        return Decision(
+            Action.DELETE,
+            f"REJECTED: {verdict.reason}: {result.describe()}",
+            rejected=True,
+            changed=result.changed,
+            minion_id=minion_id if result.changed else None,
+            reason_code="stale_key",
+        )
 
-    def _from_result(self, result: KeyResult, message: Message,
-                     minion_id: str | None = None) -> Decision:
+    def _from_result(
+        self, result: KeyResult, message: Message, minion_id: str | None = None
+    ) -> Decision:
         if result.outcome.done:
             stubbed = result.outcome is Outcome.PREAUTHORISED and not result.dry_run
-            return Decision(Action.DELETE, result.describe(), changed=result.changed,
-                            minion_id=minion_id if result.changed else None,
-                            preauthorised=minion_id if stubbed else None,
-                            reason_code=result.outcome.name.lower())
+            return Decision(
+                Action.DELETE,
+                result.describe(),
+                changed=result.changed,
+                minion_id=minion_id if result.changed else None,
+                preauthorised=minion_id if stubbed else None,
+                reason_code=result.outcome.name.lower(),
+            )
         return self._retry(message, result.describe(), result.outcome.name.lower())
 
     def _tally(self, result: KeyResult) -> KeyResult:
@@ -711,16 +892,18 @@ class Handler:
         if result.dry_run:
             return result
         with self._keys_lock:
-            if result.outcome is Outcome.PREAUTHORISED or result.changed and result.outcome in (
-                    Outcome.ACCEPTED, Outcome.DELETED, Outcome.REJECTED):  # a stub: no change
+            if (
+                result.outcome is Outcome.PREAUTHORISED
+                or result.changed
+                and result.outcome in (Outcome.ACCEPTED, Outcome.DELETED, Outcome.REJECTED)
+            ):  # a stub: no change
                 self.key_counts[result.outcome.name.lower()] += 1
         return result
 
     @staticmethod
     def _retry(message: Message, reason: str, code: str = "error") -> Decision:
         delay = defaults.retry_delay(message.receive_count)
-        return Decision(Action.RETRY, f"{reason}; retry in {delay}s", delay=delay,
-                        reason_code=code)
+        return Decision(Action.RETRY, f"{reason}; retry in {delay}s", delay=delay, reason_code=code)
 
 
 def named(instance_id: str, minion_id: str) -> str:

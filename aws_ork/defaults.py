@@ -45,6 +45,7 @@ def retry_delay(receive_count: int) -> int:
     """Visibility delay for the n-th failed attempt (1-based): 2, 4, 8, ... capped at 60 s."""
     return int(backoff(receive_count, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS))
 
+
 #: A stopping daemon gives the last S3 mirror run this long; what is left is mirrored at the
 #: next start (the start-up reconciliation), and ``--once`` exits 1 to say so.
 FINAL_MIRROR_SECONDS = 10

@@ -63,8 +63,11 @@ class QueueOutage:
     hundreds: the first failure, then at most one ERROR line every ``every`` seconds, and one
     INFO line when the queue answers again."""
 
-    def __init__(self, every: float = defaults.OUTAGE_LOG_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        every: float = defaults.OUTAGE_LOG_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.every = every
         self.clock = clock
         self.failures = 0
@@ -76,31 +79,51 @@ class QueueOutage:
         self.failures += 1
         if self.failures == 1:
             self._since = self._logged = now
-            log.error("%s; retrying in %ss, then less and less often (up to every %ss)",
-                      exc, delay, defaults.RECONNECT_CAP_SECONDS)
+            log.error(
+                "%s; retrying in %ss, then less and less often (up to every %ss)",
+                exc,
+                delay,
+                defaults.RECONNECT_CAP_SECONDS,
+            )
         elif now - self._logged >= self.every:
             self._logged = now
-            log.error("queue still unreachable (%d failures over %.0f s): %s",
-                      self.failures, now - self._since, exc)
+            log.error(
+                "queue still unreachable (%d failures over %.0f s): %s",
+                self.failures,
+                now - self._since,
+                exc,
+            )
 
     def over(self) -> None:
         """A receive worked: say so once if it ends an outage."""
         if self.failures:
-            log.info("queue reachable again after %d failures over %.0f s", self.failures,
-                     self.clock() - self._since)
+            log.info(
+                "queue reachable again after %d failures over %.0f s",
+                self.failures,
+                self.clock() - self._since,
+            )
             self.failures = 0
 
 
 class Loop:
     """Runs until stopped (or, with ``once``, until a receive comes back empty)."""
 
-    def __init__(self, queue: Queue, handler: Handler, stopper: Stopper, *,
-                 mirror: MirrorWorker | None = None, poll_pause: float = 0.0,
-                 once: bool = False, dry_run: bool = False,
-                 on_reload: Callable[[], None] | None = None,
-                 watcher: KeyDirWatcher | None = None,
-                 watchdog: Watchdog | None = None, sweep: Sweep | None = None,
-                 archive: Archive | None = None) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        handler: Handler,
+        stopper: Stopper,
+        *,
+        mirror: MirrorWorker | None = None,
+        poll_pause: float = 0.0,
+        once: bool = False,
+        dry_run: bool = False,
+        on_reload: Callable[[], None] | None = None,
+        watcher: KeyDirWatcher | None = None,
+        watchdog: Watchdog | None = None,
+        sweep: Sweep | None = None,
+        archive: Archive | None = None,
+    ) -> None:
         self.sweep = sweep  # the reconcile sweep (SweepMinutes), run between receives
         self.queue = queue
         self.handler = handler
@@ -145,10 +168,15 @@ class Loop:
                     errors = 0
                 except Exception as exc:  # a bug of ours must not stop key management
                     errors += 1
-                    delay = defaults.backoff(errors, defaults.RECONNECT_BASE_SECONDS,
-                                             defaults.RECONNECT_CAP_SECONDS)
-                    log.error("unexpected %s in the loop; going on in %ss",
-                              type(exc).__name__, delay, exc_info=True)
+                    delay = defaults.backoff(
+                        errors, defaults.RECONNECT_BASE_SECONDS, defaults.RECONNECT_CAP_SECONDS
+                    )
+                    log.error(
+                        "unexpected %s in the loop; going on in %ss",
+                        type(exc).__name__,
+                        delay,
+                        exc_info=True,
+                    )
                     if self._sleep(delay):
                         break
                     continue
@@ -203,8 +231,9 @@ class Loop:
         try:
             self.sweep.run()
         except AwsOrkError as exc:
-            log.error("sweep: %s; the next one is due in %.0f minutes", exc,
-                      self.sweep.every_seconds / 60)
+            log.error(
+                "sweep: %s; the next one is due in %.0f minutes", exc, self.sweep.every_seconds / 60
+            )
 
     def _tear_down(self) -> None:
         """On the way out, however it ends: give back a prefetched batch, hand Salt's last
@@ -215,11 +244,15 @@ class Loop:
             self._watch(False)  # what Salt changed in the last cycle still goes to the mirror
         except Exception:
             log.error("could not look at the key directories a last time", exc_info=True)
-        log.info("stopping%s: %d received, %d deleted, %d retried, %d rejected, "
-                 "%d batches changed keys",
-                 f" ({self.stopper.reason})" if self.stopper.reason else "",
-                 self.counters.received, self.counters.deleted, self.counters.retried,
-                 self.counters.rejected, self.counters.batches_with_key_changes)
+        log.info(
+            "stopping%s: %d received, %d deleted, %d retried, %d rejected, %d batches changed keys",
+            f" ({self.stopper.reason})" if self.stopper.reason else "",
+            self.counters.received,
+            self.counters.deleted,
+            self.counters.retried,
+            self.counters.rejected,
+            self.counters.batches_with_key_changes,
+        )
 
     def _first_sightings(self, messages: list[Message]) -> list[Message]:
         """``--once``: a message retried in this run and back already is left for a later run.
@@ -257,8 +290,11 @@ class Loop:
                 self.outage.failures += 1
                 log.error("%s", exc)
                 return None
-            delay = defaults.backoff(self.outage.failures + 1, defaults.RECONNECT_BASE_SECONDS,
-                                     defaults.RECONNECT_CAP_SECONDS)
+            delay = defaults.backoff(
+                self.outage.failures + 1,
+                defaults.RECONNECT_BASE_SECONDS,
+                defaults.RECONNECT_CAP_SECONDS,
+            )
             self.outage.failed(exc, delay)
             self._sleep(delay)
             return None
@@ -321,8 +357,11 @@ class Loop:
         try:
             self.handler.flush()  # the batch's replay memories durable before any delete
         except OSError as exc:
-            log.error("cannot make StateDir durable (%s); keeping %d finished messages for a "
-                      "retry", exc, len(done))
+            log.error(
+                "cannot make StateDir durable (%s); keeping %d finished messages for a retry",
+                exc,
+                len(done),
+            )
             if not self.dry_run:
                 for message in done:
                     self.queue.retry_later(message, defaults.RETRY_BASE_SECONDS)
@@ -363,8 +402,7 @@ class Loop:
             return False
 
     def _give_back(self, unhandled: list[Message]) -> None:
-        log.info("stop requested: giving %d unhandled messages back to the queue",
-                 len(unhandled))
+        log.info("stop requested: giving %d unhandled messages back to the queue", len(unhandled))
         if not self.dry_run:
             self.queue.release(unhandled)
 

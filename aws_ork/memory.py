@@ -70,8 +70,7 @@ def read_lines(path: Path) -> list[str]:
     return text.splitlines()
 
 
-def compact_if_due(path: Path, lines: int, live: int,
-                   render: Callable[[], Iterable[str]]) -> int:
+def compact_if_due(path: Path, lines: int, live: int, render: Callable[[], Iterable[str]]) -> int:
     """Rewrite a memory file of ``lines`` lines with its ``live`` ones only (``render``: temp
     file + rename) once it holds more dead lines than live ones, plus 1,000; the file's line
     count after it. A rewrite that fails leaves the long file, which still holds every live
@@ -101,8 +100,15 @@ class IdMemory:
     ``add`` raises OSError when the id could not be written durably: the caller must not
     report its message done. ``dry_run`` remembers nothing (and writes nothing)."""
 
-    def __init__(self, path: Path, *, keep_seconds: float, limit: int,
-                 dry_run: bool = False, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        keep_seconds: float,
+        limit: int,
+        dry_run: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = path
         self.keep_seconds = keep_seconds
         self.limit = limit
@@ -196,8 +202,14 @@ class MinionNames:
     oldest go first; a forgotten one's terminate deletes nothing, and the sweep finds its
     key only if it is named like an instance id). Thread-safe; ``dry_run`` writes nothing."""
 
-    def __init__(self, path: Path, *, limit: int, dry_run: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        limit: int,
+        dry_run: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = path
         self.limit = limit
         self.dry_run = dry_run
@@ -247,8 +259,7 @@ class MinionNames:
         """Give ``minion_id`` to ``instance_id``, durably (OSError: not written; the caller
         must not go on). ValueError when another instance holds the id."""
         if not (valid_id(instance_id) and valid_id(minion_id)):
-            raise ValueError(f"{instance_id!r:.60} -> {minion_id!r:.60}: not ids this memory "
-                             f"keeps")
+            raise ValueError(f"{instance_id!r:.60} -> {minion_id!r:.60}: not ids this memory keeps")
         with self._lock:
             owner = self._owners.get(minion_id)
             if owner is not None and owner != instance_id:
@@ -291,8 +302,10 @@ class MinionNames:
         self._lines = compact_if_due(self.path, self._lines, len(self._names), self._render)
 
     def _render(self) -> Iterable[str]:
-        return (f"{when:.3f} {instance_id} {minion_id}\n"
-                for instance_id, (when, minion_id) in self._names.items())
+        return (
+            f"{when:.3f} {instance_id} {minion_id}\n"
+            for instance_id, (when, minion_id) in self._names.items()
+        )
 
     def render(self) -> str:
         """The file's text with the live names only (what a compaction writes)."""

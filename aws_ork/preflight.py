@@ -48,11 +48,16 @@ MIN_VISIBILITY_TIMEOUT = 30
 #: bound: with fewer receives than that it is set aside before aws_ork could finish it.
 MIN_MAX_RECEIVE_COUNT = defaults.WAIT_RECEIVES
 #: Policy condition operators that admit only the values they name.
-ADMITTING_OPERATORS = frozenset({"arnequals", "arnlike", "stringequals", "stringlike",
-                                 "stringequalsignorecase"})
+ADMITTING_OPERATORS = frozenset(
+    {"arnequals", "arnlike", "stringequals", "stringlike", "stringequalsignorecase"}
+)
 #: The four settings of a public access block, all needed to keep the pki private.
-PUBLIC_ACCESS_SETTINGS = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy",
-                          "RestrictPublicBuckets")
+PUBLIC_ACCESS_SETTINGS = (
+    "BlockPublicAcls",
+    "IgnorePublicAcls",
+    "BlockPublicPolicy",
+    "RestrictPublicBuckets",
+)
 
 
 class Status(enum.Enum):
@@ -111,8 +116,16 @@ def lines(cfg: Config, warnings: Iterable[str]) -> Iterator[Line]:
     for warning in warnings:  # config.require_safe: the explicit unsafe choices
         yield warn(warning)
     checks: list[Callable[[Config], Iterable[Line]]] = [
-        check_queue, check_bucket, check_pki, check_event_key, check_ec2, check_cert_cache,
-        check_state_dir, check_key_binding, check_lifecycle]
+        check_queue,
+        check_bucket,
+        check_pki,
+        check_event_key,
+        check_ec2,
+        check_cert_cache,
+        check_state_dir,
+        check_key_binding,
+        check_lifecycle,
+    ]
     for check in checks:
         yield from check(cfg)
 
@@ -130,10 +143,12 @@ def check_lifecycle(cfg: Config) -> Iterator[Line]:
         client = make_client("autoscaling", cfg.sqs_region, max_attempts=2)
         client.describe_auto_scaling_instances(MaxRecords=1)
     except AWS_ERRORS as exc:
-        yield fail(f"lifecycle hooks: Auto Scaling DescribeAutoScalingInstances failed: "
-                   f"{error_code(exc)} (the role needs autoscaling:CompleteLifecycleAction, "
-                   f"RecordLifecycleActionHeartbeat, DescribeLifecycleHooks and "
-                   f"DescribeAutoScalingInstances)")
+        yield fail(
+            f"lifecycle hooks: Auto Scaling DescribeAutoScalingInstances failed: "
+            f"{error_code(exc)} (the role needs autoscaling:CompleteLifecycleAction, "
+            f"RecordLifecycleActionHeartbeat, DescribeLifecycleHooks and "
+            f"DescribeAutoScalingInstances)"
+        )
         return
     names = "every hook" if "*" in cfg.lifecycle_hooks else ", ".join(cfg.lifecycle_hooks)
     yield ok(f"lifecycle hooks: Auto Scaling reachable; completing {names}")
@@ -146,12 +161,16 @@ def check_key_binding(cfg: Config) -> Iterator[Line]:
     """Key binding's prerequisites (VerifyInstances is enforced by the config already; the
     EC2 line above proves DescribeInstances, which carries the tag). Off: recommend it."""
     if cfg.key_binding == "tag":
-        yield ok(f"key binding: only the key whose fingerprint the instance published on its "
-                 f"tag {cfg.key_binding_tag!r} is accepted (instances need "
-                 f"data/instance/aws_ork-bind-minion.sh and the README's instance role)")
+        yield ok(
+            f"key binding: only the key whose fingerprint the instance published on its "
+            f"tag {cfg.key_binding_tag!r} is accepted (instances need "
+            f"data/instance/aws_ork-bind-minion.sh and the README's instance role)"
+        )
     else:
-        yield ok("key binding off: the first key presented under a new instance's id is "
-                 "accepted; KeyBinding = tag is recommended (see the README)")
+        yield ok(
+            "key binding off: the first key presented under a new instance's id is "
+            "accepted; KeyBinding = tag is recommended (see the README)"
+        )
 
 
 # --- the queue ---
@@ -160,21 +179,33 @@ def check_key_binding(cfg: Config) -> Iterator[Line]:
 def check_queue(cfg: Config) -> Iterator[Line]:
     """The queue is reachable; its timeouts, its dead-letter queue, who may send to it."""
     try:
-        queue = Queue.open(make_client("sqs", cfg.sqs_region, max_attempts=2),
-                           url=cfg.queue_url, name=cfg.queue_name)
-        attrs = queue.attributes("ApproximateNumberOfMessages", "VisibilityTimeout",
-                                 "MessageRetentionPeriod", "RedrivePolicy", "Policy")
+        queue = Queue.open(
+            make_client("sqs", cfg.sqs_region, max_attempts=2),
+            url=cfg.queue_url,
+            name=cfg.queue_name,
+        )
+        attrs = queue.attributes(
+            "ApproximateNumberOfMessages",
+            "VisibilityTimeout",
+            "MessageRetentionPeriod",
+            "RedrivePolicy",
+            "Policy",
+        )
     except QueueError as exc:
         yield fail(f"queue: {exc}")
         return
     visibility = _int(attrs.get("VisibilityTimeout"))
-    yield ok(f"queue {queue.url}: {attrs.get('ApproximateNumberOfMessages', '?')} messages "
-             f"waiting, visibility timeout {_seconds(visibility)}, retention "
-             f"{_seconds(_int(attrs.get('MessageRetentionPeriod')))}")
+    yield ok(
+        f"queue {queue.url}: {attrs.get('ApproximateNumberOfMessages', '?')} messages "
+        f"waiting, visibility timeout {_seconds(visibility)}, retention "
+        f"{_seconds(_int(attrs.get('MessageRetentionPeriod')))}"
+    )
     if visibility is not None and visibility < MIN_VISIBILITY_TIMEOUT:
-        yield warn(f"queue visibility timeout {visibility} s is under "
-                   f"{MIN_VISIBILITY_TIMEOUT} s: a message still being handled can be "
-                   f"received again")
+        yield warn(
+            f"queue visibility timeout {visibility} s is under "
+            f"{MIN_VISIBILITY_TIMEOUT} s: a message still being handled can be "
+            f"received again"
+        )
     yield redrive_line(attrs.get("RedrivePolicy"))
     yield from policy_lines(attrs.get("Policy"), cfg.allowed_topic_arns, cfg.unsigned_sources)
 
@@ -182,8 +213,10 @@ def check_queue(cfg: Config) -> Iterator[Line]:
 def redrive_line(text: str | None) -> Line:
     """The dead-letter queue: without one a message that always fails comes back for ever."""
     if not text:
-        return warn("queue has no dead-letter queue (RedrivePolicy): a message that always "
-                    "fails is received again until its retention period ends")
+        return warn(
+            "queue has no dead-letter queue (RedrivePolicy): a message that always "
+            "fails is received again until its retention period ends"
+        )
     try:
         redrive = json.loads(text)
     except ValueError:
@@ -193,14 +226,17 @@ def redrive_line(text: str | None) -> Line:
     target = redrive.get("deadLetterTargetArn", "?")
     count = _int(redrive.get("maxReceiveCount"))
     if count is not None and count < MIN_MAX_RECEIVE_COUNT:
-        return warn(f"queue dead-letter queue {target} after {count} receives: under "
-                    f"{MIN_MAX_RECEIVE_COUNT}, a launch waiting for its key or lifecycle action "
-                    f"may be set aside before its bound (50 leaves room)")
+        return warn(
+            f"queue dead-letter queue {target} after {count} receives: under "
+            f"{MIN_MAX_RECEIVE_COUNT}, a launch waiting for its key or lifecycle action "
+            f"may be set aside before its bound (50 leaves room)"
+        )
     return ok(f"queue dead-letter queue {target} after {count} receives")
 
 
-def policy_lines(text: str | None, allowed_topics: tuple[str, ...],
-                 unsigned_sources: tuple[str, ...]) -> Iterator[Line]:
+def policy_lines(
+    text: str | None, allowed_topics: tuple[str, ...], unsigned_sources: tuple[str, ...]
+) -> Iterator[Line]:
     """Who may send to the queue, from its policy (AWS's JSON, read defensively).
 
     A statement lets *others* send when it allows sqs:SendMessage to everyone (``"*"``) or
@@ -235,12 +271,16 @@ def policy_lines(text: str | None, allowed_topics: tuple[str, ...],
         if who == "*" and not statement.get("Condition"):
             open_to_everyone = True
     if open_to_everyone and unsigned_sources:
-        yield fail(f"queue policy lets everyone send (statement {', '.join(open_to)}) and "
-                   f"UnsignedSources = {' '.join(unsigned_sources)}: anyone can forge an "
-                   f"unsigned launch. Allow only your topic or source (aws:SourceArn)")
+        yield fail(
+            f"queue policy lets everyone send (statement {', '.join(open_to)}) and "
+            f"UnsignedSources = {' '.join(unsigned_sources)}: anyone can forge an "
+            f"unsigned launch. Allow only your topic or source (aws:SourceArn)"
+        )
     elif open_to:
-        yield warn(f"queue policy lets others than the allowed topics send (statement "
-                   f"{', '.join(open_to)}): add an aws:SourceArn condition naming the topic")
+        yield warn(
+            f"queue policy lets others than the allowed topics send (statement "
+            f"{', '.join(open_to)}): add an aws:SourceArn condition naming the topic"
+        )
     else:
         yield ok("queue policy: only the allowed sources and named IAM principals can send")
 
@@ -261,10 +301,13 @@ def _allows_send(statement: Mapping[str, Any]) -> bool:
         return False
     send = "sqs:sendmessage"
     if "NotAction" in statement:
-        return not any(fnmatch.fnmatchcase(send, pattern.lower())
-                       for pattern in _strings(statement["NotAction"]))
-    return any(fnmatch.fnmatchcase(send, pattern.lower())
-               for pattern in _strings(statement.get("Action")))
+        return not any(
+            fnmatch.fnmatchcase(send, pattern.lower())
+            for pattern in _strings(statement["NotAction"])
+        )
+    return any(
+        fnmatch.fnmatchcase(send, pattern.lower()) for pattern in _strings(statement.get("Action"))
+    )
 
 
 def _public_principal(statement: Mapping[str, Any]) -> str | None:
@@ -283,8 +326,9 @@ def _public_principal(statement: Mapping[str, Any]) -> str | None:
     return " ".join(services) if services else None
 
 
-def _restricted_to_sources(statement: Mapping[str, Any], allowed_topics: tuple[str, ...],
-                           unsigned_sources: tuple[str, ...]) -> bool:
+def _restricted_to_sources(
+    statement: Mapping[str, Any], allowed_topics: tuple[str, ...], unsigned_sources: tuple[str, ...]
+) -> bool:
     """True when an aws:SourceArn condition names only allowed topics, or EventBridge rules
     when eventbridge is an UnsignedSource. Only operators that admit what they name count: a
     ``...Not...`` operator admits everything else, and ``...IfExists`` admits a request
@@ -300,12 +344,14 @@ def _restricted_to_sources(statement: Mapping[str, Any], allowed_topics: tuple[s
         for key, value in tests.items():
             if str(key).lower() == "aws:sourcearn":
                 arns.extend(_strings(value))
-    return bool(arns) and all(_expected_source(arn, allowed_topics, unsigned_sources)
-                              for arn in arns)
+    return bool(arns) and all(
+        _expected_source(arn, allowed_topics, unsigned_sources) for arn in arns
+    )
 
 
-def _expected_source(arn: str, allowed_topics: tuple[str, ...],
-                     unsigned_sources: tuple[str, ...]) -> bool:
+def _expected_source(
+    arn: str, allowed_topics: tuple[str, ...], unsigned_sources: tuple[str, ...]
+) -> bool:
     if arn in allowed_topics:
         return True
     if allowed_topics == (ANY_TOPIC,) and ":sns:" in arn and "*" not in arn:
@@ -325,14 +371,14 @@ def check_bucket(cfg: Config) -> Iterator[Line]:
     try:
         tree.check()
         probe = f"aws_ork --check {os.getpid()}\n".encode()
-        tree.put(PROBE_OBJECT, probe, 0o600,
-                 hashlib.md5(probe, usedforsecurity=False).hexdigest())
+        tree.put(PROBE_OBJECT, probe, 0o600, hashlib.md5(probe, usedforsecurity=False).hexdigest())
         tree.delete([PROBE_OBJECT])
     except MirrorError as exc:
         yield fail(f"bucket: {exc}")
         return
-    yield ok(f"bucket {cfg.bucket_url}: reachable, writable ({tree.key(PROBE_OBJECT)} put "
-             f"and deleted)")
+    yield ok(
+        f"bucket {cfg.bucket_url}: reachable, writable ({tree.key(PROBE_OBJECT)} put and deleted)"
+    )
     try:
         algorithms = tree.default_encryption()
     except MirrorError as exc:
@@ -341,8 +387,11 @@ def check_bucket(cfg: Config) -> Iterator[Line]:
         if algorithms:
             yield ok(f"bucket encryption: default {' '.join(algorithms)}")
         else:
-            written = f"; BucketSSE = {cfg.bucket_sse} encrypts what aws_ork writes" \
-                if cfg.bucket_sse else ""
+            written = (
+                f"; BucketSSE = {cfg.bucket_sse} encrypts what aws_ork writes"
+                if cfg.bucket_sse
+                else ""
+            )
             yield warn(f"bucket encryption: the bucket has no default encryption{written}")
     yield public_access_line(tree)
     if not os.access(cfg.pki_dir, os.R_OK | os.X_OK):
@@ -357,8 +406,10 @@ def public_access_line(tree: S3Tree) -> Line:
         return warn(f"bucket public access block: cannot read it: {exc}")
     missing = [name for name in PUBLIC_ACCESS_SETTINGS if not block.get(name)]
     if not block:
-        return warn("bucket public access block: none: a policy or ACL can make the pki "
-                    "(master.pem included) public")
+        return warn(
+            "bucket public access block: none: a policy or ACL can make the pki "
+            "(master.pem included) public"
+        )
     if missing:
         return warn(f"bucket public access block: {', '.join(missing)} not on")
     return ok("bucket public access block: all four settings on")
@@ -379,38 +430,53 @@ def check_pki(cfg: Config) -> Iterator[Line]:
     yield from master_option_lines(opts, cfg.salt_master_config)
     missing = _dir_problem(location.key_dir, create=False)
     if missing:
-        yield fail(f"salt pki {location.key_dir}: {missing} (the master's pki_dir in "
-                   f"{cfg.salt_master_config})")
+        yield fail(
+            f"salt pki {location.key_dir}: {missing} (the master's pki_dir in "
+            f"{cfg.salt_master_config})"
+        )
         return
     # with another keys.cache_driver the keys are not files: only the autosign stubs are
     files = location.driver == FILE_DRIVER
-    directories = [location.key_dir / state for state in (ACCEPTED, PENDING, REJECTED)] \
-        if files else []
-    problems = [problem for problem in (
-        *(_dir_problem(directory, create=False) for directory in directories),
-        _dir_problem(location.autosign_dir, create=True)) if problem]
+    directories = (
+        [location.key_dir / state for state in (ACCEPTED, PENDING, REJECTED)] if files else []
+    )
+    problems = [
+        problem
+        for problem in (
+            *(_dir_problem(directory, create=False) for directory in directories),
+            _dir_problem(location.autosign_dir, create=True),
+        )
+        if problem
+    ]
     if problems:
         yield fail(f"salt pki {location.key_dir}: {'; '.join(problems)}")
     elif files:
         yield ok(f"salt pki {location.key_dir}")
     else:
-        yield ok(f"salt pki {location.key_dir} (keys in the master's {location.driver!r} "
-                 f"cache driver)")
+        yield ok(
+            f"salt pki {location.key_dir} (keys in the master's {location.driver!r} cache driver)"
+        )
     if not files and cfg.verify_instances:
-        yield fail(f"salt keys.cache_driver {location.driver!r} keeps no key files: no "
-                   f"pending key's age can be read, so with VerifyInstances no key is ever "
-                   f"accepted (freshness fails closed)")
+        yield fail(
+            f"salt keys.cache_driver {location.driver!r} keeps no key files: no "
+            f"pending key's age can be read, so with VerifyInstances no key is ever "
+            f"accepted (freshness fails closed)"
+        )
 
 
 def master_option_lines(opts: Mapping[str, Any], path: Path) -> Iterator[Line]:
     """A FAIL for each master option that accepts keys without aws_ork (keys/bypass.py)."""
     found = bypass.accepting_options(opts)
     for _option, why in found:
-        yield fail(f"salt master {why}: aws_ork's checks decide nothing for those keys "
-                   f"(in {path} or its includes)")
+        yield fail(
+            f"salt master {why}: aws_ork's checks decide nothing for those keys "
+            f"(in {path} or its includes)"
+        )
     if not found:
-        yield ok("salt master: no auto_accept, open_mode, autosign_file or "
-                 "autosign_grains_dir (only aws_ork accepts keys)")
+        yield ok(
+            "salt master: no auto_accept, open_mode, autosign_file or "
+            "autosign_grains_dir (only aws_ork accepts keys)"
+        )
 
 
 def check_event_key(cfg: Config) -> Iterator[Line]:
@@ -431,8 +497,7 @@ def check_event_key(cfg: Config) -> Iterator[Line]:
     if not os.path.lexists(path):
         problem = _dir_problem(path.parent, create=False)
         if problem:
-            yield fail(f"SaltEventKey {path}: cannot be created at the first start: "
-                       f"{problem}")
+            yield fail(f"SaltEventKey {path}: cannot be created at the first start: {problem}")
         else:
             yield ok(f"SaltEventKey {path}: absent, made at the first start (mode 0600)")
         return
@@ -460,13 +525,14 @@ def check_ec2(cfg: Config) -> Iterator[Line]:
         if code == "DryRunOperation":
             yield ok(f"EC2 DescribeInstances permitted in {cfg.sqs_region}")
         elif code == "UnauthorizedOperation":
-            yield fail(f"EC2 DescribeInstances not permitted in {cfg.sqs_region}: every "
-                       f"launch and terminate would be retried, nothing accepted")
+            yield fail(
+                f"EC2 DescribeInstances not permitted in {cfg.sqs_region}: every "
+                f"launch and terminate would be retried, nothing accepted"
+            )
         else:
             yield fail(f"EC2 DescribeInstances in {cfg.sqs_region}: {code}: {exc}")
         return
-    yield ok(f"EC2 DescribeInstances answered in {cfg.sqs_region} (the endpoint ignored "
-             f"DryRun)")
+    yield ok(f"EC2 DescribeInstances answered in {cfg.sqs_region} (the endpoint ignored DryRun)")
 
 
 # --- local directories ---
@@ -478,15 +544,17 @@ def check_cert_cache(cfg: Config) -> Iterator[Line]:
         return
     directory = cfg.effective_cert_cache_dir
     problem = _dir_problem(directory, create=True)
-    yield fail(f"CertCacheDir {directory}: {problem}") if problem \
-        else ok(f"CertCacheDir {directory}")
+    yield (
+        fail(f"CertCacheDir {directory}: {problem}") if problem else ok(f"CertCacheDir {directory}")
+    )
 
 
 def check_state_dir(cfg: Config) -> Iterator[Line]:
     """StateDir holds the mirror journal and the replay memories: it must be writable."""
     problem = _dir_problem(cfg.state_dir, create=True)
-    yield fail(f"StateDir {cfg.state_dir}: {problem}") if problem \
-        else ok(f"StateDir {cfg.state_dir}")
+    yield (
+        fail(f"StateDir {cfg.state_dir}: {problem}") if problem else ok(f"StateDir {cfg.state_dir}")
+    )
 
 
 def _dir_problem(directory: Path, *, create: bool) -> str | None:

@@ -52,8 +52,15 @@ class Sweep:
     """Runs when due; :meth:`run` raises InstanceLookupError when EC2 cannot be asked (the
     loop logs it and the next sweep tries again)."""
 
-    def __init__(self, handler: Handler, lookup: Ec2Lookup, check: InstanceCheck, *,
-                 every_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        lookup: Ec2Lookup,
+        check: InstanceCheck,
+        *,
+        every_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.handler = handler
         self.lookup = lookup
         self.check = check
@@ -70,8 +77,11 @@ class Sweep:
 
     def run(self) -> None:
         self._next = self._clock() + self.every_seconds
-        keys = [(i, m, states) for i, m, states in self.handler.instance_keys()
-                if states & {ACCEPTED, PENDING}]
+        keys = [
+            (i, m, states)
+            for i, m, states in self.handler.instance_keys()
+            if states & {ACCEPTED, PENDING}
+        ]
         wanted = {instance_id for instance_id, _, _ in keys}
         instances = self.lookup.get_many(wanted)
         gone_now: set[str] = set()
@@ -83,22 +93,35 @@ class Sweep:
                 what = "not found" if instance is None else instance.state
                 if not self.handler.enrolled_here(instance_id, minion_id):
                     foreign += 1
-                    self._once(told, minion_id, "foreign", "sweep: %s: EC2: %s, but aws_ork "
-                               "did not enrol this key (accepted by hand? a minion of "
-                               "another region or account?); left alone",
-                               named(instance_id, minion_id), what)
+                    self._once(
+                        told,
+                        minion_id,
+                        "foreign",
+                        "sweep: %s: EC2: %s, but aws_ork "
+                        "did not enrol this key (accepted by hand? a minion of "
+                        "another region or account?); left alone",
+                        named(instance_id, minion_id),
+                        what,
+                    )
                     continue
                 gone_now.add(minion_id)
                 if minion_id in self._gone_last_time:
-                    deleted += self.handler.sweep_delete(instance_id, minion_id,
-                                                         f"EC2: {what} on two sweeps in a row")
+                    deleted += self.handler.sweep_delete(
+                        instance_id, minion_id, f"EC2: {what} on two sweeps in a row"
+                    )
                 continue
             if PENDING in states and ACCEPTED not in states and instance.state in LIVE_STATES:
                 if self.check.binding_tag is None:
-                    self._once(told, minion_id, "unbound", "sweep: %s: pending key left "
-                               "alone: without key binding the sweep accepts no key (nothing "
-                               "proves whose it is; KeyBinding = tag accepts the key the "
-                               "instance published)", named(instance_id, minion_id))
+                    self._once(
+                        told,
+                        minion_id,
+                        "unbound",
+                        "sweep: %s: pending key left "
+                        "alone: without key binding the sweep accepts no key (nothing "
+                        "proves whose it is; KeyBinding = tag accepts the key the "
+                        "instance published)",
+                        named(instance_id, minion_id),
+                    )
                     continue
                 verdict = self.check.judge_launch(instance_id, instance)
                 accepted += self.handler.sweep_accept(instance_id, minion_id, verdict)
@@ -107,13 +130,21 @@ class Sweep:
         self.counters.runs += 1
         self.counters.accepted += accepted
         self.counters.deleted += deleted
-        log.info("sweep: %d instance keys looked up in EC2 (%d found): %d accepted, %d deleted, "
-                 "%d gone once (deleted at the next sweep if still gone), %d not enrolled by "
-                 "aws_ork (left alone)", len(wanted), len(instances), accepted, deleted,
-                 len(gone_now) - deleted, foreign)
+        log.info(
+            "sweep: %d instance keys looked up in EC2 (%d found): %d accepted, %d deleted, "
+            "%d gone once (deleted at the next sweep if still gone), %d not enrolled by "
+            "aws_ork (left alone)",
+            len(wanted),
+            len(instances),
+            accepted,
+            deleted,
+            len(gone_now) - deleted,
+            foreign,
+        )
 
-    def _once(self, told: set[tuple[str, str]], minion_id: str, why: str, text: str,
-              *args: object) -> None:
+    def _once(
+        self, told: set[tuple[str, str]], minion_id: str, why: str, text: str, *args: object
+    ) -> None:
         """Log a key left alone at INFO the first time a sweep finds it so, not every sweep
         (every few minutes, for as long as the key stays)."""
         told.add((minion_id, why))

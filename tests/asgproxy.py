@@ -60,15 +60,21 @@ class AsgProxy:
         ``hook_message``) until it is completed; the message, for chaining."""
         with self.lock:
             self.actions[inner["LifecycleActionToken"]] = (
-                inner["AutoScalingGroupName"], inner["LifecycleHookName"],
-                inner["EC2InstanceId"])
+                inner["AutoScalingGroupName"],
+                inner["LifecycleHookName"],
+                inner["EC2InstanceId"],
+            )
         return inner
 
     def recorded(self, action: str, instance_id: str | None = None) -> list[dict[str, str]]:
         """The calls of ``action`` recorded so far (naming one instance's action, if given)."""
         with self.lock:
-            return [dict(c) for c in self.calls if c["Action"] == action
-                    and (instance_id is None or c.get("_instance") == instance_id)]
+            return [
+                dict(c)
+                for c in self.calls
+                if c["Action"] == action
+                and (instance_id is None or c.get("_instance") == instance_id)
+            ]
 
     def _resolve(self, params: dict[str, str]) -> tuple[str, str | None, str | None]:
         """(whose action the call names, its token, the error it gets or None); the caller
@@ -94,10 +100,13 @@ class AsgProxy:
         for name in required:
             if not params.get(name):
                 member = name[0].lower() + name[1:]
-                return (f"1 validation error detected: Value null at '{member}' failed to "
-                        f"satisfy constraint: Member must not be null")
-        if params.get("Action") == "CompleteLifecycleAction" and \
-                params["LifecycleActionResult"] not in ("CONTINUE", "ABANDON"):
+                return (
+                    f"1 validation error detected: Value null at '{member}' failed to "
+                    f"satisfy constraint: Member must not be null"
+                )
+        if params.get("Action") == "CompleteLifecycleAction" and params[
+            "LifecycleActionResult"
+        ] not in ("CONTINUE", "ABANDON"):
             return "LifecycleActionResult must be CONTINUE or ABANDON"
         if not params.get("LifecycleActionToken") and not params.get("InstanceId"):
             return "Either a lifecycle action token or an instance id must be specified"
@@ -119,7 +128,8 @@ class AsgProxy:
                 return 400, (
                     f'<ErrorResponse xmlns="{NS}"><Error><Type>Sender</Type>'
                     f"<Code>ValidationError</Code><Message>{error or gone}</Message></Error>"
-                    f"<RequestId>{request_id}</RequestId></ErrorResponse>").encode()
+                    f"<RequestId>{request_id}</RequestId></ErrorResponse>"
+                ).encode()
             return 200, (
                 f'<{action}Response xmlns="{NS}"><{action}Result/><ResponseMetadata>'
                 f"<RequestId>{request_id}</RequestId></ResponseMetadata></{action}Response>"
@@ -137,7 +147,8 @@ class AsgProxy:
                 f"<ProtectedFromScaleIn>false</ProtectedFromScaleIn>"
                 f"</member></AutoScalingInstances></DescribeAutoScalingInstancesResult>"
                 f"<ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata>"
-                f"</DescribeAutoScalingInstancesResponse>").encode()
+                f"</DescribeAutoScalingInstancesResponse>"
+            ).encode()
         return None
 
     def start(self) -> AsgProxy:
@@ -162,9 +173,11 @@ class AsgProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                params = {k: v[0] for k, v in
-                          parse_qs(body.decode("utf-8", "replace")).items()} \
-                    if self.command == "POST" else {}
+                params = (
+                    {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+                    if self.command == "POST"
+                    else {}
+                )
                 answer = proxy.answer(params)
                 if answer is not None:
                     self._reply(answer[0], [("Content-Type", "text/xml")], answer[1])

@@ -65,8 +65,12 @@ def start_moto(log_path: Path, timeout: float = 30) -> MotoServer:
     """Start ``moto_server`` on a free loopback port and wait until it answers."""
     port = free_port()
     log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen([script("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [script("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     server = MotoServer(f"http://127.0.0.1:{port}", proc)
     deadline = time.monotonic() + timeout
     while True:

@@ -33,33 +33,43 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _issue(subject: str, key: rsa.RSAPrivateKey, issuer: tuple[x509.Name, rsa.RSAPrivateKey]
-           | None = None) -> x509.Certificate:
+def _issue(
+    subject: str, key: rsa.RSAPrivateKey, issuer: tuple[x509.Name, rsa.RSAPrivateKey] | None = None
+) -> x509.Certificate:
     """A CA certificate (no issuer) or a server certificate for host ``subject``."""
     now = datetime.now(UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     issuer_name, signer = issuer or (name, key)
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - timedelta(hours=1))
-               .not_valid_after(now + timedelta(days=1)))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+    )
     if issuer is None:
-        builder = (builder
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                   .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
-                                                False, False), critical=True)
-                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                                  critical=False))
+        builder = (
+            builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+        )
     else:
-        builder = (builder
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None),
-                                  critical=True)
-                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(subject)]),
-                                  critical=False)
-                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                                  critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                       signer.public_key()), critical=False))
+        builder = (
+            builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
+                critical=False,
+            )
+        )
     return builder.sign(signer, hashes.SHA256())
 
 
@@ -81,9 +91,13 @@ class CertProxy:
         self.ca_file.write_bytes(_pem(ca))
         chain, key_file = directory / "server.pem", directory / "server.key"
         chain.write_bytes(_pem(cert))
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._tls.load_cert_chain(chain, key_file)
         proxy = self
@@ -103,8 +117,11 @@ class CertProxy:
 
     def env(self) -> dict[str, str]:
         """What a daemon needs in its environment to fetch through the proxy."""
-        return {"https_proxy": self.url, "HTTPS_PROXY": self.url,
-                "SSL_CERT_FILE": str(self.ca_file)}
+        return {
+            "https_proxy": self.url,
+            "HTTPS_PROXY": self.url,
+            "SSL_CERT_FILE": str(self.ca_file),
+        }
 
     def start(self) -> None:
         self._thread.start()
@@ -130,19 +147,26 @@ class CertProxy:
                 pass
             path = request[1] if len(request) > 1 and request[0] == "GET" else ""
             if not _CERT_PATH.fullmatch(path):
-                tls.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"
-                            b"Connection: close\r\n\r\n")
+                tls.sendall(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
                 return
             body = self._from_moto(path)
             with self._lock:
                 self.fetched.append(path)
-            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\n"
-                        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+            tls.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+            )
 
     def _from_moto(self, path: str) -> bytes:
         """moto's single-port server routes a request by the service its signature names."""
-        request = urllib.request.Request(self.moto_url + path, headers={
-            "Authorization": f"AWS4-HMAC-SHA256 Credential=testing/20260101/{self.region}/sns/"
-                             f"aws4_request, SignedHeaders=host, Signature=0"})
+        request = urllib.request.Request(
+            self.moto_url + path,
+            headers={
+                "Authorization": f"AWS4-HMAC-SHA256 Credential=testing/20260101/{self.region}/sns/"
+                f"aws4_request, SignedHeaders=host, Signature=0"
+            },
+        )
         with urllib.request.urlopen(request, timeout=10) as reply:
             return bytes(reply.read())

@@ -100,8 +100,9 @@ def conf(tmp_path: Path, queue_url: str, master: SaltMaster) -> Path:
 @pytest.fixture
 def bucket_conf(tmp_path: Path, queue_url: str, master: SaltMaster, bucket: str) -> Path:
     """The same, with the pki mirrored to this test's ``bucket`` (under ``pki/``)."""
-    return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
-                        bucket=bucket)
+    return write_config(
+        tmp_path / "aws_ork.conf", queue_url=queue_url, master=master, bucket=bucket
+    )
 
 
 @pytest.fixture

@@ -63,8 +63,11 @@ class CountingProxy:
             def _relay(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                record = Request(_operation(self.command, self.path, self.headers, body),
-                                 _params(body), time.monotonic())
+                record = Request(
+                    _operation(self.command, self.path, self.headers, body),
+                    _params(body),
+                    time.monotonic(),
+                )
                 with proxy.lock:
                     proxy.requests.append(record)
                 canned = proxy.answer(record) if proxy.answer is not None else None
@@ -110,7 +113,7 @@ def _operation(method: str, path: str, headers: Any, body: bytes) -> str:
     if target:  # SQS JSON protocol: AmazonSQS.ReceiveMessage
         return target.rsplit(".", 1)[-1]
     if body.startswith(b"Action="):  # SQS query protocol
-        return body.split(b"&", 1)[0][len(b"Action="):].decode()
+        return body.split(b"&", 1)[0][len(b"Action=") :].decode()
     return f"S3 {method} {path.split('?', 1)[0]}"
 
 

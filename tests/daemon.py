@@ -15,8 +15,15 @@ from typing import Any
 from tests.saltenv import SaltMaster
 
 
-def write_config(path: Path, *, queue_url: str, master: SaltMaster, bucket: str | None = None,
-                 prefix: str = "pki/", **options: Any) -> Path:
+def write_config(
+    path: Path,
+    *,
+    queue_url: str,
+    master: SaltMaster,
+    bucket: str | None = None,
+    prefix: str = "pki/",
+    **options: Any,
+) -> Path:
     """An aws_ork.conf for this master and queue. Extra options as Name=value keywords.
 
     The trust checks (signatures, EC2 lookup) are off unless a test turns them on: the tests
@@ -41,8 +48,12 @@ def write_config(path: Path, *, queue_url: str, master: SaltMaster, bucket: str 
     return path
 
 
-def salt_config(tmp_path: Path, master: SaltMaster, options: dict[str, Any],
-                included: dict[str, Any] | None = None) -> Path:
+def salt_config(
+    tmp_path: Path,
+    master: SaltMaster,
+    options: dict[str, Any],
+    included: dict[str, Any] | None = None,
+) -> Path:
     """A copy of the ``master`` fixture's config with ``options``, and ``included`` in a
     master.d/*.conf file beside it (Salt's default_include)."""
     directory = tmp_path / "salt"
@@ -63,25 +74,36 @@ def command(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "aws_ork", "-c", str(config), *args]
 
 
-def run_aws_ork(config: Path, *args: str, timeout: float = 120,
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_aws_ork(
+    config: Path, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run aws_ork to completion (normally with --once); output captured as text.
 
     ``env`` adds to (and overrides) this process's environment.
     """
-    return subprocess.run(command(config, *args), capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        command(config, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
-def start_aws_ork(config: Path, log: Path, *args: str,
-                  env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_aws_ork(
+    config: Path, log: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """Start aws_ork in the background, its output going to ``log``.
 
     ``env`` adds to (and overrides) this process's environment.
     """
     with open(log, "wb") as out:
-        return subprocess.Popen(command(config, *args), stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+        return subprocess.Popen(
+            command(config, *args),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
 
 
 def stop_aws_ork(proc: subprocess.Popen, timeout: float = 30) -> int | None:
@@ -126,18 +148,20 @@ def queue_counts(sqs: Any, queue_url: str) -> tuple[int, int]:
         QueueUrl=queue_url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), \
-        int(attrs["ApproximateNumberOfMessagesNotVisible"])
+    return int(attrs["ApproximateNumberOfMessages"]), int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )
 
 
-def bucket_objects(s3: Any, bucket: str, prefix: str = "pki/", *,
-                   memories: bool = False) -> dict[str, str]:
+def bucket_objects(
+    s3: Any, bucket: str, prefix: str = "pki/", *, memories: bool = False
+) -> dict[str, str]:
     """{relative path: ETag} of the pki mirror; with ``memories``, aws_ork's own objects
     under ``.aws_ork/`` (the StateDir memories) too."""
     out: dict[str, str] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            rel = obj["Key"][len(prefix):]
+            rel = obj["Key"][len(prefix) :]
             if memories or not rel.startswith(".aws_ork/"):
                 out[rel] = obj["ETag"].strip('"')
     return out

@@ -61,8 +61,11 @@ def stop_cleanly(daemon: subprocess.Popen, log_path: Path) -> bool:
     say(f"aws_ork's log ({log_path.name}):")
     text = log_path.read_text()
     sys.stdout.write(text)
-    noise = [line for line in text.splitlines()
-             if "Warning" in line or "unclosed" in line or "Traceback" in line]
+    noise = [
+        line
+        for line in text.splitlines()
+        if "Warning" in line or "unclosed" in line or "Traceback" in line
+    ]
     if daemon.returncode != 0 or noise:
         say(f"demo FAILED: aws_ork exited {daemon.returncode}; unexpected lines:")
         print("\n".join(noise))
@@ -83,11 +86,13 @@ def main() -> int:
         s3 = boto3.client("s3", region_name="us-west-2")
         ec2 = boto3.client("ec2", region_name="us-west-2")
         queue_url = sqs.create_queue(QueueName="SaltMasterTestQueue")["QueueUrl"]
-        s3.create_bucket(Bucket="aws-ork-demo",
-                         CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+        s3.create_bucket(
+            Bucket="aws-ork-demo", CreateBucketConfiguration={"LocationConstraint": "us-west-2"}
+        )
         image = ec2.describe_images()["Images"][0]["ImageId"]
-        instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)[
-            "Instances"][0]["InstanceId"]
+        instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0][
+            "InstanceId"
+        ]
         say(f"EC2 instance {instance} launched (in moto)")
 
         master = start_master(root / "salt")
@@ -99,10 +104,16 @@ def main() -> int:
         # (a certificate in the cache is used without fetching it from AWS).
         cert_dir = root / "certs"
         identity = make_signing_identity(cert_dir)
-        conf = write_config(root / "aws_ork.conf", queue_url=queue_url, master=master,
-                            bucket="aws-ork-demo", VerifySignatures="true",
-                            VerifyInstances="true", CertCacheDir=cert_dir,
-                            AllowedTopicArns=TOPIC)
+        conf = write_config(
+            root / "aws_ork.conf",
+            queue_url=queue_url,
+            master=master,
+            bucket="aws-ork-demo",
+            VerifySignatures="true",
+            VerifyInstances="true",
+            CertCacheDir=cert_dir,
+            AllowedTopicArns=TOPIC,
+        )
         say(f"starting aws_ork -v -c {conf}")
         log_path = root / "aws_ork.log"
         with open(log_path, "wb") as log:
@@ -110,31 +121,46 @@ def main() -> int:
 
         # The real order: Auto Scaling announces the launch while the instance is still booting,
         # tens of seconds before its minion first contacts the master.
-        say("Auto Scaling announces the launch (an SNS notification arrives in the queue); "
-            "the instance is still booting: its minion has no key yet")
+        say(
+            "Auto Scaling announces the launch (an SNS notification arrives in the queue); "
+            "the instance is still booting: its minion has no key yet"
+        )
         sqs.send_message(QueueUrl=queue_url, MessageBody=signed(sns_launch(instance), identity))
         stub = master.key_path(instance, "minions_autosign")
-        wait_for(lambda: stub.exists() and f"{instance} " in log_path.read_text()
-                 and "pre-authorised" in log_path.read_text(), 60, "the pre-authorisation")
-        say(f"aws_ork pre-authorised {instance}: Salt will accept its key on its first contact "
-            f"(autosign stub {stub})")
+        wait_for(
+            lambda: (
+                stub.exists()
+                and f"{instance} " in log_path.read_text()
+                and "pre-authorised" in log_path.read_text()
+            ),
+            60,
+            "the pre-authorisation",
+        )
+        say(
+            f"aws_ork pre-authorised {instance}: Salt will accept its key on its first contact "
+            f"(autosign stub {stub})"
+        )
         print(_lines_about(log_path, instance))
 
         minion = start_minion(master, root / "minion", instance)
         say(f"the instance's salt-minion (id {instance}) starts and presents its key")
         master.wait_for_key(instance, "minions", timeout=60)
-        say("the key was accepted by the salt-master on the minion's first contact "
-            f"(the stub is used up: {'still there' if stub.exists() else 'gone'}):")
+        say(
+            "the key was accepted by the salt-master on the minion's first contact "
+            f"(the stub is used up: {'still there' if stub.exists() else 'gone'}):"
+        )
         show_keys(master)
         master.wait_for_ping(instance, timeout=60)
         say(f"salt {instance} test.ping -> True")
 
         say("Auto Scaling announces the termination")
         ec2.terminate_instances(InstanceIds=[instance])
-        sqs.send_message(QueueUrl=queue_url, MessageBody=signed(sns_terminate(instance),
-                                                                 identity))
-        wait_for(lambda: all(instance not in n for n in master.key_states().values()), 60,
-                 "the key deleted")
+        sqs.send_message(QueueUrl=queue_url, MessageBody=signed(sns_terminate(instance), identity))
+        wait_for(
+            lambda: all(instance not in n for n in master.key_states().values()),
+            60,
+            "the key deleted",
+        )
         say(f"aws_ork removed the key of {instance}:")
         show_keys(master)
         mirrored = wait_for(lambda: _mirror_without(s3, instance), 60, "the mirror to follow")
@@ -145,48 +171,67 @@ def main() -> int:
 
         # Act 2: key binding. An impostor who learns the new instance's id connects first;
         # only the key the instance published on its own EC2 tag is accepted.
-        bound_conf = write_config(root / "aws_ork-bound.conf", queue_url=queue_url,
-                                  master=master, bucket="aws-ork-demo",
-                                  VerifySignatures="true", VerifyInstances="true",
-                                  CertCacheDir=cert_dir, AllowedTopicArns=TOPIC,
-                                  KeyBinding="tag")
+        bound_conf = write_config(
+            root / "aws_ork-bound.conf",
+            queue_url=queue_url,
+            master=master,
+            bucket="aws-ork-demo",
+            VerifySignatures="true",
+            VerifyInstances="true",
+            CertCacheDir=cert_dir,
+            AllowedTopicArns=TOPIC,
+            KeyBinding="tag",
+        )
         say(f"act 2: key binding; restarting aws_ork with KeyBinding = tag ({bound_conf})")
         log_path = root / "aws_ork-bound.log"
         with open(log_path, "wb") as log:
-            daemon = subprocess.Popen(command(bound_conf, "-v"), stdout=log,
-                                      stderr=subprocess.STDOUT)
-        bound = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)[
-            "Instances"][0]["InstanceId"]
+            daemon = subprocess.Popen(
+                command(bound_conf, "-v"), stdout=log, stderr=subprocess.STDOUT
+            )
+        bound = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0][
+            "InstanceId"
+        ]
         fingerprint = make_minion_keys(root / "genuine" / "pki")
-        ec2.create_tags(Resources=[bound], Tags=[{"Key": "salt:minion-fingerprint",
-                                                  "Value": fingerprint}])
-        say(f"instance {bound} made its minion key and tagged itself with its fingerprint "
-            f"{fingerprint} (what data/instance/aws_ork-bind-minion.sh does)")
+        ec2.create_tags(
+            Resources=[bound], Tags=[{"Key": "salt:minion-fingerprint", "Value": fingerprint}]
+        )
+        say(
+            f"instance {bound} made its minion key and tagged itself with its fingerprint "
+            f"{fingerprint} (what data/instance/aws_ork-bind-minion.sh does)"
+        )
         sqs.send_message(QueueUrl=queue_url, MessageBody=signed(sns_launch(bound), identity))
         wait_for(lambda: "key binding:" in log_path.read_text(), 60, "the launch")
         impostor = start_minion(master, root / "impostor", bound)
         minions.append(impostor)
         say(f"an impostor's salt-minion connects first under the id {bound}")
-        wait_for(lambda: "not the key the instance published" in log_path.read_text(), 60,
-                 "the impostor's key to be deleted")
+        wait_for(
+            lambda: "not the key the instance published" in log_path.read_text(),
+            60,
+            "the impostor's key to be deleted",
+        )
         print(_lines_about(log_path, bound))
-        genuine = start_minion(master, root / "genuine", bound,
-                               extra_opts={"rejected_retry": True})
+        genuine = start_minion(master, root / "genuine", bound, extra_opts={"rejected_retry": True})
         minions.append(genuine)
         say("the instance's own salt-minion starts and presents the bound key")
         accepted = master.key_path(bound, "minions")
-        wait_for(lambda: accepted.is_file()
-                 and accepted.read_text().strip() == genuine.public_key(), 60,
-                 "the genuine key to be accepted")
+        wait_for(
+            lambda: accepted.is_file() and accepted.read_text().strip() == genuine.public_key(),
+            60,
+            "the genuine key to be accepted",
+        )
         master.wait_for_ping(bound, timeout=60)
         answer = master.salt_cmd(bound, "config.get", args=["pki_dir"]).get(bound)
-        say(f"salt {bound} config.get pki_dir -> {answer}: the genuine minion answers; the "
-            f"impostor's key was never accepted")
+        say(
+            f"salt {bound} config.get pki_dir -> {answer}: the genuine minion answers; the "
+            f"impostor's key was never accepted"
+        )
         if not stop_cleanly(daemon, log_path):
             return 1
-        say("demo finished: the key was pre-authorised, accepted on first contact and removed "
+        say(
+            "demo finished: the key was pre-authorised, accepted on first contact and removed "
             "on terminate; under key binding the impostor was refused and the genuine minion "
-            "accepted; aws_ork stopped cleanly both times (exit 0, no warnings)")
+            "accepted; aws_ork stopped cleanly both times (exit 0, no warnings)"
+        )
         return 0
     finally:
         if daemon is not None and daemon.poll() is None:

@@ -29,8 +29,14 @@ def fixture(name: str) -> dict[str, Any]:
 def notification(event: str, instance_id: Any, group: str = "web-asg") -> dict[str, Any]:
     """An Auto Scaling notification (what SNS carries in Message, or a raw-delivery body)."""
     inner = fixture("raw-asg-launch")
-    inner.update({"Event": event, "EC2InstanceId": instance_id, "AutoScalingGroupName": group,
-                  "Description": f"{event} {instance_id}"})
+    inner.update(
+        {
+            "Event": event,
+            "EC2InstanceId": instance_id,
+            "AutoScalingGroupName": group,
+            "Description": f"{event} {instance_id}",
+        }
+    )
     return inner
 
 
@@ -53,10 +59,10 @@ def envelope(inner: dict[str, Any], topic_arn: str | None = None) -> dict[str, A
 
 
 def sns_launch(instance_id: Any, group: str = "web-asg") -> str:
-    return json.dumps(envelope(notification("autoscaling:EC2_INSTANCE_LAUNCH", instance_id,
-                                            group)))
+    return json.dumps(envelope(notification("autoscaling:EC2_INSTANCE_LAUNCH", instance_id, group)))
 
 
 def sns_terminate(instance_id: Any, group: str = "web-asg") -> str:
-    return json.dumps(envelope(notification("autoscaling:EC2_INSTANCE_TERMINATE", instance_id,
-                                            group)))
+    return json.dumps(
+        envelope(notification("autoscaling:EC2_INSTANCE_TERMINATE", instance_id, group))
+    )

@@ -33,8 +33,11 @@ def scrape(port: int) -> Samples:
     """Every sample of /metrics: {(sample name, labels): value}."""
     status, text = get(port, "/metrics")
     assert status == 200, text
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float | None:

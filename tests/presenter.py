@@ -56,8 +56,12 @@ def start_presenter(master: SaltMaster, root: Path, minion_id: str) -> Presenter
     _write_config(config, cfg)
     out = root / "attempts.txt"
     with open(root / "log" / "presenter.err", "wb") as err, open(out, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.presenter", str(config)],
-                                stdout=fh, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.presenter", str(config)],
+            stdout=fh,
+            stderr=err,
+            start_new_session=True,
+        )
     return Presenter(proc, out, root / "pki")
 
 

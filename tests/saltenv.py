@@ -257,12 +257,19 @@ def make_minion_keys(pki: Path) -> str:
     pki.mkdir(parents=True, exist_ok=True)
     pki.chmod(0o700)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (pki / "minion.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption()))
+    (pki / "minion.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
     (pki / "minion.pem").chmod(0o600)
-    (pki / "minion.pub").write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (pki / "minion.pub").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return str(salt.utils.crypt.pem_finger(str(pki / "minion.pub")))
 
 
@@ -486,8 +493,11 @@ class SaltMaster:
 
         try:
             wait_until(
-                ping, timeout=timeout, interval=0.2,
-                what=f"{minion_id!r} to answer test.ping", log_file=self.log_file,
+                ping,
+                timeout=timeout,
+                interval=0.2,
+                what=f"{minion_id!r} to answer test.ping",
+                log_file=self.log_file,
             )
         except SaltEnvError as exc:
             raise SaltEnvError(f"{exc}\nlast salt output: {last.get('ret')!r}") from None
@@ -596,9 +606,15 @@ def start_master(
     pki_dir = Path(cfg["pki_dir"])
     sock_dir = Path(cfg["sock_dir"])
     cachedir = Path(cfg["cachedir"])
-    for d in (root / "run", root / "log", root / "etc", cachedir, sock_dir,
-              *(Path(p) for p in cfg["file_roots"]["base"]),
-              *(Path(p) for p in cfg["pillar_roots"]["base"])):
+    for d in (
+        root / "run",
+        root / "log",
+        root / "etc",
+        cachedir,
+        sock_dir,
+        *(Path(p) for p in cfg["file_roots"]["base"]),
+        *(Path(p) for p in cfg["pillar_roots"]["base"]),
+    ):
         d.mkdir(parents=True, exist_ok=True)
     pki_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(pki_dir, 0o700)

@@ -16,8 +16,14 @@ _DRIBBLE = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100_000
 
 
 class SlowFlood:
-    def __init__(self, port: int, clients: int, byte_every: float = 2.0,
-                 reconnect_after: float = 2.0, connects_per_tick: int = 5) -> None:
+    def __init__(
+        self,
+        port: int,
+        clients: int,
+        byte_every: float = 2.0,
+        reconnect_after: float = 2.0,
+        connects_per_tick: int = 5,
+    ) -> None:
         self.port = port
         self.clients = clients
         self.byte_every = byte_every
@@ -68,7 +74,7 @@ class SlowFlood:
                     state = key.data
                     if state[2] <= now:
                         try:
-                            state[0].send(_DRIBBLE[state[1]:state[1] + 1])
+                            state[0].send(_DRIBBLE[state[1] : state[1] + 1])
                             state[1] += 1
                         except BlockingIOError:
                             pass  # still connecting
@@ -76,8 +82,8 @@ class SlowFlood:
                             pass  # reset: its read event above reconnects it
                         state[2] = now + self.byte_every
                 waiting.sort()
-                due = [t for t in waiting if t <= now][:self.connects_per_tick]
-                del waiting[:len(due)]
+                due = [t for t in waiting if t <= now][: self.connects_per_tick]
+                del waiting[: len(due)]
                 for _ in due:
                     self._connect(sel)
         finally:

@@ -77,8 +77,11 @@ def block(root: Path) -> int:
 
 def archived(root: Path) -> dict[str, bytes]:
     """{folder/name: content} of every file in the archive (hidden temp files too)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --- naming ---
@@ -88,23 +91,28 @@ def test_file_name_is_the_utc_receive_time_then_the_message_id() -> None:
     assert file_name(NOW, "0b5e3c1a-7d2f") == "20261123T101530.123Z-0b5e3c1a-7d2f.json"
 
 
-@pytest.mark.parametrize(("body", "folder"), [
-    (sns_body(TOPIC), "salt-master-asg-events"),
-    (sns_body("arn:aws:sns:us-west-2:123456789012:../../etc"), "_._.._etc"),
-    (sns_body("arn:aws:sns:us-west-2:123456789012:.hidden"), "_hidden"),
-    (sns_body("arn:aws:sns:x:1:a/b\\c\0d"), "a_b_c_d"),
-    (sns_body(""), "_"),
-    (sns_body(["arn:aws:sns:us-west-2:123456789012:list"]), DIRECT),
-    (sns_body(None), DIRECT),
-    (json.dumps(notification("autoscaling:EC2_INSTANCE_LAUNCH", "i-0123456789abcdef0")),
-     DIRECT),
-    (json.dumps(fixture("eventbridge-asg-launch-successful")), DIRECT),
-    (json.dumps({"Type": "Notification"}), DIRECT),  # no TopicArn: no envelope
-    ("not JSON at all", DIRECT),
-    ("[1, 2]", DIRECT),
-    ("[" * 100_000, DIRECT),
-    ('{"Type": "Notification", "TopicArn": "' + "x" * 300_000 + '"}', DIRECT),  # > SQS max
-])
+@pytest.mark.parametrize(
+    ("body", "folder"),
+    [
+        (sns_body(TOPIC), "salt-master-asg-events"),
+        (sns_body("arn:aws:sns:us-west-2:123456789012:../../etc"), "_._.._etc"),
+        (sns_body("arn:aws:sns:us-west-2:123456789012:.hidden"), "_hidden"),
+        (sns_body("arn:aws:sns:x:1:a/b\\c\0d"), "a_b_c_d"),
+        (sns_body(""), "_"),
+        (sns_body(["arn:aws:sns:us-west-2:123456789012:list"]), DIRECT),
+        (sns_body(None), DIRECT),
+        (
+            json.dumps(notification("autoscaling:EC2_INSTANCE_LAUNCH", "i-0123456789abcdef0")),
+            DIRECT,
+        ),
+        (json.dumps(fixture("eventbridge-asg-launch-successful")), DIRECT),
+        (json.dumps({"Type": "Notification"}), DIRECT),  # no TopicArn: no envelope
+        ("not JSON at all", DIRECT),
+        ("[1, 2]", DIRECT),
+        ("[" * 100_000, DIRECT),
+        ('{"Type": "Notification", "TopicArn": "' + "x" * 300_000 + '"}', DIRECT),  # > SQS max
+    ],
+)
 def test_source_folder(body: str, folder: str) -> None:
     assert source_folder(body) == folder
 
@@ -112,8 +120,12 @@ def test_source_folder(body: str, folder: str) -> None:
 def test_only_allowed_topics_get_a_folder_of_their_own() -> None:
     allowed = [TOPIC]
     assert source_folder(sns_body(TOPIC), allowed) == "salt-master-asg-events"
-    for other in ("arn:aws:sns:us-west-2:123456789012:made-up", TOPIC + "x", "",
-                  "arn:aws:sns:us-west-2:999999999999:salt-master-asg-events"):
+    for other in (
+        "arn:aws:sns:us-west-2:123456789012:made-up",
+        TOPIC + "x",
+        "",
+        "arn:aws:sns:us-west-2:999999999999:salt-master-asg-events",
+    ):
         assert source_folder(sns_body(other), allowed) == OTHER_TOPICS
         assert source_folder(sns_body(other), ()) == OTHER_TOPICS
     assert source_folder(sns_body(None), allowed) == DIRECT
@@ -127,10 +139,14 @@ def test_long_names_are_bounded() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(topic=st.text(), message_id=st.text())
-def test_hostile_topics_and_ids_stay_one_component_inside_the_archive(topic: str,
-                                                                      message_id: str) -> None:
-    for folder in (source_folder(sns_body(f"arn:aws:sns:us-west-2:123456789012:{topic}")),
-                   source_folder(sns_body(topic)), source_folder(topic)):
+def test_hostile_topics_and_ids_stay_one_component_inside_the_archive(
+    topic: str, message_id: str
+) -> None:
+    for folder in (
+        source_folder(sns_body(f"arn:aws:sns:us-west-2:123456789012:{topic}")),
+        source_folder(sns_body(topic)),
+        source_folder(topic),
+    ):
         name = file_name(NOW, message_id)
         for part in (folder, name):
             assert part and set(part) <= SAFE and not part.startswith(".")
@@ -145,7 +161,8 @@ def test_hostile_topics_and_ids_stay_one_component_inside_the_archive(topic: str
 @settings(max_examples=50, deadline=None)
 @given(topic=st.text(min_size=1), message_id=st.text(), body_tail=st.text())
 def test_hostile_messages_are_saved_byte_for_byte_inside_the_archive(
-        topic: str, message_id: str, body_tail: str) -> None:
+    topic: str, message_id: str, body_tail: str
+) -> None:
     body = sns_body(topic)[:-1] + f', "x": {json.dumps(body_tail, ensure_ascii=False)}}}'
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "archive"
@@ -199,8 +216,10 @@ def test_a_message_delivered_twice_is_saved_twice(tmp_path: Path) -> None:
     twice = message("same body", "same-id")
     archive.save([twice])
     archive.save([twice])
-    assert archived(tmp_path) == {"direct/20261123T101530.123Z-same-id.json": b"same body",
-                                  "direct/20261123T101531.123Z-same-id.json": b"same body"}
+    assert archived(tmp_path) == {
+        "direct/20261123T101530.123Z-same-id.json": b"same body",
+        "direct/20261123T101531.123Z-same-id.json": b"same body",
+    }
 
 
 def test_the_cap_removes_the_oldest_files_first_across_folders(tmp_path: Path) -> None:
@@ -226,15 +245,22 @@ def test_the_cap_removes_the_oldest_files_first_across_folders(tmp_path: Path) -
 
 
 def test_tiny_bodies_count_what_they_cost_the_disk_and_the_file_count_is_capped(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """1-byte bodies from made-up topics: each file costs a block, not a byte; they share one
     folder; the cap bounds the disk usage as os.stat measures it, and the number of files."""
     root = tmp_path / "archive"
     cap = 64 * block(tmp_path)
     archive = Archive(root, cap, [TOPIC], clock=Clock())
     for batch in range(30):
-        archive.save([message(sns_body(f"arn:aws:sns:us-west-2:666666666666:t{batch}-{n}"),
-                              f"{batch}-{n}") for n in range(10)])
+        archive.save(
+            [
+                message(
+                    sns_body(f"arn:aws:sns:us-west-2:666666666666:t{batch}-{n}"), f"{batch}-{n}"
+                )
+                for n in range(10)
+            ]
+        )
         used, files, folders = disk_usage(root)
         assert used <= cap and archive.total == used
         assert files <= cap // defaults.ARCHIVE_FILE_BYTES
@@ -258,25 +284,33 @@ def test_start_up_rescans_counts_trims_and_cleans_up(tmp_path: Path) -> None:
 
     again = Archive(tmp_path, 0, clock=clock)
     assert not (tmp_path / DIRECT / ".0123abcd.tmp").exists()
-    foreign = sum(os.stat(p).st_blocks * 512 for p in (tmp_path / DIRECT / "README",
-                                                      tmp_path / "notes.txt"))
+    foreign = sum(
+        os.stat(p).st_blocks * 512 for p in (tmp_path / DIRECT / "README", tmp_path / "notes.txt")
+    )
     assert again.total == disk_usage(tmp_path)[0] - foreign
     again.close()
 
     smaller = Archive(tmp_path, again.total - 2 * block(tmp_path), clock=clock)
     assert smaller.total == disk_usage(tmp_path)[0] - foreign
     assert not made_up.exists()  # its file was the oldest; the empty folder went with it
-    assert sorted(archived(tmp_path).values()) == sorted([
-        b"1" * 10, b"2" * 10, b"3" * 10, b"4" * 10, b"not ours: never counted nor removed",
-        b"not ours either"])
+    assert sorted(archived(tmp_path).values()) == sorted(
+        [
+            b"1" * 10,
+            b"2" * 10,
+            b"3" * 10,
+            b"4" * 10,
+            b"not ours: never counted nor removed",
+            b"not ours either",
+        ]
+    )
 
 
 # --- failures and symlinks ---
 
 
-def test_a_failed_write_is_one_error_line_and_no_exception(tmp_path: Path,
-                                                           caplog: pytest.LogCaptureFixture
-                                                           ) -> None:
+def test_a_failed_write_is_one_error_line_and_no_exception(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     archive = Archive(tmp_path, 0, [TOPIC], clock=Clock())
     (tmp_path / DIRECT).write_text("a file where the folder should be")
     with caplog.at_level(logging.ERROR):
@@ -284,12 +318,15 @@ def test_a_failed_write_is_one_error_line_and_no_exception(tmp_path: Path,
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "2 messages not archived" in errors[0]
     assert (archive.saved, archive.failed) == (1, 2)
-    assert list(archived(tmp_path)) == ["direct", "salt-master-asg-events/"
-                                        "20261123T101530.123Z-m-3.json"]
+    assert list(archived(tmp_path)) == [
+        "direct",
+        "salt-master-asg-events/20261123T101530.123Z-m-3.json",
+    ]
 
 
-def test_a_planted_symlink_is_never_followed(tmp_path: Path,
-                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_a_planted_symlink_is_never_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root, outside = tmp_path / "archive", tmp_path / "outside"
     outside.mkdir()
     archive = Archive(root, 0, clock=Clock())
@@ -308,8 +345,14 @@ def test_a_planted_symlink_is_never_followed(tmp_path: Path,
 
 
 def archive_conf(tmp_path: Path, queue_url: str, master, archive: Path, **options):
-    return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
-                        ArchiveDir=archive, AllowedTopicArns=TOPIC, **options)
+    return write_config(
+        tmp_path / "aws_ork.conf",
+        queue_url=queue_url,
+        master=master,
+        ArchiveDir=archive,
+        AllowedTopicArns=TOPIC,
+        **options,
+    )
 
 
 def by_folder(root: Path) -> dict[str, Counter[bytes]]:
@@ -320,8 +363,9 @@ def by_folder(root: Path) -> dict[str, Counter[bytes]]:
 
 
 @pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
-def test_daemon_archives_every_body_byte_for_byte(tmp_path, master, sqs, queue_url,
-                                                  dry_run) -> None:
+def test_daemon_archives_every_body_byte_for_byte(
+    tmp_path, master, sqs, queue_url, dry_run
+) -> None:
     launched = new_id()
     master.add_pending_key(launched)
     snsbody = sns_launch(launched)
@@ -330,8 +374,11 @@ def test_daemon_archives_every_body_byte_for_byte(tmp_path, master, sqs, queue_u
     send(sqs, queue_url, snsbody, raw, junk)
     root = tmp_path / "archive"
 
-    result = run_aws_ork(archive_conf(tmp_path, queue_url, master, root), "--once",
-                         *(["--dry-run"] if dry_run else []))
+    result = run_aws_ork(
+        archive_conf(tmp_path, queue_url, master, root),
+        "--once",
+        *(["--dry-run"] if dry_run else []),
+    )
 
     assert result.returncode == 0, result.stderr
     assert by_folder(root) == {
@@ -361,19 +408,20 @@ def test_daemon_handles_messages_it_cannot_archive(tmp_path, master, sqs, queue_
     assert list(root.iterdir()) == [root / "salt-master-asg-events"]
 
 
-def test_daemon_refuses_to_start_on_an_archive_dir_that_is_a_symlink(tmp_path, master,
-                                                                     queue_url) -> None:
+def test_daemon_refuses_to_start_on_an_archive_dir_that_is_a_symlink(
+    tmp_path, master, queue_url
+) -> None:
     real = tmp_path / "real"
     real.mkdir()
     (tmp_path / "link").symlink_to(real)
-    result = run_aws_ork(archive_conf(tmp_path, queue_url, master, tmp_path / "link"),
-                         "--once")
+    result = run_aws_ork(archive_conf(tmp_path, queue_url, master, tmp_path / "link"), "--once")
     assert result.returncode == 1
     assert "ArchiveDir" in result.stderr and "symlink" in result.stderr
 
 
 def test_daemon_caps_the_disk_and_the_folders_for_tiny_bodies_from_made_up_topics(
-        tmp_path, master, sqs, queue_url) -> None:
+    tmp_path, master, sqs, queue_url
+) -> None:
     """400 tiny messages: 1-byte bodies and envelopes from 200 made-up topics. With
     ArchiveMaxMB = 1 the archive's blocks (os.stat) stay within 1 MB, the files within
     1 MB / 4 KiB, and the made-up topics share one folder."""
@@ -383,12 +431,17 @@ def test_daemon_caps_the_disk_and_the_folders_for_tiny_bodies_from_made_up_topic
         bodies.append("x")
         bodies.append(sns_body(f"arn:aws:sns:us-west-2:666666666666:made-up-{n}"))
     for start in range(0, len(bodies), 10):
-        sqs.send_message_batch(QueueUrl=queue_url, Entries=[
-            {"Id": str(i), "MessageBody": body}
-            for i, body in enumerate(bodies[start:start + 10])])
+        sqs.send_message_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(i), "MessageBody": body}
+                for i, body in enumerate(bodies[start : start + 10])
+            ],
+        )
 
-    result = run_aws_ork(archive_conf(tmp_path, queue_url, master, root, ArchiveMaxMB=1),
-                         "--once", timeout=300)
+    result = run_aws_ork(
+        archive_conf(tmp_path, queue_url, master, root, ArchiveMaxMB=1), "--once", timeout=300
+    )
 
     assert result.returncode == 0, result.stderr
     assert queue_counts(sqs, queue_url) == (0, 0)  # every message was received (and archived)

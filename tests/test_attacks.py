@@ -36,15 +36,15 @@ from tests.trustenv import (
 )
 
 
-def test_a_launch_signed_for_the_attackers_own_topic(master, tmp_path, queue_url, sqs,
-                                                     cert_dir, identity, fleet):
+def test_a_launch_signed_for_the_attackers_own_topic(
+    master, tmp_path, queue_url, sqs, cert_dir, identity, fleet
+):
     """Any account can publish to a topic of its own and capture what AWS signed."""
     instance = group_instance(fleet)
     master.add_pending_key(instance)
     send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"], topic=OTHER_TOPIC))
 
-    unset = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                         AllowedTopicArns="")
+    unset = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"], AllowedTopicArns="")
     refused = run_aws_ork(unset, "--once")
     assert refused.returncode == 2
     assert "AllowedTopicArns: not set while VerifySignatures is on" in refused.stderr
@@ -58,8 +58,9 @@ def test_a_launch_signed_for_the_attackers_own_topic(master, tmp_path, queue_url
     assert "is not in AllowedTopicArns" in decision_line(result.stderr, instance)
 
 
-def test_a_replay_after_the_operator_removed_the_key(master, tmp_path, queue_url, sqs,
-                                                     cert_dir, identity, fleet):
+def test_a_replay_after_the_operator_removed_the_key(
+    master, tmp_path, queue_url, sqs, cert_dir, identity, fleet
+):
     instance = group_instance(fleet)
     master.add_pending_key(instance)
     captured = signed(identity, LAUNCH, instance, fleet["group"])
@@ -85,8 +86,9 @@ def test_a_replay_after_the_operator_removed_the_key(master, tmp_path, queue_url
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
-def test_an_envelope_older_than_the_queue_could_keep_it(master, tmp_path, queue_url, sqs,
-                                                        cert_dir, identity, fleet):
+def test_an_envelope_older_than_the_queue_could_keep_it(
+    master, tmp_path, queue_url, sqs, cert_dir, identity, fleet
+):
     instance = group_instance(fleet)
     master.add_pending_key(instance)
     old = envelope(notification(LAUNCH, instance, fleet["group"]), TOPIC)
@@ -103,26 +105,33 @@ def test_an_envelope_older_than_the_queue_could_keep_it(master, tmp_path, queue_
 
 
 def test_a_flood_of_unfetchable_certificates_does_not_delay_a_genuine_launch(
-        master, tmp_path, queue_url, sqs, cert_dir, identity, fleet):
+    master, tmp_path, queue_url, sqs, cert_dir, identity, fleet
+):
     genuine = group_instance(fleet)
     master.add_pending_key(genuine)
     flood = []
     for n in range(30):  # invented regions: NXDOMAIN in real life; never fetched at all
-        body = sign_envelope(envelope(notification(LAUNCH, new_id(), fleet["group"]), TOPIC),
-                             identity)
-        body["SigningCertURL"] = (f"https://sns.zz-nowhere-{n}.amazonaws.com/"
-                                  f"SimpleNotificationService-{n:032x}.pem")
+        body = sign_envelope(
+            envelope(notification(LAUNCH, new_id(), fleet["group"]), TOPIC), identity
+        )
+        body["SigningCertURL"] = (
+            f"https://sns.zz-nowhere-{n}.amazonaws.com/SimpleNotificationService-{n:032x}.pem"
+        )
         flood.append(json.dumps(body))
-    send(sqs, queue_url, *flood[:15], signed(identity, LAUNCH, genuine, fleet["group"]),
-         *flood[15:])
+    send(
+        sqs, queue_url, *flood[:15], signed(identity, LAUNCH, genuine, fleet["group"]), *flood[15:]
+    )
     conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
 
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
     assert master.key_state_of(genuine) == "minions"
-    refusals = [line for line in result.stderr.splitlines()
-                if "REJECTED: SNS signature invalid: SigningCertURL region" in line]
+    refusals = [
+        line
+        for line in result.stderr.splitlines()
+        if "REJECTED: SNS signature invalid: SigningCertURL region" in line
+    ]
     assert len(refusals) == 30
     assert "fetched SNS signing certificate" not in result.stderr
     assert queue_counts(sqs, queue_url) == (0, 0)  # refused for good, not retried for ever
@@ -140,8 +149,11 @@ def test_an_unreadable_pending_key_does_not_stop_the_daemon(master, tmp_path, qu
         send(sqs, queue_url, sns_launch(poison))
         send(sqs, queue_url, sns_launch(good))
         wait_for(lambda: master.key_state_of(good) == "minions", 60, "the good launch")
-        wait_for(lambda: "unexpected UnicodeDecodeError while handling it; retrying"
-                 in log.read_text(), 30, "the poison message to be retried")
+        wait_for(
+            lambda: "unexpected UnicodeDecodeError while handling it; retrying" in log.read_text(),
+            30,
+            "the poison message to be retried",
+        )
         assert daemon.poll() is None, log.read_text()  # still running
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -152,13 +164,19 @@ def test_an_unreadable_pending_key_does_not_stop_the_daemon(master, tmp_path, qu
     assert master.key_state_of(poison) == "minions_pre"
 
 
-def test_freshness_on_a_clustered_master(master, tmp_path, queue_url, sqs, cert_dir, identity,
-                                         fleet):
+def test_freshness_on_a_clustered_master(
+    master, tmp_path, queue_url, sqs, cert_dir, identity, fleet
+):
     """Keys live in cluster_pki_dir; a key written there before the instance existed is
     someone else's, and must not be accepted because the check looked in pki_dir."""
     cluster = tmp_path / "cluster"
-    for state in ("minions", "minions_pre", "minions_rejected", "minions_denied",
-                  "minions_autosign"):
+    for state in (
+        "minions",
+        "minions_pre",
+        "minions_rejected",
+        "minions_denied",
+        "minions_autosign",
+    ):
         (cluster / state).mkdir(parents=True)
     opts = yaml.safe_load(master.config_file.read_text())
     opts.update({"cluster_id": "aws-ork-test", "cluster_pki_dir": str(cluster)})
@@ -170,8 +188,9 @@ def test_freshness_on_a_clustered_master(master, tmp_path, queue_url, sqs, cert_
     old = time.time() - 3600
     os.utime(stale, (old, old))
     send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        SaltMasterConfig=clustered)
+    conf = trust_config(
+        tmp_path, queue_url, master, cert_dir, fleet["group"], SaltMasterConfig=clustered
+    )
 
     result = run_aws_ork(conf, "--once")
 
@@ -183,8 +202,10 @@ def test_freshness_on_a_clustered_master(master, tmp_path, queue_url, sqs, cert_
 
 def test_a_body_cannot_forge_or_flood_the_log(master, tmp_path, queue_url, sqs):
     instance = new_id()
-    forged = (f"web\n2026-11-23 10:00:00,000 INFO aws_ork.decide: message x: launch "
-              f"{instance} via=sns: accepted\x1b[2K")
+    forged = (
+        f"web\n2026-11-23 10:00:00,000 INFO aws_ork.decide: message x: launch "
+        f"{instance} via=sns: accepted\x1b[2K"
+    )
     send(sqs, queue_url, sns_launch(instance, forged), sns_launch(new_id(), "x" * 200_000))
     conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master)
 

@@ -49,8 +49,6 @@ from tests.trustenv import LAUNCH, decision_line, group_instance, signed, trust_
 PUB = generate_public_key_pem()  # one key for the many bulk minions (content is irrelevant)
 
 
-
-
 class S3Calls:
     """Every S3 API call of one client: (operation, serialized request), via a botocore
     event hook (``before-call``: once per API call, as sent)."""
@@ -69,15 +67,27 @@ class S3Calls:
         self.calls.clear()
 
 
-def make_worker(tmp_path: Path, bucket: str, pki_root: Path, *, key_dir: str = "master",
-                options: ObjectOptions = ObjectOptions(),
-                reconcile_seconds: float = 0, **debounce: float) -> tuple[MirrorWorker, S3Calls]:
+def make_worker(
+    tmp_path: Path,
+    bucket: str,
+    pki_root: Path,
+    *,
+    key_dir: str = "master",
+    options: ObjectOptions = ObjectOptions(),
+    reconcile_seconds: float = 0,
+    **debounce: float,
+) -> tuple[MirrorWorker, S3Calls]:
     client = boto3.client("s3", region_name="us-west-2")
     calls = S3Calls(client)
     state = tmp_path / "state"
     tree = S3Tree(client, BucketUrl(bucket, "pki/"), options)
-    worker = MirrorWorker(S3Mirror(tree, pki_root, state / MANIFEST_FILE), Journal(state),
-                          key_dir=key_dir, reconcile_seconds=reconcile_seconds, **debounce)
+    worker = MirrorWorker(
+        S3Mirror(tree, pki_root, state / MANIFEST_FILE),
+        Journal(state),
+        key_dir=key_dir,
+        reconcile_seconds=reconcile_seconds,
+        **debounce,
+    )
     worker.start()
     return worker, calls
 
@@ -138,8 +148,7 @@ def test_one_key_change_costs_the_same_with_10_and_1000_keys(master, tmp_path, s
 
 def test_a_burst_of_changes_is_mirrored_in_one_run(master, tmp_path, s3, bucket):
     # a quiet time far longer than the gaps between requests, so the count is deterministic
-    worker, calls = make_worker(tmp_path, bucket, master.pki_root, debounce=2,
-                                debounce_max=60)
+    worker, calls = make_worker(tmp_path, bucket, master.pki_root, debounce=2, debounce_max=60)
     ids = [new_id() for _ in range(40)]
     try:
         flushed(worker)
@@ -172,8 +181,11 @@ def test_reconciliation_repairs_drift_both_ways(master, tmp_path, s3, bucket):
         s3.delete_object(Bucket=bucket, Key=f"pki/master/minions/{kept}")
         master.add_accepted_key(edited)  # a new public key for the same id
         master.key_path(removed, "minions").unlink()
-        wait_for(lambda: bucket_objects(s3, bucket) == tree_md5s(master.pki_root), 30,
-                 "the periodic reconciliation to repair the bucket")
+        wait_for(
+            lambda: bucket_objects(s3, bucket) == tree_md5s(master.pki_root),
+            30,
+            "the periodic reconciliation to repair the bucket",
+        )
         assert "ListObjectsV2" in calls.ops()
     finally:
         worker.stop(10)
@@ -182,34 +194,53 @@ def test_reconciliation_repairs_drift_both_ways(master, tmp_path, s3, bucket):
 
 @pytest.mark.parametrize("sse", [None, "aws:kms"])
 def test_an_object_overwritten_with_its_metadata_copied_is_uploaded_again_and_counted(
-        master, tmp_path, queue_url, s3, bucket, sse):
+    master, tmp_path, queue_url, s3, bucket, sse
+):
     """A bucket writer overwrites a mirrored key keeping its x-amz-meta-md5: the next
     reconciliation must believe S3 (the body's MD5 ETag, or under SSE-KMS the SHA-256
     checksum S3 keeps), not the metadata, upload the local file again, and say so."""
     minion = new_id()
     master.add_accepted_key(minion)
     port = free_port()
-    kms = {} if sse is None else {
-        "BucketSSE": sse,
-        "BucketKmsKeyId": boto3.client("kms", region_name="us-west-2").create_key()[
-            "KeyMetadata"]["Arn"]}
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket,
-                        MetricsAddress=f"127.0.0.1:{port}", **kms)
+    kms = (
+        {}
+        if sse is None
+        else {
+            "BucketSSE": sse,
+            "BucketKmsKeyId": boto3.client("kms", region_name="us-west-2").create_key()[
+                "KeyMetadata"
+            ]["Arn"],
+        }
+    )
+    conf = write_config(
+        tmp_path / "c.conf",
+        queue_url=queue_url,
+        master=master,
+        bucket=bucket,
+        MetricsAddress=f"127.0.0.1:{port}",
+        **kms,
+    )
     first = run_aws_ork(conf, "--once")
     assert first.returncode == 0, first.stderr
     key = f"pki/master/minions/{minion}"
     assert bucket_objects(s3, bucket) == tree_md5s(master.pki_root)
     head = s3.head_object(Bucket=bucket, Key=key)
     extra = {} if sse is None else {"ServerSideEncryption": sse}
-    s3.put_object(Bucket=bucket, Key=key, Body=b"-----BEGIN PUBLIC KEY-----\nnot yours\n",
-                  Metadata=head["Metadata"], **extra)
+    s3.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=b"-----BEGIN PUBLIC KEY-----\nnot yours\n",
+        Metadata=head["Metadata"],
+        **extra,
+    )
     assert s3.head_object(Bucket=bucket, Key=key)["Metadata"] == head["Metadata"]
 
     log = tmp_path / "daemon.log"
     proc = start_aws_ork(conf, log)
     try:
-        wait_for(lambda: "S3 mirror reconciliation" in log.read_text(), 60,
-                 "the start-up reconciliation")
+        wait_for(
+            lambda: "S3 mirror reconciliation" in log.read_text(), 60, "the start-up reconciliation"
+        )
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert body == master.key_path(minion, "minions").read_bytes()  # repaired
         samples = wait_for(lambda: try_get(port, "/healthz") and scrape(port), 30, "/metrics")
@@ -223,8 +254,10 @@ def test_an_object_overwritten_with_its_metadata_copied_is_uploaded_again_and_co
 
     restored = tmp_path / "restored"
     restore_conf = tmp_path / "r.conf"
-    restore_conf.write_text(f"[aws_ork]\nBucketUrl = s3://{bucket}/pki/\nPkiDir = {restored}\n"
-                            f"StateDir = {tmp_path / 'rstate'}\n")
+    restore_conf.write_text(
+        f"[aws_ork]\nBucketUrl = s3://{bucket}/pki/\nPkiDir = {restored}\n"
+        f"StateDir = {tmp_path / 'rstate'}\n"
+    )
     result = run_aws_ork(restore_conf, "--restore")
     assert result.returncode == 0, result.stdout + result.stderr
     assert tree_md5s(restored) == tree_md5s(master.pki_root)
@@ -244,15 +277,16 @@ def test_sse_acl_and_mode_are_sent_with_every_object(tmp_path, s3, bucket, moto)
 
     cases = {
         "aes": (ObjectOptions(sse="AES256"), {"ServerSideEncryption": "AES256"}),
-        "kms": (ObjectOptions(sse="aws:kms", kms_key_id=key_id),
-                {"ServerSideEncryption": "aws:kms"}),
+        "kms": (
+            ObjectOptions(sse="aws:kms", kms_key_id=key_id),
+            {"ServerSideEncryption": "aws:kms"},
+        ),
         "noacl": (ObjectOptions(acl=None), {}),
     }
     for name, (options, expected) in cases.items():
         worker, calls = make_worker(tmp_path / name, bucket, root, options=options)
         try:
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": [
-                {"Key": "pki/master/master.pem"}]})
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "pki/master/master.pem"}]})
             flushed(worker)
         finally:
             worker.stop(10)
@@ -269,9 +303,15 @@ def test_sse_acl_and_mode_are_sent_with_every_object(tmp_path, s3, bucket, moto)
             assert s3.get_object_acl(Bucket=bucket, Key="pki/master/master.pem")["Grants"]
 
 
-@pytest.mark.parametrize("option, value", [("BucketSSE", "des"), ("BucketAcl", "public-read"),
-                                           ("ReconcileMinutes", "-1"),
-                                           ("BucketKmsKeyId", "alias/x")])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("BucketSSE", "des"),
+        ("BucketAcl", "public-read"),
+        ("ReconcileMinutes", "-1"),
+        ("BucketKmsKeyId", "alias/x"),
+    ],
+)
 def test_bad_backup_options_exit_2_naming_the_option(tmp_path, option, value):
     conf = tmp_path / "c.conf"
     conf.write_text(f"[aws_ork]\nBucketUrl = s3://my-bucket/p/\n{option} = {value}\n")
@@ -319,8 +359,9 @@ def journal_paths(state: Path) -> set[str]:
     return {json.loads(line).get("p") for line in path.read_text().splitlines() if line}
 
 
-def test_s3_outage_the_bucket_catches_up_without_redelivery(master, bucket_conf, tmp_path,
-                                                            queue_url, sqs, s3, bucket, s3_proxy):
+def test_s3_outage_the_bucket_catches_up_without_redelivery(
+    master, bucket_conf, tmp_path, queue_url, sqs, s3, bucket, s3_proxy
+):
     launched, terminated = new_id(), new_id()
     master.add_pending_key(launched)
     master.add_accepted_key(terminated)
@@ -330,33 +371,45 @@ def test_s3_outage_the_bucket_catches_up_without_redelivery(master, bucket_conf,
         wait_for(lambda: "S3 mirror reconciliation" in log.read_text(), 60, "the first mirror")
         s3_proxy.stop()  # S3 unreachable from here on
         send(sqs, queue_url, sns_launch(launched), sns_terminate(terminated))
-        wait_for(lambda: master.key_state_of(launched) == "minions"
-                 and master.key_state_of(terminated) is None, 60, "the key changes")
+        wait_for(
+            lambda: (
+                master.key_state_of(launched) == "minions"
+                and master.key_state_of(terminated) is None
+            ),
+            60,
+            "the key changes",
+        )
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 30, "the messages deleted")
         wait_for(lambda: "S3 mirror failed" in log.read_text(), 30, "a failed mirror run")
         assert f"master/minions/{launched}" in journal_paths(tmp_path / "state")
         assert f"master/minions/{launched}" not in bucket_objects(s3, bucket)
 
         s3_proxy.start()  # S3 is back: no message is sent again
-        wait_for(lambda: bucket_objects(s3, bucket) == tree_md5s(master.pki_root), 60,
-                 "the bucket to catch up")
+        wait_for(
+            lambda: bucket_objects(s3, bucket) == tree_md5s(master.pki_root),
+            60,
+            "the bucket to catch up",
+        )
         wait_for(lambda: "S3 mirror caught up" in log.read_text(), 10, "the catch-up log line")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         master.clear_keys()
     text = log.read_text()
-    handled = [line for line in text.splitlines() if "message " in line and (
-        launched in line or terminated in line)]
+    handled = [
+        line
+        for line in text.splitlines()
+        if "message " in line and (launched in line or terminated in line)
+    ]
     assert len(handled) == 2, handled  # each message handled once: nothing was redelivered
     assert "changes waiting" in text  # the log says how far behind the mirror is
     assert proc.returncode == 0
     assert journal_paths(tmp_path / "state") == set()
 
 
-def test_sigkill_between_key_change_and_upload_next_start_uploads(master, bucket_conf, tmp_path,
-                                                                  queue_url, sqs, s3, bucket,
-                                                                  s3_proxy):
+def test_sigkill_between_key_change_and_upload_next_start_uploads(
+    master, bucket_conf, tmp_path, queue_url, sqs, s3, bucket, s3_proxy
+):
     """S3 is cut first so the upload cannot happen before the kill: this proves the change
     was recorded before its message was deleted and is replayed from the journal."""
     launched = new_id()
@@ -394,20 +447,23 @@ def test_sigkill_between_key_change_and_upload_next_start_uploads(master, bucket
 
 
 def modes(root: Path) -> dict[str, int]:
-    return {p.relative_to(root).as_posix(): stat.S_IMODE(p.stat().st_mode)
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        p.relative_to(root).as_posix(): stat.S_IMODE(p.stat().st_mode)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
-def test_restore_brings_back_a_master_whose_minion_still_answers(tmp_path, queue_url, sqs, s3,
-                                                                 bucket):
+def test_restore_brings_back_a_master_whose_minion_still_answers(
+    tmp_path, queue_url, sqs, s3, bucket
+):
     lost = start_master(tmp_path / "old")
     minion_id = new_id()
     minion = None
     try:
         minion = start_minion(lost, tmp_path / "minion", minion_id)
         lost.wait_for_key(minion_id, "minions_pre", timeout=60)
-        conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=lost,
-                            bucket=bucket)
+        conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=lost, bucket=bucket)
         send(sqs, queue_url, sns_launch(minion_id))
         result = run_aws_ork(conf, "--once")
         assert result.returncode == 0, result.stderr
@@ -445,8 +501,10 @@ def test_restore_refuses_a_non_empty_pki_without_force(tmp_path, s3, bucket):
     local = pki / "master" / "minions" / "i-0123456789abcdef0"
     local.write_text("old")
     conf = tmp_path / "c.conf"
-    conf.write_text(f"[aws_ork]\nBucketUrl = s3://{bucket}/pki/\nPkiDir = {pki}\n"
-                    f"StateDir = {tmp_path / 'state'}\n")
+    conf.write_text(
+        f"[aws_ork]\nBucketUrl = s3://{bucket}/pki/\nPkiDir = {pki}\n"
+        f"StateDir = {tmp_path / 'state'}\n"
+    )
 
     refused = run_aws_ork(conf, "--restore")
     assert refused.returncode == 2
@@ -462,8 +520,7 @@ def test_restore_refuses_a_non_empty_pki_without_force(tmp_path, s3, bucket):
 
 def test_restore_refuses_keys_that_would_escape_pki(tmp_path, s3, bucket):
     s3.put_object(Bucket=bucket, Key="pki/../escape", Body=b"x")
-    s3.put_object(Bucket=bucket, Key="pki/master/ok.pub", Body=b"y",
-                  Metadata={"mode": "0644"})
+    s3.put_object(Bucket=bucket, Key="pki/master/ok.pub", Body=b"y", Metadata={"mode": "0644"})
     conf = tmp_path / "c.conf"
     pki = tmp_path / "pki"
     conf.write_text(f"[aws_ork]\nBucketUrl = s3://{bucket}/pki/\nPkiDir = {pki}\n")
@@ -482,10 +539,18 @@ def test_restore_leaves_out_autosign_stubs_and_pending_keys(tmp_path, s3, bucket
     check however long before its instance it was presented."""
     s3.put_object(Bucket=bucket, Key="pki/master/minions_autosign/i-0123456789abcdef0", Body=b"")
     for state in ("minions_pre", "minions_denied"):
-        s3.put_object(Bucket=bucket, Key=f"pki/master/{state}/i-0aaaaaaaaaaaaaaa1", Body=b"k",
-                      Metadata={"mode": "0644"})
-    s3.put_object(Bucket=bucket, Key="pki/master/minions/i-0fedcba9876543210", Body=b"key",
-                  Metadata={"mode": "0644"})
+        s3.put_object(
+            Bucket=bucket,
+            Key=f"pki/master/{state}/i-0aaaaaaaaaaaaaaa1",
+            Body=b"k",
+            Metadata={"mode": "0644"},
+        )
+    s3.put_object(
+        Bucket=bucket,
+        Key="pki/master/minions/i-0fedcba9876543210",
+        Body=b"key",
+        Metadata={"mode": "0644"},
+    )
     pki = tmp_path / "pki"
     conf = tmp_path / "c.conf"
     conf.write_text(f"[aws_ork]\nBucketUrl = s3://{bucket}/pki/\nPkiDir = {pki}\n")
@@ -500,7 +565,8 @@ def test_restore_leaves_out_autosign_stubs_and_pending_keys(tmp_path, s3, bucket
 
 
 def test_a_restored_master_remembers_the_finished_envelopes_and_enrolments(
-        master, tmp_path, queue_url, sqs, s3, bucket, cert_dir, identity, fleet):
+    master, tmp_path, queue_url, sqs, s3, bucket, cert_dir, identity, fleet
+):
     """Master A handles a signed launch; master B is restored from A's mirror onto a fresh
     pki and an empty StateDir. The captured envelope replayed to B is refused as a replay,
     and a new launch of the enrolled instance accepts nothing on B either."""
@@ -508,23 +574,31 @@ def test_a_restored_master_remembers_the_finished_envelopes_and_enrolments(
     master.add_pending_key(instance)
     captured = signed(identity, LAUNCH, instance, fleet["group"])
     (tmp_path / "a").mkdir()
-    conf_a = trust_config(tmp_path / "a", queue_url, master, cert_dir, fleet["group"],
-                          BucketUrl=f"s3://{bucket}/pki/")
+    conf_a = trust_config(
+        tmp_path / "a", queue_url, master, cert_dir, fleet["group"], BucketUrl=f"s3://{bucket}/pki/"
+    )
     send(sqs, queue_url, captured)
     first = run_aws_ork(conf_a, "--once")
     assert first.returncode == 0, first.stderr
     assert master.key_state_of(instance) == "minions"
     mirrored = bucket_objects(s3, bucket, memories=True)
-    assert {".aws_ork/state/finished-sns-messages", ".aws_ork/state/enrolled-instances"} \
-        <= set(mirrored), mirrored
+    assert {".aws_ork/state/finished-sns-messages", ".aws_ork/state/enrolled-instances"} <= set(
+        mirrored
+    ), mirrored
 
     replacement = start_master(tmp_path / "mb")
     try:
         replacement.stop()
         shutil.rmtree(replacement.pki_root)  # a fresh master: nothing of A's on it
         (tmp_path / "b").mkdir()
-        conf_b = trust_config(tmp_path / "b", queue_url, replacement, cert_dir, fleet["group"],
-                              BucketUrl=f"s3://{bucket}/pki/")
+        conf_b = trust_config(
+            tmp_path / "b",
+            queue_url,
+            replacement,
+            cert_dir,
+            fleet["group"],
+            BucketUrl=f"s3://{bucket}/pki/",
+        )
         restored = run_aws_ork(conf_b, "--restore")
         assert restored.returncode == 0, restored.stdout + restored.stderr
         assert "restored 2 replay and enrolment memories" in restored.stdout

@@ -43,18 +43,23 @@ def test_the_script_makes_tags_and_starts_the_minion_the_way_key_binding_needs(t
     bin_dir.mkdir()
     etc.mkdir(parents=True)
     root = tmp_path / "root"
-    (etc / "minion").write_text(f"root_dir: {root}\npki_dir: {root}/pki/minion\n"
-                                f"cachedir: {root}/cache\nlog_file: {root}/minion.log\n")
+    (etc / "minion").write_text(
+        f"root_dir: {root}\npki_dir: {root}/pki/minion\n"
+        f"cachedir: {root}/cache\nlog_file: {root}/minion.log\n"
+    )
     stub(bin_dir, "curl", CURL)
     for name in ("aws", "systemctl"):
         stub(bin_dir, name, RECORD)
     calls = tmp_path / "calls"
-    env = {**os.environ, "CALLS": str(calls), "SALT_CONFIG_DIR": str(etc),
-           "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}"
-                   f"{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "CALLS": str(calls),
+        "SALT_CONFIG_DIR": str(etc),
+        "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}"
+        f"{os.environ.get('PATH', '')}",
+    }
 
-    run = subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
 
     assert run.returncode == 0, run.stdout + run.stderr
     pki = root / "pki" / "minion"
@@ -62,17 +67,24 @@ def test_the_script_makes_tags_and_starts_the_minion_the_way_key_binding_needs(t
     assert stat.S_IMODE((pki / "minion.pem").stat().st_mode) == 0o600
     published = str(salt.utils.crypt.pem_finger(str(pki / "minion.pub")))
     recorded = calls.read_text().splitlines()
-    assert recorded[0] == (f"aws ec2 create-tags --region eu-west-1 --resources {INSTANCE} "
-                           f"--tags Key=salt:minion-fingerprint,Value={published}")
+    assert recorded[0] == (
+        f"aws ec2 create-tags --region eu-west-1 --resources {INSTANCE} "
+        f"--tags Key=salt:minion-fingerprint,Value={published}"
+    )
     assert recorded[-1] == "systemctl restart salt-minion"  # after the tag: key bound first
     assert binding.matches((pki / "minion.pub").read_text(), published)
     assert (etc / "minion_id").read_text().strip() == INSTANCE
     drop_in = (etc / "minion.d" / "aws_ork.conf").read_text()
-    for line in (f"id: {INSTANCE}", "acceptance_wait_time: 1", "acceptance_wait_time_max: 10",
-                 "rejected_retry: True"):
+    for line in (
+        f"id: {INSTANCE}",
+        "acceptance_wait_time: 1",
+        "acceptance_wait_time_max: 10",
+        "rejected_retry: True",
+    ):
         assert line in drop_in.splitlines()
 
-    again = subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True,
-                           timeout=300)  # a reboot runs user data again: the key stays
+    again = subprocess.run(
+        ["sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=300
+    )  # a reboot runs user data again: the key stays
     assert again.returncode == 0, again.stderr
     assert str(salt.utils.crypt.pem_finger(str(pki / "minion.pub"))) == published

@@ -45,8 +45,7 @@ def test_the_bound_pending_key_is_accepted(master, keys, tmp_path):
     assert master.key_path(minion, "minions").read_text().strip() == pub
 
 
-def test_an_impostors_pending_key_is_never_accepted_and_no_stub_is_written(master, keys,
-                                                                          tmp_path):
+def test_an_impostors_pending_key_is_never_accepted_and_no_stub_is_written(master, keys, tmp_path):
     """Left pending (an id without any key lets the next presenter's pending key wipe the
     accepted one), and its denied one removed, so the genuine key finds the denied slot."""
     minion, genuine, impostor = new_id(), generate_public_key_pem(), generate_public_key_pem()
@@ -55,8 +54,9 @@ def test_an_impostors_pending_key_is_never_accepted_and_no_stub_is_written(maste
     master.add_denied_key(minion, other)
     result = keys.accept_bound(minion, finger_file(tmp_path, genuine))
     assert result.outcome is Outcome.BOUND_NOT_YET and not result.outcome.done
-    assert result.others == tuple(salt.utils.crypt.pem_finger(key=pub.encode())
-                                  for pub in (impostor, other))
+    assert result.others == tuple(
+        salt.utils.crypt.pem_finger(key=pub.encode()) for pub in (impostor, other)
+    )
     assert master.key_state_of(minion) == "minions_pre"
     assert not master.key_path(minion, "minions_denied").exists()
     assert not (master.pki_dir / "minions_autosign" / minion).exists()
@@ -69,8 +69,10 @@ def test_a_presented_key_salt_threw_away_is_accepted(master, keys, tmp_path):
     master.add_pending_key(minion, generate_public_key_pem())
     master.add_denied_key(minion, generate_public_key_pem())
     fingerprint = finger_file(tmp_path, genuine)
-    assert keys.accept_bound(minion, fingerprint, presented=generate_public_key_pem()).outcome \
+    assert (
+        keys.accept_bound(minion, fingerprint, presented=generate_public_key_pem()).outcome
         is Outcome.BOUND_NOT_YET
+    )
     result = keys.accept_bound(minion, fingerprint, presented=genuine + "\n")
     assert (result.outcome, result.changed) == (Outcome.ACCEPTED, True)
     assert master.key_path(minion, "minions").read_text().strip() == genuine
@@ -78,8 +80,7 @@ def test_a_presented_key_salt_threw_away_is_accepted(master, keys, tmp_path):
     assert not master.key_path(minion, "minions_denied").exists()
 
 
-def test_the_genuine_key_denied_behind_an_impostor_is_accepted_from_denied(master, keys,
-                                                                          tmp_path):
+def test_the_genuine_key_denied_behind_an_impostor_is_accepted_from_denied(master, keys, tmp_path):
     minion, genuine, impostor = new_id(), generate_public_key_pem(), generate_public_key_pem()
     master.add_pending_key(minion, impostor)
     master.add_denied_key(minion, genuine)  # Salt denied it: another key was pending
@@ -97,15 +98,16 @@ def test_another_accepted_key_is_left_alone(master, keys, tmp_path):
     assert result.outcome is Outcome.OTHER_KEY_ACCEPTED
     assert master.key_path(minion, "minions").read_text().strip() == other
     master.add_accepted_key(minion, genuine)
-    assert keys.accept_bound(minion, finger_file(tmp_path, genuine)).outcome \
+    assert (
+        keys.accept_bound(minion, finger_file(tmp_path, genuine)).outcome
         is Outcome.ALREADY_ACCEPTED
+    )
 
 
 def test_nothing_presented_yet_waits_and_dry_run_changes_nothing(master, tmp_path):
     minion, genuine = new_id(), generate_public_key_pem()
     dry = KeyManager(load_master_opts(master.config_file), dry_run=True)
-    assert dry.accept_bound(minion, finger_file(tmp_path, genuine)).outcome \
-        is Outcome.BOUND_NOT_YET
+    assert dry.accept_bound(minion, finger_file(tmp_path, genuine)).outcome is Outcome.BOUND_NOT_YET
     master.add_pending_key(minion, generate_public_key_pem())
     result = dry.accept_bound(minion, finger_file(tmp_path, genuine))
     assert result.dry_run and result.others
@@ -120,11 +122,13 @@ def test_a_given_up_launch_removes_only_impostor_keys(master, keys, tmp_path):
     fingerprint = finger_file(tmp_path, genuine)
     master.add_pending_key(minion, impostor)
     master.add_denied_key(minion, other)
-    assert KeyManager(load_master_opts(master.config_file), dry_run=True) \
-        .drop_impostors(minion, fingerprint)  # dry run: says so, changes nothing
+    assert KeyManager(load_master_opts(master.config_file), dry_run=True).drop_impostors(
+        minion, fingerprint
+    )  # dry run: says so, changes nothing
     assert master.key_state_of(minion) == "minions_pre"
     assert keys.drop_impostors(minion, fingerprint) == tuple(
-        salt.utils.crypt.pem_finger(key=pub.encode()) for pub in (impostor, other))
+        salt.utils.crypt.pem_finger(key=pub.encode()) for pub in (impostor, other)
+    )
     assert not master.key_path(minion, "minions_pre").exists()
     assert not master.key_path(minion, "minions_denied").exists()
 

@@ -140,8 +140,9 @@ def test_network_failure_backs_off_then_is_final(tmp_path, genuine, clock) -> No
     verifier = verifier_for(genuine, fetch, clock)
     envelope = forged(tmp_path, "zz-nowhere-1")
 
-    assert_retry(verifier.verify(envelope), "certificate fetch failed", "OSError",
-                 f"failure 1 of {LIMIT}")
+    assert_retry(
+        verifier.verify(envelope), "certificate fetch failed", "OSError", f"failure 1 of {LIMIT}"
+    )
     assert len(fetch.calls) == 1
     clock.advance(BACKOFF - 1)  # redelivered inside the window: answered from memory
     assert_retry(verifier.verify(envelope), "Name or service not known", "next fetch in 1 s")
@@ -394,8 +395,12 @@ def test_region_outside_allowed_is_refused_without_fetch(tmp_path, genuine, cloc
 
 def test_flood_outside_allowed_regions_costs_no_fetch(tmp_path, genuine, clock) -> None:
     fetch = Fetch()
-    verifier = verifier_for(genuine, fetch, clock, allowed_regions=regions_of(
-        ["arn:aws:sns:us-west-2:123456789012:salt-master-asg-events"]))
+    verifier = verifier_for(
+        genuine,
+        fetch,
+        clock,
+        allowed_regions=regions_of(["arn:aws:sns:us-west-2:123456789012:salt-master-asg-events"]),
+    )
     for i in range(200):
         assert_final(verifier.verify(forged(tmp_path, made_up_region(i))), "not the region")
     assert fetch.calls == []

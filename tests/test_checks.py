@@ -40,6 +40,7 @@ TERMINATE = Event(Kind.TERMINATE, Source.SNS, instance_id=ID, topic_arn=TOPIC)
 
 # --- topic and source ---------------------------------------------------------------------
 
+
 def test_topic_check_passes_only_listed_topics_and_leaves_unsigned_sources_alone():
     check = TopicCheck([TOPIC])
     assert check(LAUNCH).ok
@@ -63,8 +64,10 @@ def test_source_check_believes_a_signed_envelope_and_nothing_else(tmp_path, iden
     check = SourceCheck(SignatureVerifier(tmp_path))
     good = sign_envelope(envelope(notification("autoscaling:EC2_INSTANCE_LAUNCH", ID)), identity)
     assert check(parsed(good)).ok
-    bad = dict(good, Message=json.dumps(notification("autoscaling:EC2_INSTANCE_LAUNCH",
-                                                     "i-00000000000000001")))
+    bad = dict(
+        good,
+        Message=json.dumps(notification("autoscaling:EC2_INSTANCE_LAUNCH", "i-00000000000000001")),
+    )
     verdict = check(parsed(bad))
     assert not verdict.ok and not verdict.retry and "bad signature" in verdict.reason
 
@@ -83,8 +86,9 @@ def test_fixture_bodies_map_to_the_sources_unsigned_sources_names():
     assert parsed(fixture("raw-asg-launch")).source is Source.RAW
     assert parsed(fixture("hook-launching")).source is Source.HOOK
     assert parsed(fixture("eventbridge-ec2-running")).source is Source.EVENTBRIDGE
-    assert {s.value for s in (Source.RAW, Source.HOOK, Source.EVENTBRIDGE)} == \
-        set(config.UNSIGNED_SOURCES)
+    assert {s.value for s in (Source.RAW, Source.HOOK, Source.EVENTBRIDGE)} == set(
+        config.UNSIGNED_SOURCES
+    )
 
 
 def test_unsigned_sources_option_is_parsed_and_validated():
@@ -100,21 +104,27 @@ def test_build_checks_orders_topic_then_signature_then_instance(tmp_path):
     keys = KeyLocation(tmp_path / "pki")
     kinds = [type(c).__name__ for c in build_checks(cfg, location=keys, ec2=object())]
     assert kinds == ["TopicCheck", "SourceCheck", "InstanceCheck"]
-    loose = config.from_mapping({"VerifySignatures": "no", "VerifyInstances": "no",
-                                 "StateDir": str(tmp_path)}, "t")
+    loose = config.from_mapping(
+        {"VerifySignatures": "no", "VerifyInstances": "no", "StateDir": str(tmp_path)}, "t"
+    )
     memory = Terminations(tmp_path / "terminated")
-    assert [type(c).__name__ for c in build_checks(loose, location=keys,
-                                                   terminations=memory)] == \
-        ["TerminationCheck"]
+    assert [type(c).__name__ for c in build_checks(loose, location=keys, terminations=memory)] == [
+        "TerminationCheck"
+    ]
 
 
 # --- EC2 ----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def ec2():
-    client = boto3.client("ec2", region_name="us-west-2", aws_access_key_id="x",
-                          aws_secret_access_key="x",
-                          config=botocore.config.Config(retries={"max_attempts": 1}))
+    client = boto3.client(
+        "ec2",
+        region_name="us-west-2",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        config=botocore.config.Config(retries={"max_attempts": 1}),
+    )
     with Stubber(client) as stub:
         yield client, stub
 
@@ -124,17 +134,28 @@ NO_KEYS = KeyLocation(Path("/nonexistent/aws-ork-test-pki"))
 
 
 def reply(state: str, tags: dict[str, str] | None = None) -> dict:
-    return {"Reservations": [{"Instances": [{
-        "InstanceId": ID, "State": {"Name": state},
-        "LaunchTime": datetime(2026, 1, 1, tzinfo=UTC),
-        "Tags": [{"Key": k, "Value": v} for k, v in (tags or {}).items()]}]}]}
+    return {
+        "Reservations": [
+            {
+                "Instances": [
+                    {
+                        "InstanceId": ID,
+                        "State": {"Name": state},
+                        "LaunchTime": datetime(2026, 1, 1, tzinfo=UTC),
+                        "Tags": [{"Key": k, "Value": v} for k, v in (tags or {}).items()],
+                    }
+                ]
+            }
+        ]
+    }
 
 
 def check_with(ec2, answer, *, groups=(), tags=(), event=LAUNCH):
     client, stub = ec2
     if isinstance(answer, str):
-        stub.add_client_error("describe_instances", service_error_code=answer,
-                              expected_params={"InstanceIds": [ID]})
+        stub.add_client_error(
+            "describe_instances", service_error_code=answer, expected_params={"InstanceIds": [ID]}
+        )
     else:
         stub.add_response("describe_instances", answer, {"InstanceIds": [ID]})
     verdict = InstanceCheck(Ec2Lookup(client), NO_KEYS, groups=groups, tags=tags)(event)
@@ -165,8 +186,10 @@ def test_an_empty_reply_is_not_found(ec2):
     assert (verdict.ok, verdict.retry) == (False, True) and "not found" in verdict.reason
 
 
-@pytest.mark.parametrize(("receives", "action"), [(1, Action.RETRY), (4, Action.RETRY),
-                                                  (5, Action.DELETE), (9, Action.DELETE)])
+@pytest.mark.parametrize(
+    ("receives", "action"),
+    [(1, Action.RETRY), (4, Action.RETRY), (5, Action.DELETE), (9, Action.DELETE)],
+)
 def test_a_retry_with_limited_attempts_becomes_final_at_the_limit(receives, action):
     def not_found(_event):
         return Verdict(False, "instance not found in EC2", retry=True, attempts=5)
@@ -178,16 +201,26 @@ def test_a_retry_with_limited_attempts_becomes_final_at_the_limit(receives, acti
     assert decision.rejected is (action is Action.DELETE)
 
 
-@pytest.mark.parametrize("code", ["Throttling", "RequestLimitExceeded", "UnauthorizedOperation",
-                                  "InternalError"])
+@pytest.mark.parametrize(
+    "code", ["Throttling", "RequestLimitExceeded", "UnauthorizedOperation", "InternalError"]
+)
 def test_ec2_failures_are_retried_and_never_accepted(ec2, code):
     for event in (LAUNCH, TERMINATE):
         verdict = check_with(ec2, code, event=event)
         assert (verdict.ok, verdict.retry) == (False, True) and code in verdict.reason
 
 
-@pytest.mark.parametrize(("group", "ok"), [("web-1", True), ("batch", True), ("web", False),
-                                           ("WEB-1", False), ("db-web-1", False), (None, False)])
+@pytest.mark.parametrize(
+    ("group", "ok"),
+    [
+        ("web-1", True),
+        ("batch", True),
+        ("web", False),
+        ("WEB-1", False),
+        ("db-web-1", False),
+        (None, False),
+    ],
+)
 def test_group_patterns_are_case_sensitive_globs(ec2, group, ok):
     tags = {"aws:autoscaling:groupName": group} if group else {}
     verdict = check_with(ec2, reply("running", tags), groups=("web-*", "batch"))
@@ -196,29 +229,34 @@ def test_group_patterns_are_case_sensitive_globs(ec2, group, ok):
 
 def test_every_required_tag_must_match_exactly(ec2):
     required = (("role", "minion"), ("env", "prod"))
-    assert check_with(ec2, reply("running", {"role": "minion", "env": "prod", "x": "y"}),
-                      tags=required).ok
-    verdict = check_with(ec2, reply("running", {"role": "minion", "env": "Prod"}),
-                         tags=required)
+    assert check_with(
+        ec2, reply("running", {"role": "minion", "env": "prod", "x": "y"}), tags=required
+    ).ok
+    verdict = check_with(ec2, reply("running", {"role": "minion", "env": "Prod"}), tags=required)
     assert not verdict.ok and "env=prod" in verdict.reason and "role" not in verdict.reason
 
 
-@pytest.mark.parametrize(("answer", "ok", "retry"), [
-    # not found: honoured only after several receives (see the fail-closed tests below)
-    ("InvalidInstanceID.NotFound", False, True),
-    (reply("terminated"), True, False),
-    (reply("shutting-down"), True, False),
-    (reply("running"), False, True),
-    (reply("stopped"), False, True),
-])
+@pytest.mark.parametrize(
+    ("answer", "ok", "retry"),
+    [
+        # not found: honoured only after several receives (see the fail-closed tests below)
+        ("InvalidInstanceID.NotFound", False, True),
+        (reply("terminated"), True, False),
+        (reply("shutting-down"), True, False),
+        (reply("running"), False, True),
+        (reply("stopped"), False, True),
+    ],
+)
 def test_a_terminate_is_honoured_only_when_ec2_says_the_instance_is_gone(ec2, answer, ok, retry):
     # filters do not apply: the key of an instance that is gone can only serve an impostor
-    verdict = check_with(ec2, answer, groups=("nothing-matches",), tags=(("a", "b"),),
-                         event=TERMINATE)
+    verdict = check_with(
+        ec2, answer, groups=("nothing-matches",), tags=(("a", "b"),), event=TERMINATE
+    )
     assert (verdict.ok, verdict.retry) == (ok, retry)
 
 
 # --- termination memory -------------------------------------------------------------------
+
 
 class Clock:
     def __init__(self, now: float) -> None:
@@ -257,8 +295,10 @@ def test_old_records_are_pruned_at_the_first_record_then_hourly(tmp_path):
     assert len(list(tmp_path.iterdir())) == 2
     clock.now += 3600
     memory.remember("i-0000000000000000c")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["i-0000000000000000b",
-                                                           "i-0000000000000000c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "i-0000000000000000b",
+        "i-0000000000000000c",
+    ]
 
 
 def test_dry_run_remembers_nothing_and_unwritable_state_is_retried(tmp_path):
@@ -279,13 +319,16 @@ def test_records_are_named_only_by_instance_ids(tmp_path):
         Terminations(tmp_path).remember("../../etc/passwd")
 
 
-@pytest.mark.parametrize(("error", "retry"), [
-    (urllib.error.URLError("connection refused"), True),
-    (TimeoutError("timed out"), True),
-    (urllib.error.HTTPError("u", 503, "Service Unavailable", {}, None), True),  # type: ignore
-    (urllib.error.HTTPError("u", 404, "Not Found", {}, None), False),  # type: ignore
-    (ValueError("response larger than 65536 bytes"), False),
-])
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        (urllib.error.URLError("connection refused"), True),
+        (TimeoutError("timed out"), True),
+        (urllib.error.HTTPError("u", 503, "Service Unavailable", {}, None), True),  # type: ignore
+        (urllib.error.HTTPError("u", 404, "Not Found", {}, None), False),  # type: ignore
+        (ValueError("response larger than 65536 bytes"), False),
+    ],
+)
 def test_an_unreachable_certificate_defers_and_a_missing_one_rejects(tmp_path, error, retry):
     identity = make_signing_identity(tmp_path / "elsewhere", "us-west-2")  # not in the cache
 
@@ -306,8 +349,9 @@ def test_a_finished_sns_message_is_refused_as_a_replay(tmp_path):
 
     finished = IdMemory(tmp_path / "finished", keep_seconds=3600, limit=10)
     check = ReplayCheck(finished)
-    event = events.parse(json.dumps(envelope(notification("autoscaling:EC2_INSTANCE_LAUNCH",
-                                                          ID), TOPIC)))
+    event = events.parse(
+        json.dumps(envelope(notification("autoscaling:EC2_INSTANCE_LAUNCH", ID), TOPIC))
+    )
     assert event.message_id and check(event).ok
     finished.add(event.message_id)
     verdict = check(event)
@@ -322,8 +366,13 @@ def test_freshness_reads_the_key_where_a_clustered_master_keeps_it(ec2, tmp_path
     pending.write_text("pub")
     old = datetime(2025, 1, 1, tzinfo=UTC).timestamp()  # before the instance's LaunchTime
     os.utime(pending, (old, old))
-    location = KeyLocation.from_opts({"pki_dir": str(tmp_path / "own"), "cluster_id": "c1",
-                                      "cluster_pki_dir": str(tmp_path / "cluster")})
+    location = KeyLocation.from_opts(
+        {
+            "pki_dir": str(tmp_path / "own"),
+            "cluster_id": "c1",
+            "cluster_pki_dir": str(tmp_path / "cluster"),
+        }
+    )
     client, stub = ec2
     stub.add_response("describe_instances", reply("running"), {"InstanceIds": [ID]})
     verdict = InstanceCheck(Ec2Lookup(client), location)(LAUNCH)
@@ -341,10 +390,10 @@ def test_freshness_fails_closed_when_salt_keeps_no_key_files(ec2):
 
 @pytest.mark.parametrize(("receives", "ok"), [(1, False), (4, False), (5, True)])
 def test_a_terminate_for_an_unknown_instance_is_honoured_only_after_several_receives(
-        ec2, receives, ok):
+    ec2, receives, ok
+):
     verdict = check_with(ec2, "InvalidInstanceID.NotFound", event=TERMINATE)
-    assert (verdict.retry, verdict.then_ok, verdict.attempts) == (True, True,
-                                                                   NOT_FOUND_ATTEMPTS)
+    assert (verdict.retry, verdict.then_ok, verdict.attempts) == (True, True, NOT_FOUND_ATTEMPTS)
     from aws_ork.keys.manager import KeyResult, Outcome
 
     class Keys:
@@ -384,8 +433,7 @@ FINGER = ":".join(["ab"] * 32)
 def bound_check(ec2, tags):
     client, stub = ec2
     stub.add_response("describe_instances", reply("running", tags), {"InstanceIds": [ID]})
-    return InstanceCheck(Ec2Lookup(client), NO_KEYS, binding_tag="salt:minion-fingerprint")(
-        LAUNCH)
+    return InstanceCheck(Ec2Lookup(client), NO_KEYS, binding_tag="salt:minion-fingerprint")(LAUNCH)
 
 
 def test_binding_passes_the_published_fingerprint_to_the_key_stage(ec2):

@@ -27,13 +27,15 @@ TEMPLATE = ROOT / "data" / "cloudformation" / "aws_ork.yaml"
 
 #: Resource types moto (5.2) cannot create through CloudFormation. The deployed variant
 #: leaves them out; the README ("Deploying the AWS side") names the same five.
-MOTO_LACKS = frozenset({
-    "AWS::SQS::QueuePolicy",  # only the topic may send
-    "AWS::SNS::Subscription",  # topic -> queue, raw delivery off
-    "AWS::SNS::TopicPolicy",  # only Auto Scaling and the hook role may publish
-    "AWS::AutoScaling::LifecycleHook",  # launching/terminating hooks on the group
-    "AWS::S3::BucketPolicy",  # TLS only, the master's role (and the restore role) only
-})
+MOTO_LACKS = frozenset(
+    {
+        "AWS::SQS::QueuePolicy",  # only the topic may send
+        "AWS::SNS::Subscription",  # topic -> queue, raw delivery off
+        "AWS::SNS::TopicPolicy",  # only Auto Scaling and the hook role may publish
+        "AWS::AutoScaling::LifecycleHook",  # launching/terminating hooks on the group
+        "AWS::S3::BucketPolicy",  # TLS only, the master's role (and the restore role) only
+    }
+)
 #: What moto names the restore role's ARN parameter in the policy documents below.
 RESTORE_ROLE = {"Ref": "RestoreRoleArn"}
 MASTER_ROLE = {"Fn::GetAtt": ["MasterRole", "Arn"]}
@@ -107,20 +109,24 @@ def the(template: dict[str, Any], kind: str) -> dict[str, Any]:
 def stack(moto, fleet) -> dict[str, str]:
     """The template (without MOTO_LACKS) deployed for the ``fleet`` group; its outputs."""
     template = load_template()
-    deployed = {name: r for name, r in template["Resources"].items()
-                if r["Type"] not in MOTO_LACKS}
+    deployed = {name: r for name, r in template["Resources"].items() if r["Type"] not in MOTO_LACKS}
     template["Resources"] = deployed
     cloudformation = boto3.client("cloudformation", region_name="us-west-2")
     name = f"aws-ork-{uuid.uuid4().hex[:8]}"
     cloudformation.create_stack(
-        StackName=name, TemplateBody=json.dumps(template), Capabilities=["CAPABILITY_IAM"],
-        Parameters=[{"ParameterKey": "AutoScalingGroupName", "ParameterValue": fleet["group"]}])
+        StackName=name,
+        TemplateBody=json.dumps(template),
+        Capabilities=["CAPABILITY_IAM"],
+        Parameters=[{"ParameterKey": "AutoScalingGroupName", "ParameterValue": fleet["group"]}],
+    )
     described = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
     assert described["StackStatus"] == "CREATE_COMPLETE", described
     # moto skips a type it has no model for and still says CREATE_COMPLETE: every resource we
     # sent must really be there
-    created = {r["LogicalResourceId"]: r["ResourceStatus"] for r in
-               cloudformation.list_stack_resources(StackName=name)["StackResourceSummaries"]}
+    created = {
+        r["LogicalResourceId"]: r["ResourceStatus"]
+        for r in cloudformation.list_stack_resources(StackName=name)["StackResourceSummaries"]
+    }
     assert {n: created.get(n) for n in deployed} == {n: "CREATE_COMPLETE" for n in deployed}
     return {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
 
@@ -141,21 +147,37 @@ def test_the_stack_deploys_with_its_outputs(stack, sqs, fleet):
     # alias (moto keeps a CloudFormation key's policy unparsed, so DescribeKey fails there)
     aliases = boto3.client("kms", region_name="us-west-2").list_aliases()["Aliases"]
     assert {a["AliasName"]: a.get("TargetKeyId") for a in aliases}[
-        stack["BucketKmsKeyAlias"]] == stack["BucketKmsKeyId"].rsplit("/", 1)[1]
+        stack["BucketKmsKeyAlias"]
+    ] == stack["BucketKmsKeyId"].rsplit("/", 1)[1]
     encryption = boto3.client("s3", region_name="us-west-2").get_bucket_encryption(
-        Bucket=stack["BucketName"])["ServerSideEncryptionConfiguration"]["Rules"][0]
+        Bucket=stack["BucketName"]
+    )["ServerSideEncryptionConfiguration"]["Rules"][0]
     assert encryption["ApplyServerSideEncryptionByDefault"] == {
-        "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": stack["BucketKmsKeyId"]}
+        "SSEAlgorithm": "aws:kms",
+        "KMSMasterKeyID": stack["BucketKmsKeyId"],
+    }
     assert stack["NotificationCommand"].split() == [
-        "aws", "autoscaling", "put-notification-configuration", "--region", "us-west-2",
-        "--auto-scaling-group-name", fleet["group"], "--topic-arn", stack["TopicArn"],
-        "--notification-types", "autoscaling:EC2_INSTANCE_LAUNCH",
-        "autoscaling:EC2_INSTANCE_TERMINATE", "autoscaling:EC2_INSTANCE_LAUNCH_ERROR"]
-    attributes = sqs.get_queue_attributes(QueueUrl=stack["QueueUrl"],
-                                          AttributeNames=["All"])["Attributes"]
+        "aws",
+        "autoscaling",
+        "put-notification-configuration",
+        "--region",
+        "us-west-2",
+        "--auto-scaling-group-name",
+        fleet["group"],
+        "--topic-arn",
+        stack["TopicArn"],
+        "--notification-types",
+        "autoscaling:EC2_INSTANCE_LAUNCH",
+        "autoscaling:EC2_INSTANCE_TERMINATE",
+        "autoscaling:EC2_INSTANCE_LAUNCH_ERROR",
+    ]
+    attributes = sqs.get_queue_attributes(QueueUrl=stack["QueueUrl"], AttributeNames=["All"])[
+        "Attributes"
+    ]
     redrive = json.loads(attributes["RedrivePolicy"])
-    dead_letter = sqs.get_queue_attributes(QueueUrl=stack["DeadLetterQueueUrl"],
-                                           AttributeNames=["QueueArn"])["Attributes"]
+    dead_letter = sqs.get_queue_attributes(
+        QueueUrl=stack["DeadLetterQueueUrl"], AttributeNames=["QueueArn"]
+    )["Attributes"]
     assert redrive == {"deadLetterTargetArn": dead_letter["QueueArn"], "maxReceiveCount": 50}
     assert attributes["SqsManagedSseEnabled"] == "true"
     assert attributes["ReceiveMessageWaitTimeSeconds"] == "20"
@@ -176,33 +198,47 @@ def test_max_receive_count_lets_a_waiting_launch_reach_its_bound():
     assert parameter["MinValue"] >= receives  # SQS delivers receive N <= maxReceiveCount
     # a wait may start after a deferred certificate (two failed fetches: the back-off
     # windows of CERT_FAILURE_BACKOFF_SECONDS, 60 s then 120 s)
-    late = sum(defaults.CERT_FAILURE_BACKOFF_SECONDS * 2 ** n
-               for n in range(defaults.CERT_FAILURE_LIMIT - 1))
+    late = sum(
+        defaults.CERT_FAILURE_BACKOFF_SECONDS * 2**n for n in range(defaults.CERT_FAILURE_LIMIT - 1)
+    )
     assert parameter["Default"] >= defaults.receives_within(defaults.HOOK_WAIT_SECONDS + late)
     assert parameter["MinValue"] <= parameter["Default"] <= parameter["MaxValue"]
 
 
-def test_check_passes_and_a_signed_launch_is_handled(stack, master, identity, cert_dir, sqs,
-                                                     fleet, tmp_path):
-    conf = write_config(tmp_path / "aws_ork.conf", queue_url=stack["QueueUrl"], master=master,
-                        AllowedTopicArns=stack["AllowedTopicArns"], VerifySignatures="true",
-                        CertCacheDir=cert_dir, BucketUrl=stack["BucketUrl"],
-                        BucketSSE=stack["BucketSSE"], BucketKmsKeyId=stack["BucketKmsKeyId"])
+def test_check_passes_and_a_signed_launch_is_handled(
+    stack, master, identity, cert_dir, sqs, fleet, tmp_path
+):
+    conf = write_config(
+        tmp_path / "aws_ork.conf",
+        queue_url=stack["QueueUrl"],
+        master=master,
+        AllowedTopicArns=stack["AllowedTopicArns"],
+        VerifySignatures="true",
+        CertCacheDir=cert_dir,
+        BucketUrl=stack["BucketUrl"],
+        BucketSSE=stack["BucketSSE"],
+        BucketKmsKeyId=stack["BucketKmsKeyId"],
+    )
 
     check = run_aws_ork(conf, "--check")
 
     lines = check.stdout.splitlines()
     assert check.returncode == 0, check.stdout + check.stderr
     assert not [line for line in lines if line.startswith("FAIL")]
-    assert any(line.startswith(f"ok   queue {stack['QueueUrl']}: 0 messages waiting")
-               for line in lines), lines
-    assert any(line.startswith(f"ok   bucket {stack['BucketUrl']}: reachable, writable")
-               for line in lines), lines
+    assert any(
+        line.startswith(f"ok   queue {stack['QueueUrl']}: 0 messages waiting") for line in lines
+    ), lines
+    assert any(
+        line.startswith(f"ok   bucket {stack['BucketUrl']}: reachable, writable") for line in lines
+    ), lines
 
     instance = new_id()
     master.add_pending_key(instance)
-    send(sqs, stack["QueueUrl"], signed(identity, LAUNCH, instance, fleet["group"],
-                                        topic=stack["TopicArn"]))
+    send(
+        sqs,
+        stack["QueueUrl"],
+        signed(identity, LAUNCH, instance, fleet["group"], topic=stack["TopicArn"]),
+    )
 
     result = run_aws_ork(conf, "--once")
 
@@ -215,25 +251,34 @@ def test_check_passes_and_a_signed_launch_is_handled(stack, master, identity, ce
 
 # What moto cannot deploy, checked on the template itself.
 
+
 def test_only_the_topic_can_send_to_the_queue():
     template = load_template()
     statements = the(template, "AWS::SQS::QueuePolicy")["PolicyDocument"]["Statement"]
     topic = {"Ref": "Topic"}
     assert [(s["Effect"], s["Principal"], s["Action"], s["Condition"]) for s in statements] == [
-        ("Allow", {"Service": "sns.amazonaws.com"}, "sqs:SendMessage",
-         {"ArnEquals": {"aws:SourceArn": topic}}),
+        (
+            "Allow",
+            {"Service": "sns.amazonaws.com"},
+            "sqs:SendMessage",
+            {"ArnEquals": {"aws:SourceArn": topic}},
+        ),
         ("Deny", "*", "sqs:SendMessage", {"ArnNotEquals": {"aws:SourceArn": topic}}),
     ]
     subscription = the(template, "AWS::SNS::Subscription")
     assert subscription["RawMessageDelivery"] is False  # the envelope is what AWS signs
     assert (subscription["TopicArn"], subscription["Endpoint"]) == (
-        topic, {"Fn::GetAtt": ["Queue", "Arn"]})
+        topic,
+        {"Fn::GetAtt": ["Queue", "Arn"]},
+    )
 
 
 def test_lifecycle_hooks_notify_the_topic_for_the_named_group():
     hooks = resources_of(load_template(), "AWS::AutoScaling::LifecycleHook").values()
     assert sorted(h["Properties"]["LifecycleTransition"] for h in hooks) == [
-        "autoscaling:EC2_INSTANCE_LAUNCHING", "autoscaling:EC2_INSTANCE_TERMINATING"]
+        "autoscaling:EC2_INSTANCE_LAUNCHING",
+        "autoscaling:EC2_INSTANCE_TERMINATING",
+    ]
     for hook in hooks:
         props = hook["Properties"]
         assert props["AutoScalingGroupName"] == {"Ref": "AutoScalingGroupName"}
@@ -249,21 +294,30 @@ def test_the_bucket_is_locked_down():
     assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
     (rule,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
     assert rule["ServerSideEncryptionByDefault"] == {
-        "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": {"Fn::GetAtt": ["BucketKey", "Arn"]}}
+        "SSEAlgorithm": "aws:kms",
+        "KMSMasterKeyID": {"Fn::GetAtt": ["BucketKey", "Arn"]},
+    }
     assert template["Parameters"]["RestoreRoleArn"]["Default"] == ""
     bucket_arns = [{"Fn::GetAtt": ["Bucket", "Arn"]}, {"Fn::Sub": "${Bucket.Arn}/*"}]
 
     for restore in (False, True):
         policy = statements("AWS::S3::BucketPolicy", HasRestoreRole=restore)
         tls = policy.pop("TlsOnly")
-        assert (tls["Effect"], tls["Principal"], tls["Action"], tls["Resource"]) == \
-            ("Deny", "*", "s3:*", bucket_arns)
+        assert (tls["Effect"], tls["Principal"], tls["Action"], tls["Resource"]) == (
+            "Deny",
+            "*",
+            "s3:*",
+            bucket_arns,
+        )
         assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
         # every principal but the roles is denied the objects and their listing, by the
         # role's ARN (every session of the role carries it), not NotPrincipal
         others = policy.pop("OnlyTheMasterAndTheRestoreRole")
-        assert (others["Effect"], others["Principal"], others["Resource"]) == \
-            ("Deny", "*", bucket_arns)
+        assert (others["Effect"], others["Principal"], others["Resource"]) == (
+            "Deny",
+            "*",
+            bucket_arns,
+        )
         assert "NotPrincipal" not in others
         for action in ("s3:GetObject*", "s3:PutObject*", "s3:DeleteObject*", "s3:ListBucket*"):
             assert action in others["Action"]
@@ -272,8 +326,12 @@ def test_the_bucket_is_locked_down():
         if restore:  # the restore role reads (and lists versions), writes nothing
             reads = policy.pop("TheRestoreRoleReads")
             assert (reads["Effect"], reads["Principal"]) == ("Allow", {"AWS": RESTORE_ROLE})
-            assert sorted(reads["Action"]) == ["s3:GetObject", "s3:GetObjectVersion",
-                                               "s3:ListBucket", "s3:ListBucketVersions"]
+            assert sorted(reads["Action"]) == [
+                "s3:GetObject",
+                "s3:GetObjectVersion",
+                "s3:ListBucket",
+                "s3:ListBucketVersions",
+            ]
         assert policy == {}  # nothing else: no Allow for anyone else, no root
 
 
@@ -288,58 +346,103 @@ def test_only_the_master_encrypts_and_only_the_restore_role_decrypts():
     for restore in (False, True):
         policy = statements("AWS::KMS::Key", HasRestoreRole=restore)
         admin = policy.pop("AccountAdministersTheKeyButCannotUseIt")
-        assert admin["Principal"] == {"AWS": {"Fn::Sub":
-                                              "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
+        assert admin["Principal"] == {
+            "AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}
+        }
         # administration only: no use of the key, nor a grant that would give its use
-        for use in ("kms:*", "kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey*",
-                    "kms:ReEncrypt*", "kms:CreateGrant", "kms:Create*"):
+        for use in (
+            "kms:*",
+            "kms:Decrypt",
+            "kms:Encrypt",
+            "kms:GenerateDataKey*",
+            "kms:ReEncrypt*",
+            "kms:CreateGrant",
+            "kms:Create*",
+        ):
             assert use not in admin["Action"]
-        assert not [a for a in admin["Action"]
-                    if a.startswith(("kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey",
-                                     "kms:ReEncrypt", "kms:CreateGrant"))]
+        assert not [
+            a
+            for a in admin["Action"]
+            if a.startswith(
+                (
+                    "kms:Decrypt",
+                    "kms:Encrypt",
+                    "kms:GenerateDataKey",
+                    "kms:ReEncrypt",
+                    "kms:CreateGrant",
+                )
+            )
+        ]
         assert "kms:PutKeyPolicy" in admin["Action"] or "kms:Put*" in admin["Action"]
         master = policy.pop("TheMasterEncrypts")
-        assert (master["Effect"], master["Principal"], master["Action"]) == \
-            ("Allow", {"AWS": MASTER_ROLE}, "kms:GenerateDataKey")
+        assert (master["Effect"], master["Principal"], master["Action"]) == (
+            "Allow",
+            {"AWS": MASTER_ROLE},
+            "kms:GenerateDataKey",
+        )
         assert master["Condition"] == via_s3
         if restore:
             decrypt = policy.pop("TheRestoreRoleDecrypts")
-            assert (decrypt["Effect"], decrypt["Principal"], decrypt["Action"]) == \
-                ("Allow", {"AWS": RESTORE_ROLE}, "kms:Decrypt")
+            assert (decrypt["Effect"], decrypt["Principal"], decrypt["Action"]) == (
+                "Allow",
+                {"AWS": RESTORE_ROLE},
+                "kms:Decrypt",
+            )
             assert decrypt["Condition"] == via_s3
         assert policy == {}
     # the master's own IAM policy has no kms:Decrypt either: the running daemon never reads
     # a body back (PUT, DELETE, HEAD, LIST); only --restore does, with the restore role
     (policy_resource,) = resources_of(template, "AWS::IAM::Policy").values()
-    kms = [st for st in policy_resource["Properties"]["PolicyDocument"]["Statement"]
-           if str(st["Action"]).startswith("kms:")]
-    assert kms == [{"Effect": "Allow", "Action": "kms:GenerateDataKey",
-                    "Resource": {"Fn::GetAtt": ["BucketKey", "Arn"]}}]
+    kms = [
+        st
+        for st in policy_resource["Properties"]["PolicyDocument"]["Statement"]
+        if str(st["Action"]).startswith("kms:")
+    ]
+    assert kms == [
+        {
+            "Effect": "Allow",
+            "Action": "kms:GenerateDataKey",
+            "Resource": {"Fn::GetAtt": ["BucketKey", "Arn"]},
+        }
+    ]
 
 
 def test_only_auto_scaling_and_the_hook_role_may_publish_to_the_topic():
-    slr = {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/aws-service-role/"
-                      "autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling*"}
+    slr = {
+        "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/aws-service-role/"
+        "autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling*"
+    }
     assert the(load_template(), "AWS::SNS::TopicPolicy")["Topics"] == [{"Ref": "Topic"}]
     for group in (False, True):
         policy = statements("AWS::SNS::TopicPolicy", HasGroup=group)
         service = policy.pop("AutoScalingOfThisAccount")
-        assert (service["Effect"], service["Principal"], service["Action"]) == \
-            ("Allow", {"Service": "autoscaling.amazonaws.com"}, "sns:Publish")
-        assert service["Condition"] == {"StringEquals": {"aws:SourceAccount":
-                                                         {"Ref": "AWS::AccountId"}}}
+        assert (service["Effect"], service["Principal"], service["Action"]) == (
+            "Allow",
+            {"Service": "autoscaling.amazonaws.com"},
+            "sns:Publish",
+        )
+        assert service["Condition"] == {
+            "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+        }
         if group:
             hook = policy.pop("TheHookRole")
-            assert (hook["Effect"], hook["Principal"], hook["Action"]) == \
-                ("Allow", {"AWS": HOOK_ROLE}, "sns:Publish")
+            assert (hook["Effect"], hook["Principal"], hook["Action"]) == (
+                "Allow",
+                {"AWS": HOOK_ROLE},
+                "sns:Publish",
+            )
         others = policy.pop("NobodyElse")
-        assert (others["Effect"], others["Principal"], others["Action"]) == \
-            ("Deny", "*", "sns:Publish")
+        assert (others["Effect"], others["Principal"], others["Action"]) == (
+            "Deny",
+            "*",
+            "sns:Publish",
+        )
         # IAM principals (service principals carry no aws:PrincipalArn: they get only the
         # Allow above) other than the hook role and Auto Scaling's service-linked role
         assert others["Condition"] == {
             "Bool": {"aws:PrincipalIsAWSService": "false"},
-            "ArnNotLike": {"aws:PrincipalArn": [HOOK_ROLE, slr] if group else [slr]}}
+            "ArnNotLike": {"aws:PrincipalArn": [HOOK_ROLE, slr] if group else [slr]},
+        }
         assert policy == {}
 
 
@@ -370,6 +473,7 @@ def test_an_instance_may_tag_only_itself_and_only_with_the_binding_tag():
     assert (statement["Effect"], statement["Action"]) == ("Allow", "ec2:CreateTags")
     assert statement["Condition"] == {
         "StringEquals": {"aws:ARN": "${ec2:SourceInstanceARN}"},
-        "ForAllValues:StringEquals": {"aws:TagKeys": [{"Ref": "KeyBindingTag"}]}}
+        "ForAllValues:StringEquals": {"aws:TagKeys": [{"Ref": "KeyBindingTag"}]},
+    }
     parameter = load_template()["Parameters"]["KeyBindingTag"]
     assert parameter["Default"] == "salt:minion-fingerprint"

@@ -136,21 +136,24 @@ def test_existing_default_file_is_read(no_config: Path) -> None:
     assert cfg.source == str(no_config)
 
 
-def test_env_variable_names_the_file(tmp_path: Path, no_config: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_variable_names_the_file(
+    tmp_path: Path, no_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write(tmp_path, "[aws_ork]\nQueueName = from-env\n", "env.conf")
     monkeypatch.setenv(config.ENV_PATH, str(path))
     assert config.load(None).queue_name == "from-env"
 
 
-def test_empty_env_variable_means_default_path(no_config: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_env_variable_means_default_path(
+    no_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(config.ENV_PATH, "")
     assert config.load(None) == Config()
 
 
-def test_missing_file_named_by_env_variable_is_an_error(tmp_path: Path, no_config: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_file_named_by_env_variable_is_an_error(
+    tmp_path: Path, no_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     missing = tmp_path / "typo.conf"
     monkeypatch.setenv(config.ENV_PATH, str(missing))
     with pytest.raises(ConfigError, match=config.ENV_PATH) as err:
@@ -165,8 +168,9 @@ def test_missing_file_named_with_c_is_an_error(tmp_path: Path, no_config: Path) 
     assert str(missing) in str(err.value)
 
 
-def test_c_wins_over_env_variable(tmp_path: Path, no_config: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_c_wins_over_env_variable(
+    tmp_path: Path, no_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(config.ENV_PATH, str(write(tmp_path, "QueueName: env\n", "env.conf")))
     assert config.load(str(write(tmp_path, "QueueName: cli\n", "c.conf"))).queue_name == "cli"
 
@@ -187,7 +191,9 @@ def test_broken_ini_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_new_style_file(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
 # aws_ork settings
 [aws_ork]
 SQS_Region = eu-west-1
@@ -202,7 +208,8 @@ AutoScalingGroups = web-asg
 InstanceTags = Role=salt-minion Env=prod
 MinionIdTemplate = {asg_name}-{instance_id}
 MetricsAddress = 127.0.0.1:9100
-""")
+""",
+    )
     cfg = config.load(str(path))
     assert cfg.source == str(path)
     assert cfg.sqs_region == "eu-west-1"
@@ -213,8 +220,10 @@ MetricsAddress = 127.0.0.1:9100
     assert cfg.effective_bucket_region == "eu-west-1"
     assert cfg.delete_unknown_messages is False
     assert cfg.pki_dir == Path("/srv/salt/pki")
-    assert cfg.allowed_topic_arns == ("arn:aws:sns:eu-west-1:123456789012:a",
-                                      "arn:aws:sns:eu-west-1:123456789012:b")
+    assert cfg.allowed_topic_arns == (
+        "arn:aws:sns:eu-west-1:123456789012:a",
+        "arn:aws:sns:eu-west-1:123456789012:b",
+    )
     assert cfg.auto_scaling_groups == ("web-asg", "worker-*")
     assert cfg.instance_tags == (("Role", "salt-minion"), ("Env", "prod"))
     assert cfg.minion_id_template == "{asg_name}-{instance_id}"
@@ -237,13 +246,20 @@ def test_legacy_0_4_5_file_is_read_unchanged(tmp_path: Path) -> None:
 
 
 def test_legacy_file_with_comments_and_none_values(tmp_path: Path) -> None:
-    cfg = config.load(str(write(tmp_path, """\
+    cfg = config.load(
+        str(
+            write(
+                tmp_path,
+                """\
 # written for aws_ork 0.4.5
 
 SQS_Region: ap-southeast-2
 BucketUrl: None
 BucketRegion: None
-""")))
+""",
+            )
+        )
+    )
     assert cfg.sqs_region == "ap-southeast-2"
     assert cfg.bucket_url is None
     assert cfg.effective_bucket_region == "ap-southeast-2"
@@ -257,7 +273,8 @@ def test_legacy_file_with_byte_order_mark(tmp_path: Path) -> None:
 
 
 def test_options_outside_the_section_are_ignored_with_a_warning(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = write(tmp_path, "[aws_ork]\nQueueName = mine\n[other]\nPollPause = 9\n")
     with caplog.at_level(logging.WARNING, logger="aws_ork.config"):
         cfg = config.load(str(path))
@@ -274,19 +291,34 @@ def test_option_names_are_case_insensitive(tmp_path: Path, spelling: str, header
 
 
 @pytest.mark.parametrize("option", BOOL_OPTIONS)
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("true", True), ("True", True), ("TRUE", True), ("yes", True), ("Yes", True),
-    ("1", True), ("on", True), ("On", True),
-    ("false", False), ("False", False), ("no", False), ("NO", False), ("0", False),
-    ("off", False), ("Off", False),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("true", True),
+        ("True", True),
+        ("TRUE", True),
+        ("yes", True),
+        ("Yes", True),
+        ("1", True),
+        ("on", True),
+        ("On", True),
+        ("false", False),
+        ("False", False),
+        ("no", False),
+        ("NO", False),
+        ("0", False),
+        ("off", False),
+        ("Off", False),
+    ],
+)
 def test_booleans(tmp_path: Path, option: str, raw: str, expected: bool) -> None:
     cfg = config.load(str(write(tmp_path, f"[aws_ork]\n{option} = {raw}\n")))
     assert value(cfg, option) is expected
 
 
 def test_unknown_option_is_a_warning_not_an_error(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = write(tmp_path, "[aws_ork]\nQueueName = mine\nPolPause = 3\n")
     with caplog.at_level(logging.WARNING, logger="aws_ork.config"):
         cfg = config.load(str(path))
@@ -354,26 +386,39 @@ def test_bad_value_is_reported_by_canonical_name(tmp_path: Path) -> None:
     assert err.value.option == "PollPause"
 
 
-@pytest.mark.parametrize("region", ["us-west-2", "us-gov-west-1", "cn-north-1",
-                                    "us-isob-east-1", "eu-isoe-west-1", "eusc-de-east-1",
-                                    "il-central-1"])
+@pytest.mark.parametrize(
+    "region",
+    [
+        "us-west-2",
+        "us-gov-west-1",
+        "cn-north-1",
+        "us-isob-east-1",
+        "eu-isoe-west-1",
+        "eusc-de-east-1",
+        "il-central-1",
+    ],
+)
 def test_every_aws_partition_region_is_accepted(region: str) -> None:
     assert config.from_mapping({"SQS_Region": region}, "f").sqs_region == region
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("s3://bucket", BucketUrl("bucket", "")),
-    ("s3://bucket/", BucketUrl("bucket", "")),
-    ("s3://bucket/p", BucketUrl("bucket", "p/")),
-    ("s3://my.bucket-1/a/b/", BucketUrl("my.bucket-1", "a/b/")),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("s3://bucket", BucketUrl("bucket", "")),
+        ("s3://bucket/", BucketUrl("bucket", "")),
+        ("s3://bucket/p", BucketUrl("bucket", "p/")),
+        ("s3://my.bucket-1/a/b/", BucketUrl("my.bucket-1", "a/b/")),
+    ],
+)
 def test_bucket_url_prefix_always_ends_in_slash(raw: str, expected: BucketUrl) -> None:
     assert config.from_mapping({"BucketUrl": raw}, "f").bucket_url == expected
 
 
 def test_values_are_stripped_and_empty_optional_means_unset() -> None:
-    cfg = config.from_mapping({"QueueName": "  q  ", "QueueUrl": "", "MetricsAddress": ":9100"},
-                              "f")
+    cfg = config.from_mapping(
+        {"QueueName": "  q  ", "QueueUrl": "", "MetricsAddress": ":9100"}, "f"
+    )
     assert cfg.queue_name == "q"
     assert cfg.queue_url is None
     assert cfg.metrics_address == ("127.0.0.1", 9100)
@@ -387,22 +432,32 @@ def test_log_format_is_text_or_json_in_any_case() -> None:
 # --- through the command line ---
 
 
-def run_cli(*args: str, cwd: Path,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k != config.ENV_PATH}
-    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO),
-                                                          environ.get("PYTHONPATH")]))
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environ.get("PYTHONPATH")]))
     environ.update(env or {})
-    return subprocess.run([sys.executable, "-m", "aws_ork", *args], cwd=cwd, env=environ,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "aws_ork", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize(("text", "option", "raw"), [
-    ("[aws_ork]\nPollPause = x\n", "PollPause", "x"),
-    (LEGACY_FILE.replace("False", "maybe"), "DeleteUnknownMessages", "maybe"),
-])
-def test_cli_bad_value_exits_2_with_one_line(tmp_path: Path, text: str, option: str,
-                                             raw: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "option", "raw"),
+    [
+        ("[aws_ork]\nPollPause = x\n", "PollPause", "x"),
+        (LEGACY_FILE.replace("False", "maybe"), "DeleteUnknownMessages", "maybe"),
+    ],
+)
+def test_cli_bad_value_exits_2_with_one_line(
+    tmp_path: Path, text: str, option: str, raw: str
+) -> None:
     path = write(tmp_path, text)
     result = run_cli("-c", str(path), cwd=tmp_path)
     assert result.returncode == 2
@@ -472,8 +527,7 @@ def test_readme_documents_every_option() -> None:
 def test_signatures_without_a_topic_allow_list_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"f: AllowedTopicArns: not set while VerifySignatures"):
         config.require_safe(config.from_mapping({}, "f"))
-    named = config.from_mapping({"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t"},
-                                "f")
+    named = config.from_mapping({"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t"}, "f")
     assert config.require_safe(named) == []
 
 
@@ -487,8 +541,7 @@ def test_any_topic_is_an_explicit_opt_out_warned_at_every_start() -> None:
 def test_unsigned_eventbridge_needs_a_group_or_tag_filter() -> None:
     topic = {"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t"}
     with pytest.raises(ConfigError, match="f: UnsignedSources: names eventbridge"):
-        config.require_safe(config.from_mapping({**topic, "UnsignedSources": "eventbridge"},
-                                                "f"))
+        config.require_safe(config.from_mapping({**topic, "UnsignedSources": "eventbridge"}, "f"))
     for filters in ({"AutoScalingGroups": "*"}, {"InstanceTags": "role=minion"}):
         cfg = config.from_mapping({**topic, "UnsignedSources": "eventbridge", **filters}, "f")
         assert any("UnsignedSources" in w for w in config.require_safe(cfg))
@@ -498,8 +551,9 @@ def test_the_sweep_needs_a_group_or_tag_filter() -> None:
     """Without one the sweep would judge every instance of the region (bastions, the
     master itself)."""
     topic = {"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t"}
-    with pytest.raises(ConfigError, match="f: SweepMinutes: is set but neither "
-                                          "AutoScalingGroups nor InstanceTags"):
+    with pytest.raises(
+        ConfigError, match="f: SweepMinutes: is set but neither AutoScalingGroups nor InstanceTags"
+    ):
         config.require_safe(config.from_mapping({**topic, "SweepMinutes": "5"}, "f"))
     for filters in ({"AutoScalingGroups": "*"}, {"InstanceTags": "role=minion"}):
         cfg = config.from_mapping({**topic, "SweepMinutes": "5", **filters}, "f")
@@ -508,9 +562,14 @@ def test_the_sweep_needs_a_group_or_tag_filter() -> None:
 
 @pytest.mark.parametrize("option", ["AutoScalingGroups", "InstanceTags"])
 def test_filters_without_verify_instances_are_a_config_error(option: str) -> None:
-    cfg = config.from_mapping({"VerifySignatures": "no", "VerifyInstances": "no",
-                               option: "web-*" if option == "AutoScalingGroups" else "a=b"},
-                              "f")
+    cfg = config.from_mapping(
+        {
+            "VerifySignatures": "no",
+            "VerifyInstances": "no",
+            option: "web-*" if option == "AutoScalingGroups" else "a=b",
+        },
+        "f",
+    )
     with pytest.raises(ConfigError, match=f"f: {option}: is set but VerifyInstances is off"):
         config.require_safe(cfg)
 
@@ -518,8 +577,12 @@ def test_filters_without_verify_instances_are_a_config_error(option: str) -> Non
 def test_the_cli_refuses_to_start_or_check_without_topics(tmp_path: Path) -> None:
     conf = write(tmp_path, "[aws_ork]\nQueueUrl = http://127.0.0.1:1/123456789012/q\n")
     for flags in ((), ("--check",), ("--once",)):
-        result = subprocess.run([sys.executable, "-m", "aws_ork", "-c", str(conf), *flags],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "aws_ork", "-c", str(conf), *flags],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and "AllowedTopicArns" in result.stderr
 
@@ -542,39 +605,62 @@ def test_unsigned_raw_and_hook_need_a_group_or_tag_filter(tmp_path: Path, source
 
 
 def run_conf(conf: Path, *flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "aws_ork", "-c", str(conf), *flags],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "aws_ork", "-c", str(conf), *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def cli_config(tmp_path: Path, **options: str) -> Path:
-    lines = [f"{name} = {value}" for name, value in {
-        "QueueUrl": "http://127.0.0.1:1/123456789012/q", **TOPIC,
-        "StateDir": str(tmp_path / "state"), **options}.items()]
+    lines = [
+        f"{name} = {value}"
+        for name, value in {
+            "QueueUrl": "http://127.0.0.1:1/123456789012/q",
+            **TOPIC,
+            "StateDir": str(tmp_path / "state"),
+            **options,
+        }.items()
+    ]
     return write(tmp_path, "[aws_ork]\n" + "\n".join(lines) + "\n")
 
 
 @pytest.mark.parametrize("sources", ["raw", "hook"])
-def test_the_cli_refuses_unsigned_raw_or_hook_without_a_filter(tmp_path: Path,
-                                                               sources: str) -> None:
+def test_the_cli_refuses_unsigned_raw_or_hook_without_a_filter(
+    tmp_path: Path, sources: str
+) -> None:
     conf = cli_config(tmp_path, UnsignedSources=sources)
     for flags in ((), ("--check",), ("--once",)):
         result = run_conf(conf, *flags)
         assert result.returncode == 2, result.stderr
         assert result.stdout == ""
         assert result.stderr.count("\n") == 1, result.stderr
-        assert f"UnsignedSources: names {sources} but neither AutoScalingGroups nor " \
-               f"InstanceTags is set" in result.stderr
+        assert (
+            f"UnsignedSources: names {sources} but neither AutoScalingGroups nor "
+            f"InstanceTags is set" in result.stderr
+        )
 
 
-@pytest.mark.parametrize(("address", "warned"), [
-    ("0.0.0.0:9731", True), ("[::]:9731", True), ("10.1.2.3:9731", True),
-    ("metrics.example.com:9731", True), ("localhost:9731", True),
-    ("127.0.0.1:9731", False), ("127.9.8.7:9731", False), ("[::1]:9731", False),
-    ("[::ffff:127.0.0.1]:9731", False), (":9731", False)])
-def test_a_metrics_address_off_loopback_is_warned_about(tmp_path: Path, address: str,
-                                                        warned: bool) -> None:
-    cfg = config.from_mapping({**TOPIC, "StateDir": str(tmp_path), "MetricsAddress": address},
-                              "f")
+@pytest.mark.parametrize(
+    ("address", "warned"),
+    [
+        ("0.0.0.0:9731", True),
+        ("[::]:9731", True),
+        ("10.1.2.3:9731", True),
+        ("metrics.example.com:9731", True),
+        ("localhost:9731", True),
+        ("127.0.0.1:9731", False),
+        ("127.9.8.7:9731", False),
+        ("[::1]:9731", False),
+        ("[::ffff:127.0.0.1]:9731", False),
+        (":9731", False),
+    ],
+)
+def test_a_metrics_address_off_loopback_is_warned_about(
+    tmp_path: Path, address: str, warned: bool
+) -> None:
+    cfg = config.from_mapping({**TOPIC, "StateDir": str(tmp_path), "MetricsAddress": address}, "f")
     warnings = [w for w in config.require_safe(cfg) if w.startswith("MetricsAddress")]
     assert bool(warnings) == warned, warnings
     if warned:
@@ -618,8 +704,9 @@ def test_a_cert_cache_dir_only_aws_ork_can_write_is_accepted(anchor: Path, tmp_p
 
 @pytest.mark.parametrize("where", ["dir", "host dir", "cert"])
 @pytest.mark.parametrize("mode", [0o775, 0o757])
-def test_a_cert_cache_dir_others_can_write_is_a_config_error(anchor: Path, where: str,
-                                                             mode: int) -> None:
+def test_a_cert_cache_dir_others_can_write_is_a_config_error(
+    anchor: Path, where: str, mode: int
+) -> None:
     host = anchor / "sns.us-west-2.amazonaws.com"
     target = {"dir": anchor, "host dir": host, "cert": next(host.iterdir())}[where]
     target.chmod(mode)
@@ -636,8 +723,9 @@ def test_a_cert_cache_dir_in_a_directory_others_can_write_is_a_config_error(anch
     assert refusal is not None and f"{anchor.parent} (on the way to" in refusal
 
 
-def test_a_symlinked_cert_cache_dir_is_judged_by_every_directory_on_the_way(anchor: Path,
-                                                                           tmp_path: Path):
+def test_a_symlinked_cert_cache_dir_is_judged_by_every_directory_on_the_way(
+    anchor: Path, tmp_path: Path
+):
     shared = tmp_path / "shared"
     shared.mkdir()
     link = shared / "certs"
@@ -668,8 +756,9 @@ def test_a_cert_cache_dir_is_not_checked_without_signatures(anchor: Path) -> Non
     assert not any("CertCacheDir" in w for w in config.require_safe(cfg))
 
 
-def test_the_cli_refuses_to_start_or_check_with_an_unsafe_cert_cache_dir(anchor: Path,
-                                                                         tmp_path: Path):
+def test_the_cli_refuses_to_start_or_check_with_an_unsafe_cert_cache_dir(
+    anchor: Path, tmp_path: Path
+):
     anchor.chmod(0o777)
     conf = cli_config(tmp_path, CertCacheDir=str(anchor))
     for flags in ((), ("--check",), ("--once",)):

@@ -66,7 +66,11 @@ def test_terminate_deletes_the_key_in_every_state(master, conf, sqs, queue_url):
 
     assert result.returncode == 0, result.stderr
     assert states(master, accepted, pending, rejected, bystander) == {
-        accepted: None, pending: None, rejected: None, bystander: "minions"}
+        accepted: None,
+        pending: None,
+        rejected: None,
+        bystander: "minions",
+    }
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
@@ -78,8 +82,9 @@ def test_terminate_of_an_absent_key_is_done(master, conf, sqs, queue_url):
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
-@pytest.mark.parametrize("hostile", ["*", "i-*", "i-0123456789abcdef?", "../x",
-                                     "i-123/../../etc", "[a-z]*"])
+@pytest.mark.parametrize(
+    "hostile", ["*", "i-*", "i-0123456789abcdef?", "../x", "i-123/../../etc", "[a-z]*"]
+)
 def test_glob_and_path_ids_touch_nothing(master, conf, sqs, queue_url, hostile):
     pending, accepted = new_id(), new_id()
     master.add_pending_key(pending)
@@ -135,14 +140,20 @@ def test_every_fixture_and_hostile_body_is_survived(master, conf, sqs, queue_url
     launched, terminated = new_id(), new_id()
     master.add_pending_key(launched)
     master.add_accepted_key(terminated)
-    hostile = ["not json", "[1, 2]", "42", '"text"', "null", "{}",
-               json.dumps({"Type": "Notification", "TopicArn": "x", "Message": "{nope"}),
-               json.dumps({"Type": "Notification", "TopicArn": "x", "Message": {"a": 1}}),
-               json.dumps({"Event": ["autoscaling:EC2_INSTANCE_LAUNCH"]}),
-               json.dumps({"Event": "autoscaling:EC2_INSTANCE_LAUNCH", "EC2InstanceId": 7}),
-               "x" * (256 * 1024 - 10)]
-    fixtures = [fixture_text(p.stem) for p in
-                sorted(FIXTURES.glob("*.json"))]
+    hostile = [
+        "not json",
+        "[1, 2]",
+        "42",
+        '"text"',
+        "null",
+        "{}",
+        json.dumps({"Type": "Notification", "TopicArn": "x", "Message": "{nope"}),
+        json.dumps({"Type": "Notification", "TopicArn": "x", "Message": {"a": 1}}),
+        json.dumps({"Event": ["autoscaling:EC2_INSTANCE_LAUNCH"]}),
+        json.dumps({"Event": "autoscaling:EC2_INSTANCE_LAUNCH", "EC2InstanceId": 7}),
+        "x" * (256 * 1024 - 10),
+    ]
+    fixtures = [fixture_text(p.stem) for p in sorted(FIXTURES.glob("*.json"))]
     send(sqs, queue_url, *hostile, *fixtures, sns_launch(launched), sns_terminate(terminated))
 
     result = run_aws_ork(conf, "--once")
@@ -158,8 +169,9 @@ def test_every_fixture_and_hostile_body_is_survived(master, conf, sqs, queue_url
 
 
 def test_delete_unknown_off_leaves_unknown_messages(master, tmp_path, queue_url, sqs):
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
-                        DeleteUnknownMessages="no")
+    conf = write_config(
+        tmp_path / "c.conf", queue_url=queue_url, master=master, DeleteUnknownMessages="no"
+    )
     send(sqs, queue_url, "not json", fixture_text("sns-asg-test-notification"))
     result = run_aws_ork(conf, "--once")
     assert result.returncode == 0, result.stderr
@@ -225,8 +237,9 @@ def test_s3_mirror_follows_every_change(master, bucket_conf, queue_url, sqs, s3,
     assert not any(instance in key for key in mirrored)
 
 
-def test_s3_outage_never_holds_up_keys_and_the_mirror_catches_up(master, bucket_conf, queue_url,
-                                                                 sqs, s3, bucket):
+def test_s3_outage_never_holds_up_keys_and_the_mirror_catches_up(
+    master, bucket_conf, queue_url, sqs, s3, bucket
+):
     instance = new_id()
     master.add_pending_key(instance)
     send(sqs, queue_url, sns_launch(instance))
@@ -261,26 +274,35 @@ def test_sigterm_cuts_the_long_poll_short(master, conf, tmp_path, sqs, queue_url
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
-def test_daemon_mode_writes_its_pid_file_and_log_and_stops_on_sigterm(master, tmp_path,
-                                                                      queue_url, sqs):
+def test_daemon_mode_writes_its_pid_file_and_log_and_stops_on_sigterm(
+    master, tmp_path, queue_url, sqs
+):
     pid_file, log_file = tmp_path / "run" / "aws_ork.pid", tmp_path / "log" / "aws_ork.log"
     (tmp_path / "run").mkdir()
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
-                        PidFile=pid_file, LogFile=log_file)
+    conf = write_config(
+        tmp_path / "c.conf", queue_url=queue_url, master=master, PidFile=pid_file, LogFile=log_file
+    )
     instance = new_id()
     master.add_pending_key(instance)
 
     parent = run_aws_ork(conf, "-d", timeout=60)
 
     assert parent.returncode == 0, parent.stderr
-    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 30,
-                       "the pid file"))
+    pid = int(
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "the pid file")
+    )
     try:
-        wait_for(lambda: log_file.exists() and STARTED in log_file.read_text(), 30,
-                 "the start line in LogFile")
+        wait_for(
+            lambda: log_file.exists() and STARTED in log_file.read_text(),
+            30,
+            "the start line in LogFile",
+        )
         send(sqs, queue_url, sns_launch(instance))
-        wait_for(lambda: states(master, instance)[instance] == "minions", 30,
-                 "the detached daemon to accept the key")
+        wait_for(
+            lambda: states(master, instance)[instance] == "minions",
+            30,
+            "the detached daemon to accept the key",
+        )
         again = run_aws_ork(conf, "-d", timeout=60)
         assert again.returncode == 1 and "already running" in again.stderr
     finally:
@@ -298,10 +320,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_check_reports_each_part_and_fails_on_a_missing_bucket(master, tmp_path, queue_url,
-                                                               bucket):
-    good = write_config(tmp_path / "good.conf", queue_url=queue_url, master=master,
-                        bucket=bucket)
+def test_check_reports_each_part_and_fails_on_a_missing_bucket(master, tmp_path, queue_url, bucket):
+    good = write_config(tmp_path / "good.conf", queue_url=queue_url, master=master, bucket=bucket)
     ok = run_aws_ork(good, "--check")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     lines = ok.stdout.splitlines()
@@ -311,14 +331,16 @@ def test_check_reports_each_part_and_fails_on_a_missing_bucket(master, tmp_path,
     assert [line for line in lines if line.startswith("WARN")][:2] == [
         "WARN VerifySignatures is off: any message in the queue is believed",
         "WARN VerifyInstances is off: launches and terminates are not checked against EC2 "
-        "(a terminate deletes a key on the message's word)"]
+        "(a terminate deletes a key on the message's word)",
+    ]
     assert {line.split()[0] for line in lines} == {"ok", "WARN"}
     assert any(line.startswith("ok   queue") for line in lines)
     assert any(line.startswith("ok   bucket") for line in lines)
     assert any(line.startswith("ok   salt pki") for line in lines)
 
-    bad = write_config(tmp_path / "bad.conf", queue_url=queue_url, master=master,
-                       bucket="no-such-bucket-here")
+    bad = write_config(
+        tmp_path / "bad.conf", queue_url=queue_url, master=master, bucket="no-such-bucket-here"
+    )
     failed = run_aws_ork(bad, "--check")
     assert failed.returncode == 1
     assert any(line.startswith("FAIL bucket") for line in failed.stdout.splitlines())
@@ -347,15 +369,18 @@ def _warnings(text: str, about: str) -> list[str]:
     return [line for line in text.splitlines() if "WARNING" in line and about in line]
 
 
-@pytest.mark.parametrize("option", ["auto_accept", "open_mode", "autosign_file",
-                                    "autosign_grains_dir"])
-def test_a_master_that_accepts_keys_by_itself_is_warned_about_at_start(master, tmp_path,
-                                                                       queue_url, sqs, option):
+@pytest.mark.parametrize(
+    "option", ["auto_accept", "open_mode", "autosign_file", "autosign_grains_dir"]
+)
+def test_a_master_that_accepts_keys_by_itself_is_warned_about_at_start(
+    master, tmp_path, queue_url, sqs, option
+):
     """Salt accepts those keys before aws_ork sees them: the operator chose it, so the
     daemon runs, and says at every start which option makes its checks moot."""
     config = salt_config(tmp_path, master, {option: accepting_value(tmp_path, option)})
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
-                        SaltMasterConfig=config)
+    conf = write_config(
+        tmp_path / "c.conf", queue_url=queue_url, master=master, SaltMasterConfig=config
+    )
     instance = new_id()
     master.add_pending_key(instance)
     send(sqs, queue_url, sns_launch(instance))
@@ -371,8 +396,9 @@ def test_a_master_that_accepts_keys_by_itself_is_warned_about_at_start(master, t
 
 def test_a_master_option_included_before_a_reload_is_warned_about(master, tmp_path, queue_url):
     config = salt_config(tmp_path, master, {})
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
-                        SaltMasterConfig=config)
+    conf = write_config(
+        tmp_path / "c.conf", queue_url=queue_url, master=master, SaltMasterConfig=config
+    )
     log = tmp_path / "daemon.log"
     proc = start_aws_ork(conf, log)
     try:
@@ -380,10 +406,14 @@ def test_a_master_option_included_before_a_reload_is_warned_about(master, tmp_pa
         assert _warnings(log.read_text(), "salt master") == []
         grains = tmp_path / "autosign_grains"
         (config.parent / "master.d" / "autosign.conf").write_text(
-            json.dumps({"autosign_grains_dir": str(grains)}))
+            json.dumps({"autosign_grains_dir": str(grains)})
+        )
         proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "reloaded the Salt master config" in log.read_text(), 60,
-                 "the reload (between two long polls)")
+        wait_for(
+            lambda: "reloaded the Salt master config" in log.read_text(),
+            60,
+            "the reload (between two long polls)",
+        )
     finally:
         assert stop_aws_ork(proc) == 0
     [warning] = _warnings(log.read_text(), "salt master")
@@ -391,8 +421,12 @@ def test_a_master_option_included_before_a_reload_is_warned_about(master, tmp_pa
 
 
 def test_a_metrics_address_off_loopback_is_warned_about_at_start(master, tmp_path, queue_url):
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
-                        MetricsAddress=f"0.0.0.0:{free_port()}")
+    conf = write_config(
+        tmp_path / "c.conf",
+        queue_url=queue_url,
+        master=master,
+        MetricsAddress=f"0.0.0.0:{free_port()}",
+    )
     result = run_aws_ork(conf, "--once")  # --once serves no metrics: nothing is exposed
     assert result.returncode == 0, result.stderr
     [warning] = _warnings(result.stderr, "MetricsAddress")
@@ -400,7 +434,8 @@ def test_a_metrics_address_off_loopback_is_warned_about_at_start(master, tmp_pat
 
 
 def test_the_cert_cache_aws_ork_makes_passes_its_own_check_at_the_next_start(
-        master, tmp_path, sqs, queue_url, moto):
+    master, tmp_path, sqs, queue_url, moto
+):
     """The default CertCacheDir (StateDir/certs), made by aws_ork when it caches the first
     certificate it fetched, is one the next start and --check accept."""
     proxy = CertProxy(tmp_path / "cert-proxy", moto.url)
@@ -408,16 +443,25 @@ def test_the_cert_cache_aws_ork_makes_passes_its_own_check_at_the_next_start(
     try:
         sns = boto3.client("sns", region_name="us-west-2")
         topic = sns.create_topic(Name=f"aws-ork-certs-{uuid.uuid4().hex[:8]}")["TopicArn"]
-        arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"]
-                                       )["Attributes"]["QueueArn"]
+        arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
         instance = new_id()
         master.add_pending_key(instance)
-        sns.publish(TopicArn=topic, Message=json.dumps(notification(
-            "autoscaling:EC2_INSTANCE_LAUNCH", instance)))
+        sns.publish(
+            TopicArn=topic,
+            Message=json.dumps(notification("autoscaling:EC2_INSTANCE_LAUNCH", instance)),
+        )
         state = tmp_path / "new" / "state"  # nothing there yet: aws_ork makes it all
-        conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
-                            StateDir=state, VerifySignatures="true", AllowedTopicArns=topic)
+        conf = write_config(
+            tmp_path / "c.conf",
+            queue_url=queue_url,
+            master=master,
+            StateDir=state,
+            VerifySignatures="true",
+            AllowedTopicArns=topic,
+        )
 
         first = run_aws_ork(conf, "--once", env=proxy.env())
         assert first.returncode == 0, first.stderr

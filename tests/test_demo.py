@@ -11,14 +11,19 @@ from pathlib import Path
 
 def test_the_demo_shows_the_real_flow_and_ends_without_warnings():
     root = Path(__file__).parent.parent
-    run = subprocess.run([sys.executable, "-m", "tests.demo"], cwd=root, capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.demo"], cwd=root, capture_output=True, text=True, timeout=600
+    )
     out = run.stdout
     assert run.returncode == 0, out[-4000:] + run.stderr[-2000:]
-    for said in ("pre-authorised", "accepted by the salt-master on the minion's first contact",
-                 "test.ping -> True", "aws_ork removed the key",
-                 "an impostor's salt-minion connects first",
-                 "the genuine minion answers; the impostor's key was never accepted",
-                 "aws_ork stopped cleanly both times (exit 0, no warnings)"):
+    for said in (
+        "pre-authorised",
+        "accepted by the salt-master on the minion's first contact",
+        "test.ping -> True",
+        "aws_ork removed the key",
+        "an impostor's salt-minion connects first",
+        "the genuine minion answers; the impostor's key was never accepted",
+        "aws_ork stopped cleanly both times (exit 0, no warnings)",
+    ):
         assert said in out, said
     assert "unclosed" not in out and "Traceback" not in out

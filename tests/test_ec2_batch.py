@@ -18,8 +18,9 @@ def proxy(moto):
     relay.stop()
 
 
-def test_a_batch_of_ten_launches_costs_one_ec2_call(master, tmp_path, sqs, queue_url,
-                                                    cert_dir, identity, fleet, proxy):
+def test_a_batch_of_ten_launches_costs_one_ec2_call(
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet, proxy
+):
     instances = [group_instance(fleet) for _ in range(10)]
     for instance in instances:
         master.add_pending_key(instance)
@@ -37,9 +38,9 @@ def test_a_batch_of_ten_launches_costs_one_ec2_call(master, tmp_path, sqs, queue
     assert 1 <= len(calls) <= 2, [r.operation for r in proxy.snapshot()]
 
 
-def test_a_backlog_looked_up_ahead_costs_one_ec2_call_per_batch(master, tmp_path, sqs,
-                                                                 queue_url, cert_dir, identity,
-                                                                 fleet, proxy):
+def test_a_backlog_looked_up_ahead_costs_one_ec2_call_per_batch(
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet, proxy
+):
     """Each prefetched batch is looked up in EC2 in the receiver's thread while the batch
     before it is handled; that answer is the one used (not asked again)."""
     instances = [group_instance(fleet) for _ in range(30)]
@@ -48,8 +49,9 @@ def test_a_backlog_looked_up_ahead_costs_one_ec2_call_per_batch(master, tmp_path
     send(sqs, queue_url, *(signed(identity, LAUNCH, i, fleet["group"]) for i in instances))
     conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
 
-    result = run_aws_ork(conf, "--once", env={"AWS_ENDPOINT_URL_EC2": proxy.url,
-                                              "AWS_ENDPOINT_URL_SQS": proxy.url})
+    result = run_aws_ork(
+        conf, "--once", env={"AWS_ENDPOINT_URL_EC2": proxy.url, "AWS_ENDPOINT_URL_SQS": proxy.url}
+    )
 
     assert result.returncode == 0, result.stderr
     assert [master.key_state_of(i) for i in instances] == ["minions"] * 30
@@ -60,14 +62,16 @@ def test_a_backlog_looked_up_ahead_costs_one_ec2_call_per_batch(master, tmp_path
     assert operations.count("DescribeInstances") == batches, operations
 
 
-THROTTLED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
-             b"<Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>"
-             b"</Error></Errors><RequestID>aws-ork-test</RequestID></Response>")
+THROTTLED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+    b"<Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>"
+    b"</Error></Errors><RequestID>aws-ork-test</RequestID></Response>"
+)
 
 
-def test_a_throttled_describe_instances_is_retried_never_accepted(master, tmp_path, sqs,
-                                                                  queue_url, cert_dir, identity,
-                                                                  fleet, proxy):
+def test_a_throttled_describe_instances_is_retried_never_accepted(
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet, proxy
+):
     instance = group_instance(fleet)
     master.add_pending_key(instance)
     send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))

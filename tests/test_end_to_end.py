@@ -16,11 +16,13 @@ def master(tmp_path_factory: pytest.TempPathFactory):
     salt_master.stop()
 
 
-def test_minion_of_a_launched_instance_is_accepted_and_answers(master, conf, tmp_path, ec2, sqs,
-                                                              queue_url):
+def test_minion_of_a_launched_instance_is_accepted_and_answers(
+    master, conf, tmp_path, ec2, sqs, queue_url
+):
     image = ec2.describe_images()["Images"][0]["ImageId"]
-    instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1,
-                                 InstanceType="t3.micro")["Instances"][0]["InstanceId"]
+    instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro")[
+        "Instances"
+    ][0]["InstanceId"]
     minion = start_minion(master, tmp_path / "minion", instance, acceptance_wait_time=1)
     try:
         master.wait_for_key(instance, "minions_pre", timeout=60)

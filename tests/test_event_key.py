@@ -52,13 +52,11 @@ UNSAFE: dict[str, Callable[[Path], None]] = {
 
 
 def config(tmp_path: Path, queue_url: str, master: SaltMaster, **options: Any) -> Path:
-    return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
-                        **options)
+    return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master, **options)
 
 
 def naming_the_option(result: Any) -> list[str]:
-    return [line for line in (result.stdout + result.stderr).splitlines()
-            if "SaltEventKey" in line]
+    return [line for line in (result.stdout + result.stderr).splitlines() if "SaltEventKey" in line]
 
 
 @pytest.mark.parametrize("mode", ["--once", "--check"])
@@ -99,7 +97,8 @@ def test_the_first_start_makes_a_0600_key_and_the_next_reuses_it(tmp_path, queue
 
     check = run_aws_ork(conf, "--check")
     assert [line for line in check.stdout.splitlines() if "SaltEventKey" in line] == [
-        f"ok   SaltEventKey {key}: a regular file, no group write, nothing for others"]
+        f"ok   SaltEventKey {key}: a regular file, no group write, nothing for others"
+    ]
 
     second = run_aws_ork(conf, "--once")
 
@@ -114,7 +113,8 @@ def test_check_says_a_missing_key_will_be_made_and_makes_none(tmp_path, queue_ur
     result = run_aws_ork(config(tmp_path, queue_url, master, SaltEventKey=key), "--check")
 
     assert naming_the_option(result) == [
-        f"ok   SaltEventKey {key}: absent, made at the first start (mode 0600)"]
+        f"ok   SaltEventKey {key}: absent, made at the first start (mode 0600)"
+    ]
     assert not os.path.lexists(key)
 
 
@@ -125,8 +125,9 @@ def test_check_fails_when_the_key_cannot_be_made(tmp_path, queue_url, master):
 
     assert result.returncode == 1, result.stdout
     lines = naming_the_option(result)
-    assert len(lines) == 1 and lines[0].startswith(f"FAIL SaltEventKey {key}: cannot be "
-                                                   f"created"), lines
+    assert len(lines) == 1 and lines[0].startswith(f"FAIL SaltEventKey {key}: cannot be created"), (
+        lines
+    )
 
 
 @pytest.mark.parametrize("mode", ["--once", "--check"])

@@ -26,13 +26,25 @@ TOPIC = "arn:aws:sns:us-west-2:123456789012:salt-master-asg-events"
 
 #: fixture -> (kind, instance id, group, source)
 EXPECTED: dict[str, tuple[Kind, str | None, str | None, Source]] = {
-    "eventbridge-asg-launch-lifecycle-action": (Kind.LAUNCH, LAUNCHED, "web-asg",
-                                                Source.EVENTBRIDGE),
+    "eventbridge-asg-launch-lifecycle-action": (
+        Kind.LAUNCH,
+        LAUNCHED,
+        "web-asg",
+        Source.EVENTBRIDGE,
+    ),
     "eventbridge-asg-launch-successful": (Kind.LAUNCH, LAUNCHED, "web-asg", Source.EVENTBRIDGE),
-    "eventbridge-asg-terminate-lifecycle-action": (Kind.TERMINATE, TERMINATED, "web-asg",
-                                                   Source.EVENTBRIDGE),
-    "eventbridge-asg-terminate-successful": (Kind.TERMINATE, TERMINATED, "web-asg",
-                                             Source.EVENTBRIDGE),
+    "eventbridge-asg-terminate-lifecycle-action": (
+        Kind.TERMINATE,
+        TERMINATED,
+        "web-asg",
+        Source.EVENTBRIDGE,
+    ),
+    "eventbridge-asg-terminate-successful": (
+        Kind.TERMINATE,
+        TERMINATED,
+        "web-asg",
+        Source.EVENTBRIDGE,
+    ),
     "eventbridge-ec2-running": (Kind.LAUNCH, LAUNCHED, None, Source.EVENTBRIDGE),
     "eventbridge-ec2-shutting-down": (Kind.TERMINATE, TERMINATED, None, Source.EVENTBRIDGE),
     "eventbridge-ec2-terminated": (Kind.TERMINATE, TERMINATED, None, Source.EVENTBRIDGE),
@@ -97,9 +109,16 @@ def test_sns_event_keeps_topic_and_envelope_for_the_trust_checks(name: str) -> N
     assert event.envelope == fixture(name)
 
 
-@pytest.mark.parametrize("name", ["hook-launching", "hook-terminating", "sns-hook-launching",
-                                  "eventbridge-asg-launch-lifecycle-action",
-                                  "eventbridge-asg-terminate-lifecycle-action"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hook-launching",
+        "hook-terminating",
+        "sns-hook-launching",
+        "eventbridge-asg-launch-lifecycle-action",
+        "eventbridge-asg-terminate-lifecycle-action",
+    ],
+)
 def test_lifecycle_hook_and_token_are_kept(name: str) -> None:
     body = fixture(name)
     if "Message" in body:
@@ -160,8 +179,9 @@ BROKEN_BODIES = {
     "empty object": "{}",
     "envelope without Message": json.dumps(_no_message),
     "Message not JSON": sns_with_message("autoscaling:EC2_INSTANCE_LAUNCH i-0123abcd"),
-    "Message a JSON list": sns_with_message(json.dumps([json.loads(fixture("sns-asg-launch")
-                                                                       ["Message"])])),
+    "Message a JSON list": sns_with_message(
+        json.dumps([json.loads(fixture("sns-asg-launch")["Message"])])
+    ),
     "Message a JSON null": sns_with_message("null"),
     "Message a dict": sns_with_message(json.loads(fixture("sns-asg-launch")["Message"])),
     "Message an int": sns_with_message(1),
@@ -171,10 +191,12 @@ BROKEN_BODIES = {
     "Event a dict": sns_inner(Event={"autoscaling:EC2_INSTANCE_LAUNCH": True}),
     "Event unhandled": sns_inner(Event="autoscaling:EC2_INSTANCE_REBOOT"),
     "Event lower-case": sns_inner(Event="autoscaling:ec2_instance_launch"),
-    "EventBridge without detail": json.dumps({**fixture("eventbridge-asg-launch-successful"),
-                                              "detail": "i-0a1b2c3d4e5f60718"}),
-    "EventBridge other source": json.dumps({**fixture("eventbridge-asg-launch-successful"),
-                                            "source": "aws.s3"}),
+    "EventBridge without detail": json.dumps(
+        {**fixture("eventbridge-asg-launch-successful"), "detail": "i-0a1b2c3d4e5f60718"}
+    ),
+    "EventBridge other source": json.dumps(
+        {**fixture("eventbridge-asg-launch-successful"), "source": "aws.s3"}
+    ),
 }
 
 
@@ -280,8 +302,11 @@ def test_body_larger_than_sqs_allows_touches_no_key() -> None:
     assert_ignored(events.parse(body))
 
 
-@pytest.mark.parametrize("body", [fixture_text("sns-asg-launch").encode(), None, 42,
-                                  fixture("sns-asg-launch")], ids=["bytes", "None", "int", "dict"])
+@pytest.mark.parametrize(
+    "body",
+    [fixture_text("sns-asg-launch").encode(), None, 42, fixture("sns-asg-launch")],
+    ids=["bytes", "None", "int", "dict"],
+)
 def test_body_that_is_not_text_touches_no_key(body: object) -> None:
     assert_ignored(events.parse(body))
 
@@ -290,8 +315,11 @@ def test_deeply_nested_json_touches_no_key() -> None:
     event = events.parse("[" * 100_000 + "]" * 100_000)
     check_invariants(event)
     assert event.kind is Kind.UNKNOWN and event.reason == "body is JSON nested too deeply"
-    inner = events.parse(json.dumps({"Type": "Notification", "TopicArn": "t",
-                                     "Message": "[" * 100_000 + "]" * 100_000}))
+    inner = events.parse(
+        json.dumps(
+            {"Type": "Notification", "TopicArn": "t", "Message": "[" * 100_000 + "]" * 100_000}
+        )
+    )
     assert inner.reason == "SNS Message is JSON nested too deeply"
 
 
@@ -317,44 +345,90 @@ def test_parser_bug_becomes_unknown_not_an_exception(monkeypatch: pytest.MonkeyP
 # --- ids ---
 
 
-@pytest.mark.parametrize("value", ["i-0123abcd", "i-0123456789abcdef0", "i-00000000",
-                                   "i-fffffffffffffffff", LAUNCHED, TERMINATED])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "i-0123abcd",
+        "i-0123456789abcdef0",
+        "i-00000000",
+        "i-fffffffffffffffff",
+        LAUNCHED,
+        TERMINATED,
+    ],
+)
 def test_is_instance_id_accepts(value: str) -> None:
     assert ids.is_instance_id(value)
 
 
-@pytest.mark.parametrize("value", [*BAD_IDS.values()]
-                         + [b"i-0123abcd", ("i-0123abcd",), "i-", "i-0123abc"],
-                         ids=[*BAD_IDS.keys(), "bytes", "tuple", "bare prefix", "7 hex digits"])
+@pytest.mark.parametrize(
+    "value",
+    [*BAD_IDS.values()] + [b"i-0123abcd", ("i-0123abcd",), "i-", "i-0123abc"],
+    ids=[*BAD_IDS.keys(), "bytes", "tuple", "bare prefix", "7 hex digits"],
+)
 def test_is_instance_id_rejects(value: object) -> None:
     assert not ids.is_instance_id(value)
 
 
 # --- properties ---
 
-JSON_KEYS = ["Type", "TopicArn", "Message", "Event", "LifecycleTransition", "EC2InstanceId",
-             "AutoScalingGroupName", "LifecycleHookName", "LifecycleActionToken", "source",
-             "detail-type", "detail", "instance-id", "state"]
-JSON_STRINGS = ["Notification", "SubscriptionConfirmation", TOPIC, "aws.autoscaling",
-                "aws.ec2", "EC2 Instance State-change Notification", "running", "terminated",
-                "EC2 Instance Launch Successful", "EC2 Instance Terminate Successful",
-                "autoscaling:EC2_INSTANCE_LAUNCH", "autoscaling:EC2_INSTANCE_TERMINATE",
-                "autoscaling:EC2_INSTANCE_LAUNCHING", "autoscaling:TEST_NOTIFICATION",
-                "i-0123abcd", LAUNCHED, "*", "i-*", LAUNCHED + "\n", "../x"]
+JSON_KEYS = [
+    "Type",
+    "TopicArn",
+    "Message",
+    "Event",
+    "LifecycleTransition",
+    "EC2InstanceId",
+    "AutoScalingGroupName",
+    "LifecycleHookName",
+    "LifecycleActionToken",
+    "source",
+    "detail-type",
+    "detail",
+    "instance-id",
+    "state",
+]
+JSON_STRINGS = [
+    "Notification",
+    "SubscriptionConfirmation",
+    TOPIC,
+    "aws.autoscaling",
+    "aws.ec2",
+    "EC2 Instance State-change Notification",
+    "running",
+    "terminated",
+    "EC2 Instance Launch Successful",
+    "EC2 Instance Terminate Successful",
+    "autoscaling:EC2_INSTANCE_LAUNCH",
+    "autoscaling:EC2_INSTANCE_TERMINATE",
+    "autoscaling:EC2_INSTANCE_LAUNCHING",
+    "autoscaling:TEST_NOTIFICATION",
+    "i-0123abcd",
+    LAUNCHED,
+    "*",
+    "i-*",
+    LAUNCHED + "\n",
+    "../x",
+]
 
-json_scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text()
-                | st.sampled_from(JSON_STRINGS))
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.sampled_from(JSON_STRINGS)
+)
 json_values = st.recursive(
     json_scalars,
-    lambda children: (st.lists(children, max_size=4)
-                      | st.dictionaries(st.sampled_from(JSON_KEYS) | st.text(), children,
-                                        max_size=6)
-                      | children.map(json.dumps)),  # JSON in a string, like SNS's Message
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(JSON_KEYS) | st.text(), children, max_size=6)
+        | children.map(json.dumps)
+    ),  # JSON in a string, like SNS's Message
     max_leaves=20,
 )
 
-PROPERTY = settings(max_examples=300, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPERTY
@@ -417,10 +491,15 @@ class _Records(logging.Handler):
 
 
 @settings(max_examples=300, deadline=None)
-@given(group=st.text(max_size=3000), name=st.text(max_size=3000),
-       state=st.text(max_size=300), kind=st.sampled_from(["sns", "raw", "bridge", "ec2"]))
-def test_no_value_from_a_message_reaches_a_log_line_unescaped_or_unbounded(group, name, state,
-                                                                            kind):
+@given(
+    group=st.text(max_size=3000),
+    name=st.text(max_size=3000),
+    state=st.text(max_size=300),
+    kind=st.sampled_from(["sns", "raw", "bridge", "ec2"]),
+)
+def test_no_value_from_a_message_reaches_a_log_line_unescaped_or_unbounded(
+    group, name, state, kind
+):
     from aws_ork.checks import Verdict
     from aws_ork.decide import Handler
     from aws_ork.sqs.queue import Message

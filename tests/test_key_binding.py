@@ -45,8 +45,9 @@ def answers_from(master: SaltMaster, minion_id: str) -> Any:
     """Which minion answers under this id: its own pki_dir (None while no key is accepted:
     salt then says "No minions matched the target")."""
     try:
-        reply = master.salt_cmd(minion_id, "config.get", timeout=20, args=["pki_dir"],
-                                salt_timeout=5)
+        reply = master.salt_cmd(
+            minion_id, "config.get", timeout=20, args=["pki_dir"], salt_timeout=5
+        )
     except SaltEnvError:
         return None
     return reply.get(minion_id)
@@ -64,11 +65,19 @@ def metrics_port() -> int:
 
 
 @pytest.fixture
-def daemon(master, tmp_path, queue_url, cert_dir, fleet,
-           metrics_port) -> Iterator[tuple[Path, Any]]:
+def daemon(
+    master, tmp_path, queue_url, cert_dir, fleet, metrics_port
+) -> Iterator[tuple[Path, Any]]:
     """The daemon with KeyBinding = tag, running in the background; (its log, process)."""
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        KeyBinding="tag", MetricsAddress=f"127.0.0.1:{metrics_port}")
+    conf = trust_config(
+        tmp_path,
+        queue_url,
+        master,
+        cert_dir,
+        fleet["group"],
+        KeyBinding="tag",
+        MetricsAddress=f"127.0.0.1:{metrics_port}",
+    )
     log = tmp_path / "aws_ork.log"
     proc = start_aws_ork(conf, log)
     try:
@@ -86,26 +95,39 @@ def minions() -> Iterator[list[SaltMinion]]:
 
 
 def test_an_impostor_connecting_first_never_gets_the_key(
-        master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions):
+    master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions
+):
     log, proc = daemon
     instance = group_instance(fleet)
     genuine_root = tmp_path / "genuine"
     publish(fleet, instance, make_minion_keys(genuine_root / "pki"))
     send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
-    wait_for(lambda: f"{instance} " in log.read_text() and "key binding:" in log.read_text(),
-             60, "the launch to wait for the bound key")
+    wait_for(
+        lambda: f"{instance} " in log.read_text() and "key binding:" in log.read_text(),
+        60,
+        "the launch to wait for the bound key",
+    )
 
     minions.append(start_minion(master, tmp_path / "impostor", instance))
-    wait_for(lambda: "not the key the instance published" in log.read_text(), 60,
-             "the impostor's key to be deleted")
+    wait_for(
+        lambda: "not the key the instance published" in log.read_text(),
+        60,
+        "the impostor's key to be deleted",
+    )
     assert accepted_pub(master, instance) is None
 
     genuine = start_minion(master, genuine_root, instance, extra_opts=AS_THE_SCRIPT_SETS)
     minions.append(genuine)
-    wait_for(lambda: accepted_pub(master, instance) == genuine.public_key(), 60,
-             "the genuine key to be accepted")
-    wait_for(lambda: answers_from(master, instance) == str(genuine.pki_dir), 180,
-             "the genuine minion to answer")
+    wait_for(
+        lambda: accepted_pub(master, instance) == genuine.public_key(),
+        60,
+        "the genuine key to be accepted",
+    )
+    wait_for(
+        lambda: answers_from(master, instance) == str(genuine.pki_dir),
+        180,
+        "the genuine minion to answer",
+    )
     assert accepted_pub(master, instance) == genuine.public_key()  # never the impostor's
     text = log.read_text()
     assert f"SECURITY: {instance}" in text and proc.poll() is None, text
@@ -121,8 +143,8 @@ def impostors() -> Iterator[list[Presenter]]:
 
 
 def test_impostors_holding_the_pending_and_denied_keys_cannot_stall_the_genuine_minion(
-        master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions, impostors,
-        metrics_port):
+    master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions, impostors, metrics_port
+):
     """Salt keeps one pending and one denied key per id: two impostors presenting their keys
     as fast as the master answers hold both, and Salt throws the genuine key away at each of
     its attempts unless aws_ork takes it from what Salt saw (the salt/auth event)."""
@@ -130,28 +152,41 @@ def test_impostors_holding_the_pending_and_denied_keys_cannot_stall_the_genuine_
     instance = group_instance(fleet)
     genuine_root = tmp_path / "genuine"
     publish(fleet, instance, make_minion_keys(genuine_root / "pki"))
-    impostors.extend(start_presenter(master, tmp_path / f"impostor{n}", instance)
-                     for n in (1, 2))
-    wait_for(lambda: master.key_path(instance, "minions_pre").is_file()
-             and master.key_path(instance, "minions_denied").is_file(), 60,
-             "the impostors' keys to be pending and denied")
+    impostors.extend(start_presenter(master, tmp_path / f"impostor{n}", instance) for n in (1, 2))
+    wait_for(
+        lambda: (
+            master.key_path(instance, "minions_pre").is_file()
+            and master.key_path(instance, "minions_denied").is_file()
+        ),
+        60,
+        "the impostors' keys to be pending and denied",
+    )
     send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
     wait_for(lambda: "key binding:" in log.read_text(), 60, "the launch to wait for its key")
 
     genuine = start_minion(master, genuine_root, instance, extra_opts=AS_THE_SCRIPT_SETS)
     minions.append(genuine)
-    wait_for(lambda: accepted_pub(master, instance) == genuine.public_key(), 60,
-             "the genuine key to be accepted")
+    wait_for(
+        lambda: accepted_pub(master, instance) == genuine.public_key(),
+        60,
+        "the genuine key to be accepted",
+    )
     # refused once (Salt denied it or threw it away), accepted at its next attempt; one more
     # refusal of slack for an attempt that crossed the acceptance
     refusals = genuine.log_file.read_text().count("seconds before retry")
     assert refusals <= 2, genuine.log_file.read_text()
-    wait_for(lambda: answers_from(master, instance) == str(genuine.pki_dir), 180,
-             "the genuine minion to answer")
+    wait_for(
+        lambda: answers_from(master, instance) == str(genuine.pki_dir),
+        180,
+        "the genuine minion to answer",
+    )
 
     tried = [impostor.attempts() for impostor in impostors]
-    wait_for(lambda: all(impostor.attempts() >= n + 50 for impostor, n in zip(impostors, tried)),
-             120, "the impostors to present their keys 50 times more each")
+    wait_for(
+        lambda: all(impostor.attempts() >= n + 50 for impostor, n in zip(impostors, tried)),
+        120,
+        "the impostors to present their keys 50 times more each",
+    )
     assert accepted_pub(master, instance) == genuine.public_key()
     assert answers_from(master, instance) == str(genuine.pki_dir)
     assert proc.poll() is None
@@ -164,7 +199,8 @@ def test_impostors_holding_the_pending_and_denied_keys_cannot_stall_the_genuine_
 
 
 def test_an_accepted_key_wiped_by_a_racing_pending_store_is_accepted_again(
-        master, tmp_path, sqs, queue_url, identity, fleet, daemon):
+    master, tmp_path, sqs, queue_url, identity, fleet, daemon
+):
     """The id had no key when the bound key was accepted; a Salt auth attempt that looked
     just before then stores its key as pending, and Salt's store deletes minions/<id> first.
     Simulated as Salt's store does it: the accepted file removed, the impostor's pending file
@@ -176,38 +212,49 @@ def test_an_accepted_key_wiped_by_a_racing_pending_store_is_accepted_again(
     send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
     wait_for(lambda: "key binding:" in log.read_text(), 60, "the launch to wait for its key")
     master.add_pending_key(instance, genuine)  # the genuine minion presents its key
-    wait_for(lambda: accepted_pub(master, instance) == genuine, 60,
-             "the genuine key to be accepted")
+    wait_for(
+        lambda: accepted_pub(master, instance) == genuine, 60, "the genuine key to be accepted"
+    )
 
     impostor = generate_public_key_pem()
     master.key_path(instance, "minions").unlink()
     master.add_pending_key(instance, impostor)
 
-    wait_for(lambda: accepted_pub(master, instance) == genuine, 60,
-             "the genuine key to be accepted again")
-    wait_for(lambda: not master.key_path(instance, "minions_pre").exists(), 60,
-             "the impostor's pending key to be removed")
+    wait_for(
+        lambda: accepted_pub(master, instance) == genuine,
+        60,
+        "the genuine key to be accepted again",
+    )
+    wait_for(
+        lambda: not master.key_path(instance, "minions_pre").exists(),
+        60,
+        "the impostor's pending key to be removed",
+    )
     finger = salt.utils.crypt.pem_finger(key=impostor.strip().encode())  # as Salt keeps it
-    line = next(line for line in log.read_text().splitlines()
-                if f"SECURITY: {instance}" in line and finger in line)
+    line = next(
+        line
+        for line in log.read_text().splitlines()
+        if f"SECURITY: {instance}" in line and finger in line
+    )
     assert "accepted again" in line, line
     assert proc.poll() is None
 
 
 def test_a_given_up_launch_removes_the_impostors_keys(
-        master, tmp_path, sqs, queue_url, cert_dir, identity, fleet):
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet
+):
     """The bound key never came: the impostors' pending and denied keys were proven not to
     be the instance's key and do not outlive the launch."""
     instance = group_instance(fleet)
     publish(fleet, instance, make_minion_keys(tmp_path / "pki"))
     pending = master.add_pending_key(instance).read_text()
     master.add_denied_key(instance)  # deleted at once, as at every look (the slot is freed)
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        KeyBinding="tag")
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"], KeyBinding="tag")
     send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
     for _ in range(defaults.BOUND_KEY_ATTEMPTS - 1):  # the receives of the last half hour
-        got = sqs.receive_message(QueueUrl=queue_url, VisibilityTimeout=0,
-                                  WaitTimeSeconds=5).get("Messages")
+        got = sqs.receive_message(QueueUrl=queue_url, VisibilityTimeout=0, WaitTimeSeconds=5).get(
+            "Messages"
+        )
         assert got, "the launch message"
 
     result = run_aws_ork(conf, "--once")
@@ -218,13 +265,16 @@ def test_a_given_up_launch_removes_the_impostors_keys(
     assert master.key_state_of(instance) is None
     assert not master.key_path(instance, "minions_denied").exists()
     finger = salt.utils.crypt.pem_finger(key=pending.encode())
-    assert any("key binding gave up; removed 1 key(s)" in line and line.endswith(finger)
-               for line in result.stderr.splitlines()), result.stderr
+    assert any(
+        "key binding gave up; removed 1 key(s)" in line and line.endswith(finger)
+        for line in result.stderr.splitlines()
+    ), result.stderr
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
 def test_the_genuine_minion_connecting_first_is_accepted(
-        master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions):
+    master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions
+):
     log, _proc = daemon
     instance = group_instance(fleet)
     root = tmp_path / "genuine"
@@ -233,17 +283,20 @@ def test_the_genuine_minion_connecting_first_is_accepted(
     wait_for(lambda: "key binding:" in log.read_text(), 60, "the launch to wait for its key")
     genuine = start_minion(master, root, instance, extra_opts=AS_THE_SCRIPT_SETS)
     minions.append(genuine)
-    wait_for(lambda: answers_from(master, instance) == str(genuine.pki_dir), 180,
-             "the genuine minion to answer")
+    wait_for(
+        lambda: answers_from(master, instance) == str(genuine.pki_dir),
+        180,
+        "the genuine minion to answer",
+    )
     assert "SECURITY" not in log.read_text()
 
 
-def test_without_the_tag_nothing_is_accepted(master, tmp_path, sqs, queue_url, cert_dir,
-                                             identity, fleet):
+def test_without_the_tag_nothing_is_accepted(
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet
+):
     instance = group_instance(fleet)
     master.add_pending_key(instance)
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        KeyBinding="tag")
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"], KeyBinding="tag")
     send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
 
     result = run_aws_ork(conf, "--once")
@@ -257,13 +310,13 @@ def test_without_the_tag_nothing_is_accepted(master, tmp_path, sqs, queue_url, c
 
 
 def test_the_genuine_key_already_pending_is_accepted_at_once(
-        master, tmp_path, sqs, queue_url, cert_dir, identity, fleet):
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet
+):
     instance = group_instance(fleet)
     fingerprint = make_minion_keys(tmp_path / "pki")
     master.add_pending_key(instance, (tmp_path / "pki" / "minion.pub").read_text())
     publish(fleet, instance, fingerprint)
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        KeyBinding="tag")
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"], KeyBinding="tag")
     send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
 
     result = run_aws_ork(conf, "--once")
@@ -276,9 +329,17 @@ def test_the_genuine_key_already_pending_is_accepted_at_once(
 
 
 def test_key_binding_needs_verify_instances(master, tmp_path, queue_url, cert_dir, fleet):
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        KeyBinding="tag", VerifyInstances="false", AutoScalingGroups="",
-                        InstanceTags="")
+    conf = trust_config(
+        tmp_path,
+        queue_url,
+        master,
+        cert_dir,
+        fleet["group"],
+        KeyBinding="tag",
+        VerifyInstances="false",
+        AutoScalingGroups="",
+        InstanceTags="",
+    )
     result = run_aws_ork(conf, "--check")
     assert result.returncode == 2
     assert "KeyBinding: tag needs VerifyInstances" in result.stderr

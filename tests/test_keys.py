@@ -32,14 +32,32 @@ def test_accept_takes_exactly_the_named_pending_key(master, keys):
     result = keys.accept(mine)
 
     assert (result.outcome, result.changed) == (Outcome.ACCEPTED, True)
-    assert [master.key_state_of(i) for i in (mine, twin, neighbour)] == \
-        ["minions", "minions_pre", "minions_pre"]
+    assert [master.key_state_of(i) for i in (mine, twin, neighbour)] == [
+        "minions",
+        "minions_pre",
+        "minions_pre",
+    ]
     assert keys.accept(mine).outcome is Outcome.ALREADY_ACCEPTED
 
 
-@pytest.mark.parametrize("bad", ["*", "i-*", "i-?", "i-[0-9a-f]*", "../minions/x", "i-0,i-1",
-                                 ".hidden", "..", "-i-0123456789abcdef0", "web 1", "w" * 129,
-                                 "i-0123456789abcdef0 ", ""])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "*",
+        "i-*",
+        "i-?",
+        "i-[0-9a-f]*",
+        "../minions/x",
+        "i-0,i-1",
+        ".hidden",
+        "..",
+        "-i-0123456789abcdef0",
+        "web 1",
+        "w" * 129,
+        "i-0123456789abcdef0 ",
+        "",
+    ],
+)
 def test_ids_that_are_not_safe_minion_ids_never_reach_salt(master, keys, bad):
     pending, accepted = new_id(), new_id()
     master.add_pending_key(pending)
@@ -49,8 +67,10 @@ def test_ids_that_are_not_safe_minion_ids_never_reach_salt(master, keys, bad):
     assert keys.delete(bad).outcome is Outcome.INVALID_ID
     assert keys.reject(bad).outcome is Outcome.INVALID_ID
 
-    assert (master.key_state_of(pending), master.key_state_of(accepted)) == \
-        ("minions_pre", "minions")
+    assert (master.key_state_of(pending), master.key_state_of(accepted)) == (
+        "minions_pre",
+        "minions",
+    )
 
 
 def test_a_key_not_yet_submitted_is_pre_authorised_for_that_id_only(master, keys):
@@ -92,12 +112,15 @@ def test_dry_run_reports_and_changes_nothing(master):
 
     assert dry.accept(pending).describe() == "would be accepted"
     assert dry.delete(accepted).describe() == "would be deleted"
-    assert (master.key_state_of(pending), master.key_state_of(accepted)) == \
-        ("minions_pre", "minions")
+    assert (master.key_state_of(pending), master.key_state_of(accepted)) == (
+        "minions_pre",
+        "minions",
+    )
 
 
 def test_a_key_another_daemon_accepted_meanwhile_is_already_accepted_not_an_error(
-        master, keys, monkeypatch):
+    master, keys, monkeypatch
+):
     """A Salt cluster: two daemons on one key store may handle the same instance (a
     notification and a hook message); the one that finds the key accepted between its look-up
     and its accept reports it accepted, without an ERROR and a retry."""
@@ -115,10 +138,12 @@ def test_a_key_another_daemon_accepted_meanwhile_is_already_accepted_not_an_erro
     assert master.key_state_of(minion) == "minions"
 
 
-@pytest.mark.parametrize(("change", "state"), [("accept", "minions"),
-                                               ("reject", "minions_rejected")])
+@pytest.mark.parametrize(
+    ("change", "state"), [("accept", "minions"), ("reject", "minions_rejected")]
+)
 def test_a_key_changing_state_is_never_absent_for_a_minion_authenticating_meanwhile(
-        master, keys, monkeypatch, change, state):
+    master, keys, monkeypatch, change, state
+):
     """Salt's file driver stores a state change as "delete the old file, write the new one";
     a minion authenticating in between finds no key, is taken for a new minion, and the master
     puts its key back in pending over the accept (or, over a reject, pending again with a
@@ -134,11 +159,14 @@ def test_a_key_changing_state_is_never_absent_for_a_minion_authenticating_meanwh
             path = os.fspath(path)
             if os.path.basename(path) == minion:
                 real(path, *args, **kwargs)
-                if not any(master.key_path(minion, state).is_file()
-                           for state in ("minions", "minions_pre", "minions_rejected")):
+                if not any(
+                    master.key_path(minion, state).is_file()
+                    for state in ("minions", "minions_pre", "minions_rejected")
+                ):
                     absent_at.append(path)
                 return None
             return real(path, *args, **kwargs)
+
         return remove
 
     monkeypatch.setattr(os, "remove", watched(real_remove))

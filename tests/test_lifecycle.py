@@ -60,9 +60,12 @@ def hooks(fleet) -> dict[str, Any]:
     """The managed group with a launching and a terminating hook (HeartbeatTimeout 30 s)."""
     for name, transition in ((LAUNCH_HOOK, LAUNCHING), (TERMINATE_HOOK, TERMINATING)):
         fleet["asg"].put_lifecycle_hook(
-            AutoScalingGroupName=fleet["group"], LifecycleHookName=name,
-            LifecycleTransition=transition, HeartbeatTimeout=HEARTBEAT_TIMEOUT,
-            DefaultResult="ABANDON")
+            AutoScalingGroupName=fleet["group"],
+            LifecycleHookName=name,
+            LifecycleTransition=transition,
+            HeartbeatTimeout=HEARTBEAT_TIMEOUT,
+            DefaultResult="ABANDON",
+        )
     return fleet
 
 
@@ -74,13 +77,20 @@ def minions() -> Iterator[list[SaltMinion]]:
         minion.stop()
 
 
-def hook_message(transition: str, instance_id: str, group: str, hook: str,
-                 token: str | None = None) -> dict[str, Any]:
+def hook_message(
+    transition: str, instance_id: str, group: str, hook: str, token: str | None = None
+) -> dict[str, Any]:
     """A lifecycle-hook message as Auto Scaling sends it (tests/fixtures/messages)."""
     inner = fixture("hook-launching")
-    inner.update({"LifecycleTransition": transition, "EC2InstanceId": instance_id,
-                  "AutoScalingGroupName": group, "LifecycleHookName": hook,
-                  "LifecycleActionToken": token or str(uuid.uuid4())})
+    inner.update(
+        {
+            "LifecycleTransition": transition,
+            "EC2InstanceId": instance_id,
+            "AutoScalingGroupName": group,
+            "LifecycleHookName": hook,
+            "LifecycleActionToken": token or str(uuid.uuid4()),
+        }
+    )
     return inner
 
 
@@ -110,19 +120,31 @@ def assert_action(call: dict[str, str], inner: dict[str, Any]) -> None:
 
 
 def test_launch_is_completed_only_once_its_late_key_is_accepted_with_heartbeats_meanwhile(
-        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
+    master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg
+):
     group = hooks["group"]
     instance = group_instance(hooks)
     inner = asg.hold(hook_message(LAUNCHING, instance, group, LAUNCH_HOOK))
     port = free_port()
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, LifecycleHooks="*",
-                        MetricsAddress=f"127.0.0.1:{port}")
+    conf = trust_config(
+        tmp_path,
+        queue_url,
+        master,
+        cert_dir,
+        group,
+        LifecycleHooks="*",
+        MetricsAddress=f"127.0.0.1:{port}",
+    )
     with daemon(conf, tmp_path / "aws_ork.log", asg) as log:
         send(sqs, queue_url, signed_hook(identity, inner))
-        beats = wait_for(lambda: len(asg.recorded("RecordLifecycleActionHeartbeat",
-                                                  instance)) >= 2 and
-                         asg.recorded("RecordLifecycleActionHeartbeat", instance),
-                         3 * HEARTBEAT_TIMEOUT, "two heartbeats while the key is missing")
+        beats = wait_for(
+            lambda: (
+                len(asg.recorded("RecordLifecycleActionHeartbeat", instance)) >= 2
+                and asg.recorded("RecordLifecycleActionHeartbeat", instance)
+            ),
+            3 * HEARTBEAT_TIMEOUT,
+            "two heartbeats while the key is missing",
+        )
         for beat in beats:
             assert_action(beat, inner)
         assert "waiting for the key" in log.read_text()
@@ -130,8 +152,11 @@ def test_launch_is_completed_only_once_its_late_key_is_accepted_with_heartbeats_
         assert states(master, instance) == {instance: None}
 
         master.add_pending_key(instance)
-        completed = wait_for(lambda: asg.recorded("CompleteLifecycleAction", instance), 60,
-                             "the lifecycle action to be completed")
+        completed = wait_for(
+            lambda: asg.recorded("CompleteLifecycleAction", instance),
+            60,
+            "the lifecycle action to be completed",
+        )
         assert states(master, instance) == {instance: "minions"}
         assert len(completed) == 1
         assert_action(completed[0], inner)
@@ -143,7 +168,8 @@ def test_launch_is_completed_only_once_its_late_key_is_accepted_with_heartbeats_
 
 
 def test_launch_preauthorised_by_stub_is_completed_when_salt_uses_the_stub(
-        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg, minions):
+    master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg, minions
+):
     group = hooks["group"]
     instance = group_instance(hooks)
     inner = asg.hold(hook_message(LAUNCHING, instance, group, LAUNCH_HOOK))
@@ -154,8 +180,11 @@ def test_launch_preauthorised_by_stub_is_completed_when_salt_uses_the_stub(
         assert not asg.recorded("CompleteLifecycleAction", instance)
 
         minions.append(start_minion(master, tmp_path / "minion", instance))
-        completed = wait_for(lambda: asg.recorded("CompleteLifecycleAction", instance), 60,
-                             "the lifecycle action to be completed")
+        completed = wait_for(
+            lambda: asg.recorded("CompleteLifecycleAction", instance),
+            60,
+            "the lifecycle action to be completed",
+        )
         assert states(master, instance) == {instance: "minions"}
         assert len(completed) == 1 and completed[0]["LifecycleActionResult"] == "CONTINUE"
         assert_action(completed[0], inner)
@@ -164,27 +193,35 @@ def test_launch_preauthorised_by_stub_is_completed_when_salt_uses_the_stub(
 
 
 def test_launch_under_key_binding_is_completed_when_the_published_key_is_presented(
-        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
+    master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg
+):
     group = hooks["group"]
     instance = group_instance(hooks)
     pki = tmp_path / "minion-pki"
     fingerprint = make_minion_keys(pki)
     inner = asg.hold(hook_message(LAUNCHING, instance, group, LAUNCH_HOOK))
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, KeyBinding="tag",
-                        LifecycleHooks="*")
+    conf = trust_config(
+        tmp_path, queue_url, master, cert_dir, group, KeyBinding="tag", LifecycleHooks="*"
+    )
     with daemon(conf, tmp_path / "aws_ork.log", asg) as log:
         send(sqs, queue_url, signed_hook(identity, inner))
         # the EC2 check defers (no fingerprint published yet): the action is kept alive
-        wait_for(lambda: asg.recorded("RecordLifecycleActionHeartbeat", instance), 60,
-                 "a heartbeat while the check is deferred")
+        wait_for(
+            lambda: asg.recorded("RecordLifecycleActionHeartbeat", instance),
+            60,
+            "a heartbeat while the check is deferred",
+        )
         assert "check deferred" in log.read_text()
         publish(hooks, instance, fingerprint)
         wait_for(lambda: "waiting for the key" in log.read_text(), 60, "the launch to wait")
         assert not asg.recorded("CompleteLifecycleAction", instance)
 
         master.add_pending_key(instance, (pki / "minion.pub").read_text())
-        completed = wait_for(lambda: asg.recorded("CompleteLifecycleAction", instance), 60,
-                             "the lifecycle action to be completed")
+        completed = wait_for(
+            lambda: asg.recorded("CompleteLifecycleAction", instance),
+            60,
+            "the lifecycle action to be completed",
+        )
         assert states(master, instance) == {instance: "minions"}
         assert len(completed) == 1
         assert_action(completed[0], inner)
@@ -192,7 +229,8 @@ def test_launch_under_key_binding_is_completed_when_the_published_key_is_present
 
 
 def test_signed_terminate_hook_needs_auto_scaling_to_say_terminating_then_completes(
-        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
+    master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg
+):
     """A signature proves only that someone allowed to publish to the topic sent it: a signed
     terminating hook for an instance Auto Scaling keeps InService deletes nothing; once Auto
     Scaling says Terminating:Wait the key goes at once (the instance still runs) and the
@@ -212,16 +250,23 @@ def test_signed_terminate_hook_needs_auto_scaling_to_say_terminating_then_comple
     assert states(master, instance) == {instance: "minions"}
     assert not asg.recorded("CompleteLifecycleAction")
 
-    completed = deleted_once_terminating(master, sqs, queue_url, asg, conf, instance, group,
-                                         inner)
+    completed = deleted_once_terminating(master, sqs, queue_url, asg, conf, instance, group, inner)
     assert completed["LifecycleActionResult"] == "CONTINUE"
     reply = hooks["ec2"].describe_instances(InstanceIds=[instance])
     assert reply["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
-def deleted_once_terminating(master: Any, sqs: Any, queue_url: str, asg: Any, conf: Path,
-                             instance: str, group: str, inner: dict[str, Any]) -> dict[str, Any]:
+def deleted_once_terminating(
+    master: Any,
+    sqs: Any,
+    queue_url: str,
+    asg: Any,
+    conf: Path,
+    instance: str,
+    group: str,
+    inner: dict[str, Any],
+) -> dict[str, Any]:
     """Auto Scaling now says the instance is Terminating:Wait: the retried hook deletes its
     key and completes the action (returned) by its token alone."""
     asg.terminating[instance] = group
@@ -245,13 +290,15 @@ def eventbridge_hook(inner: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("source", ["hook", "eventbridge"])
 def test_unsigned_terminate_hook_needs_auto_scaling_to_say_terminating(
-        master, tmp_path, sqs, queue_url, cert_dir, hooks, asg, source):
+    master, tmp_path, sqs, queue_url, cert_dir, hooks, asg, source
+):
     group = hooks["group"]
     instance = group_instance(hooks)
     master.add_accepted_key(instance)
     inner = asg.hold(hook_message(TERMINATING, instance, group, TERMINATE_HOOK))
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, group, UnsignedSources=source,
-                        LifecycleHooks="*")
+    conf = trust_config(
+        tmp_path, queue_url, master, cert_dir, group, UnsignedSources=source, LifecycleHooks="*"
+    )
     send(sqs, queue_url, json.dumps(inner if source == "hook" else eventbridge_hook(inner)))
 
     forged = run_aws_ork(conf, "--once", env=asg.env())  # InService: EC2's rule, retried
@@ -265,7 +312,8 @@ def test_unsigned_terminate_hook_needs_auto_scaling_to_say_terminating(
 
 
 def test_expired_token_is_dropped_and_other_hooks_and_tests_are_left_alone(
-        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
+    master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg
+):
     group = hooks["group"]
     expired, foreign = group_instance(hooks), group_instance(hooks)
     master.add_pending_key(expired)
@@ -273,30 +321,43 @@ def test_expired_token_is_dropped_and_other_hooks_and_tests_are_left_alone(
     gone = asg.hold(hook_message(LAUNCHING, expired, group, LAUNCH_HOOK))
     asg.gone.add(gone["LifecycleActionToken"])
     other = hook_message(LAUNCHING, foreign, group, "someone-elses-hook")
-    send(sqs, queue_url, signed_hook(identity, gone), signed_hook(identity, other),
-         fixture_text("hook-test-notification"))
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, group,
-                        LifecycleHooks=f"{LAUNCH_HOOK}, {TERMINATE_HOOK}",
-                        UnsignedSources="hook")
+    send(
+        sqs,
+        queue_url,
+        signed_hook(identity, gone),
+        signed_hook(identity, other),
+        fixture_text("hook-test-notification"),
+    )
+    conf = trust_config(
+        tmp_path,
+        queue_url,
+        master,
+        cert_dir,
+        group,
+        LifecycleHooks=f"{LAUNCH_HOOK}, {TERMINATE_HOOK}",
+        UnsignedSources="hook",
+    )
 
     result = run_aws_ork(conf, "--once", env=asg.env())
 
     assert result.returncode == 0, result.stderr
     assert states(master, expired, foreign) == {expired: "minions", foreign: "minions"}
     assert len(asg.recorded("CompleteLifecycleAction", expired)) == 1
-    assert result.stderr.count(f"{expired}: lifecycle action {LAUNCH_HOOK} ({group}) is no "
-                               f"longer waiting") == 1
+    assert (
+        result.stderr.count(
+            f"{expired}: lifecycle action {LAUNCH_HOOK} ({group}) is no longer waiting"
+        )
+        == 1
+    )
     assert not asg.recorded("CompleteLifecycleAction", foreign)  # not in LifecycleHooks
     assert "test notification, deleted" in result.stderr
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
-def test_heartbeats_at_the_documented_fraction_then_one_warning_at_the_bound(
-        hooks, asg, caplog):
+def test_heartbeats_at_the_documented_fraction_then_one_warning_at_the_bound(hooks, asg, caplog):
     """The heartbeat clock, on a fake clock (no waiting); the calls are real (the proxy)."""
     group = hooks["group"]
-    client = HookClient(boto3.client("autoscaling", region_name="us-west-2",
-                                     endpoint_url=asg.url))
+    client = HookClient(boto3.client("autoscaling", region_name="us-west-2", endpoint_url=asg.url))
     now = [0.0]
     completer = Completer(client, clock=lambda: now[0])
     action = HookAction(group, LAUNCH_HOOK, str(uuid.uuid4()), "i-0123456789abcdef0")
@@ -344,7 +405,8 @@ def test_lifecycle_hooks_option() -> None:
 
 
 def test_a_hook_name_with_a_newline_is_logged_as_one_escaped_line(
-        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
+    master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg
+):
     """Hook and group names are the message's text: a newline in one cannot forge a line."""
     group = hooks["group"]
     instance = group_instance(hooks)
@@ -367,7 +429,8 @@ def test_a_hook_name_with_a_newline_is_logged_as_one_escaped_line(
 
 
 def test_no_heartbeat_for_a_message_whose_signature_cannot_be_checked_yet(
-        master, tmp_path, sqs, queue_url, cert_dir, hooks, asg):
+    master, tmp_path, sqs, queue_url, cert_dir, hooks, asg
+):
     """The certificate of the envelope cannot be fetched (anyone can name any URL): the
     message is retried, and nothing keeps the named instance's action alive meanwhile."""
     group = hooks["group"]
@@ -382,8 +445,11 @@ def test_no_heartbeat_for_a_message_whose_signature_cannot_be_checked_yet(
         send(sqs, queue_url, signed_hook(stranger, inner))
         # three receives, each deferred: the old code sent a heartbeat within a tick (1 s)
         # of the first, and the third comes at least 6 s later
-        wait_for(lambda: log.read_text().count("SNS signature not verifiable yet") >= 3, 90,
-                 "three deferred receives")
+        wait_for(
+            lambda: log.read_text().count("SNS signature not verifiable yet") >= 3,
+            90,
+            "three deferred receives",
+        )
         assert not asg.recorded("RecordLifecycleActionHeartbeat"), log.read_text()
     finally:
         stop_aws_ork(proc)
@@ -392,7 +458,8 @@ def test_no_heartbeat_for_a_message_whose_signature_cannot_be_checked_yet(
 
 
 def test_a_wait_survives_a_restart_and_is_given_up_at_its_first_deadline(
-        master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg):
+    master, tmp_path, sqs, queue_url, identity, cert_dir, hooks, asg
+):
     """The daemon is stopped while a launch waits for its key and started again later: the
     wait goes on from where it was (StateDir), and it ends at the deadline it had, not 30
     minutes after the restart."""
@@ -403,20 +470,29 @@ def test_a_wait_survives_a_restart_and_is_given_up_at_its_first_deadline(
     saved = tmp_path / "state" / "lifecycle-waits"
     with daemon(conf, tmp_path / "first.log", asg) as log:
         send(sqs, queue_url, signed_hook(identity, inner))
-        wait_for(lambda: asg.recorded("RecordLifecycleActionHeartbeat", instance), 60,
-                 "a heartbeat while the key is missing")
+        wait_for(
+            lambda: asg.recorded("RecordLifecycleActionHeartbeat", instance),
+            60,
+            "a heartbeat while the key is missing",
+        )
         assert "waiting for the key" in log.read_text()
     [wait] = [json.loads(line) for line in saved.read_text().splitlines()]
     assert (wait["token"], wait["instance"], wait["state"]) == (
-        inner["LifecycleActionToken"], instance, "waiting")
+        inner["LifecycleActionToken"],
+        instance,
+        "waiting",
+    )
 
     # the daemon stays down until the wait's deadline is 10 s away (the test moves the
     # wait's start back instead of waiting half an hour)
     wait["since"] -= defaults.HOOK_WAIT_SECONDS - 10
     saved.write_text(json.dumps(wait) + "\n")
     with daemon(conf, tmp_path / "second.log", asg) as log:
-        wait_for(lambda: "gave up waiting for its key" in log.read_text(), 90,
-                 "the wait to end at its first deadline")
+        wait_for(
+            lambda: "gave up waiting for its key" in log.read_text(),
+            90,
+            "the wait to end at its first deadline",
+        )
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 90, "the message deleted")
     text = log.read_text()
     [warning] = [line for line in text.splitlines() if "gave up waiting for its key" in line]
@@ -435,14 +511,22 @@ def test_torn_or_forged_lines_of_the_waits_file_are_ignored(tmp_path, hooks, asg
     from aws_ork.lifecycle import waits
 
     group = hooks["group"]
-    client = HookClient(boto3.client("autoscaling", region_name="us-west-2",
-                                     endpoint_url=asg.url))
+    client = HookClient(boto3.client("autoscaling", region_name="us-west-2", endpoint_url=asg.url))
     path = tmp_path / "lifecycle-waits"
-    good = waits.SavedWait(group, LAUNCH_HOOK, str(uuid.uuid4()), "i-0123456789abcdef0",
-                           since=1000.0, due=1010.0, beats=2, state=waits.WAITING)
+    good = waits.SavedWait(
+        group,
+        LAUNCH_HOOK,
+        str(uuid.uuid4()),
+        "i-0123456789abcdef0",
+        since=1000.0,
+        due=1010.0,
+        beats=2,
+        state=waits.WAITING,
+    )
     forged = dict(json.loads(good.line()), token="../x y", instance="i-0123456789abcdef1")
-    path.write_text(good.line() + json.dumps(forged) + "\n" + "not json\n"
-                    + good.line()[:40])  # the last one torn
+    path.write_text(
+        good.line() + json.dumps(forged) + "\n" + "not json\n" + good.line()[:40]
+    )  # the last one torn
     now = [1005.0]
     completer = Completer(client, clock=lambda: now[0], path=path)
     action = HookAction(group, LAUNCH_HOOK, good.token, good.instance_id)
@@ -453,5 +537,4 @@ def test_torn_or_forged_lines_of_the_waits_file_are_ignored(tmp_path, hooks, asg
     now[0] = 1010.0
     completer.tick()
     assert len(asg.recorded("RecordLifecycleActionHeartbeat", good.instance_id)) == 1
-    assert [json.loads(line)["token"] for line in path.read_text().splitlines()] == \
-        [good.token]
+    assert [json.loads(line)["token"] for line in path.read_text().splitlines()] == [good.token]

@@ -38,7 +38,7 @@ def test_syslog_sends_to_facility_daemon(monkeypatch):
         logsetup.setup(verbose=False, syslog=True)
         logging.getLogger("aws_ork.test").warning("key accepted for %s", "i-0123abcd")
         packet = server.recv(4096).decode()
-    priority = int(packet[1:packet.index(">")])
+    priority = int(packet[1 : packet.index(">")])
     assert priority >> 3 == logging.handlers.SysLogHandler.LOG_DAEMON
     assert "aws_ork[" in packet and "key accepted for i-0123abcd" in packet
 
@@ -82,7 +82,8 @@ def test_json_is_one_object_per_line_with_time_level_logger_message(tmp_path):
         ("DEBUG", "aws_ork.test", "long poll"),
         ("INFO", "aws_ork.test", "key accepted for i-0123abcd"),
         ("WARNING", "aws_ork.test", "two\nlines"),
-        ("ERROR", "aws_ork.test", "handler failed")]
+        ("ERROR", "aws_ork.test", "handler failed"),
+    ]
     for entry in entries:
         stamp = datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
         assert stamp.utcoffset() == timedelta(0)
@@ -115,9 +116,12 @@ def test_under_the_journal_text_lines_carry_priorities_and_no_time(journal_stder
 
     lines = written().splitlines()
 
-    assert lines[:4] == ["<7>DEBUG aws_ork.test: long poll",
-                         "<6>INFO aws_ork.test: key accepted for i-0123abcd",
-                         "<4>WARNING aws_ork.test: two", "<4>lines"]
+    assert lines[:4] == [
+        "<7>DEBUG aws_ork.test: long poll",
+        "<6>INFO aws_ork.test: key accepted for i-0123abcd",
+        "<4>WARNING aws_ork.test: two",
+        "<4>lines",
+    ]
     assert lines[4] == "<3>ERROR aws_ork.test: handler failed"
     # every line of the traceback is an entry of the same priority
     assert len(lines) > 6 and all(line.startswith("<3>") for line in lines[4:])
@@ -150,9 +154,18 @@ def test_a_journal_stream_that_is_not_stderr_changes_nothing(journal_stderr, mon
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING aws_ork.test: plain", line)
 
 
-@pytest.mark.parametrize(("levelno", "priority"), [
-    (logging.DEBUG, 7), (logging.INFO, 6), (logging.WARNING, 4), (logging.ERROR, 3),
-    (logging.CRITICAL, 2), (logging.INFO + 5, 6), (logging.DEBUG - 5, 7)])
+@pytest.mark.parametrize(
+    ("levelno", "priority"),
+    [
+        (logging.DEBUG, 7),
+        (logging.INFO, 6),
+        (logging.WARNING, 4),
+        (logging.ERROR, 3),
+        (logging.CRITICAL, 2),
+        (logging.INFO + 5, 6),
+        (logging.DEBUG - 5, 7),
+    ],
+)
 def test_journal_priorities_are_sd_daemons(levelno, priority):
     assert logsetup.journal_priority(levelno) == priority
 
@@ -161,8 +174,7 @@ def test_journal_priorities_are_sd_daemons(levelno, priority):
 
 
 def test_the_daemon_logs_json_and_under_systemd_with_priorities(master, tmp_path, queue_url):
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
-                        LogFormat="json")
+    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, LogFormat="json")
     result = run_aws_ork(conf, "--once")
     assert result.returncode == 0, result.stderr
     entries = [json.loads(line) for line in result.stderr.splitlines()]
@@ -174,8 +186,12 @@ def test_the_daemon_logs_json_and_under_systemd_with_priorities(master, tmp_path
     with open(stream, "w") as err:
         info = os.fstat(err.fileno())
         journal = subprocess.run(
-            command(conf, "--once"), stdout=subprocess.DEVNULL, stderr=err, timeout=120,
-            env={**os.environ, "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"})
+            command(conf, "--once"),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            timeout=120,
+            env={**os.environ, "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"},
+        )
     lines = stream.read_text().splitlines()
     assert journal.returncode == 0, lines
     assert lines and all(line.startswith(("<3>", "<4>", "<6>", "<7>")) for line in lines)
@@ -192,5 +208,8 @@ def test_syslog_json_is_tagged_and_leaves_the_time_to_syslog(monkeypatch):
         packet = server.recv(4096).decode().rstrip("\0")
     tag, _, text = packet.partition(": ")
     assert re.fullmatch(r"<\d+>aws_ork\[\d+\]", tag)
-    assert json.loads(text) == {"level": "ERROR", "logger": "aws_ork.test",
-                                "message": "key store error for i-0123abcd"}
+    assert json.loads(text) == {
+        "level": "ERROR",
+        "logger": "aws_ork.test",
+        "message": "key store error for i-0123abcd",
+    }

@@ -51,10 +51,10 @@ def queue(sqs, queue_url) -> Queue:
     return Queue(boto3.client("sqs", region_name="us-west-2"), queue_url)
 
 
-def test_stop_mid_batch_finishes_the_message_in_hand_and_gives_the_rest_back(queue, sqs,
-                                                                            queue_url):
-    sqs.send_message_batch(QueueUrl=queue_url, Entries=[
-        {"Id": str(i), "MessageBody": f"m{i}"} for i in range(10)])
+def test_stop_mid_batch_finishes_the_message_in_hand_and_gives_the_rest_back(queue, sqs, queue_url):
+    sqs.send_message_batch(
+        QueueUrl=queue_url, Entries=[{"Id": str(i), "MessageBody": f"m{i}"} for i in range(10)]
+    )
     stopper = Stopper()
     handler = StopsAfter(stopper, 3)
     loop = Loop(queue, handler, stopper)  # type: ignore[arg-type]
@@ -66,8 +66,9 @@ def test_stop_mid_batch_finishes_the_message_in_hand_and_gives_the_rest_back(que
     # the handled three are deleted; the others are visible again at once, none lost
     remaining = set()
     for _ in range(5):
-        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                  WaitTimeSeconds=1, VisibilityTimeout=60)
+        got = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=60
+        )
         remaining |= {m["Body"] for m in got.get("Messages", [])}
         if len(remaining) + len(handled) >= 10:
             break
@@ -86,8 +87,9 @@ def test_stop_cuts_a_blocking_call_short():
 
 def test_once_exits_1_when_the_queue_cannot_be_read(moto):
     stopper = Stopper()
-    missing = Queue(boto3.client("sqs", region_name="us-west-2"),
-                    f"{moto.url}/123456789012/no-such-queue")
+    missing = Queue(
+        boto3.client("sqs", region_name="us-west-2"), f"{moto.url}/123456789012/no-such-queue"
+    )
     loop = Loop(missing, StopsAfter(stopper, 99), stopper, once=True)  # type: ignore[arg-type]
     assert loop.run() == 1
 
@@ -103,8 +105,11 @@ def test_retry_sets_a_short_visibility_instead_of_the_queue_default(queue, sqs, 
     loop = Loop(queue, RetryOnce(), stopper, once=True)  # type: ignore[arg-type]
     assert loop.run() == 0
     # the queue's visibility timeout is 30 s; the message is back after about 1 s
-    got = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=10,
-                              MessageSystemAttributeNames=["ApproximateReceiveCount"])
+    got = sqs.receive_message(
+        QueueUrl=queue_url,
+        WaitTimeSeconds=10,
+        MessageSystemAttributeNames=["ApproximateReceiveCount"],
+    )
     assert [m["Body"] for m in got["Messages"]] == ["later"]
     assert int(got["Messages"][0]["Attributes"]["ApproximateReceiveCount"]) >= 2
 
@@ -112,8 +117,9 @@ def test_retry_sets_a_short_visibility_instead_of_the_queue_default(queue, sqs, 
 def test_a_batch_whose_memories_cannot_be_made_durable_is_not_deleted(queue, sqs, queue_url):
     """The replay memories are fsync'd once per batch, before its messages are deleted: when
     that fails, every message of the batch stays in the queue (retried soon), none is lost."""
-    sqs.send_message_batch(QueueUrl=queue_url, Entries=[
-        {"Id": str(i), "MessageBody": f"m{i}"} for i in range(5)])
+    sqs.send_message_batch(
+        QueueUrl=queue_url, Entries=[{"Id": str(i), "MessageBody": f"m{i}"} for i in range(5)]
+    )
 
     class DiskFull(BatchFree):
         def handle(self, message: Message) -> Decision:
@@ -128,8 +134,9 @@ def test_a_batch_whose_memories_cannot_be_made_durable_is_not_deleted(queue, sqs
     back: set[str] = set()
 
     def all_back() -> bool:
-        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                  WaitTimeSeconds=1, VisibilityTimeout=60)
+        got = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=60
+        )
         back.update(m["Body"] for m in got.get("Messages", []))
         return len(back) == 5
 

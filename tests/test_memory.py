@@ -24,8 +24,13 @@ class Clock:
 
 
 def memory(path: Path, clock: Clock, **kwargs) -> IdMemory:
-    return IdMemory(path, keep_seconds=kwargs.pop("keep", 100), limit=kwargs.pop("limit", 5),
-                    clock=clock, **kwargs)
+    return IdMemory(
+        path,
+        keep_seconds=kwargs.pop("keep", 100),
+        limit=kwargs.pop("limit", 5),
+        clock=clock,
+        **kwargs,
+    )
 
 
 def test_an_added_id_survives_a_restart_until_it_expires(tmp_path):
@@ -95,18 +100,19 @@ def test_a_batch_makes_its_memories_durable_with_one_fsync_each(master, tmp_path
     batch), not two per message; a restart reads every one back."""
     finished = IdMemory(tmp_path / "finished", keep_seconds=3600, limit=100)
     enrolled = IdMemory(tmp_path / "enrolled", keep_seconds=3600, limit=100)
-    handler = Handler(KeyManager(load_master_opts(master.config_file)), finished=finished,
-                      enrolled=enrolled)
+    handler = Handler(
+        KeyManager(load_master_opts(master.config_file)), finished=finished, enrolled=enrolled
+    )
     instances = [new_id() for _ in range(10)]
     for instance in instances:
         master.add_pending_key(instance)
     bodies = [envelope(notification("autoscaling:EC2_INSTANCE_LAUNCH", i)) for i in instances]
-    messages = [Message(f"m{n}", f"r{n}", json.dumps(b), 1)
-                for n, b in enumerate(bodies)]
+    messages = [Message(f"m{n}", f"r{n}", json.dumps(b), 1) for n, b in enumerate(bodies)]
     fsyncs: list[int] = []
     real_fsync = memory_module.os.fsync
-    monkeypatch.setattr(memory_module.os, "fsync", lambda fd: (fsyncs.append(fd),
-                                                               real_fsync(fd))[1])
+    monkeypatch.setattr(
+        memory_module.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1]
+    )
 
     handler.prime(messages)
     decisions = [handler.handle(m) for m in messages]
@@ -116,8 +122,9 @@ def test_a_batch_makes_its_memories_durable_with_one_fsync_each(master, tmp_path
     handler.flush()
 
     assert len(fsyncs) == 2
-    again = [IdMemory(tmp_path / name, keep_seconds=3600, limit=100)
-             for name in ("finished", "enrolled")]
+    again = [
+        IdMemory(tmp_path / name, keep_seconds=3600, limit=100) for name in ("finished", "enrolled")
+    ]
     assert all(b["MessageId"] in again[0] for b in bodies)
     assert all(i in again[1] for i in instances)
     assert [master.key_state_of(i) for i in instances] == ["minions"] * 10

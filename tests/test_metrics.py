@@ -35,6 +35,7 @@ from tests.slowclients import SlowFlood
 #: and /healthz allows 3 poll intervals without a completed receive: 6 s instead of 60 s.
 SHORT_POLLS = {"WATCHDOG_USEC": "4000000"}
 
+
 def stop(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -49,39 +50,71 @@ def stop(proc: subprocess.Popen) -> int:
 def metrics_conf(tmp_path: Path, queue_url: str, master: SaltMaster) -> tuple[Path, int]:
     """The ``conf`` fixture's config plus MetricsAddress on a free port; (path, port)."""
     port = free_port()
-    path = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
-                        MetricsAddress=f"127.0.0.1:{port}")
+    path = write_config(
+        tmp_path / "aws_ork.conf",
+        queue_url=queue_url,
+        master=master,
+        MetricsAddress=f"127.0.0.1:{port}",
+    )
     return path, port
 
 
-def test_metrics_count_exactly_what_the_daemon_did(master, tmp_path, sqs, queue_url, bucket,
-                                                   monkeypatch):
+def test_metrics_count_exactly_what_the_daemon_did(
+    master, tmp_path, sqs, queue_url, bucket, monkeypatch
+):
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     port = free_port()
-    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
-                        bucket=bucket, MetricsAddress=f"127.0.0.1:{port}")
+    conf = write_config(
+        tmp_path / "aws_ork.conf",
+        queue_url=queue_url,
+        master=master,
+        bucket=bucket,
+        MetricsAddress=f"127.0.0.1:{port}",
+    )
     first, second, gone = new_id(), new_id(), new_id()
     master.add_pending_key(first)
     master.add_pending_key(second)
     master.add_pending_key(gone)
     proc = start_aws_ork(conf, tmp_path / "daemon.log", "-v", env=SHORT_POLLS)
     try:
-        assert wait_for(lambda: try_get(port, "/healthz"), 60, "/healthz to answer") \
-            == (200, "ok\n")
-        send(sqs, queue_url, sns_launch(first), sns_launch(second), "not an event at all",
-             sns_terminate(gone))
-        wait_for(lambda: total(scrape(port), "aws_ork_messages_finished_total") == 4, 60,
-                 "4 messages finished")
+        assert wait_for(lambda: try_get(port, "/healthz"), 60, "/healthz to answer") == (
+            200,
+            "ok\n",
+        )
+        send(
+            sqs,
+            queue_url,
+            sns_launch(first),
+            sns_launch(second),
+            "not an event at all",
+            sns_terminate(gone),
+        )
+        wait_for(
+            lambda: total(scrape(port), "aws_ork_messages_finished_total") == 4,
+            60,
+            "4 messages finished",
+        )
         # the terminate is remembered: a launch of that instance afterwards is rejected
         send(sqs, queue_url, sns_launch(gone))
-        wait_for(lambda: total(scrape(port), "aws_ork_messages_finished_total") == 5, 60,
-                 "the late launch finished")
-        samples = wait_for(lambda: (got := scrape(port))[
-            ("aws_ork_mirror_pending_changes", frozenset())] == 0
-            and value(got, "aws_ork_salt_events_fired_total") == 4 and got, 60,
-            "the mirror caught up and the reactor events fired")
-        assert states(master, first, second, gone) == {first: "minions", second: "minions",
-                                                       gone: None}
+        wait_for(
+            lambda: total(scrape(port), "aws_ork_messages_finished_total") == 5,
+            60,
+            "the late launch finished",
+        )
+        samples = wait_for(
+            lambda: (
+                (got := scrape(port))[("aws_ork_mirror_pending_changes", frozenset())] == 0
+                and value(got, "aws_ork_salt_events_fired_total") == 4
+                and got
+            ),
+            60,
+            "the mirror caught up and the reactor events fired",
+        )
+        assert states(master, first, second, gone) == {
+            first: "minions",
+            second: "minions",
+            gone: None,
+        }
     finally:
         status = stop(proc)
         master.clear_keys()
@@ -89,13 +122,20 @@ def test_metrics_count_exactly_what_the_daemon_did(master, tmp_path, sqs, queue_
 
     assert value(samples, "aws_ork_build_info", version=__version__) == 1
     assert value(samples, "aws_ork_messages_received_total") == 5
-    finished = {dict(labels)["kind"] + "/" + dict(labels)["reason"]: v
-                for (name, labels), v in samples.items()
-                if name == "aws_ork_messages_finished_total"}
-    assert finished == {"launch/accepted": 2, "unknown/unknown": 1, "terminate/deleted": 1,
-                        "launch/terminated": 1}
-    assert value(samples, "aws_ork_messages_rejected_total", kind="launch",
-                 reason="terminated") == 1
+    finished = {
+        dict(labels)["kind"] + "/" + dict(labels)["reason"]: v
+        for (name, labels), v in samples.items()
+        if name == "aws_ork_messages_finished_total"
+    }
+    assert finished == {
+        "launch/accepted": 2,
+        "unknown/unknown": 1,
+        "terminate/deleted": 1,
+        "launch/terminated": 1,
+    }
+    assert (
+        value(samples, "aws_ork_messages_rejected_total", kind="launch", reason="terminated") == 1
+    )
     assert total(samples, "aws_ork_messages_rejected_total") == 1
     assert total(samples, "aws_ork_messages_retried_total") == 0
     assert value(samples, "aws_ork_keys_accepted_total") == 2
@@ -140,8 +180,9 @@ def test_the_request_log_escapes_control_characters(metrics_conf, tmp_path):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(b"GET /\x1b[2Kok-forged\x08 HTTP/1.0\r\n\r\n")
             assert client.recv(100).startswith(b"HTTP/1.0 404")
-        wait_for(lambda: "ok-forged" in log.read_text(errors="replace"), 30,
-                 "the request's log line")
+        wait_for(
+            lambda: "ok-forged" in log.read_text(errors="replace"), 30, "the request's log line"
+        )
     finally:
         assert stop(proc) == 0
     data = log.read_bytes()
@@ -151,22 +192,32 @@ def test_the_request_log_escapes_control_characters(metrics_conf, tmp_path):
 
 
 def test_healthz_turns_503_naming_the_queue_while_it_is_cut_and_200_after(
-        master, metrics_conf, tmp_path, queue_url, sqs_proxy, monkeypatch):
+    master, metrics_conf, tmp_path, queue_url, sqs_proxy, monkeypatch
+):
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     conf, port = metrics_conf
     log = tmp_path / "daemon.log"
-    proc = start_aws_ork(conf, log, "-v",
-                         env={**SHORT_POLLS, "AWS_ENDPOINT_URL_SQS": sqs_proxy.url})
+    proc = start_aws_ork(
+        conf, log, "-v", env={**SHORT_POLLS, "AWS_ENDPOINT_URL_SQS": sqs_proxy.url}
+    )
     try:
-        assert wait_for(lambda: try_get(port, "/healthz"), 60, "/healthz to answer") \
-            == (200, "ok\n")
-        wait_for(lambda: log.read_text().count("long poll (up to 2s)") >= 2, 60,
-                 "a completed 2 s long poll")
+        assert wait_for(lambda: try_get(port, "/healthz"), 60, "/healthz to answer") == (
+            200,
+            "ok\n",
+        )
+        wait_for(
+            lambda: log.read_text().count("long poll (up to 2s)") >= 2,
+            60,
+            "a completed 2 s long poll",
+        )
         assert get(port, "/healthz") == (200, "ok\n")
 
         sqs_proxy.stop()  # the daemon's SQS is unreachable from here on
-        status, reason = wait_for(lambda: (r := get(port, "/healthz"))[0] == 503 and r, 120,
-                                  "/healthz to report the queue")
+        status, reason = wait_for(
+            lambda: (r := get(port, "/healthz"))[0] == 503 and r,
+            120,
+            "/healthz to report the queue",
+        )
         assert reason.startswith(f"queue {queue_url}: no receive completed for "), reason
         assert reason.count("\n") == 1, reason
         assert get(port, "/metrics")[0] == 200  # a scrape never waits on AWS
@@ -175,8 +226,11 @@ def test_healthz_turns_503_naming_the_queue_while_it_is_cut_and_200_after(
         wait_for(lambda: get(port, "/healthz") == (200, "ok\n"), 120, "/healthz back to ok")
         samples = scrape(port)
         assert total(samples, "aws_ork_aws_errors_total") >= 1
-        assert {dict(labels)["service"] for (name, labels) in samples
-                if name == "aws_ork_aws_errors_total"} == {"sqs"}
+        assert {
+            dict(labels)["service"]
+            for (name, labels) in samples
+            if name == "aws_ork_aws_errors_total"
+        } == {"sqs"}
     finally:
         status = stop(proc)
     assert status == 0
@@ -187,8 +241,12 @@ def test_an_address_in_use_stops_the_start_naming_the_option(master, tmp_path, q
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
-                            MetricsAddress=f"127.0.0.1:{port}")
+        conf = write_config(
+            tmp_path / "aws_ork.conf",
+            queue_url=queue_url,
+            master=master,
+            MetricsAddress=f"127.0.0.1:{port}",
+        )
         result = run_aws_ork(conf, timeout=120)
     assert result.returncode == 2, result.stderr
     assert f"MetricsAddress: cannot listen on 127.0.0.1:{port}" in result.stderr
@@ -205,7 +263,8 @@ FLOOD_CLIENTS = 200
 
 
 def test_a_flood_of_slow_clients_neither_exhausts_the_daemon_nor_stops_health_or_keys(
-        master, metrics_conf, tmp_path, sqs, queue_url):
+    master, metrics_conf, tmp_path, sqs, queue_url
+):
     """200 slow clients (a byte every 2 s, reconnecting when closed) against MetricsAddress:
     /healthz still answers within the client's timeout, a launch sent meanwhile is accepted,
     and the daemon's descriptors stay bounded by the connection limit."""
@@ -213,8 +272,10 @@ def test_a_flood_of_slow_clients_neither_exhausts_the_daemon_nor_stops_health_or
     launched = new_id()
     proc = start_aws_ork(conf, tmp_path / "daemon.log", "-v")
     try:
-        assert wait_for(lambda: try_get(port, "/healthz"), 60, "/healthz to answer") \
-            == (200, "ok\n")
+        assert wait_for(lambda: try_get(port, "/healthz"), 60, "/healthz to answer") == (
+            200,
+            "ok\n",
+        )
         resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (FLOOD_NOFILE, FLOOD_NOFILE))
         before = open_fds(proc.pid)
         most = before
@@ -251,9 +312,12 @@ def test_a_flood_of_slow_clients_neither_exhausts_the_daemon_nor_stops_health_or
 
 
 def fake_loop(quiet: float, limit: float = 6.0) -> Any:
-    return SimpleNamespace(health_seconds=limit, last_receive=time.monotonic() - quiet,
-                           outage=SimpleNamespace(failures=2),
-                           queue=SimpleNamespace(url="https://sqs.example/1/q"))
+    return SimpleNamespace(
+        health_seconds=limit,
+        last_receive=time.monotonic() - quiet,
+        outage=SimpleNamespace(failures=2),
+        queue=SimpleNamespace(url="https://sqs.example/1/q"),
+    )
 
 
 class FakeMirror:
@@ -270,12 +334,14 @@ def test_health_names_what_is_wrong_first_the_queue_then_the_mirror():
     assert metrics.health(fake_loop(0), FakeMirror(None), 900) is None
     assert metrics.health(fake_loop(0), FakeMirror(100), 900) is None  # failing, not for long
     reason = metrics.health(fake_loop(0), FakeMirror(2000), 900)
-    assert reason is not None and reason.startswith("S3 mirror failing for 2000 s "
-                                                    "(HealthMirrorSeconds 900; 7 failed runs")
+    assert reason is not None and reason.startswith(
+        "S3 mirror failing for 2000 s (HealthMirrorSeconds 900; 7 failed runs"
+    )
     reason = metrics.health(fake_loop(60), FakeMirror(2000), 900)
     assert reason is not None and reason.startswith(
         "queue https://sqs.example/1/q: no receive completed for 60 s (limit 6 s; "
-        "2 failed receives in a row)")
+        "2 failed receives in a row)"
+    )
 
 
 def test_aws_error_labels_stay_bounded(monkeypatch):

@@ -29,11 +29,13 @@ def about(stderr: str, instance: str) -> str:
 
 
 def test_a_tag_named_minion_is_accepted_and_its_key_deleted_after_a_restart_without_the_tag(
-        master, tmp_path, sqs, queue_url, cert_dir, identity, fleet):
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet
+):
     name = f"web-{uuid.uuid4().hex[:6]}"
     instance = named_instance(fleet, name)
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        MinionIdTemplate="{tag:Name}")
+    conf = trust_config(
+        tmp_path, queue_url, master, cert_dir, fleet["group"], MinionIdTemplate="{tag:Name}"
+    )
     send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
     launched = run_aws_ork(conf, "--once")
     assert launched.returncode == 0, launched.stderr
@@ -57,7 +59,8 @@ def test_a_tag_named_minion_is_accepted_and_its_key_deleted_after_a_restart_with
 
 
 def test_an_id_held_by_another_instance_or_key_or_unsafe_is_refused(
-        master, tmp_path, sqs, queue_url, cert_dir, identity, fleet):
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet
+):
     shared = f"web-{uuid.uuid4().hex[:6]}"
     first, second = named_instance(fleet, shared), named_instance(fleet, shared)
     hand_made = f"db-{uuid.uuid4().hex[:6]}"
@@ -66,36 +69,55 @@ def test_an_id_held_by_another_instance_or_key_or_unsafe_is_refused(
     escaper = named_instance(fleet, "../minions/evil")
     impersonator = named_instance(fleet, first)  # another instance's id as its Name
     master.add_pending_key(shared)
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        MinionIdTemplate="{tag:Name}")
-    send(sqs, queue_url, *(signed(identity, LAUNCH, i, fleet["group"])
-                           for i in (first, second, squatter, escaper, impersonator)))
+    conf = trust_config(
+        tmp_path, queue_url, master, cert_dir, fleet["group"], MinionIdTemplate="{tag:Name}"
+    )
+    send(
+        sqs,
+        queue_url,
+        *(
+            signed(identity, LAUNCH, i, fleet["group"])
+            for i in (first, second, squatter, escaper, impersonator)
+        ),
+    )
 
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
     assert f"minion {shared}: accepted" in about(result.stderr, first)
-    assert f"minion id {shared} is held by instance {first}" in \
-        about(result.stderr, second)
-    assert f"minion id {hand_made} belongs to an accepted key that aws_ork did not enrol" in \
-        about(result.stderr, squatter)
-    assert "REJECTED: MinionIdTemplate gives '../minions/evil', which is not a safe minion id" \
+    assert f"minion id {shared} is held by instance {first}" in about(result.stderr, second)
+    assert f"minion id {hand_made} belongs to an accepted key that aws_ork did not enrol" in about(
+        result.stderr, squatter
+    )
+    assert (
+        "REJECTED: MinionIdTemplate gives '../minions/evil', which is not a safe minion id"
         in about(result.stderr, escaper)
-    assert f"minion id {first} is the id of another instance" in \
-        about(result.stderr, impersonator)
-    assert (master.key_state_of(shared), master.key_state_of(hand_made),
-            master.key_state_of(first)) == ("minions", "minions", None)
+    )
+    assert f"minion id {first} is the id of another instance" in about(result.stderr, impersonator)
+    assert (
+        master.key_state_of(shared),
+        master.key_state_of(hand_made),
+        master.key_state_of(first),
+    ) == ("minions", "minions", None)
     assert not (master.pki_dir / "minions").joinpath("..", "minions", "evil").exists()
     assert not list((master.pki_dir / "minions_autosign").glob("*evil*"))
 
 
 def test_the_sweep_deletes_a_templated_key_whose_instance_went_while_the_daemon_was_stopped(
-        master, tmp_path, sqs, queue_url, cert_dir, identity, fleet):
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet
+):
     name = f"web-{uuid.uuid4().hex[:6]}"
     instance = named_instance(fleet, name)
     master.add_pending_key(name)
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        MinionIdTemplate="{tag:Name}", SweepMinutes="0.05")
+    conf = trust_config(
+        tmp_path,
+        queue_url,
+        master,
+        cert_dir,
+        fleet["group"],
+        MinionIdTemplate="{tag:Name}",
+        SweepMinutes="0.05",
+    )
     send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
     result = run_aws_ork(conf, "--once")
     assert result.returncode == 0, result.stderr
@@ -108,23 +130,34 @@ def test_the_sweep_deletes_a_templated_key_whose_instance_went_while_the_daemon_
         wait_for(lambda: master.key_state_of(name) is None, 60, "the sweep to delete the key")
     finally:
         stop_aws_ork(daemon)
-    assert f"sweep: terminate {instance} (minion {name}) (EC2: terminated on two sweeps in " \
-           f"a row): deleted" in log.read_text()
+    assert (
+        f"sweep: terminate {instance} (minion {name}) (EC2: terminated on two sweeps in "
+        f"a row): deleted" in log.read_text()
+    )
 
 
-def test_a_template_other_than_the_instance_id_needs_verify_instances(master, tmp_path,
-                                                                      queue_url, cert_dir,
-                                                                      fleet):
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        MinionIdTemplate="{tag:Name}", VerifyInstances="false",
-                        AutoScalingGroups="", InstanceTags="")
+def test_a_template_other_than_the_instance_id_needs_verify_instances(
+    master, tmp_path, queue_url, cert_dir, fleet
+):
+    conf = trust_config(
+        tmp_path,
+        queue_url,
+        master,
+        cert_dir,
+        fleet["group"],
+        MinionIdTemplate="{tag:Name}",
+        VerifyInstances="false",
+        AutoScalingGroups="",
+        InstanceTags="",
+    )
     result = run_aws_ork(conf, "--once")
     assert result.returncode == 2
     assert "MinionIdTemplate: is not {instance_id} but VerifyInstances is off" in result.stderr
 
 
 def test_with_key_binding_only_the_published_key_is_accepted_under_the_templated_id(
-        master, tmp_path, sqs, queue_url, cert_dir, identity, fleet):
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet
+):
     """A templated id is easy to guess: with KeyBinding = tag an impostor's key pending under
     it is never accepted, and the key the instance published is accepted there when its
     minion presents it (Salt puts it in the denied keys, the impostor's being pending)."""
@@ -133,10 +166,18 @@ def test_with_key_binding_only_the_published_key_is_accepted_under_the_templated
     fingerprint = make_minion_keys(tmp_path / "genuine")
     make_minion_keys(tmp_path / "impostor")
     master.add_pending_key(name, (tmp_path / "impostor" / "minion.pub").read_text())
-    fleet["ec2"].create_tags(Resources=[instance], Tags=[{"Key": "salt:minion-fingerprint",
-                                                          "Value": fingerprint}])
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        MinionIdTemplate="{tag:Name}", KeyBinding="tag")
+    fleet["ec2"].create_tags(
+        Resources=[instance], Tags=[{"Key": "salt:minion-fingerprint", "Value": fingerprint}]
+    )
+    conf = trust_config(
+        tmp_path,
+        queue_url,
+        master,
+        cert_dir,
+        fleet["group"],
+        MinionIdTemplate="{tag:Name}",
+        KeyBinding="tag",
+    )
     send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
 
     waiting = run_aws_ork(conf, "--once")
@@ -149,21 +190,26 @@ def test_with_key_binding_only_the_published_key_is_accepted_under_the_templated
     accepted = run_aws_ork(conf, "--once")  # the retried launch finds the genuine key
     assert accepted.returncode == 0, accepted.stderr
     assert f"minion {name}: accepted (key binding: {fingerprint})" in about(
-        accepted.stderr, instance)
-    assert master.key_path(name, "minions").read_text().strip() == \
-        (tmp_path / "genuine" / "minion.pub").read_text().strip()
+        accepted.stderr, instance
+    )
+    assert (
+        master.key_path(name, "minions").read_text().strip()
+        == (tmp_path / "genuine" / "minion.pub").read_text().strip()
+    )
     assert not master.key_path(name, "minions_pre").exists()  # the impostor's key is gone
 
 
 def test_a_pending_key_under_a_name_another_instance_holds_is_left_alone(
-        master, tmp_path, sqs, queue_url, cert_dir, identity, fleet):
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet
+):
     """A later instance given the same Name is refused the id; the earlier instance's pending
     key under it is not moved to the rejected keys (the id is claimed before a stale key is
     rejected, and a refused claim touches nothing)."""
     name = f"web-{uuid.uuid4().hex[:6]}"
     first = named_instance(fleet, name)
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        MinionIdTemplate="{tag:Name}")
+    conf = trust_config(
+        tmp_path, queue_url, master, cert_dir, fleet["group"], MinionIdTemplate="{tag:Name}"
+    )
     send(sqs, queue_url, signed(identity, LAUNCH, first, fleet["group"]))
     launched = run_aws_ork(conf, "--once")  # first holds the id now (its key not there yet)
     assert launched.returncode == 0, launched.stderr
@@ -176,7 +222,6 @@ def test_a_pending_key_under_a_name_another_instance_holds_is_left_alone(
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
-    assert f"REJECTED: minion id {name} is held by instance {first}" in \
-        about(result.stderr, second)
+    assert f"REJECTED: minion id {name} is held by instance {first}" in about(result.stderr, second)
     assert master.key_state_of(name) == "minions_pre"  # left alone, not rejected
     assert "someone else submitted a key" not in result.stderr

@@ -18,24 +18,35 @@ OTHER = "i-0fedcba9876543210"
 GROUP_TAG = "aws:autoscaling:groupName"
 
 
-@pytest.mark.parametrize("text", ["{instance_id}", "{tag:Name}", "{asg_name}-{instance_id}",
-                                  "{private_dns_name}", "web.{tag:Role}-{instance_id}",
-                                  "{tag:aws:cloudformation:stack-name}-{tag:Name}"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{instance_id}",
+        "{tag:Name}",
+        "{asg_name}-{instance_id}",
+        "{private_dns_name}",
+        "web.{tag:Role}-{instance_id}",
+        "{tag:aws:cloudformation:stack-name}-{tag:Name}",
+    ],
+)
 def test_templates_with_known_fields_and_a_unique_one_are_accepted(text):
     assert parse_template(text).text == text
 
 
-@pytest.mark.parametrize("text, why", [
-    ("{asg_name}", "tells instances apart"),
-    ("web", "tells instances apart"),
-    ("{instance_id}{hostname}", "unknown field {hostname}"),
-    ("{tag:}", "unknown field {tag:}"),
-    ("{instance_id}/x", "text outside the fields"),
-    ("*{instance_id}", "text outside the fields"),
-    ("{instance_id} x", "text outside the fields"),
-    (".{instance_id}", "must not start with"),
-    ("{instance_id", "unmatched"),
-])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("{asg_name}", "tells instances apart"),
+        ("web", "tells instances apart"),
+        ("{instance_id}{hostname}", "unknown field {hostname}"),
+        ("{tag:}", "unknown field {tag:}"),
+        ("{instance_id}/x", "text outside the fields"),
+        ("*{instance_id}", "text outside the fields"),
+        ("{instance_id} x", "text outside the fields"),
+        (".{instance_id}", "must not start with"),
+        ("{instance_id", "unmatched"),
+    ],
+)
 def test_templates_that_could_make_an_unsafe_or_shared_id_are_refused(text, why):
     with pytest.raises(ValueError, match=why.replace("{", r"\{").replace("}", r"\}")):
         parse_template(text)
@@ -50,10 +61,10 @@ def test_fields_come_from_what_ec2_said():
     tags = {"Name": "web-7", GROUP_TAG: "web-asg"}
     dns = "ip-10-0-0-7.us-west-2.compute.internal"
     assert parse_template("{tag:Name}").render(INSTANCE, tags) == "web-7"
-    assert parse_template("{asg_name}-{instance_id}").render(INSTANCE, tags) == \
-        f"web-asg-{INSTANCE}"
-    assert parse_template("{private_dns_name}").render(INSTANCE, tags,
-                                                       private_dns_name=dns) == dns
+    assert (
+        parse_template("{asg_name}-{instance_id}").render(INSTANCE, tags) == f"web-asg-{INSTANCE}"
+    )
+    assert parse_template("{private_dns_name}").render(INSTANCE, tags, private_dns_name=dns) == dns
 
 
 def test_a_missing_tag_or_dns_name_is_asked_again_but_no_group_is_final():
@@ -68,8 +79,22 @@ def test_a_missing_tag_or_dns_name_is_asked_again_but_no_group_is_final():
     assert not no_group.value.retry
 
 
-@pytest.mark.parametrize("value", ["../minions/x", "*", "web-?", "web[1]", ".hidden", "-x",
-                                   "web 1", "web\n1", "", "w" * (MAX_LENGTH + 1), "wéb"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "../minions/x",
+        "*",
+        "web-?",
+        "web[1]",
+        ".hidden",
+        "-x",
+        "web 1",
+        "web\n1",
+        "",
+        "w" * (MAX_LENGTH + 1),
+        "wéb",
+    ],
+)
 def test_a_tag_value_that_makes_an_unsafe_id_is_refused_for_good(value):
     with pytest.raises(NamingError) as refused:
         parse_template("{tag:Name}").render(INSTANCE, {"Name": value})
@@ -109,8 +134,9 @@ def test_the_mapping_survives_a_restart_and_frees_an_id_only_when_released(tmp_p
 
 def test_a_torn_or_forged_line_in_the_file_is_ignored(tmp_path):
     path = tmp_path / "minion-ids"
-    path.write_text(f"1.0 {INSTANCE} web-7\n2.0 {OTHER} ../etc\n3.0 {OTHER}\nnonsense\n"
-                    f"4.0 {OTHER} db 1\n")
+    path.write_text(
+        f"1.0 {INSTANCE} web-7\n2.0 {OTHER} ../etc\n3.0 {OTHER}\nnonsense\n4.0 {OTHER} db 1\n"
+    )
     names = MinionNames(path, limit=100)
     assert names.items() == [(INSTANCE, "web-7")]
 

@@ -55,8 +55,9 @@ def receives_since(log_text: str, mark: int) -> int:
     return log_text[mark:].count("long poll (up to")
 
 
-def test_queue_outage_is_survived_with_backoff_and_nothing_is_lost(master, conf, tmp_path, sqs,
-                                                                  queue_url, sqs_proxy):
+def test_queue_outage_is_survived_with_backoff_and_nothing_is_lost(
+    master, conf, tmp_path, sqs, queue_url, sqs_proxy
+):
     before, during, after = new_id(), new_id(), new_id()
     for instance in (before, during, after):
         master.add_pending_key(instance)
@@ -75,15 +76,22 @@ def test_queue_outage_is_survived_with_backoff_and_nothing_is_lost(master, conf,
         # polling again after its third failure. Each failed receive first spends botocore's
         # own 4 retries (standard mode, jittered 0-1, 0-2, 0-4, 0-8 s), so that is 20 to 50 s,
         # about the 30 s the issue asks for, decided by the daemon's progress, not by a clock.
-        wait_for(lambda: receives_since(log.read_text(), mark) > FAILED_RECEIVES, 180,
-                 "the daemon to fail and retry several receives")
+        wait_for(
+            lambda: receives_since(log.read_text(), mark) > FAILED_RECEIVES,
+            180,
+            "the daemon to fail and retry several receives",
+        )
         assert states(master, during)[during] == "minions_pre"  # it really could not receive
         sqs_proxy.start()
 
-        wait_for(lambda: "queue reachable again" in log.read_text(), 120,
-                 "the loop to resume by itself")
-        wait_for(lambda: states(master, during)[during] == "minions", 60,
-                 "the launch sent during the outage")
+        wait_for(
+            lambda: "queue reachable again" in log.read_text(), 120, "the loop to resume by itself"
+        )
+        wait_for(
+            lambda: states(master, during)[during] == "minions",
+            60,
+            "the launch sent during the outage",
+        )
         send(sqs, queue_url, sns_launch(after))
         wait_for(lambda: states(master, after)[after] == "minions", 60, "the launch after it")
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 30, "the queue empty")

@@ -21,12 +21,21 @@ from tests.daemon import accepting_value, bucket_objects, run_aws_ork, salt_conf
 TOPIC = "arn:aws:sns:us-west-2:123456789012:aws-ork-test-topic"
 LINE = re.compile(r"(ok  |WARN|FAIL) .+")
 
-ONLY_THE_TOPIC = {"Sid": "topic", "Effect": "Allow",
-                  "Principal": {"Service": "sns.amazonaws.com"},
-                  "Action": "sqs:SendMessage", "Resource": "*",
-                  "Condition": {"ArnEquals": {"aws:SourceArn": TOPIC}}}
-EVERYONE = {"Sid": "open", "Effect": "Allow", "Principal": "*", "Action": "sqs:SendMessage",
-            "Resource": "*"}
+ONLY_THE_TOPIC = {
+    "Sid": "topic",
+    "Effect": "Allow",
+    "Principal": {"Service": "sns.amazonaws.com"},
+    "Action": "sqs:SendMessage",
+    "Resource": "*",
+    "Condition": {"ArnEquals": {"aws:SourceArn": TOPIC}},
+}
+EVERYONE = {
+    "Sid": "open",
+    "Effect": "Allow",
+    "Principal": "*",
+    "Action": "sqs:SendMessage",
+    "Resource": "*",
+}
 
 
 def set_policy(sqs: Any, queue_url: str, *statements: dict[str, Any]) -> None:
@@ -37,18 +46,29 @@ def set_policy(sqs: Any, queue_url: str, *statements: dict[str, Any]) -> None:
 def add_dead_letter_queue(sqs: Any, queue_url: str, max_receive_count: int = 50) -> None:
     dlq = sqs.create_queue(QueueName=f"aws-ork-dlq-{uuid.uuid4().hex[:12]}")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"]
+        "QueueArn"
+    ]
     redrive = {"deadLetterTargetArn": arn, "maxReceiveCount": max_receive_count}
     sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"RedrivePolicy": json.dumps(redrive)})
 
 
 def lock_down(s3: Any, bucket: str) -> None:
     """Default encryption and all four public access block settings."""
-    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [
-        {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
-    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
-        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
-        "RestrictPublicBuckets": True})
+    s3.put_bucket_encryption(
+        Bucket=bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
+    )
+    s3.put_public_access_block(
+        Bucket=bucket,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
 
 
 @pytest.fixture
@@ -60,10 +80,16 @@ def healthy(tmp_path: Path, sqs: Any, s3: Any, queue_url: str, bucket: str, mast
     lock_down(s3, bucket)
 
     def conf(**options: Any) -> Path:
-        values = {"VerifySignatures": "true", "AllowedTopicArns": TOPIC,
-                  "VerifyInstances": "true", "CertCacheDir": tmp_path / "certs", **options}
-        return write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
-                            bucket=bucket, **values)
+        values = {
+            "VerifySignatures": "true",
+            "AllowedTopicArns": TOPIC,
+            "VerifyInstances": "true",
+            "CertCacheDir": tmp_path / "certs",
+            **options,
+        }
+        return write_config(
+            tmp_path / "aws_ork.conf", queue_url=queue_url, master=master, bucket=bucket, **values
+        )
 
     return conf
 
@@ -87,10 +113,20 @@ def test_a_healthy_setup_passes_every_check_without_a_warning(healthy, s3, bucke
 
     assert status == 0, lines
     assert starting(lines, "FAIL") == [] and starting(lines, "WARN") == []
-    for part in ("config", "queue", "queue dead-letter queue", "queue policy", "bucket",
-                 "bucket encryption", "bucket public access block", "salt pki",
-                 "EC2 DescribeInstances permitted", "CertCacheDir", "StateDir",
-                 "salt master: no auto_accept"):
+    for part in (
+        "config",
+        "queue",
+        "queue dead-letter queue",
+        "queue policy",
+        "bucket",
+        "bucket encryption",
+        "bucket public access block",
+        "salt pki",
+        "EC2 DescribeInstances permitted",
+        "CertCacheDir",
+        "StateDir",
+        "salt master: no auto_accept",
+    ):
         assert starting(lines, f"ok   {part}"), (part, lines)
     # the write probe was deleted: the mirror prefix holds nothing of --check's
     assert f"pki/{PROBE_OBJECT}" in "\n".join(lines)
@@ -114,13 +150,15 @@ def test_an_open_policy_without_unsigned_sources_only_warns(healthy, sqs, queue_
 
     assert status == 0, lines
     assert starting(lines, "FAIL") == []
-    assert starting(lines, "WARN") == [line for line in lines
-                                       if line.startswith("WARN queue policy lets others")]
+    assert starting(lines, "WARN") == [
+        line for line in lines if line.startswith("WARN queue policy lets others")
+    ]
     assert len(starting(lines, "WARN")) == 1
 
 
-def test_a_dead_letter_queue_sooner_than_a_waiting_launch_takes_warns(tmp_path, sqs, queue_url,
-                                                                      master):
+def test_a_dead_letter_queue_sooner_than_a_waiting_launch_takes_warns(
+    tmp_path, sqs, queue_url, master
+):
     """A launch waiting for its key or lifecycle action is received 35 times before aws_ork
     gives up (the template's old maxReceiveCount of 20 set it aside after ten minutes)."""
     add_dead_letter_queue(sqs, queue_url, max_receive_count=20)
@@ -133,8 +171,9 @@ def test_a_dead_letter_queue_sooner_than_a_waiting_launch_takes_warns(tmp_path, 
     assert "after 20 receives: under 35" in line
 
 
-def test_a_queue_without_dead_letter_queue_and_a_bare_bucket_warn(tmp_path, sqs, queue_url,
-                                                                  master, bucket):
+def test_a_queue_without_dead_letter_queue_and_a_bare_bucket_warn(
+    tmp_path, sqs, queue_url, master, bucket
+):
     conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master, bucket=bucket)
 
     status, lines = check(conf)
@@ -147,15 +186,22 @@ def test_a_queue_without_dead_letter_queue_and_a_bare_bucket_warn(tmp_path, sqs,
 
 
 def test_a_partial_public_access_block_warns_naming_what_is_off(healthy, s3, bucket):
-    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
-        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": False,
-        "RestrictPublicBuckets": False})
+    s3.put_public_access_block(
+        Bucket=bucket,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": False,
+            "RestrictPublicBuckets": False,
+        },
+    )
 
     status, lines = check(healthy())
 
     assert status == 0, lines
     assert starting(lines, "WARN") == [
-        "WARN bucket public access block: BlockPublicPolicy, RestrictPublicBuckets not on"]
+        "WARN bucket public access block: BlockPublicPolicy, RestrictPublicBuckets not on"
+    ]
 
 
 class Unauthorized(http.server.BaseHTTPRequestHandler):
@@ -163,9 +209,11 @@ class Unauthorized(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = (b"<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You "
-                b"are not authorized to perform this operation.</Message></Error></Errors>"
-                b"<RequestID>preflight-test</RequestID></Response>")
+        body = (
+            b"<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You "
+            b"are not authorized to perform this operation.</Message></Error></Errors>"
+            b"<RequestID>preflight-test</RequestID></Response>"
+        )
         self.send_response(403)
         self.send_header("Content-Type", "text/xml")
         self.send_header("Content-Length", str(len(body)))
@@ -189,7 +237,8 @@ def test_ec2_describe_instances_not_permitted_fails(healthy):
     assert result.returncode == 1, result.stdout + result.stderr
     assert [line for line in result.stdout.splitlines() if line.startswith("FAIL")] == [
         "FAIL EC2 DescribeInstances not permitted in us-west-2: every launch and terminate "
-        "would be retried, nothing accepted"]
+        "would be retried, nothing accepted"
+    ]
 
 
 def test_an_unwritable_pki_fails(healthy, tmp_path, master):
@@ -213,17 +262,24 @@ def test_a_key_cache_without_files_fails_with_verify_instances(healthy, tmp_path
 
     assert status == 1
     assert [line[:35] for line in starting(lines, "FAIL")] == [
-        "FAIL salt keys.cache_driver 'mysql'"]
+        "FAIL salt keys.cache_driver 'mysql'"
+    ]
 
 
-@pytest.mark.parametrize(("option", "included"), [
-    ("auto_accept", False), ("open_mode", False), ("autosign_file", False),
-    ("autosign_grains_dir", False), ("auto_accept", True), ("autosign_file", True)])
-def test_a_master_that_accepts_keys_by_itself_fails(healthy, tmp_path, master, option,
-                                                    included):
+@pytest.mark.parametrize(
+    ("option", "included"),
+    [
+        ("auto_accept", False),
+        ("open_mode", False),
+        ("autosign_file", False),
+        ("autosign_grains_dir", False),
+        ("auto_accept", True),
+        ("autosign_file", True),
+    ],
+)
+def test_a_master_that_accepts_keys_by_itself_fails(healthy, tmp_path, master, option, included):
     value = {option: accepting_value(tmp_path, option)}
-    config = salt_config(tmp_path, master, {} if included else value,
-                         value if included else None)
+    config = salt_config(tmp_path, master, {} if included else value, value if included else None)
 
     status, lines = check(healthy(SaltMasterConfig=config))
 
@@ -243,9 +299,10 @@ def test_an_autosign_file_that_exists_fails_naming_it(healthy, tmp_path, master)
     status, lines = check(healthy(SaltMasterConfig=config))
 
     assert status == 1
-    assert [line[:len(f"FAIL salt master autosign_file is {autosign}:")]
-            for line in starting(lines, "FAIL")] == [
-        f"FAIL salt master autosign_file is {autosign}:"]
+    assert [
+        line[: len(f"FAIL salt master autosign_file is {autosign}:")]
+        for line in starting(lines, "FAIL")
+    ] == [f"FAIL salt master autosign_file is {autosign}:"]
 
 
 def test_a_metrics_address_off_loopback_warns(healthy, tmp_path):
@@ -255,7 +312,8 @@ def test_a_metrics_address_off_loopback_warns(healthy, tmp_path):
     assert starting(lines, "WARN") == [
         "WARN MetricsAddress = 0.0.0.0:9731 is not a loopback address: /metrics and /healthz "
         "(plain HTTP, no authentication) answer whoever reaches it; keep it on 127.0.0.1 "
-        "and scrape through a proxy you secure"]
+        "and scrape through a proxy you secure"
+    ]
 
 
 def test_an_unwritable_state_dir_fails(healthy, tmp_path):
@@ -269,16 +327,21 @@ def test_an_unwritable_state_dir_fails(healthy, tmp_path):
 
 
 def test_a_missing_bucket_fails(tmp_path, queue_url, master):
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
-                        bucket=f"aws-ork-none-{uuid.uuid4().hex[:12]}")
+    conf = write_config(
+        tmp_path / "c.conf",
+        queue_url=queue_url,
+        master=master,
+        bucket=f"aws-ork-none-{uuid.uuid4().hex[:12]}",
+    )
     status, lines = check(conf)
     assert status == 1
     assert [line.split(":")[0] for line in starting(lines, "FAIL")] == ["FAIL bucket"]
 
 
 def test_a_config_error_exits_2_before_any_check(tmp_path, queue_url, master):
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
-                        VerifySignatures="true")  # without AllowedTopicArns
+    conf = write_config(
+        tmp_path / "c.conf", queue_url=queue_url, master=master, VerifySignatures="true"
+    )  # without AllowedTopicArns
     result = run_aws_ork(conf, "--check")
     assert result.returncode == 2
     assert result.stdout == ""
@@ -288,55 +351,112 @@ def test_a_config_error_exits_2_before_any_check(tmp_path, queue_url, master):
 # --- the policy reader alone: AWS's many spellings ---
 
 
-def statuses(policy: Any, allowed: tuple[str, ...] = (TOPIC,),
-             unsigned: tuple[str, ...] = ()) -> list[Status]:
+def statuses(
+    policy: Any, allowed: tuple[str, ...] = (TOPIC,), unsigned: tuple[str, ...] = ()
+) -> list[Status]:
     text = policy if isinstance(policy, str) else json.dumps(policy)
     return [line.status for line in policy_lines(text, allowed, unsigned)]
 
 
-@pytest.mark.parametrize("statement", [
-    {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sqs:*"},
-    {"Effect": "Allow", "Principal": {"AWS": ["arn:aws:iam::1:root", "*"]}, "Action": ["*"]},
-    {"Effect": "Allow", "NotPrincipal": {"AWS": "arn:aws:iam::1:root"},
-     "Action": "SQS:SendMessage"},
-    {"Effect": "Allow", "Principal": "*", "NotAction": "sqs:DeleteMessage"},
-    {"Effect": "Allow", "Principal": "*", "Action": "sqs:Send*"},
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sqs:*"},
+        {"Effect": "Allow", "Principal": {"AWS": ["arn:aws:iam::1:root", "*"]}, "Action": ["*"]},
+        {
+            "Effect": "Allow",
+            "NotPrincipal": {"AWS": "arn:aws:iam::1:root"},
+            "Action": "SQS:SendMessage",
+        },
+        {"Effect": "Allow", "Principal": "*", "NotAction": "sqs:DeleteMessage"},
+        {"Effect": "Allow", "Principal": "*", "Action": "sqs:Send*"},
+    ],
+)
 def test_every_spelling_of_everyone_fails_with_unsigned_sources(statement):
     policy = {"Statement": [statement]}
     assert statuses(policy, unsigned=("hook",)) == [Status.FAIL]
     assert statuses(policy) == [Status.WARN]
 
 
-@pytest.mark.parametrize(("statement", "expected"), [
-    # a service principal restricted to another topic, or to nothing: others can send
-    ({"Effect": "Allow", "Principal": {"Service": "sns.amazonaws.com"}, "Action": "sqs:*",
-      "Condition": {"ArnLike": {"aws:SourceArn": [TOPIC, "arn:aws:sns:*:*:*"]}}}, Status.WARN),
-    ({"Effect": "Allow", "Principal": {"Service": ["events.amazonaws.com"]},
-      "Action": "sqs:SendMessage"}, Status.WARN),
-    # a condition that admits everything but the topic, or any request without a source
-    ({"Effect": "Allow", "Principal": "*", "Action": "sqs:SendMessage",
-      "Condition": {"ArnNotEquals": {"aws:SourceArn": TOPIC}}}, Status.WARN),
-    ({"Effect": "Allow", "Principal": "*", "Action": "sqs:SendMessage",
-      "Condition": {"ArnEqualsIfExists": {"aws:SourceArn": TOPIC}}}, Status.WARN),
-    # everyone, but only through the allowed topic (condition keys are case-insensitive)
-    ({"Effect": "Allow", "Principal": "*", "Action": "sqs:SendMessage",
-      "Condition": {"StringEquals": {"AWS:SourceArn": [TOPIC]}}}, Status.OK),
-    # IAM principals of an account, a Deny, another action: no one else sends
-    ({"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:role/hook"},
-      "Action": "sqs:SendMessage"}, Status.OK),
-    ({"Effect": "Deny", "Principal": "*", "Action": "sqs:SendMessage"}, Status.OK),
-    ({"Effect": "Allow", "Principal": "*", "Action": "sqs:ReceiveMessage"}, Status.OK),
-])
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        # a service principal restricted to another topic, or to nothing: others can send
+        (
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:*",
+                "Condition": {"ArnLike": {"aws:SourceArn": [TOPIC, "arn:aws:sns:*:*:*"]}},
+            },
+            Status.WARN,
+        ),
+        (
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": ["events.amazonaws.com"]},
+                "Action": "sqs:SendMessage",
+            },
+            Status.WARN,
+        ),
+        # a condition that admits everything but the topic, or any request without a source
+        (
+            {
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "sqs:SendMessage",
+                "Condition": {"ArnNotEquals": {"aws:SourceArn": TOPIC}},
+            },
+            Status.WARN,
+        ),
+        (
+            {
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "sqs:SendMessage",
+                "Condition": {"ArnEqualsIfExists": {"aws:SourceArn": TOPIC}},
+            },
+            Status.WARN,
+        ),
+        # everyone, but only through the allowed topic (condition keys are case-insensitive)
+        (
+            {
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "sqs:SendMessage",
+                "Condition": {"StringEquals": {"AWS:SourceArn": [TOPIC]}},
+            },
+            Status.OK,
+        ),
+        # IAM principals of an account, a Deny, another action: no one else sends
+        (
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::123456789012:role/hook"},
+                "Action": "sqs:SendMessage",
+            },
+            Status.OK,
+        ),
+        ({"Effect": "Deny", "Principal": "*", "Action": "sqs:SendMessage"}, Status.OK),
+        ({"Effect": "Allow", "Principal": "*", "Action": "sqs:ReceiveMessage"}, Status.OK),
+    ],
+)
 def test_who_may_send(statement, expected):
     assert statuses({"Statement": statement}) == [expected]  # a lone dict, not a list
 
 
 def test_an_eventbridge_rule_is_expected_only_with_that_unsigned_source():
     rule = "arn:aws:events:us-west-2:123456789012:rule/asg-launches"
-    policy = {"Statement": [{"Effect": "Allow", "Principal": {"Service": "events.amazonaws.com"},
-                             "Action": "sqs:SendMessage",
-                             "Condition": {"ArnEquals": {"aws:SourceArn": rule}}}]}
+    policy = {
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "events.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Condition": {"ArnEquals": {"aws:SourceArn": rule}},
+            }
+        ]
+    }
     assert statuses(policy, unsigned=("eventbridge",)) == [Status.OK]
     assert statuses(policy) == [Status.WARN]
 
@@ -347,13 +467,37 @@ def test_no_policy_is_ok_and_an_unreadable_one_warns():
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=8)
     | st.sampled_from(["*", "Allow", "sqs:SendMessage", TOPIC, "aws:SourceArn"]),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-        st.sampled_from(["Statement", "Effect", "Principal", "AWS", "Service", "Action",
-                         "NotAction", "NotPrincipal", "Condition", "ArnEquals",
-                         "aws:SourceArn", "Sid"]) | st.text(max_size=5), inner, max_size=5),
-    max_leaves=20)
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "Statement",
+                    "Effect",
+                    "Principal",
+                    "AWS",
+                    "Service",
+                    "Action",
+                    "NotAction",
+                    "NotPrincipal",
+                    "Condition",
+                    "ArnEquals",
+                    "aws:SourceArn",
+                    "Sid",
+                ]
+            )
+            | st.text(max_size=5),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=20,
+)
 
 
 @settings(max_examples=300, deadline=None)

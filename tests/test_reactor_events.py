@@ -64,12 +64,12 @@ class Listener:
         import salt.utils.event
 
         self.opts = master.opts()
-        self.bus = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"],
-                                                     listen=True)
+        self.bus = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"], listen=True)
         self.seen: list[dict[str, Any]] = []
 
-    def until(self, wanted: set[str], deadline: float = EVENT_DEADLINE, *,
-              verify: bool = True) -> dict[str, Any]:
+    def until(
+        self, wanted: set[str], deadline: float = EVENT_DEADLINE, *, verify: bool = True
+    ) -> dict[str, Any]:
         """Collect events until every tag in ``wanted`` arrived; {tag: data}, an aws_ork
         event's data verified and read as a recipe does (:func:`content`) unless not
         ``verify`` (forgeries)."""
@@ -79,8 +79,9 @@ class Listener:
         while not wanted <= {e["tag"] for e in self.seen}:
             left = end - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"timed out waiting for {sorted(wanted)}; got "
-                                     f"{[e['tag'] for e in self.seen]}")
+                raise AssertionError(
+                    f"timed out waiting for {sorted(wanted)}; got {[e['tag'] for e in self.seen]}"
+                )
             event = self.bus.get_event(wait=min(left, 1.0), tag="aws_ork", full=True)
             if event is not None:
                 self.seen.append(event)
@@ -99,8 +100,7 @@ class Listener:
         import salt.utils.event
 
         sentinel = f"aws_ork_test/sentinel/{uuid.uuid4().hex}"
-        pusher = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"],
-                                                   listen=False)
+        pusher = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"], listen=False)
         try:
             assert pusher.fire_event({"sentinel": True}, sentinel)
         finally:
@@ -119,26 +119,48 @@ def listener(master: SaltMaster) -> Iterator[Listener]:
     bus.destroy()
 
 
-def test_launch_accept_preauthorise_and_terminate_are_fired(master, conf, sqs, queue_url,
-                                                            listener):
+def test_launch_accept_preauthorise_and_terminate_are_fired(master, conf, sqs, queue_url, listener):
     pending, keyless, gone = new_id(), new_id(), new_id()
     master.add_pending_key(pending)
     master.add_accepted_key(gone)
-    send(sqs, queue_url, sns_launch(pending), sns_launch(keyless, group="db-asg"),
-         sns_terminate(gone))
+    send(
+        sqs,
+        queue_url,
+        sns_launch(pending),
+        sns_launch(keyless, group="db-asg"),
+        sns_terminate(gone),
+    )
 
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
     assert states(master, pending, gone) == {pending: "minions", gone: None}
-    events = listener.until({f"aws_ork/accepted/{pending}", f"aws_ork/launch/{keyless}",
-                             f"aws_ork/terminate/{gone}"})
+    events = listener.until(
+        {f"aws_ork/accepted/{pending}", f"aws_ork/launch/{keyless}", f"aws_ork/terminate/{gone}"}
+    )
     accepted = events[f"aws_ork/accepted/{pending}"]
-    assert {k: accepted[k] for k in ("instance_id", "minion_id", "group", "outcome", "source",
-                                     "event", "version", "facts")} == {
-        "instance_id": pending, "minion_id": pending, "group": "web-asg",
-        "outcome": "accepted", "source": "sns", "event": "autoscaling:EC2_INSTANCE_LAUNCH",
-        "version": __version__, "facts": None}  # VerifyInstances off: no EC2 facts
+    assert {
+        k: accepted[k]
+        for k in (
+            "instance_id",
+            "minion_id",
+            "group",
+            "outcome",
+            "source",
+            "event",
+            "version",
+            "facts",
+        )
+    } == {
+        "instance_id": pending,
+        "minion_id": pending,
+        "group": "web-asg",
+        "outcome": "accepted",
+        "source": "sns",
+        "event": "autoscaling:EC2_INSTANCE_LAUNCH",
+        "version": __version__,
+        "facts": None,
+    }  # VerifyInstances off: no EC2 facts
     assert accepted["reason"] == "accepted"
     assert accepted["message_id"] and accepted["message_id"] in result.stderr
     launch = events[f"aws_ork/launch/{keyless}"]
@@ -155,8 +177,7 @@ def test_nothing_is_fired_when_off_or_dry_run(master, tmp_path, sqs, queue_url, 
     master.add_pending_key(pending)
     master.add_accepted_key(gone)
     options = {"SaltEvents": "false"} if how.startswith("SaltEvents") else {}
-    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
-                        **options)
+    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master, **options)
     send(sqs, queue_url, sns_launch(pending), sns_terminate(gone))
 
     result = run_aws_ork(conf, "--once", *(("--dry-run",) if how == "--dry-run" else ()))
@@ -170,15 +191,21 @@ def test_nothing_is_fired_when_off_or_dry_run(master, tmp_path, sqs, queue_url, 
 HOSTILE_GROUP = 'web$(touch /tmp/aws_ork_pwned)`id`;{{ salt["cmd.run"]("id") }}\n- x: "y"'
 
 
-def test_a_launch_that_fails_the_signature_check_fires_nothing(master, tmp_path, sqs,
-                                                               queue_url, listener):
+def test_a_launch_that_fails_the_signature_check_fires_nothing(
+    master, tmp_path, sqs, queue_url, listener
+):
     """Anyone's message, with shell and template text in it: refused, logged, and nothing
     of it reaches the master's bus (it used to fire ``aws_ork/rejected/<id>`` with the
     sender's text)."""
     minion = new_id()
     master.add_pending_key(minion)
-    conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=master,
-                        VerifySignatures="true", AllowedTopicArns=TOPIC)
+    conf = write_config(
+        tmp_path / "aws_ork.conf",
+        queue_url=queue_url,
+        master=master,
+        VerifySignatures="true",
+        AllowedTopicArns=TOPIC,
+    )
     send(sqs, queue_url, sns_launch(minion, group=HOSTILE_GROUP))  # a placeholder signature
 
     result = run_aws_ork(conf, "--once")
@@ -190,15 +217,21 @@ def test_a_launch_that_fails_the_signature_check_fires_nothing(master, tmp_path,
     assert listener.fired_before_sentinel() == []
 
 
-def test_ec2_facts_ride_along(master, tmp_path, sqs, queue_url, listener, fleet, identity,
-                              cert_dir):
+def test_ec2_facts_ride_along(
+    master, tmp_path, sqs, queue_url, listener, fleet, identity, cert_dir
+):
     mine = group_instance(fleet)
-    stranger = plain_instance(fleet, {"aws:autoscaling:groupName": "db-prod",
-                                      "role": "salt-minion"})
+    stranger = plain_instance(
+        fleet, {"aws:autoscaling:groupName": "db-prod", "role": "salt-minion"}
+    )
     master.add_pending_key(mine)  # after the launch: fresh
     conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
-    send(sqs, queue_url, signed(identity, LAUNCH, mine, fleet["group"]),
-         signed(identity, LAUNCH, stranger, "db-prod"))
+    send(
+        sqs,
+        queue_url,
+        signed(identity, LAUNCH, mine, fleet["group"]),
+        signed(identity, LAUNCH, stranger, "db-prod"),
+    )
 
     result = run_aws_ork(conf, "--once")
 
@@ -214,29 +247,35 @@ def test_ec2_facts_ride_along(master, tmp_path, sqs, queue_url, listener, fleet,
     assert refused["facts"]["tags"]["aws:autoscaling:groupName"] == "db-prod"
 
 
-def test_a_forged_rejected_leaves_the_genuine_launch_its_facts(master, tmp_path, sqs,
-                                                               queue_url, listener, fleet,
-                                                               identity, cert_dir):
+def test_a_forged_rejected_leaves_the_genuine_launch_its_facts(
+    master, tmp_path, sqs, queue_url, listener, fleet, identity, cert_dir
+):
     """A genuine launch is pre-authorised; a forged message about the same instance (its
     signature fails) comes next; the minion then boots and Salt accepts it through the
     stub: the ``accepted`` still carries the launch's EC2 facts, nothing of the forgery was
     fired, and the instance's own hostile tag reaches the event without shell or template
     characters."""
-    mine = plain_instance(fleet, {"aws:autoscaling:groupName": fleet["group"],
-                                  "role": "salt-minion", "note": HOSTILE_GROUP})
+    mine = plain_instance(
+        fleet,
+        {"aws:autoscaling:groupName": fleet["group"], "role": "salt-minion", "note": HOSTILE_GROUP},
+    )
     conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
     log = tmp_path / "aws_ork.log"
     proc = start_aws_ork(conf, log)
     started: list[SaltMinion] = []
     try:
         send(sqs, queue_url, signed(identity, LAUNCH, mine, fleet["group"]))
-        wait_for(lambda: f"{mine} group={fleet['group']} via=sns: pre-authorised"
-                 in log.read_text(), 60, "the genuine launch to be pre-authorised")
+        wait_for(
+            lambda: f"{mine} group={fleet['group']} via=sns: pre-authorised" in log.read_text(),
+            60,
+            "the genuine launch to be pre-authorised",
+        )
         send(sqs, queue_url, sns_launch(mine, group=HOSTILE_GROUP))  # no valid signature
         wait_for(lambda: "REJECTED" in log.read_text(), 60, "the forgery to be refused")
         started.append(start_minion(master, tmp_path / "minion", mine))
-        events = listener.until({f"aws_ork/launch/{mine}", f"aws_ork/accepted/{mine}"},
-                                deadline=120)
+        events = listener.until(
+            {f"aws_ork/launch/{mine}", f"aws_ork/accepted/{mine}"}, deadline=120
+        )
     finally:
         for salt_minion in started:
             salt_minion.stop()
@@ -249,7 +288,8 @@ def test_a_forged_rejected_leaves_the_genuine_launch_its_facts(master, tmp_path,
     assert note.startswith("web__touch /tmp/aws_ork_pwned__id_")
     assert not set(note) & set("$`;{}()\"'\n%")
     assert sorted(listener.fired_before_sentinel()) == sorted(
-        [f"aws_ork/launch/{mine}", f"aws_ork/accepted/{mine}"])  # no rejected
+        [f"aws_ork/launch/{mine}", f"aws_ork/accepted/{mine}"]
+    )  # no rejected
 
 
 def settled(events: reactor.SaltEvents, count: int, deadline: float = 10.0) -> None:
@@ -257,8 +297,9 @@ def settled(events: reactor.SaltEvents, count: int, deadline: float = 10.0) -> N
     end = time.monotonic() + deadline
     while events.fired + events.dropped < count:
         if time.monotonic() > end:
-            raise AssertionError(f"timed out: {events.fired} fired + {events.dropped} dropped "
-                                 f"of {count}")
+            raise AssertionError(
+                f"timed out: {events.fired} fired + {events.dropped} dropped of {count}"
+            )
         time.sleep(0.002)
 
 
@@ -299,8 +340,10 @@ def test_acceptance_by_salt_through_a_stub_is_fired_with_the_launch_context(mast
     finally:
         keys.close()
     events.close()  # fires what is queued
-    assert [tag for tag, _ in recorder.fired] == [f"aws_ork/launch/{minion}",
-                                                  f"aws_ork/accepted/{minion}"]
+    assert [tag for tag, _ in recorder.fired] == [
+        f"aws_ork/launch/{minion}",
+        f"aws_ork/accepted/{minion}",
+    ]
     accepted = content(recorder.fired[1][1])
     assert accepted["group"] == "web-asg" and accepted["message_id"] == "m-1"
     assert accepted["source"] == "autosign"
@@ -326,7 +369,11 @@ def test_a_bound_key_accepted_by_the_arrivals_thread_is_fired(master):
     tag, data = recorder.fired[-1][0], content(recorder.fired[-1][1])
     assert tag == f"aws_ork/accepted/{minion}"
     assert (data["source"], data["outcome"], data["group"], data["message_id"]) == (
-        "key binding", "accepted", "web-asg", "m-2")
+        "key binding",
+        "accepted",
+        "web-asg",
+        "m-2",
+    )
 
 
 def test_sighup_reconnects_with_the_reloaded_master_config():
@@ -345,16 +392,16 @@ def test_sighup_reconnects_with_the_reloaded_master_config():
     assert events.fire(reactor.Kind.TERMINATE, minion, {})
     events.close()
     assert seen == ["/run/old", "/run/new"]
-    assert [tag.split("/")[1] for tag, _ in recorder.fired] == ["launch", "accepted",
-                                                                 "terminate"]
+    assert [tag.split("/")[1] for tag, _ in recorder.fired] == ["launch", "accepted", "terminate"]
     assert (events.fired, events.dropped) == (3, 0)
 
 
 def test_a_bus_that_is_down_costs_one_try_per_period(caplog):
     recorder = Recorder(fail=True)
     now = [1000.0]
-    events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect,
-                                clock=lambda: now[0], key=KEY)
+    events = reactor.SaltEvents(
+        {"sock_dir": "/nonexistent"}, connect=recorder.connect, clock=lambda: now[0], key=KEY
+    )
     minion = new_id()
     with caplog.at_level("DEBUG", logger="aws_ork.keys.reactor"):
         # queued at once; the worker thread reads the clock: each waits for the one before
@@ -406,16 +453,19 @@ def test_a_hung_bus_never_delays_a_decision(caplog, where):
     """fire() only queues: the worker thread waits for Salt, the caller never does; the
     queue is bounded, and close() gives up after its bound, counting what was not fired."""
     bus = HungBus(where)
-    events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=bus.connect,
-                                queue_limit=5, key=KEY)
+    events = reactor.SaltEvents(
+        {"sock_dir": "/nonexistent"}, connect=bus.connect, queue_limit=5, key=KEY
+    )
     minions = [new_id() for _ in range(8)]
     try:
         with caplog.at_level("DEBUG", logger="aws_ork.keys.reactor"):
             start = time.monotonic()
             assert events.fire(reactor.Kind.LAUNCH, minions[0], {"group": "web-asg"})
             assert bus.entered.wait(10)  # the worker holds the first event, stuck in Salt
-            queued = [events.fire(reactor.Kind.LAUNCH, minion, {"group": "web-asg"})
-                      for minion in minions[1:]]
+            queued = [
+                events.fire(reactor.Kind.LAUNCH, minion, {"group": "web-asg"})
+                for minion in minions[1:]
+            ]
             fired_in = time.monotonic() - start
             assert queued == [True] * 5 + [False] * 2  # the queue holds 5; 2 are dropped
             assert (events.fired, events.dropped) == (0, 2)
@@ -447,13 +497,15 @@ def test_a_hung_bus_never_delays_a_decision(caplog, where):
 def test_events_reach_the_real_bus_in_order_and_close_fires_what_is_queued(master, listener):
     """On a real master: fire() returns before Salt has the event; close() fires everything
     queued, in the order it was queued, over one connection."""
-    events = reactor.SaltEvents(master.opts(), key=EventKey.load_or_create(
-        default_path(master.opts()), master.opts()))
+    events = reactor.SaltEvents(
+        master.opts(), key=EventKey.load_or_create(default_path(master.opts()), master.opts())
+    )
     minions = [new_id() for _ in range(100)]
     tags = []
     for minion in minions:
-        assert events.fire(reactor.Kind.LAUNCH, minion, {"group": "web-asg",
-                                                         "message_id": f"m-{minion}"})
+        assert events.fire(
+            reactor.Kind.LAUNCH, minion, {"group": "web-asg", "message_id": f"m-{minion}"}
+        )
         assert events.fire(reactor.Kind.ACCEPTED, minion, {"source": "autosign"})
         tags += [f"aws_ork/launch/{minion}", f"aws_ork/accepted/{minion}"]
     events.close()
@@ -481,9 +533,15 @@ def test_untrusted_text_is_bounded_and_escaped():
     events = reactor.SaltEvents({"sock_dir": "/nonexistent"}, connect=recorder.connect, key=KEY)
     tags = {f"k{i:03d}": "v" * 1000 for i in range(80)}
     tags["evil\nkey"] = "x: {{ salt['cmd.run']('id') }}\n- y"
-    assert events.fire(reactor.Kind.REJECTED, new_id(), {
-        "group": "g\n" * 1000, "reason": "r" * 5000,
-        "facts": {"state": "running", "launch_time": "2026-11-23T10:00:00+00:00", "tags": tags}})
+    assert events.fire(
+        reactor.Kind.REJECTED,
+        new_id(),
+        {
+            "group": "g\n" * 1000,
+            "reason": "r" * 5000,
+            "facts": {"state": "running", "launch_time": "2026-11-23T10:00:00+00:00", "tags": tags},
+        },
+    )
     events.close()
     data = content(recorder.fired[0][1])
     assert len(data["group"]) <= reactor.GROUP_LIMIT and "\n" not in data["group"]
@@ -496,9 +554,9 @@ def test_untrusted_text_is_bounded_and_escaped():
 def readme_example(heading: str) -> str:
     """The first ```jinja block after ``heading`` in the README: the test runs what it shows."""
     text = (Path(__file__).parent.parent / "README.md").read_text()
-    after = text[text.index(heading):]
+    after = text[text.index(heading) :]
     start = after.index("```jinja\n") + len("```jinja\n")
-    return after[start:after.index("```", start)]
+    return after[start : after.index("```", start)]
 
 
 class Webhook:
@@ -541,31 +599,41 @@ def webhook() -> Iterator[Webhook]:
 
 
 @pytest.fixture
-def reactor_master(tmp_path_factory: pytest.TempPathFactory, webhook: Webhook
-                   ) -> Iterator[SaltMaster]:
+def reactor_master(
+    tmp_path_factory: pytest.TempPathFactory, webhook: Webhook
+) -> Iterator[SaltMaster]:
     """A real salt-master whose reactor runs the README's examples: the highstate one for
     ``aws_ork/accepted/*`` (the highstate writes ``highstated/<minion id>`` under the
     master's root) and the chat one for ``aws_ork/*``, posting to the ``webhook``."""
     root = tmp_path_factory.mktemp("reactor")
     highstate, chat = root / "highstate.sls", root / "chat.sls"
     highstate.write_text(readme_example("**Highstate a new minion"))
-    chat.write_text(readme_example("**Tell a chat channel**")
-                    .replace("https://hooks.slack.com/services/T000/B000/XXXXXXXX", webhook.url))
+    chat.write_text(
+        readme_example("**Tell a chat channel**").replace(
+            "https://hooks.slack.com/services/T000/B000/XXXXXXXX", webhook.url
+        )
+    )
     states_dir = root / "master" / "srv" / "salt"
     states_dir.mkdir(parents=True)
     (states_dir / "top.sls").write_text("base:\n  '*':\n    - marker\n")
     (states_dir / "marker.sls").write_text(
         "marker:\n  file.managed:\n"
         f"    - name: {root / 'highstated'}/{{{{ grains['id'] }}}}\n"
-        "    - makedirs: True\n    - contents: highstated\n")
-    salt_master = start_master(root / "master", extra_opts={"reactor": [
-        {"aws_ork/accepted/*": [str(highstate)]}, {"aws_ork/*": [str(chat)]}]})
+        "    - makedirs: True\n    - contents: highstated\n"
+    )
+    salt_master = start_master(
+        root / "master",
+        extra_opts={
+            "reactor": [{"aws_ork/accepted/*": [str(highstate)]}, {"aws_ork/*": [str(chat)]}]
+        },
+    )
     yield salt_master
     salt_master.stop()
 
 
-def test_the_readme_chat_reactor_posts_each_decision(reactor_master, webhook, tmp_path, sqs,
-                                                     queue_url):
+def test_the_readme_chat_reactor_posts_each_decision(
+    reactor_master, webhook, tmp_path, sqs, queue_url
+):
     minion, gone = new_id(), new_id()
     reactor_master.add_pending_key(minion)
     conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=reactor_master)
@@ -574,24 +642,35 @@ def test_the_readme_chat_reactor_posts_each_decision(reactor_master, webhook, tm
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
-    texts = wait_for(lambda: len(webhook.bodies) >= 2 and [b["text"] for b in webhook.bodies],
-                     60, "the reactor to post both decisions")
-    assert sorted(texts) == sorted([
-        f"aws_ork/accepted/{minion} group=web _asg__- x: y: accepted",
-        f"aws_ork/terminate/{gone} group=web-asg: no key to delete"])
+    texts = wait_for(
+        lambda: len(webhook.bodies) >= 2 and [b["text"] for b in webhook.bodies],
+        60,
+        "the reactor to post both decisions",
+    )
+    assert sorted(texts) == sorted(
+        [
+            f"aws_ork/accepted/{minion} group=web _asg__- x: y: accepted",
+            f"aws_ork/terminate/{gone} group=web-asg: no key to delete",
+        ]
+    )
 
 
 def salt_call(minion: SaltMinion, *args: str) -> subprocess.CompletedProcess:
     """``salt-call`` as the accepted minion itself: its own key, straight to the master."""
     from tests.saltenv import salt_script
 
-    return subprocess.run([*salt_script("salt-call"), "-c", str(minion.config_dir),
-                           "--out=json", *args], capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run(
+        [*salt_script("salt-call"), "-c", str(minion.config_dir), "--out=json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_an_accepted_minion_cannot_forge_an_event_the_readme_recipes_act_on(
-        reactor_master, webhook, tmp_path, sqs, queue_url):
+    reactor_master, webhook, tmp_path, sqs, queue_url
+):
     """A real accepted salt-minion puts ``aws_ork/accepted/<id>`` on the master's bus, with a
     plain tag, with a ``pretag`` (fired before Salt's blacklist check), and with a genuine
     aws_ork event's ``signed`` and ``hmac`` replayed under another tag: the README's chat
@@ -611,22 +690,40 @@ def test_an_accepted_minion_cannot_forge_an_event_the_readme_recipes_act_on(
         reactor_master.wait_for_ping(attacker, timeout=60)
         # a genuine signed event of another tag, captured: replayed under accepted/<other>
         launch_tag = f"aws_ork/launch/{genuine}"
-        pusher = reactor.SaltEvents(reactor_master.opts(), key=EventKey.load_or_create(
-            default_path(reactor_master.opts()), reactor_master.opts(), create=False))
+        pusher = reactor.SaltEvents(
+            reactor_master.opts(),
+            key=EventKey.load_or_create(
+                default_path(reactor_master.opts()), reactor_master.opts(), create=False
+            ),
+        )
         pusher.fire(reactor.Kind.LAUNCH, genuine, {"group": "web-asg"})
         pusher.close()
-        captured = next(e["data"] for e in iter(lambda: listener.bus.get_event(
-            wait=5, tag=launch_tag, full=True), None) if e["tag"] == launch_tag)
-        forged = {"signed": captured["signed"], "hmac": captured["hmac"],
-                  "minion_id": attacker, "outcome": "accepted", "reason": "forged",
-                  "group": "forged"}
+        captured = next(
+            e["data"]
+            for e in iter(lambda: listener.bus.get_event(wait=5, tag=launch_tag, full=True), None)
+            if e["tag"] == launch_tag
+        )
+        forged = {
+            "signed": captured["signed"],
+            "hmac": captured["hmac"],
+            "minion_id": attacker,
+            "outcome": "accepted",
+            "reason": "forged",
+            "group": "forged",
+        }
         target = f"aws_ork/accepted/{attacker}"
         plain = salt_call(minion, "event.send", target, json.dumps(forged))
         assert plain.returncode == 0, plain.stderr
-        pretagged = salt_call(minion, "event.fire_master", json.dumps(forged), "ignored",
-                              "preload=" + json.dumps({
-                                  "pretag": "aws_ork", "events": [
-                                      {"tag": f"accepted/{attacker}", "data": forged}]}))
+        pretagged = salt_call(
+            minion,
+            "event.fire_master",
+            json.dumps(forged),
+            "ignored",
+            "preload="
+            + json.dumps(
+                {"pretag": "aws_ork", "events": [{"tag": f"accepted/{attacker}", "data": forged}]}
+            ),
+        )
         assert pretagged.returncode == 0, pretagged.stderr
         listener.until({target}, verify=False)  # the forgeries are on the bus, aws_ork's tag
     finally:
@@ -636,18 +733,27 @@ def test_an_accepted_minion_cannot_forge_an_event_the_readme_recipes_act_on(
     reactor_master.add_pending_key(genuine)
     send(sqs, queue_url, sns_launch(genuine))
     assert run_aws_ork(conf, "--once").returncode == 0
-    texts = wait_for(lambda: any(b["text"].startswith(f"aws_ork/accepted/{genuine} ")
-                                 for b in webhook.bodies)
-                     and [b["text"] for b in webhook.bodies],
-                     60, "the genuine event after the forgeries to be posted")
+    texts = wait_for(
+        lambda: (
+            any(b["text"].startswith(f"aws_ork/accepted/{genuine} ") for b in webhook.bodies)
+            and [b["text"] for b in webhook.bodies]
+        ),
+        60,
+        "the genuine event after the forgeries to be posted",
+    )
     assert not [t for t in texts if attacker in t or "forged" in t], texts
-    assert sorted(t.split(" ")[0] for t in texts) == sorted([  # the genuine ones, once each
-        f"aws_ork/accepted/{victim}", f"aws_ork/launch/{genuine}",
-        f"aws_ork/accepted/{genuine}"])
+    assert sorted(t.split(" ")[0] for t in texts) == sorted(
+        [  # the genuine ones, once each
+            f"aws_ork/accepted/{victim}",
+            f"aws_ork/launch/{genuine}",
+            f"aws_ork/accepted/{genuine}",
+        ]
+    )
 
 
 def test_a_minion_accepted_by_salt_through_the_stub_is_highstated_by_the_readme_reactor(
-        reactor_master, tmp_path, sqs, queue_url):
+    reactor_master, tmp_path, sqs, queue_url
+):
     """The whole way: launch -> autosign stub -> the minion's first contact -> Salt accepts
     -> the loop's watcher -> ``aws_ork/accepted/<id>`` (with the launch's group) -> the
     README's highstate reactor -> the minion runs its highstate."""
@@ -659,14 +765,21 @@ def test_a_minion_accepted_by_salt_through_the_stub_is_highstated_by_the_readme_
     started: list[SaltMinion] = []
     try:
         send(sqs, queue_url, sns_launch(minion, group="web-asg"))
-        wait_for(lambda: f"{minion} group=web-asg via=sns: pre-authorised" in log.read_text(),
-                 60, "the launch to be pre-authorised")
+        wait_for(
+            lambda: f"{minion} group=web-asg via=sns: pre-authorised" in log.read_text(),
+            60,
+            "the launch to be pre-authorised",
+        )
         started.append(start_minion(reactor_master, tmp_path / "minion", minion))
-        events = listener.until({f"aws_ork/launch/{minion}", f"aws_ork/accepted/{minion}"},
-                                deadline=120)
+        events = listener.until(
+            {f"aws_ork/launch/{minion}", f"aws_ork/accepted/{minion}"}, deadline=120
+        )
         accepted = events[f"aws_ork/accepted/{minion}"]
         assert (accepted["source"], accepted["outcome"], accepted["group"]) == (
-            "autosign", "accepted", "web-asg")
+            "autosign",
+            "accepted",
+            "web-asg",
+        )
         assert accepted["message_id"] == events[f"aws_ork/launch/{minion}"]["message_id"]
         marker = reactor_master.root.parent / "highstated" / minion
         wait_for(marker.exists, 120, "the reactor's highstate to run on the new minion")

@@ -25,19 +25,32 @@ from tests.daemon import run_aws_ork
 EVIL = b"* * * * * root touch /tmp/pwned\n"
 
 
-def put(s3: Any, bucket: str, rel: str, body: bytes | str, *, mode: str | None = "0644",
-        link: bool = False) -> None:
+def put(
+    s3: Any,
+    bucket: str,
+    rel: str,
+    body: bytes | str,
+    *,
+    mode: str | None = "0644",
+    link: bool = False,
+) -> None:
     metadata = {} if mode is None else {"mode": mode}
     if link:
         metadata["type"] = "symlink"
-    s3.put_object(Bucket=bucket, Key=f"pki/{rel}",
-                  Body=body.encode() if isinstance(body, str) else body, Metadata=metadata)
+    s3.put_object(
+        Bucket=bucket,
+        Key=f"pki/{rel}",
+        Body=body.encode() if isinstance(body, str) else body,
+        Metadata=metadata,
+    )
 
 
 def config(tmp_path: Path, bucket: str, pki: Path) -> Path:
     conf = tmp_path / "c.conf"
-    conf.write_text(f"[aws_ork]\nBucketUrl = s3://{bucket}/pki/\nPkiDir = {pki}\n"
-                    f"StateDir = {tmp_path / 'state'}\n")
+    conf.write_text(
+        f"[aws_ork]\nBucketUrl = s3://{bucket}/pki/\nPkiDir = {pki}\n"
+        f"StateDir = {tmp_path / 'state'}\n"
+    )
     return conf
 
 
@@ -66,8 +79,9 @@ def refused_count(stdout: str) -> int:
 # --- the attack of the issue: two links that reach out through each other, then --force ----------
 
 
-def test_links_chained_out_of_pki_are_refused_and_force_writes_nothing_outside(tmp_path, s3,
-                                                                                bucket):
+def test_links_chained_out_of_pki_are_refused_and_force_writes_nothing_outside(
+    tmp_path, s3, bucket
+):
     etc = tmp_path / "etc"
     pki = etc / "salt" / "pki"  # d/X would be etc: d/X/cron.d/evil -> etc/cron.d/evil
     put(s3, bucket, "master/master.pub", "pub")
@@ -168,17 +182,23 @@ def test_link_targets_that_leave_pki_or_name_no_restored_file_are_refused(tmp_pa
     assert result.stderr.count("WARNING") == len(hostile) + 1
     assert "is absolute" in result.stderr and "leaves PkiDir" in result.stderr
     assert "not a file restored with it" in result.stderr
-    assert links_in(pki) == {"master/master.pem": "aws.pem",
-                             "minion/master.pem": "../master/aws.pem"}
+    assert links_in(pki) == {
+        "master/master.pem": "aws.pem",
+        "minion/master.pem": "../master/aws.pem",
+    }
     assert (pki / "master" / "master.pem").read_text() == "key"
-    assert entries(pki) == {"master", "minion", "master/aws.pem", "master/master.pem",
-                            "minion/master.pem"}
+    assert entries(pki) == {
+        "master",
+        "minion",
+        "master/aws.pem",
+        "master/master.pem",
+        "minion/master.pem",
+    }
     assert (outside / "x.pem").read_text() == "theirs"
     assert "restored 3 files" in result.stdout
 
 
-def test_a_link_over_a_local_file_replaces_it_and_does_not_write_through_it(tmp_path, s3,
-                                                                              bucket):
+def test_a_link_over_a_local_file_replaces_it_and_does_not_write_through_it(tmp_path, s3, bucket):
     """With --force a local symlink where the mirror has a file is replaced by the file."""
     outside = tmp_path / "outside.pem"
     outside.write_text("theirs")
@@ -214,8 +234,9 @@ def test_modes_are_clamped_never_setuid_or_writable_by_others(tmp_path, s3, buck
     result = run_aws_ork(config(tmp_path, bucket, pki), "--restore")
 
     assert result.returncode == 0, result.stdout + result.stderr  # clamped, not refused
-    assert {rel: mode_of(pki / rel) for rel in stored} == \
-        {rel: want for rel, (_, want) in stored.items()}
+    assert {rel: mode_of(pki / rel) for rel in stored} == {
+        rel: want for rel, (_, want) in stored.items()
+    }
     assert "5 file modes clamped" in result.stdout
     assert result.stderr.count("clamped to") == 5
     assert mode_of(pki) == 0o700 and mode_of(pki / "master") == 0o700
@@ -251,18 +272,32 @@ _rels = st.lists(_names, min_size=1, max_size=4).map("/".join)
 _targets = st.one_of(
     _rels,
     _rels.map(lambda rel: "/" + rel),
-    st.sampled_from([OUT, OUT + "/k.pem", "../outside", "../../outside", "../../../outside",
-                     "X/../..", "a/X/../../..", "../k.pem", "k.pem"]),
+    st.sampled_from(
+        [
+            OUT,
+            OUT + "/k.pem",
+            "../outside",
+            "../../outside",
+            "../../../outside",
+            "X/../..",
+            "a/X/../../..",
+            "../k.pem",
+            "k.pem",
+        ]
+    ),
 )
 _objects = st.dictionaries(
     _rels,
-    st.one_of(st.tuples(st.just("file"), st.integers(0, 0o7777)),
-              st.tuples(st.just("link"), _targets)),
+    st.one_of(
+        st.tuples(st.just("file"), st.integers(0, 0o7777)), st.tuples(st.just("link"), _targets)
+    ),
     max_size=8,
 )
-_on_disk = st.dictionaries(st.sampled_from(["a", "X", "a/b", "a/X", "b/k.pem"]),
-                           st.sampled_from([OUT, "../outside", "../../outside", "..", "a"]),
-                           max_size=3)
+_on_disk = st.dictionaries(
+    st.sampled_from(["a", "X", "a/b", "a/X", "b/k.pem"]),
+    st.sampled_from([OUT, "../outside", "../../outside", "..", "a"]),
+    max_size=3,
+)
 
 
 class FakeTree:
@@ -293,9 +328,9 @@ def _restore(tree: FakeTree, pki: Path) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(first=_objects, second=_objects, on_disk=_on_disk)
-def test_property_nothing_is_written_outside_pki(first: dict[str, tuple[str, Any]],
-                                                 second: dict[str, tuple[str, Any]],
-                                                 on_disk: dict[str, str]) -> None:
+def test_property_nothing_is_written_outside_pki(
+    first: dict[str, tuple[str, Any]], second: dict[str, tuple[str, Any]], on_disk: dict[str, str]
+) -> None:
     with tempfile.TemporaryDirectory() as td:
         top = Path(td)
         pki, outside = top / "pki", top / "outside"

@@ -35,7 +35,8 @@ def stub(master: SaltMaster, minion_id: str) -> Path:
 
 
 def test_launch_first_then_minion_is_accepted_on_first_contact_and_mirrored(
-        master, bucket_conf, tmp_path, queue_url, sqs, s3, bucket):
+    master, bucket_conf, tmp_path, queue_url, sqs, s3, bucket
+):
     """The usual order in production: the launch event, then (seconds later) the minion."""
     instance = new_id()
     log = tmp_path / "daemon.log"
@@ -53,8 +54,11 @@ def test_launch_first_then_minion_is_accepted_on_first_contact_and_mirrored(
         assert not stub(master, instance).exists(), "Salt consumed the stub"
         master.wait_for_ping(instance, timeout=60)
         # aws_ork did not accept this key, yet the S3 mirror follows it (key directory watch)
-        wait_for(lambda: f"master/minions/{instance}" in bucket_objects(s3, bucket), 60,
-                 "the Salt-accepted key in the S3 mirror")
+        wait_for(
+            lambda: f"master/minions/{instance}" in bucket_objects(s3, bucket),
+            60,
+            "the Salt-accepted key in the S3 mirror",
+        )
     finally:
         if minion is not None:
             minion.stop()
@@ -88,8 +92,10 @@ def test_no_stub_when_a_key_of_that_id_exists(master, conf, sqs, queue_url, exis
 
     assert result.returncode == 0, result.stderr
     assert not stub(master, instance).exists()
-    assert master.key_state_of(instance) == {"accepted": "minions", "rejected": "minions_rejected"}[
-        existing]
+    assert (
+        master.key_state_of(instance)
+        == {"accepted": "minions", "rejected": "minions_rejected"}[existing]
+    )
 
 
 def test_terminate_withdraws_the_pre_authorisation(master, conf, sqs, queue_url):
@@ -225,14 +231,18 @@ def test_idle_daemon_only_long_polls(master, bucket_conf, tmp_path, moto, monkey
     daemon = start_aws_ork(bucket_conf, log, "-v")
     try:
         # the start-up reconcile of the mirror is by design; idle starts once it is over
-        wait_for(lambda: "S3 mirror reconciliation" in log.read_text(), 60,
-                 "the start-up mirror run")
+        wait_for(
+            lambda: "S3 mirror reconciliation" in log.read_text(), 60, "the start-up mirror run"
+        )
         wait_for(lambda: _receives(proxy), 60, "the first long poll")
         idle_from = max(r.ended or float("inf") for r in proxy.snapshot() if _is_s3(r))
         cpu_before = _cpu_seconds(daemon.pid)
         daemon.send_signal(signal.SIGHUP)  # reloads between two polls
-        poll = wait_for(lambda: [r for r in _receives(proxy) if r.started > idle_from], 60,
-                        "a long poll that starts while idle")[0]
+        poll = wait_for(
+            lambda: [r for r in _receives(proxy) if r.started > idle_from],
+            60,
+            "a long poll that starts while idle",
+        )[0]
         cpu_used = _cpu_seconds(daemon.pid) - cpu_before
         requests = proxy.snapshot()
     finally:
@@ -241,8 +251,9 @@ def test_idle_daemon_only_long_polls(master, bucket_conf, tmp_path, moto, monkey
         proxy.stop()
     idle = [r for r in requests if idle_from < r.started <= poll.started]
     assert [r.operation for r in idle] == ["ReceiveMessage"], idle
-    before = [r for r in requests if r.started < poll.started and r.operation ==
-              "ReceiveMessage"][-1]
+    before = [r for r in requests if r.started < poll.started and r.operation == "ReceiveMessage"][
+        -1
+    ]
     assert before.ended is not None and before.ended <= poll.started, "one poll at a time"
     assert all(r.params.get("WaitTimeSeconds") == 20 for r in (before, poll))
     assert "reloaded the Salt master config" in log.read_text()
@@ -287,14 +298,24 @@ def test_a_backlog_is_received_back_to_back_but_at_most_two_batches_ahead(sqs, q
 
     bodies = [f"m{n:02d}" for n in range(50)]
     for start in range(0, 50, 10):
-        sqs.send_message_batch(QueueUrl=queue_url, Entries=[
-            {"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies[start:start + 10])])
+        sqs.send_message_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies[start : start + 10])
+            ],
+        )
     prepared: list[int] = []
-    receiver = Receiver(Queue(make_client("sqs", "us-west-2"), queue_url), Stopper(),
-                        prepare=lambda batch: prepared.append(len(batch)))
+    receiver = Receiver(
+        Queue(make_client("sqs", "us-west-2"), queue_url),
+        Stopper(),
+        prepare=lambda batch: prepared.append(len(batch)),
+    )
     receiver.prefetch(2)  # the loop asks once; the second receive follows by itself
-    wait_for(lambda: len(receiver._ahead) == 2 and all(f.done() for f in receiver._ahead), 30,
-             "two batches received ahead")
+    wait_for(
+        lambda: len(receiver._ahead) == 2 and all(f.done() for f in receiver._ahead),
+        30,
+        "two batches received ahead",
+    )
     assert queue_counts(sqs, queue_url) == (30, 20)  # and no third receive
     assert sum(prepared) == 20  # each batch was prepared in its receive's thread
 
@@ -321,8 +342,9 @@ def test_a_handled_batch_counts_as_deleted_only_once_sqs_confirmed_it(sqs, queue
     deleter = Deleter(queue)
     deleter.delete([*received, forged], confirmed.append)
     deleter.close()
-    assert [sorted(m.message_id for m in batch) for batch in confirmed] == \
-        [sorted(m.message_id for m in received)]
+    assert [sorted(m.message_id for m in batch) for batch in confirmed] == [
+        sorted(m.message_id for m in received)
+    ]
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
@@ -337,8 +359,7 @@ def test_a_prefetched_batch_is_given_back_on_the_way_out(sqs, queue_url):
     send(sqs, queue_url, *(f"m{n}" for n in range(3)))
     receiver = Receiver(Queue(make_client("sqs", "us-west-2"), queue_url), Stopper())
     receiver.prefetch(2)
-    wait_for(lambda: receiver._ahead and receiver._ahead[0].done(), 30,
-             "the prefetched receive")
+    wait_for(lambda: receiver._ahead and receiver._ahead[0].done(), 30, "the prefetched receive")
     assert queue_counts(sqs, queue_url) == (0, 3)
     ahead = list(receiver._ahead)  # the batch, and the receive chained after it
     receiver.close()

@@ -35,7 +35,8 @@ def enrol(sqs, queue_url, identity, fleet, conf: Path, *instances: str) -> None:
 
 
 def test_without_key_binding_the_sweep_never_accepts_a_key_a_stranger_presented(
-        master, tmp_path, queue_url, cert_dir, fleet):
+    master, tmp_path, queue_url, cert_dir, fleet
+):
     """A stranger reaching the master's port presents a key under the id of a running
     instance of the managed group whose launch is long over: the key is younger than the
     instance, yet nothing proves whose it is. The sweep leaves it pending, and says so once."""
@@ -45,8 +46,7 @@ def test_without_key_binding_the_sweep_never_accepts_a_key_a_stranger_presented(
         master.wait_for_key(instance, "minions_pre", timeout=60)
     finally:
         stranger.stop()
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        SweepMinutes="0.05")
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"], SweepMinutes="0.05")
     log = tmp_path / "aws_ork.log"
     daemon = start_aws_ork(conf, log)
     try:
@@ -55,15 +55,17 @@ def test_without_key_binding_the_sweep_never_accepts_a_key_a_stranger_presented(
         stop_aws_ork(daemon)
     assert master.key_state_of(instance) == "minions_pre"
     text = log.read_text()
-    left = [line for line in text.splitlines() if f"sweep: {instance}: pending key left alone"
-            in line]
+    left = [
+        line for line in text.splitlines() if f"sweep: {instance}: pending key left alone" in line
+    ]
     assert len(left) == 1, text  # once per key, not every sweep
     assert " INFO " in left[0] and "without key binding the sweep accepts no key" in left[0]
     assert "0 accepted" in sweeps(log)[-1]
 
 
 def test_under_key_binding_the_sweep_accepts_only_the_key_the_instance_published(
-        master, tmp_path, queue_url, cert_dir, fleet):
+    master, tmp_path, queue_url, cert_dir, fleet
+):
     lost, unpublished, impostor = (group_instance(fleet) for _ in range(3))
     outsider = plain_instance(fleet, {"role": "salt-minion"})  # in no managed group
     for instance in (lost, impostor, outsider):
@@ -73,23 +75,28 @@ def test_under_key_binding_the_sweep_accepts_only_the_key_the_instance_published
             master.add_pending_key(instance, (keys / "minion.pub").read_text())
     master.add_pending_key(impostor)  # not the key it published
     master.add_pending_key(unpublished)  # fresh, but its instance published nothing
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        SweepMinutes="60", KeyBinding="tag")
+    conf = trust_config(
+        tmp_path, queue_url, master, cert_dir, fleet["group"], SweepMinutes="60", KeyBinding="tag"
+    )
 
     dry = run_aws_ork(conf, "--once", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert f"sweep: launch {lost} (its launch message was lost): would be accepted" \
-        in dry.stderr
+    assert f"sweep: launch {lost} (its launch message was lost): would be accepted" in dry.stderr
     assert master.key_state_of(lost) == "minions_pre"
 
     result = run_aws_ork(conf, "--once")
 
     assert result.returncode == 0, result.stderr
-    assert (master.key_state_of(lost), master.key_state_of(unpublished),
-            master.key_state_of(impostor), master.key_state_of(outsider)) == \
-        ("minions", "minions_pre", "minions_pre", "minions_pre")  # the impostor's: never
-    assert f"sweep: launch {lost} (its launch message was lost): accepted (key binding: " \
+    assert (
+        master.key_state_of(lost),
+        master.key_state_of(unpublished),
+        master.key_state_of(impostor),
+        master.key_state_of(outsider),
+    ) == ("minions", "minions_pre", "minions_pre", "minions_pre")  # the impostor's: never
+    assert (
+        f"sweep: launch {lost} (its launch message was lost): accepted (key binding: "
         in result.stderr
+    )
     assert f"SECURITY: {impostor}: a key with fingerprint" in result.stderr
 
     # the genuine minion presents its key: Salt puts it in the denied keys (one is pending);
@@ -104,26 +111,47 @@ def test_under_key_binding_the_sweep_accepts_only_the_key_the_instance_published
 
 
 def test_a_sweep_needs_verify_instances(master, tmp_path, queue_url, cert_dir, fleet):
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        SweepMinutes="60", VerifyInstances="false", AutoScalingGroups="",
-                        InstanceTags="")
+    conf = trust_config(
+        tmp_path,
+        queue_url,
+        master,
+        cert_dir,
+        fleet["group"],
+        SweepMinutes="60",
+        VerifyInstances="false",
+        AutoScalingGroups="",
+        InstanceTags="",
+    )
     result = run_aws_ork(conf, "--once")
-    assert result.returncode == 2 and "SweepMinutes: is set but VerifyInstances is off" \
-        in result.stderr
+    assert (
+        result.returncode == 2
+        and "SweepMinutes: is set but VerifyInstances is off" in result.stderr
+    )
 
 
 def test_a_sweep_needs_a_group_or_tag_filter(master, tmp_path, queue_url, cert_dir, fleet):
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        SweepMinutes="60", AutoScalingGroups="", InstanceTags="")
+    conf = trust_config(
+        tmp_path,
+        queue_url,
+        master,
+        cert_dir,
+        fleet["group"],
+        SweepMinutes="60",
+        AutoScalingGroups="",
+        InstanceTags="",
+    )
     for args in (("--once",), ("--check",)):
         result = run_aws_ork(conf, *args)
         assert result.returncode == 2, result.stderr
-        assert "SweepMinutes: is set but neither AutoScalingGroups nor InstanceTags is set" \
+        assert (
+            "SweepMinutes: is set but neither AutoScalingGroups nor InstanceTags is set"
             in result.stderr
+        )
 
 
 def test_a_sweep_deletes_the_key_of_an_instance_terminated_while_the_daemon_was_stopped(
-        master, tmp_path, sqs, queue_url, cert_dir, identity, fleet):
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet
+):
     gone, alive = group_instance(fleet), group_instance(fleet)
     master.add_pending_key(gone)
     master.add_pending_key(alive)
@@ -132,8 +160,7 @@ def test_a_sweep_deletes_the_key_of_an_instance_terminated_while_the_daemon_was_
     assert (master.key_state_of(gone), master.key_state_of(alive)) == ("minions", "minions")
     fleet["ec2"].terminate_instances(InstanceIds=[gone])  # its terminate message was lost
     # a sweep every 3 s: the second in a row deletes (EC2 is eventually consistent)
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        SweepMinutes="0.05")
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"], SweepMinutes="0.05")
     log = tmp_path / "aws_ork.log"
     daemon = start_aws_ork(conf, log)
     try:
@@ -147,8 +174,9 @@ def test_a_sweep_deletes_the_key_of_an_instance_terminated_while_the_daemon_was_
     assert master.key_state_of(alive) == "minions"
 
 
-def test_a_sweep_deletes_only_keys_aws_ork_enrolled(master, tmp_path, sqs, queue_url,
-                                                    cert_dir, identity, fleet):
+def test_a_sweep_deletes_only_keys_aws_ork_enrolled(
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet
+):
     """A minion of another region or account accepted by hand on this master has a key shaped
     like an instance id that SQS_Region's EC2 does not know: it is left alone. The key Salt
     accepted through aws_ork's autosign stub is aws_ork's, even though no daemon was running
@@ -165,8 +193,7 @@ def test_a_sweep_deletes_only_keys_aws_ork_enrolled(master, tmp_path, sqs, queue
     finally:
         minion.stop()
     fleet["ec2"].terminate_instances(InstanceIds=[stubbed])  # its terminate was lost
-    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                        SweepMinutes="0.05")
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"], SweepMinutes="0.05")
     log = tmp_path / "aws_ork.log"
     daemon = start_aws_ork(conf, log)
     try:
@@ -177,8 +204,7 @@ def test_a_sweep_deletes_only_keys_aws_ork_enrolled(master, tmp_path, sqs, queue
         stop_aws_ork(daemon)
     assert (master.key_state_of(stubbed), master.key_state_of(foreign)) == (None, "minions")
     text = log.read_text()
-    assert f"sweep: terminate {stubbed} (EC2: terminated on two sweeps in a row): deleted" \
-        in text
+    assert f"sweep: terminate {stubbed} (EC2: terminated on two sweeps in a row): deleted" in text
     left = [line for line in text.splitlines() if f"sweep: {foreign}: EC2: not found" in line]
     assert len(left) == 1 and "aws_ork did not enrol this key" in left[0], text
     assert "1 not enrolled by aws_ork (left alone)" in sweeps(log)[-1]

@@ -19,9 +19,11 @@ from aws_ork.runtime.systemd import Watchdog
 from tests.daemon import start_aws_ork, wait_for
 
 UNIT = Path(__file__).resolve().parent.parent / "data" / "aws_ork.service"
-INSTALL_HINT = ("systemd-analyze not found: install it with `apt-get install systemd` (Debian/"
-                "Ubuntu; it works without systemd running) or `dnf install systemd`; .ci/run "
-                "installs it when it runs as root")
+INSTALL_HINT = (
+    "systemd-analyze not found: install it with `apt-get install systemd` (Debian/"
+    "Ubuntu; it works without systemd running) or `dnf install systemd`; .ci/run "
+    "installs it when it runs as root"
+)
 
 
 def unit_values() -> configparser.ConfigParser:
@@ -44,8 +46,9 @@ def verify(unit_text: str, tmp_path: Path) -> tuple[int, list[str]]:
     lines[exec_start[0]] = f"ExecStart={sys.executable} -m aws_ork {args}"
     copy = tmp_path / "aws_ork.service"  # verify wants the unit's real name
     copy.write_text("\n".join(lines) + "\n")
-    result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60
+    )
     output = (result.stdout + result.stderr).splitlines()
     return result.returncode, [line for line in output if "aws_ork" in line]
 
@@ -73,7 +76,8 @@ def test_the_unit_is_notify_with_a_watchdog_above_the_long_poll():
     # still ends (every botocore attempt reaching its read timeout, plus standard mode's
     # jittered waits of up to 1, 2, 4, 8 s) must not get a live daemon restarted.
     slowest_receive = defaults.MAX_ATTEMPTS * defaults.READ_TIMEOUT_SECONDS + sum(
-        2 ** i for i in range(defaults.MAX_ATTEMPTS - 1))
+        2**i for i in range(defaults.MAX_ATTEMPTS - 1)
+    )
     assert watchdog * 3 / 4 > slowest_receive
     assert service["ProtectSystem"] == "strict"
     assert "/etc/salt/pki" in service["ReadWritePaths"].split()
@@ -83,8 +87,11 @@ def test_the_unit_bounds_descriptors_and_tasks_above_what_the_daemon_may_need():
     service = unit_values()["Service"]
     nofile, tasks = int(service["LimitNOFILE"]), int(service["TasksMax"])
     # MetricsAddress holds at most twice its limit for a moment (an accept batch beyond it)
-    assert 2 * defaults.METRICS_MAX_CONNECTIONS + defaults.MIRROR_UPLOAD_THREADS + 100 \
-        < nofile <= 65536
+    assert (
+        2 * defaults.METRICS_MAX_CONNECTIONS + defaults.MIRROR_UPLOAD_THREADS + 100
+        < nofile
+        <= 65536
+    )
     assert defaults.MIRROR_UPLOAD_THREADS + 20 < tasks <= 1024
 
 
@@ -109,15 +116,18 @@ def recording() -> tuple[list[str], Callable[[str], bool]]:
     return sent, send
 
 
-@pytest.mark.parametrize(("environ", "period"), [
-    ({}, None),
-    ({"WATCHDOG_USEC": "90000000"}, 90.0),
-    ({"WATCHDOG_USEC": "90000000", "WATCHDOG_PID": "4242"}, 90.0),  # for us (pid 4242)
-    ({"WATCHDOG_USEC": "90000000", "WATCHDOG_PID": "4243"}, None),  # for another process
-    ({"WATCHDOG_USEC": "90000000", "WATCHDOG_PID": "x"}, None),
-    ({"WATCHDOG_USEC": "soon"}, None),
-    ({"WATCHDOG_USEC": "0"}, None),
-])
+@pytest.mark.parametrize(
+    ("environ", "period"),
+    [
+        ({}, None),
+        ({"WATCHDOG_USEC": "90000000"}, 90.0),
+        ({"WATCHDOG_USEC": "90000000", "WATCHDOG_PID": "4242"}, 90.0),  # for us (pid 4242)
+        ({"WATCHDOG_USEC": "90000000", "WATCHDOG_PID": "4243"}, None),  # for another process
+        ({"WATCHDOG_USEC": "90000000", "WATCHDOG_PID": "x"}, None),
+        ({"WATCHDOG_USEC": "soon"}, None),
+        ({"WATCHDOG_USEC": "0"}, None),
+    ],
+)
 def test_watchdog_from_the_environment(environ, period):
     watchdog = Watchdog.from_environment(environ, pid=4242)
     assert watchdog.period == period
@@ -166,8 +176,13 @@ def notify_socket(tmp_path: Path):
     sock.close()
 
 
-def collect(sock: socket.socket, got: list[str], until: Callable[[list[str]], bool],
-            timeout: float, what: str) -> None:
+def collect(
+    sock: socket.socket,
+    got: list[str],
+    until: Callable[[list[str]], bool],
+    timeout: float,
+    what: str,
+) -> None:
     """Receive datagrams into ``got`` until ``until(got)``, failing after ``timeout``."""
 
     def step() -> bool:
@@ -180,18 +195,23 @@ def collect(sock: socket.socket, got: list[str], until: Callable[[list[str]], bo
     wait_for(step, timeout, what)
 
 
-def test_ready_then_watchdog_while_idle_then_stopping(conf, tmp_path, notify_socket,
-                                                     monkeypatch):
+def test_ready_then_watchdog_while_idle_then_stopping(conf, tmp_path, notify_socket, monkeypatch):
     sock, path = notify_socket
     monkeypatch.delenv("WATCHDOG_PID", raising=False)  # set when the tests run under systemd
     log = tmp_path / "daemon.log"
     # a 2 s watchdog: the 20 s long poll is cut to 1 s, so an idle daemon pings every cycle
-    proc = start_aws_ork(conf, log, "-v", env={"NOTIFY_SOCKET": str(path),
-                                               "WATCHDOG_USEC": "2000000"})
+    proc = start_aws_ork(
+        conf, log, "-v", env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"}
+    )
     got: list[str] = []
     try:
-        collect(sock, got, lambda g: "READY=1" in g and g.count("WATCHDOG=1") >= 3, 90,
-                f"READY=1 and three WATCHDOG=1 (got {got}; log: {log})")
+        collect(
+            sock,
+            got,
+            lambda g: "READY=1" in g and g.count("WATCHDOG=1") >= 3,
+            90,
+            f"READY=1 and three WATCHDOG=1 (got {got}; log: {log})",
+        )
         proc.send_signal(signal.SIGTERM)
         collect(sock, got, lambda g: "STOPPING=1" in g, 30, f"STOPPING=1 (got {got})")
         assert proc.wait(timeout=30) == 0

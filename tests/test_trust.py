@@ -28,13 +28,18 @@ from tests.trustenv import (
 
 
 def test_signed_launch_of_a_managed_running_instance_is_accepted(
-        master, tmp_path, queue_url, sqs, cert_dir, identity, fleet):
+    master, tmp_path, queue_url, sqs, cert_dir, identity, fleet
+):
     v2, v1 = group_instance(fleet), group_instance(fleet)
     for instance in (v2, v1):
         master.add_pending_key(instance)
     conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
-    send(sqs, queue_url, signed(identity, LAUNCH, v2, fleet["group"]),
-         signed(identity, LAUNCH, v1, fleet["group"], version="1"))
+    send(
+        sqs,
+        queue_url,
+        signed(identity, LAUNCH, v2, fleet["group"]),
+        signed(identity, LAUNCH, v1, fleet["group"], version="1"),
+    )
 
     result = run_aws_ork(conf, "--once")
 
@@ -45,7 +50,8 @@ def test_signed_launch_of_a_managed_running_instance_is_accepted(
 
 
 def test_launches_that_fail_a_check_accept_nothing_and_say_why(
-        master, tmp_path, queue_url, sqs, cert_dir, identity, fleet):
+    master, tmp_path, queue_url, sqs, cert_dir, identity, fleet
+):
     group, ec2 = fleet["group"], fleet["ec2"]
     cases: dict[str, tuple[str, str]] = {}  # name -> (instance id, expected reason)
 
@@ -73,8 +79,9 @@ def test_launches_that_fail_a_check_accept_nothing_and_say_why(
     send(sqs, queue_url, signed(identity, LAUNCH, gone, group))
     cases["terminated"] = (gone, "instance is terminated in EC2")
 
-    stranger = plain_instance(fleet, {"aws:autoscaling:groupName": "db-prod",
-                                      "role": "salt-minion"})
+    stranger = plain_instance(
+        fleet, {"aws:autoscaling:groupName": "db-prod", "role": "salt-minion"}
+    )
     send(sqs, queue_url, signed(identity, LAUNCH, stranger, group))  # the message lies
     cases["unmanaged group"] = (stranger, "group 'db-prod' is not in AutoScalingGroups")
 
@@ -100,8 +107,7 @@ def test_launches_that_fail_a_check_accept_nothing_and_say_why(
 
     assert result.returncode == 0, result.stderr
     outcome = {name: master.key_state_of(instance) for name, (instance, _) in cases.items()}
-    assert outcome == {**{name: "minions_pre" for name in cases},
-                       "stale key": "minions_rejected"}
+    assert outcome == {**{name: "minions_pre" for name in cases}, "stale key": "minions_rejected"}
     for name, (instance, reason) in cases.items():
         line = decision_line(result.stderr, instance)
         if name == "unknown":  # EC2 is eventually consistent: asked again a few times first
@@ -119,12 +125,12 @@ def _unsigned_bodies(raw: str, hook: str, bridge: str) -> list[str]:
     hook_body["EC2InstanceId"] = hook
     bridge_body = fixture("eventbridge-ec2-running")
     bridge_body["detail"]["instance-id"] = bridge
-    return [json.dumps(notification(LAUNCH, raw)), json.dumps(hook_body),
-            json.dumps(bridge_body)]
+    return [json.dumps(notification(LAUNCH, raw)), json.dumps(hook_body), json.dumps(bridge_body)]
 
 
-def test_unsigned_sources_are_refused_unless_enabled(master, tmp_path, queue_url, sqs,
-                                                     cert_dir, fleet):
+def test_unsigned_sources_are_refused_unless_enabled(
+    master, tmp_path, queue_url, sqs, cert_dir, fleet
+):
     ids = [group_instance(fleet) for _ in range(3)]
     for instance in ids:
         master.add_pending_key(instance)
@@ -141,8 +147,14 @@ def test_unsigned_sources_are_refused_unless_enabled(master, tmp_path, queue_url
     assert queue_counts(sqs, queue_url) == (0, 0)
 
     send(sqs, queue_url, *_unsigned_bodies(*ids))
-    enabled = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"],
-                           UnsignedSources="raw, hook eventbridge")
+    enabled = trust_config(
+        tmp_path,
+        queue_url,
+        master,
+        cert_dir,
+        fleet["group"],
+        UnsignedSources="raw, hook eventbridge",
+    )
     accepted = run_aws_ork(enabled, "--once")
 
     assert accepted.returncode == 0, accepted.stderr
@@ -150,11 +162,18 @@ def test_unsigned_sources_are_refused_unless_enabled(master, tmp_path, queue_url
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
-def test_terminate_before_launch_without_verify_instances(master, tmp_path, queue_url, sqs,
-                                                          cert_dir, identity):
+def test_terminate_before_launch_without_verify_instances(
+    master, tmp_path, queue_url, sqs, cert_dir, identity
+):
     instance = new_id()  # EC2 is not asked: no instance needed
-    conf = write_config(tmp_path / "c.conf", queue_url=queue_url, master=master,
-                        VerifySignatures="true", CertCacheDir=cert_dir, AllowedTopicArns=TOPIC)
+    conf = write_config(
+        tmp_path / "c.conf",
+        queue_url=queue_url,
+        master=master,
+        VerifySignatures="true",
+        CertCacheDir=cert_dir,
+        AllowedTopicArns=TOPIC,
+    )
     send(sqs, queue_url, signed(identity, TERMINATE, instance, "web-asg"))
     first = run_aws_ork(conf, "--once")
     assert first.returncode == 0, first.stderr
@@ -170,8 +189,9 @@ def test_terminate_before_launch_without_verify_instances(master, tmp_path, queu
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
-def test_terminate_before_launch_with_verify_instances(master, tmp_path, queue_url, sqs,
-                                                       cert_dir, identity, fleet):
+def test_terminate_before_launch_with_verify_instances(
+    master, tmp_path, queue_url, sqs, cert_dir, identity, fleet
+):
     instance = group_instance(fleet)
     fleet["ec2"].terminate_instances(InstanceIds=[instance])
     conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
@@ -191,7 +211,8 @@ def test_terminate_before_launch_with_verify_instances(master, tmp_path, queue_u
 
 
 def test_a_signed_terminate_of_a_running_instance_keeps_its_key(
-        master, tmp_path, queue_url, sqs, cert_dir, identity, fleet):
+    master, tmp_path, queue_url, sqs, cert_dir, identity, fleet
+):
     alive = group_instance(fleet)
     master.add_accepted_key(alive)
     conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])
@@ -212,8 +233,9 @@ def test_a_signed_terminate_of_a_running_instance_keeps_its_key(
     assert queue_counts(sqs, queue_url) == (0, 0)
 
 
-def test_ec2_unreachable_means_retry_never_accept(master, tmp_path, queue_url, sqs, cert_dir,
-                                                  identity, fleet):
+def test_ec2_unreachable_means_retry_never_accept(
+    master, tmp_path, queue_url, sqs, cert_dir, identity, fleet
+):
     instance = group_instance(fleet)
     master.add_pending_key(instance)
     conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"])

@@ -9,8 +9,13 @@ ID = "i-0123456789abcdef0"
 
 
 def pki(tmp_path):
-    for name in ("minions", "minions_pre", "minions_rejected", "minions_denied",
-                 "minions_autosign"):
+    for name in (
+        "minions",
+        "minions_pre",
+        "minions_rejected",
+        "minions_denied",
+        "minions_autosign",
+    ):
         (tmp_path / name).mkdir()
     return tmp_path
 

@@ -39,8 +39,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(dir_fd)
 
 
-def tree_entries(root: Path,
-                 onerror: Callable[[OSError], None] | None = None) -> Iterator[str]:
+def tree_entries(root: Path, onerror: Callable[[OSError], None] | None = None) -> Iterator[str]:
     """Every file and symlink under ``root`` as a relative posix path, in sorted order.
 
     Symlinks (to directories too) are listed, never followed: the walk stays in the tree.
@@ -69,8 +68,7 @@ def lock_directory(directory: Path, name: str = "lock") -> int:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
         os.close(fd)
-        raise DirectoryInUse(f"{directory} is in use by another aws_ork (pid {holder})") \
-            from None
+        raise DirectoryInUse(f"{directory} is in use by another aws_ork (pid {holder})") from None
     except OSError:
         os.close(fd)
         raise

@@ -27,5 +27,6 @@ def is_minion_id(value: object) -> bool:
     """True for an id that is safe as a Salt minion id, a key file name and an S3 key part:
     1-128 characters of ``[A-Za-z0-9._-]``, starting with a letter or digit. Every instance
     id is one."""
-    return isinstance(value, str) and len(value) <= MAX_LENGTH \
-        and _SAFE.fullmatch(value) is not None
+    return (
+        isinstance(value, str) and len(value) <= MAX_LENGTH and _SAFE.fullmatch(value) is not None
+    )

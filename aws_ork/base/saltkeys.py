@@ -45,8 +45,10 @@ class KeyLocation:
     def from_opts(cls, opts: Mapping[str, Any]) -> KeyLocation:
         """From the master's options (``salt.config.master_config``)."""
         clustered = opts.get("cluster_id") and opts.get("cluster_pki_dir")
-        return cls(Path(opts["cluster_pki_dir"] if clustered else opts["pki_dir"]),
-                   str(opts.get("keys.cache_driver") or FILE_DRIVER))
+        return cls(
+            Path(opts["cluster_pki_dir"] if clustered else opts["pki_dir"]),
+            str(opts.get("keys.cache_driver") or FILE_DRIVER),
+        )
 
     @property
     def autosign_dir(self) -> Path:
@@ -67,8 +69,10 @@ class KeyLocation:
         none. KeyStoreError when it cannot be read (permissions, I/O); KeyAgeUnknown when the
         master keeps keys in a driver without files (nothing tells a key's age there)."""
         if self.driver != FILE_DRIVER:
-            raise KeyAgeUnknown(f"{minion_id}: the master keeps keys with the "
-                                f"{self.driver!r} driver, which gives no key's age")
+            raise KeyAgeUnknown(
+                f"{minion_id}: the master keeps keys with the "
+                f"{self.driver!r} driver, which gives no key's age"
+            )
         try:
             return self.path(PENDING, minion_id).stat().st_mtime
         except FileNotFoundError:

@@ -42,12 +42,17 @@ from aws_ork.memory import IdMemory, MinionNames
 __all__ = ["Check", "Verdict", "build_checks"]
 
 
-def build_checks(cfg: Config, *, location: KeyLocation, ec2: Any = None,
-                 terminations: Terminations | None = None,
-                 finished: IdMemory | None = None,
-                 max_age_seconds: float | None = None,
-                 autoscaling: HookClient | None = None,
-                 names: MinionNames | None = None) -> list[Check]:
+def build_checks(
+    cfg: Config,
+    *,
+    location: KeyLocation,
+    ec2: Any = None,
+    terminations: Terminations | None = None,
+    finished: IdMemory | None = None,
+    max_age_seconds: float | None = None,
+    autoscaling: HookClient | None = None,
+    names: MinionNames | None = None,
+) -> list[Check]:
     """The checks the config asks for, in order: topic, signature/source, replay, instance.
 
     ``location`` is where the master keeps keys (read for a pending key's age); ``ec2`` is an
@@ -60,20 +65,30 @@ def build_checks(cfg: Config, *, location: KeyLocation, ec2: Any = None,
     if cfg.allowed_topic_arns and cfg.allowed_topic_arns != (ANY_TOPIC,):
         checks.append(TopicCheck(cfg.allowed_topic_arns))
     if cfg.verify_signatures:
-        verifier = SignatureVerifier(cfg.effective_cert_cache_dir,
-                                     allowed_regions=regions_of(cfg.allowed_topic_arns),
-                                     max_age_seconds=max_age_seconds)
+        verifier = SignatureVerifier(
+            cfg.effective_cert_cache_dir,
+            allowed_regions=regions_of(cfg.allowed_topic_arns),
+            max_age_seconds=max_age_seconds,
+        )
         checks.append(SourceCheck(verifier, cfg.unsigned_sources))
     if finished is not None:
         checks.append(ReplayCheck(finished))
     if cfg.verify_instances:
         if ec2 is None:
             raise ValueError("VerifyInstances needs an EC2 client")
-        checks.append(InstanceCheck(
-            Ec2Lookup(ec2), location, groups=cfg.auto_scaling_groups, tags=cfg.instance_tags,
-            binding_tag=cfg.key_binding_tag if cfg.key_binding == "tag" else None,
-            hooks=cfg.completes_hook if cfg.lifecycle_hooks else None,
-            autoscaling=autoscaling, template=Template(cfg.minion_id_template), names=names))
+        checks.append(
+            InstanceCheck(
+                Ec2Lookup(ec2),
+                location,
+                groups=cfg.auto_scaling_groups,
+                tags=cfg.instance_tags,
+                binding_tag=cfg.key_binding_tag if cfg.key_binding == "tag" else None,
+                hooks=cfg.completes_hook if cfg.lifecycle_hooks else None,
+                autoscaling=autoscaling,
+                template=Template(cfg.minion_id_template),
+                names=names,
+            )
+        )
     else:
         if terminations is None:
             raise ValueError("without VerifyInstances the termination memory is needed")

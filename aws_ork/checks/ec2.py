@@ -99,10 +99,17 @@ class Instance:
 
     def facts(self) -> dict[str, Any]:
         """For the verdict: what a Salt reactor may want to know (see Verdict.facts)."""
-        launched = self.launch_time.astimezone(UTC).isoformat(timespec="seconds") \
-            if self.launch_time is not None else None
-        return {"state": self.state, "launch_time": launched, "tags": dict(self.tags),
-                "private_dns_name": self.private_dns_name or None}
+        launched = (
+            self.launch_time.astimezone(UTC).isoformat(timespec="seconds")
+            if self.launch_time is not None
+            else None
+        )
+        return {
+            "state": self.state,
+            "launch_time": launched,
+            "tags": dict(self.tags),
+            "private_dns_name": self.private_dns_name or None,
+        }
 
 
 class Ec2Lookup:
@@ -133,10 +140,11 @@ class Ec2Lookup:
         found: dict[str, Instance] = {}
         ids = sorted(set(instance_ids))
         for start in range(0, len(ids), BATCH):
-            chunk = ids[start:start + BATCH]
+            chunk = ids[start : start + BATCH]
             try:
                 pages = self.ec2.get_paginator("describe_instances").paginate(
-                    Filters=[{"Name": "instance-id", "Values": chunk}])
+                    Filters=[{"Name": "instance-id", "Values": chunk}]
+                )
                 for page in pages:
                     for reservation in page.get("Reservations", []):
                         for item in reservation.get("Instances", []):
@@ -163,9 +171,13 @@ def _instance(item: Mapping[str, Any]) -> Instance:
     if isinstance(launch, datetime) and launch.tzinfo is None:
         launch = launch.replace(tzinfo=UTC)
     dns = item.get("PrivateDnsName")
-    return Instance(item["InstanceId"], str(item.get("State", {}).get("Name", "unknown")),
-                    launch if isinstance(launch, datetime) else None, tags,
-                    dns if isinstance(dns, str) else "")
+    return Instance(
+        item["InstanceId"],
+        str(item.get("State", {}).get("Name", "unknown")),
+        launch if isinstance(launch, datetime) else None,
+        tags,
+        dns if isinstance(dns, str) else "",
+    )
 
 
 class InstanceCheck:
@@ -176,13 +188,19 @@ class InstanceCheck:
     #: the reason code of its failures in the metrics (a fixed word, never message text)
     code = "instance"
 
-    def __init__(self, lookup: Ec2Lookup, location: KeyLocation, *,
-                 groups: Collection[str] = (), tags: Collection[tuple[str, str]] = (),
-                 binding_tag: str | None = None,
-                 hooks: Callable[[str | None], bool] | None = None,
-                 autoscaling: HookClient | None = None,
-                 template: Template = Template(),
-                 names: MinionNames | None = None) -> None:
+    def __init__(
+        self,
+        lookup: Ec2Lookup,
+        location: KeyLocation,
+        *,
+        groups: Collection[str] = (),
+        tags: Collection[tuple[str, str]] = (),
+        binding_tag: str | None = None,
+        hooks: Callable[[str | None], bool] | None = None,
+        autoscaling: HookClient | None = None,
+        template: Template = Template(),
+        names: MinionNames | None = None,
+    ) -> None:
         self.lookup = lookup
         self.template = template  # MinionIdTemplate
         self.names = names  # the minion id each instance was given (read only here)
@@ -226,16 +244,22 @@ class InstanceCheck:
         if instance_id is None:  # the parser never lets this through; refuse if it did
             return Verdict(False, "no instance id")
         said = ""  # what Auto Scaling said about a terminating hook's instance
-        if event.kind is Kind.TERMINATE and event.lifecycle_token and self.hooks is not None \
-                and self.hooks(event.lifecycle_hook):
+        if (
+            event.kind is Kind.TERMINATE
+            and event.lifecycle_token
+            and self.hooks is not None
+            and self.hooks(event.lifecycle_hook)
+        ):
             leaving, said = self._leaving(instance_id)
             if leaving:  # said once: a running instance's key goes at once
-                log.info("%s: %s: its key is deleted without waiting for EC2", instance_id,
-                         said)
+                log.info("%s: %s: its key is deleted without waiting for EC2", instance_id, said)
                 return Verdict(True, said)
         try:
-            instance = self._primed[instance_id] if instance_id in self._primed \
+            instance = (
+                self._primed[instance_id]
+                if instance_id in self._primed
                 else self.lookup.get(instance_id)
+            )
         except InstanceLookupError as exc:
             log.debug("%s: EC2 lookup failed", instance_id, exc_info=True)
             return Verdict(False, f"{exc}; never accepted without EC2's word", retry=True)
@@ -270,12 +294,21 @@ class InstanceCheck:
             # Not found: terminated long ago, or so new that EC2's eventually consistent API
             # does not list it yet (a forged terminate for a brand-new instance would delete
             # its key). Honoured once it is still unknown after a few receives.
-            return Verdict(False, "instance not found in EC2", retry=True,
-                           attempts=NOT_FOUND_ATTEMPTS, then_ok=True)
+            return Verdict(
+                False,
+                "instance not found in EC2",
+                retry=True,
+                attempts=NOT_FOUND_ATTEMPTS,
+                then_ok=True,
+            )
         if instance.state in GONE_STATES:
             return Verdict(True, f"instance is {instance.state}")
-        return Verdict(False, f"instance is still {instance.state} in EC2; its key is deleted "
-                              f"once EC2 reports it shutting-down or terminated", retry=True)
+        return Verdict(
+            False,
+            f"instance is still {instance.state} in EC2; its key is deleted "
+            f"once EC2 reports it shutting-down or terminated",
+            retry=True,
+        )
 
     def judge_launch(self, instance_id: str, instance: Instance | None) -> Verdict:
         """The launch verdict for what EC2 already said (the reconcile sweep looks instances
@@ -286,28 +319,40 @@ class InstanceCheck:
         if instance is None:
             # EC2's API is eventually consistent: a brand-new instance can be "not found" for
             # a few seconds. Ask again a few times (2+4+8+16 s) before giving up for good.
-            return Verdict(False, "instance not found in EC2", retry=True,
-                           attempts=NOT_FOUND_ATTEMPTS)
+            return Verdict(
+                False, "instance not found in EC2", retry=True, attempts=NOT_FOUND_ATTEMPTS
+            )
         if instance.state not in LIVE_STATES:
             return Verdict(False, f"instance is {instance.state} in EC2, not pending/running")
         if self.groups:
             group = instance.group
             if group is None:
-                return Verdict(False, "instance is in no Auto Scaling group "
-                                      "(AutoScalingGroups is set)", code="group")
+                return Verdict(
+                    False,
+                    "instance is in no Auto Scaling group (AutoScalingGroups is set)",
+                    code="group",
+                )
             if not any(fnmatch.fnmatchcase(group, pattern) for pattern in self.groups):
-                return Verdict(False, f"group {shorten(group)} is not in AutoScalingGroups",
-                               code="group")
-        missing = [f"{key}={value}" for key, value in self.tags
-                   if instance.tags.get(key) != value]
+                return Verdict(
+                    False, f"group {shorten(group)} is not in AutoScalingGroups", code="group"
+                )
+        missing = [f"{key}={value}" for key, value in self.tags if instance.tags.get(key) != value]
         if missing:
-            return Verdict(False, f"instance lacks required tag {', '.join(missing)} "
-                                  f"(InstanceTags)", code="tag")
+            return Verdict(
+                False,
+                f"instance lacks required tag {', '.join(missing)} (InstanceTags)",
+                code="tag",
+            )
         try:
             minion_id = self._minion_id(instance)
         except NamingError as exc:
-            return Verdict(False, exc.reason, retry=exc.retry,
-                           attempts=NOT_FOUND_ATTEMPTS if exc.retry else 0, code="minion_id")
+            return Verdict(
+                False,
+                exc.reason,
+                retry=exc.retry,
+                attempts=NOT_FOUND_ATTEMPTS if exc.retry else 0,
+                code="minion_id",
+            )
         named = None if minion_id == instance_id else minion_id
         if self.binding_tag is not None:
             return replace(self._bound(instance), minion_id=named)
@@ -319,8 +364,9 @@ class InstanceCheck:
         if self.template.identity:
             return instance.instance_id
         given = self.names.minion_of(instance.instance_id) if self.names is not None else None
-        return given or self.template.render(instance.instance_id, instance.tags,
-                                             private_dns_name=instance.private_dns_name)
+        return given or self.template.render(
+            instance.instance_id, instance.tags, private_dns_name=instance.private_dns_name
+        )
 
     def _bound(self, instance: Instance) -> Verdict:
         """Key binding: the fingerprint the instance published is the fact the key stage needs.
@@ -331,13 +377,21 @@ class InstanceCheck:
         if value is None:
             # The instance tags itself from user data once its minion has made its key:
             # seconds to minutes after launch. Ask again with backoff, then give up.
-            return Verdict(False, f"the instance has not published its key's fingerprint "
-                                  f"(tag {self.binding_tag}) yet", retry=True,
-                           attempts=BINDING_TAG_ATTEMPTS, code="binding")
+            return Verdict(
+                False,
+                f"the instance has not published its key's fingerprint "
+                f"(tag {self.binding_tag}) yet",
+                retry=True,
+                attempts=BINDING_TAG_ATTEMPTS,
+                code="binding",
+            )
         fingerprint = binding.normalise(value)
         if fingerprint is None:
-            return Verdict(False, f"tag {self.binding_tag} holds {shorten(value)}, which is not "
-                                  f"a key fingerprint", code="binding")
+            return Verdict(
+                False,
+                f"tag {self.binding_tag} holds {shorten(value)}, which is not a key fingerprint",
+                code="binding",
+            )
         return Verdict(True, fingerprint=fingerprint)
 
     def _fresh(self, minion_id: str, launch_time: datetime | None) -> Verdict:
@@ -354,5 +408,8 @@ class InstanceCheck:
             return Verdict(True)
         key_time = datetime.fromtimestamp(written, UTC).isoformat(timespec="seconds")
         launched = launch_time.astimezone(UTC).isoformat(timespec="seconds")
-        return Verdict(False, f"pending key (written {key_time}) is older than the instance "
-                              f"(launched {launched})", stale_key=True)
+        return Verdict(
+            False,
+            f"pending key (written {key_time}) is older than the instance (launched {launched})",
+            stale_key=True,
+        )

@@ -38,6 +38,5 @@ class ReplayCheck:
         if not valid_id(event.message_id):
             return Verdict(False, f"SNS MessageId {shorten(event.message_id)} is not usable")
         if event.message_id in self.finished:
-            return Verdict(False, f"SNS message {event.message_id} was already handled: "
-                                  f"a replay")
+            return Verdict(False, f"SNS message {event.message_id} was already handled: a replay")
         return Verdict(True)

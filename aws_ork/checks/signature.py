@@ -156,8 +156,9 @@ def check_cert_url(url: object) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError as e:
-        raise ValueError(f"SigningCertURL {shorten(url, 80)} does not parse: "
-                         f"{shorten(str(e), 80)}") from None
+        raise ValueError(
+            f"SigningCertURL {shorten(url, 80)} does not parse: {shorten(str(e), 80)}"
+        ) from None
     if parts.scheme != "https":
         raise ValueError(f"SigningCertURL scheme {shorten(parts.scheme, 80)} is not https")
     if "@" in parts.netloc:
@@ -347,7 +348,8 @@ class SignatureVerifier:
         self._lock = threading.Lock()
         self.cert_failures = cert_failures if cert_failures is not None else CertFailures()
         self.allowed_regions: frozenset[str] | None = (
-            None if allowed_regions is None or "*" in allowed_regions
+            None
+            if allowed_regions is None or "*" in allowed_regions
             else frozenset(allowed_regions)
         )
         self.max_age_seconds = max_age_seconds
@@ -460,10 +462,10 @@ class SignatureVerifier:
             log.debug("fetch of %s failed", url, exc_info=True)
             # the network or AWS failing may pass; an answer of "no such certificate" will not
             transient = isinstance(e, OSError) and not (
-                isinstance(e, urllib.error.HTTPError) and e.code < 500)
+                isinstance(e, urllib.error.HTTPError) and e.code < 500
+            )
             reason = f"certificate fetch failed: {type(e).__name__}: {shorten(str(e), 160)}"
-            raise self.cert_failures.failed(
-                url, self._now(), reason, final=not transient) from None
+            raise self.cert_failures.failed(url, self._now(), reason, final=not transient) from None
         try:
             cert = _parse(pem, "fetched certificate")
         except _Reject as e:  # AWS served something else: as final as a 404

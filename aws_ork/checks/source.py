@@ -35,10 +35,14 @@ class SourceCheck:
             if result.ok:
                 return Verdict(True)
             if result.retry:  # the certificate is unreachable for now: not a forgery (yet)
-                return Verdict(False, f"SNS signature not verifiable yet: {result.reason}",
-                               retry=True)
+                return Verdict(
+                    False, f"SNS signature not verifiable yet: {result.reason}", retry=True
+                )
             return Verdict(False, f"SNS signature invalid: {result.reason}")
         if event.source.value in self.unsigned:
             return Verdict(True)
-        return Verdict(False, f"unsigned {event.source.value} message: VerifySignatures is on "
-                              f"and UnsignedSources does not name {event.source.value!r}")
+        return Verdict(
+            False,
+            f"unsigned {event.source.value} message: VerifySignatures is on "
+            f"and UnsignedSources does not name {event.source.value!r}",
+        )

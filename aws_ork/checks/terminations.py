@@ -34,8 +34,9 @@ PRUNE_EVERY_SECONDS = 3600
 class Terminations:
     """One file per terminated instance id under ``directory``."""
 
-    def __init__(self, directory: Path, *, dry_run: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, directory: Path, *, dry_run: bool = False, clock: Callable[[], float] = time.time
+    ) -> None:
         self.directory = Path(directory)
         self.dry_run = dry_run
         self.clock = clock
@@ -50,8 +51,9 @@ class Terminations:
         """Record that this instance was terminated; OSError when StateDir is not writable."""
         path = self._path(instance_id)
         if self.dry_run:
-            log.info("dry run: would remember the termination of %s in %s", instance_id,
-                     self.directory)
+            log.info(
+                "dry run: would remember the termination of %s in %s", instance_id, self.directory
+            )
             return
         stamp = datetime.fromtimestamp(self.clock(), UTC).isoformat() + "\n"
         write_atomic(path, stamp.encode())
@@ -115,5 +117,8 @@ class TerminationCheck:
         if when is None:
             return Verdict(True)
         at = datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
-        return Verdict(False, f"instance was terminated (terminate handled at {at}); "
-                              f"a launch after its terminate accepts nothing")
+        return Verdict(
+            False,
+            f"instance was terminated (terminate handled at {at}); "
+            f"a launch after its terminate accepts nothing",
+        )

@@ -45,7 +45,10 @@ def _parse(body: object) -> Event:
     if eventbridge.is_eventbridge(doc):
         return eventbridge.parse(doc)
     if autoscaling.is_autoscaling(doc):
-        source = Source.HOOK if "LifecycleTransition" in doc or "LifecycleHookName" in doc \
+        source = (
+            Source.HOOK
+            if "LifecycleTransition" in doc or "LifecycleHookName" in doc
             else Source.RAW
+        )
         return autoscaling.parse(doc, source)
     return unknown("body is no SNS, Auto Scaling or EventBridge message")

@@ -55,8 +55,9 @@ def parse(doc: Mapping[str, Any], source: Source, **context: Any) -> Event:
     return instance_event(kind, source, doc, name, **context)
 
 
-def instance_event(kind: Kind, source: Source, doc: Mapping[str, Any], name: str,
-                   **context: Any) -> Event:
+def instance_event(
+    kind: Kind, source: Source, doc: Mapping[str, Any], name: str, **context: Any
+) -> Event:
     """The Event for an Auto Scaling object about one instance (a notification, a hook
     message, or the ``detail`` of an EventBridge event: they share these field names)."""
     group = fields.text(doc, "AutoScalingGroupName")

@@ -60,10 +60,8 @@ def parse(doc: Mapping[str, Any]) -> Event:
         instance_id, problem = fields.instance_id(detail, "instance-id")
         label = f"{name}: {state}"
         if kind is None:
-            return unknown(f"EC2 state {shorten(state)} needs no key change", SOURCE,
-                           name=label)
+            return unknown(f"EC2 state {shorten(state)} needs no key change", SOURCE, name=label)
         if instance_id is None:
             return unknown(problem, SOURCE, name=label)
         return Event(kind, SOURCE, instance_id=instance_id, name=label)
-    return unknown(f"unhandled EventBridge {shorten(origin)} {shorten(name)}",
-                   SOURCE, name=name)
+    return unknown(f"unhandled EventBridge {shorten(origin)} {shorten(name)}", SOURCE, name=name)

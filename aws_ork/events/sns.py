@@ -29,8 +29,11 @@ def is_envelope(doc: Mapping[str, Any]) -> bool:
 
 def parse(doc: Mapping[str, Any]) -> Event:
     """Unwrap the envelope and parse the notification inside it."""
-    context: dict[str, Any] = {"topic_arn": fields.text(doc, "TopicArn"), "envelope": doc,
-                               "message_id": fields.text(doc, "MessageId")}
+    context: dict[str, Any] = {
+        "topic_arn": fields.text(doc, "TopicArn"),
+        "envelope": doc,
+        "message_id": fields.text(doc, "MessageId"),
+    }
     if doc.get("Type") != "Notification":
         return unknown(f"SNS {doc.get('Type')} (not a notification)", SOURCE, **context)
     message = fields.text(doc, "Message")
@@ -43,8 +46,9 @@ def parse(doc: Mapping[str, Any]) -> Event:
     except RecursionError:
         return unknown("SNS Message is JSON nested too deeply", SOURCE, **context)
     if not isinstance(inner, dict):
-        return unknown(f"SNS Message is a JSON {type(inner).__name__}, not an object", SOURCE,
-                       **context)
+        return unknown(
+            f"SNS Message is a JSON {type(inner).__name__}, not an object", SOURCE, **context
+        )
     if not autoscaling.is_autoscaling(inner):
         return unknown("SNS Message is no Auto Scaling notification", SOURCE, **context)
     return autoscaling.parse(inner, SOURCE, **context)

@@ -57,11 +57,16 @@ UNSEEN: Stamp = (-1, -1)
 class KeyArrivals:
     """Launches waiting for their bound key, and the thread that watches for it."""
 
-    def __init__(self, location: KeyLocation, opts: Mapping[str, Any] | None = None, *,
-                 interval: float = defaults.ARRIVAL_POLL_SECONDS,
-                 keep_seconds: float = defaults.ARRIVAL_WAIT_SECONDS,
-                 guard_seconds: float = defaults.BOUND_GUARD_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        location: KeyLocation,
+        opts: Mapping[str, Any] | None = None,
+        *,
+        interval: float = defaults.ARRIVAL_POLL_SECONDS,
+        keep_seconds: float = defaults.ARRIVAL_WAIT_SECONDS,
+        guard_seconds: float = defaults.BOUND_GUARD_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.location = location
         self.opts = dict(opts) if opts is not None else None  # None: the files only
         self.interval = interval
@@ -81,9 +86,11 @@ class KeyArrivals:
 
     def start(self, on_arrival: OnArrival, on_lost: OnLost | None = None) -> None:
         if self.opts is not None and self.opts.get("auth_events") is not True:
-            log.warning("key binding: the master's auth_events is off: Salt fires no salt/auth "
-                        "event, and impostors presenting keys fast can keep the genuine key "
-                        "out of the key files (set auth_events: True on the master)")
+            log.warning(
+                "key binding: the master's auth_events is off: Salt fires no salt/auth "
+                "event, and impostors presenting keys fast can keep the genuine key "
+                "out of the key files (set auth_events: True on the master)"
+            )
         self._on_arrival = on_arrival
         self._on_lost = on_lost
         self._thread = threading.Thread(target=self._run, name="key-arrivals", daemon=True)
@@ -171,8 +178,11 @@ class KeyArrivals:
             if event is None:
                 continue
             data = event.get("data") if isinstance(event, dict) else None
-            if not isinstance(data, dict) or not isinstance(data.get("id"), str) \
-                    or not isinstance(data.get("pub"), str):
+            if (
+                not isinstance(data, dict)
+                or not isinstance(data.get("id"), str)
+                or not isinstance(data.get("pub"), str)
+            ):
                 continue
             with self._cond:
                 entry = self._waiting.get(data["id"])
@@ -186,8 +196,7 @@ class KeyArrivals:
         try:
             import salt.utils.event
 
-            bus = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"],
-                                                    listen=True)
+            bus = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"], listen=True)
             if not bus.connect_pub(timeout=1):
                 raise OSError("cannot connect to the master's event publisher")
         except Exception as exc:
@@ -197,9 +206,12 @@ class KeyArrivals:
         return bus
 
     def _bus_lost(self, exc: BaseException) -> None:
-        log.warning("key binding: cannot read salt/auth events from the master's event bus "
-                    "(%s); watching the key files only, which impostors presenting keys fast "
-                    "can keep the genuine key out of", exc)
+        log.warning(
+            "key binding: cannot read salt/auth events from the master's event bus "
+            "(%s); watching the key files only, which impostors presenting keys fast "
+            "can keep the genuine key out of",
+            exc,
+        )
         self._close_bus()
         self._bus_failed = True
 
@@ -231,16 +243,18 @@ class KeyArrivals:
                 if self._guarded.get(minion_id) == entry:
                     del self._guarded[minion_id]
             return
-        if self._on_lost is None or self.location.path(ACCEPTED, minion_id).exists() \
-                or not self.location.path(PENDING, minion_id).exists():
+        if (
+            self._on_lost is None
+            or self.location.path(ACCEPTED, minion_id).exists()
+            or not self.location.path(PENDING, minion_id).exists()
+        ):
             return
         try:
             self._on_lost(minion_id, fingerprint, pub)
         except Exception:  # the next look asks again
             log.error("%s: putting the bound key back failed", minion_id, exc_info=True)
 
-    def _ask(self, minion_id: str, fingerprint: str, since: float,
-             presented: str | None) -> None:
+    def _ask(self, minion_id: str, fingerprint: str, since: float, presented: str | None) -> None:
         assert self._on_arrival is not None
         try:
             finished = self._on_arrival(minion_id, fingerprint, presented)

@@ -58,8 +58,9 @@ class SaltKeys:
         self.key = key
         self.opts = key.opts
         #: where the file driver keeps keys (None: always through the cache driver)
-        self.location = location if location is not None and location.driver == FILE_DRIVER \
-            else None
+        self.location = (
+            location if location is not None and location.driver == FILE_DRIVER else None
+        )
         self._data_cache: Any = None  # salt.cache for grains/pillar, made on first delete
 
     def accept(self, minion_id: str, entry: Any = None) -> bool:
@@ -84,8 +85,10 @@ class SaltKeys:
             return False
         if not self._move_pending(minion_id, entry, "accepted"):
             return False
-        self._fire({"result": True, "act": "accept", "id": minion_id, "pub": entry["pub"]},
-                   salt.utils.event.tagify(prefix="key"))
+        self._fire(
+            {"result": True, "act": "accept", "id": minion_id, "pub": entry["pub"]},
+            salt.utils.event.tagify(prefix="key"),
+        )
         return True
 
     def reject(self, minion_id: str) -> bool:
@@ -98,8 +101,10 @@ class SaltKeys:
             return False
         if not self._move_pending(minion_id, entry, "rejected"):
             return False
-        self._fire({"result": True, "act": "reject", "id": minion_id},
-                   salt.utils.event.tagify(prefix="key"))
+        self._fire(
+            {"result": True, "act": "reject", "id": minion_id},
+            salt.utils.event.tagify(prefix="key"),
+        )
         return True
 
     def _move_pending(self, minion_id: str, entry: dict[str, Any], state: str) -> bool:
@@ -112,8 +117,7 @@ class SaltKeys:
             return True
         target, other = (ACCEPTED, REJECTED) if state == "accepted" else (REJECTED, ACCEPTED)
         try:
-            os.rename(self.location.path(PENDING, minion_id),
-                      self.location.path(target, minion_id))
+            os.rename(self.location.path(PENDING, minion_id), self.location.path(target, minion_id))
         except FileNotFoundError:
             return False
         try:  # a rejected copy would win over an accepted one (the driver reads it first)
@@ -168,8 +172,10 @@ class SaltKeys:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.location.path(state, minion_id))
         self.key.cache.flush("denied_keys", minion_id)
-        self._fire({"result": True, "act": "accept", "id": minion_id, "pub": pub},
-                   salt.utils.event.tagify(prefix="key"))
+        self._fire(
+            {"result": True, "act": "accept", "id": minion_id, "pub": pub},
+            salt.utils.event.tagify(prefix="key"),
+        )
         return True
 
     def drop_denied(self, minion_id: str) -> None:
@@ -178,8 +184,9 @@ class SaltKeys:
         an id and throws every later one away)."""
         self.key.cache.flush("denied_keys", minion_id)
 
-    def drop_impostor(self, state: str, minion_id: str,
-                      genuine: Callable[[str], bool]) -> list[str]:
+    def drop_impostor(
+        self, state: str, minion_id: str, genuine: Callable[[str], bool]
+    ) -> list[str]:
         """Remove the pending (``state`` PENDING) or denied (DENIED) key of this id unless it
         is ``genuine`` (key binding gave up: they were proven not to be the instance's key).
         The public keys removed. Only under the file driver, and only the very file that was
@@ -215,8 +222,10 @@ class SaltKeys:
         states = set(states)
         for state in sorted(states):
             self.key.cache.flush("denied_keys" if state == DENIED else "keys", minion_id)
-            self._fire({"result": True, "act": "delete", "id": minion_id},
-                       salt.utils.event.tagify(prefix="key"))
+            self._fire(
+                {"result": True, "act": "delete", "id": minion_id},
+                salt.utils.event.tagify(prefix="key"),
+            )
         self._forget_minion_data(minion_id, was_accepted=ACCEPTED in states)
         if self.opts.get("rotate_aes_key"):
             import salt.crypt

@@ -38,7 +38,8 @@ def fingerprints(pub: str, hash_type: str = "sha256") -> frozenset[str]:
     body = b"".join([line for line in data.splitlines(True) if line.strip()][1:-1])
     body = body.replace(b"\r\n", b"\n")
     return frozenset(
-        salt.utils.crypt.pem_finger(key=blob, sum_type=hash_type) for blob in (data, body))
+        salt.utils.crypt.pem_finger(key=blob, sum_type=hash_type) for blob in (data, body)
+    )
 
 
 def matches(pub: str, fingerprint: str, hash_type: str = "sha256") -> bool:

@@ -29,25 +29,43 @@ def accepting_options(opts: Mapping[str, Any]) -> list[tuple[str, str]]:
     ``master_config``, master.d includes merged) that accepts keys without aws_ork."""
     found: list[tuple[str, str]] = []
     if opts.get("auto_accept") is True:
-        found.append(("auto_accept", "auto_accept is True: Salt accepts every key presented, "
-                                     "by anyone who reaches the master's port 4506"))
+        found.append(
+            (
+                "auto_accept",
+                "auto_accept is True: Salt accepts every key presented, "
+                "by anyone who reaches the master's port 4506",
+            )
+        )
     if opts.get("open_mode") is True:
-        found.append(("open_mode", "open_mode is True: Salt serves every minion, whatever "
-                                   "key it presents"))
+        found.append(
+            ("open_mode", "open_mode is True: Salt serves every minion, whatever key it presents")
+        )
     autosign_file = opts.get("autosign_file")
     if autosign_file:
-        found.append(("autosign_file", f"autosign_file is {autosign_file}: Salt accepts every "
-                                       f"key whose id matches a line of it, reading it at each "
-                                       f"authentication (exists or not)"))
+        found.append(
+            (
+                "autosign_file",
+                f"autosign_file is {autosign_file}: Salt accepts every "
+                f"key whose id matches a line of it, reading it at each "
+                f"authentication (exists or not)",
+            )
+        )
     grains_dir = opts.get("autosign_grains_dir")
     if grains_dir:
-        found.append(("autosign_grains_dir", f"autosign_grains_dir is {grains_dir}: Salt "
-                                             f"accepts every key whose minion reports a grain "
-                                             f"listed there, and a minion chooses its grains"))
+        found.append(
+            (
+                "autosign_grains_dir",
+                f"autosign_grains_dir is {grains_dir}: Salt "
+                f"accepts every key whose minion reports a grain "
+                f"listed there, and a minion chooses its grains",
+            )
+        )
     return found
 
 
 def warnings(opts: Mapping[str, Any]) -> list[str]:
     """The WARNING lines of :func:`accepting_options` for the daemon's log."""
-    return [f"salt master {why}; aws_ork's checks decide nothing for those keys"
-            for _option, why in accepting_options(opts)]
+    return [
+        f"salt master {why}; aws_ork's checks decide nothing for those keys"
+        for _option, why in accepting_options(opts)
+    ]

@@ -80,8 +80,9 @@ class EventKey:
         return hmac.compare_digest(self.sign(text), signature)
 
     @classmethod
-    def load_or_create(cls, path: Path, master_opts: Mapping[str, Any], *,
-                       create: bool = True) -> EventKey:
+    def load_or_create(
+        cls, path: Path, master_opts: Mapping[str, Any], *, create: bool = True
+    ) -> EventKey:
         """Read the key file, or make it when absent (``create``). EventKeyError when it is
         unsafe or unusable."""
         master_uid = _master_uid(master_opts)
@@ -117,24 +118,27 @@ class EventKey:
                 raise EventKeyError(f"{path} is not a regular file")
             owners = {os.geteuid()} | ({master_uid} if master_uid is not None else set())
             if st.st_uid not in owners:
-                raise EventKeyError(f"{path} is owned by uid {st.st_uid}, neither aws_ork's "
-                                    f"user nor the master's")
+                raise EventKeyError(
+                    f"{path} is owned by uid {st.st_uid}, neither aws_ork's user nor the master's"
+                )
             if st.st_mode & UNSAFE_MODE:
-                raise EventKeyError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}; it must "
-                                    f"be 0600 or 0640 (no group write, nothing for others)")
+                raise EventKeyError(
+                    f"{path} has mode {stat.S_IMODE(st.st_mode):04o}; it must "
+                    f"be 0600 or 0640 (no group write, nothing for others)"
+                )
             raw = os.read(fd, 4096)
         finally:
             os.close(fd)
         text = raw.decode("ascii", "replace").strip()
         if len(text) != 2 * KEY_BYTES or any(c not in "0123456789abcdef" for c in text):
-            raise EventKeyError(f"{path} does not hold {2 * KEY_BYTES} lower-case hex "
-                                f"characters")
+            raise EventKeyError(f"{path} does not hold {2 * KEY_BYTES} lower-case hex characters")
         return cls(text.encode("ascii"), path)
 
     @staticmethod
     def _create(path: Path, master_uid: int | None) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
         try:
             os.fchmod(fd, 0o600)  # whatever the umask
             if master_uid is not None and os.geteuid() == 0 and master_uid != 0:

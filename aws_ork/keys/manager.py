@@ -38,14 +38,22 @@ class Outcome(enum.Enum):
     REJECTED = ("pending key moved to rejected keys", True)
     ABSENT = ("no key to delete", True)
     INVALID_ID = ("not a safe minion id; nothing passed to Salt", True)
-    PREAUTHORISED = ("pre-authorised (no key yet): Salt accepts it on the minion's first "
-                     "contact", True)
+    PREAUTHORISED = (
+        "pre-authorised (no key yet): Salt accepts it on the minion's first contact",
+        True,
+    )
     PREAUTH_WITHDRAWN = ("withdrawn from pre-authorisation (no key)", True)
     BOUND_NOT_YET = ("the key the instance published is not presented yet", False)
-    OTHER_KEY_ACCEPTED = ("a key with another fingerprint than the instance published is "
-                          "accepted under this id; left alone for an operator", True)
-    REMOVED = ("its key was accepted before and has since been removed by someone else; "
-               "not accepted or pre-authorised again", True)
+    OTHER_KEY_ACCEPTED = (
+        "a key with another fingerprint than the instance published is "
+        "accepted under this id; left alone for an operator",
+        True,
+    )
+    REMOVED = (
+        "its key was accepted before and has since been removed by someone else; "
+        "not accepted or pre-authorised again",
+        True,
+    )
 
     def __init__(self, text: str, done: bool) -> None:
         self.text = text
@@ -149,8 +157,14 @@ class KeyManager:
             return KeyResult(Outcome.NOT_PENDING)
         return self._accept_pending(minion_id)
 
-    def accept_bound(self, minion_id: str, fingerprint: str, *, enrolled: bool = False,
-                     presented: str | None = None) -> KeyResult:
+    def accept_bound(
+        self,
+        minion_id: str,
+        fingerprint: str,
+        *,
+        enrolled: bool = False,
+        presented: str | None = None,
+    ) -> KeyResult:
         """Key binding: accept exactly the key whose fingerprint the instance published.
 
         Never writes an autosign stub (a stub accepts whichever key comes first). The bound
@@ -182,8 +196,11 @@ class KeyManager:
             if pub is not None and binding.matches(pub, fingerprint, hash_type):
                 return self._accept_pending(minion_id)
             impostors.append(binding.finger(pub, hash_type) if pub is not None else "?")
-        genuine = presented if presented is not None \
-            and binding.matches(presented.strip(), fingerprint, hash_type) else None
+        genuine = (
+            presented
+            if presented is not None and binding.matches(presented.strip(), fingerprint, hash_type)
+            else None
+        )
         denied_impostor = False
         if DENIED in states:
             for pub in self._call("look up", minion_id, self._salt.denied, minion_id):
@@ -195,14 +212,17 @@ class KeyManager:
         if genuine is not None:
             if self.dry_run:
                 return KeyResult(Outcome.ACCEPTED, dry_run=True, others=tuple(impostors))
-            if not self._call("accept", minion_id, self._salt.accept_presented, minion_id,
-                              genuine):
+            if not self._call("accept", minion_id, self._salt.accept_presented, minion_id, genuine):
                 raise KeyStoreError(f"{minion_id}: Salt did not accept the presented key")
             return KeyResult(Outcome.ACCEPTED, changed=True, others=tuple(impostors))
         if denied_impostor and not self.dry_run:
             self._call("delete", minion_id, self._salt.drop_denied, minion_id)
-        return KeyResult(Outcome.BOUND_NOT_YET, changed=denied_impostor and not self.dry_run,
-                         dry_run=self.dry_run and bool(impostors), others=tuple(impostors))
+        return KeyResult(
+            Outcome.BOUND_NOT_YET,
+            changed=denied_impostor and not self.dry_run,
+            dry_run=self.dry_run and bool(impostors),
+            others=tuple(impostors),
+        )
 
     def drop_impostors(self, minion_id: str, fingerprint: str) -> tuple[str, ...]:
         """Key binding gave up on this id: remove the pending and denied keys under it whose
@@ -225,14 +245,18 @@ class KeyManager:
             if state not in states:
                 continue
             if self.dry_run:
-                pubs = [self._pub(minion_id)] if state == PENDING \
+                pubs = (
+                    [self._pub(minion_id)]
+                    if state == PENDING
                     else self._call("look up", minion_id, self._salt.denied, minion_id)
+                )
                 found = [pub for pub in pubs if pub is not None]
                 if found and not any(genuine(pub) for pub in found):
                     removed.extend(found)
                 continue
-            removed.extend(self._call("delete", minion_id, self._salt.drop_impostor, state,
-                                      minion_id, genuine))
+            removed.extend(
+                self._call("delete", minion_id, self._salt.drop_impostor, state, minion_id, genuine)
+            )
         return tuple(binding.finger(pub, hash_type) for pub in removed)
 
     def restore_bound(self, minion_id: str, fingerprint: str, pub: str) -> KeyResult:
@@ -242,8 +266,7 @@ class KeyManager:
         store deleted the accepted key: accept ``pub`` again (``others``: the pending key's
         fingerprint, removed). Nothing pending (an operator deleted the key): left alone."""
         hash_type = str(self._key.opts.get("hash_type") or "sha256")
-        if not is_minion_id(minion_id) or not binding.matches(pub.strip(), fingerprint,
-                                                              hash_type):
+        if not is_minion_id(minion_id) or not binding.matches(pub.strip(), fingerprint, hash_type):
             return KeyResult(Outcome.INVALID_ID)
         states = self.states(minion_id)
         if ACCEPTED in states:
@@ -302,8 +325,10 @@ class KeyManager:
         withdrawn = self._withdraw(minion_id)  # first: Salt must not accept it from now on
         states = self.states(minion_id)
         if not states:
-            return KeyResult(Outcome.PREAUTH_WITHDRAWN if withdrawn else Outcome.ABSENT,
-                             dry_run=self.dry_run and withdrawn)
+            return KeyResult(
+                Outcome.PREAUTH_WITHDRAWN if withdrawn else Outcome.ABSENT,
+                dry_run=self.dry_run and withdrawn,
+            )
         if self.dry_run:
             return KeyResult(Outcome.DELETED, dry_run=True)
         self._call("delete", minion_id, self._salt.delete, minion_id, states)
@@ -364,8 +389,9 @@ class KeyManager:
             self._key.cache.store("keys", minion_id, {"state": "pending", "pub": pub})
             log.warning("%s: accept failed half-way; pending key put back", minion_id)
         except Exception as exc:  # the store is broken; the minion will resubmit its key
-            log.error("%s: accept failed and the pending key could not be put back: %s",
-                      minion_id, exc)
+            log.error(
+                "%s: accept failed and the pending key could not be put back: %s", minion_id, exc
+            )
 
     def _call(self, what: str, minion_id: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a salt.key call, translating its failures into KeyStoreError."""

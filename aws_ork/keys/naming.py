@@ -49,8 +49,9 @@ class Template:
         """The minion id is the instance id: nothing to render, nothing to remember."""
         return self.text == IDENTITY
 
-    def render(self, instance_id: str, tags: Mapping[str, str], *,
-               private_dns_name: str = "") -> str:
+    def render(
+        self, instance_id: str, tags: Mapping[str, str], *, private_dns_name: str = ""
+    ) -> str:
         """The minion id for this instance; NamingError when a value is missing or the
         result is not a safe minion id. The group comes from the ``aws:autoscaling:groupName``
         tag Auto Scaling sets (EC2's word, not the message's)."""
@@ -63,24 +64,27 @@ class Template:
                 return instance_id
             if name == "private_dns_name":
                 if not private_dns_name:
-                    raise NamingError("EC2 gives the instance no private DNS name (yet)",
-                                      retry=True)
+                    raise NamingError(
+                        "EC2 gives the instance no private DNS name (yet)", retry=True
+                    )
                 return private_dns_name
             if name == "asg_name":
                 found = tags.get("aws:autoscaling:groupName")
                 if not found:
                     raise NamingError("the instance is in no Auto Scaling group")
                 return found
-            key = name[len("tag:"):]
+            key = name[len("tag:") :]
             if key not in tags:
                 raise NamingError(f"the instance has no tag {key} (yet)", retry=True)
             return tags[key]
 
         minion_id = _FIELD.sub(value, self.text)
         if not is_minion_id(minion_id):
-            raise NamingError(f"MinionIdTemplate gives {shorten(minion_id)}, which is not a "
-                              f"safe minion id (1-{MAX_LENGTH} characters of A-Z a-z 0-9 . _ "
-                              f"-, starting with a letter or digit)")
+            raise NamingError(
+                f"MinionIdTemplate gives {shorten(minion_id)}, which is not a "
+                f"safe minion id (1-{MAX_LENGTH} characters of A-Z a-z 0-9 . _ "
+                f"-, starting with a letter or digit)"
+            )
         return minion_id
 
 
@@ -93,20 +97,24 @@ def parse_template(raw: str) -> Template:
             continue
         if name.startswith("tag:") and 0 < len(name) - 4 <= 128 and name[4:].isprintable():
             continue
-        raise ValueError(f"has an unknown field {{{name}}}; use {{instance_id}}, "
-                         f"{{asg_name}}, {{private_dns_name}} or {{tag:KEY}}")
+        raise ValueError(
+            f"has an unknown field {{{name}}}; use {{instance_id}}, "
+            f"{{asg_name}}, {{private_dns_name}} or {{tag:KEY}}"
+        )
     literal = _FIELD.sub("", raw)
     if "{" in literal or "}" in literal:
         raise ValueError("has an unmatched { or }")
     if literal and re.fullmatch(r"[A-Za-z0-9._-]+", literal) is None:
-        raise ValueError("has text outside the fields that a minion id cannot hold (use "
-                         "A-Z a-z 0-9 . _ -)")
+        raise ValueError(
+            "has text outside the fields that a minion id cannot hold (use A-Z a-z 0-9 . _ -)"
+        )
     if not any(name.startswith(UNIQUE_FIELDS) for name in names):
-        raise ValueError("needs a field that tells instances apart: {instance_id}, "
-                         "{private_dns_name} or a {tag:KEY}")
+        raise ValueError(
+            "needs a field that tells instances apart: {instance_id}, "
+            "{private_dns_name} or a {tag:KEY}"
+        )
     if raw.startswith((".", "-", "_")):
-        raise ValueError("must not start with . - or _ (a minion id starts with a letter or "
-                         "digit)")
+        raise ValueError("must not start with . - or _ (a minion id starts with a letter or digit)")
     return Template(raw)
 
 

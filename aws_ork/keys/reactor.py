@@ -90,8 +90,17 @@ CONTEXT_LIMIT = 10_000
 
 #: Every event's ``signed`` content carries these (None when not known), and ``tag``,
 #: ``kind``, ``time``, ``nonce`` and ``version``.
-DATA_KEYS = ("instance_id", "minion_id", "group", "facts", "outcome", "reason", "message_id",
-             "source", "event")
+DATA_KEYS = (
+    "instance_id",
+    "minion_id",
+    "group",
+    "facts",
+    "outcome",
+    "reason",
+    "message_id",
+    "source",
+    "event",
+)
 #: The length of the random nonce, in hex characters.
 NONCE_HEX = 32
 #: What a ``launch`` event hands on to the ``accepted`` event that follows it.
@@ -140,18 +149,22 @@ def bounded_facts(facts: Mapping[str, Any]) -> dict[str, Any]:
     items = sorted(tags.items())[:TAGS_LIMIT] if isinstance(tags, Mapping) else []
     launch_time = facts.get("launch_time")
     dns = facts.get("private_dns_name")
-    return {"state": safe(str(facts.get("state")), 32),
-            "launch_time": safe(launch_time, 40) if isinstance(launch_time, str) else None,
-            "private_dns_name": safe(dns, 255) if isinstance(dns, str) else None,
-            "tags": {safe(str(key), TAG_KEY_LIMIT): safe(str(value), TAG_VALUE_LIMIT)
-                     for key, value in items}}
+    return {
+        "state": safe(str(facts.get("state")), 32),
+        "launch_time": safe(launch_time, 40) if isinstance(launch_time, str) else None,
+        "private_dns_name": safe(dns, 255) if isinstance(dns, str) else None,
+        "tags": {
+            safe(str(key), TAG_KEY_LIMIT): safe(str(value), TAG_VALUE_LIMIT) for key, value in items
+        },
+    }
 
 
 def canonical(content: Mapping[str, Any]) -> str:
     """The one text that is signed and carried: sorted keys, no spaces, ASCII only (what
     Jinja's ``hmac`` filter encodes is then exactly what was signed)."""
-    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False)
+    return json.dumps(
+        content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
 
 
 def _master_event(opts: Mapping[str, Any]) -> Any:
@@ -185,11 +198,16 @@ class SaltEvents:
     in the worker thread. ``clock`` is monotonic seconds, ``wall`` the time put in events.
     """
 
-    def __init__(self, opts: Mapping[str, Any], *, key: EventKey,
-                 connect: Callable[[Mapping[str, Any]], Any] = _master_event,
-                 clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time,
-                 queue_limit: int = QUEUE_LIMIT) -> None:
+    def __init__(
+        self,
+        opts: Mapping[str, Any],
+        *,
+        key: EventKey,
+        connect: Callable[[Mapping[str, Any]], Any] = _master_event,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        queue_limit: int = QUEUE_LIMIT,
+    ) -> None:
         self._key = key
         self._wall = wall
         self._connect = connect
@@ -238,8 +256,9 @@ class SaltEvents:
                 return False
             self._queue.append(_Queued(tag, payload, self._target))
             if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="aws_ork-salt-events",
-                                                daemon=True)  # never holds up an exit
+                self._worker = threading.Thread(
+                    target=self._work, name="aws_ork-salt-events", daemon=True
+                )  # never holds up an exit
                 self._worker.start()
             self._cond.notify_all()
             return True
@@ -252,15 +271,15 @@ class SaltEvents:
         payload.update(instance_id=minion_id, minion_id=minion_id)
         if kind is Kind.ACCEPTED:
             payload.update(self._context.pop(minion_id, {}))
-        payload.update({name: value for name, value in data.items()
-                        if value is not None and name in DATA_KEYS})
+        payload.update(
+            {name: value for name, value in data.items() if value is not None and name in DATA_KEYS}
+        )
         for name in DATA_KEYS:
             value = payload[name]
             if name == "facts":
                 payload[name] = bounded_facts(value) if isinstance(value, Mapping) else None
             elif name in ("instance_id", "minion_id"):
-                payload[name] = value if isinstance(value, str) and is_minion_id(value) \
-                    else None
+                payload[name] = value if isinstance(value, str) and is_minion_id(value) else None
             elif isinstance(value, str):
                 limit = {"group": GROUP_LIMIT, "reason": REASON_LIMIT}.get(name, TEXT_LIMIT)
                 payload[name] = safe(value, limit)
@@ -280,8 +299,13 @@ class SaltEvents:
     def _signed(self, tag: str, kind: Kind, content: dict[str, Any]) -> dict[str, Any]:
         """The event data: the canonical text of the content (with its tag, kind, time and
         a nonce) and its HMAC. Nothing else: a recipe has only what it can verify."""
-        content = dict(content, tag=tag, kind=kind.value, time=int(self._wall()),
-                       nonce=secrets.token_hex(NONCE_HEX // 2))
+        content = dict(
+            content,
+            tag=tag,
+            kind=kind.value,
+            time=int(self._wall()),
+            nonce=secrets.token_hex(NONCE_HEX // 2),
+        )
         text = canonical(content)
         return {"signed": text, "hmac": self._key.sign(text)}
 
@@ -290,9 +314,13 @@ class SaltEvents:
         now = self._clock()
         if self._full_warned_at is None or now - self._full_warned_at >= WARN_EVERY_SECONDS:
             self._full_warned_at = now
-            log.warning("Salt event %s dropped: %d aws_ork events already wait to be fired "
-                        "(the master's event bus is slow or hangs?); events are dropped while "
-                        "the queue is full (reactors miss them)", tag, len(self._queue))
+            log.warning(
+                "Salt event %s dropped: %d aws_ork events already wait to be fired "
+                "(the master's event bus is slow or hangs?); events are dropped while "
+                "the queue is full (reactors miss them)",
+                tag,
+                len(self._queue),
+            )
         else:
             log.debug("Salt event %s dropped: the event queue is full", tag)
 
@@ -330,7 +358,7 @@ class SaltEvents:
         new connection (and, like Salt, as long as the socket takes a message)."""
         now = self._clock()
         if item.target is not self._event_target:  # the first event, or the first after a
-            self._close()                           # reload: a new connection, at once
+            self._close()  # reload: a new connection, at once
             self._event_target = item.target
             self._down_until = 0.0
         if now < self._down_until:
@@ -354,9 +382,13 @@ class SaltEvents:
         self._close()
         if self._warned_at is None or now - self._warned_at >= WARN_EVERY_SECONDS:
             self._warned_at = now
-            log.warning("cannot fire Salt event %s (%s: %s): the master's event bus is down? "
-                        "aws_ork events are dropped until it is back (reactors miss them)",
-                        tag, type(exc).__name__, exc)
+            log.warning(
+                "cannot fire Salt event %s (%s: %s): the master's event bus is down? "
+                "aws_ork events are dropped until it is back (reactors miss them)",
+                tag,
+                type(exc).__name__,
+                exc,
+            )
         else:
             log.debug("Salt event %s dropped: %s", tag, exc)
 
@@ -398,5 +430,9 @@ class SaltEvents:
             left = len(self._queue) + int(self._busy)
             self._queue.clear()
             self.dropped += left
-        log.warning("%d aws_ork Salt events dropped at stop: not fired within %.1f s (the "
-                    "master's event bus hangs?)", left, timeout)
+        log.warning(
+            "%d aws_ork Salt events dropped at stop: not fired within %.1f s (the "
+            "master's event bus hangs?)",
+            left,
+            timeout,
+        )

@@ -47,26 +47,37 @@ class HookClient:
         The action is named by its token alone (AWS takes the token or the instance id):
         the token is what Auto Scaling sent for this one action, while an instance id taken
         from a message would let that message answer whatever action the instance has."""
-        self._call("CompleteLifecycleAction", self.autoscaling.complete_lifecycle_action,
-                   AutoScalingGroupName=group, LifecycleHookName=hook,
-                   LifecycleActionToken=token, LifecycleActionResult=result)
+        self._call(
+            "CompleteLifecycleAction",
+            self.autoscaling.complete_lifecycle_action,
+            AutoScalingGroupName=group,
+            LifecycleHookName=hook,
+            LifecycleActionToken=token,
+            LifecycleActionResult=result,
+        )
 
     def heartbeat(self, group: str, hook: str, token: str) -> None:
         """Restart the action's HeartbeatTimeout; ActionGone when it no longer waits. By the
         token alone, as :meth:`complete`."""
-        self._call("RecordLifecycleActionHeartbeat",
-                   self.autoscaling.record_lifecycle_action_heartbeat,
-                   AutoScalingGroupName=group, LifecycleHookName=hook,
-                   LifecycleActionToken=token)
+        self._call(
+            "RecordLifecycleActionHeartbeat",
+            self.autoscaling.record_lifecycle_action_heartbeat,
+            AutoScalingGroupName=group,
+            LifecycleHookName=hook,
+            LifecycleActionToken=token,
+        )
 
     def heartbeat_timeout(self, group: str, hook: str) -> int | None:
         """The hook's HeartbeatTimeout in seconds, asked once per hook; None when the hook is
         not found (deleted meanwhile)."""
         key = (group, hook)
         if key not in self._timeouts:
-            reply = self._call("DescribeLifecycleHooks",
-                               self.autoscaling.describe_lifecycle_hooks,
-                               AutoScalingGroupName=group, LifecycleHookNames=[hook])
+            reply = self._call(
+                "DescribeLifecycleHooks",
+                self.autoscaling.describe_lifecycle_hooks,
+                AutoScalingGroupName=group,
+                LifecycleHookNames=[hook],
+            )
             for item in reply.get("LifecycleHooks", []):
                 if item.get("LifecycleHookName") == hook and "HeartbeatTimeout" in item:
                     self._timeouts[key] = int(item["HeartbeatTimeout"])
@@ -75,9 +86,11 @@ class HookClient:
     def lifecycle_state(self, instance_id: str) -> str | None:
         """Auto Scaling's LifecycleState of the instance (``InService``,
         ``Terminating:Wait``, ...); None when no group has it."""
-        reply = self._call("DescribeAutoScalingInstances",
-                           self.autoscaling.describe_auto_scaling_instances,
-                           InstanceIds=[instance_id])
+        reply = self._call(
+            "DescribeAutoScalingInstances",
+            self.autoscaling.describe_auto_scaling_instances,
+            InstanceIds=[instance_id],
+        )
         for item in reply.get("AutoScalingInstances", []):
             if item.get("InstanceId") == instance_id:
                 return str(item.get("LifecycleState", "")) or None
@@ -96,4 +109,5 @@ class HookClient:
         # an unparsable answer (an HTML error page from a proxy) is no BotoCoreError
         except (*AWS_ERRORS, botocore.parsers.ResponseParserError) as exc:
             raise LifecycleError(
-                f"Auto Scaling {name} failed: {type(exc).__name__}: {exc}") from exc
+                f"Auto Scaling {name} failed: {type(exc).__name__}: {exc}"
+            ) from exc

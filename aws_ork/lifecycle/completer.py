@@ -58,10 +58,8 @@ class HookAction:
     @classmethod
     def of(cls, event: Event) -> HookAction | None:
         """The action an event carries; None for a message of no hook (or missing a part)."""
-        if event.group and event.lifecycle_hook and event.lifecycle_token \
-                and event.instance_id:
-            return cls(event.group, event.lifecycle_hook, event.lifecycle_token,
-                       event.instance_id)
+        if event.group and event.lifecycle_hook and event.lifecycle_token and event.instance_id:
+            return cls(event.group, event.lifecycle_hook, event.lifecycle_token, event.instance_id)
         return None
 
     def describe(self) -> str:
@@ -89,11 +87,16 @@ class Completer:
     """The lifecycle actions aws_ork answers (thread-safe: the loop, the arrivals thread and
     the heartbeat thread all use it)."""
 
-    def __init__(self, client: HookClient, *, dry_run: bool = False,
-                 clock: Callable[[], float] = time.time,
-                 fraction: float = defaults.HEARTBEAT_FRACTION,
-                 give_up_seconds: float = defaults.HOOK_WAIT_SECONDS,
-                 path: Path | None = None) -> None:
+    def __init__(
+        self,
+        client: HookClient,
+        *,
+        dry_run: bool = False,
+        clock: Callable[[], float] = time.time,
+        fraction: float = defaults.HEARTBEAT_FRACTION,
+        give_up_seconds: float = defaults.HOOK_WAIT_SECONDS,
+        path: Path | None = None,
+    ) -> None:
         self.client = client
         self.dry_run = dry_run
         self.clock = clock  # wall-clock: the waits' times outlive the process (``path``)
@@ -126,26 +129,32 @@ class Completer:
         for saved in waits.load(path):
             action = HookAction(saved.group, saved.hook, saved.token, saved.instance_id)
             if saved.state == waits.WAITING:
-                self._waiting[saved.token] = _Waiting(action, since=saved.since,
-                                                      due=saved.due, beats=saved.beats)
+                self._waiting[saved.token] = _Waiting(
+                    action, since=saved.since, due=saved.due, beats=saved.beats
+                )
             elif saved.since >= horizon:
                 self._given_up[saved.token] = (action, saved.since)
                 self._ended[saved.token] = State.GIVEN_UP
         if self._waiting:
-            log.info("%d lifecycle action(s) still waiting for their key since the last run "
-                     "(%s)", len(self._waiting), path)
+            log.info(
+                "%d lifecycle action(s) still waiting for their key since the last run (%s)",
+                len(self._waiting),
+                path,
+            )
 
     def _saved(self) -> Iterator[waits.SavedWait]:
         """What the file holds: the waiting actions, then the newest given-up ones."""
         for w in self._waiting.values():
             a = w.action
             if waits.storable(a.group, a.hook, a.token, a.instance_id):
-                yield waits.SavedWait(a.group, a.hook, a.token, a.instance_id, w.since, w.due,
-                                      w.beats, waits.WAITING)
+                yield waits.SavedWait(
+                    a.group, a.hook, a.token, a.instance_id, w.since, w.due, w.beats, waits.WAITING
+                )
         for a, since in reversed(self._given_up.values()):
             if waits.storable(a.group, a.hook, a.token, a.instance_id):
-                yield waits.SavedWait(a.group, a.hook, a.token, a.instance_id, since, since, 0,
-                                      waits.GIVEN_UP)
+                yield waits.SavedWait(
+                    a.group, a.hook, a.token, a.instance_id, since, since, 0, waits.GIVEN_UP
+                )
 
     def _save(self) -> None:
         """Write the file if memory changed since (the caller holds the lock). A failure is
@@ -161,8 +170,11 @@ class Completer:
             waits.save(self.path, self._saved(), defaults.HOOK_WAITS_LIMIT)
         except OSError as exc:
             if not self._save_failing:
-                log.error("%s: cannot save the lifecycle waits (a restart would forget them): "
-                          "%s", self.path, exc)
+                log.error(
+                    "%s: cannot save the lifecycle waits (a restart would forget them): %s",
+                    self.path,
+                    exc,
+                )
             self._save_failing = True
             return
         if self._save_failing:
@@ -184,8 +196,12 @@ class Completer:
             self.client.complete(action.group, action.hook, action.token)
         except ActionGone:
             self._end(action, State.DONE)
-            log.info("%s: %s is no longer waiting (instance gone, or the token expired or was "
-                     "answered); dropped", action.instance_id, action.describe())
+            log.info(
+                "%s: %s is no longer waiting (instance gone, or the token expired or was "
+                "answered); dropped",
+                action.instance_id,
+                action.describe(),
+            )
             return "lifecycle action no longer waiting; dropped"
         self._end(action, State.DONE)
         with self._lock:
@@ -226,22 +242,28 @@ class Completer:
         """The key of ``instance_id`` was accepted outside a message: complete its waiting
         actions now. A failure is left for the message's next retry."""
         with self._lock:
-            actions = [w.action for w in self._waiting.values()
-                       if w.action.instance_id == instance_id]
+            actions = [
+                w.action for w in self._waiting.values() if w.action.instance_id == instance_id
+            ]
         for action in actions:
             try:
                 self.complete(action)
             except LifecycleError as exc:
-                log.error("%s: %s not completed yet (the message retries): %s",
-                          instance_id, action.describe(), exc)
+                log.error(
+                    "%s: %s not completed yet (the message retries): %s",
+                    instance_id,
+                    action.describe(),
+                    exc,
+                )
 
     # --- heartbeats ---
 
     def start(self) -> None:
         """Start the heartbeat thread."""
         if self._thread is None and not self.dry_run:
-            self._thread = threading.Thread(target=self._run, name="lifecycle-heartbeats",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="lifecycle-heartbeats", daemon=True
+            )
             self._thread.start()
 
     def stop(self) -> None:
@@ -271,18 +293,31 @@ class Completer:
                 self.client.heartbeat(action.group, action.hook, action.token)
             except ActionGone:
                 self._end(action, State.DONE)
-                log.info("%s: %s is no longer waiting (instance gone, or the token expired or "
-                         "was answered); dropped", action.instance_id, action.describe())
+                log.info(
+                    "%s: %s is no longer waiting (instance gone, or the token expired or "
+                    "was answered); dropped",
+                    action.instance_id,
+                    action.describe(),
+                )
                 continue
             except LifecycleError as exc:
-                log.error("%s: heartbeat for %s failed, retrying: %s", action.instance_id,
-                          action.describe(), exc)
+                log.error(
+                    "%s: heartbeat for %s failed, retrying: %s",
+                    action.instance_id,
+                    action.describe(),
+                    exc,
+                )
                 waiting.due = now + defaults.HEARTBEAT_RETRY_SECONDS
                 continue
             waiting.beats += 1
             waiting.due = now + timeout * self.fraction
-            log.debug("%s: heartbeat %d for %s; next in %.0f s", action.instance_id,
-                      waiting.beats, action.describe(), timeout * self.fraction)
+            log.debug(
+                "%s: heartbeat %d for %s; next in %.0f s",
+                action.instance_id,
+                waiting.beats,
+                action.describe(),
+                timeout * self.fraction,
+            )
         if due:
             with self._lock:  # once per tick: the next heartbeats' times survive a restart
                 self._dirty = True
@@ -295,18 +330,27 @@ class Completer:
             if self._waiting.get(action.token) is not waiting:
                 return  # ended meanwhile (completed, or given up by the other thread)
             self._end_locked(action, State.GIVEN_UP, since=waiting.since)
-        log.warning("%s: gave up waiting for its key after %.0f s (%d heartbeats): %s is left "
-                    "to its HeartbeatTimeout and DefaultResult", action.instance_id,
-                    now - waiting.since, waiting.beats, action.describe())
+        log.warning(
+            "%s: gave up waiting for its key after %.0f s (%d heartbeats): %s is left "
+            "to its HeartbeatTimeout and DefaultResult",
+            action.instance_id,
+            now - waiting.since,
+            waiting.beats,
+            action.describe(),
+        )
 
     def _timeout(self, action: HookAction) -> float:
         """The hook's HeartbeatTimeout; AWS's minimum when it cannot be learnt."""
         try:
             timeout = self.client.heartbeat_timeout(action.group, action.hook)
         except LifecycleError as exc:
-            log.warning("%s: cannot learn the HeartbeatTimeout of %s (%s); assuming %d s",
-                        action.instance_id, action.describe(), exc,
-                        defaults.MIN_HEARTBEAT_TIMEOUT_SECONDS)
+            log.warning(
+                "%s: cannot learn the HeartbeatTimeout of %s (%s); assuming %d s",
+                action.instance_id,
+                action.describe(),
+                exc,
+                defaults.MIN_HEARTBEAT_TIMEOUT_SECONDS,
+            )
             timeout = None
         return float(timeout or defaults.MIN_HEARTBEAT_TIMEOUT_SECONDS)
 
@@ -314,8 +358,7 @@ class Completer:
         with self._lock:
             self._end_locked(action, state)
 
-    def _end_locked(self, action: HookAction, state: State, *,
-                    since: float | None = None) -> None:
+    def _end_locked(self, action: HookAction, state: State, *, since: float | None = None) -> None:
         """The action is no longer waited for (the caller holds the lock); a given-up one is
         remembered durably with the time its wait began."""
         self._dirty = self._waiting.pop(action.token, None) is not None or self._dirty

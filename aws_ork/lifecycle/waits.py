@@ -54,10 +54,23 @@ class SavedWait:
     state: str
 
     def line(self) -> str:
-        return json.dumps({"token": self.token, "group": self.group, "hook": self.hook,
-                           "instance": self.instance_id, "since": round(self.since, 3),
-                           "due": round(self.due, 3), "beats": self.beats,
-                           "state": self.state}, ensure_ascii=True, sort_keys=True) + "\n"
+        return (
+            json.dumps(
+                {
+                    "token": self.token,
+                    "group": self.group,
+                    "hook": self.hook,
+                    "instance": self.instance_id,
+                    "since": round(self.since, 3),
+                    "due": round(self.due, 3),
+                    "beats": self.beats,
+                    "state": self.state,
+                },
+                ensure_ascii=True,
+                sort_keys=True,
+            )
+            + "\n"
+        )
 
 
 def _name(value: object, limit: int) -> bool:
@@ -65,14 +78,22 @@ def _name(value: object, limit: int) -> bool:
 
 
 def _time(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value) and value >= 0
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def storable(group: str, hook: str, token: str, instance_id: str) -> bool:
     """An action the file may hold (what Auto Scaling itself can send)."""
-    return _TOKEN.fullmatch(token) is not None and _name(hook, 255) \
-        and _name(group, 1600) and is_instance_id(instance_id)
+    return (
+        _TOKEN.fullmatch(token) is not None
+        and _name(hook, 255)
+        and _name(group, 1600)
+        and is_instance_id(instance_id)
+    )
 
 
 def _parse(text: str) -> SavedWait | None:
@@ -85,12 +106,22 @@ def _parse(text: str) -> SavedWait | None:
     token, group, hook = doc.get("token"), doc.get("group"), doc.get("hook")
     instance, since, due = doc.get("instance"), doc.get("since"), doc.get("due")
     beats, state = doc.get("beats"), doc.get("state")
-    if not (isinstance(token, str) and isinstance(group, str) and isinstance(hook, str)
-            and isinstance(instance, str) and storable(group, hook, token, instance)):
+    if not (
+        isinstance(token, str)
+        and isinstance(group, str)
+        and isinstance(hook, str)
+        and isinstance(instance, str)
+        and storable(group, hook, token, instance)
+    ):
         return None
-    if not (_time(since) and _time(due) and isinstance(beats, int)
-            and not isinstance(beats, bool) and 0 <= beats < 1_000_000
-            and state in (WAITING, GIVEN_UP)):
+    if not (
+        _time(since)
+        and _time(due)
+        and isinstance(beats, int)
+        and not isinstance(beats, bool)
+        and 0 <= beats < 1_000_000
+        and state in (WAITING, GIVEN_UP)
+    ):
         return None
     assert isinstance(since, (int, float)) and isinstance(due, (int, float))
     return SavedWait(group, hook, token, instance, float(since), float(due), beats, str(state))

@@ -113,8 +113,11 @@ def _etag(raw: str) -> str:
 def md5_from_etag(etag: str, sse: str | None, *, customer_key: bool = False) -> str | None:
     """The content MD5 an ETag stands for, when it stands for one: a single-part upload
     stored without SSE-KMS or SSE-C (whose ETags are not MD5s); None otherwise."""
-    if sse in ("aws:kms", "aws:kms:dsse") or customer_key \
-            or re.fullmatch(r"[0-9a-f]{32}", etag) is None:
+    if (
+        sse in ("aws:kms", "aws:kms:dsse")
+        or customer_key
+        or re.fullmatch(r"[0-9a-f]{32}", etag) is None
+    ):
         return None
     return etag
 
@@ -123,8 +126,11 @@ def full_sha256(response: dict[str, Any]) -> str | None:
     """The body's SHA-256 (base64) from a HEAD or GET with ChecksumMode=ENABLED; None when
     there is none, or it is a multipart upload's composite checksum (not the body's)."""
     value = response.get("ChecksumSHA256")
-    if not isinstance(value, str) or "-" in value \
-            or response.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+    if (
+        not isinstance(value, str)
+        or "-" in value
+        or response.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT"
+    ):
         return None
     return value
 
@@ -132,8 +138,9 @@ def full_sha256(response: dict[str, Any]) -> str | None:
 class S3Tree:
     """The objects under ``s3://bucket/prefix/``, addressed by relative path."""
 
-    def __init__(self, client: Any, target: BucketUrl,
-                 options: ObjectOptions = ObjectOptions()) -> None:
+    def __init__(
+        self, client: Any, target: BucketUrl, options: ObjectOptions = ObjectOptions()
+    ) -> None:
         self.client = client
         self.target = target
         self.options = options
@@ -151,14 +158,20 @@ class S3Tree:
         it has none (``ServerSideEncryptionConfigurationNotFoundError``)."""
         try:
             with self._translate("get bucket encryption"):
-                rules = self.client.get_bucket_encryption(Bucket=self.target.bucket).get(
-                    "ServerSideEncryptionConfiguration", {}).get("Rules", [])
+                rules = (
+                    self.client.get_bucket_encryption(Bucket=self.target.bucket)
+                    .get("ServerSideEncryptionConfiguration", {})
+                    .get("Rules", [])
+                )
         except MirrorError as exc:
             if _code_of(exc) == "ServerSideEncryptionConfigurationNotFoundError":
                 return []
             raise
-        return [str(rule.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm"))
-                for rule in rules if rule.get("ApplyServerSideEncryptionByDefault")]
+        return [
+            str(rule.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm"))
+            for rule in rules
+            if rule.get("ApplyServerSideEncryptionByDefault")
+        ]
 
     def public_access_block(self) -> dict[str, bool]:
         """The bucket's public access block settings ({} when it has none:
@@ -166,30 +179,37 @@ class S3Tree:
         try:
             with self._translate("get public access block"):
                 block = self.client.get_public_access_block(Bucket=self.target.bucket).get(
-                    "PublicAccessBlockConfiguration", {})
+                    "PublicAccessBlockConfiguration", {}
+                )
         except MirrorError as exc:
             if _code_of(exc) == "NoSuchPublicAccessBlockConfiguration":
                 return {}
             raise
         return {str(name): value is True for name, value in block.items()}
 
-    def put(self, relpath: str, body: bytes, mode: int, md5: str, *,
-            symlink: bool = False) -> Remote:
+    def put(
+        self, relpath: str, body: bytes, mode: int, md5: str, *, symlink: bool = False
+    ) -> Remote:
         """Upload one file (or symlink); returns what the mirror now holds for it."""
         metadata = {MODE_META: format_mode(mode), MD5_META: md5}
         if symlink:
             metadata[TYPE_META] = "symlink"
         with self._translate(f"put {relpath}"):
             response = self.client.put_object(
-                Bucket=self.target.bucket, Key=self.key(relpath), Body=body,
-                Metadata=metadata, ChecksumAlgorithm="SHA256", **self.options.put_args())
+                Bucket=self.target.bucket,
+                Key=self.key(relpath),
+                Body=body,
+                Metadata=metadata,
+                ChecksumAlgorithm="SHA256",
+                **self.options.put_args(),
+            )
         return Remote(_etag(response["ETag"]), md5, mode & 0o7777, full_sha256(response))
 
     def delete(self, relpaths: Iterable[str]) -> int:
         """Delete objects, up to 1,000 per request; returns how many were asked for."""
         keys = sorted({self.key(r) for r in relpaths})
         for start in range(0, len(keys), DELETE_BATCH):
-            chunk = keys[start:start + DELETE_BATCH]
+            chunk = keys[start : start + DELETE_BATCH]
             with self._translate("delete"):
                 response = self.client.delete_objects(
                     Bucket=self.target.bucket,
@@ -197,8 +217,10 @@ class S3Tree:
                 )
             if response.get("Errors"):
                 first = response["Errors"][0]
-                raise MirrorError(f"{self.target}: delete of {first.get('Key')} failed: "
-                                  f"{first.get('Code')} ({len(response['Errors'])} failed)")
+                raise MirrorError(
+                    f"{self.target}: delete of {first.get('Key')} failed: "
+                    f"{first.get('Code')} ({len(response['Errors'])} failed)"
+                )
         return len(keys)
 
     def list(self) -> dict[str, str]:
@@ -206,10 +228,9 @@ class S3Tree:
         etags: dict[str, str] = {}
         with self._translate("list"):
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.target.bucket,
-                                           Prefix=self.target.prefix):
+            for page in paginator.paginate(Bucket=self.target.bucket, Prefix=self.target.prefix):
                 for obj in page.get("Contents", []):
-                    etags[obj["Key"][len(self.target.prefix):]] = _etag(obj["ETag"])
+                    etags[obj["Key"][len(self.target.prefix) :]] = _etag(obj["ETag"])
         return etags
 
     def head(self, relpath: str) -> Remote | None:
@@ -219,21 +240,27 @@ class S3Tree:
 
         try:
             with self._translate(f"head {relpath}", expected=NOT_FOUND):
-                response = self.client.head_object(Bucket=self.target.bucket,
-                                                   Key=self.key(relpath),
-                                                   ChecksumMode="ENABLED")
+                response = self.client.head_object(
+                    Bucket=self.target.bucket, Key=self.key(relpath), ChecksumMode="ENABLED"
+                )
         except MirrorError as exc:
             cause = exc.__cause__
-            if isinstance(cause, botocore.exceptions.ClientError) \
-                    and error_code(cause) in NOT_FOUND:
+            if (
+                isinstance(cause, botocore.exceptions.ClientError)
+                and error_code(cause) in NOT_FOUND
+            ):
                 return None
             raise
         meta = response.get("Metadata", {})
         etag = _etag(response["ETag"])
-        md5 = md5_from_etag(etag, response.get("ServerSideEncryption"),
-                            customer_key="SSECustomerAlgorithm" in response)
-        return Remote(etag, md5, parse_mode(meta.get(MODE_META)), full_sha256(response),
-                      meta.get(MD5_META))
+        md5 = md5_from_etag(
+            etag,
+            response.get("ServerSideEncryption"),
+            customer_key="SSECustomerAlgorithm" in response,
+        )
+        return Remote(
+            etag, md5, parse_mode(meta.get(MODE_META)), full_sha256(response), meta.get(MD5_META)
+        )
 
     def get(self, relpath: str, limit: int | None = None) -> Download:
         """Download one object and check its body against the MD5 it was stored with; with
@@ -251,12 +278,14 @@ class S3Tree:
         meta = response.get("Metadata", {})
         digest = hashlib.md5(body, usedforsecurity=False).hexdigest()
         expected = meta.get(MD5_META) or md5_from_etag(
-            _etag(response.get("ETag", "")), response.get("ServerSideEncryption"))
+            _etag(response.get("ETag", "")), response.get("ServerSideEncryption")
+        )
         if expected is not None and expected != digest:
-            raise MirrorError(f"{self.target}{relpath}: downloaded body does not match its "
-                              f"MD5 ({digest} != {expected})")
-        return Download(body, parse_mode(meta.get(MODE_META)),
-                        meta.get(TYPE_META) == "symlink")
+            raise MirrorError(
+                f"{self.target}{relpath}: downloaded body does not match its "
+                f"MD5 ({digest} != {expected})"
+            )
+        return Download(body, parse_mode(meta.get(MODE_META)), meta.get(TYPE_META) == "symlink")
 
     @contextlib.contextmanager
     def _translate(self, what: str, expected: Collection[str] = ()) -> Iterator[None]:

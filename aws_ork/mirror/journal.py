@@ -61,8 +61,9 @@ class Journal:
             self._load()
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise MirrorError(f"StateDir {state_dir}: cannot keep the mirror journal: "
-                              f"{exc}") from exc
+            raise MirrorError(
+                f"StateDir {state_dir}: cannot keep the mirror journal: {exc}"
+            ) from exc
 
     def _load(self) -> None:
         try:
@@ -83,8 +84,9 @@ class Journal:
                 else:
                     raise ValueError("neither a path nor a rescan")
             except (ValueError, AttributeError, TypeError):
-                log.warning("%s: unreadable record %r; a full rescan will be made",
-                            self.path, line[:100])
+                log.warning(
+                    "%s: unreadable record %r; a full rescan will be made", self.path, line[:100]
+                )
                 self._add_rescan(time.time())
 
     def _add(self, path: str, since: float) -> None:
@@ -134,8 +136,7 @@ class Journal:
                 entry = self._paths.get(path)
                 if entry is not None and entry.seq <= snap.seq:
                     del self._paths[path]
-            if rescan and snap.rescan and self._rescan is not None \
-                    and self._rescan.seq <= snap.seq:
+            if rescan and snap.rescan and self._rescan is not None and self._rescan.seq <= snap.seq:
                 self._rescan = None
             self._rewrite()
 

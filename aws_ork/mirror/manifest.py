@@ -31,10 +31,15 @@ def load(path: Path, target: str) -> dict[str, Remote]:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("target") != target or data.get("version") != VERSION:
             return {}
-        return {rel: Remote(str(etag), md5 if isinstance(md5, str) else None,
-                            mode if isinstance(mode, int) else None,
-                            sha256 if isinstance(sha256, str) else None)
-                for rel, (etag, md5, mode, sha256) in data["objects"].items()}
+        return {
+            rel: Remote(
+                str(etag),
+                md5 if isinstance(md5, str) else None,
+                mode if isinstance(mode, int) else None,
+                sha256 if isinstance(sha256, str) else None,
+            )
+            for rel, (etag, md5, mode, sha256) in data["objects"].items()
+        }
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -44,9 +49,11 @@ def load(path: Path, target: str) -> dict[str, Remote]:
 
 def save(path: Path, target: str, objects: dict[str, Remote]) -> None:
     """Write the manifest atomically; a failure is logged (it is a cache)."""
-    data = {"version": VERSION, "target": target,
-            "objects": {rel: [r.etag, r.md5, r.mode, r.sha256]
-                        for rel, r in sorted(objects.items())}}
+    data = {
+        "version": VERSION,
+        "target": target,
+        "objects": {rel: [r.etag, r.md5, r.mode, r.sha256] for rel, r in sorted(objects.items())},
+    }
     try:
         write_atomic(path, json.dumps(data, separators=(",", ":")).encode(), 0o600)
     except OSError as exc:

@@ -70,8 +70,9 @@ def memory_tree(pki_tree: S3Tree) -> S3Tree:
     """The memories' objects: the pki mirror's bucket, prefix, SSE and ACL, under
     :data:`STATE_PREFIX`."""
     target = pki_tree.target
-    return S3Tree(pki_tree.client, BucketUrl(target.bucket, target.prefix + STATE_PREFIX),
-                  pki_tree.options)
+    return S3Tree(
+        pki_tree.client, BucketUrl(target.bucket, target.prefix + STATE_PREFIX), pki_tree.options
+    )
 
 
 def memory_mirror(pki_tree: S3Tree, state_dir: Path) -> S3Mirror:
@@ -95,15 +96,16 @@ def _parse(name: str, path: Path, clock: Callable[[], float]) -> tuple[str, int]
     if name == NAMES_FILE:
         names = MinionNames(path, limit=defaults.MINION_NAMES_LIMIT, clock=clock)
         return names.render(), len(names.items())
-    keep, limit = ((defaults.SQS_MAX_RETENTION_SECONDS, defaults.FINISHED_MESSAGES_LIMIT)
-                   if name == FINISHED_FILE else
-                   (defaults.ENROLLED_KEEP_SECONDS, defaults.ENROLLED_LIMIT))
+    keep, limit = (
+        (defaults.SQS_MAX_RETENTION_SECONDS, defaults.FINISHED_MESSAGES_LIMIT)
+        if name == FINISHED_FILE
+        else (defaults.ENROLLED_KEEP_SECONDS, defaults.ENROLLED_LIMIT)
+    )
     memory = IdMemory(path, keep_seconds=keep, limit=limit, clock=clock)
     return memory.render(), len(memory)
 
 
-def _merge(name: str, state_dir: Path, restored: bytes,
-           clock: Callable[[], float]) -> int:
+def _merge(name: str, state_dir: Path, restored: bytes, clock: Callable[[], float]) -> int:
     """Write StateDir/name as the restored lines followed by the local ones (the local, newer,
     win), parsed and rendered canonical; returns the live entries."""
     final = state_dir / name
@@ -130,16 +132,16 @@ def _merge(name: str, state_dir: Path, restored: bytes,
     return entries
 
 
-def restore_memories(pki_tree: S3Tree, state_dir: Path, *,
-                     clock: Callable[[], float] = time.time) -> MemoryRestore:
+def restore_memories(
+    pki_tree: S3Tree, state_dir: Path, *, clock: Callable[[], float] = time.time
+) -> MemoryRestore:
     """Bring the mirrored memories back into StateDir (merged with any already there).
     MirrorError when S3 or StateDir fails, or StateDir is in use by a running aws_ork."""
     tree = memory_tree(pki_tree)
     listing = tree.list()
     ignored = sorted(rel for rel in listing if rel not in FILES)
     for rel in ignored:
-        log.warning("restore: ignoring object %s: not a memory file",
-                    shorten(tree.key(rel), 160))
+        log.warning("restore: ignoring object %s: not a memory file", shorten(tree.key(rel), 160))
     wanted = [name for name in FILES if name in listing]
     if not wanted:
         return MemoryRestore(0, 0, [], len(ignored))

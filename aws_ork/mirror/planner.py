@@ -64,13 +64,16 @@ class Digests:
 
     @classmethod
     def of(cls, body: bytes) -> Digests:
-        return cls(hashlib.md5(body, usedforsecurity=False).hexdigest(),
-                   base64.b64encode(hashlib.sha256(body).digest()).decode("ascii"))
+        return cls(
+            hashlib.md5(body, usedforsecurity=False).hexdigest(),
+            base64.b64encode(hashlib.sha256(body).digest()).decode("ascii"),
+        )
 
     def held_by(self, entry: Remote) -> bool:
         """Does S3 vouch that the object holds this body? (Its metadata does not count.)"""
-        return (entry.md5 is not None and entry.md5 == self.md5) \
-            or (entry.sha256 is not None and entry.sha256 == self.sha256)
+        return (entry.md5 is not None and entry.md5 == self.md5) or (
+            entry.sha256 is not None and entry.sha256 == self.sha256
+        )
 
 
 def link_target(root: Path, rel: str) -> str | None:
@@ -87,9 +90,16 @@ def link_target(root: Path, rel: str) -> str | None:
 class S3Mirror:
     """The pki tree at ``pki_dir`` and its mirror ``tree``; ``manifest_path`` in StateDir."""
 
-    def __init__(self, tree: S3Tree, pki_dir: Path, manifest_path: Path | None = None, *,
-                 unmirrored: Iterable[str] = (), only: Iterable[str] | None = None,
-                 foreign: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        tree: S3Tree,
+        pki_dir: Path,
+        manifest_path: Path | None = None,
+        *,
+        unmirrored: Iterable[str] = (),
+        only: Iterable[str] | None = None,
+        foreign: Iterable[str] = (),
+    ) -> None:
         self.tree = tree
         self.pki_dir = pki_dir
         #: directories (relative to pki_dir) whose files the mirror leaves out, and whose
@@ -104,7 +114,8 @@ class S3Mirror:
         self.repaired = 0
         self.manifest_path = manifest_path
         self.manifest: dict[str, Remote] = (
-            manifest.load(manifest_path, str(tree.target)) if manifest_path else {})
+            manifest.load(manifest_path, str(tree.target)) if manifest_path else {}
+        )
         #: True once a reconciliation in this process made the manifest equal the bucket
         self.complete = False
         self._hashes: dict[str, tuple[tuple[int, int, int], Digests]] = {}
@@ -141,8 +152,9 @@ class S3Mirror:
         if not self.complete:
             return self.reconcile()
         local = dict(self._scan())
-        to_put = [rel for rel, st in local.items()
-                  if not self._same(rel, self.manifest.get(rel), st)]
+        to_put = [
+            rel for rel, st in local.items() if not self._same(rel, self.manifest.get(rel), st)
+        ]
         stale = [rel for rel in self.manifest if rel not in local]
         uploaded, vanished = self._put_many(to_put)
         deleted = self._delete(stale + vanished)
@@ -150,8 +162,9 @@ class S3Mirror:
 
     def reconcile(self) -> SyncStats:
         """List the bucket and repair drift both ways toward the local tree."""
-        remote = {rel: etag for rel, etag in self.tree.list().items()
-                  if not rel.startswith(self.foreign)}
+        remote = {
+            rel: etag for rel, etag in self.tree.list().items() if not rel.startswith(self.foreign)
+        }
         local = dict(self._scan())
         known: dict[str, Remote] = {}
         to_put: list[str] = []
@@ -173,8 +186,7 @@ class S3Mirror:
             if entry is not None and self._claims_local(rel, entry, st):
                 tampered.append(rel)
         stale = [rel for rel in remote if rel not in local]
-        self.manifest = known | {rel: self.manifest[rel] for rel in stale
-                                 if rel in self.manifest}
+        self.manifest = known | {rel: self.manifest[rel] for rel in stale if rel in self.manifest}
         try:
             uploaded, vanished = self._put_many(to_put)
         finally:
@@ -207,9 +219,12 @@ class S3Mirror:
             said = f"S3 reports SHA-256 {entry.sha256} for its body"
         else:
             said = "S3 reports no MD5 ETag and no SHA-256 checksum for its body"
-        log.warning("S3 mirror: object %s claims (x-amz-meta-md5) to hold the local file, but "
-                    "%s: overwritten in the bucket; uploading the local file again",
-                    shorten(self.tree.key(rel), 160), said)
+        log.warning(
+            "S3 mirror: object %s claims (x-amz-meta-md5) to hold the local file, but "
+            "%s: overwritten in the bucket; uploading the local file again",
+            shorten(self.tree.key(rel), 160),
+            said,
+        )
         return True
 
     def _digests(self, rel: str, st: os.stat_result) -> Digests | None:
@@ -256,6 +271,7 @@ class S3Mirror:
     def _scan(self) -> Iterator[tuple[str, os.stat_result]]:
         """Regular files (and in-tree links to them) under pki_dir as (posix relative path,
         stat), less those not mirrored."""
+
         def error(exc: OSError) -> None:
             raise MirrorError(f"{self.pki_dir}: {exc}") from exc
 
@@ -270,8 +286,11 @@ class S3Mirror:
     def _left_out(self, rel: str) -> bool:
         """Not mirrored (a pending or denied key, an autosign stub, a file not in ``only``, a
         path another mirror owns): as if it did not exist."""
-        return rel.startswith(self.unmirrored) or rel.startswith(self.foreign) \
+        return (
+            rel.startswith(self.unmirrored)
+            or rel.startswith(self.foreign)
             or (self.only is not None and rel not in self.only)
+        )
 
     def _put_one(self, rel: str) -> Remote | None:
         """Upload one file as it is now; None when it vanished meanwhile."""
@@ -281,8 +300,9 @@ class S3Mirror:
             return None
         digests = Digests.of(body)
         self._hashes[rel] = ((st.st_size, st.st_mtime_ns, st.st_ino), digests)
-        return self.tree.put(rel, body, stat.S_IMODE(st.st_mode), digests.md5,
-                             symlink=stat.S_ISLNK(st.st_mode))
+        return self.tree.put(
+            rel, body, stat.S_IMODE(st.st_mode), digests.md5, symlink=stat.S_ISLNK(st.st_mode)
+        )
 
     def _put_many(self, rels: list[str]) -> tuple[int, list[str]]:
         """Upload files (in parallel when there are several); the manifest records each

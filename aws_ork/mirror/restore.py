@@ -123,8 +123,9 @@ def shown(value: str | bytes) -> str:
 
 def local_files(root: Path) -> list[str]:
     """Files and symlinks under root (relative posix paths); symlinks are not followed."""
-    return [rel for rel in tree_entries(root)
-            if (root / rel).is_symlink() or (root / rel).is_file()]
+    return [
+        rel for rel in tree_entries(root) if (root / rel).is_symlink() or (root / rel).is_file()
+    ]
 
 
 def safe_relpath(rel: str) -> bool:
@@ -161,7 +162,7 @@ def link_destination(rel: str, target: str) -> str | None:
     base = rel.split("/")[:-1]
     if ups > len(base):
         return None
-    return "/".join(base[:len(base) - ups] + names)
+    return "/".join(base[: len(base) - ups] + names)
 
 
 def _link_refusal(rel: str, body: bytes, files: set[str]) -> str | None:
@@ -184,8 +185,10 @@ def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResul
     """Download every object under the prefix into ``pki_dir``."""
     existing = local_files(pki_dir) if pki_dir.exists() else []
     if existing and not force:
-        raise RestoreRefused(f"{pki_dir} is not empty ({len(existing)} files); "
-                             "use --restore --force to overwrite them with the mirror")
+        raise RestoreRefused(
+            f"{pki_dir} is not empty ({len(existing)} files); "
+            "use --restore --force to overwrite them with the mirror"
+        )
     listing = tree.list()
     refused: list[Refusal] = []
 
@@ -209,8 +212,11 @@ def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResul
     left_out = {rel for rel in wanted if PurePosixPath(rel).parent.name in UNMIRRORED}
     stubs = {rel for rel in left_out if PurePosixPath(rel).parent.name == AUTOSIGN}
     for rel in sorted(left_out):
-        log.info("restore: not restoring %s %s",
-                 "autosign stub" if rel in stubs else "pending or denied key", shown(rel))
+        log.info(
+            "restore: not restoring %s %s",
+            "autosign stub" if rel in stubs else "pending or denied key",
+            shown(rel),
+        )
     wanted = [rel for rel in wanted if rel not in left_out]
     # A key that is also a directory of other keys: it would be a file (or a link) that
     # the others are written under.
@@ -236,8 +242,9 @@ def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResul
             mode = safe_mode(rel, download.mode)
             clamped = download.mode is not None and mode != download.mode
             if clamped:
-                log.warning("restore: %s: stored mode %04o clamped to %04o", shown(rel),
-                            download.mode, mode)
+                log.warning(
+                    "restore: %s: stored mode %04o clamped to %04o", shown(rel), download.mode, mode
+                )
             try:
                 _in_dir(root_fd, rel, lambda fd, name: _write_file(fd, name, download.body, mode))
             except _Unsafe as exc:
@@ -246,8 +253,9 @@ def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResul
                 raise MirrorError(f"{pki_dir / rel}: cannot write: {exc}") from exc
             return _Done(rel, len(download.body), clamped=clamped)
 
-        with ThreadPoolExecutor(defaults.MIRROR_UPLOAD_THREADS,
-                                thread_name_prefix="s3-get") as pool:
+        with ThreadPoolExecutor(
+            defaults.MIRROR_UPLOAD_THREADS, thread_name_prefix="s3-get"
+        ) as pool:
             done = list(pool.map(fetch, wanted))
         for item in done:
             if item.refusal is not None:
@@ -273,9 +281,15 @@ def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResul
     refused_rels = {r.rel for r in refused}
     written = [d for d in done if d.rel not in refused_rels]
     left = len(set(existing) - {d.rel for d in written})
-    return RestoreResult(len(written), sum(d.size for d in written), refused, left,
-                         len(stubs), len(left_out) - len(stubs),
-                         sum(d.clamped for d in written))
+    return RestoreResult(
+        len(written),
+        sum(d.size for d in written),
+        refused,
+        left,
+        len(stubs),
+        len(left_out) - len(stubs),
+        sum(d.clamped for d in written),
+    )
 
 
 def _parent(rel: str) -> str:
@@ -372,13 +386,14 @@ def _replace_with(dir_fd: int, name: str, make: Callable[[str], None]) -> None:
 def _write_file(dir_fd: int, name: str, data: bytes, mode: int) -> None:
     """Write ``name`` in the directory atomically: a new temp file (O_EXCL, O_NOFOLLOW, the
     mode set before any data), fsynced, renamed over the name."""
+
     def make(tmp: str) -> None:
         fd = os.open(tmp, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
             os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

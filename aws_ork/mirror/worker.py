@@ -29,8 +29,7 @@ from aws_ork.base.saltkeys import AUTOSIGN, DENIED, KEY_STATES, PENDING
 from aws_ork.mirror.journal import Journal, Snapshot
 from aws_ork.mirror.planner import S3Mirror, SyncStats
 
-__all__ = ["MirrorStatus", "MirrorWorker", "S3Mirror", "SyncStats", "key_paths",
-           "unmirrored_dirs"]
+__all__ = ["MirrorStatus", "MirrorWorker", "S3Mirror", "SyncStats", "key_paths", "unmirrored_dirs"]
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +81,19 @@ class MirrorStatus:
 class MirrorWorker:
     """Runs the mirror in a thread of its own. ``request()`` is cheap and never waits on S3."""
 
-    def __init__(self, mirror: S3Mirror, journal: Journal, *, key_dir: str | None = "",
-                 reconcile_seconds: float = 0.0, memories: S3Mirror | None = None,
-                 memory_seconds: float = defaults.MIRROR_MEMORY_SECONDS,
-                 debounce: float = defaults.MIRROR_DEBOUNCE_SECONDS,
-                 debounce_max: float = defaults.MIRROR_DEBOUNCE_MAX_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        mirror: S3Mirror,
+        journal: Journal,
+        *,
+        key_dir: str | None = "",
+        reconcile_seconds: float = 0.0,
+        memories: S3Mirror | None = None,
+        memory_seconds: float = defaults.MIRROR_MEMORY_SECONDS,
+        debounce: float = defaults.MIRROR_DEBOUNCE_SECONDS,
+        debounce_max: float = defaults.MIRROR_DEBOUNCE_MAX_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.mirror = mirror
         self.journal = journal
         self.memories = memories
@@ -119,8 +125,11 @@ class MirrorWorker:
         left = len(self.journal)
         if left:
             oldest = self.journal.oldest() or time.time()
-            log.info("S3 mirror: replaying %d changes recorded before the last stop "
-                     "(oldest %.0fs ago)", left, time.time() - oldest)
+            log.info(
+                "S3 mirror: replaying %d changes recorded before the last stop (oldest %.0fs ago)",
+                left,
+                time.time() - oldest,
+            )
         self._thread.start()
 
     # --- called by the loop (and the watcher) -------------------------------------------
@@ -157,12 +166,15 @@ class MirrorWorker:
     def status(self) -> MirrorStatus:
         oldest = self.journal.oldest()
         with self._cond:
-            return MirrorStatus(len(self.journal),
-                                max(0.0, time.time() - oldest) if oldest else 0.0,
-                                self._failures, self._last_success, self._runs,
-                                self._failing_since,
-                                self.mirror.repaired + (self.memories.repaired
-                                                        if self.memories else 0))
+            return MirrorStatus(
+                len(self.journal),
+                max(0.0, time.time() - oldest) if oldest else 0.0,
+                self._failures,
+                self._last_success,
+                self._runs,
+                self._failing_since,
+                self.mirror.repaired + (self.memories.repaired if self.memories else 0),
+            )
 
     def flush(self, timeout: float) -> bool:
         """Mirror what is pending now, skipping the debounce; False if not done in time."""
@@ -170,8 +182,7 @@ class MirrorWorker:
             self._hurry += 1
             self._cond.notify_all()
             try:
-                return self._cond.wait_for(lambda: not (self._has_work() or self._running),
-                                           timeout)
+                return self._cond.wait_for(lambda: not (self._has_work() or self._running), timeout)
             finally:
                 self._hurry -= 1
 
@@ -190,8 +201,7 @@ class MirrorWorker:
                     self.memories.rescan()
                     self.memories.save_manifest()
                 except Exception as exc:
-                    log.error("S3 mirror: the last upload of the StateDir memories failed: %s",
-                              exc)
+                    log.error("S3 mirror: the last upload of the StateDir memories failed: %s", exc)
                     done = False
         self.journal.close()
         return done
@@ -275,28 +285,36 @@ class MirrorWorker:
                 stats.append(("rescan", self.mirror.rescan()))
                 self.journal.done(snap)
             if self.memories is not None and memory:
-                stats.append(("memories", self.memories.reconcile() if reconcile
-                              else self.memories.rescan()))
+                stats.append(
+                    ("memories", self.memories.reconcile() if reconcile else self.memories.rescan())
+                )
         except Exception as exc:  # never let the mirror thread die silently
             self._failed(exc)
             return False
         if self._failures:
-            log.info("S3 mirror caught up after %d failed attempts; it was %.0fs behind",
-                     self._failures, started - (self._behind_since or started))
+            log.info(
+                "S3 mirror caught up after %d failed attempts; it was %.0fs behind",
+                self._failures,
+                started - (self._behind_since or started),
+            )
         self._failures = 0
         self._behind_since = None
         self._failing_since = None
         self._last_success = time.time()
         self._runs += 1
         for what, result in stats:
-            level = logging.INFO if result.uploaded or result.deleted \
-                or what not in ("rescan", "memories") else logging.DEBUG
+            level = (
+                logging.INFO
+                if result.uploaded or result.deleted or what not in ("rescan", "memories")
+                else logging.DEBUG
+            )
             log.log(level, "S3 mirror %s: %s (%.2fs)", what, result, time.time() - started)
         return True
 
     def _retry_delay(self) -> float:
-        return defaults.backoff(self._failures, defaults.RECONNECT_BASE_SECONDS,
-                                defaults.MIRROR_RETRY_CAP_SECONDS)
+        return defaults.backoff(
+            self._failures, defaults.RECONNECT_BASE_SECONDS, defaults.MIRROR_RETRY_CAP_SECONDS
+        )
 
     def _failed(self, exc: Exception) -> None:
         self._failures += 1
@@ -308,8 +326,13 @@ class MirrorWorker:
         status = self.status()
         args = (self._failures, exc, status.pending, status.behind_seconds, delay)
         if isinstance(exc, MirrorError):
-            log.error("S3 mirror failed (attempt %d): %s; %d changes waiting, %.0fs behind; "
-                      "retry in %ss", *args)
+            log.error(
+                "S3 mirror failed (attempt %d): %s; %d changes waiting, %.0fs behind; retry in %ss",
+                *args,
+            )
         else:
-            log.exception("S3 mirror failed unexpectedly (attempt %d): %s; %d changes "
-                          "waiting, %.0fs behind; retry in %ss", *args)
+            log.exception(
+                "S3 mirror failed unexpectedly (attempt %d): %s; %d changes "
+                "waiting, %.0fs behind; retry in %ss",
+                *args,
+            )

@@ -19,20 +19,27 @@ def daemonize(cfg: Config, *, verbose: bool, syslog: bool, run: Callable[[], int
 
     pidfile = daemon.pidfile.TimeoutPIDLockFile(str(cfg.pid_file), acquire_timeout=0)
     if pidfile.is_locked():
-        print(f"aws_ork: {cfg.pid_file}: already running (pid {pidfile.read_pid()})",
-              file=sys.stderr)
+        print(
+            f"aws_ork: {cfg.pid_file}: already running (pid {pidfile.read_pid()})", file=sys.stderr
+        )
         return 1
     try:
         if not syslog:
             cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
             cfg.log_file.touch(exist_ok=True)
     except OSError as exc:
-        print(f"aws_ork: {cfg.source}: LogFile: cannot write {cfg.log_file}: {exc}",
-              file=sys.stderr)
+        print(
+            f"aws_ork: {cfg.source}: LogFile: cannot write {cfg.log_file}: {exc}", file=sys.stderr
+        )
         return 2
-    context = daemon.DaemonContext(pidfile=pidfile, umask=0o022, working_directory="/",
-                                   signal_map={})
+    context = daemon.DaemonContext(
+        pidfile=pidfile, umask=0o022, working_directory="/", signal_map={}
+    )
     with context:
-        logsetup.setup(verbose=verbose, log_file=None if syslog else cfg.log_file,
-                       syslog=syslog, log_format=cfg.log_format)
+        logsetup.setup(
+            verbose=verbose,
+            log_file=None if syslog else cfg.log_file,
+            syslog=syslog,
+            log_format=cfg.log_format,
+        )
         return run()

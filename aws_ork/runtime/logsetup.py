@@ -26,8 +26,12 @@ JOURNAL_FORMAT = "%(levelname)s %(name)s: %(message)s"
 SYSLOG_ADDRESSES: list[str | tuple[str, int]] = ["/dev/log", ("localhost", 514)]
 #: sd-daemon(3) priority prefixes (syslog's levels) for Python's levels; a level between two
 #: takes the priority of the lower one (CRITICAL and above is <2>, SD_CRIT).
-JOURNAL_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
-                      (logging.INFO, 6))
+JOURNAL_PRIORITIES = (
+    (logging.CRITICAL, 2),
+    (logging.ERROR, 3),
+    (logging.WARNING, 4),
+    (logging.INFO, 6),
+)
 DEBUG_PRIORITY = 7
 
 
@@ -89,8 +93,9 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
 
 
-def formatter(log_format: str, *, journal: bool = False,
-              text_format: str = FORMAT) -> logging.Formatter:
+def formatter(
+    log_format: str, *, journal: bool = False, text_format: str = FORMAT
+) -> logging.Formatter:
     """The formatter for ``log_format`` (``text`` or ``json``); for the journal, without
     timestamps and with priority prefixes."""
     if log_format == "json":
@@ -100,15 +105,23 @@ def formatter(log_format: str, *, journal: bool = False,
     return logging.Formatter(text_format)
 
 
-def setup(*, verbose: bool, log_file: Path | None = None, syslog: bool = False,
-          log_format: str = "text", journal: bool | None = None) -> None:
+def setup(
+    *,
+    verbose: bool,
+    log_file: Path | None = None,
+    syslog: bool = False,
+    log_format: str = "text",
+    journal: bool | None = None,
+) -> None:
     """One handler on the root logger: stderr, a file, or syslog (facility daemon).
 
     ``journal`` (stderr only) defaults to :func:`stderr_is_journal`."""
     handler: logging.Handler
     if syslog:
-        address = next((a for a in SYSLOG_ADDRESSES if not isinstance(a, str) or Path(a).exists()),
-                       ("localhost", 514))
+        address = next(
+            (a for a in SYSLOG_ADDRESSES if not isinstance(a, str) or Path(a).exists()),
+            ("localhost", 514),
+        )
         handler = logging.handlers.SysLogHandler(
             address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON
         )
@@ -121,8 +134,9 @@ def setup(*, verbose: bool, log_file: Path | None = None, syslog: bool = False,
         handler.setFormatter(formatter(log_format))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(formatter(
-            log_format, journal=stderr_is_journal() if journal is None else journal))
+        handler.setFormatter(
+            formatter(log_format, journal=stderr_is_journal() if journal is None else journal)
+        )
     root = logging.getLogger()
     for old in list(root.handlers):  # Salt's import installs temporary handlers of its own
         root.removeHandler(old)

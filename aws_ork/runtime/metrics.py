@@ -40,8 +40,13 @@ log = logging.getLogger(__name__)
 #: A request's log line (request line, status) is cut to this length.
 _LOG_LINE_LIMIT = 300
 
-def health(loop: Loop, mirror: MirrorWorker | None, mirror_seconds: float,
-           now: Callable[[], float] = time.monotonic) -> str | None:
+
+def health(
+    loop: Loop,
+    mirror: MirrorWorker | None,
+    mirror_seconds: float,
+    now: Callable[[], float] = time.monotonic,
+) -> str | None:
     """None when healthy, else the one-line reason.
 
     Unhealthy when the loop has not completed a receive within 3 poll intervals (its long
@@ -51,16 +56,20 @@ def health(loop: Loop, mirror: MirrorWorker | None, mirror_seconds: float,
     quiet = now() - loop.last_receive
     if quiet > limit:
         failures = loop.outage.failures
-        return (f"queue {loop.queue.url}: no receive completed for {quiet:.0f} s (limit "
-                f"{limit:.0f} s; {failures} failed receives in a row)")
+        return (
+            f"queue {loop.queue.url}: no receive completed for {quiet:.0f} s (limit "
+            f"{limit:.0f} s; {failures} failed receives in a row)"
+        )
     if mirror is not None:
         status = mirror.status()
         if status.failing_since is not None:
             failing = time.time() - status.failing_since
             if failing > mirror_seconds:
-                return (f"S3 mirror failing for {failing:.0f} s (HealthMirrorSeconds "
-                        f"{mirror_seconds:.0f}; {status.failures} failed runs, "
-                        f"{status.pending} changes waiting)")
+                return (
+                    f"S3 mirror failing for {failing:.0f} s (HealthMirrorSeconds "
+                    f"{mirror_seconds:.0f}; {status.failures} failed runs, "
+                    f"{status.pending} changes waiting)"
+                )
     return None
 
 
@@ -73,60 +82,75 @@ class AwsOrkCollector(Collector):
         self.mirror = mirror
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
-        yield InfoMetricFamily("aws_ork_build", "aws_ork's version",
-                               value={"version": __version__})
+        yield InfoMetricFamily("aws_ork_build", "aws_ork's version", value={"version": __version__})
         counters = self.loop.counters
-        received = CounterMetricFamily("aws_ork_messages_received",
-                                       "SQS messages received")
+        received = CounterMetricFamily("aws_ork_messages_received", "SQS messages received")
         received.add_metric([], counters.received)
         yield received
         for name, text, table in (
-                ("finished", "messages handled and deleted from the queue", counters.finished),
-                ("retried", "messages given back for a retry after a delay", counters.retries),
-                ("rejected", "messages that failed a trust check", counters.rejections)):
-            family = CounterMetricFamily(f"aws_ork_messages_{name}", text,
-                                         labels=["kind", "reason"])
+            ("finished", "messages handled and deleted from the queue", counters.finished),
+            ("retried", "messages given back for a retry after a delay", counters.retries),
+            ("rejected", "messages that failed a trust check", counters.rejections),
+        ):
+            family = CounterMetricFamily(
+                f"aws_ork_messages_{name}", text, labels=["kind", "reason"]
+            )
             for (kind, reason), count in sorted(dict(table).items()):
                 family.add_metric([kind, reason], count)
             yield family
         keys = dict(self.handler.key_counts)
         for name, text, outcome in (
-                ("accepted", "minion keys accepted", "accepted"),
-                ("deleted", "minion keys deleted (terminates)", "deleted"),
-                ("preauthorised", "minions pre-authorised (autosign stub written)",
-                 "preauthorised"),
-                ("rejected", "stale pending keys moved to the rejected keys", "rejected"),
-                ("impostors_deleted", "key binding: keys presented under a bound id with "
-                                      "another fingerprint than the instance published "
-                                      "(never accepted, removed), each key counted once",
-                 "impostor")):
+            ("accepted", "minion keys accepted", "accepted"),
+            ("deleted", "minion keys deleted (terminates)", "deleted"),
+            ("preauthorised", "minions pre-authorised (autosign stub written)", "preauthorised"),
+            ("rejected", "stale pending keys moved to the rejected keys", "rejected"),
+            (
+                "impostors_deleted",
+                "key binding: keys presented under a bound id with "
+                "another fingerprint than the instance published "
+                "(never accepted, removed), each key counted once",
+                "impostor",
+            ),
+        ):
             family = CounterMetricFamily(f"aws_ork_keys_{name}", text)
             family.add_metric([], keys.get(outcome, 0))
             yield family
-        lifecycle = CounterMetricFamily("aws_ork_lifecycle_actions_completed",
-                                        "lifecycle actions completed (CompleteLifecycleAction)")
+        lifecycle = CounterMetricFamily(
+            "aws_ork_lifecycle_actions_completed",
+            "lifecycle actions completed (CompleteLifecycleAction)",
+        )
         completer = self.handler.completer
         lifecycle.add_metric([], completer.completed if completer is not None else 0)
         yield lifecycle
         events = self.handler.salt_events
         for name, text, count in (
-                ("fired", "aws_ork/... events fired on the master's event bus (SaltEvents)",
-                 events.fired if events is not None else 0),
-                ("dropped", "aws_ork/... events dropped: the bus was down, hung or full",
-                 events.dropped if events is not None else 0)):
+            (
+                "fired",
+                "aws_ork/... events fired on the master's event bus (SaltEvents)",
+                events.fired if events is not None else 0,
+            ),
+            (
+                "dropped",
+                "aws_ork/... events dropped: the bus was down, hung or full",
+                events.dropped if events is not None else 0,
+            ),
+        ):
             family = CounterMetricFamily(f"aws_ork_salt_events_{name}", text)
             family.add_metric([], count)
             yield family
-        errors = CounterMetricFamily("aws_ork_aws_errors", "failed AWS calls",
-                                     labels=["service", "code"])
+        errors = CounterMetricFamily(
+            "aws_ork_aws_errors", "failed AWS calls", labels=["service", "code"]
+        )
         for (service, code), count in sorted(aws_errors().items()):
             errors.add_metric([service, code], count)
         yield errors
         if self.mirror is not None:
             repaired = CounterMetricFamily(
-                "aws_ork_mirror_repaired", "objects of the S3 mirror found overwritten in the "
+                "aws_ork_mirror_repaired",
+                "objects of the S3 mirror found overwritten in the "
                 "bucket (their metadata claiming the local file, S3 reporting another body) "
-                "and uploaded again")
+                "and uploaded again",
+            )
             repaired.add_metric([], self.mirror.status().repaired)
             yield repaired
         yield from self._gauges()
@@ -135,24 +159,36 @@ class AwsOrkCollector(Collector):
         yield GaugeMetricFamily(
             "aws_ork_oldest_message_age_seconds",
             "age (from SentTimestamp) of the oldest message in the latest receive, when it "
-            "was received; 0 after an empty receive", value=self.loop.oldest_message_age)
+            "was received; 0 after an empty receive",
+            value=self.loop.oldest_message_age,
+        )
         yield GaugeMetricFamily(
-            "aws_ork_last_receive_age_seconds", "seconds since a receive last completed",
-            value=time.monotonic() - self.loop.last_receive)
+            "aws_ork_last_receive_age_seconds",
+            "seconds since a receive last completed",
+            value=time.monotonic() - self.loop.last_receive,
+        )
         if self.mirror is None:
             return
         status = self.mirror.status()
-        yield GaugeMetricFamily("aws_ork_mirror_pending_changes",
-                                "key changes not yet confirmed by S3", value=status.pending)
-        yield GaugeMetricFamily("aws_ork_mirror_behind_seconds",
-                                "age of the oldest change not yet in S3; 0 when caught up",
-                                value=status.behind_seconds)
-        yield GaugeMetricFamily("aws_ork_mirror_failures",
-                                "consecutive failed S3 mirror runs", value=status.failures)
+        yield GaugeMetricFamily(
+            "aws_ork_mirror_pending_changes",
+            "key changes not yet confirmed by S3",
+            value=status.pending,
+        )
+        yield GaugeMetricFamily(
+            "aws_ork_mirror_behind_seconds",
+            "age of the oldest change not yet in S3; 0 when caught up",
+            value=status.behind_seconds,
+        )
+        yield GaugeMetricFamily(
+            "aws_ork_mirror_failures", "consecutive failed S3 mirror runs", value=status.failures
+        )
         if status.last_success is not None:
-            yield GaugeMetricFamily("aws_ork_mirror_last_success_age_seconds",
-                                    "seconds since the last successful S3 mirror run",
-                                    value=max(0.0, time.time() - status.last_success))
+            yield GaugeMetricFamily(
+                "aws_ork_mirror_last_success_age_seconds",
+                "seconds since the last successful S3 mirror run",
+                value=max(0.0, time.time() - status.last_success),
+            )
 
 
 class MetricsServer:
@@ -171,11 +207,16 @@ class MetricsServer:
       with EMFILE/ENFILE asyncio stops accepting for a second (never a busy loop).
     """
 
-    def __init__(self, address: tuple[str, int], collector: Collector,
-                 healthy: Callable[[], str | None], *,
-                 max_connections: int = defaults.METRICS_MAX_CONNECTIONS,
-                 request_seconds: float = defaults.METRICS_REQUEST_SECONDS,
-                 request_bytes: int = defaults.METRICS_REQUEST_BYTES) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        collector: Collector,
+        healthy: Callable[[], str | None],
+        *,
+        max_connections: int = defaults.METRICS_MAX_CONNECTIONS,
+        request_seconds: float = defaults.METRICS_REQUEST_SECONDS,
+        request_bytes: int = defaults.METRICS_REQUEST_BYTES,
+    ) -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)
         self.registry = registry
@@ -186,8 +227,7 @@ class MetricsServer:
         #: binds now: an address in use is a start-up failure (OSError), not a silent gap.
         #: The event loop itself is made in the thread (after a -d fork, never before).
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self._sock = socket.create_server(address, family=family,
-                                          backlog=max_connections)
+        self._sock = socket.create_server(address, family=family, backlog=max_connections)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -247,9 +287,12 @@ class MetricsServer:
     async def _main(self) -> None:
         self._stopped = asyncio.Event()
         # limit: a line longer than the request may be is refused by readline() itself
-        server = await asyncio.start_server(self._connection, sock=self._sock,
-                                            limit=self.request_bytes,
-                                            backlog=self.max_connections)
+        server = await asyncio.start_server(
+            self._connection,
+            sock=self._sock,
+            limit=self.request_bytes,
+            backlog=self.max_connections,
+        )
         self._ready.set()
         async with server:
             await self._stopped.wait()
@@ -262,11 +305,11 @@ class MetricsServer:
             return
         self._last_warning = now
         exc = context.get("exception")
-        log.warning("metrics: %s%s", context.get("message", "error"),
-                    f": {exc}" if exc is not None else "")
+        log.warning(
+            "metrics: %s%s", context.get("message", "error"), f": {exc}" if exc is not None else ""
+        )
 
-    async def _connection(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._open[writer] = None
         while len(self._open) > self.max_connections:  # the oldest makes room
             oldest = next(iter(self._open))
@@ -281,11 +324,15 @@ class MetricsServer:
                     writer.write(_response(status, ctype, body))
                     await writer.drain()
                     answered = True
-                    log.debug("metrics: %s %s %d", _peer(writer),
-                              clean(request, _LOG_LINE_LIMIT), status)
+                    log.debug(
+                        "metrics: %s %s %d", _peer(writer), clean(request, _LOG_LINE_LIMIT), status
+                    )
         except TimeoutError:
-            log.debug("metrics: %s: no whole request within %.0f s, closed", _peer(writer),
-                      self.request_seconds)
+            log.debug(
+                "metrics: %s: no whole request within %.0f s, closed",
+                _peer(writer),
+                self.request_seconds,
+            )
         except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
             # a reset, a closed peer, a line over the limit (ValueError from readline)
             log.debug("metrics: %s: %s, closed", _peer(writer), type(exc).__name__)
@@ -326,9 +373,11 @@ class MetricsServer:
 
 def _response(status: int, ctype: str, body: bytes) -> bytes:
     """One HTTP/1.0 answer; the connection closes after it."""
-    head = (f"HTTP/1.0 {status} {HTTPStatus(status).phrase}\r\nServer: aws_ork\r\n"
-            f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.0 {status} {HTTPStatus(status).phrase}\r\nServer: aws_ork\r\n"
+        f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\n\r\n"
+    )
     return head.encode("latin-1") + body
 
 

@@ -41,8 +41,13 @@ class Watchdog:
     process (``$WATCHDOG_PID``, as sd_watchdog_enabled(3) reads it).
     """
 
-    def __init__(self, period: float | None, *, clock: Callable[[], float] = time.monotonic,
-                 send: Callable[[str], bool] = notify) -> None:
+    def __init__(
+        self,
+        period: float | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        send: Callable[[str], bool] = notify,
+    ) -> None:
         self.period = period if period and period > 0 else None
         #: the most a caller should sleep between pings (infinite when disabled)
         self.interval = self.period / 4 if self.period else math.inf
@@ -51,8 +56,9 @@ class Watchdog:
         self._last: float | None = None
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None,
-                         pid: int | None = None) -> Watchdog:
+    def from_environment(
+        cls, environ: Mapping[str, str] | None = None, pid: int | None = None
+    ) -> Watchdog:
         """The watchdog systemd asked for in $WATCHDOG_USEC (microseconds), if it is ours."""
         env = os.environ if environ is None else environ
         try:

@@ -52,16 +52,17 @@ def _looked_up_in(path: str) -> tuple[list[str], str | None]:
     return parents, current
 
 
-def _who_can_write(info: os.stat_result, owners: tuple[int, ...], *,
-                   sticky_ok: bool) -> str | None:
+def _who_can_write(info: os.stat_result, owners: tuple[int, ...], *, sticky_ok: bool) -> str | None:
     """Why someone other than aws_ork (and root) can change this entry, or None."""
     if info.st_uid not in owners:
         return f"owned by uid {info.st_uid}, not by aws_ork's user (uid {os.geteuid()})"
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         if sticky_ok and info.st_mode & stat.S_ISVTX:
             return None
-        return f"writable by {'others' if info.st_mode & stat.S_IWOTH else 'its group'} " \
-               f"(mode {stat.S_IMODE(info.st_mode):04o})"
+        return (
+            f"writable by {'others' if info.st_mode & stat.S_IWOTH else 'its group'} "
+            f"(mode {stat.S_IMODE(info.st_mode):04o})"
+        )
     return None
 
 
@@ -74,8 +75,10 @@ def untrusted_dir_problem(directory: Path) -> str | None:
         for parent in parents:
             why = _who_can_write(os.stat(parent), (0, me), sticky_ok=True)
             if why:
-                return f"{parent} (on the way to {directory}) is {why}: whoever can write " \
-                       f"there can replace the directory"
+                return (
+                    f"{parent} (on the way to {directory}) is {why}: whoever can write "
+                    f"there can replace the directory"
+                )
         if target is None:
             return None
         info = os.stat(target)

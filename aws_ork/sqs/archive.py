@@ -125,8 +125,13 @@ class Archive:
     that was asked for and cannot exist is a start-up failure, not a silent gap.
     """
 
-    def __init__(self, root: Path, max_bytes: int, allowed_topics: Collection[str] = (),
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        root: Path,
+        max_bytes: int,
+        allowed_topics: Collection[str] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.allowed_topics = frozenset(allowed_topics)
@@ -142,8 +147,12 @@ class Archive:
         self._fd = os.open(root, _DIR_FLAGS)  # ELOOP for a symlink: refused
         mode = os.fstat(self._fd).st_mode
         if mode & 0o077:
-            log.warning("ArchiveDir %s is open to other users (mode %o): the archive holds "
-                        "every message received; make it 0700", root, stat.S_IMODE(mode))
+            log.warning(
+                "ArchiveDir %s is open to other users (mode %o): the archive holds "
+                "every message received; make it 0700",
+                root,
+                stat.S_IMODE(mode),
+            )
         self._folder_bytes[""] = os.fstat(self._fd).st_blocks * 512
         self._scan()
         self._trim()
@@ -187,8 +196,12 @@ class Archive:
             for fd in touched.values():
                 os.close(fd)
         if failures:
-            log.error("ArchiveDir %s: %d messages not archived (they are handled all the "
-                      "same): %s", self.root, len(failures), "; ".join(failures[:3]))
+            log.error(
+                "ArchiveDir %s: %d messages not archived (they are handled all the same): %s",
+                self.root,
+                len(failures),
+                "; ".join(failures[:3]),
+            )
 
     def _save_one(self, message: Message, when: float, touched: dict[str, int]) -> None:
         data = message.body.encode("utf-8")
@@ -205,7 +218,7 @@ class Archive:
                 os.fchmod(out, 0o600)
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(out, view):]
+                    view = view[os.write(out, view) :]
                 os.fsync(out)
                 cost = disk_cost(os.fstat(out))
             finally:
@@ -220,7 +233,7 @@ class Archive:
     def _link(tmp: str, name: str, fd: int) -> str:
         """Give the temp file its final name; an existing file is never replaced (a link
         fails instead), the next free ``.N`` name is taken. Returns the name used."""
-        stem = name[:-len(".json")]
+        stem = name[: -len(".json")]
         for attempt in range(100):
             final = name if attempt == 0 else f"{stem}.{attempt}.json"
             try:
@@ -258,8 +271,13 @@ class Archive:
                             try:
                                 os.unlink(entry.name, dir_fd=fd)
                             except OSError as exc:
-                                log.warning("ArchiveDir %s: cannot remove %s/%s: %s",
-                                            self.root, folder, entry.name, exc)
+                                log.warning(
+                                    "ArchiveDir %s: cannot remove %s/%s: %s",
+                                    self.root,
+                                    folder,
+                                    entry.name,
+                                    exc,
+                                )
                         elif ARCHIVED.fullmatch(entry.name):
                             cost = disk_cost(entry.stat(follow_symlinks=False))
                             self._files.append((entry.name, folder, cost))
@@ -288,18 +306,22 @@ class Archive:
             except FileNotFoundError:
                 pass  # removed by hand meanwhile
             except OSError as exc:  # forgotten: counted no more, retried at the next start
-                log.error("ArchiveDir %s: cannot remove %s/%s: %s", self.root, folder, name,
-                          exc)
-        for folder in emptied - {DIRECT, OTHER_TOPICS} - set(map(self._allowed_folder,
-                                                                 self.allowed_topics)):
+                log.error("ArchiveDir %s: cannot remove %s/%s: %s", self.root, folder, name, exc)
+        for folder in (
+            emptied - {DIRECT, OTHER_TOPICS} - set(map(self._allowed_folder, self.allowed_topics))
+        ):
             try:  # a folder of an older version's made-up topic, once it is empty
                 os.rmdir(folder, dir_fd=self._fd)
                 self._folder_bytes.pop(folder, None)
             except OSError:
                 pass  # not empty yet (or someone else's files in it): kept, still counted
         if removed:
-            log.debug("ArchiveDir %s: removed the %d oldest files (cap %d bytes)", self.root,
-                      removed, self.max_bytes)
+            log.debug(
+                "ArchiveDir %s: removed the %d oldest files (cap %d bytes)",
+                self.root,
+                removed,
+                self.max_bytes,
+            )
 
     @staticmethod
     def _allowed_folder(arn: str) -> str:

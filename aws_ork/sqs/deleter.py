@@ -27,8 +27,9 @@ class Deleter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqs-delete")
         self._last: Future[None] | None = None
 
-    def delete(self, messages: Sequence[Message],
-               on_deleted: Callable[[list[Message]], None]) -> None:
+    def delete(
+        self, messages: Sequence[Message], on_deleted: Callable[[list[Message]], None]
+    ) -> None:
         """Delete ``messages`` in the helper thread once the delete before has returned;
         ``on_deleted`` gets those SQS confirmed (called in the helper thread)."""
         if not messages:

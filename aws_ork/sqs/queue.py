@@ -65,7 +65,8 @@ class Queue:
         ``Policy`` are absent when unset)."""
         try:
             attrs: dict[str, str] = self.client.get_queue_attributes(
-                QueueUrl=self.url, AttributeNames=list(names))["Attributes"]
+                QueueUrl=self.url, AttributeNames=list(names)
+            )["Attributes"]
         except AWS_ERRORS as exc:
             raise QueueError(f"queue {self.url}: {_failed(exc)}: {exc}") from exc
         return attrs
@@ -87,19 +88,25 @@ class Queue:
         """Delete handled messages with one DeleteMessageBatch call; return those that failed."""
         if not messages:
             return []
-        entries = [{"Id": str(i), "ReceiptHandle": m.receipt_handle}
-                   for i, m in enumerate(messages)]
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(messages)
+        ]
         try:
             response = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)
         except AWS_ERRORS as exc:
             _failed(exc)
-            log.error("delete of %d messages failed: %s; they will be delivered again",
-                      len(messages), exc)
+            log.error(
+                "delete of %d messages failed: %s; they will be delivered again", len(messages), exc
+            )
             return list(messages)
         failed = [messages[int(f["Id"])] for f in response.get("Failed", [])]
         for entry in response.get("Failed", []):
-            log.error("message %s not deleted: %s %s", messages[int(entry["Id"])].message_id,
-                      entry.get("Code"), entry.get("Message", ""))
+            log.error(
+                "message %s not deleted: %s %s",
+                messages[int(entry["Id"])].message_id,
+                entry.get("Code"),
+                entry.get("Message", ""),
+            )
         return failed
 
     def retry_later(self, message: Message, delay: int) -> None:
@@ -109,20 +116,30 @@ class Queue:
                 QueueUrl=self.url, ReceiptHandle=message.receipt_handle, VisibilityTimeout=delay
             )
         except AWS_ERRORS as exc:
-            log.warning("message %s: could not set retry delay (%s); it returns after the "
-                        "queue's visibility timeout", message.message_id, _failed(exc))
+            log.warning(
+                "message %s: could not set retry delay (%s); it returns after the "
+                "queue's visibility timeout",
+                message.message_id,
+                _failed(exc),
+            )
 
     def release(self, messages: Iterable[Message]) -> None:
         """Give unhandled messages back at once (used when stopping mid-batch)."""
-        entries = [{"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
-                   for i, m in enumerate(messages)]
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
+            for i, m in enumerate(messages)
+        ]
         if not entries:
             return
         try:
             self.client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
         except AWS_ERRORS as exc:
-            log.warning("could not release %d unhandled messages (%s); they return after the "
-                        "queue's visibility timeout", len(entries), _failed(exc))
+            log.warning(
+                "could not release %d unhandled messages (%s); they return after the "
+                "queue's visibility timeout",
+                len(entries),
+                _failed(exc),
+            )
 
     def purge(self) -> None:
         """Drop every message in the queue (``--purge``)."""

@@ -33,8 +33,13 @@ log = logging.getLogger(__name__)
 class Receiver:
     """Long polls for the loop; :meth:`prefetch` starts receiving ahead."""
 
-    def __init__(self, queue: Queue, stopper: Stopper, *,
-                 prepare: Callable[[list[Message]], None] | None = None) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        stopper: Stopper,
+        *,
+        prepare: Callable[[list[Message]], None] | None = None,
+    ) -> None:
         self.queue = queue
         self.stopper = stopper
         self.prepare = prepare  # never raises (Handler.prepare)
@@ -51,8 +56,12 @@ class Receiver:
             self._start_locked(wait)
 
     def _start_locked(self, wait: int) -> None:
-        if self._closed or self._in_flight or len(self._ahead) >= defaults.RECEIVE_AHEAD \
-                or self.stopper.stopping:
+        if (
+            self._closed
+            or self._in_flight
+            or len(self._ahead) >= defaults.RECEIVE_AHEAD
+            or self.stopper.stopping
+        ):
             return
         self._in_flight = True
         self._ahead.append(self.stopper.start(lambda: self._receive_ahead(wait)))

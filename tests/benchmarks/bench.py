@@ -69,8 +69,9 @@ def remove_keys(master: SaltMaster, ids: Iterable[str]) -> None:
 
 
 def fresh_queue(sqs: Any) -> str:
-    return sqs.create_queue(QueueName=f"bench-{uuid.uuid4().hex[:12]}",
-                            Attributes={"VisibilityTimeout": "60"})["QueueUrl"]
+    return sqs.create_queue(
+        QueueName=f"bench-{uuid.uuid4().hex[:12]}", Attributes={"VisibilityTimeout": "60"}
+    )["QueueUrl"]
 
 
 def sign_body(identity: SigningIdentity, body: str) -> str:
@@ -98,18 +99,29 @@ def terminate_instances(ids: list[str]) -> None:
     """EC2 says they are gone (VerifyInstances: only then may a terminate delete a key)."""
     ec2 = boto3.client("ec2", region_name="us-west-2")
     for start in range(0, len(ids), 500):
-        ec2.terminate_instances(InstanceIds=ids[start:start + 500])
+        ec2.terminate_instances(InstanceIds=ids[start : start + 500])
 
 
-def defaults_config(path: Path, *, queue_url: str, master: SaltMaster, cert_dir: Path,
-                    bucket: str | None = None, **options: Any) -> Path:
+def defaults_config(
+    path: Path,
+    *,
+    queue_url: str,
+    master: SaltMaster,
+    cert_dir: Path,
+    bucket: str | None = None,
+    **options: Any,
+) -> Path:
     """An aws_ork.conf with the shipped trust defaults: VerifySignatures and VerifyInstances on,
     AllowedTopicArns our topic, the test CA's certificate in CertCacheDir, replay memories in
     StateDir (next to the file). LifecycleHooks stays empty (tests.daemon.write_config): the
     benchmark messages are notifications without a lifecycle action, so no hook is completed
     with the shipped ``*`` either."""
-    values: dict[str, Any] = {"VerifySignatures": "true", "VerifyInstances": "true",
-                              "AllowedTopicArns": TOPIC, "CertCacheDir": cert_dir}
+    values: dict[str, Any] = {
+        "VerifySignatures": "true",
+        "VerifyInstances": "true",
+        "AllowedTopicArns": TOPIC,
+        "CertCacheDir": cert_dir,
+    }
     values.update(options)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_config(path, queue_url=queue_url, master=master, bucket=bucket, **values)
@@ -126,16 +138,23 @@ def rss_kib(pid: int) -> int:
 
 def send_all(sqs: Any, queue_url: str, bodies: list[str]) -> None:
     for start in range(0, len(bodies), 10):
-        chunk = bodies[start:start + 10]
-        sqs.send_message_batch(QueueUrl=queue_url, Entries=[
-            {"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)])
+        chunk = bodies[start : start + 10]
+        sqs.send_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)],
+        )
 
 
 def time_aws_ork(conf: Path, *args: str) -> float:
     """Wall time of ``aws_ork --once`` from process start to exit (incl. the final mirror)."""
     started = time.perf_counter()
-    result = subprocess.run(command(conf, "--once", *args), capture_output=True, text=True,
-                            env=os.environ.copy(), timeout=900)
+    result = subprocess.run(
+        command(conf, "--once", *args),
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=900,
+    )
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise AssertionError(f"aws_ork failed ({result.returncode}): {result.stderr[-3000:]}")
@@ -163,8 +182,14 @@ def time_bare_loop(queue_url: str) -> tuple[float, int]:
     """The floor: a bare boto3 receive(10) + delete_message_batch loop in a fresh process that,
     like ``aws_ork --once``, stops at the first empty 2 s receive. Returns (seconds, handled)."""
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", BARE_LOOP, queue_url], capture_output=True,
-                            text=True, env=os.environ.copy(), timeout=900, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", BARE_LOOP, queue_url],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=900,
+        check=True,
+    )
     return time.perf_counter() - started, int(result.stdout.strip())
 
 
@@ -185,8 +210,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.node()} {platform.machine()} {cpus} cores {model}, Python " \
-           f"{platform.python_version()}"
+    return (
+        f"{platform.node()} {platform.machine()} {cpus} cores {model}, Python "
+        f"{platform.python_version()}"
+    )
 
 
 def report(title: str, lines: list[str]) -> None:

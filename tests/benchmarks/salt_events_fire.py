@@ -43,6 +43,7 @@ _thread_start = threading.Thread.start
 #: Signs the events (the signature is part of what a fire costs).
 KEY = EventKey(b"0123456789abcdef" * 4, Path("/nonexistent"))
 
+
 def _counting_start(self: threading.Thread) -> None:
     _started[0] += 1
     _thread_start(self)
@@ -62,17 +63,24 @@ def io_work() -> None:
 
 
 def data(i: int) -> dict[str, object]:
-    return {"instance_id": f"i-{i:017x}", "group": "web-asg", "outcome": "accepted",
-            "reason": "accepted", "source": "sns", "message_id": f"m-{i}",
-            "event": "autoscaling:EC2_INSTANCE_LAUNCH",
-            "facts": {"state": "running", "launch_time": "2026-11-23T10:00:00+00:00",
-                      "private_dns_name": "ip-10-0-0-1.ec2.internal",
-                      "tags": {"aws:autoscaling:groupName": "web-asg", "role": "salt-minion",
-                               "Name": "web"}}}
+    return {
+        "instance_id": f"i-{i:017x}",
+        "group": "web-asg",
+        "outcome": "accepted",
+        "reason": "accepted",
+        "source": "sns",
+        "message_id": f"m-{i}",
+        "event": "autoscaling:EC2_INSTANCE_LAUNCH",
+        "facts": {
+            "state": "running",
+            "launch_time": "2026-11-23T10:00:00+00:00",
+            "private_dns_name": "ip-10-0-0-1.ec2.internal",
+            "tags": {"aws:autoscaling:groupName": "web-asg", "role": "salt-minion", "Name": "web"},
+        },
+    }
 
 
-def run(opts: dict, bus: object, label: str, work: Callable[[], None] | None,
-        base: int) -> None:
+def run(opts: dict, bus: object, label: str, work: Callable[[], None] | None, base: int) -> None:
     events = reactor.SaltEvents(opts, key=KEY)
     tags = [f"aws_ork/accepted/i-{base + i:017x}" for i in range(N)]
     calls: list[float] = []
@@ -98,12 +106,14 @@ def run(opts: dict, bus: object, label: str, work: Callable[[], None] | None,
     delivered = time.perf_counter() - start
     calls.sort()
     extra = "" if work is None else f" (work alone {N * WORK_SECONDS:.2f} s)"
-    print(f"{label}: calling thread {wall:.3f} s wall{extra}, {cpu:.3f} s CPU; per fire() "
-          f"median {statistics.median(calls) * 1e3:.3f} ms, p99 "
-          f"{calls[int(N * 0.99)] * 1e3:.3f} ms, max {calls[-1] * 1e3:.1f} ms; close() "
-          f"{closing:.3f} s; all on the bus {delivered:.3f} s after; threads started {threads};"
-          f" fired {events.fired} dropped {events.dropped}; in order: {seen == tags}",
-          flush=True)
+    print(
+        f"{label}: calling thread {wall:.3f} s wall{extra}, {cpu:.3f} s CPU; per fire() "
+        f"median {statistics.median(calls) * 1e3:.3f} ms, p99 "
+        f"{calls[int(N * 0.99)] * 1e3:.3f} ms, max {calls[-1] * 1e3:.1f} ms; close() "
+        f"{closing:.3f} s; all on the bus {delivered:.3f} s after; threads started {threads};"
+        f" fired {events.fired} dropped {events.dropped}; in order: {seen == tags}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -120,10 +130,16 @@ def main() -> None:
         warm.close()
         bus.get_event(wait=5, tag="aws_ork/")
         for round_ in range(2):
-            for n, (label, work) in enumerate((("bare", None), ("busy CPU", cpu_work),
-                                               ("busy I/O", io_work))):
-                run(opts, bus, f"round {round_ + 1} {label}", work,
-                    base=(round_ * 3 + n + 1) * 10 * N)
+            for n, (label, work) in enumerate(
+                (("bare", None), ("busy CPU", cpu_work), ("busy I/O", io_work))
+            ):
+                run(
+                    opts,
+                    bus,
+                    f"round {round_ + 1} {label}",
+                    work,
+                    base=(round_ * 3 + n + 1) * 10 * N,
+                )
         bus.destroy()
     finally:
         master.stop()

@@ -29,18 +29,22 @@ READY = "Minion is ready to receive requests!"  # salt-minion's log line once it
 def first_ping(master, root, minion_id) -> float:
     """Seconds from minion start to its first answered test.ping."""
     started = time.monotonic()
-    minion = start_minion(master, root, minion_id, acceptance_wait_time=WAIT,
-                          extra_opts=AS_THE_SCRIPT_SETS)
+    minion = start_minion(
+        master, root, minion_id, acceptance_wait_time=WAIT, extra_opts=AS_THE_SCRIPT_SETS
+    )
     try:
         # ping only once the minion can hear it: a publication before it subscribes is
         # missed, and the salt CLI then waits out its gather timeout (10 s) whatever we measure
-        while not (master.pki_dir / "minions" / minion_id).exists() or \
-                READY not in minion.log_file.read_text(errors="replace"):
+        while not (
+            master.pki_dir / "minions" / minion_id
+        ).exists() or READY not in minion.log_file.read_text(errors="replace"):
             if time.monotonic() - started > 120:
                 raise AssertionError(f"{minion_id} not accepted in 120 s")
             time.sleep(0.02)
-        while master.salt_cmd(minion_id, "test.ping", timeout=15,
-                              salt_timeout=2).get(minion_id) is not True:
+        while (
+            master.salt_cmd(minion_id, "test.ping", timeout=15, salt_timeout=2).get(minion_id)
+            is not True
+        ):
             if time.monotonic() - started > 120:
                 raise AssertionError(f"{minion_id} did not answer in 120 s")
         return time.monotonic() - started
@@ -48,8 +52,9 @@ def first_ping(master, root, minion_id) -> float:
         minion.stop()
 
 
-def test_boot_latency_with_key_binding(masters, sqs, queue_url, tmp_path, cert_dir, identity,
-                                       fleet):
+def test_boot_latency_with_key_binding(
+    masters, sqs, queue_url, tmp_path, cert_dir, identity, fleet
+):
     ours, limit = masters
     conf = trust_config(tmp_path, queue_url, ours, cert_dir, fleet["group"], KeyBinding="tag")
     log = tmp_path / "daemon.log"
@@ -64,18 +69,24 @@ def test_boot_latency_with_key_binding(masters, sqs, queue_url, tmp_path, cert_d
             wait_for(lambda: f"{instance} " in log.read_text(), 60, "the launch to be handled")
             time.sleep(BOOT_DELAY)  # the instance boots; the minion starts later
             results["aws_ork + binding"].append(first_ping(ours, root, instance))
-            results["auto_accept"].append(first_ping(limit, tmp_path / f"l{r}",
-                                                     group_instance(fleet)))
+            results["auto_accept"].append(
+                first_ping(limit, tmp_path / f"l{r}", group_instance(fleet))
+            )
     finally:
         status = stop_aws_ork(daemon)
     assert status == 0, f"aws_ork exited {status}: {log.read_text()[-3000:]}"
 
     ours_s = statistics.median(results["aws_ork + binding"])
     limit_s = statistics.median(results["auto_accept"])
-    lines = [f"{name:17}: " + ", ".join(f"{s:4.2f} s" for s in runs)
-             for name, runs in results.items()]
-    lines.append(f"median minion start -> first ping: aws_ork + binding {ours_s:.2f} s, "
-                 f"auto_accept {limit_s:.2f} s -> {ours_s / limit_s:.2f}x (target <= 1.25x)")
-    report(f"boot_latency_binding (shipped trust defaults + KeyBinding = tag): signed launch "
-           f"first, minion {BOOT_DELAY} s later, acceptance_wait_time {WAIT} s; {ROUNDS} rounds",
-           lines)
+    lines = [
+        f"{name:17}: " + ", ".join(f"{s:4.2f} s" for s in runs) for name, runs in results.items()
+    ]
+    lines.append(
+        f"median minion start -> first ping: aws_ork + binding {ours_s:.2f} s, "
+        f"auto_accept {limit_s:.2f} s -> {ours_s / limit_s:.2f}x (target <= 1.25x)"
+    )
+    report(
+        f"boot_latency_binding (shipped trust defaults + KeyBinding = tag): signed launch "
+        f"first, minion {BOOT_DELAY} s later, acceptance_wait_time {WAIT} s; {ROUNDS} rounds",
+        lines,
+    )

@@ -54,13 +54,13 @@ def fed_drain(master, sqs, folder, ids: list[str], bodies: list[str], cert_dir) 
     try:
         wait_for(lambda: ": queue " in log.read_text(), 60, "the daemon to start")
         outstanding: list[str] = []  # sent, not accepted yet: at most DEPTH, so each poll
-        sent = done = 0              # costs the same whatever the drain's length
+        sent = done = 0  # costs the same whatever the drain's length
         started = time.perf_counter()
         while done < len(ids):
             while sent < len(ids) and len(outstanding) < DEPTH:
-                send_all(sqs, url, bodies[sent:sent + 10])
-                outstanding += ids[sent:sent + 10]
-                sent += len(bodies[sent:sent + 10])
+                send_all(sqs, url, bodies[sent : sent + 10])
+                outstanding += ids[sent : sent + 10]
+                sent += len(bodies[sent : sent + 10])
             time.sleep(0.05)
             still = [i for i in outstanding if not (accepted / i).exists()]
             done += len(outstanding) - len(still)
@@ -85,17 +85,21 @@ def test_drain_flat(master, sqs, tmp_path, identity, cert_dir):
     lines = []
     taken = 0
     for n, (name, count) in enumerate(runs):
-        ids = fleet[taken:taken + count]
+        ids = fleet[taken : taken + count]
         taken += count
         bodies = [sign_body(identity, sns_launch(i)) for i in ids]  # signed before the clock
         seconds[name] = fed_drain(master, sqs, tmp_path / f"run{n}", ids, bodies, cert_dir)
-        lines.append(f"{count:>5} launches: {seconds[name]:6.1f} s  "
-                     f"{count / seconds[name]:5.1f} msg/s")
+        lines.append(
+            f"{count:>5} launches: {seconds[name]:6.1f} s  {count / seconds[name]:5.1f} msg/s"
+        )
     short_rate = 2 * SHORT / (seconds["short, before"] + seconds["short, after"])
     long_rate = LONG / seconds["long"]
-    report(f"drain_flat (shipped trust defaults): {LONG:,} launches vs {SHORT} (before and "
-           f"after), running daemon, queue fed {DEPTH} ahead, start-up not timed", [
-        *lines,
-        f"rate of {LONG:,} = {long_rate / short_rate:.2f} of the rate of {SHORT} "
-        f"(target >= 0.9)",
-    ])
+    report(
+        f"drain_flat (shipped trust defaults): {LONG:,} launches vs {SHORT} (before and "
+        f"after), running daemon, queue fed {DEPTH} ahead, start-up not timed",
+        [
+            *lines,
+            f"rate of {LONG:,} = {long_rate / short_rate:.2f} of the rate of {SHORT} "
+            f"(target >= 0.9)",
+        ],
+    )

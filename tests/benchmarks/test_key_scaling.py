@@ -53,11 +53,15 @@ def test_key_scaling(master, sqs, tmp_path, identity, cert_dir):
             took = sum(drain(master, sqs, tmp_path, ids, identity, cert_dir))
             remove_keys(master, bystanders)
             seconds[count] += took
-            lines.append(f"round {r + 1}: {count:>6} other keys: {took:5.1f} s "
-                         f"({2 * N / took:5.1f} msg/s)")
+            lines.append(
+                f"round {r + 1}: {count:>6} other keys: {took:5.1f} s ({2 * N / took:5.1f} msg/s)"
+            )
     ratio = seconds[FEW] / seconds[MANY]
-    report(f"key_scaling (shipped trust defaults): drain of {N} launches + {N} terminates, "
-           f"{FEW} vs {MANY:,} other keys", [
-        *lines,
-        f"rate with {MANY:,} keys = {ratio:.2f} of the rate with {FEW} (target >= 0.9)",
-    ])
+    report(
+        f"key_scaling (shipped trust defaults): drain of {N} launches + {N} terminates, "
+        f"{FEW} vs {MANY:,} other keys",
+        [
+            *lines,
+            f"rate with {MANY:,} keys = {ratio:.2f} of the rate with {FEW} (target >= 0.9)",
+        ],
+    )

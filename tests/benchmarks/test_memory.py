@@ -75,9 +75,11 @@ def bytes_per_id(count: int = 20_000) -> float:
 
 def ids_in(state_dir) -> int:
     """Ids written to the replay memories so far (lines of their files)."""
-    return sum(len(path.read_bytes().splitlines())
-               for path in (state_dir / "finished-sns-messages", state_dir / "enrolled-instances")
-               if path.exists())
+    return sum(
+        len(path.read_bytes().splitlines())
+        for path in (state_dir / "finished-sns-messages", state_dir / "enrolled-instances")
+        if path.exists()
+    )
 
 
 @pytest.mark.timeout(2400)
@@ -98,8 +100,9 @@ def test_memory(master, sqs, tmp_path, identity, cert_dir):
             first = first or ids
             add_keys(master, ids[::2])
             terminate_instances(previous)  # EC2 must say they are gone before a key goes
-            bodies = [sign_body(identity, sns_launch(i)) for i in ids] + \
-                     [sign_body(identity, sns_terminate(i)) for i in previous]
+            bodies = [sign_body(identity, sns_launch(i)) for i in ids] + [
+                sign_body(identity, sns_terminate(i)) for i in previous
+            ]
             send_all(sqs, url, bodies)
             wait_for(lambda: queue_counts(sqs, url) == (0, 0), 300, "the chunk to drain")
             handled += len(bodies)
@@ -121,10 +124,16 @@ def test_memory(master, sqs, tmp_path, identity, cert_dir):
     growth = (rss[LAST] - rss[FIRST]) / 1024
     new_ids = remembered[LAST] - remembered[FIRST]
     by_design = new_ids * bytes_per_id() / 2**20
-    report("memory (shipped trust defaults): RSS of the running daemon", [
-        *(f"after {mark:>6} messages: {rss[mark] / 1024:6.1f} MiB "
-          f"({remembered[mark]:>6} ids in the replay memories)" for mark in CHECKPOINTS),
-        f"growth from {FIRST:,} to {LAST:,}: {growth:+.1f} MiB (target: within a few MB)",
-        f"of which the replay memories' {new_ids:,} new ids: ~{by_design:.1f} MiB (by design, "
-        f"bounded); beyond them: {growth - by_design:+.1f} MiB",
-    ])
+    report(
+        "memory (shipped trust defaults): RSS of the running daemon",
+        [
+            *(
+                f"after {mark:>6} messages: {rss[mark] / 1024:6.1f} MiB "
+                f"({remembered[mark]:>6} ids in the replay memories)"
+                for mark in CHECKPOINTS
+            ),
+            f"growth from {FIRST:,} to {LAST:,}: {growth:+.1f} MiB (target: within a few MB)",
+            f"of which the replay memories' {new_ids:,} new ids: ~{by_design:.1f} MiB (by design, "
+            f"bounded); beyond them: {growth - by_design:+.1f} MiB",
+        ],
+    )

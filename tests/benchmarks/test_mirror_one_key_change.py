@@ -54,11 +54,19 @@ def make_tree(root: Path, keys: int) -> str:
 
 def aws_sync(tree: Path, bucket: str, debug: bool = False) -> tuple[float, int]:
     """``aws s3 sync --delete``: (seconds, S3 requests made)."""
-    argv = [script("aws"), "s3", "sync", "--delete", "--only-show-errors", str(tree),
-            f"s3://{bucket}/cli/"]
+    argv = [
+        script("aws"),
+        "s3",
+        "sync",
+        "--delete",
+        "--only-show-errors",
+        str(tree),
+        f"s3://{bucket}/cli/",
+    ]
     started = time.perf_counter()
-    result = subprocess.run(argv + (["--debug"] if debug else []), capture_output=True,
-                            text=True, timeout=1800)
+    result = subprocess.run(
+        argv + (["--debug"] if debug else []), capture_output=True, text=True, timeout=1800
+    )
     elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stderr[-2000:]
     return elapsed, len(re.findall(r"Making request for OperationModel", result.stderr))
@@ -74,8 +82,12 @@ def test_one_key_change(keys, tmp_path, moto, s3, capsys):
     calls: list[str] = []
     client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
     # as the daemon makes it: pending and denied keys and autosign stubs are not mirrored
-    mirror = S3Mirror(S3Tree(client, BucketUrl(bucket, "pki/")), root, tmp_path / "manifest",
-                      unmirrored=unmirrored_dirs("master"))
+    mirror = S3Mirror(
+        S3Tree(client, BucketUrl(bucket, "pki/")),
+        root,
+        tmp_path / "manifest",
+        unmirrored=unmirrored_dirs("master"),
+    )
 
     started = time.perf_counter()
     mirror.reconcile()  # the first full mirror (start-up)
@@ -93,11 +105,13 @@ def test_one_key_change(keys, tmp_path, moto, s3, capsys):
     again, _ = aws_sync(root, bucket)  # nothing left to do: the cost of looking
 
     with capsys.disabled():
-        print(f"\n{keys:>6} keys | aws_ork: {ours_requests} requests {ours * 1000:8.1f} ms | "
-              f"aws s3 sync --delete: {theirs_requests} requests {theirs * 1000:8.1f} ms "
-              f"(no-op run {again * 1000:.0f} ms) | ratio requests "
-              f"{theirs_requests / ours_requests:.1f}x, time {theirs / ours:.0f}x | "
-              f"first full mirror {first:.1f}s"
-              + (f" [AWS_ORK_BENCH_SCALE={SCALE:g}: reduced size]" if SCALE != 1 else ""))
+        print(
+            f"\n{keys:>6} keys | aws_ork: {ours_requests} requests {ours * 1000:8.1f} ms | "
+            f"aws s3 sync --delete: {theirs_requests} requests {theirs * 1000:8.1f} ms "
+            f"(no-op run {again * 1000:.0f} ms) | ratio requests "
+            f"{theirs_requests / ours_requests:.1f}x, time {theirs / ours:.0f}x | "
+            f"first full mirror {first:.1f}s"
+            + (f" [AWS_ORK_BENCH_SCALE={SCALE:g}: reduced size]" if SCALE != 1 else "")
+        )
     # one PUT, whatever the tree's size (the pending key it replaces was never mirrored)
     assert ours_requests == 1
