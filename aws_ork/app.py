@@ -21,6 +21,7 @@ from aws_ork import __version__, defaults
 from aws_ork.aws import make_client
 from aws_ork.base.errors import AwsOrkError, ConfigError, QueueError, StateError
 from aws_ork.base.files import lock_directory
+from aws_ork.base.naming import Template
 from aws_ork.base.saltkeys import KeyLocation
 from aws_ork.checks import build_checks
 from aws_ork.checks.ec2 import InstanceCheck
@@ -32,7 +33,6 @@ from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.backend import preload_event_transport
 from aws_ork.keys.eventkey import EventKey, EventKeyError, default_path
 from aws_ork.keys.manager import KeyManager, load_master_opts
-from aws_ork.keys.naming import Template
 from aws_ork.keys.reactor import SaltEvents
 from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.lifecycle import Completer, HookClient

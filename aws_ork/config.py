@@ -20,8 +20,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from aws_ork.base.errors import ConfigError
+from aws_ork.base.naming import IDENTITY, parse_template
 from aws_ork.base.trusted import untrusted_dir_problem
-from aws_ork.keys.naming import IDENTITY, parse_template
 
 log = logging.getLogger(__name__)
 

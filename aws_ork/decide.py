@@ -19,6 +19,7 @@ from typing import Any
 from aws_ork import defaults, events
 from aws_ork.base.errors import AwsOrkError, KeyStoreError
 from aws_ork.base.ids import is_instance_id
+from aws_ork.base.naming import owner_of_key
 from aws_ork.base.saltkeys import ACCEPTED
 from aws_ork.base.text import clean
 from aws_ork.checks import Check, Verdict
@@ -29,7 +30,6 @@ from aws_ork.events import Event, Kind, Source
 from aws_ork.keys import reactor
 from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.manager import KeyManager, KeyResult, Outcome
-from aws_ork.keys.naming import owner_of_key
 from aws_ork.lifecycle import Completer, HookAction, LifecycleError
 from aws_ork.lifecycle.completer import State
 from aws_ork.memory import IdMemory, MinionNames, valid_id

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import salt.utils.crypt
 
-from aws_ork.keys import binding
+from aws_ork.base import binding
 
 SCRIPT = Path(__file__).parent.parent / "data" / "instance" / "aws_ork-bind-minion.sh"
 INSTANCE = "i-0123456789abcdef0"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import salt.utils.crypt
 
-from aws_ork.keys import binding
+from aws_ork.base import binding
 from aws_ork.keys.manager import KeyManager, Outcome, load_master_opts
 from tests.messages import new_id
 from tests.saltenv import generate_public_key_pem

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aws_ork.base.ids import MAX_LENGTH, is_minion_id
-from aws_ork.keys.naming import NamingError, Template, parse_template
+from aws_ork.base.naming import NamingError, Template, parse_template
 from aws_ork.memory import MinionNames
 
 INSTANCE = "i-0123456789abcdef0"

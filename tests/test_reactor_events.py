@@ -352,7 +352,7 @@ def test_acceptance_by_salt_through_a_stub_is_fired_with_the_launch_context(mast
 def test_a_bound_key_accepted_by_the_arrivals_thread_is_fired(master):
     """Key binding: the arrivals thread hands a presented key to the handler, which accepts
     it and announces it (with the context of the launch that waited for it)."""
-    from aws_ork.keys import binding
+    from aws_ork.base import binding
 
     minion = new_id()
     pub = master.add_pending_key(minion).read_text()

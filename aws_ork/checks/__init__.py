@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aws_ork.base.naming import Template
 from aws_ork.base.saltkeys import KeyLocation
 from aws_ork.checks.ec2 import Ec2Lookup, InstanceCheck
 from aws_ork.checks.replay import ReplayCheck
@@ -35,7 +36,6 @@ from aws_ork.checks.terminations import TerminationCheck, Terminations
 from aws_ork.checks.topic import TopicCheck
 from aws_ork.checks.verdict import Check, Verdict
 from aws_ork.config import ANY_TOPIC, Config
-from aws_ork.keys.naming import Template
 from aws_ork.lifecycle.client import HookClient
 from aws_ork.memory import IdMemory, MinionNames
 

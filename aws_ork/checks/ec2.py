@@ -45,14 +45,14 @@ from typing import Any
 import botocore.exceptions
 
 from aws_ork.aws import AWS_ERRORS, error_code
+from aws_ork.base import binding
 from aws_ork.base.awserrors import count_aws_error
 from aws_ork.base.errors import AwsOrkError, KeyStoreError
+from aws_ork.base.naming import NamingError, Template
 from aws_ork.base.saltkeys import KeyAgeUnknown, KeyLocation
 from aws_ork.base.text import shorten
 from aws_ork.checks.verdict import Verdict
 from aws_ork.events import Event, Kind
-from aws_ork.keys import binding
-from aws_ork.keys.naming import NamingError, Template
 from aws_ork.lifecycle.client import TERMINATING_STATES, HookClient, LifecycleError
 from aws_ork.memory import MinionNames
 

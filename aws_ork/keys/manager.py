@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aws_ork.base import binding
 from aws_ork.base.errors import ConfigError, KeyStoreError
 from aws_ork.base.ids import is_instance_id, is_minion_id
 from aws_ork.base.saltkeys import ACCEPTED, DENIED, PENDING, REJECTED, KeyLocation
-from aws_ork.keys import binding
 from aws_ork.keys.autosign import AutosignStubs
 from aws_ork.keys.backend import SaltKeys
 
