@@ -19,6 +19,7 @@ from typing import Any
 
 from aws_ork import __version__, defaults
 from aws_ork.aws import make_client
+from aws_ork.base.awserrors import aws_errors
 from aws_ork.base.errors import AwsOrkError, ConfigError, QueueError, StateError
 from aws_ork.base.files import lock_directory
 from aws_ork.base.naming import Template
@@ -54,6 +55,7 @@ from aws_ork.mirror.planner import S3Mirror
 from aws_ork.mirror.worker import MirrorWorker, unmirrored_dirs
 from aws_ork.runtime import systemd
 from aws_ork.runtime.metrics import AwsOrkCollector, MetricsServer, health
+from aws_ork.runtime.stats import KeyStats, MirrorStats, QueueStats, Stats
 from aws_ork.runtime.stopper import Stopper
 from aws_ork.sqs.archive import Archive
 from aws_ork.sqs.queue import Queue
@@ -120,6 +122,72 @@ def event_key(cfg: Config, master_opts: Mapping[str, Any]) -> EventKey:
         return EventKey.load_or_create(path, master_opts)
     except EventKeyError as exc:
         raise ConfigError(cfg.source, "SaltEventKey", str(exc)) from None
+
+
+class PartsStats:
+    """The metrics' :class:`~aws_ork.runtime.stats.StatsSource`: the running parts' tallies,
+    copied into one :class:`~aws_ork.runtime.stats.Stats` at each scrape or health probe
+    (from the metrics thread; memory only, and the mirror journal's length).
+
+    The one place that knows where each tally lives, so the metrics know none of the parts:
+    when a tally moves to another part, this copy changes, not the metrics."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        handler: Handler,
+        completer: Completer | None,
+        salt_events: SaltEvents | None,
+        mirror: MirrorWorker | None,
+    ) -> None:
+        self.loop = loop
+        self.handler = handler
+        self.completer = completer
+        self.salt_events = salt_events
+        self.mirror = mirror
+
+    def stats(self) -> Stats:
+        loop, counters = self.loop, self.loop.counters
+        keys = dict(self.handler.key_counts)
+        events = self.salt_events
+        return Stats(
+            queue=QueueStats(
+                url=loop.queue.url,
+                received=counters.received,
+                finished=dict(counters.finished),
+                retries=dict(counters.retries),
+                rejections=dict(counters.rejections),
+                oldest_message_age=loop.oldest_message_age,
+                last_receive=loop.last_receive,
+                health_seconds=loop.health_seconds,
+                receive_failures=loop.outage.failures,
+            ),
+            keys=KeyStats(
+                accepted=keys.get("accepted", 0),
+                deleted=keys.get("deleted", 0),
+                preauthorised=keys.get("preauthorised", 0),
+                rejected=keys.get("rejected", 0),
+                impostors=keys.get("impostor", 0),
+            ),
+            lifecycle_completed=self.completer.completed if self.completer is not None else 0,
+            salt_events_fired=events.fired if events is not None else 0,
+            salt_events_dropped=events.dropped if events is not None else 0,
+            aws_errors=aws_errors(),
+            mirror=self._mirror(),
+        )
+
+    def _mirror(self) -> MirrorStats | None:
+        if self.mirror is None:
+            return None
+        status = self.mirror.status()
+        return MirrorStats(
+            pending=status.pending,
+            behind_seconds=status.behind_seconds,
+            failures=status.failures,
+            last_success=status.last_success,
+            failing_since=status.failing_since,
+            repaired=status.repaired,
+        )
 
 
 class App:
@@ -254,11 +322,11 @@ class App:
         first empty receive has nothing to scrape, and would take the daemon's port."""
         if cfg.metrics_address is None or run.once:
             return None
-        collector = AwsOrkCollector(self.loop, self.handler, self.mirror)
-        loop, mirror, limit = self.loop, self.mirror, cfg.health_mirror_seconds
+        source = PartsStats(self.loop, self.handler, self.completer, self.salt_events, self.mirror)
+        limit = cfg.health_mirror_seconds
         try:
             return MetricsServer(
-                cfg.metrics_address, collector, lambda: health(loop, mirror, limit)
+                cfg.metrics_address, AwsOrkCollector(source), lambda: health(source, limit)
             )
         except OSError as exc:
             host, port = cfg.metrics_address

@@ -14,16 +14,14 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from aws_ork import __version__, defaults
 from aws_ork.base import awserrors
 from aws_ork.loop import oldest_age
-from aws_ork.mirror.worker import MirrorStatus
 from aws_ork.runtime import metrics
+from aws_ork.runtime.stats import KeyStats, MirrorStats, QueueStats, Stats
 from aws_ork.sqs.queue import Queue
 from tests.daemon import run_aws_ork, send, start_aws_ork, states, wait_for, write_config
 from tests.messages import new_id, sns_launch, sns_terminate
@@ -311,33 +309,31 @@ def test_a_flood_of_slow_clients_neither_exhausts_the_daemon_nor_stops_health_or
 # --- the parts, without a daemon ---
 
 
-def fake_loop(quiet: float, limit: float = 6.0) -> Any:
-    return SimpleNamespace(
-        health_seconds=limit,
-        last_receive=time.monotonic() - quiet,
-        outage=SimpleNamespace(failures=2),
-        queue=SimpleNamespace(url="https://sqs.example/1/q"),
-    )
+class FakeParts:
+    """A StatsSource: the loop last received ``quiet`` seconds ago (limit 6 s); with
+    ``mirror``, the mirror failing for ``failing_for`` seconds (None: not failing)."""
 
-
-class FakeMirror:
-    def __init__(self, failing_for: float | None) -> None:
+    def __init__(self, quiet: float, mirror: bool = False, failing_for: float | None = None):
+        self.last_receive = time.monotonic() - quiet
+        self.mirror = mirror
         self.failing_for = failing_for
 
-    def status(self) -> MirrorStatus:
+    def stats(self) -> Stats:
         since = None if self.failing_for is None else time.time() - self.failing_for
-        return MirrorStatus(3, 40.0, 7, None, 0, since)
+        queue = QueueStats("https://sqs.example/1/q", 0, {}, {}, {}, 0.0, self.last_receive, 6.0, 2)
+        mirror = MirrorStats(3, 40.0, 7, None, since, 0) if self.mirror else None
+        return Stats(queue, KeyStats(), 0, 0, 0, {}, mirror)
 
 
 def test_health_names_what_is_wrong_first_the_queue_then_the_mirror():
-    assert metrics.health(fake_loop(0), None, 900) is None
-    assert metrics.health(fake_loop(0), FakeMirror(None), 900) is None
-    assert metrics.health(fake_loop(0), FakeMirror(100), 900) is None  # failing, not for long
-    reason = metrics.health(fake_loop(0), FakeMirror(2000), 900)
+    assert metrics.health(FakeParts(0), 900) is None
+    assert metrics.health(FakeParts(0, mirror=True), 900) is None
+    assert metrics.health(FakeParts(0, True, 100), 900) is None  # failing, not for long
+    reason = metrics.health(FakeParts(0, True, 2000), 900)
     assert reason is not None and reason.startswith(
         "S3 mirror failing for 2000 s (HealthMirrorSeconds 900; 7 failed runs"
     )
-    reason = metrics.health(fake_loop(60), FakeMirror(2000), 900)
+    reason = metrics.health(FakeParts(60, True, 2000), 900)
     assert reason is not None and reason.startswith(
         "queue https://sqs.example/1/q: no receive completed for 60 s (limit 6 s; "
         "2 failed receives in a row)"

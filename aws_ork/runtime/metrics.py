@@ -1,10 +1,12 @@
 """Prometheus metrics and ``/healthz`` on MetricsAddress, read at scrape time.
 
-Nothing is copied into metric objects as it happens: the loop's :class:`~aws_ork.loop.Counters`,
-the handler's key tallies, :meth:`~aws_ork.mirror.worker.MirrorWorker.status` and the AWS
-error tally below are read when Prometheus scrapes, by a custom collector over a private
-registry (no process-wide default registry, so tests and a SIGHUP never see stale metrics).
-A scrape reads memory and the mirror journal's length only: it never calls AWS or Salt.
+Nothing is copied into metric objects as it happens: each scrape (and each health probe) asks
+a :class:`~aws_ork.runtime.stats.StatsSource` for one :class:`~aws_ork.runtime.stats.Stats`
+record (the loop's counters, the key stage's tallies, the mirror's status, the AWS error
+tally, gathered by the wiring) and a custom collector over a private registry turns it into
+metrics (no process-wide default registry, so tests and a SIGHUP never see stale metrics).
+A scrape reads memory and the mirror journal's length only: it never calls AWS or Salt. This
+module knows the records only, never the parts that keep the tallies.
 
 Label values are short fixed codes (event kind, reason code, AWS service and error code),
 never text from a message, so the number of series stays bounded whatever arrives.
@@ -20,20 +22,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from aws_ork import __version__, defaults
-from aws_ork.base.awserrors import aws_errors
 from aws_ork.base.text import clean
-
-if TYPE_CHECKING:  # the loop and the handler import modules that import this one
-    from aws_ork.decide import Handler
-    from aws_ork.loop import Loop
-    from aws_ork.mirror.worker import MirrorWorker
+from aws_ork.runtime.stats import MirrorStats, Stats, StatsSource
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +39,7 @@ _LOG_LINE_LIMIT = 300
 
 
 def health(
-    loop: Loop,
-    mirror: MirrorWorker | None,
+    source: StatsSource,
     mirror_seconds: float,
     now: Callable[[], float] = time.monotonic,
 ) -> str | None:
@@ -52,87 +48,88 @@ def health(
     Unhealthy when the loop has not completed a receive within 3 poll intervals (its long
     poll plus PollPause: a hung loop or an unreachable queue), or the S3 mirror has been
     failing for longer than ``mirror_seconds`` (HealthMirrorSeconds)."""
-    limit = loop.health_seconds
-    quiet = now() - loop.last_receive
+    stats = source.stats()
+    queue = stats.queue
+    limit = queue.health_seconds
+    quiet = now() - queue.last_receive
     if quiet > limit:
-        failures = loop.outage.failures
         return (
-            f"queue {loop.queue.url}: no receive completed for {quiet:.0f} s (limit "
-            f"{limit:.0f} s; {failures} failed receives in a row)"
+            f"queue {queue.url}: no receive completed for {quiet:.0f} s (limit "
+            f"{limit:.0f} s; {queue.receive_failures} failed receives in a row)"
         )
-    if mirror is not None:
-        status = mirror.status()
-        if status.failing_since is not None:
-            failing = time.time() - status.failing_since
-            if failing > mirror_seconds:
-                return (
-                    f"S3 mirror failing for {failing:.0f} s (HealthMirrorSeconds "
-                    f"{mirror_seconds:.0f}; {status.failures} failed runs, "
-                    f"{status.pending} changes waiting)"
-                )
+    mirror = stats.mirror
+    if mirror is not None and mirror.failing_since is not None:
+        failing = time.time() - mirror.failing_since
+        if failing > mirror_seconds:
+            return (
+                f"S3 mirror failing for {failing:.0f} s (HealthMirrorSeconds "
+                f"{mirror_seconds:.0f}; {mirror.failures} failed runs, "
+                f"{mirror.pending} changes waiting)"
+            )
     return None
 
 
 class AwsOrkCollector(Collector):
-    """Every aws_ork metric, read from the daemon's parts at scrape time."""
+    """Every aws_ork metric, read from one :class:`Stats` record taken at scrape time."""
 
-    def __init__(self, loop: Loop, handler: Handler, mirror: MirrorWorker | None) -> None:
-        self.loop = loop
-        self.handler = handler
-        self.mirror = mirror
+    def __init__(self, source: StatsSource) -> None:
+        self.source = source
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+        stats = self.source.stats()
         yield InfoMetricFamily("aws_ork_build", "aws_ork's version", value={"version": __version__})
-        counters = self.loop.counters
+        queue = stats.queue
         received = CounterMetricFamily("aws_ork_messages_received", "SQS messages received")
-        received.add_metric([], counters.received)
+        received.add_metric([], queue.received)
         yield received
         for name, text, table in (
-            ("finished", "messages handled and deleted from the queue", counters.finished),
-            ("retried", "messages given back for a retry after a delay", counters.retries),
-            ("rejected", "messages that failed a trust check", counters.rejections),
+            ("finished", "messages handled and deleted from the queue", queue.finished),
+            ("retried", "messages given back for a retry after a delay", queue.retries),
+            ("rejected", "messages that failed a trust check", queue.rejections),
         ):
             family = CounterMetricFamily(
                 f"aws_ork_messages_{name}", text, labels=["kind", "reason"]
             )
-            for (kind, reason), count in sorted(dict(table).items()):
+            for (kind, reason), count in sorted(table.items()):
                 family.add_metric([kind, reason], count)
             yield family
-        keys = dict(self.handler.key_counts)
-        for name, text, outcome in (
-            ("accepted", "minion keys accepted", "accepted"),
-            ("deleted", "minion keys deleted (terminates)", "deleted"),
-            ("preauthorised", "minions pre-authorised (autosign stub written)", "preauthorised"),
-            ("rejected", "stale pending keys moved to the rejected keys", "rejected"),
+        keys = stats.keys
+        for name, text, count in (
+            ("accepted", "minion keys accepted", keys.accepted),
+            ("deleted", "minion keys deleted (terminates)", keys.deleted),
+            (
+                "preauthorised",
+                "minions pre-authorised (autosign stub written)",
+                keys.preauthorised,
+            ),
+            ("rejected", "stale pending keys moved to the rejected keys", keys.rejected),
             (
                 "impostors_deleted",
                 "key binding: keys presented under a bound id with "
                 "another fingerprint than the instance published "
                 "(never accepted, removed), each key counted once",
-                "impostor",
+                keys.impostors,
             ),
         ):
             family = CounterMetricFamily(f"aws_ork_keys_{name}", text)
-            family.add_metric([], keys.get(outcome, 0))
+            family.add_metric([], count)
             yield family
         lifecycle = CounterMetricFamily(
             "aws_ork_lifecycle_actions_completed",
             "lifecycle actions completed (CompleteLifecycleAction)",
         )
-        completer = self.handler.completer
-        lifecycle.add_metric([], completer.completed if completer is not None else 0)
+        lifecycle.add_metric([], stats.lifecycle_completed)
         yield lifecycle
-        events = self.handler.salt_events
         for name, text, count in (
             (
                 "fired",
                 "aws_ork/... events fired on the master's event bus (SaltEvents)",
-                events.fired if events is not None else 0,
+                stats.salt_events_fired,
             ),
             (
                 "dropped",
                 "aws_ork/... events dropped: the bus was down, hung or full",
-                events.dropped if events is not None else 0,
+                stats.salt_events_dropped,
             ),
         ):
             family = CounterMetricFamily(f"aws_ork_salt_events_{name}", text)
@@ -141,54 +138,57 @@ class AwsOrkCollector(Collector):
         errors = CounterMetricFamily(
             "aws_ork_aws_errors", "failed AWS calls", labels=["service", "code"]
         )
-        for (service, code), count in sorted(aws_errors().items()):
+        for (service, code), count in sorted(stats.aws_errors.items()):
             errors.add_metric([service, code], count)
         yield errors
-        if self.mirror is not None:
+        if stats.mirror is not None:
             repaired = CounterMetricFamily(
                 "aws_ork_mirror_repaired",
                 "objects of the S3 mirror found overwritten in the "
                 "bucket (their metadata claiming the local file, S3 reporting another body) "
                 "and uploaded again",
             )
-            repaired.add_metric([], self.mirror.status().repaired)
+            repaired.add_metric([], stats.mirror.repaired)
             yield repaired
-        yield from self._gauges()
+        yield from _gauges(stats)
 
-    def _gauges(self) -> Iterator[GaugeMetricFamily]:
+
+def _gauges(stats: Stats) -> Iterator[GaugeMetricFamily]:
+    yield GaugeMetricFamily(
+        "aws_ork_oldest_message_age_seconds",
+        "age (from SentTimestamp) of the oldest message in the latest receive, when it "
+        "was received; 0 after an empty receive",
+        value=stats.queue.oldest_message_age,
+    )
+    yield GaugeMetricFamily(
+        "aws_ork_last_receive_age_seconds",
+        "seconds since a receive last completed",
+        value=time.monotonic() - stats.queue.last_receive,
+    )
+    if stats.mirror is not None:
+        yield from _mirror_gauges(stats.mirror)
+
+
+def _mirror_gauges(mirror: MirrorStats) -> Iterator[GaugeMetricFamily]:
+    yield GaugeMetricFamily(
+        "aws_ork_mirror_pending_changes",
+        "key changes not yet confirmed by S3",
+        value=mirror.pending,
+    )
+    yield GaugeMetricFamily(
+        "aws_ork_mirror_behind_seconds",
+        "age of the oldest change not yet in S3; 0 when caught up",
+        value=mirror.behind_seconds,
+    )
+    yield GaugeMetricFamily(
+        "aws_ork_mirror_failures", "consecutive failed S3 mirror runs", value=mirror.failures
+    )
+    if mirror.last_success is not None:
         yield GaugeMetricFamily(
-            "aws_ork_oldest_message_age_seconds",
-            "age (from SentTimestamp) of the oldest message in the latest receive, when it "
-            "was received; 0 after an empty receive",
-            value=self.loop.oldest_message_age,
+            "aws_ork_mirror_last_success_age_seconds",
+            "seconds since the last successful S3 mirror run",
+            value=max(0.0, time.time() - mirror.last_success),
         )
-        yield GaugeMetricFamily(
-            "aws_ork_last_receive_age_seconds",
-            "seconds since a receive last completed",
-            value=time.monotonic() - self.loop.last_receive,
-        )
-        if self.mirror is None:
-            return
-        status = self.mirror.status()
-        yield GaugeMetricFamily(
-            "aws_ork_mirror_pending_changes",
-            "key changes not yet confirmed by S3",
-            value=status.pending,
-        )
-        yield GaugeMetricFamily(
-            "aws_ork_mirror_behind_seconds",
-            "age of the oldest change not yet in S3; 0 when caught up",
-            value=status.behind_seconds,
-        )
-        yield GaugeMetricFamily(
-            "aws_ork_mirror_failures", "consecutive failed S3 mirror runs", value=status.failures
-        )
-        if status.last_success is not None:
-            yield GaugeMetricFamily(
-                "aws_ork_mirror_last_success_age_seconds",
-                "seconds since the last successful S3 mirror run",
-                value=max(0.0, time.time() - status.last_success),
-            )
 
 
 class MetricsServer:
