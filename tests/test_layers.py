@@ -322,3 +322,23 @@ def test_base_imports_nothing_of_aws_ork_above_it():
         if unit_of(target) != "base"
     }
     assert above == set()
+
+
+def main() -> int:
+    """``python -m tests.test_layers`` (the lint env, which has no pytest): the checker on
+    the made-up graph, then the package; each problem on a line, exit 1 when there is one."""
+    test_the_checker_finds_a_cycle_an_upward_and_a_sideways_import_and_a_stale_entry()
+    root = Path(aws_ork.__file__).parent
+    problems = violations(import_graph(root), LAYERS, SIDEWAYS, KNOWN) + [
+        f"type checker: {problem}"
+        for problem in violations(
+            import_graph(root, type_checking=True), LAYERS, SIDEWAYS, KNOWN, cycles_too=False
+        )
+    ]
+    for problem in problems:
+        print(f"import contract: {problem}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
