@@ -13,17 +13,17 @@ import ipaddress
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from aws_ork.base.errors import ConfigError
 from aws_ork.keys.naming import IDENTITY
+from aws_ork.options import ALL, BY_FIELD, Option
 from aws_ork.runtime.trusted import untrusted_dir_problem
 from aws_ork.values import ANY_HOOK as ANY_HOOK
 from aws_ork.values import ANY_TOPIC as ANY_TOPIC
 from aws_ork.values import LOG_FORMATS as LOG_FORMATS
-from aws_ork.values import PARSERS
 from aws_ork.values import UNSIGNED_SOURCES as UNSIGNED_SOURCES
 from aws_ork.values import BucketUrl as BucketUrl
 
@@ -34,62 +34,52 @@ DEFAULT_PATH = "/etc/aws_ork.conf"
 ENV_PATH = "AWS_ORK_CONFIG"
 
 
+def _default(name: str) -> Any:
+    """The default of the option that sets the Config attribute ``name``."""
+    return BY_FIELD[name].default
+
+
 @dataclass(frozen=True)
 class Config:
-    """Validated settings. Field metadata ``option`` is the name operators write in the file."""
+    """Validated settings, one attribute per option of aws_ork/options.py (its ``field``), with
+    that option's default; ``source`` names the file they were read from."""
 
     source: str = "(defaults)"
-    sqs_region: str = field(default="us-west-2", metadata={"option": "SQS_Region"})
-    queue_name: str = field(default="SaltMasterTestQueue", metadata={"option": "QueueName"})
-    queue_url: str | None = field(default=None, metadata={"option": "QueueUrl"})
-    poll_pause: float = field(default=0.0, metadata={"option": "PollPause"})
-    bucket_url: BucketUrl | None = field(default=None, metadata={"option": "BucketUrl"})
-    bucket_region: str | None = field(default=None, metadata={"option": "BucketRegion"})
-    bucket_sse: str | None = field(default=None, metadata={"option": "BucketSSE"})
-    bucket_kms_key_id: str | None = field(default=None, metadata={"option": "BucketKmsKeyId"})
-    bucket_acl: str | None = field(
-        default="bucket-owner-full-control", metadata={"option": "BucketAcl"}
-    )
-    reconcile_minutes: float = field(default=10.0, metadata={"option": "ReconcileMinutes"})
-    sweep_minutes: float = field(default=0.0, metadata={"option": "SweepMinutes"})
-    delete_unknown_messages: bool = field(
-        default=True, metadata={"option": "DeleteUnknownMessages"}
-    )
-    salt_master_config: Path = field(
-        default=Path("/etc/salt/master"), metadata={"option": "SaltMasterConfig"}
-    )
-    pki_dir: Path = field(default=Path("/etc/salt/pki"), metadata={"option": "PkiDir"})
-    log_file: Path = field(default=Path("/var/log/aws_ork.log"), metadata={"option": "LogFile"})
-    pid_file: Path = field(default=Path("/run/aws_ork.pid"), metadata={"option": "PidFile"})
-    log_format: str = field(default="text", metadata={"option": "LogFormat"})
-    state_dir: Path = field(default=Path("/var/lib/aws_ork"), metadata={"option": "StateDir"})
-    verify_signatures: bool = field(default=True, metadata={"option": "VerifySignatures"})
-    allowed_topic_arns: tuple[str, ...] = field(default=(), metadata={"option": "AllowedTopicArns"})
-    cert_cache_dir: Path | None = field(default=None, metadata={"option": "CertCacheDir"})
-    unsigned_sources: tuple[str, ...] = field(default=(), metadata={"option": "UnsignedSources"})
-    verify_instances: bool = field(default=True, metadata={"option": "VerifyInstances"})
-    auto_scaling_groups: tuple[str, ...] = field(
-        default=(), metadata={"option": "AutoScalingGroups"}
-    )
-    instance_tags: tuple[tuple[str, str], ...] = field(
-        default=(), metadata={"option": "InstanceTags"}
-    )
-    minion_id_template: str = field(
-        default="{instance_id}", metadata={"option": "MinionIdTemplate"}
-    )
-    archive_dir: Path | None = field(default=None, metadata={"option": "ArchiveDir"})
-    archive_max_mb: int = field(default=1024, metadata={"option": "ArchiveMaxMB"})
-    metrics_address: tuple[str, int] | None = field(
-        default=None, metadata={"option": "MetricsAddress"}
-    )
-    health_mirror_seconds: float = field(default=900.0, metadata={"option": "HealthMirrorSeconds"})
-    key_binding: str = field(default="off", metadata={"option": "KeyBinding"})
-    key_binding_tag: str = field(
-        default="salt:minion-fingerprint", metadata={"option": "KeyBindingTag"}
-    )
-    salt_events: bool = field(default=True, metadata={"option": "SaltEvents"})
-    salt_event_key: Path | None = field(default=None, metadata={"option": "SaltEventKey"})
-    lifecycle_hooks: tuple[str, ...] = field(default=("*",), metadata={"option": "LifecycleHooks"})
+    sqs_region: str = _default("sqs_region")
+    queue_name: str = _default("queue_name")
+    queue_url: str | None = _default("queue_url")
+    poll_pause: float = _default("poll_pause")
+    bucket_url: BucketUrl | None = _default("bucket_url")
+    bucket_region: str | None = _default("bucket_region")
+    bucket_sse: str | None = _default("bucket_sse")
+    bucket_kms_key_id: str | None = _default("bucket_kms_key_id")
+    bucket_acl: str | None = _default("bucket_acl")
+    reconcile_minutes: float = _default("reconcile_minutes")
+    sweep_minutes: float = _default("sweep_minutes")
+    delete_unknown_messages: bool = _default("delete_unknown_messages")
+    salt_master_config: Path = _default("salt_master_config")
+    pki_dir: Path = _default("pki_dir")
+    log_file: Path = _default("log_file")
+    pid_file: Path = _default("pid_file")
+    log_format: str = _default("log_format")
+    state_dir: Path = _default("state_dir")
+    verify_signatures: bool = _default("verify_signatures")
+    allowed_topic_arns: tuple[str, ...] = _default("allowed_topic_arns")
+    cert_cache_dir: Path | None = _default("cert_cache_dir")
+    unsigned_sources: tuple[str, ...] = _default("unsigned_sources")
+    verify_instances: bool = _default("verify_instances")
+    auto_scaling_groups: tuple[str, ...] = _default("auto_scaling_groups")
+    instance_tags: tuple[tuple[str, str], ...] = _default("instance_tags")
+    minion_id_template: str = _default("minion_id_template")
+    archive_dir: Path | None = _default("archive_dir")
+    archive_max_mb: int = _default("archive_max_mb")
+    metrics_address: tuple[str, int] | None = _default("metrics_address")
+    health_mirror_seconds: float = _default("health_mirror_seconds")
+    key_binding: str = _default("key_binding")
+    key_binding_tag: str = _default("key_binding_tag")
+    salt_events: bool = _default("salt_events")
+    salt_event_key: Path | None = _default("salt_event_key")
+    lifecycle_hooks: tuple[str, ...] = _default("lifecycle_hooks")
 
     def completes_hook(self, name: str | None) -> bool:
         """Does aws_ork complete the lifecycle actions of the hook ``name``?"""
@@ -108,28 +98,30 @@ class Config:
         return self.cert_cache_dir or self.state_dir / "certs"
 
 
+if {f.name for f in fields(Config)} != {"source", *BY_FIELD}:
+    raise TypeError("Config's attributes are not the fields of aws_ork/options.py")
+
 #: lower-case option name (as configparser stores it) -> (dataclass field, canonical name)
 OPTIONS: dict[str, tuple[str, str]] = {
-    f.metadata["option"].lower(): (f.name, f.metadata["option"])
-    for f in fields(Config)
-    if "option" in f.metadata
+    option.name.lower(): (option.field, option.name) for option in ALL
 }
+#: lower-case option name -> its declaration
+_BY_LOWER: dict[str, Option] = {option.name.lower(): option for option in ALL}
 
 
 def from_mapping(values: Mapping[str, str], source: str) -> Config:
     """Build a Config from raw option strings (keys case-insensitive); validate every value."""
     kwargs: dict[str, Any] = {"source": source}
     for raw_name, raw_value in values.items():
-        known = OPTIONS.get(raw_name.lower())
-        if known is None:
+        option = _BY_LOWER.get(raw_name.lower())
+        if option is None:
             log.warning("%s: unknown option %r ignored", source, raw_name)
             continue
-        name, option = known
         value = raw_value.strip()
         try:
-            kwargs[name] = PARSERS[name](value)
+            kwargs[option.field] = option.parse(value)
         except ValueError as exc:
-            raise ConfigError(source, option, f"{value!r} {exc}") from None
+            raise ConfigError(source, option.name, f"{value!r} {exc}") from None
     if kwargs.get("bucket_kms_key_id") and kwargs.get("bucket_sse") != "aws:kms":
         raise ConfigError(source, "BucketKmsKeyId", "is set but BucketSSE is not aws:kms")
     return Config(**kwargs)
