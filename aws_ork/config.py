@@ -12,7 +12,7 @@ import configparser
 import ipaddress
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -127,96 +127,116 @@ def from_mapping(values: Mapping[str, str], source: str) -> Config:
     return Config(**kwargs)
 
 
-def require_safe(cfg: Config) -> list[str]:
-    """Refuse settings that cannot be safe without another one; return the WARNING lines the
-    explicit unsafe choices deserve at every start.
+#: A rule of :func:`require_safe`: the reason a setting cannot be safe, or None if it can.
+_Rule = Callable[[Config], str | None]
 
-    Raises ConfigError naming the option (the CLI exits 2). Parsing stays separate, so a
-    config can be read (and tested) option by option.
-    """
-    if cfg.verify_signatures and not cfg.allowed_topic_arns:
-        raise ConfigError(
-            cfg.source,
-            "AllowedTopicArns",
-            (
-                "not set while VerifySignatures is on: a valid signature only proves that some "
-                "SNS topic sent the message, and any AWS account can publish to a topic of its "
-                "own. Set AllowedTopicArns = arn:aws:sns:REGION:ACCOUNT:TOPIC (the topic of your "
-                "Auto Scaling notifications), or * to accept any topic (unsafe)"
-            ),
-        )
-    if "eventbridge" in cfg.unsigned_sources and not (cfg.auto_scaling_groups or cfg.instance_tags):
-        raise ConfigError(
-            cfg.source,
-            "UnsignedSources",
-            (
-                "names eventbridge but neither AutoScalingGroups nor InstanceTags is set: EC2 "
-                "state-change events come from every instance in the account. Set one of them "
-                "(AutoScalingGroups = * for any Auto Scaling group)"
-            ),
-        )
+
+def _when(test: Callable[[Config], bool], reason: str) -> _Rule:
+    """A rule whose reason is fixed text, given when ``test`` holds."""
+    return lambda cfg: reason if test(cfg) else None
+
+
+def _filtered(cfg: Config) -> bool:
+    """Are the instances narrowed to some groups or tags (AutoScalingGroups, InstanceTags)?"""
+    return bool(cfg.auto_scaling_groups or cfg.instance_tags)
+
+
+def _unfiltered_unsigned(cfg: Config) -> str | None:
     unfiltered = [name for name in ("raw", "hook") if name in cfg.unsigned_sources]
-    if unfiltered and not (cfg.auto_scaling_groups or cfg.instance_tags):
-        raise ConfigError(
-            cfg.source,
-            "UnsignedSources",
-            (
-                f"names {' and '.join(unfiltered)} but neither AutoScalingGroups nor InstanceTags "
-                f"is set: an unsigned launch may name any running instance of the region (a "
-                f"bastion, this master), and only the queue policy stands in the way. Set one of "
-                f"them (AutoScalingGroups = * for any Auto Scaling group)"
-            ),
-        )
-    if cfg.verify_signatures:
-        problem = untrusted_dir_problem(cfg.effective_cert_cache_dir)
-        if problem:
-            raise ConfigError(
-                cfg.source,
-                "CertCacheDir",
-                (
-                    f"{problem}. The certificates cached there are believed without a fetch: "
-                    f"whoever can put one there can sign any message (chmod go-w, chown to "
-                    f"aws_ork's user)"
-                ),
-            )
-    if cfg.sweep_minutes and not cfg.verify_instances:
-        raise ConfigError(
-            cfg.source,
-            "SweepMinutes",
+    if not unfiltered or _filtered(cfg):
+        return None
+    return (
+        f"names {' and '.join(unfiltered)} but neither AutoScalingGroups nor InstanceTags "
+        f"is set: an unsigned launch may name any running instance of the region (a "
+        f"bastion, this master), and only the queue policy stands in the way. Set one of "
+        f"them (AutoScalingGroups = * for any Auto Scaling group)"
+    )
+
+
+def _untrusted_cert_cache(cfg: Config) -> str | None:
+    problem = untrusted_dir_problem(cfg.effective_cert_cache_dir) if cfg.verify_signatures else ""
+    if not problem:
+        return None
+    return (
+        f"{problem}. The certificates cached there are believed without a fetch: "
+        f"whoever can put one there can sign any message (chmod go-w, chown to "
+        f"aws_ork's user)"
+    )
+
+
+#: (option named in the error, rule), in the order they are checked: the first that gives a
+#: reason is the config error
+_RULES: tuple[tuple[str, _Rule], ...] = (
+    (
+        "AllowedTopicArns",
+        _when(
+            lambda cfg: cfg.verify_signatures and not cfg.allowed_topic_arns,
+            "not set while VerifySignatures is on: a valid signature only proves that some "
+            "SNS topic sent the message, and any AWS account can publish to a topic of its "
+            "own. Set AllowedTopicArns = arn:aws:sns:REGION:ACCOUNT:TOPIC (the topic of your "
+            "Auto Scaling notifications), or * to accept any topic (unsafe)",
+        ),
+    ),
+    (
+        "UnsignedSources",
+        _when(
+            lambda cfg: "eventbridge" in cfg.unsigned_sources and not _filtered(cfg),
+            "names eventbridge but neither AutoScalingGroups nor InstanceTags is set: EC2 "
+            "state-change events come from every instance in the account. Set one of them "
+            "(AutoScalingGroups = * for any Auto Scaling group)",
+        ),
+    ),
+    ("UnsignedSources", _unfiltered_unsigned),
+    ("CertCacheDir", _untrusted_cert_cache),
+    (
+        "SweepMinutes",
+        _when(
+            lambda cfg: bool(cfg.sweep_minutes) and not cfg.verify_instances,
             "is set but VerifyInstances is off: the sweep asks EC2 about every key",
-        )
-    if cfg.sweep_minutes and not (cfg.auto_scaling_groups or cfg.instance_tags):
-        raise ConfigError(
-            cfg.source,
-            "SweepMinutes",
-            (
-                "is set but neither AutoScalingGroups nor InstanceTags is set: the sweep would "
-                "judge every instance of the region (bastions, this master). Set one of them "
-                "(AutoScalingGroups = * for any Auto Scaling group)"
-            ),
-        )
-    if cfg.key_binding == "tag" and not cfg.verify_instances:
-        raise ConfigError(
-            cfg.source,
-            "KeyBinding",
+        ),
+    ),
+    (
+        "SweepMinutes",
+        _when(
+            lambda cfg: bool(cfg.sweep_minutes) and not _filtered(cfg),
+            "is set but neither AutoScalingGroups nor InstanceTags is set: the sweep would "
+            "judge every instance of the region (bastions, this master). Set one of them "
+            "(AutoScalingGroups = * for any Auto Scaling group)",
+        ),
+    ),
+    (
+        "KeyBinding",
+        _when(
+            lambda cfg: cfg.key_binding == "tag" and not cfg.verify_instances,
             "tag needs VerifyInstances: the tag is read from the instance's DescribeInstances",
-        )
-    if cfg.minion_id_template != IDENTITY and not cfg.verify_instances:
-        raise ConfigError(
-            cfg.source,
-            "MinionIdTemplate",
+        ),
+    ),
+    (
+        "MinionIdTemplate",
+        _when(
+            lambda cfg: cfg.minion_id_template != IDENTITY and not cfg.verify_instances,
             "is not {instance_id} but VerifyInstances is off: tags and names are read from EC2",
-        )
-    for option, value in (
-        ("AutoScalingGroups", cfg.auto_scaling_groups),
-        ("InstanceTags", cfg.instance_tags),
-    ):
-        if value and not cfg.verify_instances:
-            raise ConfigError(
-                cfg.source,
-                option,
-                "is set but VerifyInstances is off: groups and tags are read from EC2",
-            )
+        ),
+    ),
+    (
+        "AutoScalingGroups",
+        _when(
+            lambda cfg: bool(cfg.auto_scaling_groups) and not cfg.verify_instances,
+            "is set but VerifyInstances is off: groups and tags are read from EC2",
+        ),
+    ),
+    (
+        "InstanceTags",
+        _when(
+            lambda cfg: bool(cfg.instance_tags) and not cfg.verify_instances,
+            "is set but VerifyInstances is off: groups and tags are read from EC2",
+        ),
+    ),
+)
+
+
+def _unsafe_choices(cfg: Config) -> list[str]:
+    """The WARNING lines of the explicit unsafe choices in ``cfg``."""
     warnings = []
     if not cfg.verify_signatures:
         warnings.append("VerifySignatures is off: any message in the queue is believed")
@@ -243,6 +263,20 @@ def require_safe(cfg: Config) -> list[str]:
             f"it; keep it on 127.0.0.1 and scrape through a proxy you secure"
         )
     return warnings
+
+
+def require_safe(cfg: Config) -> list[str]:
+    """Refuse settings that cannot be safe without another one; return the WARNING lines the
+    explicit unsafe choices deserve at every start.
+
+    Raises ConfigError naming the option (the CLI exits 2). Parsing stays separate, so a
+    config can be read (and tested) option by option.
+    """
+    for option, rule in _RULES:
+        reason = rule(cfg)
+        if reason is not None:
+            raise ConfigError(cfg.source, option, reason)
+    return _unsafe_choices(cfg)
 
 
 def is_loopback(host: str) -> bool:
