@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from aws_ork import __version__, defaults
 from aws_ork.base.awserrors import aws_errors
 from aws_ork.base.text import clean
+from aws_ork.defaults import METRICS_LOG_LINE_LIMIT as _LOG_LINE_LIMIT
 
 if TYPE_CHECKING:  # the loop and the handler import modules that import this one
     from aws_ork.decide import Handler
@@ -36,9 +37,6 @@ if TYPE_CHECKING:  # the loop and the handler import modules that import this on
     from aws_ork.mirror.worker import MirrorWorker
 
 log = logging.getLogger(__name__)
-
-#: A request's log line (request line, status) is cut to this length.
-_LOG_LINE_LIMIT = 300
 
 
 def health(
