@@ -176,18 +176,22 @@ LIFECYCLE_ACTION_MAX_SECONDS = 48 * 3600
 
 # --- MetricsAddress's log lines (runtime/metrics.py).
 
-#: A request's log line (request line, status) is cut to this length.
+#: A request's log line (request line, status) is cut to this length: a GET of /metrics is
+#: far shorter, and whoever reaches the port cannot write long lines into the log.
 METRICS_LOG_LINE_LIMIT = 300
 
 # --- ArchiveDir's names (sqs/archive.py).
 
-#: Longest folder name (SNS topic names are up to 256 characters) and message-id part.
+#: Longest folder name (SNS topic names are up to 256 characters) and message-id part: well
+#: within a file name's 255 bytes with the timestamp, and a listing people can read.
 ARCHIVE_MAX_FOLDER_CHARS = 100
 ARCHIVE_MAX_ID_CHARS = 100
 
 # --- The launch records of checks/terminations.py.
 
-#: Prune at the first record of a run, then at most this often.
+#: Prune at the first record of a run, then at most this often: a prune lists the whole
+#: directory, and records live 14 days, so an hourly prune keeps at most an hour's records
+#: past their age at the cost of one listing an hour.
 TERMINATIONS_PRUNE_SECONDS = 3600
 
 # --- The EC2 check (checks/ec2.py).
