@@ -35,7 +35,8 @@ setup(
     data_files=[("share/aws_ork", ["data/aws_ork.conf", "data/aws_ork.service",
                                    "data/aws_ork.init",
                                    "data/instance/aws_ork-bind-minion.sh",
-                                   "data/cloudformation/aws_ork.yaml"])],
+                                   "data/cloudformation/aws_ork.yaml"]),
+                ("share/man/man5", ["man/aws_ork.conf.5"])],
     classifiers=[
         "Programming Language :: Python :: 3.11",
         "License :: OSI Approved :: MIT License",

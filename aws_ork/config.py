@@ -12,16 +12,20 @@ import configparser
 import ipaddress
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from aws_ork.base.errors import ConfigError
-from aws_ork.base.naming import IDENTITY, parse_template
+from aws_ork.base.naming import IDENTITY
 from aws_ork.base.trusted import untrusted_dir_problem
+from aws_ork.options import ALL, BY_FIELD, Option
+from aws_ork.values import ANY_HOOK as ANY_HOOK
+from aws_ork.values import ANY_TOPIC as ANY_TOPIC
+from aws_ork.values import LOG_FORMATS as LOG_FORMATS
+from aws_ork.values import UNSIGNED_SOURCES as UNSIGNED_SOURCES
+from aws_ork.values import BucketUrl as BucketUrl
 
 log = logging.getLogger(__name__)
 
@@ -29,78 +33,53 @@ SECTION = "aws_ork"
 DEFAULT_PATH = "/etc/aws_ork.conf"
 ENV_PATH = "AWS_ORK_CONFIG"
 
-_TRUE = {"1", "yes", "true", "on"}
-_FALSE = {"0", "no", "false", "off"}
-_LIST_SPLIT = re.compile(r"[\s,]+")
 
-
-@dataclass(frozen=True)
-class BucketUrl:
-    """``s3://bucket/prefix/`` split into its parts; ``prefix`` is '' or ends in '/'."""
-
-    bucket: str
-    prefix: str
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
+def _default(name: str) -> Any:
+    """The default of the option that sets the Config attribute ``name``."""
+    return BY_FIELD[name].default
 
 
 @dataclass(frozen=True)
 class Config:
-    """Validated settings. Field metadata ``option`` is the name operators write in the file."""
+    """Validated settings, one attribute per option of aws_ork/options.py (its ``field``), with
+    that option's default; ``source`` names the file they were read from."""
 
     source: str = "(defaults)"
-    sqs_region: str = field(default="us-west-2", metadata={"option": "SQS_Region"})
-    queue_name: str = field(default="SaltMasterTestQueue", metadata={"option": "QueueName"})
-    queue_url: str | None = field(default=None, metadata={"option": "QueueUrl"})
-    poll_pause: float = field(default=0.0, metadata={"option": "PollPause"})
-    bucket_url: BucketUrl | None = field(default=None, metadata={"option": "BucketUrl"})
-    bucket_region: str | None = field(default=None, metadata={"option": "BucketRegion"})
-    bucket_sse: str | None = field(default=None, metadata={"option": "BucketSSE"})
-    bucket_kms_key_id: str | None = field(default=None, metadata={"option": "BucketKmsKeyId"})
-    bucket_acl: str | None = field(
-        default="bucket-owner-full-control", metadata={"option": "BucketAcl"}
-    )
-    reconcile_minutes: float = field(default=10.0, metadata={"option": "ReconcileMinutes"})
-    sweep_minutes: float = field(default=0.0, metadata={"option": "SweepMinutes"})
-    delete_unknown_messages: bool = field(
-        default=True, metadata={"option": "DeleteUnknownMessages"}
-    )
-    salt_master_config: Path = field(
-        default=Path("/etc/salt/master"), metadata={"option": "SaltMasterConfig"}
-    )
-    pki_dir: Path = field(default=Path("/etc/salt/pki"), metadata={"option": "PkiDir"})
-    log_file: Path = field(default=Path("/var/log/aws_ork.log"), metadata={"option": "LogFile"})
-    pid_file: Path = field(default=Path("/run/aws_ork.pid"), metadata={"option": "PidFile"})
-    log_format: str = field(default="text", metadata={"option": "LogFormat"})
-    state_dir: Path = field(default=Path("/var/lib/aws_ork"), metadata={"option": "StateDir"})
-    verify_signatures: bool = field(default=True, metadata={"option": "VerifySignatures"})
-    allowed_topic_arns: tuple[str, ...] = field(default=(), metadata={"option": "AllowedTopicArns"})
-    cert_cache_dir: Path | None = field(default=None, metadata={"option": "CertCacheDir"})
-    unsigned_sources: tuple[str, ...] = field(default=(), metadata={"option": "UnsignedSources"})
-    verify_instances: bool = field(default=True, metadata={"option": "VerifyInstances"})
-    auto_scaling_groups: tuple[str, ...] = field(
-        default=(), metadata={"option": "AutoScalingGroups"}
-    )
-    instance_tags: tuple[tuple[str, str], ...] = field(
-        default=(), metadata={"option": "InstanceTags"}
-    )
-    minion_id_template: str = field(
-        default="{instance_id}", metadata={"option": "MinionIdTemplate"}
-    )
-    archive_dir: Path | None = field(default=None, metadata={"option": "ArchiveDir"})
-    archive_max_mb: int = field(default=1024, metadata={"option": "ArchiveMaxMB"})
-    metrics_address: tuple[str, int] | None = field(
-        default=None, metadata={"option": "MetricsAddress"}
-    )
-    health_mirror_seconds: float = field(default=900.0, metadata={"option": "HealthMirrorSeconds"})
-    key_binding: str = field(default="off", metadata={"option": "KeyBinding"})
-    key_binding_tag: str = field(
-        default="salt:minion-fingerprint", metadata={"option": "KeyBindingTag"}
-    )
-    salt_events: bool = field(default=True, metadata={"option": "SaltEvents"})
-    salt_event_key: Path | None = field(default=None, metadata={"option": "SaltEventKey"})
-    lifecycle_hooks: tuple[str, ...] = field(default=("*",), metadata={"option": "LifecycleHooks"})
+    sqs_region: str = _default("sqs_region")
+    queue_name: str = _default("queue_name")
+    queue_url: str | None = _default("queue_url")
+    poll_pause: float = _default("poll_pause")
+    bucket_url: BucketUrl | None = _default("bucket_url")
+    bucket_region: str | None = _default("bucket_region")
+    bucket_sse: str | None = _default("bucket_sse")
+    bucket_kms_key_id: str | None = _default("bucket_kms_key_id")
+    bucket_acl: str | None = _default("bucket_acl")
+    reconcile_minutes: float = _default("reconcile_minutes")
+    sweep_minutes: float = _default("sweep_minutes")
+    delete_unknown_messages: bool = _default("delete_unknown_messages")
+    salt_master_config: Path = _default("salt_master_config")
+    pki_dir: Path = _default("pki_dir")
+    log_file: Path = _default("log_file")
+    pid_file: Path = _default("pid_file")
+    log_format: str = _default("log_format")
+    state_dir: Path = _default("state_dir")
+    verify_signatures: bool = _default("verify_signatures")
+    allowed_topic_arns: tuple[str, ...] = _default("allowed_topic_arns")
+    cert_cache_dir: Path | None = _default("cert_cache_dir")
+    unsigned_sources: tuple[str, ...] = _default("unsigned_sources")
+    verify_instances: bool = _default("verify_instances")
+    auto_scaling_groups: tuple[str, ...] = _default("auto_scaling_groups")
+    instance_tags: tuple[tuple[str, str], ...] = _default("instance_tags")
+    minion_id_template: str = _default("minion_id_template")
+    archive_dir: Path | None = _default("archive_dir")
+    archive_max_mb: int = _default("archive_max_mb")
+    metrics_address: tuple[str, int] | None = _default("metrics_address")
+    health_mirror_seconds: float = _default("health_mirror_seconds")
+    key_binding: str = _default("key_binding")
+    key_binding_tag: str = _default("key_binding_tag")
+    salt_events: bool = _default("salt_events")
+    salt_event_key: Path | None = _default("salt_event_key")
+    lifecycle_hooks: tuple[str, ...] = _default("lifecycle_hooks")
 
     def completes_hook(self, name: str | None) -> bool:
         """Does aws_ork complete the lifecycle actions of the hook ``name``?"""
@@ -119,375 +98,145 @@ class Config:
         return self.cert_cache_dir or self.state_dir / "certs"
 
 
-# --- value parsers: each takes the raw string and returns the value or raises ValueError ---
-
-
-def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """Empty (or 0.4.5's literal ``None``) means unset."""
-
-    def wrapped(raw: str) -> Any:
-        if raw == "" or raw.lower() == "none":
-            return None
-        return parse(raw)
-
-    return wrapped
-
-
-def _bool(raw: str) -> bool:
-    low = raw.lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise ValueError("is not a boolean (use true/false, yes/no, on/off, 1/0)")
-
-
-def _number(unit: str, high: float, low_text: str = "0") -> Callable[[str], float]:
-    """A parser for a number of ``unit`` from 0 to ``high`` (NaN refused)."""
-
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"is not a number of {unit}") from None
-        if not 0 <= value <= high or value != value:
-            raise ValueError(f"must be between {low_text} and {high:g} {unit}")
-        return value
-
-    return parse
-
-
-_seconds = _number("seconds", 3600)
-_minutes = _number("minutes", 1440, "0 (only at start-up)")
-#: HealthMirrorSeconds: up to a day; a mirror failing that long needs a person anyway
-_health_seconds = _number("seconds", 86400)
-
-
-def _megabytes(raw: str) -> int:
-    """A whole number of MiB from 0 (no cap) to 1 TiB."""
-    if not re.fullmatch(r"[0-9]{1,8}", raw) or int(raw) > 1024 * 1024:
-        raise ValueError("is not a whole number of MB from 0 (no cap) to 1048576")
-    return int(raw)
-
-
-def _region(raw: str) -> str:
-    if not re.fullmatch(r"[a-z]{2,}(-[a-z]+)+-\d+", raw):  # eusc-de-east-1 too
-        raise ValueError("is not an AWS region name (like us-west-2)")
-    return raw
-
-
-def _queue_name(raw: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,80}(\.fifo)?", raw):
-        raise ValueError("is not an SQS queue name (1-80 of A-Z a-z 0-9 _ -)")
-    return raw
-
-
-def _queue_url(raw: str) -> str:
-    parsed = urlparse(raw)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc or not parsed.path.strip("/"):
-        raise ValueError("is not a queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)")
-    return raw
-
-
-def _bucket_url(raw: str) -> BucketUrl:
-    match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(/.*)?", raw)
-    if not match:
-        raise ValueError("is not an S3 URL (s3://bucket/prefix/)")
-    prefix = (match.group(2) or "").lstrip("/")
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    if "//" in prefix:
-        raise ValueError("has an empty path segment in its prefix")
-    return BucketUrl(match.group(1), prefix)
-
-
-def _sse(raw: str) -> str:
-    for choice in ("AES256", "aws:kms"):
-        if raw.lower() == choice.lower():
-            return choice
-    raise ValueError("must be none, AES256 or aws:kms")
-
-
-def _kms_key_id(raw: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9:/_.-]{1,2048}", raw):
-        raise ValueError("is not a KMS key id, key ARN, alias/NAME or alias ARN")
-    return raw
-
-
-def _acl(raw: str) -> str:
-    if raw.lower() != "bucket-owner-full-control":
-        raise ValueError("must be bucket-owner-full-control or none")
-    return "bucket-owner-full-control"
-
-
-#: LogFormat: ``text`` for people, ``json`` (one object per line) for log shippers.
-LOG_FORMATS = ("text", "json")
-
-
-def _log_format(raw: str) -> str:
-    if raw.lower() not in LOG_FORMATS:
-        raise ValueError(f"must be {' or '.join(LOG_FORMATS)}")
-    return raw.lower()
-
-
-def _path(raw: str) -> Path:
-    if not raw:
-        raise ValueError("is empty")
-    if "\0" in raw:
-        raise ValueError("contains a NUL character")
-    try:
-        return Path(raw).expanduser()
-    except RuntimeError:  # ~user that does not exist, or no home directory
-        raise ValueError("starts with ~ but that home directory is unknown") from None
-
-
-def _words(raw: str) -> tuple[str, ...]:
-    return tuple(word for word in _LIST_SPLIT.split(raw) if word)
-
-
-#: AllowedTopicArns = * : any topic (the explicit, logged opt-out)
-ANY_TOPIC = "*"
-
-
-def _star_or(pattern: str, item: str, items: str, star: str) -> Callable[[str], tuple[str, ...]]:
-    """A parser for a list of ``item`` values matching ``pattern``, or ``*`` alone (``star``);
-    mixing the two is refused: it says something the operator cannot have meant."""
-
-    def parse(raw: str) -> tuple[str, ...]:
-        words = _words(raw)
-        if "*" in words:
-            if len(words) > 1:
-                raise ValueError(
-                    f"mixes * with {items}; use * alone ({star}) or only {items.split()[-1]}"
-                )
-            return words
-        for word in words:
-            if not re.fullmatch(pattern, word):
-                raise ValueError(f"has {word!r}, which is not {item}")
-        return words
-
-    return parse
-
-
-_topic_arns = _star_or(
-    r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]+",
-    "an SNS topic ARN",
-    "topic ARNs",
-    "any topic",
-)
-
-
-#: Message sources that carry no signature (see aws_ork.checks.source); UnsignedSources names them.
-UNSIGNED_SOURCES = ("raw", "hook", "eventbridge")
-
-
-def _unsigned_sources(raw: str) -> tuple[str, ...]:
-    names = tuple(word.lower() for word in _words(raw))
-    for name in names:
-        if name not in UNSIGNED_SOURCES:
-            raise ValueError(f"has {name!r}; use any of {', '.join(UNSIGNED_SOURCES)}")
-    return names
-
-
-def _tags(raw: str) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for word in _words(raw):
-        key, sep, value = word.partition("=")
-        if not sep or not key:
-            raise ValueError(f"has {word!r}; write tags as Key=Value")
-        pairs.append((key, value))
-    return tuple(pairs)
-
-
-def _template(raw: str) -> str:
-    return parse_template(raw).text
-
-
-def _address(raw: str) -> tuple[str, int]:
-    host, sep, port = raw.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("is not host:port")
-    return (host.strip("[]") or "127.0.0.1", int(port))
-
-
-#: LifecycleHooks = * : complete the actions of every hook whose messages reach the queue
-ANY_HOOK = "*"
-
-
-#: hook names are 1-255 characters of ``[A-Za-z0-9_./-]``, as Auto Scaling allows; empty
-#: completes none
-_hook_names = _star_or(
-    r"[A-Za-z0-9_./-]{1,255}", "a lifecycle hook name", "hook names", "every hook"
-)
-
-
-def _key_binding(raw: str) -> str:
-    if raw.lower() not in ("off", "tag"):
-        raise ValueError("must be off or tag")
-    return raw.lower()
-
-
-def _tag_key(raw: str) -> str:
-    if not 0 < len(raw) <= 128 or raw.lower().startswith("aws:") or not raw.isprintable():
-        raise ValueError("is not an EC2 tag key you can set (1-128 characters, not aws:...)")
-    return raw
-
-
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "sqs_region": _region,
-    "queue_name": _queue_name,
-    "queue_url": _optional(_queue_url),
-    "poll_pause": _seconds,
-    "bucket_url": _optional(_bucket_url),
-    "bucket_region": _optional(_region),
-    "bucket_sse": _optional(_sse),
-    "bucket_kms_key_id": _optional(_kms_key_id),
-    "bucket_acl": _optional(_acl),
-    "reconcile_minutes": _minutes,
-    "sweep_minutes": _minutes,
-    "delete_unknown_messages": _bool,
-    "salt_master_config": _path,
-    "pki_dir": _path,
-    "log_file": _path,
-    "pid_file": _path,
-    "log_format": _log_format,
-    "state_dir": _path,
-    "verify_signatures": _bool,
-    "allowed_topic_arns": _topic_arns,
-    "cert_cache_dir": _optional(_path),
-    "unsigned_sources": _unsigned_sources,
-    "verify_instances": _bool,
-    "auto_scaling_groups": _words,
-    "instance_tags": _tags,
-    "minion_id_template": _template,
-    "archive_dir": _optional(_path),
-    "archive_max_mb": _megabytes,
-    "metrics_address": _optional(_address),
-    "health_mirror_seconds": _health_seconds,
-    "key_binding": _key_binding,
-    "key_binding_tag": _tag_key,
-    "salt_events": _bool,
-    "salt_event_key": _optional(_path),
-    "lifecycle_hooks": _hook_names,
-}
+if {f.name for f in fields(Config)} != {"source", *BY_FIELD}:
+    raise TypeError("Config's attributes are not the fields of aws_ork/options.py")
 
 #: lower-case option name (as configparser stores it) -> (dataclass field, canonical name)
 OPTIONS: dict[str, tuple[str, str]] = {
-    f.metadata["option"].lower(): (f.name, f.metadata["option"])
-    for f in fields(Config)
-    if "option" in f.metadata
+    option.name.lower(): (option.field, option.name) for option in ALL
 }
+#: lower-case option name -> its declaration
+_BY_LOWER: dict[str, Option] = {option.name.lower(): option for option in ALL}
 
 
 def from_mapping(values: Mapping[str, str], source: str) -> Config:
     """Build a Config from raw option strings (keys case-insensitive); validate every value."""
     kwargs: dict[str, Any] = {"source": source}
     for raw_name, raw_value in values.items():
-        known = OPTIONS.get(raw_name.lower())
-        if known is None:
+        option = _BY_LOWER.get(raw_name.lower())
+        if option is None:
             log.warning("%s: unknown option %r ignored", source, raw_name)
             continue
-        name, option = known
         value = raw_value.strip()
         try:
-            kwargs[name] = _PARSERS[name](value)
+            kwargs[option.field] = option.parse(value)
         except ValueError as exc:
-            raise ConfigError(source, option, f"{value!r} {exc}") from None
+            raise ConfigError(source, option.name, f"{value!r} {exc}") from None
     if kwargs.get("bucket_kms_key_id") and kwargs.get("bucket_sse") != "aws:kms":
         raise ConfigError(source, "BucketKmsKeyId", "is set but BucketSSE is not aws:kms")
     return Config(**kwargs)
 
 
-def require_safe(cfg: Config) -> list[str]:
-    """Refuse settings that cannot be safe without another one; return the WARNING lines the
-    explicit unsafe choices deserve at every start.
+#: A rule of :func:`require_safe`: the reason a setting cannot be safe, or None if it can.
+_Rule = Callable[[Config], str | None]
 
-    Raises ConfigError naming the option (the CLI exits 2). Parsing stays separate, so a
-    config can be read (and tested) option by option.
-    """
-    if cfg.verify_signatures and not cfg.allowed_topic_arns:
-        raise ConfigError(
-            cfg.source,
-            "AllowedTopicArns",
-            (
-                "not set while VerifySignatures is on: a valid signature only proves that some "
-                "SNS topic sent the message, and any AWS account can publish to a topic of its "
-                "own. Set AllowedTopicArns = arn:aws:sns:REGION:ACCOUNT:TOPIC (the topic of your "
-                "Auto Scaling notifications), or * to accept any topic (unsafe)"
-            ),
-        )
-    if "eventbridge" in cfg.unsigned_sources and not (cfg.auto_scaling_groups or cfg.instance_tags):
-        raise ConfigError(
-            cfg.source,
-            "UnsignedSources",
-            (
-                "names eventbridge but neither AutoScalingGroups nor InstanceTags is set: EC2 "
-                "state-change events come from every instance in the account. Set one of them "
-                "(AutoScalingGroups = * for any Auto Scaling group)"
-            ),
-        )
+
+def _when(test: Callable[[Config], bool], reason: str) -> _Rule:
+    """A rule whose reason is fixed text, given when ``test`` holds."""
+    return lambda cfg: reason if test(cfg) else None
+
+
+def _filtered(cfg: Config) -> bool:
+    """Are the instances narrowed to some groups or tags (AutoScalingGroups, InstanceTags)?"""
+    return bool(cfg.auto_scaling_groups or cfg.instance_tags)
+
+
+def _unfiltered_unsigned(cfg: Config) -> str | None:
     unfiltered = [name for name in ("raw", "hook") if name in cfg.unsigned_sources]
-    if unfiltered and not (cfg.auto_scaling_groups or cfg.instance_tags):
-        raise ConfigError(
-            cfg.source,
-            "UnsignedSources",
-            (
-                f"names {' and '.join(unfiltered)} but neither AutoScalingGroups nor InstanceTags "
-                f"is set: an unsigned launch may name any running instance of the region (a "
-                f"bastion, this master), and only the queue policy stands in the way. Set one of "
-                f"them (AutoScalingGroups = * for any Auto Scaling group)"
-            ),
-        )
-    if cfg.verify_signatures:
-        problem = untrusted_dir_problem(cfg.effective_cert_cache_dir)
-        if problem:
-            raise ConfigError(
-                cfg.source,
-                "CertCacheDir",
-                (
-                    f"{problem}. The certificates cached there are believed without a fetch: "
-                    f"whoever can put one there can sign any message (chmod go-w, chown to "
-                    f"aws_ork's user)"
-                ),
-            )
-    if cfg.sweep_minutes and not cfg.verify_instances:
-        raise ConfigError(
-            cfg.source,
-            "SweepMinutes",
+    if not unfiltered or _filtered(cfg):
+        return None
+    return (
+        f"names {' and '.join(unfiltered)} but neither AutoScalingGroups nor InstanceTags "
+        f"is set: an unsigned launch may name any running instance of the region (a "
+        f"bastion, this master), and only the queue policy stands in the way. Set one of "
+        f"them (AutoScalingGroups = * for any Auto Scaling group)"
+    )
+
+
+def _untrusted_cert_cache(cfg: Config) -> str | None:
+    problem = untrusted_dir_problem(cfg.effective_cert_cache_dir) if cfg.verify_signatures else ""
+    if not problem:
+        return None
+    return (
+        f"{problem}. The certificates cached there are believed without a fetch: "
+        f"whoever can put one there can sign any message (chmod go-w, chown to "
+        f"aws_ork's user)"
+    )
+
+
+#: (option named in the error, rule), in the order they are checked: the first that gives a
+#: reason is the config error
+_RULES: tuple[tuple[str, _Rule], ...] = (
+    (
+        "AllowedTopicArns",
+        _when(
+            lambda cfg: cfg.verify_signatures and not cfg.allowed_topic_arns,
+            "not set while VerifySignatures is on: a valid signature only proves that some "
+            "SNS topic sent the message, and any AWS account can publish to a topic of its "
+            "own. Set AllowedTopicArns = arn:aws:sns:REGION:ACCOUNT:TOPIC (the topic of your "
+            "Auto Scaling notifications), or * to accept any topic (unsafe)",
+        ),
+    ),
+    (
+        "UnsignedSources",
+        _when(
+            lambda cfg: "eventbridge" in cfg.unsigned_sources and not _filtered(cfg),
+            "names eventbridge but neither AutoScalingGroups nor InstanceTags is set: EC2 "
+            "state-change events come from every instance in the account. Set one of them "
+            "(AutoScalingGroups = * for any Auto Scaling group)",
+        ),
+    ),
+    ("UnsignedSources", _unfiltered_unsigned),
+    ("CertCacheDir", _untrusted_cert_cache),
+    (
+        "SweepMinutes",
+        _when(
+            lambda cfg: bool(cfg.sweep_minutes) and not cfg.verify_instances,
             "is set but VerifyInstances is off: the sweep asks EC2 about every key",
-        )
-    if cfg.sweep_minutes and not (cfg.auto_scaling_groups or cfg.instance_tags):
-        raise ConfigError(
-            cfg.source,
-            "SweepMinutes",
-            (
-                "is set but neither AutoScalingGroups nor InstanceTags is set: the sweep would "
-                "judge every instance of the region (bastions, this master). Set one of them "
-                "(AutoScalingGroups = * for any Auto Scaling group)"
-            ),
-        )
-    if cfg.key_binding == "tag" and not cfg.verify_instances:
-        raise ConfigError(
-            cfg.source,
-            "KeyBinding",
+        ),
+    ),
+    (
+        "SweepMinutes",
+        _when(
+            lambda cfg: bool(cfg.sweep_minutes) and not _filtered(cfg),
+            "is set but neither AutoScalingGroups nor InstanceTags is set: the sweep would "
+            "judge every instance of the region (bastions, this master). Set one of them "
+            "(AutoScalingGroups = * for any Auto Scaling group)",
+        ),
+    ),
+    (
+        "KeyBinding",
+        _when(
+            lambda cfg: cfg.key_binding == "tag" and not cfg.verify_instances,
             "tag needs VerifyInstances: the tag is read from the instance's DescribeInstances",
-        )
-    if cfg.minion_id_template != IDENTITY and not cfg.verify_instances:
-        raise ConfigError(
-            cfg.source,
-            "MinionIdTemplate",
+        ),
+    ),
+    (
+        "MinionIdTemplate",
+        _when(
+            lambda cfg: cfg.minion_id_template != IDENTITY and not cfg.verify_instances,
             "is not {instance_id} but VerifyInstances is off: tags and names are read from EC2",
-        )
-    for option, value in (
-        ("AutoScalingGroups", cfg.auto_scaling_groups),
-        ("InstanceTags", cfg.instance_tags),
-    ):
-        if value and not cfg.verify_instances:
-            raise ConfigError(
-                cfg.source,
-                option,
-                "is set but VerifyInstances is off: groups and tags are read from EC2",
-            )
+        ),
+    ),
+    (
+        "AutoScalingGroups",
+        _when(
+            lambda cfg: bool(cfg.auto_scaling_groups) and not cfg.verify_instances,
+            "is set but VerifyInstances is off: groups and tags are read from EC2",
+        ),
+    ),
+    (
+        "InstanceTags",
+        _when(
+            lambda cfg: bool(cfg.instance_tags) and not cfg.verify_instances,
+            "is set but VerifyInstances is off: groups and tags are read from EC2",
+        ),
+    ),
+)
+
+
+def _unsafe_choices(cfg: Config) -> list[str]:
+    """The WARNING lines of the explicit unsafe choices in ``cfg``."""
     warnings = []
     if not cfg.verify_signatures:
         warnings.append("VerifySignatures is off: any message in the queue is believed")
@@ -514,6 +263,20 @@ def require_safe(cfg: Config) -> list[str]:
             f"it; keep it on 127.0.0.1 and scrape through a proxy you secure"
         )
     return warnings
+
+
+def require_safe(cfg: Config) -> list[str]:
+    """Refuse settings that cannot be safe without another one; return the WARNING lines the
+    explicit unsafe choices deserve at every start.
+
+    Raises ConfigError naming the option (the CLI exits 2). Parsing stays separate, so a
+    config can be read (and tested) option by option.
+    """
+    for option, rule in _RULES:
+        reason = rule(cfg)
+        if reason is not None:
+            raise ConfigError(cfg.source, option, reason)
+    return _unsafe_choices(cfg)
 
 
 def is_loopback(host: str) -> bool:

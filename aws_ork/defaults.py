@@ -174,6 +174,85 @@ HOOK_WAITS_LIMIT = 2_000
 LIFECYCLE_ACTION_MAX_SECONDS = 48 * 3600
 
 
+# --- MetricsAddress's log lines (runtime/metrics.py).
+
+#: A request's log line (request line, status) is cut to this length: a GET of /metrics is
+#: far shorter, and whoever reaches the port cannot write long lines into the log.
+METRICS_LOG_LINE_LIMIT = 300
+
+# --- ArchiveDir's names (sqs/archive.py).
+
+#: Longest folder name (SNS topic names are up to 256 characters) and message-id part: well
+#: within a file name's 255 bytes with the timestamp, and a listing people can read.
+ARCHIVE_MAX_FOLDER_CHARS = 100
+ARCHIVE_MAX_ID_CHARS = 100
+
+# --- The launch records of checks/terminations.py.
+
+#: Prune at the first record of a run, then at most this often: a prune lists the whole
+#: directory, and records live 14 days, so an hourly prune keeps at most an hour's records
+#: past their age at the cost of one listing an hour.
+TERMINATIONS_PRUNE_SECONDS = 3600
+
+# --- The EC2 check (checks/ec2.py).
+
+#: A pending key may be this much older than the instance's LaunchTime (clocks of the master
+#: and of EC2 differ a little); anything older was there before the instance existed.
+KEY_CLOCK_SKEW_SECONDS = 60
+#: KeyBinding = tag: how many receives of a launch whose instance has not tagged itself with
+#: its key's fingerprint yet before it is refused (retries 2, 4, 8 ... 60 s apart: about 8
+#: minutes, time for a slow boot; a lifecycle hook keeps the instance waiting meanwhile).
+BINDING_TAG_ATTEMPTS = 12
+#: How many receives of a message for an instance EC2 does not know before that is final
+#: (a launch is then rejected, a terminate honoured).
+NOT_FOUND_ATTEMPTS = 5
+
+# --- /healthz's loop bound (loop.py).
+
+#: /healthz is unhealthy after this many poll intervals (long poll + PollPause) without a
+#: completed receive: one slow or failed receive is normal, three in a row are not.
+HEALTH_POLLS = 3
+
+# --- ``--check`` (preflight.py).
+
+#: The receiver long-polls for the next batch while one is handled: a message whose visibility
+#: timeout ends before it is finished comes back in that poll (SQS's default is 30 s).
+MIN_VISIBILITY_TIMEOUT = 30
+
+# --- Restoring the StateDir memories (mirror/memories.py).
+
+#: The largest memory object a restore reads: a full memory (200,000 lines of at most
+#: 14 + 1 + 128 + 1 + 128 + 1 characters) with room for the dead lines a compaction leaves.
+MEMORY_MAX_BYTES = 64 * 1024 * 1024
+
+# --- SaltEvents, the reactor events (keys/reactor.py).
+
+#: Connecting to the master's event socket: a local socket answers in microseconds, so a
+#: quarter second only ever elapses when the master is down (Salt's default is 1 s).
+REACTOR_CONNECT_TIMEOUT_MS = 250
+#: After a failure, events are dropped without trying for this long: a down master costs a
+#: decision at most one connection timeout per this period.
+REACTOR_RETRY_SECONDS = 10.0
+#: A bus that stays down (or a queue that stays full) is reported as a WARNING this often;
+#: DEBUG in between.
+REACTOR_WARN_EVERY_SECONDS = 600.0
+#: Events waiting for the worker thread, at most: a bus that hangs (the master's event
+#: publisher wedged) costs memory, not the loop's time: about 1.5 KiB an event (measured, a
+#: few tags), 26 KiB with EC2's most and longest tags, so 1.5 MB, 26 MB at the very worst.
+#: A working bus fires an event in about a millisecond, faster than the loop decides (a
+#: 10-message batch takes tens of milliseconds), so the queue stays short.
+REACTOR_QUEUE_LIMIT = 1_000
+#: At stop, the queued events get this long, in all, to be fired; what is left is dropped.
+REACTOR_CLOSE_SECONDS = 3.0
+#: A decision's reason is cut to this length.
+REACTOR_REASON_LIMIT = 500
+#: Any other text value (outcome, source, event name, message id), at most.
+REACTOR_TEXT_LIMIT = 200
+#: Launches remembered for the ``accepted`` event that follows them (group, facts, message):
+#: one entry per instance waiting for its key.
+REACTOR_CONTEXT_LIMIT = 10_000
+
+
 def receives_within(seconds: float) -> int:
     """How many times a message retried with :func:`retry_delay` is received until ``seconds``
     have passed since its first receive: the receive at or after that time included (the

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from aws_ork import defaults
 from aws_ork.base.errors import AwsOrkError, MirrorError, QueueError
 from aws_ork.decide import Action, Decision, Handler
+from aws_ork.defaults import HEALTH_POLLS
 from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.mirror.worker import MirrorWorker
 from aws_ork.runtime.stopper import Stopped, Stopper
@@ -45,11 +46,6 @@ class Counters:
     finished: Counter[tuple[str, str]] = field(default_factory=Counter)  # deleted, by kind
     retries: Counter[tuple[str, str]] = field(default_factory=Counter)
     rejections: Counter[tuple[str, str]] = field(default_factory=Counter)
-
-
-#: /healthz is unhealthy after this many poll intervals (long poll + PollPause) without a
-#: completed receive: one slow or failed receive is normal, three in a row are not.
-HEALTH_POLLS = 3
 
 
 def oldest_age(messages: list[Message], now: Callable[[], float] = time.time) -> float:

@@ -32,6 +32,7 @@ from aws_ork.aws import AWS_ERRORS, error_code, make_client
 from aws_ork.base.errors import ConfigError, MirrorError, QueueError
 from aws_ork.base.saltkeys import ACCEPTED, FILE_DRIVER, PENDING, REJECTED, KeyLocation
 from aws_ork.config import ANY_TOPIC, Config
+from aws_ork.defaults import MIN_VISIBILITY_TIMEOUT
 from aws_ork.keys import bypass
 from aws_ork.keys.eventkey import EventKey, EventKeyError
 from aws_ork.keys.manager import load_master_opts
@@ -41,9 +42,6 @@ from aws_ork.sqs.queue import Queue
 #: The object written and deleted to prove the bucket is writable (under the prefix: the
 #: mirror's reconciliation removes it should a check die between the put and the delete).
 PROBE_OBJECT = ".aws_ork-check"
-#: The receiver long-polls for the next batch while one is handled: a message whose visibility
-#: timeout ends before it is finished comes back in that poll (SQS's default is 30 s).
-MIN_VISIBILITY_TIMEOUT = 30
 #: A waiting launch (its key, its lifecycle action) is retried every 2, 4 ... 60 s until its
 #: bound: with fewer receives than that it is set aside before aws_ork could finish it.
 MIN_MAX_RECEIVE_COUNT = defaults.WAIT_RECEIVES

@@ -9,7 +9,8 @@ never run; only rule (b) reads them). Each module belongs to a unit: a folder
 0. ``base``: errors, ids, MinionIdTemplate, text bounding and escaping, Salt's key vocabulary
    and fingerprints, atomic files, the trust rule for a directory, the AWS error tally.
    Imports nothing of aws_ork outside ``base/``.
-1. the package itself (``__version__``) and ``defaults`` (every tunable).
+1. the package itself (``__version__``) and ``defaults`` (every tunable); then ``values`` (the
+   parser of each option's value) and ``options`` (every option declared once).
 2. what the stages share and that knows no stage: ``aws`` (boto3 clients), ``events`` (the
    parsers and their ``Event``), ``memory`` (the durable memories), ``config``.
 3. ``runtime``: process plumbing beside the stages (stop flag, systemd, logging, ``-d``, the
@@ -18,7 +19,7 @@ never run; only rule (b) reads them). Each module belongs to a unit: a folder
 5. ``decide`` and ``sweep``, which use the stages.
 6. ``loop``, which runs them.
 7. ``app`` (the daemon's wiring) and ``preflight`` (``--check``), the two things the CLI runs.
-8. ``cli``; 9. ``__main__``.
+8. ``cli`` and ``docgen`` (writes the docs generated from ``options``); 9. ``__main__``.
 
 The rules:
 
@@ -49,13 +50,15 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     for layer in (
         "base",
         "<package> defaults",
+        "values",
+        "options",
         "aws events memory config",
         "runtime",
         "sqs checks keys lifecycle mirror",
         "decide sweep",
         "loop",
         "app preflight",
-        "cli",
+        "cli docgen",
         "__main__",
     )
 )

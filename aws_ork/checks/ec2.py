@@ -52,27 +52,19 @@ from aws_ork.base.naming import NamingError, Template
 from aws_ork.base.saltkeys import KeyAgeUnknown, KeyLocation
 from aws_ork.base.text import shorten
 from aws_ork.checks.verdict import Verdict
+from aws_ork.defaults import BINDING_TAG_ATTEMPTS, NOT_FOUND_ATTEMPTS
+from aws_ork.defaults import KEY_CLOCK_SKEW_SECONDS as CLOCK_SKEW_SECONDS
 from aws_ork.events import Event, Kind
 from aws_ork.lifecycle.client import TERMINATING_STATES, HookClient, LifecycleError
 from aws_ork.memory import MinionNames
 
 log = logging.getLogger(__name__)
 
-#: A pending key may be this much older than the instance's LaunchTime (clocks of the master
-#: and of EC2 differ a little); anything older was there before the instance existed.
-CLOCK_SKEW_SECONDS = 60
 GROUP_TAG = "aws:autoscaling:groupName"
 LIVE_STATES = frozenset({"pending", "running"})
 GONE_STATES = frozenset({"shutting-down", "terminated"})
 #: Ids per DescribeInstances call in a batched lookup (the most values a filter takes).
 BATCH = 200
-#: KeyBinding = tag: how many receives of a launch whose instance has not tagged itself with
-#: its key's fingerprint yet before it is refused (retries 2, 4, 8 ... 60 s apart: about 8
-#: minutes, time for a slow boot; a lifecycle hook keeps the instance waiting meanwhile).
-BINDING_TAG_ATTEMPTS = 12
-#: How many receives of a message for an instance EC2 does not know before that is final
-#: (a launch is then rejected, a terminate honoured).
-NOT_FOUND_ATTEMPTS = 5
 #: EC2 error codes that mean "no such instance" (Malformed cannot happen for a checked id, and
 #: could never succeed later either).
 NOT_FOUND = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})

@@ -21,14 +21,13 @@ from aws_ork import defaults
 from aws_ork.base.files import write_atomic
 from aws_ork.base.ids import is_instance_id
 from aws_ork.checks.verdict import Verdict
+from aws_ork.defaults import TERMINATIONS_PRUNE_SECONDS as PRUNE_EVERY_SECONDS
 from aws_ork.events import Event, Kind
 
 log = logging.getLogger(__name__)
 
 #: SQS keeps a message at most 14 days: a launch older than that cannot arrive.
 RETENTION_SECONDS = defaults.SQS_MAX_RETENTION_SECONDS
-#: Prune at the first record of a run, then at most this often.
-PRUNE_EVERY_SECONDS = 3600
 
 
 class Terminations:

@@ -1,7 +1,7 @@
 """Accept and delete minion keys through Salt's own key API (``salt.key.Key``).
 
 Salt's API takes globs; we never give it one. Every id is checked first (an instance id, or
-a safe minion id MinionIdTemplate made: :func:`aws_ork.keys.naming.is_minion_id`), its state
+a safe minion id MinionIdTemplate made: :func:`aws_ork.base.ids.is_minion_id`), its state
 is looked up by exact name (``list_match``), and the change is made on exactly that key
 (:mod:`aws_ork.keys.backend`: Salt's cache and event objects, O(1) per key), so ``*`` or
 ``i-*`` can never widen a match. A launch whose minion has no key yet leaves an autosign stub

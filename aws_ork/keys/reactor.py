@@ -49,6 +49,14 @@ from typing import Any
 from aws_ork import __version__
 from aws_ork.base.ids import is_minion_id
 from aws_ork.base.text import safe
+from aws_ork.defaults import REACTOR_CLOSE_SECONDS as CLOSE_SECONDS
+from aws_ork.defaults import REACTOR_CONNECT_TIMEOUT_MS as CONNECT_TIMEOUT_MS
+from aws_ork.defaults import REACTOR_CONTEXT_LIMIT as CONTEXT_LIMIT
+from aws_ork.defaults import REACTOR_QUEUE_LIMIT as QUEUE_LIMIT
+from aws_ork.defaults import REACTOR_REASON_LIMIT as REASON_LIMIT
+from aws_ork.defaults import REACTOR_RETRY_SECONDS as RETRY_SECONDS
+from aws_ork.defaults import REACTOR_TEXT_LIMIT as TEXT_LIMIT
+from aws_ork.defaults import REACTOR_WARN_EVERY_SECONDS as WARN_EVERY_SECONDS
 from aws_ork.keys.eventkey import EventKey
 from aws_ork.keys.manager import Outcome
 
@@ -56,36 +64,12 @@ log = logging.getLogger(__name__)
 
 #: Tag prefix of every event; a reactor maps ``aws_ork/accepted/*`` and so on.
 TAG_PREFIX = "aws_ork"
-#: Connecting to the master's event socket: a local socket answers in microseconds, so a
-#: quarter second only ever elapses when the master is down (Salt's default is 1 s).
-CONNECT_TIMEOUT_MS = 250
-#: After a failure, events are dropped without trying for this long: a down master costs a
-#: decision at most one connection timeout per this period.
-RETRY_SECONDS = 10.0
-#: A bus that stays down (or a queue that stays full) is reported as a WARNING this often;
-#: DEBUG in between.
-WARN_EVERY_SECONDS = 600.0
-#: Events waiting for the worker thread, at most: a bus that hangs (the master's event
-#: publisher wedged) costs memory, not the loop's time: about 1.5 KiB an event (measured, a
-#: few tags), 26 KiB with EC2's most and longest tags, so 1.5 MB, 26 MB at the very worst.
-#: A working bus fires an event in about a millisecond, faster than the loop decides (a
-#: 10-message batch takes tens of milliseconds), so the queue stays short.
-QUEUE_LIMIT = 1_000
-#: At stop, the queued events get this long, in all, to be fired; what is left is dropped.
-CLOSE_SECONDS = 3.0
 #: Auto Scaling group names are at most 255 characters; anything longer is not one.
 GROUP_LIMIT = 255
 #: EC2 allows 50 tags per instance, keys of 128 and values of 256 characters.
 TAGS_LIMIT = 50
 TAG_KEY_LIMIT = 128
 TAG_VALUE_LIMIT = 256
-#: A decision's reason is cut to this length.
-REASON_LIMIT = 500
-#: Any other text value (outcome, source, event name, message id), at most.
-TEXT_LIMIT = 200
-#: Launches remembered for the ``accepted`` event that follows them (group, facts, message):
-#: one entry per instance waiting for its key.
-CONTEXT_LIMIT = 10_000
 
 
 #: Every event's ``signed`` content carries these (None when not known), and ``tag``,

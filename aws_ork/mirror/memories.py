@@ -40,6 +40,7 @@ from aws_ork.base.errors import MirrorError
 from aws_ork.base.files import lock_directory, write_atomic
 from aws_ork.base.text import shorten
 from aws_ork.config import BucketUrl
+from aws_ork.defaults import MEMORY_MAX_BYTES as MAX_BYTES
 from aws_ork.memory import (
     ENROLLED_FILE,
     FINISHED_FILE,
@@ -61,9 +62,6 @@ STATE_PREFIX = f"{OWN_ROOT}state/"
 FILES = (FINISHED_FILE, ENROLLED_FILE, PREAUTHORISED_FILE, NAMES_FILE)
 #: What the memory mirror last confirmed S3 holds (a cache, like the pki manifest).
 MANIFEST_FILE = "mirror-memories-manifest.json"
-#: The largest memory object a restore reads: a full memory (200,000 lines of at most
-#: 14 + 1 + 128 + 1 + 128 + 1 characters) with room for the dead lines a compaction leaves.
-MAX_BYTES = 64 * 1024 * 1024
 
 
 def memory_tree(pki_tree: S3Tree) -> S3Tree:

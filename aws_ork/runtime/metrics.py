@@ -30,12 +30,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from aws_ork import __version__, defaults
 from aws_ork.base.text import clean
+from aws_ork.defaults import METRICS_LOG_LINE_LIMIT as _LOG_LINE_LIMIT
 from aws_ork.runtime.stats import MirrorStats, Stats, StatsSource
 
 log = logging.getLogger(__name__)
-
-#: A request's log line (request line, status) is cut to this length.
-_LOG_LINE_LIMIT = 300
 
 
 def health(

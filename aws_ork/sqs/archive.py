@@ -48,6 +48,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aws_ork import defaults
+from aws_ork.defaults import ARCHIVE_MAX_FOLDER_CHARS as MAX_FOLDER_CHARS
+from aws_ork.defaults import ARCHIVE_MAX_ID_CHARS as MAX_ID_CHARS
 from aws_ork.events import sns
 from aws_ork.sqs.queue import Message
 
@@ -57,9 +59,6 @@ log = logging.getLogger(__name__)
 DIRECT = "direct"
 #: The folder of every SNS envelope whose topic is not one of AllowedTopicArns.
 OTHER_TOPICS = "other-topics"
-#: Longest folder name (SNS topic names are up to 256 characters) and message-id part.
-MAX_FOLDER_CHARS = 100
-MAX_ID_CHARS = 100
 #: The files this module writes (and so may count and remove): ``<timestamp>-<id>.json``.
 ARCHIVED = re.compile(r"\d{8}T\d{6}\.\d{3}Z-[A-Za-z0-9_.-]+\.json")
 #: Temp files of a write cut short (crash, power loss): removed by the start-up scan.
