@@ -27,15 +27,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aws_ork import defaults
-from aws_ork.app import event_key_path, s3_tree
 from aws_ork.aws import AWS_ERRORS, error_code, make_client
 from aws_ork.base.errors import ConfigError, MirrorError, QueueError
 from aws_ork.base.saltkeys import ACCEPTED, FILE_DRIVER, PENDING, REJECTED, KeyLocation
 from aws_ork.config import ANY_TOPIC, Config
 from aws_ork.keys import bypass
-from aws_ork.keys.eventkey import EventKey, EventKeyError
+from aws_ork.keys.eventkey import EventKey, EventKeyError, event_key_path
 from aws_ork.keys.manager import load_master_opts
-from aws_ork.mirror.bucket import S3Tree
+from aws_ork.mirror.bucket import S3Tree, s3_tree
 from aws_ork.sqs.queue import Queue
 
 #: The object written and deleted to prove the bucket is writable (under the prefix: the

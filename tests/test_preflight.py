@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -504,3 +506,14 @@ json_values = st.recursive(
 @given(json_values)
 def test_any_json_policy_gives_exactly_one_line(policy):
     assert len(statuses(policy, unsigned=("raw",))) == 1
+
+
+def test_check_does_not_import_the_daemon() -> None:
+    """``--check`` builds nothing of the daemon: importing it loads none of the daemon's
+    wiring (app, decide, loop), so a check cannot start or depend on what it checks."""
+    wiring = ("aws_ork.app", "aws_ork.decide", "aws_ork.loop")
+    code = f"import sys, aws_ork.preflight; print([m for m in {wiring!r} if m in sys.modules])"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]", done.stdout
