@@ -17,7 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aws_ork.preflight import PROBE_OBJECT, Status, policy_lines
+from aws_ork.preflight import PROBE_OBJECT
+from aws_ork.preflight.queue_policy import policy_lines
+from aws_ork.preflight.report import Status
 from tests.daemon import accepting_value, bucket_objects, run_aws_ork, salt_config, write_config
 
 TOPIC = "arn:aws:sns:us-west-2:123456789012:aws-ork-test-topic"
