@@ -44,7 +44,7 @@ from typing import Protocol
 
 from aws_ork import defaults
 from aws_ork.base.errors import AwsOrkError, MirrorError
-from aws_ork.base.files import tree_entries
+from aws_ork.base.files import tree_entries, write_atomic_at
 from aws_ork.base.saltkeys import AUTOSIGN
 from aws_ork.base.text import shorten
 from aws_ork.mirror.bucket import Download
@@ -61,7 +61,6 @@ MAX_MODE = 0o644
 SHOWN = 120
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class RestoreRefused(AwsOrkError):
@@ -246,7 +245,9 @@ def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResul
                     "restore: %s: stored mode %04o clamped to %04o", shown(rel), download.mode, mode
                 )
             try:
-                _in_dir(root_fd, rel, lambda fd, name: _write_file(fd, name, download.body, mode))
+                _in_dir(
+                    root_fd, rel, lambda fd, name: write_atomic_at(fd, name, download.body, mode)
+                )
             except _Unsafe as exc:
                 return _Done(rel, refusal=str(exc))
             except OSError as exc:
@@ -381,24 +382,6 @@ def _replace_with(dir_fd: int, name: str, make: Callable[[str], None]) -> None:
         except OSError:
             pass
         raise
-
-
-def _write_file(dir_fd: int, name: str, data: bytes, mode: int) -> None:
-    """Write ``name`` in the directory atomically: a new temp file (O_EXCL, O_NOFOLLOW, the
-    mode set before any data), fsynced, renamed over the name."""
-
-    def make(tmp: str) -> None:
-        fd = os.open(tmp, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    _replace_with(dir_fd, name, make)
 
 
 def _write_link(dir_fd: int, name: str, target: str) -> None:
