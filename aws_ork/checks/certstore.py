@@ -16,18 +16,28 @@ remembered the same way. A successful fetch forgets the URL.
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from cryptography import x509
+
 from aws_ork import defaults
+from aws_ork.base.files import write_atomic
+from aws_ork.base.text import shorten
 from aws_ork.checks.certurl import check_cert_url
+
+#: The certificate log lines keep the logger name they had before this module was split out
+#: of :mod:`aws_ork.checks.signature` (log filters name it).
+log = logging.getLogger("aws_ork.checks.signature")
 
 #: largest certificate we read, from the network or the cache dir.
 MAX_CERT_BYTES = 64 * 1024
@@ -58,11 +68,11 @@ def https_fetch(url: str, timeout: float = FETCH_TIMEOUT_SECONDS) -> bytes:
 
 
 class Reject(Exception):
-    """Internal: carries a verdict reason out of a helper."""
+    """A certificate (or an envelope) refused for good: the text is the verdict's reason."""
 
 
 class Unavailable(Reject):
-    """Internal: the certificate could not be fetched for now (network, timeout, 5xx)."""
+    """The certificate could not be fetched for now (network, timeout, 5xx): a retry."""
 
 
 @dataclass(slots=True)
@@ -170,3 +180,84 @@ class CertFailures:
         """url was fetched: its failures no longer count."""
         with self._lock:
             self._table.pop(url, None)
+
+
+class CertStore:
+    """SNS signing certificates by URL: in memory, else under ``cert_cache_dir``, else fetched
+    once (and written there); the fetches that failed are remembered in ``failures``.
+
+    ``fetch`` gets the URL's body (:func:`https_fetch`, or a fake in tests); ``clock`` is
+    the verifier's (an aware UTC datetime). Thread-safe."""
+
+    def __init__(
+        self,
+        cert_cache_dir: Path | str,
+        *,
+        fetch: Callable[[str], bytes],
+        clock: Callable[[], datetime],
+        failures: CertFailures | None = None,
+    ) -> None:
+        self.cert_cache_dir = Path(cert_cache_dir)
+        self._fetch = fetch
+        self._clock = clock
+        self._certs: dict[str, x509.Certificate] = {}
+        self._lock = threading.Lock()
+        self.failures = failures if failures is not None else CertFailures()
+
+    def get(self, url: str) -> x509.Certificate:
+        """The certificate at an acceptable URL, valid now: from memory, CertCacheDir or
+        one fetch; Reject (final) or Unavailable (retry) otherwise."""
+        with self._lock:
+            cert = self._certs.get(url)
+        if cert is None:
+            cert = self._load(url)
+            self.failures.forget(url)  # fetched, or put in the cache dir by hand
+            with self._lock:
+                self._certs[url] = cert
+        now = self._clock()
+        if now < cert.not_valid_before_utc:
+            raise Reject("certificate not yet valid")
+        if now > cert.not_valid_after_utc:
+            raise Reject("certificate expired")
+        return cert
+
+    def _load(self, url: str) -> x509.Certificate:
+        """From CertCacheDir if there (no fetch), else fetched and cached there."""
+        path = cert_cache_path(self.cert_cache_dir, url)
+        if path.is_file():
+            try:
+                with path.open("rb") as f:
+                    pem = f.read(MAX_CERT_BYTES + 1)
+            except OSError as e:
+                raise Reject(f"certificate cache read failed: {e}") from None
+            return _parse(pem, f"cached certificate {path}")
+        self.failures.check(url, self._clock())  # failed lately: answer without a fetch
+        try:
+            pem = self._fetch(url)
+        except Exception as e:
+            log.debug("fetch of %s failed", url, exc_info=True)
+            # the network or AWS failing may pass; an answer of "no such certificate" will not
+            transient = isinstance(e, OSError) and not (
+                isinstance(e, urllib.error.HTTPError) and e.code < 500
+            )
+            reason = f"certificate fetch failed: {type(e).__name__}: {shorten(str(e), 160)}"
+            raise self.failures.failed(url, self._clock(), reason, final=not transient) from None
+        try:
+            cert = _parse(pem, "fetched certificate")
+        except Reject as e:  # AWS served something else: as final as a 404
+            raise self.failures.failed(url, self._clock(), str(e), final=True) from None
+        log.info("fetched SNS signing certificate %s", url)
+        try:
+            write_atomic(path, pem)
+        except OSError:
+            log.warning("could not cache certificate at %s", path, exc_info=True)
+        return cert
+
+
+def _parse(pem: object, what: str) -> x509.Certificate:
+    if not isinstance(pem, bytes) or len(pem) > MAX_CERT_BYTES:
+        raise Reject(f"{what} is not PEM bytes of at most {MAX_CERT_BYTES} bytes")
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise Reject(f"{what} is not a PEM X.509 certificate") from None

@@ -24,27 +24,22 @@ import base64
 import binascii
 import logging
 import re
-import threading
-import urllib.error
 from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from aws_ork import defaults
-from aws_ork.base.files import write_atomic
 from aws_ork.base.text import shorten
 from aws_ork.checks.certstore import (
     FETCH_TIMEOUT_SECONDS,
-    MAX_CERT_BYTES,
     CertFailures,
+    CertStore,
     Reject,
     Unavailable,
-    cert_cache_path,
     https_fetch,
 )
 from aws_ork.checks.certurl import TOPIC_ARN_RE, check_cert_url
@@ -105,7 +100,8 @@ def string_to_sign(envelope: Mapping[str, object]) -> bytes:
 
 
 class SignatureVerifier:
-    """Checks SNS envelopes; caches signing certificates in memory and under cert_cache_dir.
+    """Checks SNS envelopes; the signing certificates come from ``certs`` (a
+    :class:`~aws_ork.checks.certstore.CertStore` over cert_cache_dir).
 
     ``cert_failures`` remembers certificate URLs that could not be fetched (see
     :class:`CertFailures`; ``len()`` of it is the number of URLs remembered)."""
@@ -128,12 +124,15 @@ class SignatureVerifier:
             raise ValueError("max_age_seconds must be > 0 (or None)")
         if isinstance(allowed_regions, str):  # "us-east-1" would otherwise allow 'u', 's', ...
             raise TypeError("allowed_regions must be a collection of region names, not a str")
-        self.cert_cache_dir = Path(cert_cache_dir)
-        self._fetch = fetch or (lambda url: https_fetch(url, timeout))
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._certs: dict[str, x509.Certificate] = {}
-        self._lock = threading.Lock()
-        self.cert_failures = cert_failures if cert_failures is not None else CertFailures()
+        self.certs = CertStore(
+            cert_cache_dir,
+            fetch=fetch or (lambda url: https_fetch(url, timeout)),
+            clock=self._now,
+            failures=cert_failures,
+        )
+        self.cert_cache_dir = self.certs.cert_cache_dir
+        self.cert_failures = self.certs.failures
         self.allowed_regions: frozenset[str] | None = (
             None
             if allowed_regions is None or "*" in allowed_regions
@@ -190,7 +189,7 @@ class SignatureVerifier:
                 f"SigningCertURL region {shorten(host_region, 80)} is not the region of an allowed "
                 f"topic"
             )
-        key = self._certificate(url).public_key()
+        key = self.certs.get(url).public_key()
         if not isinstance(key, rsa.RSAPublicKey):
             raise Reject("certificate key is not RSA")
         try:
@@ -217,58 +216,3 @@ class SignatureVerifier:
                 f"Timestamp {shorten(value, 80)} is {-age:.0f} s in the future, more than the "
                 f"{defaults.SNS_TIMESTAMP_SKEW_SECONDS:g} s of clock skew allowed"
             )
-
-    def _certificate(self, url: str) -> x509.Certificate:
-        with self._lock:
-            cert = self._certs.get(url)
-        if cert is None:
-            cert = self._load(url)
-            self.cert_failures.forget(url)  # fetched, or put in the cache dir by hand
-            with self._lock:
-                self._certs[url] = cert
-        now = self._now()
-        if now < cert.not_valid_before_utc:
-            raise Reject("certificate not yet valid")
-        if now > cert.not_valid_after_utc:
-            raise Reject("certificate expired")
-        return cert
-
-    def _load(self, url: str) -> x509.Certificate:
-        path = cert_cache_path(self.cert_cache_dir, url)
-        if path.is_file():
-            try:
-                with path.open("rb") as f:
-                    pem = f.read(MAX_CERT_BYTES + 1)
-            except OSError as e:
-                raise Reject(f"certificate cache read failed: {e}") from None
-            return _parse(pem, f"cached certificate {path}")
-        self.cert_failures.check(url, self._now())  # failed lately: answer without a fetch
-        try:
-            pem = self._fetch(url)
-        except Exception as e:
-            log.debug("fetch of %s failed", url, exc_info=True)
-            # the network or AWS failing may pass; an answer of "no such certificate" will not
-            transient = isinstance(e, OSError) and not (
-                isinstance(e, urllib.error.HTTPError) and e.code < 500
-            )
-            reason = f"certificate fetch failed: {type(e).__name__}: {shorten(str(e), 160)}"
-            raise self.cert_failures.failed(url, self._now(), reason, final=not transient) from None
-        try:
-            cert = _parse(pem, "fetched certificate")
-        except Reject as e:  # AWS served something else: as final as a 404
-            raise self.cert_failures.failed(url, self._now(), str(e), final=True) from None
-        log.info("fetched SNS signing certificate %s", url)
-        try:
-            write_atomic(path, pem)
-        except OSError:
-            log.warning("could not cache certificate at %s", path, exc_info=True)
-        return cert
-
-
-def _parse(pem: object, what: str) -> x509.Certificate:
-    if not isinstance(pem, bytes) or len(pem) > MAX_CERT_BYTES:
-        raise Reject(f"{what} is not PEM bytes of at most {MAX_CERT_BYTES} bytes")
-    try:
-        return x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        raise Reject(f"{what} is not a PEM X.509 certificate") from None
