@@ -31,10 +31,12 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_ork.base.errors import ConfigError
-from aws_ork.config import Config
+
+if TYPE_CHECKING:  # a type only: the config module imports keys.naming, keys import no config
+    from aws_ork.config import Config
 
 #: The default key file, in the master's cachedir (the README's recipes name this path).
 KEY_FILE_NAME = "aws_ork-event.key"
