@@ -14,7 +14,6 @@ import signal
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aws_ork import __version__, defaults
@@ -32,7 +31,7 @@ from aws_ork.decide import Handler
 from aws_ork.keys import bypass
 from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.backend import preload_event_transport
-from aws_ork.keys.eventkey import EventKey, EventKeyError, default_path
+from aws_ork.keys.eventkey import EventKey, EventKeyError, event_key_path
 from aws_ork.keys.manager import KeyManager, load_master_opts
 from aws_ork.keys.reactor import SaltEvents
 from aws_ork.keys.watcher import KeyDirWatcher
@@ -47,7 +46,7 @@ from aws_ork.memory import (
     IdMemory,
     MinionNames,
 )
-from aws_ork.mirror.bucket import ObjectOptions, S3Tree
+from aws_ork.mirror.bucket import s3_tree
 from aws_ork.mirror.journal import Journal
 from aws_ork.mirror.manifest import FILE_NAME as MANIFEST_FILE
 from aws_ork.mirror.memories import OWN_ROOT, memory_mirror
@@ -73,15 +72,6 @@ class RunOptions:
     purge: bool = False
 
 
-def s3_tree(cfg: Config) -> S3Tree:
-    """The mirror's objects, written with the configured SSE and ACL."""
-    assert cfg.bucket_url is not None
-    s3 = make_client("s3", cfg.effective_bucket_region, max_attempts=2)
-    return S3Tree(
-        s3, cfg.bucket_url, ObjectOptions(cfg.bucket_sse, cfg.bucket_kms_key_id, cfg.bucket_acl)
-    )
-
-
 def mirrored_key_dir(cfg: Config, location: KeyLocation) -> str | None:
     """The master's key directory relative to PkiDir; None (with a warning) when outside it."""
     key_dir = os.path.realpath(location.key_dir)
@@ -96,22 +86,6 @@ def mirrored_key_dir(cfg: Config, location: KeyLocation) -> str | None:
         return None
     rel = os.path.relpath(key_dir, root)
     return "" if rel == "." else rel
-
-
-def event_key_path(cfg: Config, master_opts: Mapping[str, Any]) -> Path:
-    """SaltEventKey, default in the master's cachedir. Never under PkiDir: PkiDir is mirrored
-    to S3, and the secret stays on the master (a restored master makes its own)."""
-    path = cfg.salt_event_key or default_path(master_opts)
-    real, root = os.path.realpath(path), os.path.realpath(cfg.pki_dir)
-    if os.path.commonpath([real, root]) == root:
-        raise ConfigError(
-            cfg.source,
-            "SaltEventKey",
-            f"{path} is under PkiDir {cfg.pki_dir}, which is mirrored to S3: "
-            f"keep the secret out of the bucket (the default is in the "
-            f"master's cachedir)",
-        )
-    return path
 
 
 def event_key(cfg: Config, master_opts: Mapping[str, Any]) -> EventKey:

@@ -12,10 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from aws_ork import __version__, app, config, preflight
-from aws_ork.app import RunOptions, s3_tree
+from aws_ork.app import RunOptions
 from aws_ork.base.errors import AwsOrkError, ConfigError
 from aws_ork.config import Config
 from aws_ork.keys.manager import load_master_opts
+from aws_ork.mirror.bucket import s3_tree
 from aws_ork.mirror.memories import restore_memories
 from aws_ork.mirror.restore import RestoreRefused, restore
 from aws_ork.runtime import logsetup

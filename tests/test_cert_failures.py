@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from aws_ork import defaults
-from aws_ork.checks.signature import CertFailures, SignatureVerifier, Verdict, regions_of
+from aws_ork.checks.certstore import CertFailures
+from aws_ork.checks.certurl import regions_of
+from aws_ork.checks.signature import SignatureVerifier, Verdict
 from tests.snssign import (
     SigningIdentity,
     make_cert,

@@ -79,10 +79,6 @@ KNOWN: dict[tuple[str, str], str] = {
         "the sweep deletes keys through decide.Handler, which is the key stage today; "
         "issue 19 item 2 gives the key side effects one key stage that the sweep calls"
     ),
-    ("aws_ork.preflight", "aws_ork.app"): (
-        "--check builds the S3 client and finds SaltEventKey with app.s3_tree and "
-        "app.event_key_path; issue 19 item 4 moves them out of the daemon's wiring"
-    ),
 }
 
 Graph = Mapping[str, frozenset[str]]

@@ -39,7 +39,8 @@ from typing import Any
 import boto3
 import pytest
 
-from aws_ork.preflight import Status, policy_lines
+from aws_ork.preflight.queue_policy import policy_lines
+from aws_ork.preflight.report import Status
 from tests.awsenv import MotoServer
 from tests.certproxy import CertProxy
 from tests.daemon import (

@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -15,7 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aws_ork.preflight import PROBE_OBJECT, Status, policy_lines
+from aws_ork.preflight import PROBE_OBJECT
+from aws_ork.preflight.queue_policy import policy_lines
+from aws_ork.preflight.report import Status
 from tests.daemon import accepting_value, bucket_objects, run_aws_ork, salt_config, write_config
 
 TOPIC = "arn:aws:sns:us-west-2:123456789012:aws-ork-test-topic"
@@ -504,3 +508,14 @@ json_values = st.recursive(
 @given(json_values)
 def test_any_json_policy_gives_exactly_one_line(policy):
     assert len(statuses(policy, unsigned=("raw",))) == 1
+
+
+def test_check_does_not_import_the_daemon() -> None:
+    """``--check`` builds nothing of the daemon: importing it loads none of the daemon's
+    wiring (app, decide, loop), so a check cannot start or depend on what it checks."""
+    wiring = ("aws_ork.app", "aws_ork.decide", "aws_ork.loop")
+    code = f"import sys, aws_ork.preflight; print([m for m in {wiring!r} if m in sys.modules])"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]", done.stdout

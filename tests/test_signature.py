@@ -13,13 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aws_ork.checks.signature import (
-    SignatureVerifier,
-    Verdict,
-    cert_cache_path,
-    check_cert_url,
-    string_to_sign,
-)
+from aws_ork.checks.certstore import cert_cache_path
+from aws_ork.checks.certurl import check_cert_url
+from aws_ork.checks.signature import SignatureVerifier, Verdict, string_to_sign
 from tests.messages import fixture
 from tests.snssign import make_cert, make_key, make_signing_identity, sign_envelope
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,64 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+#: How :func:`write_temp_at` opens its file: a new one (never a file that exists), never
+#: through a symlink, not inherited by a child process.
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def write_temp_at(
+    dir_fd: int, data: bytes, mode: int, prefix: str = "."
+) -> tuple[str, os.stat_result]:
+    """Write ``data`` to a new temp file ``<prefix><random hex>.tmp`` in the directory open as
+    ``dir_fd``; return its name and its stat (taken after the fsync: what it costs the disk).
+
+    For directories an untrusted party may have written to: the name is relative to the
+    descriptor (no path, so no symlink on the way), the file is created with O_EXCL and
+    O_NOFOLLOW (never an existing file, never through a link), 0600, and given ``mode``
+    before any data is written; it is fsync'd. On any failure the temp file is removed again
+    (only one this call created). The first half of a dir-fd atomic write: the caller gives
+    it its final name relative to the same descriptor (:func:`write_atomic_at` replaces; the
+    archive links, which never replaces) and fsyncs the directory (once for many names).
+    """
+    tmp = f"{prefix}{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        _remove_quietly(dir_fd, tmp)
+        raise
+    return tmp, st
+
+
+def write_atomic_at(dir_fd: int, name: str, data: bytes, mode: int) -> None:
+    """:func:`write_atomic` relative to a directory descriptor: a temp file
+    (:func:`write_temp_at`) renamed over ``name`` (a symlink there is replaced, not followed;
+    a directory there raises IsADirectoryError); the temp file is removed on any error. The
+    directory is not fsync'd: the caller does, after its last name."""
+    tmp, _ = write_temp_at(dir_fd, data, mode, prefix=f".{name}.")
+    try:
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        _remove_quietly(dir_fd, tmp)
+        raise
+
+
+def _remove_quietly(dir_fd: int, name: str) -> None:
+    """Remove a temp file after a failure; an error here must not hide the failure."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
 
 
 def tree_entries(root: Path, onerror: Callable[[OSError], None] | None = None) -> Iterator[str]:

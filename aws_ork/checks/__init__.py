@@ -28,9 +28,10 @@ from typing import Any
 
 from aws_ork.base.naming import Template
 from aws_ork.base.saltkeys import KeyLocation
+from aws_ork.checks.certurl import regions_of
 from aws_ork.checks.ec2 import Ec2Lookup, InstanceCheck
 from aws_ork.checks.replay import ReplayCheck
-from aws_ork.checks.signature import SignatureVerifier, regions_of
+from aws_ork.checks.signature import SignatureVerifier
 from aws_ork.checks.source import SourceCheck
 from aws_ork.checks.terminations import TerminationCheck, Terminations
 from aws_ork.checks.topic import TopicCheck

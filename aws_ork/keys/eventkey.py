@@ -31,7 +31,12 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from aws_ork.base.errors import ConfigError
+
+if TYPE_CHECKING:  # a type only: the config module imports keys.naming, keys import no config
+    from aws_ork.config import Config
 
 #: The default key file, in the master's cachedir (the README's recipes name this path).
 KEY_FILE_NAME = "aws_ork-event.key"
@@ -48,6 +53,22 @@ class EventKeyError(Exception):
 def default_path(master_opts: Mapping[str, Any]) -> Path:
     """``<master cachedir>/aws_ork-event.key``."""
     return Path(str(master_opts["cachedir"])) / KEY_FILE_NAME
+
+
+def event_key_path(cfg: Config, master_opts: Mapping[str, Any]) -> Path:
+    """SaltEventKey, default in the master's cachedir. Never under PkiDir: PkiDir is mirrored
+    to S3, and the secret stays on the master (a restored master makes its own)."""
+    path = cfg.salt_event_key or default_path(master_opts)
+    real, root = os.path.realpath(path), os.path.realpath(cfg.pki_dir)
+    if os.path.commonpath([real, root]) == root:
+        raise ConfigError(
+            cfg.source,
+            "SaltEventKey",
+            f"{path} is under PkiDir {cfg.pki_dir}, which is mirrored to S3: "
+            f"keep the secret out of the bucket (the default is in the "
+            f"master's cachedir)",
+        )
+    return path
 
 
 def _master_uid(master_opts: Mapping[str, Any]) -> int | None:

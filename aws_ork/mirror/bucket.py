@@ -23,10 +23,10 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from aws_ork.aws import AWS_ERRORS, error_code
+from aws_ork.aws import AWS_ERRORS, error_code, make_client
 from aws_ork.base.awserrors import count_aws_error
 from aws_ork.base.errors import MirrorError
-from aws_ork.config import BucketUrl
+from aws_ork.config import BucketUrl, Config
 
 log = logging.getLogger(__name__)
 
@@ -298,3 +298,12 @@ class S3Tree:
             if code not in expected:
                 count_aws_error("s3", code)
             raise MirrorError(f"{self.target}: {what}: {code}: {exc}") from exc
+
+
+def s3_tree(cfg: Config) -> S3Tree:
+    """The mirror's objects, written with the configured SSE and ACL."""
+    assert cfg.bucket_url is not None
+    s3 = make_client("s3", cfg.effective_bucket_region, max_attempts=2)
+    return S3Tree(
+        s3, cfg.bucket_url, ObjectOptions(cfg.bucket_sse, cfg.bucket_kms_key_id, cfg.bucket_acl)
+    )

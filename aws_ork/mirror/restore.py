@@ -27,16 +27,21 @@ pki_dir, which Salt keeps 0700) or are PkiDir itself, else 0755 (what Salt's ``v
 creates). A non-empty PkiDir is refused unless ``force``; with ``force``, files in the
 mirror overwrite local ones and local files not in the mirror are left alone. Whatever is
 refused is logged (one WARNING line each) and listed in the result.
+
+A restore is two steps: :func:`plan_restore`, a pure function of the listing (what to write,
+which directories with which mode, what to skip and why: a :class:`RestorePlan`), then the
+writes (:class:`_Writes`), which alone touch S3 and the disk.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import os
 import secrets
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -44,7 +49,7 @@ from typing import Protocol
 
 from aws_ork import defaults
 from aws_ork.base.errors import AwsOrkError, MirrorError
-from aws_ork.base.files import tree_entries
+from aws_ork.base.files import tree_entries, write_atomic_at
 from aws_ork.base.saltkeys import AUTOSIGN
 from aws_ork.base.text import shorten
 from aws_ork.mirror.bucket import Download
@@ -61,7 +66,6 @@ MAX_MODE = 0o644
 SHOWN = 120
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class RestoreRefused(AwsOrkError):
@@ -181,103 +185,121 @@ def _link_refusal(rel: str, body: bytes, files: set[str]) -> str | None:
     return None
 
 
+class Skip(enum.Enum):
+    """Why an object of the listing is not written; the value is what the log line says."""
+
+    UNSAFE_PATH = "not a safe relative path"
+    STUB = "autosign stub"
+    UNMIRRORED_KEY = "pending or denied key"
+    DIRECTORY = "also the directory of other objects"
+
+    @property
+    def refused(self) -> bool:
+        """Unsafe (a WARNING, a :class:`Refusal` in the result, exit 1), not left out on
+        purpose (an INFO line and a count)."""
+        return self in (Skip.UNSAFE_PATH, Skip.DIRECTORY)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An object of the listing that the plan does not write, and why."""
+
+    rel: str
+    why: Skip
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """What a restore writes, decided from the listing alone: no S3, no disk, no clock.
+
+    ``writes``: the objects to fetch and write, each at its key below PkiDir, sorted (a
+    file's mode is :func:`safe_mode` of the one it was stored with, known once fetched; a
+    symlink object is checked by :func:`_link_refusal` against the files written).
+    ``directories``: every directory they go to, parents first, with the mode a missing one
+    is created with (0700 when it holds a ``*.pem``, else 0755). ``skipped``: the objects not
+    written and why, in the order they are logged. What is on disk (a symlink where a
+    directory should be) is found by the writes, which walk PkiDir by descriptor: a look
+    beforehand would be a check separated from its use.
+    """
+
+    writes: tuple[str, ...]
+    directories: tuple[tuple[str, int], ...]
+    skipped: tuple[Skipped, ...]
+
+    @property
+    def refused(self) -> list[Refusal]:
+        return [Refusal(s.rel, s.why.value) for s in self.skipped if s.why.refused]
+
+    @property
+    def stubs_dropped(self) -> int:
+        return sum(s.why is Skip.STUB for s in self.skipped)
+
+    @property
+    def keys_dropped(self) -> int:
+        return sum(s.why is Skip.UNMIRRORED_KEY for s in self.skipped)
+
+
+def plan_restore(listing: Iterable[str]) -> RestorePlan:
+    """The plan for the object keys of a listing (minus the prefix); a pure function.
+
+    aws_ork's own objects (the StateDir memories) are not files of PkiDir: restored into
+    StateDir by :mod:`aws_ork.mirror.memories`, never here, and not in the plan at all."""
+    rels = sorted(rel for rel in listing if not rel.startswith(OWN_ROOT))
+    skipped = [Skipped(rel, Skip.UNSAFE_PATH) for rel in rels if not safe_relpath(rel)]
+    safe = [rel for rel in rels if safe_relpath(rel)]
+    left_out = [Skipped(rel, why) for rel in safe if (why := _left_out(rel)) is not None]
+    skipped += left_out
+    wanted = [rel for rel in safe if _left_out(rel) is None]
+    # A key that is also a directory of other keys: it would be a file (or a link) that
+    # the others are written under.
+    dirs = _ancestors(wanted)
+    skipped += [Skipped(rel, Skip.DIRECTORY) for rel in wanted if rel in dirs]
+    writes = tuple(rel for rel in wanted if rel not in dirs)
+    return RestorePlan(writes, _directory_modes(writes), tuple(skipped))
+
+
+def _left_out(rel: str) -> Skip | None:
+    """What the mirror leaves out (UNMIRRORED) is not restored from a bucket written before
+    2.1 that still holds it either: pending and denied keys were written by whoever reached
+    the old master's port (minions present their keys again), and an autosign stub is a
+    standing pre-authorisation of the old master; a restored copy of any of them would look
+    fresh (its mtime is the restore's): an instance long gone could be re-accepted."""
+    state = PurePosixPath(rel).parent.name
+    if state not in UNMIRRORED:
+        return None
+    return Skip.STUB if state == AUTOSIGN else Skip.UNMIRRORED_KEY
+
+
+def _ancestors(rels: Iterable[str]) -> set[str]:
+    """Every directory (relative to PkiDir) above the keys."""
+    return {"/".join(rel.split("/")[:n]) for rel in rels for n in range(1, rel.count("/") + 1)}
+
+
+def _directory_modes(rels: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    """The directories the files go to with Salt's modes, parents first."""
+    private = {_parent(rel) for rel in rels if rel.endswith(".pem")}
+    dirs = sorted(_ancestors(rels), key=lambda d: (d.count("/"), d))
+    return tuple((d, 0o700 if d in private else 0o755) for d in dirs)
+
+
 def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResult:
-    """Download every object under the prefix into ``pki_dir``."""
+    """Download every object under the prefix into ``pki_dir``: the plan, then the writes."""
     existing = local_files(pki_dir) if pki_dir.exists() else []
     if existing and not force:
         raise RestoreRefused(
             f"{pki_dir} is not empty ({len(existing)} files); "
             "use --restore --force to overwrite them with the mirror"
         )
-    listing = tree.list()
+    plan = plan_restore(tree.list())
     refused: list[Refusal] = []
-
-    def refuse(rel: str, reason: str) -> None:
-        refused.append(Refusal(rel, reason))
-        log.warning("restore: refused object %s: %s", shown(rel), reason)
-
-    wanted = []
-    # aws_ork's own objects (the StateDir memories) are not files of PkiDir: restored into
-    # StateDir by aws_ork.mirror.memories, never here.
-    for rel in sorted(rel for rel in listing if not rel.startswith(OWN_ROOT)):
-        if safe_relpath(rel):
-            wanted.append(rel)
+    for item in plan.skipped:
+        if item.why.refused:
+            _refuse(refused, item.rel, item.why.value)
         else:
-            refuse(rel, "not a safe relative path")
-    # What the mirror leaves out (UNMIRRORED) is not restored from a bucket written before
-    # 2.1 that still holds it either: pending and denied keys were written by whoever reached
-    # the old master's port (minions present their keys again), and an autosign stub is a
-    # standing pre-authorisation of the old master; a restored copy of any of them would look
-    # fresh (its mtime is the restore's): an instance long gone could be re-accepted.
-    left_out = {rel for rel in wanted if PurePosixPath(rel).parent.name in UNMIRRORED}
-    stubs = {rel for rel in left_out if PurePosixPath(rel).parent.name == AUTOSIGN}
-    for rel in sorted(left_out):
-        log.info(
-            "restore: not restoring %s %s",
-            "autosign stub" if rel in stubs else "pending or denied key",
-            shown(rel),
-        )
-    wanted = [rel for rel in wanted if rel not in left_out]
-    # A key that is also a directory of other keys: it would be a file (or a link) that
-    # the others are written under.
-    dirs = {"/".join(rel.split("/")[:n]) for rel in wanted for n in range(1, rel.count("/") + 1)}
-    for rel in wanted:
-        if rel in dirs:
-            refuse(rel, "also the directory of other objects")
-    wanted = [rel for rel in wanted if rel not in dirs]
-    if not wanted:
+            log.info("restore: not restoring %s %s", item.why.value, shown(item.rel))
+    if not plan.writes:
         raise MirrorError(f"{tree.target}: no objects to restore")
-
-    root_fd = _open_root(pki_dir)
-    try:
-        blocked = _make_dirs(root_fd, pki_dir, wanted)
-        for rel in [rel for rel in wanted if _parent(rel) in blocked]:
-            refuse(rel, blocked[_parent(rel)])
-        wanted = [rel for rel in wanted if _parent(rel) not in blocked]
-
-        def fetch(rel: str) -> _Done:
-            download = tree.get(rel)
-            if download.symlink:
-                return _Done(rel, link=download.body)
-            mode = safe_mode(rel, download.mode)
-            clamped = download.mode is not None and mode != download.mode
-            if clamped:
-                log.warning(
-                    "restore: %s: stored mode %04o clamped to %04o", shown(rel), download.mode, mode
-                )
-            try:
-                _in_dir(root_fd, rel, lambda fd, name: _write_file(fd, name, download.body, mode))
-            except _Unsafe as exc:
-                return _Done(rel, refusal=str(exc))
-            except OSError as exc:
-                raise MirrorError(f"{pki_dir / rel}: cannot write: {exc}") from exc
-            return _Done(rel, len(download.body), clamped=clamped)
-
-        with ThreadPoolExecutor(
-            defaults.MIRROR_UPLOAD_THREADS, thread_name_prefix="s3-get"
-        ) as pool:
-            done = list(pool.map(fetch, wanted))
-        for item in done:
-            if item.refusal is not None:
-                refuse(item.rel, item.refusal)
-        files = {d.rel for d in done if d.link is None and d.refusal is None}
-        # Links last, once every file they may name is written: a target must be one of them.
-        for item in done:
-            if item.link is None:
-                continue
-            reason = _link_refusal(item.rel, item.link, files)
-            if reason is None:
-                link = item.link.decode("utf-8")
-                try:
-                    _in_dir(root_fd, item.rel, lambda fd, name: _write_link(fd, name, link))
-                except _Unsafe as exc:
-                    reason = str(exc)
-                except OSError as exc:
-                    raise MirrorError(f"{pki_dir / item.rel}: cannot write: {exc}") from exc
-            if reason is not None:
-                refuse(item.rel, reason)
-    finally:
-        os.close(root_fd)
+    done = _Writes(tree, pki_dir, refused).run(plan)
     refused_rels = {r.rel for r in refused}
     written = [d for d in done if d.rel not in refused_rels]
     left = len(set(existing) - {d.rel for d in written})
@@ -286,10 +308,86 @@ def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResul
         sum(d.size for d in written),
         refused,
         left,
-        len(stubs),
-        len(left_out) - len(stubs),
+        plan.stubs_dropped,
+        plan.keys_dropped,
         sum(d.clamped for d in written),
     )
+
+
+def _refuse(refused: list[Refusal], rel: str, reason: str) -> None:
+    refused.append(Refusal(rel, reason))
+    log.warning("restore: refused object %s: %s", shown(rel), reason)
+
+
+class _Writes:
+    """The writes of a plan, below one descriptor of PkiDir; refusals go to ``refused``."""
+
+    def __init__(self, tree: Source, pki_dir: Path, refused: list[Refusal]) -> None:
+        self.tree = tree
+        self.pki_dir = pki_dir
+        self.refused = refused
+        self.root_fd = -1
+
+    def run(self, plan: RestorePlan) -> list[_Done]:
+        """Directories, then files (fetched in parallel), then links: what was done."""
+        self.root_fd = _open_root(self.pki_dir)
+        try:
+            blocked = _make_dirs(self.root_fd, self.pki_dir, plan.directories)
+            for rel in [rel for rel in plan.writes if _parent(rel) in blocked]:
+                _refuse(self.refused, rel, blocked[_parent(rel)])
+            wanted = [rel for rel in plan.writes if _parent(rel) not in blocked]
+            with ThreadPoolExecutor(
+                defaults.MIRROR_UPLOAD_THREADS, thread_name_prefix="s3-get"
+            ) as pool:
+                done = list(pool.map(self._fetch, wanted))
+            for item in done:
+                if item.refusal is not None:
+                    _refuse(self.refused, item.rel, item.refusal)
+            files = {d.rel for d in done if d.link is None and d.refusal is None}
+            # Links last, once every file they may name is written: a target must be one.
+            for item in done:
+                if item.link is not None:
+                    reason = self._link(item.rel, item.link, files)
+                    if reason is not None:
+                        _refuse(self.refused, item.rel, reason)
+        finally:
+            os.close(self.root_fd)
+        return done
+
+    def _fetch(self, rel: str) -> _Done:
+        """Download one object; write it now if it is a file."""
+        download = self.tree.get(rel)
+        if download.symlink:
+            return _Done(rel, link=download.body)
+        mode = safe_mode(rel, download.mode)
+        clamped = download.mode is not None and mode != download.mode
+        if clamped:
+            log.warning(
+                "restore: %s: stored mode %04o clamped to %04o", shown(rel), download.mode, mode
+            )
+        try:
+            _in_dir(
+                self.root_fd, rel, lambda fd, name: write_atomic_at(fd, name, download.body, mode)
+            )
+        except _Unsafe as exc:
+            return _Done(rel, refusal=str(exc))
+        except OSError as exc:
+            raise MirrorError(f"{self.pki_dir / rel}: cannot write: {exc}") from exc
+        return _Done(rel, len(download.body), clamped=clamped)
+
+    def _link(self, rel: str, body: bytes, files: set[str]) -> str | None:
+        """Create one symlink object; why it was not, or None."""
+        reason = _link_refusal(rel, body, files)
+        if reason is not None:
+            return reason
+        link = body.decode("utf-8")
+        try:
+            _in_dir(self.root_fd, rel, lambda fd, name: _write_link(fd, name, link))
+        except _Unsafe as exc:
+            return str(exc)
+        except OSError as exc:
+            raise MirrorError(f"{self.pki_dir / rel}: cannot write: {exc}") from exc
+        return None
 
 
 def _parent(rel: str) -> str:
@@ -383,37 +481,19 @@ def _replace_with(dir_fd: int, name: str, make: Callable[[str], None]) -> None:
         raise
 
 
-def _write_file(dir_fd: int, name: str, data: bytes, mode: int) -> None:
-    """Write ``name`` in the directory atomically: a new temp file (O_EXCL, O_NOFOLLOW, the
-    mode set before any data), fsynced, renamed over the name."""
-
-    def make(tmp: str) -> None:
-        fd = os.open(tmp, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    _replace_with(dir_fd, name, make)
-
-
 def _write_link(dir_fd: int, name: str, target: str) -> None:
     """Create the symlink ``name -> target`` in the directory: temp link + rename."""
     _replace_with(dir_fd, name, lambda tmp: os.symlink(target, tmp, dir_fd=dir_fd))
 
 
-def _make_dirs(root_fd: int, pki_dir: Path, rels: list[str]) -> dict[str, str]:
-    """Create the directories the files go to, with Salt's modes (existing ones are kept),
-    never through a symlink. Returns {directory: reason} for those that cannot be used."""
-    private = {_parent(rel) for rel in rels if rel.endswith(".pem")}
-    dirs = {"/".join(rel.split("/")[:n]) for rel in rels for n in range(1, rel.count("/") + 1)}
-    modes = {d: 0o700 if d in private else 0o755 for d in dirs}
+def _make_dirs(
+    root_fd: int, pki_dir: Path, directories: Sequence[tuple[str, int]]
+) -> dict[str, str]:
+    """Create the plan's directories (parents first) with their modes (existing ones are
+    kept), never through a symlink. Returns {directory: reason} for those that cannot be used."""
+    modes = dict(directories)
     blocked: dict[str, str] = {}
-    for rel in sorted(dirs, key=lambda d: (d.count("/"), d)):
+    for rel, _mode in directories:
         parent = _parent(rel)
         if parent in blocked:
             blocked[rel] = blocked[parent]

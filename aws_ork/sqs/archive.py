@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import stat
 import sys
 import time
@@ -48,6 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aws_ork import defaults
+from aws_ork.base.files import write_temp_at
 from aws_ork.defaults import ARCHIVE_MAX_FOLDER_CHARS as MAX_FOLDER_CHARS
 from aws_ork.defaults import ARCHIVE_MAX_ID_CHARS as MAX_ID_CHARS
 from aws_ork.events import sns
@@ -66,7 +66,6 @@ TEMP = re.compile(r"\..+\.tmp")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def safe_component(text: str, limit: int) -> str:
@@ -210,18 +209,9 @@ class Archive:
             touched[folder] = self._folder(folder)
         fd = touched[folder]
         name = file_name(when, message.message_id)
-        tmp = f".{secrets.token_hex(8)}.tmp"
-        out = os.open(tmp, _NEW_FILE_FLAGS, 0o600, dir_fd=fd)
+        tmp, st = write_temp_at(fd, data, 0o600)
+        cost = disk_cost(st)
         try:
-            try:
-                os.fchmod(out, 0o600)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(out, view) :]
-                os.fsync(out)
-                cost = disk_cost(os.fstat(out))
-            finally:
-                os.close(out)
             name = self._link(tmp, name, fd)
         finally:
             os.unlink(tmp, dir_fd=fd)

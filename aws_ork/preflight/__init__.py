@@ -11,32 +11,33 @@ start's would be.
 
 Every check only looks, except the bucket's: it writes one small object under the prefix and
 deletes it again, since only a write proves that the mirror can write.
+
+Who may send to the queue is read from its policy by :mod:`aws_ork.preflight.queue_policy`;
+the lines are :mod:`aws_ork.preflight.report`'s.
 """
 
 from __future__ import annotations
 
-import enum
-import fnmatch
 import hashlib
 import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from aws_ork import defaults
-from aws_ork.app import event_key_path, s3_tree
 from aws_ork.aws import AWS_ERRORS, error_code, make_client
 from aws_ork.base.errors import ConfigError, MirrorError, QueueError
 from aws_ork.base.saltkeys import ACCEPTED, FILE_DRIVER, PENDING, REJECTED, KeyLocation
-from aws_ork.config import ANY_TOPIC, Config
+from aws_ork.config import Config
 from aws_ork.defaults import MIN_VISIBILITY_TIMEOUT
 from aws_ork.keys import bypass
-from aws_ork.keys.eventkey import EventKey, EventKeyError
+from aws_ork.keys.eventkey import EventKey, EventKeyError, event_key_path
 from aws_ork.keys.manager import load_master_opts
-from aws_ork.mirror.bucket import S3Tree
+from aws_ork.mirror.bucket import S3Tree, s3_tree
+from aws_ork.preflight.queue_policy import policy_lines
+from aws_ork.preflight.report import Line, Status, config_fail, fail, ok, warn
 from aws_ork.sqs.queue import Queue
 
 #: The object written and deleted to prove the bucket is writable (under the prefix: the
@@ -45,10 +46,6 @@ PROBE_OBJECT = ".aws_ork-check"
 #: A waiting launch (its key, its lifecycle action) is retried every 2, 4 ... 60 s until its
 #: bound: with fewer receives than that it is set aside before aws_ork could finish it.
 MIN_MAX_RECEIVE_COUNT = defaults.WAIT_RECEIVES
-#: Policy condition operators that admit only the values they name.
-ADMITTING_OPERATORS = frozenset(
-    {"arnequals", "arnlike", "stringequals", "stringlike", "stringequalsignorecase"}
-)
 #: The four settings of a public access block, all needed to keep the pki private.
 PUBLIC_ACCESS_SETTINGS = (
     "BlockPublicAcls",
@@ -56,44 +53,6 @@ PUBLIC_ACCESS_SETTINGS = (
     "BlockPublicPolicy",
     "RestrictPublicBuckets",
 )
-
-
-class Status(enum.Enum):
-    """How a check came out; the value is the line's first column."""
-
-    OK = "ok  "
-    WARN = "WARN"
-    FAIL = "FAIL"
-
-
-@dataclass(frozen=True)
-class Line:
-    """One result line."""
-
-    status: Status
-    text: str
-    #: a FAIL that the start refuses as a config error (exit 2), not a broken part (exit 1)
-    config_error: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.status.value} {self.text}"
-
-
-def ok(text: str) -> Line:
-    return Line(Status.OK, text)
-
-
-def warn(text: str) -> Line:
-    return Line(Status.WARN, text)
-
-
-def fail(text: str) -> Line:
-    return Line(Status.FAIL, text)
-
-
-def config_fail(text: str) -> Line:
-    """A FAIL that the start would refuse with exit 2: ``--check`` exits 2 too."""
-    return Line(Status.FAIL, text, config_error=True)
 
 
 def run(cfg: Config, warnings: Iterable[str], out: TextIO | None = None) -> int:
@@ -230,131 +189,6 @@ def redrive_line(text: str | None) -> Line:
             f"may be set aside before its bound (50 leaves room)"
         )
     return ok(f"queue dead-letter queue {target} after {count} receives")
-
-
-def policy_lines(
-    text: str | None, allowed_topics: tuple[str, ...], unsigned_sources: tuple[str, ...]
-) -> Iterator[Line]:
-    """Who may send to the queue, from its policy (AWS's JSON, read defensively).
-
-    A statement lets *others* send when it allows sqs:SendMessage to everyone (``"*"``) or
-    to a service principal, unless an ``aws:SourceArn`` condition names only allowed topics
-    (or EventBridge rules, when ``eventbridge`` is an UnsignedSource): WARN. It lets
-    *everyone* send when its principal is ``"*"`` and it has no condition at all: with
-    UnsignedSources, anyone on the internet can then forge an unsigned launch: FAIL. Deny
-    statements are not weighed (an Allow is judged by itself), so a WARN may be too careful,
-    never too lenient. Without a policy only IAM principals of the queue's account can send.
-    """
-    if not text:
-        yield ok("queue policy: none, only IAM principals of the queue's account can send")
-        return
-    try:
-        policy = json.loads(text)
-    except ValueError:
-        yield warn(f"queue policy is not JSON; cannot tell who may send: {text[:80]!r}")
-        return
-    statements = policy.get("Statement", []) if isinstance(policy, dict) else []
-    if isinstance(statements, dict):
-        statements = [statements]
-    open_to: list[str] = []
-    open_to_everyone = False
-    for index, statement in enumerate(statements if isinstance(statements, list) else []):
-        if not isinstance(statement, dict) or not _allows_send(statement):
-            continue
-        who = _public_principal(statement)
-        if who is None or _restricted_to_sources(statement, allowed_topics, unsigned_sources):
-            continue
-        name = statement.get("Sid") or f"#{index + 1}"
-        open_to.append(f"{name} ({who})")
-        if who == "*" and not statement.get("Condition"):
-            open_to_everyone = True
-    if open_to_everyone and unsigned_sources:
-        yield fail(
-            f"queue policy lets everyone send (statement {', '.join(open_to)}) and "
-            f"UnsignedSources = {' '.join(unsigned_sources)}: anyone can forge an "
-            f"unsigned launch. Allow only your topic or source (aws:SourceArn)"
-        )
-    elif open_to:
-        yield warn(
-            f"queue policy lets others than the allowed topics send (statement "
-            f"{', '.join(open_to)}): add an aws:SourceArn condition naming the topic"
-        )
-    else:
-        yield ok("queue policy: only the allowed sources and named IAM principals can send")
-
-
-def _strings(value: Any) -> list[str]:
-    """A policy field that may be a string or a list of strings, as a list."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [item for item in value if isinstance(item, str)]
-    return []
-
-
-def _allows_send(statement: Mapping[str, Any]) -> bool:
-    """An Allow covering sqs:SendMessage (``sqs:*``, ``*``, ``sqs:Send*``, or NotAction
-    leaving it in); action names are case-insensitive."""
-    if str(statement.get("Effect", "")).lower() != "allow":
-        return False
-    send = "sqs:sendmessage"
-    if "NotAction" in statement:
-        return not any(
-            fnmatch.fnmatchcase(send, pattern.lower())
-            for pattern in _strings(statement["NotAction"])
-        )
-    return any(
-        fnmatch.fnmatchcase(send, pattern.lower()) for pattern in _strings(statement.get("Action"))
-    )
-
-
-def _public_principal(statement: Mapping[str, Any]) -> str | None:
-    """``"*"`` when the statement names everyone (``"*"``, ``{"AWS": "*"}``, a NotPrincipal),
-    the service's name for a service principal, None for IAM principals (accounts, roles)."""
-    if "NotPrincipal" in statement:
-        return "*"
-    principal = statement.get("Principal")
-    if principal == "*":
-        return "*"
-    if not isinstance(principal, dict):
-        return None
-    if "*" in _strings(principal.get("AWS")):
-        return "*"
-    services = _strings(principal.get("Service"))
-    return " ".join(services) if services else None
-
-
-def _restricted_to_sources(
-    statement: Mapping[str, Any], allowed_topics: tuple[str, ...], unsigned_sources: tuple[str, ...]
-) -> bool:
-    """True when an aws:SourceArn condition names only allowed topics, or EventBridge rules
-    when eventbridge is an UnsignedSource. Only operators that admit what they name count: a
-    ``...Not...`` operator admits everything else, and ``...IfExists`` admits a request
-    without a source (any IAM principal's own call)."""
-    conditions = statement.get("Condition")
-    if not isinstance(conditions, dict):
-        return False
-    arns: list[str] = []
-    for operator, tests in conditions.items():
-        name = str(operator).lower().rpartition(":")[2]  # ForAnyValue:StringEquals too
-        if not isinstance(tests, dict) or name not in ADMITTING_OPERATORS:
-            continue
-        for key, value in tests.items():
-            if str(key).lower() == "aws:sourcearn":
-                arns.extend(_strings(value))
-    return bool(arns) and all(
-        _expected_source(arn, allowed_topics, unsigned_sources) for arn in arns
-    )
-
-
-def _expected_source(
-    arn: str, allowed_topics: tuple[str, ...], unsigned_sources: tuple[str, ...]
-) -> bool:
-    if arn in allowed_topics:
-        return True
-    if allowed_topics == (ANY_TOPIC,) and ":sns:" in arn and "*" not in arn:
-        return True  # AllowedTopicArns = * (warned about already): any one topic will do
-    return "eventbridge" in unsigned_sources and ":events:" in arn and "*" not in arn
 
 
 # --- the bucket ---
