@@ -80,7 +80,18 @@ ENROLLED_LIMIT = 200_000
 #: MinionIdTemplate: instances whose minion id is remembered (until their key is deleted).
 MINION_NAMES_LIMIT = 200_000
 
-#: SNS signing certificates that cannot be fetched (checks/signature.py). A fetch that fails at
+#: The largest SNS signing certificate read, from the network or CertCacheDir (a real one is
+#: about 2 KB; a bigger answer is no certificate, and reading it whole would let a hostile
+#: endpoint fill memory).
+MAX_CERT_BYTES = 64 * 1024
+#: One certificate fetch: AWS answers in well under a second; a hung fetch holds the loop, so
+#: it is cut short and the message retried (see CERT_FAILURE_* below).
+FETCH_TIMEOUT_SECONDS = 5.0
+#: --restore: characters of an untrusted value (an object key, a link target) shown in a log
+#: line or a refusal, enough to recognise it without flooding the terminal.
+RESTORE_SHOWN_CHARS = 120
+
+#: SNS signing certificates that cannot be fetched (checks/certstore.py). A fetch that fails at
 #: the network level (an invented region is NXDOMAIN, a firewall drops packets) may be an AWS
 #: blip, so the message is retried; but it must not be retried for ever, or a flood of such
 #: messages comes back every minute, each paying a fetch timeout, and starves real launches.

@@ -34,14 +34,12 @@ from aws_ork import defaults
 from aws_ork.base.files import write_atomic
 from aws_ork.base.text import shorten
 from aws_ork.checks.certurl import check_cert_url
+from aws_ork.defaults import FETCH_TIMEOUT_SECONDS as FETCH_TIMEOUT_SECONDS
+from aws_ork.defaults import MAX_CERT_BYTES as MAX_CERT_BYTES
 
 #: The certificate log lines keep the logger name they had before this module was split out
 #: of :mod:`aws_ork.checks.signature` (log filters name it).
 log = logging.getLogger("aws_ork.checks.signature")
-
-#: largest certificate we read, from the network or the cache dir.
-MAX_CERT_BYTES = 64 * 1024
-FETCH_TIMEOUT_SECONDS = 5.0
 
 
 def cert_cache_path(cert_cache_dir: Path, url: str) -> Path:

@@ -52,6 +52,7 @@ from aws_ork.base.errors import AwsOrkError, MirrorError
 from aws_ork.base.files import tree_entries, write_atomic_at
 from aws_ork.base.saltkeys import AUTOSIGN
 from aws_ork.base.text import shorten
+from aws_ork.defaults import RESTORE_SHOWN_CHARS as SHOWN
 from aws_ork.mirror.bucket import Download
 from aws_ork.mirror.memories import OWN_ROOT
 from aws_ork.mirror.worker import UNMIRRORED
@@ -62,8 +63,6 @@ log = logging.getLogger(__name__)
 FALLBACK_MODE = 0o600
 #: The most a file that is not a private key may get.
 MAX_MODE = 0o644
-#: Characters of an untrusted value (key, link target) shown in a log line or reason.
-SHOWN = 120
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
