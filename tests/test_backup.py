@@ -284,9 +284,11 @@ def test_sse_acl_and_mode_are_sent_with_every_object(tmp_path, s3, bucket, moto)
         "noacl": (ObjectOptions(acl=None), {}),
     }
     for name, (options, expected) in cases.items():
+        # gone before the worker starts: its start-up reconciliation must upload it (deleted
+        # after, the delete could come after that upload, and nothing would be due)
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "pki/master/master.pem"}]})
         worker, calls = make_worker(tmp_path / name, bucket, root, options=options)
         try:
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "pki/master/master.pem"}]})
             flushed(worker)
         finally:
             worker.stop(10)

@@ -231,10 +231,17 @@ def test_an_accepted_key_wiped_by_a_racing_pending_store_is_accepted_again(
         "the impostor's pending key to be removed",
     )
     finger = salt.utils.crypt.pem_finger(key=impostor.strip().encode())  # as Salt keeps it
-    line = next(
-        line
-        for line in log.read_text().splitlines()
-        if f"SECURITY: {instance}" in line and finger in line
+    line = wait_for(  # logged just after the key is put back
+        lambda: next(
+            (
+                line
+                for line in log.read_text().splitlines()
+                if f"SECURITY: {instance}" in line and finger in line
+            ),
+            None,
+        ),
+        30,
+        "the SECURITY line",
     )
     assert "accepted again" in line, line
     assert proc.poll() is None
