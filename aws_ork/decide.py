@@ -22,9 +22,8 @@ from aws_ork.base.ids import is_instance_id
 from aws_ork.base.saltkeys import ACCEPTED
 from aws_ork.base.text import clean
 from aws_ork.checks import Check, Verdict
-from aws_ork.checks.source import SourceCheck
 from aws_ork.checks.terminations import Terminations
-from aws_ork.checks.topic import TopicCheck
+from aws_ork.checks.verdict import BatchLookup, Reading, Reloadable
 from aws_ork.events import Event, Kind, Source
 from aws_ork.keys import reactor
 from aws_ork.keys.arrivals import KeyArrivals
@@ -41,9 +40,10 @@ log = logging.getLogger(__name__)
 #: replay. A message one of them refuses fires no reactor event: it is anyone's, and its
 #: text (a group name, a reason quoting it) must not reach a reactor.
 UNANNOUNCED_CHECKS = frozenset({"topic", "signature", "replay"})
-#: The checks that say who sent a message (AllowedTopicArns, VerifySignatures and
-#: UnsignedSources): nothing is done for a message's lifecycle action before they pass.
-_AUTHENTICITY = (TopicCheck, SourceCheck)
+#: The checks (by their ``code``) that say who sent a message (AllowedTopicArns,
+#: VerifySignatures and UnsignedSources): nothing is done for a message's lifecycle action
+#: before they pass.
+AUTHENTICITY_CHECKS = frozenset({"topic", "signature"})
 
 
 class Action(enum.Enum):
@@ -77,7 +77,7 @@ class _Prepared:
 
     message_ids: tuple[str, ...]
     parsed: Mapping[str, Event]
-    looked: Sequence[tuple[Any, Any]]
+    looked: Sequence[tuple[BatchLookup, Any]]
 
 
 class Handler:
@@ -102,6 +102,8 @@ class Handler:
         self.keys = keys
         self.delete_unknown = delete_unknown
         self.checks = tuple(checks)
+        #: the checks that look a whole batch up at once (the EC2 check)
+        self._lookups = tuple(c for c in self.checks if isinstance(c, BatchLookup))
         self.terminations = terminations  # without VerifyInstances: honoured terminates
         self.finished = finished  # SNS MessageIds of finished envelopes (no replay)
         self.enrolled = enrolled  # instances whose keys were accepted once (never again)
@@ -135,9 +137,8 @@ class Handler:
         if self.salt_events is not None:
             self.salt_events.reload(opts)
         for check in self.checks:
-            reload = getattr(check, "reload", None)
-            if reload is not None:
-                reload(opts)
+            if isinstance(check, Reloadable):
+                check.reload(opts)
 
     def prepare(self, messages: Sequence[Message]) -> None:
         """Right after a prefetched receive, in the receiver's helper thread: parse the batch
@@ -162,11 +163,7 @@ class Handler:
             for e in parsed.values()
             if e.instance_id is not None and e.kind in (Kind.LAUNCH, Kind.TERMINATE)
         }
-        looked: list[tuple[Any, Any]] = []
-        for check in self.checks:
-            look_ahead = getattr(check, "look_ahead", None)
-            if look_ahead is not None:
-                looked.append((check, look_ahead(ids)))
+        looked = [(check, check.look_ahead(ids)) for check in self._lookups]
         return _Prepared(tuple(m.message_id for m in messages), parsed, looked)
 
     def prime(self, messages: Sequence[Message]) -> None:
@@ -205,10 +202,8 @@ class Handler:
     def forget(self) -> None:
         """After a batch: nothing of it is reused for the next one."""
         self._parsed = {}
-        for check in self.checks:
-            forget = getattr(check, "forget", None)
-            if forget is not None:
-                forget()
+        for check in self._lookups:
+            check.forget()
 
     def handle(self, message: Message) -> Decision:
         """Handle one message; never raises. Whatever goes wrong (a key file Salt cannot
@@ -254,22 +249,21 @@ class Handler:
         for index, check in enumerate(self.checks):
             verdict = check(event)
             fingerprint = verdict.fingerprint or fingerprint
-            code = verdict.code or getattr(check, "code", "check")
+            code = verdict.code or check.code
+            reading = verdict.reading(message.receive_count)
             facts = verdict.facts or facts
             if event.kind is Kind.LAUNCH:
                 minion_id = verdict.minion_id or minion_id
-            if verdict.retry and not 0 < verdict.attempts <= message.receive_count:
+            if reading is Reading.DEFER:
                 # a heartbeat only for a message the topic, signature and source checks
                 # passed: not while one of them cannot answer yet (a certificate fetch failed)
                 authenticated = not any(
-                    isinstance(later, _AUTHENTICITY) for later in self.checks[index:]
+                    later.code in AUTHENTICITY_CHECKS for later in self.checks[index:]
                 )
                 return self._deferred(
                     event, message, verdict.reason, code, authenticated=authenticated
                 )
-            if verdict.retry and verdict.then_ok:
-                continue  # asked often enough: the check passes
-            if verdict.stale_key:
+            if reading is Reading.STALE:
                 return self._announced(
                     self._reject_stale(instance_id, minion_id, verdict, message),
                     event,
@@ -277,12 +271,12 @@ class Handler:
                     facts,
                     minion_id=minion_id,
                 )
-            if not verdict.ok:
+            if reading is Reading.REFUSE:
                 self._forget_hook(event)
                 denied = Decision(
                     Action.DELETE, f"REJECTED: {verdict.reason}", rejected=True, reason_code=code
                 )
-                if getattr(check, "code", None) in UNANNOUNCED_CHECKS:
+                if check.code in UNANNOUNCED_CHECKS:
                     return denied  # anyone's text: never on the master's bus
                 return self._announced(denied, event, message, facts, minion_id=minion_id)
         try:

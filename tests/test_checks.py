@@ -29,6 +29,7 @@ from aws_ork.checks.topic import TopicCheck
 from aws_ork.decide import Action, Handler
 from aws_ork.events import Event, Kind, Source
 from aws_ork.sqs.queue import Message
+from tests.fakechecks import Said
 from tests.messages import envelope, fixture, notification
 from tests.snssign import make_signing_identity, sign_envelope
 
@@ -191,9 +192,7 @@ def test_an_empty_reply_is_not_found(ec2):
     [(1, Action.RETRY), (4, Action.RETRY), (5, Action.DELETE), (9, Action.DELETE)],
 )
 def test_a_retry_with_limited_attempts_becomes_final_at_the_limit(receives, action):
-    def not_found(_event):
-        return Verdict(False, "instance not found in EC2", retry=True, attempts=5)
-
+    not_found = Said(Verdict(False, "instance not found in EC2", retry=True, attempts=5))
     handler = Handler(None, checks=[not_found])  # type: ignore[arg-type]
     body = json.dumps(notification("autoscaling:EC2_INSTANCE_LAUNCH", ID))
     decision = handler.handle(Message("m", "r", body, receives))
@@ -405,7 +404,7 @@ def test_a_terminate_for_an_unknown_instance_is_honoured_only_after_several_rece
             return KeyResult(Outcome.ABSENT)
 
     keys = Keys()
-    handler = Handler(keys, checks=[lambda _e: verdict])  # type: ignore[arg-type]
+    handler = Handler(keys, checks=[Said(verdict)])  # type: ignore[arg-type]
     body = json.dumps(notification("autoscaling:EC2_INSTANCE_TERMINATE", ID))
     decision = handler.handle(Message("m", "r", body, receives))
     assert (keys.deleted == [ID]) is ok
