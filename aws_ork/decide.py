@@ -27,8 +27,9 @@ from aws_ork.checks.verdict import BatchLookup, Reading, Reloadable
 from aws_ork.events import Event, Kind, Source
 from aws_ork.keys import reactor
 from aws_ork.keys.arrivals import KeyArrivals
-from aws_ork.keys.manager import KeyManager, KeyResult, Outcome
+from aws_ork.keys.manager import KeyManager
 from aws_ork.keys.naming import owner_of_key
+from aws_ork.keys.result import KeyResult, Outcome
 from aws_ork.lifecycle import Completer, HookAction, LifecycleError
 from aws_ork.lifecycle.completer import State
 from aws_ork.memory import IdMemory, MinionNames, valid_id

@@ -393,7 +393,7 @@ def test_a_terminate_for_an_unknown_instance_is_honoured_only_after_several_rece
 ):
     verdict = check_with(ec2, "InvalidInstanceID.NotFound", event=TERMINATE)
     assert (verdict.retry, verdict.then_ok, verdict.attempts) == (True, True, NOT_FOUND_ATTEMPTS)
-    from aws_ork.keys.manager import KeyResult, Outcome
+    from aws_ork.keys.result import KeyResult, Outcome
 
     class Keys:
         dry_run = False

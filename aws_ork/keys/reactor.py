@@ -50,7 +50,7 @@ from aws_ork import __version__
 from aws_ork.base.ids import is_minion_id
 from aws_ork.base.text import safe
 from aws_ork.keys.eventkey import EventKey
-from aws_ork.keys.manager import Outcome
+from aws_ork.keys.result import Outcome
 
 log = logging.getLogger(__name__)
 
