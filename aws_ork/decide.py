@@ -1,14 +1,17 @@
 """Decide what one message means for the key store, and what becomes of the message.
 
 Data flows one way: message body -> :func:`aws_ork.events.parse` -> checks -> key manager ->
-:class:`Decision`. The checks only look; this is where what they found is acted on (a stale
-pending key rejected, a terminate remembered). The loop acts on the decision (delete, retry
-soon, or leave). Every decision is one log line: message id, event, outcome, reason.
+:class:`~aws_ork.decision.Decision`. The checks only look; what they found is read, and what
+follows from it decided, by the pure functions of :mod:`aws_ork.decision` (a
+:class:`~aws_ork.decision.CheckReport`, a :class:`~aws_ork.decision.KeyPlan`); this module asks
+the checks and the key manager and applies the effects (the key change, a stale pending key
+rejected, a terminate remembered, the lifecycle action, the reactor event). The loop acts on
+the decision (delete, retry soon, or leave). Every decision is one log line: message id,
+event, outcome, reason.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 from collections import Counter
@@ -16,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from aws_ork import decision as policy
 from aws_ork import defaults, events
 from aws_ork.base.errors import AwsOrkError, KeyStoreError
 from aws_ork.base.ids import is_instance_id
@@ -24,52 +28,22 @@ from aws_ork.base.text import clean
 from aws_ork.checks import Check, Verdict
 from aws_ork.checks.terminations import Terminations
 from aws_ork.checks.verdict import BatchLookup, Reading, Reloadable
+from aws_ork.decision import (
+    CheckReport,
+    Decision,
+    HookStep,
+)
 from aws_ork.events import Event, Kind, Source
 from aws_ork.keys import reactor
 from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.manager import KeyManager
-from aws_ork.keys.naming import owner_of_key
-from aws_ork.keys.result import KeyResult, Outcome
+from aws_ork.keys.naming import claim_refusal, owner_of_key
+from aws_ork.keys.result import KeyPlan, KeyResult, Outcome, Step
 from aws_ork.lifecycle import Completer, HookAction, LifecycleError
-from aws_ork.lifecycle.completer import State
 from aws_ork.memory import IdMemory, MinionNames, valid_id
 from aws_ork.sqs.queue import Message
 
 log = logging.getLogger(__name__)
-
-#: The checks (by their ``code``) that prove who sent a message: topic, signature or source,
-#: replay. A message one of them refuses fires no reactor event: it is anyone's, and its
-#: text (a group name, a reason quoting it) must not reach a reactor.
-UNANNOUNCED_CHECKS = frozenset({"topic", "signature", "replay"})
-#: The checks (by their ``code``) that say who sent a message (AllowedTopicArns,
-#: VerifySignatures and UnsignedSources): nothing is done for a message's lifecycle action
-#: before they pass.
-AUTHENTICITY_CHECKS = frozenset({"topic", "signature"})
-
-
-class Action(enum.Enum):
-    """What the loop does with the message."""
-
-    DELETE = "delete"  # finished (or can never succeed): delete it
-    RETRY = "retry"  # try again soon: set its visibility to ``Decision.delay``
-    LEAVE = "leave"  # leave it for the queue's visibility timeout (DeleteUnknownMessages off)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The result of handling one message."""
-
-    action: Action
-    reason: str
-    changed: bool = False  # the key store was changed: the S3 mirror is due
-    delay: int = 0
-    rejected: bool = False  # failed a trust check (counted apart from unknown messages)
-    minion_id: str | None = None  # whose key changed (``changed``): the mirror sends its files
-    preauthorised: str | None = None  # a minion left to Salt's autosign stub: watch for it
-    #: for the metrics, short fixed words only (never text from the message): the event kind,
-    #: and why (a check's code, the key outcome, ``unknown``, ``error``...)
-    kind: str = "unknown"
-    reason_code: str = "error"
 
 
 @dataclass(frozen=True)
@@ -105,6 +79,7 @@ class Handler:
         self.checks = tuple(checks)
         #: the checks that look a whole batch up at once (the EC2 check)
         self._lookups = tuple(c for c in self.checks if isinstance(c, BatchLookup))
+        self._codes = tuple(check.code for check in self.checks)
         self.terminations = terminations  # without VerifyInstances: honoured terminates
         self.finished = finished  # SNS MessageIds of finished envelopes (no replay)
         self.enrolled = enrolled  # instances whose keys were accepted once (never again)
@@ -221,124 +196,116 @@ class Handler:
                 type(exc).__name__,
                 exc_info=True,
             )
-            return self._retry(message, f"unexpected {type(exc).__name__}")
+            return policy.retry(message.receive_count, f"unexpected {type(exc).__name__}")
         level = logging.WARNING if decision.rejected else logging.INFO
         log.log(level, "message %s: %s: %s", clean(message.message_id), described, decision.reason)
         return decision
 
     def _decide(self, event: Event, message: Message) -> Decision:
-        if event.kind is Kind.UNKNOWN:
-            if self.delete_unknown:
-                return Decision(Action.DELETE, "ignored, deleted", reason_code="unknown")
-            return Decision(
-                Action.LEAVE,
-                "ignored, left in queue (DeleteUnknownMessages off)",
-                reason_code="unknown",
-            )
-        if event.kind is Kind.TEST:
-            return Decision(Action.DELETE, "test notification, deleted", reason_code="test")
-        if event.kind is Kind.LAUNCH_ERROR:
-            return Decision(
-                Action.DELETE, "launch failed in AWS; no key change", reason_code="launch_error"
-            )
+        unchecked = policy.unchecked(event.kind, delete_unknown=self.delete_unknown)
+        if unchecked is not None:
+            return unchecked
         assert event.instance_id is not None  # parser guarantees it for launch/terminate
-        instance_id = event.instance_id
-        fingerprint: str | None = None
-        facts: Mapping[str, Any] | None = None  # from EC2, for the Salt event
+        report = policy.read_checks(
+            event.kind, self._codes, (check(event) for check in self.checks), message.receive_count
+        )
         # whose key: a launch's from the checks (MinionIdTemplate), a terminate's remembered
-        minion_id = self._minion_of(instance_id)
-        for index, check in enumerate(self.checks):
-            verdict = check(event)
-            fingerprint = verdict.fingerprint or fingerprint
-            code = verdict.code or check.code
-            reading = verdict.reading(message.receive_count)
-            facts = verdict.facts or facts
-            if event.kind is Kind.LAUNCH:
-                minion_id = verdict.minion_id or minion_id
-            if reading is Reading.DEFER:
-                # a heartbeat only for a message the topic, signature and source checks
-                # passed: not while one of them cannot answer yet (a certificate fetch failed)
-                authenticated = not any(
-                    later.code in AUTHENTICITY_CHECKS for later in self.checks[index:]
-                )
-                return self._deferred(
-                    event, message, verdict.reason, code, authenticated=authenticated
-                )
-            if reading is Reading.STALE:
-                return self._announced(
-                    self._reject_stale(instance_id, minion_id, verdict, message),
-                    event,
-                    message,
-                    facts,
-                    minion_id=minion_id,
-                )
-            if reading is Reading.REFUSE:
-                self._forget_hook(event)
-                denied = Decision(
-                    Action.DELETE, f"REJECTED: {verdict.reason}", rejected=True, reason_code=code
-                )
-                if check.code in UNANNOUNCED_CHECKS:
-                    return denied  # anyone's text: never on the master's bus
-                return self._announced(denied, event, message, facts, minion_id=minion_id)
+        minion_id = report.minion_id or self._minion_of(event.instance_id)
+        if report.reading is Reading.DEFER:
+            return self._deferred(event, message, report)
+        if report.reading is Reading.REFUSE:
+            self._forget_hook(event)
+            denied = policy.refused(report)
+            if not report.announced:
+                return denied  # anyone's text: never on the master's bus
+            return self._announced(denied, event, message, report.facts, minion_id=minion_id)
+        key_plan = policy.plan(event.kind, event.instance_id, minion_id, report)
+        if key_plan.step is Step.REJECT_STALE:
+            return self._announced(
+                self._reject_stale(key_plan, message),
+                event,
+                message,
+                report.facts,
+                minion_id=minion_id,
+            )
+        return self._change_keys(event, message, key_plan, report.facts)
+
+    def _change_keys(
+        self,
+        event: Event,
+        message: Message,
+        key_plan: KeyPlan,
+        facts: Mapping[str, Any] | None,
+    ) -> Decision:
+        """The key stage does the plan's accept or delete; then what follows from it (the
+        lifecycle action, the wait for a bound key, the replay memory)."""
+        count = message.receive_count
         try:
             if event.kind is Kind.TERMINATE and self.terminations is not None:
-                self.terminations.remember(instance_id)
+                self.terminations.remember(key_plan.instance_id)
             with self._keys_lock:
                 refused = (
-                    None if event.kind is Kind.TERMINATE else self._claim(instance_id, minion_id)
+                    self._claim(key_plan.instance_id, key_plan.minion_id)
+                    if key_plan.claims
+                    else None
                 )
-                if refused is not None:
-                    result = None
-                elif event.kind is Kind.TERMINATE:
-                    result = self._delete(instance_id, minion_id)
-                elif fingerprint is not None:
-                    result = self._accept_bound(instance_id, minion_id, fingerprint)
-                else:
-                    result = self._accept(instance_id, minion_id)
+                result = self._do(key_plan) if refused is None else None
             if result is None:
+                assert refused is not None
                 self._forget_hook(event)
                 return self._announced(
-                    Decision(
-                        Action.DELETE,
-                        f"REJECTED: {refused}",
-                        rejected=True,
-                        reason_code="minion_id",
-                    ),
+                    policy.id_refused(refused),
                     event,
                     message,
                     facts,
-                    minion_id=minion_id,
+                    minion_id=key_plan.minion_id,
                 )
-            decision = self._from_result(result, message, minion_id)
-            if fingerprint is not None:
-                decision = self._bound_decision(decision, result, message, minion_id, fingerprint)
-            action = self._hook_action(event)
-            if action is not None:
-                decision = self._hook_decision(event.kind, action, decision, result, message)
-            if (
-                fingerprint is not None
-                and result.outcome is Outcome.BOUND_NOT_YET
-                and decision.action is Action.DELETE
-            ):
-                decision = self._give_up_bound(decision, minion_id, fingerprint)
-            if (
-                decision.action is Action.DELETE
-                and self.finished is not None
-                and event.source is Source.SNS
-                and valid_id(event.message_id)
-            ):
-                assert event.message_id is not None
-                self._remember(self.finished, event.message_id)  # durable before it goes
+            decision = self._followed(event, count, key_plan, result)
         except KeyStoreError as exc:
             log.error("message %s: key store error: %s", message.message_id, exc)
-            return self._retry(message, f"key store error, retrying: {exc}", "key_store")
+            return policy.retry(count, f"key store error, retrying: {exc}", "key_store")
         except OSError as exc:  # the memories in StateDir
-            return self._retry(message, f"cannot write to StateDir: {exc}", "state_dir")
+            return policy.retry(count, f"cannot write to StateDir: {exc}", "state_dir")
         except AwsOrkError as exc:
-            return self._retry(message, f"error, retrying: {exc}")
-        if minion_id != instance_id:  # MinionIdTemplate: the decision line names the key
-            decision = replace(decision, reason=f"minion {minion_id}: {decision.reason}")
-        return self._announced(decision, event, message, facts, result, minion_id=minion_id)
+            return policy.retry(count, f"error, retrying: {exc}")
+        return self._announced(
+            policy.with_minion(decision, key_plan),
+            event,
+            message,
+            facts,
+            result,
+            minion_id=key_plan.minion_id,
+        )
+
+    def _do(self, key_plan: KeyPlan) -> KeyResult:
+        """The plan's key change (the caller holds the keys lock)."""
+        instance_id, minion_id = key_plan.instance_id, key_plan.minion_id
+        if key_plan.step is Step.DELETE:
+            return self._delete(instance_id, minion_id)
+        if key_plan.fingerprint is not None:
+            return self._accept_bound(instance_id, minion_id, key_plan.fingerprint)
+        return self._accept(instance_id, minion_id)
+
+    def _followed(self, event: Event, count: int, key_plan: KeyPlan, result: KeyResult) -> Decision:
+        """The decision from the key result, and its effects: the arrivals watcher looks out
+        for a bound key, the lifecycle action, a given-up bound launch's impostors, the
+        finished envelope remembered (durable before the message goes)."""
+        decision = policy.after_keys(key_plan, result, count)
+        if self.arrivals is not None and policy.waits_for_bound_key(key_plan, result, decision):
+            assert key_plan.fingerprint is not None
+            self.arrivals.wait_for(key_plan.minion_id, key_plan.fingerprint)
+        action = self._hook_action(event)
+        if action is not None:
+            decision = self._hook_decision(event.kind, action, decision, result, count)
+        if policy.gives_up_bound(key_plan, result, decision):
+            assert key_plan.fingerprint is not None
+            decision = self._give_up_bound(decision, key_plan.minion_id, key_plan.fingerprint)
+        if self.finished is not None and policy.remembers_envelope(
+            decision, event.source is Source.SNS, valid_id(event.message_id)
+        ):
+            assert event.message_id is not None
+            self._remember(self.finished, event.message_id)
+        return decision
 
     # --- MinionIdTemplate: which key belongs to which instance ---
 
@@ -360,25 +327,18 @@ class Handler:
         OSError when StateDir cannot be written."""
         if minion_id == instance_id:
             return None  # an instance id names its own instance
-        if self.names is None or is_instance_id(minion_id):
-            return (
-                f"minion id {minion_id} is the id of another instance; MinionIdTemplate "
-                f"never gives one instance another's id"
-            )
-        owner = self.names.owner_of(minion_id)
-        if owner is not None and owner != instance_id:
-            return (
-                f"minion id {minion_id} is held by instance {owner} (MinionIdTemplate "
-                f"gives one id to one instance at a time)"
-            )
-        if owner is None and ACCEPTED in self.keys.states(minion_id):
-            return (
-                f"minion id {minion_id} belongs to an accepted key that aws_ork did not "
-                f"enrol for this instance; left alone (an operator decides: salt-key -f "
-                f"{minion_id})"
-            )
-        self.names.bind(instance_id, minion_id)
-        return None
+        owner = self.names.owner_of(minion_id) if self.names is not None else None
+        asks_salt = self.names is not None and owner is None and not is_instance_id(minion_id)
+        refusal = claim_refusal(
+            instance_id,
+            minion_id,
+            templated=self.names is not None,
+            owner=owner,
+            accepted=asks_salt and ACCEPTED in self.keys.states(minion_id),
+        )
+        if refusal is None and self.names is not None:
+            self.names.bind(instance_id, minion_id)
+        return refusal
 
     def _delete(self, instance_id: str, minion_id: str) -> KeyResult:
         """The terminate's key change: delete the instance's key; its minion id is free
@@ -579,54 +539,20 @@ class Handler:
             return decision
         return replace(decision, changed=True, minion_id=minion_id)
 
-    def _bound_decision(
-        self,
-        decision: Decision,
-        result: KeyResult,
-        message: Message,
-        minion_id: str,
-        fingerprint: str,
-    ) -> Decision:
-        """Name the fingerprint; watch for the key while it is not presented; give up on a
-        key never presented after BOUND_KEY_ATTEMPTS receives."""
-        reason = f"{decision.reason} (key binding: {fingerprint})"
-        if result.outcome is not Outcome.BOUND_NOT_YET:
-            return replace(decision, reason=reason)
-        if message.receive_count >= defaults.BOUND_KEY_ATTEMPTS:
-            return Decision(
-                Action.DELETE,
-                f"REJECTED: gave up after {message.receive_count} receives: {reason}",
-                rejected=True,
-                reason_code="binding",
-            )
-        if self.arrivals is not None:
-            self.arrivals.wait_for(minion_id, fingerprint)
-        return replace(decision, reason=reason)
-
-    def _deferred(
-        self,
-        event: Event,
-        message: Message,
-        reason: str,
-        code: str = "error",
-        *,
-        authenticated: bool = True,
-    ) -> Decision:
+    def _deferred(self, event: Event, message: Message, report: CheckReport) -> Decision:
         """A check cannot answer yet (EC2 does not list the instance yet, it has not
         published its key's fingerprint yet): retry; a launching hook's action is kept alive
         meanwhile, up to the give-up bound, but only once the message is authenticated
-        (``authenticated``: the topic, signature and source checks passed): a forged message
-        whose certificate cannot be fetched must not keep anyone's action alive."""
-        action = self._hook_action(event) if event.kind is Kind.LAUNCH and authenticated else None
-        if action is None:
-            return self._retry(message, f"check deferred: {reason}", code)
-        assert self.completer is not None
-        state = self.completer.wait(action)
-        if state is State.GIVEN_UP:
-            return Decision(
-                Action.DELETE, f"check deferred: {reason}; {state.value}", reason_code=code
-            )
-        return self._retry(message, f"check deferred: {reason}; {state.value}", code)
+        (the topic, signature and source checks passed): a forged message whose certificate
+        cannot be fetched must not keep anyone's action alive."""
+        action = (
+            self._hook_action(event) if event.kind is Kind.LAUNCH and report.authenticated else None
+        )
+        state = None
+        if action is not None:
+            assert self.completer is not None
+            state = self.completer.wait(action)
+        return policy.deferred(report, message.receive_count, state)
 
     def _forget_hook(self, event: Event) -> None:
         """A refused launch is never completed: no more heartbeats for its action."""
@@ -646,38 +572,26 @@ class Handler:
         action: HookAction,
         decision: Decision,
         result: KeyResult,
-        message: Message,
+        count: int,
     ) -> Decision:
         """Complete the lifecycle action once the key work is done; while a launching
         action waits for its key, the message is kept (retried) so a restart loses nothing.
         A completion that fails is retried with the message; the key change it follows
         (``changed``) still reaches the mirror."""
         assert self.completer is not None
-        accepted = result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED)
-        try:
-            if kind is Kind.TERMINATE:
-                if decision.action is not Action.DELETE:
-                    return decision  # the key is not deleted yet
+        step = policy.hook_step(kind, decision, result)
+        if step is HookStep.KEEP:
+            return decision  # the key is not deleted yet
+        if step is HookStep.COMPLETE:
+            try:
                 note = self.completer.complete(action)
-                return replace(decision, reason=f"{decision.reason}; {note}")
-            if accepted:
-                note = self.completer.complete(action)
-                return replace(decision, reason=f"{decision.reason}; {note}")
-        except LifecycleError as exc:
-            retry = self._retry(message, f"{decision.reason}; {exc}")
-            return replace(decision, action=Action.RETRY, delay=retry.delay, reason=retry.reason)
-        if decision.action is Action.DELETE and result.outcome is not Outcome.PREAUTHORISED:
-            # refused, removed, another key accepted, given up: never accepted by us
+            except LifecycleError as exc:
+                return policy.hook_failed(decision, count, str(exc))
+            return policy.hook_completed(decision, note)
+        if step is HookStep.FORGET:
             self.completer.forget(action)
-            return replace(
-                decision,
-                reason=f"{decision.reason}; lifecycle action left to the hook's DefaultResult",
-            )
-        state = self.completer.wait(action)
-        if state is State.WAITING:
-            retry = self._retry(message, f"{decision.reason}; {state.value}")
-            return replace(decision, action=Action.RETRY, delay=retry.delay, reason=retry.reason)
-        return replace(decision, action=Action.DELETE, reason=f"{decision.reason}; {state.value}")
+            return policy.hook_forgotten(decision)
+        return policy.hook_waited(decision, self.completer.wait(action), count)
 
     def on_key_presented(
         self, minion_id: str, fingerprint: str, presented: str | None = None
@@ -825,62 +739,38 @@ class Handler:
             if self.completer is not None and instance_id is not None:
                 self.completer.accepted(instance_id)
 
-    def _reject_stale(
-        self, instance_id: str, minion_id: str, verdict: Verdict, message: Message
-    ) -> Decision:
+    def _reject_stale(self, key_plan: KeyPlan, message: Message) -> Decision:
         """The instance check found a pending key older than the instance: someone else
         submitted it under this id. Move it to the rejected keys, where it is never accepted
         and an operator can still inspect it; but only under an id this instance may hold
         (MinionIdTemplate: the id is claimed first): a pending key under an id another
         instance holds is that instance's, and is left alone."""
+        minion_id = key_plan.minion_id
         try:
             with self._keys_lock:
-                refused = self._claim(instance_id, minion_id)
+                refused = self._claim(key_plan.instance_id, minion_id)
                 if refused is not None:
-                    return Decision(
-                        Action.DELETE,
-                        f"REJECTED: {refused}",
-                        rejected=True,
-                        reason_code="minion_id",
-                    )
+                    return policy.id_refused(refused)
                 log.error(
                     "SECURITY: %s: %s: someone else submitted a key under this id; it "
                     "is moved to the rejected keys and never accepted (inspect it: "
                     "salt-key -f %s)",
                     minion_id,
-                    verdict.reason,
+                    key_plan.reason,
                     minion_id,
                 )
                 result = self._tally(self.keys.reject(minion_id))
         except KeyStoreError as exc:
-            return self._retry(
-                message, f"stale pending key could not be rejected: {exc}", "stale_key"
+            return policy.retry(
+                message.receive_count,
+                f"stale pending key could not be rejected: {exc}",
+                "stale_key",
             )
         except OSError as exc:  # the claim's StateDir/minion-ids
-            return self._retry(message, f"cannot write to StateDir: {exc}", "state_dir")
-        return Decision(
-            Action.DELETE,
-            f"REJECTED: {verdict.reason}: {result.describe()}",
-            rejected=True,
-            changed=result.changed,
-            minion_id=minion_id if result.changed else None,
-            reason_code="stale_key",
-        )
-
-    def _from_result(
-        self, result: KeyResult, message: Message, minion_id: str | None = None
-    ) -> Decision:
-        if result.outcome.done:
-            stubbed = result.outcome is Outcome.PREAUTHORISED and not result.dry_run
-            return Decision(
-                Action.DELETE,
-                result.describe(),
-                changed=result.changed,
-                minion_id=minion_id if result.changed else None,
-                preauthorised=minion_id if stubbed else None,
-                reason_code=result.outcome.name.lower(),
+            return policy.retry(
+                message.receive_count, f"cannot write to StateDir: {exc}", "state_dir"
             )
-        return self._retry(message, result.describe(), result.outcome.name.lower())
+        return policy.stale_rejected(key_plan, result)
 
     def _tally(self, result: KeyResult) -> KeyResult:
         """Count a key change for the metrics (the loop and the arrivals thread both count)."""
@@ -894,11 +784,6 @@ class Handler:
             ):  # a stub: no change
                 self.key_counts[result.outcome.name.lower()] += 1
         return result
-
-    @staticmethod
-    def _retry(message: Message, reason: str, code: str = "error") -> Decision:
-        delay = defaults.retry_delay(message.receive_count)
-        return Decision(Action.RETRY, f"{reason}; retry in {delay}s", delay=delay, reason_code=code)
 
 
 def named(instance_id: str, minion_id: str) -> str:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from aws_ork import defaults
 from aws_ork.base.errors import AwsOrkError, MirrorError, QueueError
-from aws_ork.decide import Action, Decision, Handler
+from aws_ork.decide import Handler
+from aws_ork.decision import Action, Decision
 from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.mirror.worker import MirrorWorker
 from aws_ork.runtime.stopper import Stopped, Stopper

@@ -26,7 +26,8 @@ from aws_ork.checks.signature import SignatureVerifier
 from aws_ork.checks.source import SourceCheck
 from aws_ork.checks.terminations import RETENTION_SECONDS, TerminationCheck, Terminations
 from aws_ork.checks.topic import TopicCheck
-from aws_ork.decide import Action, Handler
+from aws_ork.decide import Handler
+from aws_ork.decision import Action
 from aws_ork.events import Event, Kind, Source
 from aws_ork.sqs.queue import Message
 from tests.fakechecks import Said

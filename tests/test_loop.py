@@ -7,7 +7,7 @@ import threading
 import boto3
 import pytest
 
-from aws_ork.decide import Action, Decision
+from aws_ork.decision import Action, Decision
 from aws_ork.loop import Loop
 from aws_ork.runtime.stopper import Stopped, Stopper
 from aws_ork.sqs.queue import Message, Queue

@@ -1,7 +1,8 @@
-"""What a key operation did: its :class:`Outcome` and whether it changed the key store.
+"""What the key stage is asked to do (:class:`KeyPlan`) and what a key operation did: its
+:class:`Outcome` and whether it changed the key store (:class:`KeyResult`).
 
-Plain records (no Salt): the key stage returns them, the decision (:mod:`aws_ork.decision`)
-reads them.
+Plain records (no Salt): the decision (:mod:`aws_ork.decision`) makes the plan and reads the
+result, the key stage (:mod:`aws_ork.keys.stage`) takes the one and returns the other.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["KeyResult", "Outcome"]
+__all__ = ["KeyPlan", "KeyResult", "Outcome", "Step"]
 
 
 class Outcome(enum.Enum):
@@ -59,3 +60,29 @@ class KeyResult:
     def describe(self) -> str:
         """One log fragment."""
         return f"would be {self.outcome.text}" if self.dry_run else self.outcome.text
+
+
+class Step(enum.Enum):
+    """What the key stage is asked to do for a message that passed its checks."""
+
+    ACCEPT = "accept"  # accept the pending key (or pre-authorise: an autosign stub)
+    ACCEPT_BOUND = "accept bound"  # key binding: accept exactly the published key
+    DELETE = "delete"  # a terminate: delete the instance's key
+    REJECT_STALE = "reject stale"  # a pending key older than the instance: reject it
+
+
+@dataclass(frozen=True)
+class KeyPlan:
+    """What the key stage is asked to do, for whom."""
+
+    step: Step
+    instance_id: str
+    minion_id: str
+    fingerprint: str | None = None  # ACCEPT_BOUND: the published fingerprint
+    reason: str = ""  # REJECT_STALE: why the key is someone else's
+
+    @property
+    def claims(self) -> bool:
+        """The minion id is claimed for the instance first (MinionIdTemplate): every step
+        but a terminate's."""
+        return self.step is not Step.DELETE
