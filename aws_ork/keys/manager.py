@@ -133,11 +133,7 @@ class KeyManager:
         hash_type = str(self._key.opts.get("hash_type") or "sha256")
         states = self.states(minion_id)
         if ACCEPTED in states:
-            pub = self._pub(minion_id)
-            if pub is not None and binding.matches(pub, fingerprint, hash_type):
-                return KeyResult(Outcome.ALREADY_ACCEPTED)
-            other = (binding.finger(pub, hash_type),) if pub is not None else ()
-            return KeyResult(Outcome.OTHER_KEY_ACCEPTED, others=other)
+            return self._accepted_bound(minion_id, fingerprint, hash_type)
         if enrolled:
             return KeyResult(Outcome.REMOVED)
         impostors: list[str] = []
@@ -153,12 +149,10 @@ class KeyManager:
         )
         denied_impostor = False
         if DENIED in states:
-            for pub in self._call("look up", minion_id, self._salt.denied, minion_id):
-                if binding.matches(pub, fingerprint, hash_type):
-                    genuine = pub
-                else:
-                    impostors.append(binding.finger(pub, hash_type))
-                    denied_impostor = True
+            denied_genuine, denied_impostor = self._sort_denied(
+                minion_id, fingerprint, hash_type, impostors
+            )
+            genuine = denied_genuine or genuine
         if genuine is not None:
             if self.dry_run:
                 return KeyResult(Outcome.ACCEPTED, dry_run=True, others=tuple(impostors))
@@ -173,6 +167,29 @@ class KeyManager:
             dry_run=self.dry_run and bool(impostors),
             others=tuple(impostors),
         )
+
+    def _accepted_bound(self, minion_id: str, fingerprint: str, hash_type: str) -> KeyResult:
+        """Key binding, a key already accepted under the id: the bound one, or another."""
+        pub = self._pub(minion_id)
+        if pub is not None and binding.matches(pub, fingerprint, hash_type):
+            return KeyResult(Outcome.ALREADY_ACCEPTED)
+        other = (binding.finger(pub, hash_type),) if pub is not None else ()
+        return KeyResult(Outcome.OTHER_KEY_ACCEPTED, others=other)
+
+    def _sort_denied(
+        self, minion_id: str, fingerprint: str, hash_type: str, impostors: list[str]
+    ) -> tuple[str | None, bool]:
+        """Key binding: the denied keys under the id: (the bound key among them, or None;
+        whether an impostor's is among them, its fingerprint added to ``impostors``)."""
+        genuine: str | None = None
+        impostor = False
+        for pub in self._call("look up", minion_id, self._salt.denied, minion_id):
+            if binding.matches(pub, fingerprint, hash_type):
+                genuine = pub
+            else:
+                impostors.append(binding.finger(pub, hash_type))
+                impostor = True
+        return genuine, impostor
 
     def drop_impostors(self, minion_id: str, fingerprint: str) -> tuple[str, ...]:
         """Key binding gave up on this id: remove the pending and denied keys under it whose
