@@ -264,7 +264,9 @@ class App:
         sweep = None
         if cfg.sweep_minutes and ec2 is not None:
             check = next(c for c in checks if isinstance(c, InstanceCheck))
-            sweep = Sweep(self.handler, check.lookup, check, every_seconds=cfg.sweep_minutes * 60)
+            sweep = Sweep(
+                self.handler.stage, check.lookup, check, every_seconds=cfg.sweep_minutes * 60
+            )
         self.archive = self._archive(cfg)
         self.loop = Loop(
             self.queue,
@@ -406,7 +408,7 @@ class App:
         if self.mirror is not None:
             self.mirror.start()  # replays the journal, then reconciles with the bucket
         if self.arrivals is not None:
-            self.arrivals.start(self.handler.on_key_presented, self.handler.on_key_lost)
+            self.arrivals.start(self.handler.on_key_presented, self.handler.stage.on_key_lost)
         if self.completer is not None:
             self.completer.start()
         signal.signal(signal.SIGHUP, lambda _signum, _frame: self.loop.request_reload())

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aws_ork import defaults
 from aws_ork.base.errors import AwsOrkError, MirrorError, QueueError
-from aws_ork.decide import Action, Decision, Handler
+from aws_ork.decision import Action, Decision
 from aws_ork.defaults import HEALTH_POLLS
 from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.mirror.worker import MirrorWorker
@@ -46,6 +47,27 @@ class Counters:
     finished: Counter[tuple[str, str]] = field(default_factory=Counter)  # deleted, by kind
     retries: Counter[tuple[str, str]] = field(default_factory=Counter)
     rejections: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+class MessageHandler(Protocol):
+    """What the loop asks of the decide stage (:class:`aws_ork.decide.Handler`), in the
+    order of a batch: ``prepare`` (in the receiver's thread, right after a receive ahead:
+    the batch's look-ups made while the previous batch is handled), ``prime`` (the batch
+    comes up), ``handle`` for each message, ``forget``, ``flush`` (its memories durable
+    before any delete); and ``note_accepted_by_salt`` for keys Salt accepted through
+    aws_ork's autosign stubs."""
+
+    def prepare(self, messages: Sequence[Message], /) -> None: ...
+
+    def prime(self, messages: Sequence[Message], /) -> None: ...
+
+    def handle(self, message: Message, /) -> Decision: ...
+
+    def forget(self) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def note_accepted_by_salt(self, minion_ids: Sequence[str], /) -> None: ...
 
 
 def oldest_age(messages: list[Message], now: Callable[[], float] = time.time) -> float:
@@ -107,7 +129,7 @@ class Loop:
     def __init__(
         self,
         queue: Queue,
-        handler: Handler,
+        handler: MessageHandler,
         stopper: Stopper,
         *,
         mirror: MirrorWorker | None = None,
@@ -342,27 +364,10 @@ class Loop:
             decided[id(message)] = decision
             if decision.changed:
                 changed.append((message, decision))
-            self._count(decision)
-            if decision.preauthorised and self.watcher is not None:
-                self.watcher.expect(decision.preauthorised)
-            if decision.action is Action.DELETE:
+            if self._act(message, decision):
                 done.append(message)
-            elif decision.action is Action.RETRY and not self.dry_run:
-                self.queue.retry_later(message, decision.delay)
         self.handler.forget()
-        try:
-            self.handler.flush()  # the batch's replay memories durable before any delete
-        except OSError as exc:
-            log.error(
-                "cannot make StateDir durable (%s); keeping %d finished messages for a retry",
-                exc,
-                len(done),
-            )
-            if not self.dry_run:
-                for message in done:
-                    self.queue.retry_later(message, defaults.RETRY_BASE_SECONDS)
-            self.counters.retried += len(done)
-            done = []
+        done = self._flush(done)
         if changed:
             self.counters.batches_with_key_changes += 1
             if self.mirror is not None and not self._record_for_mirror(changed):
@@ -374,6 +379,34 @@ class Loop:
             return bool(changed)
         self.deleter.delete(done, lambda deleted: self._count_deleted(deleted, decided))
         return bool(changed)
+
+    def _act(self, message: Message, decision: Decision) -> bool:
+        """Count a decision and act on it now (a retry's visibility, a stub to watch for);
+        True when the message is done (to be deleted with its batch)."""
+        self._count(decision)
+        if decision.preauthorised and self.watcher is not None:
+            self.watcher.expect(decision.preauthorised)
+        if decision.action is Action.RETRY and not self.dry_run:
+            self.queue.retry_later(message, decision.delay)
+        return decision.action is Action.DELETE
+
+    def _flush(self, done: list[Message]) -> list[Message]:
+        """The batch's replay memories durable before any delete; when that fails, the
+        finished messages are kept (retried soon): none is reported done."""
+        try:
+            self.handler.flush()
+        except OSError as exc:
+            log.error(
+                "cannot make StateDir durable (%s); keeping %d finished messages for a retry",
+                exc,
+                len(done),
+            )
+            if not self.dry_run:
+                for message in done:
+                    self.queue.retry_later(message, defaults.RETRY_BASE_SECONDS)
+            self.counters.retried += len(done)
+            return []
+        return done
 
     def _count_deleted(self, deleted: list[Message], decided: dict[int, Decision]) -> None:
         """Messages SQS confirmed deleted are done (in the deleter's thread)."""

@@ -9,7 +9,7 @@ instance is looked up), are looked up in EC2 in batches of 200 ids:
 - the key of an instance EC2 reports gone (shutting-down, terminated) or does not know, on
   two sweeps in a row (EC2's API is eventually consistent: a brand-new instance can be "not
   found" for a moment), is deleted, as a terminate would delete it; but only a key aws_ork
-  enrolled (:meth:`Handler.enrolled_here`): a key shaped like an instance id that aws_ork
+  enrolled (:meth:`KeyStage.enrolled_here`): a key shaped like an instance id that aws_ork
   never accepted or pre-authorised is someone else's (a hand-accepted minion of another
   region or account, whose instance SQS_Region's EC2 cannot know) and is left alone;
 - under key binding, the pending key of a running instance that passes every check a launch
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from aws_ork.base.saltkeys import ACCEPTED, PENDING
 from aws_ork.checks.ec2 import GONE_STATES, LIVE_STATES, Ec2Lookup, InstanceCheck
-from aws_ork.decide import Handler, named
+from aws_ork.keys.stage import KeyStage, named
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,14 @@ class Sweep:
 
     def __init__(
         self,
-        handler: Handler,
+        keys: KeyStage,
         lookup: Ec2Lookup,
         check: InstanceCheck,
         *,
         every_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.handler = handler
+        self.keys = keys  # the key stage: every key change is its
         self.lookup = lookup
         self.check = check
         self.every_seconds = every_seconds
@@ -79,7 +79,7 @@ class Sweep:
         self._next = self._clock() + self.every_seconds
         keys = [
             (i, m, states)
-            for i, m, states in self.handler.instance_keys()
+            for i, m, states in self.keys.instance_keys()
             if states & {ACCEPTED, PENDING}
         ]
         wanted = {instance_id for instance_id, _, _ in keys}
@@ -91,7 +91,7 @@ class Sweep:
             instance = instances.get(instance_id)
             if instance is None or instance.state in GONE_STATES:
                 what = "not found" if instance is None else instance.state
-                if not self.handler.enrolled_here(instance_id, minion_id):
+                if not self.keys.enrolled_here(instance_id, minion_id):
                     foreign += 1
                     self._once(
                         told,
@@ -106,7 +106,7 @@ class Sweep:
                     continue
                 gone_now.add(minion_id)
                 if minion_id in self._gone_last_time:
-                    deleted += self.handler.sweep_delete(
+                    deleted += self.keys.sweep_delete(
                         instance_id, minion_id, f"EC2: {what} on two sweeps in a row"
                     )
                 continue
@@ -124,7 +124,7 @@ class Sweep:
                     )
                     continue
                 verdict = self.check.judge_launch(instance_id, instance)
-                accepted += self.handler.sweep_accept(instance_id, minion_id, verdict)
+                accepted += self.keys.sweep_accept(instance_id, minion_id, verdict)
         self._gone_last_time = gone_now
         self._told = told  # a key gone or changed is said again if it comes back
         self.counters.runs += 1

@@ -9,7 +9,8 @@ import pytest
 import salt.utils.crypt
 
 from aws_ork.base import binding
-from aws_ork.keys.manager import KeyManager, Outcome, load_master_opts
+from aws_ork.keys.manager import KeyManager, load_master_opts
+from aws_ork.keys.result import Outcome
 from tests.messages import new_id
 from tests.saltenv import generate_public_key_pem
 

@@ -26,9 +26,11 @@ from aws_ork.checks.signature import SignatureVerifier
 from aws_ork.checks.source import SourceCheck
 from aws_ork.checks.terminations import RETENTION_SECONDS, TerminationCheck, Terminations
 from aws_ork.checks.topic import TopicCheck
-from aws_ork.decide import Action, Handler
+from aws_ork.decide import Handler
+from aws_ork.decision import Action
 from aws_ork.events import Event, Kind, Source
 from aws_ork.sqs.queue import Message
+from tests.fakechecks import Said
 from tests.messages import envelope, fixture, notification
 from tests.snssign import make_signing_identity, sign_envelope
 
@@ -191,9 +193,7 @@ def test_an_empty_reply_is_not_found(ec2):
     [(1, Action.RETRY), (4, Action.RETRY), (5, Action.DELETE), (9, Action.DELETE)],
 )
 def test_a_retry_with_limited_attempts_becomes_final_at_the_limit(receives, action):
-    def not_found(_event):
-        return Verdict(False, "instance not found in EC2", retry=True, attempts=5)
-
+    not_found = Said(Verdict(False, "instance not found in EC2", retry=True, attempts=5))
     handler = Handler(None, checks=[not_found])  # type: ignore[arg-type]
     body = json.dumps(notification("autoscaling:EC2_INSTANCE_LAUNCH", ID))
     decision = handler.handle(Message("m", "r", body, receives))
@@ -394,7 +394,7 @@ def test_a_terminate_for_an_unknown_instance_is_honoured_only_after_several_rece
 ):
     verdict = check_with(ec2, "InvalidInstanceID.NotFound", event=TERMINATE)
     assert (verdict.retry, verdict.then_ok, verdict.attempts) == (True, True, NOT_FOUND_ATTEMPTS)
-    from aws_ork.keys.manager import KeyResult, Outcome
+    from aws_ork.keys.result import KeyResult, Outcome
 
     class Keys:
         dry_run = False
@@ -405,7 +405,7 @@ def test_a_terminate_for_an_unknown_instance_is_honoured_only_after_several_rece
             return KeyResult(Outcome.ABSENT)
 
     keys = Keys()
-    handler = Handler(keys, checks=[lambda _e: verdict])  # type: ignore[arg-type]
+    handler = Handler(keys, checks=[Said(verdict)])  # type: ignore[arg-type]
     body = json.dumps(notification("autoscaling:EC2_INSTANCE_TERMINATE", ID))
     decision = handler.handle(Message("m", "r", body, receives))
     assert (keys.deleted == [ID]) is ok

@@ -503,6 +503,7 @@ def test_no_value_from_a_message_reaches_a_log_line_unescaped_or_unbounded(
     from aws_ork.checks import Verdict
     from aws_ork.decide import Handler
     from aws_ork.sqs.queue import Message
+    from tests.fakechecks import Said
 
     inner = notification("autoscaling:EC2_INSTANCE_LAUNCH", "i-0123456789abcdef0", group)
     if kind == "sns":
@@ -523,7 +524,7 @@ def test_no_value_from_a_message_reaches_a_log_line_unescaped_or_unbounded(
     old_level = logger.level
     logger.setLevel(logging.DEBUG)
     try:
-        handler = Handler(None, checks=[lambda _e: Verdict(False, "refused")])  # type: ignore
+        handler = Handler(None, checks=[Said(Verdict(False, "refused"))])  # type: ignore
         handler.handle(Message("m-1", "r", json.dumps(doc)))
     finally:
         logger.removeHandler(records)

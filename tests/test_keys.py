@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from aws_ork.keys.manager import KeyManager, Outcome, load_master_opts
+from aws_ork.keys.manager import KeyManager, load_master_opts
+from aws_ork.keys.result import Outcome
 from tests.messages import new_id
 
 

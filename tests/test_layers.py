@@ -16,7 +16,8 @@ never run; only rule (b) reads them). Each module belongs to a unit: a folder
 3. ``runtime``: process plumbing beside the stages (stop flag, systemd, logging, ``-d``, the
    metrics server, which reads :mod:`aws_ork.runtime.stats` records, never the parts).
 4. the stages: ``sqs``, ``checks``, ``keys``, ``lifecycle``, ``mirror``.
-5. ``decide`` and ``sweep``, which use the stages.
+5. ``decision``: the pure decision over what the checks found and what the key stage did;
+   then ``decide`` and ``sweep``, which use the stages.
 6. ``loop``, which runs them.
 7. ``app`` (the daemon's wiring) and ``preflight`` (``--check``), the two things the CLI runs.
 8. ``cli`` and ``docgen`` (writes the docs generated from ``options``); 9. ``__main__``.
@@ -55,6 +56,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "aws events memory config",
         "runtime",
         "sqs checks keys lifecycle mirror",
+        "decision",
         "decide sweep",
         "loop",
         "app preflight",
@@ -74,12 +76,7 @@ SIDEWAYS: dict[tuple[str, str], str] = {
 
 #: sideways or upward imports that must go, left to the change that rewrites their code:
 #: (importing module, imported module) -> why it is still here
-KNOWN: dict[tuple[str, str], str] = {
-    ("aws_ork.sweep", "aws_ork.decide"): (
-        "the sweep deletes keys through decide.Handler, which is the key stage today; "
-        "issue 19 item 2 gives the key side effects one key stage that the sweep calls"
-    ),
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 Graph = Mapping[str, frozenset[str]]
 

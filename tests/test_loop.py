@@ -7,7 +7,7 @@ import threading
 import boto3
 import pytest
 
-from aws_ork.decide import Action, Decision
+from aws_ork.decision import Action, Decision
 from aws_ork.loop import Loop
 from aws_ork.runtime.stopper import Stopped, Stopper
 from aws_ork.sqs.queue import Message, Queue
@@ -15,8 +15,8 @@ from tests.daemon import queue_counts, wait_for
 
 
 class BatchFree:
-    """The batch hooks of aws_ork.decide.Handler (prepare, prime, forget, flush) as no-ops,
-    for fake handlers that only decide."""
+    """The batch hooks of aws_ork.loop.MessageHandler (prepare, prime, forget, flush,
+    note_accepted_by_salt) as no-ops, for fake handlers that only decide."""
 
     def prepare(self, _messages: object) -> None:
         pass
@@ -28,6 +28,9 @@ class BatchFree:
         pass
 
     def flush(self) -> None:
+        pass
+
+    def note_accepted_by_salt(self, _minion_ids: object) -> None:
         pass
 
 
@@ -57,7 +60,7 @@ def test_stop_mid_batch_finishes_the_message_in_hand_and_gives_the_rest_back(que
     )
     stopper = Stopper()
     handler = StopsAfter(stopper, 3)
-    loop = Loop(queue, handler, stopper)  # type: ignore[arg-type]
+    loop = Loop(queue, handler, stopper)
 
     assert loop.run() == 0
 
@@ -90,7 +93,7 @@ def test_once_exits_1_when_the_queue_cannot_be_read(moto):
     missing = Queue(
         boto3.client("sqs", region_name="us-west-2"), f"{moto.url}/123456789012/no-such-queue"
     )
-    loop = Loop(missing, StopsAfter(stopper, 99), stopper, once=True)  # type: ignore[arg-type]
+    loop = Loop(missing, StopsAfter(stopper, 99), stopper, once=True)
     assert loop.run() == 1
 
 
@@ -102,7 +105,7 @@ def test_retry_sets_a_short_visibility_instead_of_the_queue_default(queue, sqs, 
             return Decision(Action.RETRY, "not yet", delay=1)
 
     stopper = Stopper()
-    loop = Loop(queue, RetryOnce(), stopper, once=True)  # type: ignore[arg-type]
+    loop = Loop(queue, RetryOnce(), stopper, once=True)
     assert loop.run() == 0
     # the queue's visibility timeout is 30 s; the message is back after about 1 s
     got = sqs.receive_message(
@@ -128,7 +131,7 @@ def test_a_batch_whose_memories_cannot_be_made_durable_is_not_deleted(queue, sqs
         def flush(self) -> None:
             raise OSError(28, "No space left on device")
 
-    loop = Loop(queue, DiskFull(), Stopper(), once=True)  # type: ignore[arg-type]
+    loop = Loop(queue, DiskFull(), Stopper(), once=True)
     assert loop.run() == 0
     assert loop.counters.deleted == 0
     back: set[str] = set()

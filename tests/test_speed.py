@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from aws_ork.keys.manager import KeyManager, Outcome, load_master_opts
+from aws_ork.keys.manager import KeyManager, load_master_opts
+from aws_ork.keys.result import Outcome
 from tests.countproxy import CountingProxy
 from tests.daemon import (
     bucket_objects,

@@ -124,3 +124,35 @@ def owner_of_key(minion_id: str, mapped_owner: str | None) -> str | None:
     if mapped_owner is not None:
         return mapped_owner
     return minion_id if is_instance_id(minion_id) else None
+
+
+def claim_refusal(
+    instance_id: str,
+    minion_id: str,
+    *,
+    templated: bool,
+    owner: str | None,
+    accepted: bool,
+) -> str | None:
+    """MinionIdTemplate: why this instance may not hold ``minion_id`` (None: it may).
+    ``templated``: MinionIdTemplate names instances; ``owner``: the instance holding the id;
+    ``accepted``: an accepted key is under the id."""
+    if minion_id == instance_id:
+        return None  # an instance id names its own instance
+    if not templated or is_instance_id(minion_id):
+        return (
+            f"minion id {minion_id} is the id of another instance; MinionIdTemplate "
+            f"never gives one instance another's id"
+        )
+    if owner is not None and owner != instance_id:
+        return (
+            f"minion id {minion_id} is held by instance {owner} (MinionIdTemplate "
+            f"gives one id to one instance at a time)"
+        )
+    if owner is None and accepted:
+        return (
+            f"minion id {minion_id} belongs to an accepted key that aws_ork did not "
+            f"enrol for this instance; left alone (an operator decides: salt-key -f "
+            f"{minion_id})"
+        )
+    return None

@@ -234,7 +234,7 @@ class InstanceCheck:
     def __call__(self, event: Event) -> Verdict:
         instance_id = event.instance_id
         if instance_id is None:  # the parser never lets this through; refuse if it did
-            return Verdict(False, "no instance id")
+            return Verdict.refused("no instance id")
         said = ""  # what Auto Scaling said about a terminating hook's instance
         if (
             event.kind is Kind.TERMINATE
@@ -245,7 +245,7 @@ class InstanceCheck:
             leaving, said = self._leaving(instance_id)
             if leaving:  # said once: a running instance's key goes at once
                 log.info("%s: %s: its key is deleted without waiting for EC2", instance_id, said)
-                return Verdict(True, said)
+                return Verdict.passed(said)
         try:
             instance = (
                 self._primed[instance_id]
@@ -254,7 +254,7 @@ class InstanceCheck:
             )
         except InstanceLookupError as exc:
             log.debug("%s: EC2 lookup failed", instance_id, exc_info=True)
-            return Verdict(False, f"{exc}; never accepted without EC2's word", retry=True)
+            return Verdict.deferred(f"{exc}; never accepted without EC2's word")
         if event.kind is Kind.TERMINATE:
             verdict = self._terminate(instance)
             if said and not verdict.ok:
@@ -286,20 +286,14 @@ class InstanceCheck:
             # Not found: terminated long ago, or so new that EC2's eventually consistent API
             # does not list it yet (a forged terminate for a brand-new instance would delete
             # its key). Honoured once it is still unknown after a few receives.
-            return Verdict(
-                False,
-                "instance not found in EC2",
-                retry=True,
-                attempts=NOT_FOUND_ATTEMPTS,
-                then_ok=True,
+            return Verdict.deferred(
+                "instance not found in EC2", times=NOT_FOUND_ATTEMPTS, then_pass=True
             )
         if instance.state in GONE_STATES:
-            return Verdict(True, f"instance is {instance.state}")
-        return Verdict(
-            False,
+            return Verdict.passed(f"instance is {instance.state}")
+        return Verdict.deferred(
             f"instance is still {instance.state} in EC2; its key is deleted "
-            f"once EC2 reports it shutting-down or terminated",
-            retry=True,
+            f"once EC2 reports it shutting-down or terminated"
         )
 
     def judge_launch(self, instance_id: str, instance: Instance | None) -> Verdict:
@@ -311,40 +305,32 @@ class InstanceCheck:
         if instance is None:
             # EC2's API is eventually consistent: a brand-new instance can be "not found" for
             # a few seconds. Ask again a few times (2+4+8+16 s) before giving up for good.
-            return Verdict(
-                False, "instance not found in EC2", retry=True, attempts=NOT_FOUND_ATTEMPTS
-            )
+            return Verdict.deferred("instance not found in EC2", times=NOT_FOUND_ATTEMPTS)
         if instance.state not in LIVE_STATES:
-            return Verdict(False, f"instance is {instance.state} in EC2, not pending/running")
+            return Verdict.refused(f"instance is {instance.state} in EC2, not pending/running")
         if self.groups:
             group = instance.group
             if group is None:
-                return Verdict(
-                    False,
+                return Verdict.refused(
                     "instance is in no Auto Scaling group (AutoScalingGroups is set)",
-                    code="group",
+                    "group",
                 )
             if not any(fnmatch.fnmatchcase(group, pattern) for pattern in self.groups):
-                return Verdict(
-                    False, f"group {shorten(group)} is not in AutoScalingGroups", code="group"
+                return Verdict.refused(
+                    f"group {shorten(group)} is not in AutoScalingGroups", code="group"
                 )
         missing = [f"{key}={value}" for key, value in self.tags if instance.tags.get(key) != value]
         if missing:
-            return Verdict(
-                False,
+            return Verdict.refused(
                 f"instance lacks required tag {', '.join(missing)} (InstanceTags)",
-                code="tag",
+                "tag",
             )
         try:
             minion_id = self._minion_id(instance)
         except NamingError as exc:
-            return Verdict(
-                False,
-                exc.reason,
-                retry=exc.retry,
-                attempts=NOT_FOUND_ATTEMPTS if exc.retry else 0,
-                code="minion_id",
-            )
+            if exc.retry:
+                return Verdict.deferred(exc.reason, times=NOT_FOUND_ATTEMPTS, code="minion_id")
+            return Verdict.refused(exc.reason, "minion_id")
         named = None if minion_id == instance_id else minion_id
         if self.binding_tag is not None:
             return replace(self._bound(instance), minion_id=named)
@@ -369,39 +355,34 @@ class InstanceCheck:
         if value is None:
             # The instance tags itself from user data once its minion has made its key:
             # seconds to minutes after launch. Ask again with backoff, then give up.
-            return Verdict(
-                False,
+            return Verdict.deferred(
                 f"the instance has not published its key's fingerprint "
                 f"(tag {self.binding_tag}) yet",
-                retry=True,
-                attempts=BINDING_TAG_ATTEMPTS,
+                times=BINDING_TAG_ATTEMPTS,
                 code="binding",
             )
         fingerprint = binding.normalise(value)
         if fingerprint is None:
-            return Verdict(
-                False,
+            return Verdict.refused(
                 f"tag {self.binding_tag} holds {shorten(value)}, which is not a key fingerprint",
-                code="binding",
+                "binding",
             )
-        return Verdict(True, fingerprint=fingerprint)
+        return Verdict.passed(fingerprint=fingerprint)
 
     def _fresh(self, minion_id: str, launch_time: datetime | None) -> Verdict:
         """A pending key written before the instance existed is someone else's."""
         if launch_time is None:
-            return Verdict(False, "EC2 gave no LaunchTime: cannot tell the pending key's age")
+            return Verdict.refused("EC2 gave no LaunchTime: cannot tell the pending key's age")
         try:
             written = self.location.pending_mtime(minion_id)
         except KeyAgeUnknown as exc:  # fail closed: no key is accepted without its age
-            return Verdict(False, f"{exc}: freshness cannot be checked, so no key is accepted")
+            return Verdict.refused(f"{exc}: freshness cannot be checked, so no key is accepted")
         except KeyStoreError as exc:
-            return Verdict(False, str(exc), retry=True)
+            return Verdict.deferred(str(exc))
         if written is None or written >= launch_time.timestamp() - CLOCK_SKEW_SECONDS:
-            return Verdict(True)
+            return Verdict.passed()
         key_time = datetime.fromtimestamp(written, UTC).isoformat(timespec="seconds")
         launched = launch_time.astimezone(UTC).isoformat(timespec="seconds")
-        return Verdict(
-            False,
-            f"pending key (written {key_time}) is older than the instance (launched {launched})",
-            stale_key=True,
+        return Verdict.stale(
+            f"pending key (written {key_time}) is older than the instance (launched {launched})"
         )

@@ -34,9 +34,9 @@ class ReplayCheck:
 
     def __call__(self, event: Event) -> Verdict:
         if event.source is not Source.SNS:
-            return Verdict(True)
+            return Verdict.passed()
         if not valid_id(event.message_id):
-            return Verdict(False, f"SNS MessageId {shorten(event.message_id)} is not usable")
+            return Verdict.refused(f"SNS MessageId {shorten(event.message_id)} is not usable")
         if event.message_id in self.finished:
-            return Verdict(False, f"SNS message {event.message_id} was already handled: a replay")
-        return Verdict(True)
+            return Verdict.refused(f"SNS message {event.message_id} was already handled: a replay")
+        return Verdict.passed()

@@ -30,19 +30,16 @@ class SourceCheck:
     def __call__(self, event: Event) -> Verdict:
         if event.source is Source.SNS:
             if event.envelope is None:  # the SNS parser always keeps it; never trust a gap
-                return Verdict(False, "SNS message without its envelope: cannot verify")
+                return Verdict.refused("SNS message without its envelope: cannot verify")
             result = self.verifier.verify(event.envelope)
             if result.ok:
-                return Verdict(True)
+                return Verdict.passed()
             if result.retry:  # the certificate is unreachable for now: not a forgery (yet)
-                return Verdict(
-                    False, f"SNS signature not verifiable yet: {result.reason}", retry=True
-                )
-            return Verdict(False, f"SNS signature invalid: {result.reason}")
+                return Verdict.deferred(f"SNS signature not verifiable yet: {result.reason}")
+            return Verdict.refused(f"SNS signature invalid: {result.reason}")
         if event.source.value in self.unsigned:
-            return Verdict(True)
-        return Verdict(
-            False,
+            return Verdict.passed()
+        return Verdict.refused(
             f"unsigned {event.source.value} message: VerifySignatures is on "
             f"and UnsignedSources does not name {event.source.value!r}",
         )

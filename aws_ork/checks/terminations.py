@@ -106,18 +106,17 @@ class TerminationCheck:
     def __call__(self, event: Event) -> Verdict:
         instance_id = event.instance_id
         if instance_id is None:
-            return Verdict(False, "no instance id")
+            return Verdict.refused("no instance id")
         if event.kind is Kind.TERMINATE:
-            return Verdict(True)
+            return Verdict.passed()
         try:
             when = self.terminations.seen(instance_id)
         except OSError as exc:
-            return Verdict(False, f"termination record in StateDir unusable: {exc}", retry=True)
+            return Verdict.deferred(f"termination record in StateDir unusable: {exc}")
         if when is None:
-            return Verdict(True)
+            return Verdict.passed()
         at = datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
-        return Verdict(
-            False,
+        return Verdict.refused(
             f"instance was terminated (terminate handled at {at}); "
             f"a launch after its terminate accepts nothing",
         )

@@ -27,7 +27,7 @@ class TopicCheck:
 
     def __call__(self, event: Event) -> Verdict:
         if event.source is not Source.SNS:
-            return Verdict(True)
+            return Verdict.passed()
         if event.topic_arn in self.allowed:
-            return Verdict(True)
-        return Verdict(False, f"topic {shorten(event.topic_arn, 120)} is not in AllowedTopicArns")
+            return Verdict.passed()
+        return Verdict.refused(f"topic {shorten(event.topic_arn, 120)} is not in AllowedTopicArns")

@@ -10,10 +10,8 @@ is looked up by exact name (``list_match``), and the change is made on exactly t
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,57 +21,9 @@ from aws_ork.base.ids import is_instance_id, is_minion_id
 from aws_ork.base.saltkeys import ACCEPTED, DENIED, PENDING, REJECTED, KeyLocation
 from aws_ork.keys.autosign import AutosignStubs
 from aws_ork.keys.backend import SaltKeys
+from aws_ork.keys.result import KeyResult, Outcome
 
 log = logging.getLogger(__name__)
-
-
-class Outcome(enum.Enum):
-    """What happened to a key; ``done`` says whether the message is finished."""
-
-    ACCEPTED = ("accepted", True)
-    ALREADY_ACCEPTED = ("already accepted", True)
-    NOT_PENDING = ("no pending key yet", False)
-    REFUSED = ("key was rejected by an operator; left rejected", True)
-    DELETED = ("deleted", True)
-    REJECTED = ("pending key moved to rejected keys", True)
-    ABSENT = ("no key to delete", True)
-    INVALID_ID = ("not a safe minion id; nothing passed to Salt", True)
-    PREAUTHORISED = (
-        "pre-authorised (no key yet): Salt accepts it on the minion's first contact",
-        True,
-    )
-    PREAUTH_WITHDRAWN = ("withdrawn from pre-authorisation (no key)", True)
-    BOUND_NOT_YET = ("the key the instance published is not presented yet", False)
-    OTHER_KEY_ACCEPTED = (
-        "a key with another fingerprint than the instance published is "
-        "accepted under this id; left alone for an operator",
-        True,
-    )
-    REMOVED = (
-        "its key was accepted before and has since been removed by someone else; "
-        "not accepted or pre-authorised again",
-        True,
-    )
-
-    def __init__(self, text: str, done: bool) -> None:
-        self.text = text
-        self.done = done
-
-
-@dataclass(frozen=True)
-class KeyResult:
-    """The outcome of one key operation and whether it changed the key store."""
-
-    outcome: Outcome
-    changed: bool = False
-    dry_run: bool = False
-    #: key binding: fingerprints (salt-key -f) of impostor keys deleted, or of the other key
-    #: accepted under the id, for the SECURITY line
-    others: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        """One log fragment."""
-        return f"would be {self.outcome.text}" if self.dry_run else self.outcome.text
 
 
 def load_master_opts(path: Path) -> dict[str, Any]:
@@ -183,11 +133,7 @@ class KeyManager:
         hash_type = str(self._key.opts.get("hash_type") or "sha256")
         states = self.states(minion_id)
         if ACCEPTED in states:
-            pub = self._pub(minion_id)
-            if pub is not None and binding.matches(pub, fingerprint, hash_type):
-                return KeyResult(Outcome.ALREADY_ACCEPTED)
-            other = (binding.finger(pub, hash_type),) if pub is not None else ()
-            return KeyResult(Outcome.OTHER_KEY_ACCEPTED, others=other)
+            return self._accepted_bound(minion_id, fingerprint, hash_type)
         if enrolled:
             return KeyResult(Outcome.REMOVED)
         impostors: list[str] = []
@@ -203,12 +149,10 @@ class KeyManager:
         )
         denied_impostor = False
         if DENIED in states:
-            for pub in self._call("look up", minion_id, self._salt.denied, minion_id):
-                if binding.matches(pub, fingerprint, hash_type):
-                    genuine = pub
-                else:
-                    impostors.append(binding.finger(pub, hash_type))
-                    denied_impostor = True
+            denied_genuine, denied_impostor = self._sort_denied(
+                minion_id, fingerprint, hash_type, impostors
+            )
+            genuine = denied_genuine or genuine
         if genuine is not None:
             if self.dry_run:
                 return KeyResult(Outcome.ACCEPTED, dry_run=True, others=tuple(impostors))
@@ -223,6 +167,29 @@ class KeyManager:
             dry_run=self.dry_run and bool(impostors),
             others=tuple(impostors),
         )
+
+    def _accepted_bound(self, minion_id: str, fingerprint: str, hash_type: str) -> KeyResult:
+        """Key binding, a key already accepted under the id: the bound one, or another."""
+        pub = self._pub(minion_id)
+        if pub is not None and binding.matches(pub, fingerprint, hash_type):
+            return KeyResult(Outcome.ALREADY_ACCEPTED)
+        other = (binding.finger(pub, hash_type),) if pub is not None else ()
+        return KeyResult(Outcome.OTHER_KEY_ACCEPTED, others=other)
+
+    def _sort_denied(
+        self, minion_id: str, fingerprint: str, hash_type: str, impostors: list[str]
+    ) -> tuple[str | None, bool]:
+        """Key binding: the denied keys under the id: (the bound key among them, or None;
+        whether an impostor's is among them, its fingerprint added to ``impostors``)."""
+        genuine: str | None = None
+        impostor = False
+        for pub in self._call("look up", minion_id, self._salt.denied, minion_id):
+            if binding.matches(pub, fingerprint, hash_type):
+                genuine = pub
+            else:
+                impostors.append(binding.finger(pub, hash_type))
+                impostor = True
+        return genuine, impostor
 
     def drop_impostors(self, minion_id: str, fingerprint: str) -> tuple[str, ...]:
         """Key binding gave up on this id: remove the pending and denied keys under it whose

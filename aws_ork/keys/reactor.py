@@ -58,7 +58,7 @@ from aws_ork.defaults import REACTOR_RETRY_SECONDS as RETRY_SECONDS
 from aws_ork.defaults import REACTOR_TEXT_LIMIT as TEXT_LIMIT
 from aws_ork.defaults import REACTOR_WARN_EVERY_SECONDS as WARN_EVERY_SECONDS
 from aws_ork.keys.eventkey import EventKey
-from aws_ork.keys.manager import Outcome
+from aws_ork.keys.result import Outcome
 
 log = logging.getLogger(__name__)
 
