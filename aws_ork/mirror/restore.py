@@ -71,7 +71,7 @@ class RestoreRefused(AwsOrkError):
     """PkiDir already holds files and ``--force`` was not given."""
 
 
-class Source(Protocol):
+class RestoreSource(Protocol):
     """What restore reads: :class:`aws_ork.mirror.bucket.S3Tree`, or a fake in tests."""
 
     @property
@@ -281,7 +281,7 @@ def _directory_modes(rels: Sequence[str]) -> tuple[tuple[str, int], ...]:
     return tuple((d, 0o700 if d in private else 0o755) for d in dirs)
 
 
-def restore(tree: Source, pki_dir: Path, *, force: bool = False) -> RestoreResult:
+def restore(tree: RestoreSource, pki_dir: Path, *, force: bool = False) -> RestoreResult:
     """Download every object under the prefix into ``pki_dir``: the plan, then the writes."""
     existing = local_files(pki_dir) if pki_dir.exists() else []
     if existing and not force:
@@ -321,7 +321,7 @@ def _refuse(refused: list[Refusal], rel: str, reason: str) -> None:
 class _Writes:
     """The writes of a plan, below one descriptor of PkiDir; refusals go to ``refused``."""
 
-    def __init__(self, tree: Source, pki_dir: Path, refused: list[Refusal]) -> None:
+    def __init__(self, tree: RestoreSource, pki_dir: Path, refused: list[Refusal]) -> None:
         self.tree = tree
         self.pki_dir = pki_dir
         self.refused = refused
