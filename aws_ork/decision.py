@@ -24,14 +24,14 @@ from aws_ork.events import Kind
 from aws_ork.keys.result import KeyPlan, KeyResult, Outcome, Step
 from aws_ork.lifecycle.completer import State
 
-#: The checks (by their ``code``) that prove who sent a message: topic, signature or source,
-#: replay. A message one of them refuses fires no reactor event: it is anyone's, and its
-#: text (a group name, a reason quoting it) must not reach a reactor.
-UNANNOUNCED_CHECKS = frozenset({"topic", "signature", "replay"})
 #: The checks (by their ``code``) that say who sent a message (AllowedTopicArns,
 #: VerifySignatures and UnsignedSources): nothing is done for a message's lifecycle action
 #: before they pass.
 AUTHENTICITY_CHECKS = frozenset({"topic", "signature"})
+#: Those and the replay check: a message one of them refuses fires no reactor event: it is
+#: anyone's (or anyone could send it again), and its text (a group name, a reason quoting
+#: it) must not reach a reactor.
+UNANNOUNCED_CHECKS = AUTHENTICITY_CHECKS | {"replay"}
 
 
 class Action(enum.Enum):

@@ -45,6 +45,11 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+#: Opening a directory to work relative to it: never through a symlink (ELOOP), never
+#: inherited by a child process.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def write_temp_at(
     dir_fd: int, data: bytes, mode: int, prefix: str = "."
 ) -> tuple[str, os.stat_result]:

@@ -49,7 +49,7 @@ from typing import Protocol
 
 from aws_ork import defaults
 from aws_ork.base.errors import AwsOrkError, MirrorError
-from aws_ork.base.files import tree_entries, write_atomic_at
+from aws_ork.base.files import DIR_FLAGS, tree_entries, write_atomic_at
 from aws_ork.base.saltkeys import AUTOSIGN
 from aws_ork.base.text import shorten
 from aws_ork.defaults import RESTORE_SHOWN_CHARS as SHOWN
@@ -63,8 +63,6 @@ log = logging.getLogger(__name__)
 FALLBACK_MODE = 0o600
 #: The most a file that is not a private key may get.
 MAX_MODE = 0o644
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class RestoreRefused(AwsOrkError):
@@ -424,13 +422,13 @@ def _open_dir(root_fd: int, parts: Sequence[str], modes: Mapping[str, int] | Non
     try:
         for n, name in enumerate(parts, 1):
             try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
                 if modes is None:
                     raise
                 mode = modes["/".join(parts[:n])]
                 os.mkdir(name, mode, dir_fd=fd)  # never follows a symlink at name
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
                 os.fchmod(child, mode)  # mkdir's mode is filtered by the umask
             except OSError as exc:
                 if exc.errno not in (errno.ENOTDIR, errno.ELOOP):

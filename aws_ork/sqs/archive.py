@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aws_ork import defaults
-from aws_ork.base.files import write_temp_at
+from aws_ork.base.files import DIR_FLAGS, write_temp_at
 from aws_ork.defaults import ARCHIVE_MAX_FOLDER_CHARS as MAX_FOLDER_CHARS
 from aws_ork.defaults import ARCHIVE_MAX_ID_CHARS as MAX_ID_CHARS
 from aws_ork.events import sns
@@ -65,7 +65,6 @@ ARCHIVED = re.compile(r"\d{8}T\d{6}\.\d{3}Z-[A-Za-z0-9_.-]+\.json")
 TEMP = re.compile(r"\..+\.tmp")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def safe_component(text: str, limit: int) -> str:
@@ -142,7 +141,7 @@ class Archive:
         if root.is_symlink():  # O_NOFOLLOW below would refuse it too, less clearly
             raise OSError(errno.ELOOP, "is a symlink (give the real path)")
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._fd = os.open(root, _DIR_FLAGS)  # ELOOP for a symlink: refused
+        self._fd = os.open(root, DIR_FLAGS)  # ELOOP for a symlink: refused
         mode = os.fstat(self._fd).st_mode
         if mode & 0o077:
             log.warning(
@@ -238,7 +237,7 @@ class Archive:
             os.mkdir(folder, 0o700, dir_fd=self._fd)
         except FileExistsError:
             pass
-        return os.open(folder, _DIR_FLAGS, dir_fd=self._fd)
+        return os.open(folder, DIR_FLAGS, dir_fd=self._fd)
 
     def _scan(self) -> None:
         """Start-up: count the files already archived, drop temp files left by a crash."""
@@ -246,7 +245,7 @@ class Archive:
             folders = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
         for folder in folders:
             try:
-                fd = os.open(folder, _DIR_FLAGS, dir_fd=self._fd)
+                fd = os.open(folder, DIR_FLAGS, dir_fd=self._fd)
             except OSError as exc:
                 log.warning("ArchiveDir %s: cannot read %s: %s", self.root, folder, exc)
                 continue
@@ -286,7 +285,7 @@ class Archive:
             self.files_bytes -= cost
             emptied.add(folder)
             try:
-                fd = os.open(folder, _DIR_FLAGS, dir_fd=self._fd)
+                fd = os.open(folder, DIR_FLAGS, dir_fd=self._fd)
                 try:
                     os.unlink(name, dir_fd=fd)
                 finally:
