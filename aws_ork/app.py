@@ -24,16 +24,19 @@ from aws_ork.base.files import lock_directory
 from aws_ork.base.naming import Template
 from aws_ork.base.saltkeys import KeyLocation
 from aws_ork.checks import build_checks
-from aws_ork.checks.ec2 import InstanceCheck
 from aws_ork.checks.terminations import Terminations
 from aws_ork.config import ANY_TOPIC, Config, require_safe
 from aws_ork.decide import Handler
+from aws_ork.effects.announce import Announcer
+from aws_ork.effects.followups import KeyFollowups
+from aws_ork.effects.hooks import Hooks
 from aws_ork.keys import bypass
 from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.backend import preload_event_transport
 from aws_ork.keys.eventkey import EventKey, EventKeyError, event_key_path
 from aws_ork.keys.manager import KeyManager, load_master_opts
 from aws_ork.keys.reactor import SaltEvents
+from aws_ork.keys.stage import KeyStage
 from aws_ork.keys.watcher import KeyDirWatcher
 from aws_ork.lifecycle import Completer, HookClient
 from aws_ork.lifecycle.waits import LIFECYCLE_WAITS_FILE
@@ -229,19 +232,26 @@ class App:
             if cfg.salt_events and not run.dry_run
             else None
         )
-        self.handler = Handler(
+        stage = KeyStage(
             KeyManager(master_opts, dry_run=run.dry_run),
-            delete_unknown=cfg.delete_unknown_messages,
-            checks=checks,
             terminations=terminations,
-            finished=finished,
             enrolled=enrolled,
             arrivals=self.arrivals,
-            salt_events=self.salt_events,
-            completer=self.completer,
-            completes_hook=cfg.completes_hook,
             names=names,
             preauthorised=preauthorised,
+        )
+        announcer = Announcer(self.salt_events)
+        actions = Hooks(self.completer, cfg.completes_hook)
+        #: what the arrivals and key directory watchers report: the key stage, then the effects
+        self.followups = KeyFollowups(stage, announcer, actions)
+        self.handler = Handler(
+            stage,
+            delete_unknown=cfg.delete_unknown_messages,
+            checks=checks.all,
+            terminations=terminations,
+            finished=finished,
+            announcer=announcer,
+            hooks=actions,
         )
         self.mirror: MirrorWorker | None = None
         if cfg.bucket_url is not None and not run.dry_run:
@@ -263,9 +273,12 @@ class App:
         self.watcher = KeyDirWatcher(location)
         sweep = None
         if cfg.sweep_minutes and ec2 is not None:
-            check = next(c for c in checks if isinstance(c, InstanceCheck))
+            assert checks.instance is not None  # VerifyInstances: the EC2 check is built
             sweep = Sweep(
-                self.handler.stage, check.lookup, check, every_seconds=cfg.sweep_minutes * 60
+                stage,
+                checks.instance.lookup,
+                checks.instance,
+                every_seconds=cfg.sweep_minutes * 60,
             )
         self.archive = self._archive(cfg)
         self.loop = Loop(
@@ -278,6 +291,7 @@ class App:
             dry_run=run.dry_run,
             on_reload=self.reload,
             watcher=self.watcher,
+            stubs_used=self.followups,
             sweep=sweep,
             watchdog=systemd.Watchdog.from_environment(),
             archive=self.archive,
@@ -408,7 +422,7 @@ class App:
         if self.mirror is not None:
             self.mirror.start()  # replays the journal, then reconciles with the bucket
         if self.arrivals is not None:
-            self.arrivals.start(self.handler.on_key_presented, self.handler.stage.on_key_lost)
+            self.arrivals.start(self.followups.on_key_presented, self.handler.stage.on_key_lost)
         if self.completer is not None:
             self.completer.start()
         signal.signal(signal.SIGHUP, lambda _signum, _frame: self.loop.request_reload())

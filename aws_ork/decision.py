@@ -21,6 +21,7 @@ from typing import Any
 from aws_ork import defaults
 from aws_ork.checks.verdict import Reading, Verdict
 from aws_ork.events import Kind
+from aws_ork.keys import reactor
 from aws_ork.keys.result import KeyPlan, KeyResult, Outcome, Step
 from aws_ork.lifecycle.completer import State
 
@@ -296,3 +297,16 @@ def remembers_envelope(decision: Decision, source_is_sns: bool, usable_id: bool)
     """No replay: a finished SNS envelope's MessageId is remembered (durable before the
     message is deleted); a message only deferred is not finished."""
     return decision.action is Action.DELETE and source_is_sns and usable_id
+
+
+def announced_kind(
+    decision: Decision, result: KeyResult | None, *, terminate: bool
+) -> reactor.Kind | None:
+    """The kind of reactor event a decision makes: ``rejected`` for a refusal, else what the
+    key result says; None for a retry that decided nothing yet (a stale key that could not be
+    rejected yet)."""
+    if decision.rejected:
+        return reactor.Kind.REJECTED
+    if result is None:
+        return None
+    return reactor.kind_of(result.outcome, terminate=terminate)

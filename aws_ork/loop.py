@@ -7,9 +7,11 @@ being handled is finished, the handled ones are deleted, the rest are given back
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,11 +53,10 @@ class Counters:
 
 class MessageHandler(Protocol):
     """What the loop asks of the decide stage (:class:`aws_ork.decide.Handler`), in the
-    order of a batch: ``prepare`` (in the receiver's thread, right after a receive ahead:
-    the batch's look-ups made while the previous batch is handled), ``prime`` (the batch
-    comes up), ``handle`` for each message, ``forget``, ``flush`` (its memories durable
-    before any delete); and ``note_accepted_by_salt`` for keys Salt accepted through
-    aws_ork's autosign stubs."""
+    order of a batch: ``prepare`` (the loop's look-ahead step, in a worker thread as soon as
+    a receive ahead returns: the batch's look-ups made while the previous batch is handled),
+    ``prime`` (the batch comes up), ``handle`` for each message, ``forget``, ``flush`` (its
+    memories durable before any delete)."""
 
     def prepare(self, messages: Sequence[Message], /) -> None: ...
 
@@ -66,6 +67,11 @@ class MessageHandler(Protocol):
     def forget(self) -> None: ...
 
     def flush(self) -> None: ...
+
+
+class StubsUsed(Protocol):
+    """Who follows up keys Salt accepted through aws_ork's autosign stubs (the key
+    directory watcher's news): :class:`aws_ork.effects.followups.KeyFollowups`."""
 
     def note_accepted_by_salt(self, minion_ids: Sequence[str], /) -> None: ...
 
@@ -138,6 +144,7 @@ class Loop:
         dry_run: bool = False,
         on_reload: Callable[[], None] | None = None,
         watcher: KeyDirWatcher | None = None,
+        stubs_used: StubsUsed | None = None,
         watchdog: Watchdog | None = None,
         sweep: Sweep | None = None,
         archive: Archive | None = None,
@@ -152,9 +159,15 @@ class Loop:
         self.dry_run = dry_run
         self.on_reload = on_reload
         self.watcher = watcher
+        self.stubs_used = stubs_used  # the key stage and effects for Salt's use of a stub
         self.watchdog = watchdog or Watchdog(None)
         self.archive = archive  # ArchiveDir: every received body, before anything else
-        self.receiver = Receiver(queue, stopper, prepare=handler.prepare)
+        self.receiver = Receiver(queue, stopper)
+        #: the receives ahead whose look-ahead step is arranged (see _look_ahead)
+        self._looking: set[Future[list[Message]]] = set()
+        #: look-aheads started, by their batch's message ids (taken when the batch comes up)
+        self._ahead: dict[tuple[str, ...], Future[None]] = {}
+        self._ahead_lock = threading.Lock()
         self.deleter = Deleter(queue)  # a handled batch is deleted while the next is handled
         self.counters = Counters()
         self.outage = QueueOutage()
@@ -223,14 +236,50 @@ class Loop:
         # the batch's one EC2 look-up (made ahead for every batch but the first) goes out
         # before the next receive, so it never waits behind that receive where one server
         # answers both
+        self._await_look_ahead(messages)
         self.handler.prime(messages)
         if self.poll_pause <= 0:
             self.receiver.prefetch(wait)  # the next polls run while this batch is handled
+            self._look_ahead()
         changed = self._handle_batch(messages)
         self._watch(changed)
         if self._sleep(self.poll_pause):
             return 0
         return None
+
+    def _look_ahead(self) -> None:
+        """The look-ahead step: each batch received ahead has its look-ups (the EC2 check's
+        one DescribeInstances) made in a worker thread as soon as its receive returns, so the
+        EC2 round trip overlaps both the next receive and the handling of the batch before;
+        :meth:`MessageHandler.prime` takes the result when the batch comes up (or looks up
+        itself). Arranged here, once per receive ahead: the receiver only receives."""
+        ahead = set(self.receiver.received_ahead())
+        self._looking &= ahead  # those the loop took are gone
+        for future in ahead - self._looking:
+            self._looking.add(future)
+            future.add_done_callback(self._start_look_ahead)
+
+    def _start_look_ahead(self, future: Future[list[Message]]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        messages = future.result()
+        if messages:
+            looked = self.stopper.start(lambda: self.handler.prepare(messages))  # never raises
+            with self._ahead_lock:
+                self._ahead[tuple(m.message_id for m in messages)] = looked
+                while len(self._ahead) > defaults.RECEIVE_AHEAD:  # a batch never taken
+                    del self._ahead[next(iter(self._ahead))]
+
+    def _await_look_ahead(self, messages: list[Message]) -> None:
+        """A batch comes up: its look-ahead, if one is still running, finishes first, so that
+        prime takes its result instead of asking EC2 a second time."""
+        with self._ahead_lock:
+            looked = self._ahead.pop(tuple(m.message_id for m in messages), None)
+        if looked is not None:
+            try:
+                self.stopper.result(looked)
+            except Stopped:
+                pass  # prime looks up itself, or the stop ends the batch
 
     def _sleep(self, seconds: float) -> bool:
         """Stopper.sleep that keeps feeding the systemd watchdog: a loop that waits on
@@ -336,8 +385,8 @@ class Loop:
             return
         if change.consumed:
             self.counters.salt_key_changes += len(change.consumed)
-            if not self.dry_run:
-                self.handler.note_accepted_by_salt(change.consumed)
+            if not self.dry_run and self.stubs_used is not None:
+                self.stubs_used.note_accepted_by_salt(change.consumed)
         if self.mirror is None or self.dry_run:
             return
         try:

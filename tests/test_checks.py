@@ -29,8 +29,11 @@ from aws_ork.checks.topic import TopicCheck
 from aws_ork.decide import Handler
 from aws_ork.decision import Action
 from aws_ork.events import Event, Kind, Source
+from aws_ork.keys.result import KeyResult
+from aws_ork.keys.stage import KeyStage
 from aws_ork.sqs.queue import Message
 from tests.fakechecks import Said
+from tests.fakekeys import UnusedKeys
 from tests.messages import envelope, fixture, notification
 from tests.snssign import make_signing_identity, sign_envelope
 
@@ -104,15 +107,16 @@ def test_unsigned_sources_option_is_parsed_and_validated():
 def test_build_checks_orders_topic_then_signature_then_instance(tmp_path):
     cfg = config.from_mapping({"AllowedTopicArns": TOPIC, "StateDir": str(tmp_path)}, "t")
     keys = KeyLocation(tmp_path / "pki")
-    kinds = [type(c).__name__ for c in build_checks(cfg, location=keys, ec2=object())]
-    assert kinds == ["TopicCheck", "SourceCheck", "InstanceCheck"]
+    built = build_checks(cfg, location=keys, ec2=object())
+    assert [type(c).__name__ for c in built.all] == ["TopicCheck", "SourceCheck", "InstanceCheck"]
+    assert built.instance is built.all[-1]  # the sweep's, named
     loose = config.from_mapping(
         {"VerifySignatures": "no", "VerifyInstances": "no", "StateDir": str(tmp_path)}, "t"
     )
     memory = Terminations(tmp_path / "terminated")
-    assert [type(c).__name__ for c in build_checks(loose, location=keys, terminations=memory)] == [
-        "TerminationCheck"
-    ]
+    built = build_checks(loose, location=keys, terminations=memory)
+    assert [type(c).__name__ for c in built.all] == ["TerminationCheck"]
+    assert built.instance is None
 
 
 # --- EC2 ----------------------------------------------------------------------------------
@@ -194,7 +198,7 @@ def test_an_empty_reply_is_not_found(ec2):
 )
 def test_a_retry_with_limited_attempts_becomes_final_at_the_limit(receives, action):
     not_found = Said(Verdict(False, "instance not found in EC2", retry=True, attempts=5))
-    handler = Handler(None, checks=[not_found])  # type: ignore[arg-type]
+    handler = Handler(KeyStage(UnusedKeys()), checks=[not_found])
     body = json.dumps(notification("autoscaling:EC2_INSTANCE_LAUNCH", ID))
     decision = handler.handle(Message("m", "r", body, receives))
     assert decision.action is action
@@ -308,7 +312,7 @@ def test_dry_run_remembers_nothing_and_unwritable_state_is_retried(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     memory = Terminations(blocker / "terminated")
-    handler = Handler(None, terminations=memory)  # type: ignore[arg-type]
+    handler = Handler(KeyStage(UnusedKeys()), terminations=memory)
     body = json.dumps(notification("autoscaling:EC2_INSTANCE_TERMINATE", ID))
     decision = handler.handle(Message("m", "r", body))
     assert decision.action is Action.RETRY and "StateDir" in decision.reason
@@ -394,18 +398,17 @@ def test_a_terminate_for_an_unknown_instance_is_honoured_only_after_several_rece
 ):
     verdict = check_with(ec2, "InvalidInstanceID.NotFound", event=TERMINATE)
     assert (verdict.retry, verdict.then_ok, verdict.attempts) == (True, True, NOT_FOUND_ATTEMPTS)
-    from aws_ork.keys.result import KeyResult, Outcome
+    from aws_ork.keys.result import Outcome
 
-    class Keys:
-        dry_run = False
+    class Keys(UnusedKeys):
         deleted: list[str] = []
 
-        def delete(self, minion_id: str) -> KeyResult:
+        def delete(self, minion_id: str, /) -> KeyResult:
             self.deleted.append(minion_id)
             return KeyResult(Outcome.ABSENT)
 
     keys = Keys()
-    handler = Handler(keys, checks=[Said(verdict)])  # type: ignore[arg-type]
+    handler = Handler(KeyStage(keys), checks=[Said(verdict)])
     body = json.dumps(notification("autoscaling:EC2_INSTANCE_TERMINATE", ID))
     decision = handler.handle(Message("m", "r", body, receives))
     assert (keys.deleted == [ID]) is ok
@@ -413,13 +416,11 @@ def test_a_terminate_for_an_unknown_instance_is_honoured_only_after_several_rece
 
 
 def test_any_error_while_handling_a_message_is_logged_and_retried(caplog):
-    class Broken:
-        dry_run = False
-
-        def accept(self, _minion_id: str, **_kwargs: object) -> None:
+    class Broken(UnusedKeys):
+        def accept(self, minion_id: str, /, *, enrolled: bool = False) -> KeyResult:
             raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
 
-    handler = Handler(Broken())  # type: ignore[arg-type]
+    handler = Handler(KeyStage(Broken()))
     body = json.dumps(notification("autoscaling:EC2_INSTANCE_LAUNCH", ID))
     decision = handler.handle(Message("m", "r", body, 3))
     assert decision.action is Action.RETRY and decision.delay == 8

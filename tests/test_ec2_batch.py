@@ -41,8 +41,8 @@ def test_a_batch_of_ten_launches_costs_one_ec2_call(
 def test_a_backlog_looked_up_ahead_costs_one_ec2_call_per_batch(
     master, tmp_path, sqs, queue_url, cert_dir, identity, fleet, proxy
 ):
-    """Each prefetched batch is looked up in EC2 in the receiver's thread while the batch
-    before it is handled; that answer is the one used (not asked again)."""
+    """Each prefetched batch is looked up in EC2 by the loop's look-ahead step while the
+    batch before it is handled; that answer is the one used (not asked again)."""
     instances = [group_instance(fleet) for _ in range(30)]
     for instance in instances:
         master.add_pending_key(instance)

@@ -502,8 +502,10 @@ def test_no_value_from_a_message_reaches_a_log_line_unescaped_or_unbounded(
 ):
     from aws_ork.checks import Verdict
     from aws_ork.decide import Handler
+    from aws_ork.keys.stage import KeyStage
     from aws_ork.sqs.queue import Message
     from tests.fakechecks import Said
+    from tests.fakekeys import UnusedKeys
 
     inner = notification("autoscaling:EC2_INSTANCE_LAUNCH", "i-0123456789abcdef0", group)
     if kind == "sns":
@@ -524,7 +526,7 @@ def test_no_value_from_a_message_reaches_a_log_line_unescaped_or_unbounded(
     old_level = logger.level
     logger.setLevel(logging.DEBUG)
     try:
-        handler = Handler(None, checks=[Said(Verdict(False, "refused"))])  # type: ignore
+        handler = Handler(KeyStage(UnusedKeys()), checks=[Said(Verdict(False, "refused"))])
         handler.handle(Message("m-1", "r", json.dumps(doc)))
     finally:
         logger.removeHandler(records)

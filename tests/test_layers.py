@@ -17,7 +17,8 @@ never run; only rule (b) reads them). Each module belongs to a unit: a folder
    metrics server, which reads :mod:`aws_ork.runtime.stats` records, never the parts).
 4. the stages: ``sqs``, ``checks``, ``keys``, ``lifecycle``, ``mirror``.
 5. ``decision``: the pure decision over what the checks found and what the key stage did;
-   then ``decide`` and ``sweep``, which use the stages.
+   then ``effects`` (what follows a decision: the lifecycle action, the reactor event, and the
+   watchers' follow-ups of the key stage); then ``decide`` and ``sweep``, which use them.
 6. ``loop``, which runs them.
 7. ``app`` (the daemon's wiring) and ``preflight`` (``--check``), the two things the CLI runs.
 8. ``cli`` and ``docgen`` (writes the docs generated from ``options``); 9. ``__main__``.
@@ -57,6 +58,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "runtime",
         "sqs checks keys lifecycle mirror",
         "decision",
+        "effects",
         "decide sweep",
         "loop",
         "app preflight",

@@ -15,8 +15,8 @@ from tests.daemon import queue_counts, wait_for
 
 
 class BatchFree:
-    """The batch hooks of aws_ork.loop.MessageHandler (prepare, prime, forget, flush,
-    note_accepted_by_salt) as no-ops, for fake handlers that only decide."""
+    """The batch hooks of aws_ork.loop.MessageHandler (prepare, prime, forget, flush) as
+    no-ops, for fake handlers that only decide."""
 
     def prepare(self, _messages: object) -> None:
         pass
@@ -28,9 +28,6 @@ class BatchFree:
         pass
 
     def flush(self) -> None:
-        pass
-
-    def note_accepted_by_salt(self, _minion_ids: object) -> None:
         pass
 
 
@@ -144,3 +141,44 @@ def test_a_batch_whose_memories_cannot_be_made_durable_is_not_deleted(queue, sqs
         return len(back) == 5
 
     wait_for(all_back, 30, "the batch back in the queue")
+
+
+def test_a_backlog_is_looked_up_ahead_once_per_batch_before_the_batch_comes_up(
+    queue, sqs, queue_url
+):
+    """The loop's look-ahead step: every batch received ahead is prepared (its EC2 look-up)
+    before it comes up, exactly once; so prime never has to ask EC2 itself but for the first
+    batch, and a backlog's look-ups overlap the handling of the batch before."""
+    for start in range(0, 40, 10):
+        sqs.send_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(i), "MessageBody": f"m{start + i}"} for i in range(10)],
+        )
+
+    class Records(BatchFree):
+        def __init__(self) -> None:
+            self.prepared: list[tuple[str, ...]] = []
+            self.primed: list[tuple[tuple[str, ...], bool]] = []  # (batch, prepared before)
+            self.lock = threading.Lock()
+
+        def prepare(self, messages: list[Message]) -> None:
+            with self.lock:
+                self.prepared.append(tuple(m.message_id for m in messages))
+
+        def prime(self, messages: list[Message]) -> None:
+            batch = tuple(m.message_id for m in messages)
+            with self.lock:
+                self.primed.append((batch, batch in self.prepared))
+
+        def handle(self, message: Message) -> Decision:
+            return Decision(Action.DELETE, "done")
+
+    handler = Records()
+    assert Loop(queue, handler, Stopper(), once=True).run() == 0
+
+    assert sum(len(batch) for batch, _ in handler.primed) == 40
+    assert len(handler.primed) >= 4
+    # the first batch is received by the loop itself; each one after was received ahead
+    assert [before for _, before in handler.primed[1:]] == [True] * (len(handler.primed) - 1)
+    assert len(handler.prepared) == len(set(handler.prepared))  # never twice
+    assert queue_counts(sqs, queue_url) == (0, 0)

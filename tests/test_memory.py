@@ -10,6 +10,7 @@ import pytest
 from aws_ork import memory as memory_module
 from aws_ork.decide import Handler
 from aws_ork.keys.manager import KeyManager, load_master_opts
+from aws_ork.keys.stage import KeyStage
 from aws_ork.memory import IdMemory
 from aws_ork.sqs.queue import Message
 from tests.messages import envelope, new_id, notification
@@ -101,7 +102,8 @@ def test_a_batch_makes_its_memories_durable_with_one_fsync_each(master, tmp_path
     finished = IdMemory(tmp_path / "finished", keep_seconds=3600, limit=100)
     enrolled = IdMemory(tmp_path / "enrolled", keep_seconds=3600, limit=100)
     handler = Handler(
-        KeyManager(load_master_opts(master.config_file)), finished=finished, enrolled=enrolled
+        KeyStage(KeyManager(load_master_opts(master.config_file)), enrolled=enrolled),
+        finished=finished,
     )
     instances = [new_id() for _ in range(10)]
     for instance in instances:

@@ -21,10 +21,13 @@ from typing import Any
 import pytest
 
 from aws_ork import __version__
-from aws_ork.decide import Handler
+from aws_ork.effects.announce import Announcer
+from aws_ork.effects.followups import KeyFollowups
+from aws_ork.effects.hooks import Hooks
 from aws_ork.keys import reactor
 from aws_ork.keys.eventkey import EventKey, default_path
 from aws_ork.keys.manager import KeyManager
+from aws_ork.keys.stage import KeyStage
 from tests.daemon import (
     queue_counts,
     run_aws_ork,
@@ -325,6 +328,11 @@ class Recorder:
         pass
 
 
+def followups(keys: KeyManager, events: reactor.SaltEvents) -> KeyFollowups:
+    """The watchers' follow-ups as the daemon wires them, without lifecycle hooks."""
+    return KeyFollowups(KeyStage(keys), Announcer(events), Hooks(None))
+
+
 def test_acceptance_by_salt_through_a_stub_is_fired_with_the_launch_context(master):
     """The loop's watcher reports consumed autosign stubs; an accepted one is announced with
     the group and message of the launch that pre-authorised it."""
@@ -336,7 +344,7 @@ def test_acceptance_by_salt_through_a_stub_is_fired_with_the_launch_context(mast
     master.add_rejected_key(refused)
     keys = KeyManager(master.opts())
     try:
-        Handler(keys, salt_events=events).note_accepted_by_salt([minion, refused])
+        followups(keys, events).note_accepted_by_salt([minion, refused])
     finally:
         keys.close()
     events.close()  # fires what is queued
@@ -350,8 +358,8 @@ def test_acceptance_by_salt_through_a_stub_is_fired_with_the_launch_context(mast
 
 
 def test_a_bound_key_accepted_by_the_arrivals_thread_is_fired(master):
-    """Key binding: the arrivals thread hands a presented key to the handler, which accepts
-    it and announces it (with the context of the launch that waited for it)."""
+    """Key binding: the arrivals thread hands a presented key to the key stage, which accepts
+    it, and the effects announce it (with the context of the launch that waited for it)."""
     from aws_ork.base import binding
 
     minion = new_id()
@@ -361,7 +369,7 @@ def test_a_bound_key_accepted_by_the_arrivals_thread_is_fired(master):
     events.fire(reactor.Kind.LAUNCH, minion, {"group": "web-asg", "message_id": "m-2"})
     keys = KeyManager(master.opts())
     try:
-        assert Handler(keys, salt_events=events).on_key_presented(minion, binding.finger(pub))
+        assert followups(keys, events).on_key_presented(minion, binding.finger(pub))
     finally:
         keys.close()
     events.close()  # fires what is queued

@@ -24,6 +24,7 @@ they found.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aws_ork.base.naming import Template
@@ -40,7 +41,16 @@ from aws_ork.config import ANY_TOPIC, Config
 from aws_ork.lifecycle.client import HookClient
 from aws_ork.memory import IdMemory, MinionNames
 
-__all__ = ["Check", "Verdict", "build_checks"]
+__all__ = ["Check", "Checks", "Verdict", "build_checks"]
+
+
+@dataclass(frozen=True)
+class Checks:
+    """The checks of a config, in order; and the EC2 check among them, by name, for the
+    reconcile sweep (which asks EC2 the same way), so that nobody searches for it by type."""
+
+    all: tuple[Check, ...]
+    instance: InstanceCheck | None = None
 
 
 def build_checks(
@@ -53,7 +63,7 @@ def build_checks(
     max_age_seconds: float | None = None,
     autoscaling: HookClient | None = None,
     names: MinionNames | None = None,
-) -> list[Check]:
+) -> Checks:
     """The checks the config asks for, in order: topic, signature/source, replay, instance.
 
     ``location`` is where the master keeps keys (read for a pending key's age); ``ec2`` is an
@@ -74,24 +84,24 @@ def build_checks(
         checks.append(SourceCheck(verifier, cfg.unsigned_sources))
     if finished is not None:
         checks.append(ReplayCheck(finished))
+    instance: InstanceCheck | None = None
     if cfg.verify_instances:
         if ec2 is None:
             raise ValueError("VerifyInstances needs an EC2 client")
-        checks.append(
-            InstanceCheck(
-                Ec2Lookup(ec2),
-                location,
-                groups=cfg.auto_scaling_groups,
-                tags=cfg.instance_tags,
-                binding_tag=cfg.key_binding_tag if cfg.key_binding == "tag" else None,
-                hooks=cfg.completes_hook if cfg.lifecycle_hooks else None,
-                autoscaling=autoscaling,
-                template=Template(cfg.minion_id_template),
-                names=names,
-            )
+        instance = InstanceCheck(
+            Ec2Lookup(ec2),
+            location,
+            groups=cfg.auto_scaling_groups,
+            tags=cfg.instance_tags,
+            binding_tag=cfg.key_binding_tag if cfg.key_binding == "tag" else None,
+            hooks=cfg.completes_hook if cfg.lifecycle_hooks else None,
+            autoscaling=autoscaling,
+            template=Template(cfg.minion_id_template),
+            names=names,
         )
+        checks.append(instance)
     else:
         if terminations is None:
             raise ValueError("without VerifyInstances the termination memory is needed")
         checks.append(TerminationCheck(terminations))
-    return checks
+    return Checks(tuple(checks), instance)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 from aws_ork import defaults
@@ -57,12 +57,47 @@ class LaunchProof(Protocol):
     def minion_id(self) -> str | None: ...
 
 
+class KeyStore(Protocol):
+    """Salt's key store as the key stage uses it (:class:`~aws_ork.keys.manager.KeyManager`):
+    a Protocol, so that a test fakes it."""
+
+    dry_run: bool
+
+    def close(self) -> None: ...
+
+    def instance_keys(self, named: Collection[str] = ..., /) -> dict[str, set[str]]: ...
+
+    def states(self, minion_id: str, /) -> set[str]: ...
+
+    def accept(self, minion_id: str, /, *, enrolled: bool = ...) -> KeyResult: ...
+
+    def accept_bound(
+        self,
+        minion_id: str,
+        fingerprint: str,
+        /,
+        *,
+        enrolled: bool = ...,
+        presented: str | None = ...,
+    ) -> KeyResult: ...
+
+    def drop_impostors(self, minion_id: str, fingerprint: str, /) -> tuple[str, ...]: ...
+
+    def restore_bound(self, minion_id: str, fingerprint: str, pub: str, /) -> KeyResult: ...
+
+    def public_key(self, minion_id: str, /) -> str | None: ...
+
+    def delete(self, minion_id: str, /) -> KeyResult: ...
+
+    def reject(self, minion_id: str, /) -> KeyResult: ...
+
+
 class KeyStage:
     """Owns the key store's changes and the key lock (see the module docstring)."""
 
     def __init__(
         self,
-        keys: KeyManager,
+        keys: KeyStore,
         *,
         terminations: TerminateRecords | None = None,
         enrolled: IdMemory | None = None,
@@ -450,6 +485,21 @@ class KeyStage:
         with self.lock:
             result = self._accept_bound(instance_id, minion_id, fingerprint, presented)
         return instance_id, result
+
+    def wait_for_bound_key(self, minion_id: str, fingerprint: str) -> None:
+        """Key binding: the arrivals watcher looks out for this id's bound key."""
+        if self.arrivals is not None:
+            self.arrivals.wait_for(minion_id, fingerprint)
+
+    def salt_accepted(self, minion_id: str) -> bool:
+        """Salt used our autosign stub for this minion: is its key accepted now?"""
+        return ACCEPTED in self.keys.states(minion_id)
+
+    def enrol(self, instance_id: str) -> None:
+        """An instance whose key Salt accepted through our stub: never enrolled again.
+        OSError when StateDir cannot be written."""
+        if self.enrolled is not None:
+            self.enrolled.add(instance_id)
 
 
 def named(instance_id: str, minion_id: str) -> str:

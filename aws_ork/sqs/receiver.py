@@ -10,9 +10,8 @@ running.
 
 A receive is chained only after one that brought messages, and never after a stop or
 :meth:`Receiver.close`: an idle daemon still makes exactly one ReceiveMessage per long
-poll. Each batch received ahead is also prepared in its receive's thread (``prepare``:
-parsed, its instances looked up in EC2) after the next receive has been started, so the
-look-up overlaps both the next receive and the loop's work on the batch before.
+poll. The receiver only receives: what the loop does with a batch received ahead before it
+comes up (its look-ups) is the loop's step, started from :meth:`Receiver.received_ahead`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future
 
 from aws_ork import defaults
@@ -33,16 +31,9 @@ log = logging.getLogger(__name__)
 class Receiver:
     """Long polls for the loop; :meth:`prefetch` starts receiving ahead."""
 
-    def __init__(
-        self,
-        queue: Queue,
-        stopper: Stopper,
-        *,
-        prepare: Callable[[list[Message]], None] | None = None,
-    ) -> None:
+    def __init__(self, queue: Queue, stopper: Stopper) -> None:
         self.queue = queue
         self.stopper = stopper
-        self.prepare = prepare  # never raises (Handler.prepare)
         self._lock = threading.Lock()
         #: receives started ahead, oldest first, not yet taken by the loop
         self._ahead: deque[Future[list[Message]]] = deque()
@@ -75,9 +66,13 @@ class Receiver:
         if messages:
             with self._lock:
                 self._start_locked(wait)  # a backlog: the next receive goes out at once
-            if self.prepare is not None:
-                self.prepare(messages)
         return messages
+
+    def received_ahead(self) -> tuple[Future[list[Message]], ...]:
+        """The receives started ahead and not yet taken by the loop, oldest first (done or
+        still in flight)."""
+        with self._lock:
+            return tuple(self._ahead)
 
     def receive(self, wait: int) -> list[Message]:
         """The oldest batch received ahead if there is one, else a long poll now. Raises

@@ -1,0 +1,90 @@
+"""What the watchers report, followed up: the key stage first, then the effects.
+
+Two threads learn of keys outside any message: the arrivals watcher (key binding: a key
+presented under a waiting id, :class:`~aws_ork.keys.arrivals.KeyArrivals`) and the key
+directory watcher (Salt used up an autosign stub, :class:`~aws_ork.keys.watcher.KeyDirWatcher`,
+polled by the loop). Each calls :class:`KeyFollowups`, which asks the key stage (the only part
+that changes keys) and then announces the result and completes the waiting lifecycle action:
+the same effects a message's decision has, and never a call back into the message handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from aws_ork.base.errors import AwsOrkError
+from aws_ork.effects.announce import Announcer
+from aws_ork.effects.hooks import Hooks
+from aws_ork.keys import reactor
+from aws_ork.keys.result import Outcome
+from aws_ork.keys.stage import KeyStage
+
+log = logging.getLogger(__name__)
+
+
+class KeyFollowups:
+    """The watchers' entry points (see the module docstring)."""
+
+    def __init__(self, stage: KeyStage, announcer: Announcer, hooks: Hooks) -> None:
+        self.stage = stage
+        self.announcer = announcer
+        self.hooks = hooks
+
+    def on_key_presented(
+        self, minion_id: str, fingerprint: str, presented: str | None = None
+    ) -> bool:
+        """The arrivals thread saw a key presented under a waiting id (``presented``: the
+        public key of its ``salt/auth`` event, which Salt may not have kept): ask the key
+        stage now. True when nothing is left to wait for."""
+        instance_id, result = self.stage.key_presented(minion_id, fingerprint, presented)
+        log.info(
+            "key presented by %s: %s (key binding: %s)", minion_id, result.describe(), fingerprint
+        )
+        kind = reactor.kind_of(result.outcome, terminate=False)
+        if kind is not None and result.outcome.done:
+            self.announcer.fire(
+                kind,
+                minion_id,
+                {
+                    "instance_id": instance_id,
+                    "outcome": result.describe(),
+                    "source": "key binding",
+                    "reason": f"key presented (key binding: {fingerprint})",
+                },
+            )
+        if (
+            not result.dry_run
+            and instance_id is not None
+            and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED)
+        ):
+            self.hooks.accepted(instance_id)
+        return result.outcome.done
+
+    def note_accepted_by_salt(self, minion_ids: Sequence[str]) -> None:
+        """Salt used up our autosign stubs for these minions: those accepted are enrolled,
+        announced to Salt's reactor, and their waiting lifecycle actions completed."""
+        if self.stage.enrolled is None and self.announcer.off and self.hooks.off:
+            return
+        for minion_id in minion_ids:
+            instance_id = self.stage.instance_of(minion_id)
+            try:
+                if not self.stage.salt_accepted(minion_id):
+                    continue
+                self.announcer.fire(  # best effort: never raises
+                    reactor.Kind.ACCEPTED,
+                    minion_id,
+                    {
+                        "instance_id": instance_id,
+                        "outcome": Outcome.ACCEPTED.text,
+                        "source": "autosign",
+                        "reason": "accepted by Salt through aws_ork's autosign stub",
+                    },
+                )
+                if instance_id is not None:
+                    self.stage.enrol(instance_id)
+            except (OSError, ValueError, AwsOrkError) as exc:
+                log.error("%s: could not remember its accepted key: %s", minion_id, exc)
+                continue
+            if instance_id is not None:
+                self.hooks.accepted(instance_id)
