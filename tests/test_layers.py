@@ -19,7 +19,8 @@ never run; only rule (b) reads them). Each module belongs to a unit: a folder
 5. ``decision``: the pure decision over what the checks found and what the key stage did;
    then ``decide`` and ``sweep``, which use the stages.
 6. ``loop``, which runs them.
-7. ``app`` (the daemon's wiring) and ``preflight`` (``--check``), the two things the CLI runs.
+7. ``app`` (the daemon's wiring) and ``preflight`` (``--check``), the two things the CLI runs,
+   and ``flags`` (the command line's flags, which ``docgen`` reads too).
 8. ``cli`` and ``docgen`` (writes the docs generated from ``options``); 9. ``__main__``.
 
 The rules:
@@ -59,7 +60,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "decision",
         "decide sweep",
         "loop",
-        "app preflight",
+        "app preflight flags",
         "cli docgen",
         "__main__",
     )
