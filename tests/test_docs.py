@@ -68,7 +68,8 @@ def broken_links(root: Path, pages: Iterable[Path], pending: Iterable[str] = ())
 def test_every_relative_link_and_anchor_resolves() -> None:
     pages = doc_pages(REPO)
     assert {p.name for p in pages} >= {"README.md", "operations.md", "configuration.md"}
-    assert broken_links(REPO, pages, PENDING) == []
+    broken = broken_links(REPO, pages, PENDING)
+    assert broken == [], broken
 
 
 def test_the_link_check_finds_a_missing_page_and_a_missing_anchor(tmp_path: Path) -> None:
@@ -138,7 +139,13 @@ def metric_table(text: str) -> set[str]:
 
 
 def test_every_metric_is_in_the_operations_table_and_only_those() -> None:
-    assert metric_table(OPERATIONS.read_text()) == exported_metrics()
+    table, exported = metric_table(OPERATIONS.read_text()), exported_metrics()
+    assert table == exported, (
+        "not exported:",
+        table - exported,
+        "not in the table:",
+        exported - table,
+    )
 
 
 def test_every_metric_name_the_docs_write_is_exported() -> None:
@@ -206,7 +213,13 @@ def test_the_reason_codes_and_kinds_are_the_ones_counted() -> None:
     text = OPERATIONS.read_text()
     assert documented(text, "`kind` is the event kind:") - {"kind"} == {k.value for k in Kind}
     reasons = documented(text, "`reason` is a short code:") - {"reason"}
-    assert reasons == counted_reasons(REPO / "aws_ork")
+    counted = counted_reasons(REPO / "aws_ork")
+    assert reasons == counted, (
+        "never counted:",
+        reasons - counted,
+        "undocumented:",
+        counted - reasons,
+    )
 
 
 def test_the_reason_code_scan_finds_each_way_a_code_is_given(tmp_path: Path) -> None:
@@ -326,9 +339,8 @@ def test_the_install_commands_match_setup_py_and_the_unit() -> None:
     text = readme()
     deps = re.search(r"^    salt-pip install (?!--)(.*)$", text, re.M)
     assert deps is not None and "    salt-pip install --no-deps aws_ork\n" in text
-    assert sorted(deps.group(1).split()) == sorted(
-        set(setup_requirements()) - {"salt", "cryptography"}
-    )
+    wanted = set(setup_requirements()) - {"salt", "cryptography"}
+    assert set(deps.group(1).split()) == wanted, (deps.group(1), wanted)
     unit = (REPO / "data" / "aws_ork.service").read_text()
     (exec_start,) = re.findall(r"^ExecStart=.*$", unit, re.M)
     assert f"    {exec_start}\n" in text
