@@ -315,9 +315,9 @@ def test_the_command_exits_as_documented(tmp_path: Path, capsys) -> None:
     monkey.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard: nothing listens
     monkey.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkey.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkey.setenv("AWS_MAX_ATTEMPTS", "1")
     try:
         assert cli.main(["-c", str(unreachable), "--restore"]) == 1
+        assert "aws_ork: restore failed:" in capsys.readouterr().err
     finally:
         monkey.undo()
 
