@@ -36,7 +36,8 @@ setup(
                                    "data/aws_ork.init",
                                    "data/instance/aws_ork-bind-minion.sh",
                                    "data/cloudformation/aws_ork.yaml"]),
-                ("share/man/man5", ["man/aws_ork.conf.5"])],
+                ("share/man/man5", ["man/aws_ork.conf.5"]),
+                ("share/man/man8", ["man/aws_ork.8"])],
     classifiers=[
         "Programming Language :: Python :: 3.11",
         "License :: OSI Approved :: MIT License",

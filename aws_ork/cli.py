@@ -6,15 +6,15 @@ config error. Errors are one line on stderr naming the file, the option and the 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
 
-from aws_ork import __version__, app, config, preflight
+from aws_ork import app, config, preflight
 from aws_ork.app import RunOptions
 from aws_ork.base.errors import AwsOrkError, ConfigError
 from aws_ork.config import Config
+from aws_ork.flags import build_parser
 from aws_ork.keys.manager import load_master_opts
 from aws_ork.mirror.bucket import s3_tree
 from aws_ork.mirror.memories import restore_memories
@@ -23,49 +23,6 @@ from aws_ork.runtime import logsetup
 from aws_ork.runtime.daemonize import daemonize
 
 log = logging.getLogger("aws_ork")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="aws_ork",
-        description="Keep a Salt master's minion keys in step with EC2 Auto Scaling events "
-        "from SQS, and mirror the pki to S3.",
-    )
-    add = parser.add_argument
-    add("-V", "--version", action="version", version=f"aws_ork {__version__}")
-    add(
-        "-c",
-        "--config",
-        metavar="PATH",
-        help=f"config file (default ${config.ENV_PATH} or {config.DEFAULT_PATH})",
-    )
-    add("-v", "--verbose", action="store_true", help="debug logging")
-    add("-d", "--daemon", action="store_true", help="detach, write PidFile, log to LogFile")
-    add("--syslog", action="store_true", help="with -d: log to syslog (facility daemon)")
-    add("--purge", action="store_true", help="purge the queue once at start-up, then run")
-    add(
-        "--once",
-        action="store_true",
-        help="handle messages until a receive comes back empty, then exit",
-    )
-    add(
-        "--dry-run",
-        action="store_true",
-        help="log every decision; change no key, delete no message, write nothing to S3",
-    )
-    add(
-        "--check",
-        action="store_true",
-        help="check the config, the queue and its policy, the bucket, the Salt pki, EC2 "
-        "and the local directories; one ok/WARN/FAIL line each, then exit",
-    )
-    add(
-        "--restore",
-        action="store_true",
-        help="copy the pki mirror from BucketUrl into PkiDir, then exit",
-    )
-    add("--force", action="store_true", help="with --restore: overwrite a non-empty PkiDir")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

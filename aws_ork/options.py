@@ -4,8 +4,9 @@ An :class:`Option` holds all there is to say about one option: the name operator
 :class:`~aws_ork.config.Config` attribute it sets, its default and the parser of its value
 (aws_ork/values.py), and the text people read. ``config.py`` builds ``Config``'s defaults and
 its parser from these records, and ``aws_ork/docgen.py`` writes ``data/aws_ork.conf``, the
-README's option table and the ``aws_ork.conf(5)`` man page from them, so the four can no
-longer disagree (tests/test_generated_docs.py fails when a generated file is stale).
+configuration reference ``docs/configuration.md`` and the ``aws_ork.conf(5)`` man page from
+them, so the four can no longer disagree (tests/test_generated_docs.py fails when a generated
+file is stale).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from aws_ork.values import (
 class Option:
     """One option of ``[aws_ork]``.
 
-    ``help`` is the one line of the README's table (Markdown); ``text`` is the longer operator
+    ``help`` is the option's line in docs/configuration.md (Markdown); ``text`` is the longer operator
     text, the comment above the option in ``data/aws_ork.conf`` and its paragraph in the man
     page (plain text, its line breaks kept in the file). ``shown_default`` is the default as
     people read it (``(none)``, ``StateDir/certs``); ``example`` the value on the option's
@@ -174,7 +175,7 @@ GROUPS: tuple[Group, ...] = (
                 help="fire `aws_ork/<kind>/<minion id>` on the master's event bus after each decision, for Salt's reactor (see [Salt reactor events](#salt-reactor-events)); `--dry-run` fires nothing",
                 text=(
                     "Fire aws_ork/<launch|accepted|terminate|rejected>/<minion id> on the master's event bus\n"
-                    'after each decision, for Salt\'s reactor (README "Salt reactor events"); best effort.'
+                    'after each decision, for Salt\'s reactor (docs/salt.md, "Salt reactor events"); best effort.'
                 ),
             ),
             Option(
@@ -188,7 +189,7 @@ GROUPS: tuple[Group, ...] = (
                 help="the secret that signs each reactor event (HMAC-SHA256, checked by recipes with Salt's `hmac` filter); made at the first start if absent (0600, the master's user); a symlink, a directory, a file others can read, its group or anyone but aws_ork's or the master's user can write, not 64 hex characters, or under PkiDir, is a config error (exit 2, and a FAIL of `--check`); never mirrored to S3 (a restored master makes its own); see [What a recipe may trust](#salt-reactor-events)",
                 text=(
                     "The secret that signs each event (HMAC-SHA256; reactor recipes check it with Salt's `hmac`\n"
-                    "Jinja filter, see the README). Made at the first start if absent: mode 0600, owned by the\n"
+                    "Jinja filter, see docs/salt.md). Made at the first start if absent: mode 0600, owned by the\n"
                     "master's user. Refused (exit 2) when a symlink or not a regular file, readable by\n"
                     "others, writable by its group or anyone but aws_ork's or the master's user, not 64 hex\n"
                     "characters, or under PkiDir (mirrored to S3; the key never leaves the master: a restored\n"
@@ -415,7 +416,7 @@ GROUPS: tuple[Group, ...] = (
                     "Unsigned message sources accepted while VerifySignatures is on, whitespace/comma separated:\n"
                     "raw (SNS raw delivery), hook (lifecycle hook sending to the queue), eventbridge (EventBridge\n"
                     "rule targeting the queue). They carry no signature: the queue policy is then the only gate,\n"
-                    "so allow only that source to send to the queue (see the README). Default: none.\n"
+                    "so allow only that source to send to the queue (see docs/aws.md). Default: none.\n"
                     "Each needs AutoScalingGroups or InstanceTags (exit 2 otherwise): an unsigned launch could\n"
                     "name any running instance of the region, and EC2 state-change events come from every\n"
                     "instance of the account (AutoScalingGroups = * for any Auto Scaling group)."
@@ -587,8 +588,8 @@ GROUPS: tuple[Group, ...] = (
                     "Names of the lifecycle hooks whose actions aws_ork completes (whitespace/comma separated):\n"
                     "CONTINUE once a launching instance's key is accepted (heartbeats meanwhile, for at most 30\n"
                     "minutes), CONTINUE once a terminating instance's key is deleted. * = every hook whose\n"
-                    "messages reach the queue; empty = none. Needs the autoscaling: actions of the README's IAM\n"
-                    "policy."
+                    "messages reach the queue; empty = none. Needs the autoscaling: actions of the IAM policy\n"
+                    "(docs/aws.md)."
                 ),
             ),
         ),

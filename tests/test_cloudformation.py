@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "data" / "cloudformation" / "aws_ork.yaml"
 
 #: Resource types moto (5.2) cannot create through CloudFormation. The deployed variant
-#: leaves them out; the README ("Deploying the AWS side") names the same five.
+#: leaves them out; docs/aws.md ("Deploying the AWS side") names the same five.
 MOTO_LACKS = frozenset(
     {
         "AWS::SQS::QueuePolicy",  # only the topic may send
@@ -446,9 +446,9 @@ def test_only_auto_scaling_and_the_hook_role_may_publish_to_the_topic():
         assert policy == {}
 
 
-def test_the_master_role_has_the_readme_policy():
-    """The same actions as the README's "IAM policy" (the batch names are no IAM actions)."""
-    readme = (ROOT / "README.md").read_text()
+def test_the_master_role_has_the_documented_policy():
+    """The same actions as docs/aws.md's "IAM policy" (the batch names are no IAM actions)."""
+    readme = (ROOT / "docs" / "aws.md").read_text()
     section = readme.split("## IAM policy", 1)[1]
     block = re.search(r"```json\n(.*?)```", section, re.S)
     assert block is not None

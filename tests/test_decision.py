@@ -1,8 +1,8 @@
-"""The decision as pure functions (aws_ork.decision): every row of the README's decision
-tables ("The checks, in order", Terminates, Freshness, No replay, Key binding, Lifecycle
-hooks), without moto, Salt or threads. What each check answers for what EC2 or a signature
-says is tested with the checks (tests/test_checks.py, tests/test_signature.py); here is what
-the daemon does with those answers."""
+"""The decision as pure functions (aws_ork.decision): every row of the decision tables of
+docs/security.md and docs/aws.md ("The checks, in order", Terminates, Freshness, No replay,
+Key binding, Lifecycle hooks), without moto, Salt or threads. What each check answers for
+what EC2 or a signature says is tested with the checks (tests/test_checks.py,
+tests/test_signature.py); here is what the daemon does with those answers."""
 
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ never run; only rule (b) reads them). Each module belongs to a unit: a folder
    then ``effects`` (what follows a decision: the lifecycle action, the reactor event, and the
    watchers' follow-ups of the key stage); then ``decide`` and ``sweep``, which use them.
 6. ``loop``, which runs them.
-7. ``app`` (the daemon's wiring) and ``preflight`` (``--check``), the two things the CLI runs.
+7. ``app`` (the daemon's wiring) and ``preflight`` (``--check``), the two things the CLI runs,
+   and ``flags`` (the command line's flags, which ``docgen`` reads too).
 8. ``cli`` and ``docgen`` (writes the docs generated from ``options``); 9. ``__main__``.
 
 The rules:
@@ -61,7 +62,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "effects",
         "decide sweep",
         "loop",
-        "app preflight",
+        "app preflight flags",
         "cli docgen",
         "__main__",
     )

@@ -1,4 +1,4 @@
-"""More than one master (README "More than one master"), end to end on loopback.
+"""More than one master (docs/aws.md, "More than one master"), end to end on loopback.
 
 1. Independent masters, fan-out: one SNS topic (moto's own SNS) delivers to one SQS queue
    per master; each master runs its own aws_ork with its own queue, StateDir and mirror
@@ -117,7 +117,7 @@ def problems(log: str) -> list[str]:
 
 
 def queue_policy(queue_arn: str, topic_arn: str) -> str:
-    """The queue policy README "More than one master" gives for each master's queue."""
+    """The queue policy docs/aws.md ("More than one master") gives for each master's queue."""
     return json.dumps(
         {
             "Version": "2012-10-17",
@@ -393,7 +393,7 @@ def test_a_cluster_two_daemons_one_queue_100_launches_and_100_terminates(
         name = master.config["id"]
         (tmp_path / name).mkdir()
         prefixes.append(f"cluster/{name}/")
-        # the shipped defaults, but for a short ReconcileMinutes (README: a member's prefix
+        # the shipped defaults, but for a short ReconcileMinutes (docs/aws.md: a member's prefix
         # gets the other members' changes at its next reconciliation)
         configs.append(
             write_config(

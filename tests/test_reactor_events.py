@@ -560,8 +560,9 @@ def test_untrusted_text_is_bounded_and_escaped():
 
 
 def readme_example(heading: str) -> str:
-    """The first ```jinja block after ``heading`` in the README: the test runs what it shows."""
-    text = (Path(__file__).parent.parent / "README.md").read_text()
+    """The first ```jinja block after ``heading`` in docs/salt.md: the test runs what it
+    shows."""
+    text = (Path(__file__).parent.parent / "docs" / "salt.md").read_text()
     after = text[text.index(heading) :]
     start = after.index("```jinja\n") + len("```jinja\n")
     return after[start : after.index("```", start)]
@@ -610,7 +611,7 @@ def webhook() -> Iterator[Webhook]:
 def reactor_master(
     tmp_path_factory: pytest.TempPathFactory, webhook: Webhook
 ) -> Iterator[SaltMaster]:
-    """A real salt-master whose reactor runs the README's examples: the highstate one for
+    """A real salt-master whose reactor runs the examples of docs/salt.md: the highstate one for
     ``aws_ork/accepted/*`` (the highstate writes ``highstated/<minion id>`` under the
     master's root) and the chat one for ``aws_ork/*``, posting to the ``webhook``."""
     root = tmp_path_factory.mktemp("reactor")
@@ -681,7 +682,7 @@ def test_an_accepted_minion_cannot_forge_an_event_the_readme_recipes_act_on(
 ):
     """A real accepted salt-minion puts ``aws_ork/accepted/<id>`` on the master's bus, with a
     plain tag, with a ``pretag`` (fired before Salt's blacklist check), and with a genuine
-    aws_ork event's ``signed`` and ``hmac`` replayed under another tag: the README's chat
+    aws_ork event's ``signed`` and ``hmac`` replayed under another tag: the chat
     recipe posts none of them, and posts the genuine event that follows."""
     attacker, victim, genuine = new_id(), new_id(), new_id()
     conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=reactor_master)
@@ -764,7 +765,7 @@ def test_a_minion_accepted_by_salt_through_the_stub_is_highstated_by_the_readme_
 ):
     """The whole way: launch -> autosign stub -> the minion's first contact -> Salt accepts
     -> the loop's watcher -> ``aws_ork/accepted/<id>`` (with the launch's group) -> the
-    README's highstate reactor -> the minion runs its highstate."""
+    highstate reactor of docs/salt.md -> the minion runs its highstate."""
     minion = new_id()
     listener = Listener(reactor_master)
     conf = write_config(tmp_path / "aws_ork.conf", queue_url=queue_url, master=reactor_master)
