@@ -30,12 +30,17 @@ KEY_STATES = (ACCEPTED, PENDING, REJECTED, DENIED)
 FILE_DRIVER = "localfs_key"
 
 
+def salt_major() -> int:
+    """The installed Salt's release line: 3006, 3007, 3008."""
+    import salt.version
+
+    return int(salt.version.__saltstack_version__.major)
+
+
 def salt_has_clusters() -> bool:
     """Whether the installed Salt has master clusters (3007 and later). Salt 3006 ignores
     ``cluster_id`` and ``cluster_pki_dir`` and keeps every key in ``pki_dir``."""
-    import salt.version
-
-    return int(salt.version.__saltstack_version__.major) >= 3007
+    return salt_major() >= 3007
 
 
 class KeyAgeUnknown(KeyStoreError):
@@ -55,7 +60,10 @@ class KeyLocation:
         clustered = opts.get("cluster_id") and opts.get("cluster_pki_dir") and salt_has_clusters()
         return cls(
             Path(opts["cluster_pki_dir"] if clustered else opts["pki_dir"]),
-            str(opts.get("keys.cache_driver") or FILE_DRIVER),
+            # before 3008 Salt has no key cache driver: the keys are always files
+            str(opts.get("keys.cache_driver") or FILE_DRIVER)
+            if salt_major() >= 3008
+            else FILE_DRIVER,
         )
 
     @property
