@@ -74,8 +74,10 @@ def salt_pip(onedir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "import salt.scripts\n"
         f"salt.scripts.salt_pip({str(config_dir)!r})\n"
     )
+    # no pip configuration of this machine (find-links, extra indexes): offline, the index is
+    # only what a test names
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=onedir,
