@@ -18,7 +18,7 @@ setup(
     packages=find_packages(include=["aws_ork", "aws_ork.*"]),
     install_requires=[
         "boto3>=1.34",
-        "salt>=3007",
+        "salt>=3006.27,<3009",
         "python-daemon>=3.0",
         "cryptography>=42",
         "prometheus-client>=0.20",  # MetricsAddress: /metrics (the collector API)

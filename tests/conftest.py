@@ -13,7 +13,7 @@ import pytest
 
 from tests.awsenv import MotoServer, start_moto
 from tests.daemon import write_config
-from tests.saltenv import SaltMaster, start_master
+from tests.saltenv import SALT_RELEASE, SaltMaster, start_master
 from tests.snssign import SigningIdentity, make_signing_identity
 from tests.tcpproxy import TcpProxy
 
@@ -21,6 +21,67 @@ AWS_VARIABLES = ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"
 
 #: cert_dir, identity, fleet: signed envelopes and a managed group for the trust tests
 pytest_plugins = ["tests.trustenv"]
+
+#: The tests marked ``saltline``: what a Salt release can change, run on every supported Salt
+#: line (tox envs salt3006 and salt3007; py311, the newest, runs everything). A real
+#: salt-master and salt-minions each time: key changes, pre-authorisation (autosign stubs),
+#: key binding, end to end, reactor and auth events, --check, restore, clusters (3007 on), the
+#: salt-pip install. A module named alone: all its tests; else the tests named. A name the
+#: module no longer defines fails the run (the selection never shrinks unseen).
+SALTLINE: dict[str, tuple[str, ...]] = {
+    "test_saltenv.py": (),
+    "test_saltcompat.py": (),
+    "test_salt_pip.py": (),
+    "test_keys.py": (),
+    "test_binding.py": (),
+    "test_key_binding.py": (),
+    "test_end_to_end.py": (),
+    "test_daemon.py": (
+        "test_launch_accepts_exactly_that_pending_key",
+        "test_terminate_deletes_the_key_in_every_state",
+        "test_launch_before_the_key_pre_authorises_the_minion",
+        "test_glob_and_path_ids_touch_nothing",
+    ),
+    "test_sweep.py": (
+        "test_under_key_binding_the_sweep_accepts_only_the_key_the_instance_published",
+    ),
+    "test_reactor_events.py": (
+        "test_launch_accept_preauthorise_and_terminate_are_fired",
+        "test_acceptance_by_salt_through_a_stub_is_fired_with_the_launch_context",
+        "test_a_bound_key_accepted_by_the_arrivals_thread_is_fired",
+        "test_the_readme_chat_reactor_posts_each_decision",
+    ),
+    "test_lifecycle.py": (
+        "test_launch_preauthorised_by_stub_is_completed_when_salt_uses_the_stub",
+    ),
+    "test_preflight.py": ("test_a_healthy_setup_passes_every_check_without_a_warning",),
+    "test_backup.py": ("test_restore_brings_back_a_master_whose_minion_still_answers",),
+    "test_masters.py": (
+        "test_a_cluster_minion_preauthorised_by_one_member_is_accepted_by_the_other",
+    ),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the SALTLINE tests ``saltline``; mark ``slow`` those and every test that uses the
+    ``master`` fixture (they start real salt processes)."""
+    stale = {module for module in SALTLINE if not (Path(__file__).parent / module).is_file()}
+    for item in items:
+        if "master" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+        module = Path(str(item.fspath)).name
+        if module not in SALTLINE:
+            continue
+        defined = vars(item.module) if isinstance(item, pytest.Function) else {}
+        stale.update(f"{module}::{n}" for n in SALTLINE[module] if n not in defined)
+        name = item.name.split("[", 1)[0]
+        if not SALTLINE[module] or name in SALTLINE[module]:
+            item.add_marker(pytest.mark.saltline)
+            item.add_marker(pytest.mark.slow)
+        if module == "test_masters.py" and "cluster" in name and SALT_RELEASE < (3007, 0):
+            item.add_marker(pytest.mark.skip(reason="Salt 3006 has no master cluster"))
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py SALTLINE names no test: {sorted(stale)}")
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,18 @@ from typing import Any
 KEY_STATES = ("minions", "minions_pre", "minions_rejected", "minions_denied")
 AUTOSIGN_DIR = "minions_autosign"
 
+
+def _salt_release() -> tuple[int, int]:
+    import salt.version
+
+    info = salt.version.__saltstack_version__
+    return (int(info.major), int(info.minor or 0))
+
+
+#: The Salt release these tests run against, e.g. (3006, 27): some facts differ by line
+#: (docs/compatibility.md).
+SALT_RELEASE = _salt_release()
+
 # Unix socket paths are limited to 107 bytes. Salt's longest socket name under a sock_dir is
 # a minion's "minion_event_<10 hex>_pull.ipc" (32 characters, plus the slash): with a longer
 # dir the minion cannot bind its event socket ("AF_UNIX path too long") and never answers a

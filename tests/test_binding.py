@@ -31,7 +31,8 @@ def test_both_of_salts_fingerprints_name_the_key(tmp_path):
     pub = generate_public_key_pem()
     on_master = salt.utils.crypt.pem_finger(key=pub.encode())  # salt-key -f
     on_minion = finger_file(tmp_path, pub)  # salt-call --local key.finger
-    assert on_master != on_minion  # Salt 3008 hashes different bytes for the two
+    # Salt 3006.27 and 3008 hash different bytes for the two (3007.16 the same): either one
+    # names the key
     assert binding.matches(pub, on_master) and binding.matches(pub, on_minion)
     assert not binding.matches(generate_public_key_pem(), on_minion)
     assert binding.normalise(f"  {on_minion.upper()} ") == on_minion

@@ -2,10 +2,10 @@
 
 Salt's ``localfs_key`` driver keeps one file per minion id in a directory per state under
 the key directory; the autosign stubs live beside them. The key directory is the master's
-``cluster_pki_dir`` when it belongs to a Salt cluster (``cluster_id`` set), else its
-``pki_dir``: the rule of ``salt.key.Key``, ``salt.cache.localfs_key`` and the master's
-``AutoKey``. Every module that needs a key's path takes it from here, so a clustered master's
-keys are read and written where Salt reads them.
+``cluster_pki_dir`` when it belongs to a Salt cluster (``cluster_id`` set, Salt 3007 and
+later), else its ``pki_dir``: the rule of ``salt.key.Key``, ``salt.cache.localfs_key`` and
+the master's ``AutoKey``. Every module that needs a key's path takes it from here, so a
+clustered master's keys are read and written where Salt reads them.
 """
 
 from __future__ import annotations
@@ -30,6 +30,19 @@ KEY_STATES = (ACCEPTED, PENDING, REJECTED, DENIED)
 FILE_DRIVER = "localfs_key"
 
 
+def salt_major() -> int:
+    """The installed Salt's release line: 3006, 3007, 3008."""
+    import salt.version
+
+    return int(salt.version.__saltstack_version__.major)
+
+
+def salt_has_clusters() -> bool:
+    """Whether the installed Salt has master clusters (3007 and later). Salt 3006 ignores
+    ``cluster_id`` and ``cluster_pki_dir`` and keeps every key in ``pki_dir``."""
+    return salt_major() >= 3007
+
+
 class KeyAgeUnknown(KeyStoreError):
     """The master keeps keys with a driver that has no files: a key's age cannot be read."""
 
@@ -44,10 +57,13 @@ class KeyLocation:
     @classmethod
     def from_opts(cls, opts: Mapping[str, Any]) -> KeyLocation:
         """From the master's options (``salt.config.master_config``)."""
-        clustered = opts.get("cluster_id") and opts.get("cluster_pki_dir")
+        clustered = opts.get("cluster_id") and opts.get("cluster_pki_dir") and salt_has_clusters()
         return cls(
             Path(opts["cluster_pki_dir"] if clustered else opts["pki_dir"]),
-            str(opts.get("keys.cache_driver") or FILE_DRIVER),
+            # before 3008 Salt has no key cache driver: the keys are always files
+            str(opts.get("keys.cache_driver") or FILE_DRIVER)
+            if salt_major() >= 3008
+            else FILE_DRIVER,
         )
 
     @property

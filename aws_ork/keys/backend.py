@@ -33,11 +33,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from aws_ork.base.saltkeys import ACCEPTED, DENIED, FILE_DRIVER, PENDING, REJECTED, KeyLocation
+from aws_ork.keys import saltcompat
 
 log = logging.getLogger(__name__)
-
-#: Banks of the minion data cache that ``Key.check_minion_cache`` cleans after a delete.
-MINION_DATA_BANKS = ("grains", "pillar")
 
 
 def preload_event_transport() -> None:
@@ -62,6 +60,17 @@ class SaltKeys:
             location if location is not None and location.driver == FILE_DRIVER else None
         )
         self._data_cache: Any = None  # salt.cache for grains/pillar, made on first delete
+        #: the key's ``keys``/``denied_keys`` banks: Salt 3008's key cache, or the files
+        #: (Salt 3006/3007: aws_ork.keys.saltcompat)
+        self.cache = saltcompat.key_cache(key, location or KeyLocation.from_opts(self.opts))
+
+    def list_match(self, names: list[str]) -> dict[str, list[str]]:
+        """The key directories holding these exact ids: ``Key.list_match`` (Salt 3008), or
+        the same read of the files (3006/3007, whose ``list_match`` does not exist)."""
+        if isinstance(self.cache, saltcompat.KeyFiles):
+            return self.cache.list_match(names)
+        found: dict[str, list[str]] = self.key.list_match(names)
+        return found
 
     def accept(self, minion_id: str, entry: Any = None) -> bool:
         """Move a pending key to accepted, as ``Key.change_state(PEND, ACC)`` does.
@@ -70,17 +79,13 @@ class SaltKeys:
         False when there is no pending key or its public key is not a valid RSA key (Salt
         logs and skips those too).
         """
-        import salt.crypt
-        import salt.exceptions
         import salt.utils.event
 
         if entry is None:
-            entry = self.key.cache.fetch("keys", minion_id)
+            entry = self.cache.fetch("keys", minion_id)
         if not isinstance(entry, dict) or entry.get("state") != "pending":
             return False
-        try:
-            salt.crypt.PublicKey.from_str(entry["pub"])
-        except salt.exceptions.InvalidKeyError:
+        if not saltcompat.valid_public_key(entry["pub"]):
             log.error("%s: pending key is not a valid RSA public key; not accepted", minion_id)
             return False
         if not self._move_pending(minion_id, entry, "accepted"):
@@ -96,7 +101,7 @@ class SaltKeys:
         listing every key). False when there is no pending key any more."""
         import salt.utils.event
 
-        entry = self.key.cache.fetch("keys", minion_id)
+        entry = self.cache.fetch("keys", minion_id)
         if not isinstance(entry, dict) or entry.get("state") != "pending":
             return False
         if not self._move_pending(minion_id, entry, "rejected"):
@@ -113,7 +118,7 @@ class SaltKeys:
         as the driver's store would, no other state of the id is left. False when the key
         was no longer pending (another process changed it)."""
         if self.location is None:
-            self.key.cache.store("keys", minion_id, {**entry, "state": state})
+            self.cache.store("keys", minion_id, {**entry, "state": state})
             return True
         target, other = (ACCEPTED, REJECTED) if state == "accepted" else (REJECTED, ACCEPTED)
         try:
@@ -128,7 +133,7 @@ class SaltKeys:
 
     def denied(self, minion_id: str) -> list[str]:
         """The public keys Salt denied under this id (another key was pending or accepted)."""
-        found = self.key.cache.fetch("denied_keys", minion_id)
+        found = self.cache.fetch("denied_keys", minion_id)
         if isinstance(found, str):
             return [found]
         return [pub for pub in found or [] if isinstance(pub, str)]
@@ -144,18 +149,14 @@ class SaltKeys:
         the id first, and a presenter authenticating in that gap finds no key, is taken for a
         new minion and stored as pending, which deletes the accepted key again. With a key
         always there, Salt denies every other key and never replaces the accepted one."""
-        import salt.crypt
-        import salt.exceptions
         import salt.utils.event
 
-        try:
-            salt.crypt.PublicKey.from_str(pub)
-        except salt.exceptions.InvalidKeyError:
+        if not saltcompat.valid_public_key(pub):
             log.error("%s: presented key is not a valid RSA public key; not accepted", minion_id)
             return False
         pub = pub.strip()
         if self.location is None:
-            self.key.cache.store("keys", minion_id, {"state": "accepted", "pub": pub})
+            self.cache.store("keys", minion_id, {"state": "accepted", "pub": pub})
         else:
             target = self.location.path(ACCEPTED, minion_id)
             target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -171,7 +172,7 @@ class SaltKeys:
             for state in (PENDING, REJECTED):  # they would win over it (read first)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.location.path(state, minion_id))
-        self.key.cache.flush("denied_keys", minion_id)
+        self.cache.flush("denied_keys", minion_id)
         self._fire(
             {"result": True, "act": "accept", "id": minion_id, "pub": pub},
             salt.utils.event.tagify(prefix="key"),
@@ -182,7 +183,7 @@ class SaltKeys:
         """Delete the denied key (key binding: an impostor's), so that the genuine key finds
         Salt's one denied slot free at its next attempt (Salt keeps the first denied key of
         an id and throws every later one away)."""
-        self.key.cache.flush("denied_keys", minion_id)
+        self.cache.flush("denied_keys", minion_id)
 
     def drop_impostor(
         self, state: str, minion_id: str, genuine: Callable[[str], bool]
@@ -221,16 +222,14 @@ class SaltKeys:
 
         states = set(states)
         for state in sorted(states):
-            self.key.cache.flush("denied_keys" if state == DENIED else "keys", minion_id)
+            self.cache.flush("denied_keys" if state == DENIED else "keys", minion_id)
             self._fire(
                 {"result": True, "act": "delete", "id": minion_id},
                 salt.utils.event.tagify(prefix="key"),
             )
         self._forget_minion_data(minion_id, was_accepted=ACCEPTED in states)
         if self.opts.get("rotate_aes_key"):
-            import salt.crypt
-
-            salt.crypt.dropfile(self.opts["cachedir"], self.opts["user"], self.opts["id"])
+            saltcompat.drop_aes_key(self.opts)
 
     def _forget_minion_data(self, minion_id: str, *, was_accepted: bool) -> None:
         """Flush this minion's grains and pillar cache, honouring Salt's preserve options."""
@@ -242,12 +241,9 @@ class SaltKeys:
             import salt.cache
 
             self._data_cache = salt.cache.factory(self.opts)
-        names = [minion_id]
-        if self.opts.get("pillarenv"):
-            names.append(f"{minion_id}:{self.opts['pillarenv']}")
-        for bank in MINION_DATA_BANKS:
-            for name in names:
-                self._data_cache.flush(bank, name)
+        pillarenv = self.opts.get("pillarenv")
+        for bank, name in saltcompat.minion_data_banks(self.key, minion_id, pillarenv):
+            self._data_cache.flush(bank, name)
 
     def _fire(self, data: dict[str, Any], tag: str) -> None:
         """Tell the master's event bus, like salt.key does (best effort there too)."""

@@ -19,6 +19,7 @@ from aws_ork.base import binding
 from aws_ork.base.errors import ConfigError, KeyStoreError
 from aws_ork.base.ids import is_instance_id, is_minion_id
 from aws_ork.base.saltkeys import ACCEPTED, DENIED, PENDING, REJECTED, KeyLocation
+from aws_ork.keys import saltcompat
 from aws_ork.keys.autosign import AutosignStubs
 from aws_ork.keys.backend import SaltKeys
 from aws_ork.keys.result import KeyResult, Outcome
@@ -32,6 +33,9 @@ def load_master_opts(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), "SaltMasterConfig", "no such file")
     import salt.config  # slow import: only when a key manager is really wanted
 
+    refusal = saltcompat.release_refusal(saltcompat.salt_release())
+    if refusal:
+        raise ConfigError("salt", None, refusal)
     try:
         opts: dict[str, Any] = salt.config.master_config(str(path))
     except Exception as exc:  # Salt raises many types for a bad file
@@ -52,6 +56,8 @@ class KeyManager:
 
             key = salt.key.Key(dict(opts))
         self._key = key
+        for warning in saltcompat.release_warnings(saltcompat.salt_release(), opts):
+            log.warning("%s", warning)
         self.location = KeyLocation.from_opts(opts)
         self._salt = SaltKeys(key, self.location)  # exact O(1): salt.key's own list every key
         self._stubs = AutosignStubs(self.location, auto_accept=bool(opts.get("auto_accept")))
@@ -82,7 +88,7 @@ class KeyManager:
         """The key directories (``minions``, ``minions_pre``, ...) that hold this exact id."""
         if not is_minion_id(minion_id):
             raise ValueError(f"{minion_id!r:.80} is not a safe minion id")
-        found = self._call("look up", minion_id, self._key.list_match, [minion_id])
+        found = self._call("look up", minion_id, self._salt.list_match, [minion_id])
         return {state for state, names in found.items() if minion_id in names}
 
     def accept(self, minion_id: str, *, enrolled: bool = False) -> KeyResult:
@@ -280,7 +286,7 @@ class KeyManager:
     def _entry(self, minion_id: str) -> Any:
         """The key's ``keys`` bank entry (``{"state", "pub"}``), or None."""
         try:
-            return self._key.cache.fetch("keys", minion_id)
+            return self._salt.cache.fetch("keys", minion_id)
         except Exception:  # the accept fetches it again and reports the error
             return None
 
@@ -353,7 +359,7 @@ class KeyManager:
         if pub is None or self.states(minion_id):
             return
         try:
-            self._key.cache.store("keys", minion_id, {"state": "pending", "pub": pub})
+            self._salt.cache.store("keys", minion_id, {"state": "pending", "pub": pub})
             log.warning("%s: accept failed half-way; pending key put back", minion_id)
         except Exception as exc:  # the store is broken; the minion will resubmit its key
             log.error(

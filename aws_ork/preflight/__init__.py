@@ -32,7 +32,7 @@ from aws_ork.base.errors import ConfigError, MirrorError, QueueError
 from aws_ork.base.saltkeys import ACCEPTED, FILE_DRIVER, PENDING, REJECTED, KeyLocation
 from aws_ork.config import Config
 from aws_ork.defaults import MIN_VISIBILITY_TIMEOUT
-from aws_ork.keys import bypass
+from aws_ork.keys import bypass, saltcompat
 from aws_ork.keys.eventkey import EventKey, EventKeyError, event_key_path
 from aws_ork.keys.manager import load_master_opts
 from aws_ork.mirror.bucket import S3Tree, s3_tree
@@ -253,6 +253,10 @@ def public_access_line(tree: S3Tree) -> Line:
 def check_pki(cfg: Config) -> Iterator[Line]:
     """The master's key directory (cluster_pki_dir on a clustered master) and the state
     directories aws_ork writes: accepted, pending, rejected, autosign."""
+    refusal = saltcompat.release_refusal(saltcompat.salt_release())
+    if refusal:
+        yield config_fail(f"salt release: {refusal}: the start refuses it (exit 2)")
+        return
     try:
         opts = load_master_opts(cfg.salt_master_config)
         location = KeyLocation.from_opts(opts)
@@ -260,6 +264,7 @@ def check_pki(cfg: Config) -> Iterator[Line]:
         yield fail(f"salt master config: {exc}")
         return
     yield from master_option_lines(opts, cfg.salt_master_config)
+    yield from salt_release_lines(opts)
     missing = _dir_problem(location.key_dir, create=False)
     if missing:
         yield fail(
@@ -293,6 +298,21 @@ def check_pki(cfg: Config) -> Iterator[Line]:
             f"salt keys.cache_driver {location.driver!r} keeps no key files: no "
             f"pending key's age can be read, so with VerifyInstances no key is ever "
             f"accepted (freshness fails closed)"
+        )
+
+
+def salt_release_lines(opts: Mapping[str, Any]) -> Iterator[Line]:
+    """The installed Salt's release: ok when tested, a WARN for what the start warns about
+    (keys/saltcompat.py; a release too old already FAILed as the master config's error)."""
+    release = saltcompat.salt_release()
+    found = saltcompat.release_warnings(release, opts)
+    for warning in found:
+        yield warn(f"salt release: {warning}")
+    if not found:
+        oldest = ".".join(map(str, saltcompat.OLDEST))
+        yield ok(
+            f"salt release {release[0]}.{release[1]} (aws_ork is tested with {oldest} to "
+            f"{saltcompat.NEWEST_LINE}.x)"
         )
 
 
