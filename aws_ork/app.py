@@ -24,6 +24,7 @@ from aws_ork.base.files import lock_directory
 from aws_ork.base.naming import Template
 from aws_ork.base.saltkeys import KeyLocation
 from aws_ork.checks import build_checks
+from aws_ork.checks.keytags import KeyTagWatcher
 from aws_ork.checks.terminations import Terminations
 from aws_ork.config import ANY_TOPIC, Config, require_safe
 from aws_ork.decide import Handler
@@ -34,6 +35,7 @@ from aws_ork.keys import bypass
 from aws_ork.keys.arrivals import KeyArrivals
 from aws_ork.keys.backend import preload_event_transport
 from aws_ork.keys.eventkey import EventKey, EventKeyError, event_key_path
+from aws_ork.keys.impostors import DeniedWatcher
 from aws_ork.keys.manager import KeyManager, load_master_opts
 from aws_ork.keys.reactor import SaltEvents
 from aws_ork.keys.stage import KeyStage
@@ -244,6 +246,17 @@ class App:
         actions = Hooks(self.completer, cfg.completes_hook)
         #: what the arrivals and key directory watchers report: the key stage, then the effects
         self.followups = KeyFollowups(stage, announcer, actions)
+        #: key binding by key: the key tags looked for while launches wait (a batched
+        #: DescribeInstances a second), and the keys Salt denies under bound ids reported
+        self.key_tags: KeyTagWatcher | None = None
+        self.denied: DeniedWatcher | None = None
+        if cfg.key_binding == "tag" and checks.instance is not None:
+            instance_check = checks.instance
+            self.key_tags = KeyTagWatcher(
+                instance_check.lookup.get_many,
+                instance_check.judge_launch,
+            )
+            self.denied = DeniedWatcher(master_opts)
         self.handler = Handler(
             stage,
             delete_unknown=cfg.delete_unknown_messages,
@@ -252,6 +265,7 @@ class App:
             finished=finished,
             announcer=announcer,
             hooks=actions,
+            key_tags=self.key_tags,
         )
         self.mirror: MirrorWorker | None = None
         if cfg.bucket_url is not None and not run.dry_run:
@@ -404,6 +418,8 @@ class App:
         self.watcher.reload(opts)
         if self.arrivals is not None:
             self.arrivals.reload(opts)
+        if self.denied is not None:
+            self.denied.reload(opts)
 
     def run(self) -> int:
         """Serve the metrics, run; stop serving on the way out, however it ends."""
@@ -421,8 +437,7 @@ class App:
             self._purge()
         if self.mirror is not None:
             self.mirror.start()  # replays the journal, then reconciles with the bucket
-        if self.arrivals is not None:
-            self.arrivals.start(self.followups.on_key_presented, self.handler.stage.on_key_lost)
+        self._start_key_watchers()
         if self.completer is not None:
             self.completer.start()
         signal.signal(signal.SIGHUP, lambda _signum, _frame: self.loop.request_reload())
@@ -433,8 +448,7 @@ class App:
         try:
             status = self.loop.run()
         finally:
-            if self.arrivals is not None:
-                self.arrivals.stop()
+            self._stop_key_watchers()
             if self.completer is not None:
                 self.completer.stop()
         systemd.notify("STOPPING=1")
@@ -447,6 +461,21 @@ class App:
             )
             status = status or 1
         return status
+
+    def _start_key_watchers(self) -> None:
+        """Key binding's threads: the arrivals watcher, the key tag watcher, the denied-key
+        watcher (each only under KeyBinding = tag)."""
+        if self.arrivals is not None:
+            self.arrivals.start(self.followups.on_key_presented, self.handler.stage.on_key_lost)
+        if self.key_tags is not None:
+            self.key_tags.start(self.followups.on_key_published)
+        if self.denied is not None:
+            self.denied.start(self.followups.on_key_denied)
+
+    def _stop_key_watchers(self) -> None:
+        for watcher in (self.arrivals, self.key_tags, self.denied):
+            if watcher is not None:
+                watcher.stop()
 
     def _purge(self) -> None:
         if self.run_options.dry_run:

@@ -18,7 +18,7 @@ import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from aws_ork import decision as policy
 from aws_ork import defaults, events
@@ -37,6 +37,15 @@ from aws_ork.memory import IdMemory, valid_id
 from aws_ork.sqs.queue import Message
 
 log = logging.getLogger(__name__)
+
+
+class TagWatch(Protocol):
+    """Key binding: where a launch waiting for its instance's key tags is looked after
+    (:class:`~aws_ork.checks.keytags.KeyTagWatcher`)."""
+
+    def watch(self, instance_id: str, /) -> None: ...
+
+    def drop(self, instance_id: str, /) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class Handler:
         finished: IdMemory | None = None,
         announcer: Announcer | None = None,
         hooks: Hooks | None = None,
+        key_tags: TagWatch | None = None,
     ) -> None:
         #: every key-side effect and the key lock
         self.stage = stage
@@ -74,6 +84,8 @@ class Handler:
         #: the effects after a decision: the reactor event, the lifecycle action
         self.announcer = announcer or Announcer(None)
         self.hooks = hooks or Hooks(None)
+        #: key binding: launches waiting for their key tags are looked for every second
+        self.key_tags = key_tags
         self._parsed: dict[str, Event] = {}  # the batch in hand, parsed once by prime()
         #: batches prepared ahead (defaults.RECEIVE_AHEAD at most), by their message ids
         self._prepared: dict[tuple[str, ...], _Prepared] = {}
@@ -184,6 +196,11 @@ class Handler:
         )
         # whose key: a launch's from the checks (MinionIdTemplate), a terminate's remembered
         minion_id = report.minion_id or self.stage.minion_of(event.instance_id)
+        if self.key_tags is not None:
+            if policy.awaits_published_key(event.kind, report):
+                self.key_tags.watch(event.instance_id)
+            elif policy.gives_up_published_key(event.kind, report):
+                self.key_tags.drop(event.instance_id)
         if report.reading is Reading.DEFER:
             state = self.hooks.while_deferred(event, report)
             return policy.deferred(report, message.receive_count, state)

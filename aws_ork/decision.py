@@ -75,6 +75,7 @@ class CheckReport:
     #: with ``DEFER``: every check saying who sent the message (topic, signature) passed
     authenticated: bool = True
     fingerprint: str | None = None  # key binding: the fingerprint the instance published
+    published: str | None = None  # key binding by key: the public key it published (PEM)
     facts: Mapping[str, Any] | None = None  # what EC2 said, for the reactor event
     minion_id: str | None = None  # MinionIdTemplate: the id a launch's key is accepted under
 
@@ -86,10 +87,12 @@ def read_checks(
     verdict); the first that does not pass decides, and no verdict after it is taken
     (``verdicts`` may be lazy: a check after a refusal is never asked)."""
     fingerprint: str | None = None
+    published: str | None = None
     facts: Mapping[str, Any] | None = None
     minion_id: str | None = None
     for index, (check_code, verdict) in enumerate(zip(codes, verdicts)):
         fingerprint = verdict.fingerprint or fingerprint
+        published = verdict.published or published
         facts = verdict.facts or facts
         if kind is Kind.LAUNCH:
             minion_id = verdict.minion_id or minion_id
@@ -103,10 +106,13 @@ def read_checks(
             announced=check_code not in UNANNOUNCED_CHECKS,
             authenticated=not any(code in AUTHENTICITY_CHECKS for code in codes[index:]),
             fingerprint=fingerprint,
+            published=published,
             facts=facts,
             minion_id=minion_id,
         )
-    return CheckReport(fingerprint=fingerprint, facts=facts, minion_id=minion_id)
+    return CheckReport(
+        fingerprint=fingerprint, published=published, facts=facts, minion_id=minion_id
+    )
 
 
 def unchecked(kind: Kind, *, delete_unknown: bool) -> Decision | None:
@@ -160,6 +166,10 @@ def plan(kind: Kind, instance_id: str, minion_id: str, report: CheckReport) -> K
         return KeyPlan(Step.REJECT_STALE, instance_id, minion_id, reason=report.reason)
     if kind is Kind.TERMINATE:
         return KeyPlan(Step.DELETE, instance_id, minion_id)
+    if report.published is not None:
+        return KeyPlan(
+            Step.PREACCEPT, instance_id, minion_id, report.fingerprint, published=report.published
+        )
     if report.fingerprint is not None:
         return KeyPlan(Step.ACCEPT_BOUND, instance_id, minion_id, report.fingerprint)
     return KeyPlan(Step.ACCEPT, instance_id, minion_id)
@@ -211,9 +221,36 @@ def bound(decision: Decision, result: KeyResult, receive_count: int, fingerprint
     return replace(decision, reason=reason)
 
 
+def published_key(decision: Decision, result: KeyResult, fingerprint: str | None) -> Decision:
+    """Key binding by key: name the key the instance published; a key already accepted
+    under another id is a refusal (one key must not be two minions)."""
+    reason = (
+        f"{decision.reason} (key binding by key: the key the instance published, {fingerprint})"
+    )
+    if result.outcome is Outcome.KEY_TWICE:
+        return replace(
+            decision, reason=f"REJECTED: {reason}", rejected=True, reason_code="key_twice"
+        )
+    return replace(decision, reason=reason)
+
+
+def awaits_published_key(kind: Kind, report: CheckReport) -> bool:
+    """Key binding: a launch deferred because its instance has published neither its key
+    nor its fingerprint yet: the key tag watcher looks for them every second."""
+    return kind is Kind.LAUNCH and report.reading is Reading.DEFER and report.code == "binding"
+
+
+def gives_up_published_key(kind: Kind, report: CheckReport) -> bool:
+    """Key binding: the launch's checks refused it for good (its tags never came, or do not
+    hold a key): the key tag watcher stops looking."""
+    return kind is Kind.LAUNCH and report.reading is Reading.REFUSE and report.code == "binding"
+
+
 def after_keys(key_plan: KeyPlan, result: KeyResult, receive_count: int) -> Decision:
     """The decision once the key stage did the plan's accept or delete."""
     decision = from_result(result, receive_count, key_plan.minion_id)
+    if key_plan.step is Step.PREACCEPT:
+        return published_key(decision, result, key_plan.fingerprint)
     if key_plan.fingerprint is not None:
         decision = bound(decision, result, receive_count, key_plan.fingerprint)
     return decision

@@ -214,6 +214,19 @@ KEY_CLOCK_SKEW_SECONDS = 60
 #: its key's fingerprint yet before it is refused (retries 2, 4, 8 ... 60 s apart: about 8
 #: minutes, time for a slow boot; a lifecycle hook keeps the instance waiting meanwhile).
 BINDING_TAG_ATTEMPTS = 12
+#: KeyBinding = tag, key binding by key: while launches wait for their instance's key tags,
+#: one batched DescribeInstances for all of them every this many seconds (checks/keytags.py).
+#: The instance publishes its key just before salt-minion starts, and the minion's first
+#: authentication comes about a second later: the key must be accepted by then, or the
+#: minion waits Salt's acceptance_wait_time (10 s) for its retry. Two calls a second while
+#: instances boot, none when nothing waits: far below EC2's DescribeInstances rate limit.
+KEY_TAG_POLL_SECONDS = 0.5
+#: How long the key tag watcher looks for a launch's key tags after its last receive (the
+#: message itself is asked again with backoff for about as long: BINDING_TAG_ATTEMPTS).
+KEY_TAG_WAIT_SECONDS = 8 * 60
+#: The accepted-keys index (keys/index.py) re-reads the key store on a miss at most this
+#: often: a key accepted by someone else in the last minute may not be known to it yet.
+ACCEPTED_INDEX_SECONDS = 60
 #: How many receives of a message for an instance EC2 does not know before that is final
 #: (a launch is then rejected, a terminate honoured).
 NOT_FOUND_ATTEMPTS = 5

@@ -45,7 +45,7 @@ from typing import Any
 import botocore.exceptions
 
 from aws_ork.aws import AWS_ERRORS, error_code
-from aws_ork.base import binding
+from aws_ork.base import binding, pubkey
 from aws_ork.base.awserrors import count_aws_error
 from aws_ork.base.errors import AwsOrkError, KeyStoreError
 from aws_ork.base.naming import NamingError, Template
@@ -347,17 +347,38 @@ class InstanceCheck:
         )
 
     def _bound(self, instance: Instance) -> Verdict:
-        """Key binding: the fingerprint the instance published is the fact the key stage needs.
+        """Key binding: what the instance published is the fact the key stage needs: its
+        whole public key (the key tags, :mod:`aws_ork.base.pubkey`: the key stage stores it
+        as accepted before the minion's first contact), else its key's fingerprint.
 
-        No freshness check: the fingerprint proves the key, whenever it was written."""
+        No freshness check: the key (or its fingerprint) proves itself, whenever written."""
         assert self.binding_tag is not None
         value = instance.tags.get(self.binding_tag)
+        try:
+            published = pubkey.from_tags(instance.tags)
+        except pubkey.PublishedKeyError as exc:
+            return Verdict.refused(
+                f"the key tags ({pubkey.KEY_TAG_PREFIX}0...) hold no minion key: {exc}",
+                "binding",
+            )
+        if published is not None:
+            finger = binding.finger(published.strip())
+            if value is not None and not binding.matches(
+                published.strip(), binding.normalise(value) or ""
+            ):
+                return Verdict.refused(
+                    f"tag {self.binding_tag} holds {shorten(value)}, which is not the "
+                    f"fingerprint of the key the key tags hold ({finger})",
+                    "binding",
+                )
+            return Verdict.passed(fingerprint=finger, published=published)
         if value is None:
             # The instance tags itself from user data once its minion has made its key:
-            # seconds to minutes after launch. Ask again with backoff, then give up.
+            # seconds to minutes after launch. The key tag watcher looks every second
+            # (checks/keytags.py); the message is asked again with backoff, then given up.
             return Verdict.deferred(
-                f"the instance has not published its key's fingerprint "
-                f"(tag {self.binding_tag}) yet",
+                f"the instance has not published its key (tags {pubkey.KEY_TAG_PREFIX}0...) "
+                f"or its key's fingerprint (tag {self.binding_tag}) yet",
                 times=BINDING_TAG_ATTEMPTS,
                 code="binding",
             )

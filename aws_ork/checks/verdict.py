@@ -48,6 +48,8 @@ class Verdict:
     stale_key: bool = False
     #: key binding: the fingerprint the instance published; only that key may be accepted
     fingerprint: str | None = None
+    #: key binding by key: the public key the instance published on its key tags (PEM)
+    published: str | None = None
     #: a finer reason code for the metrics than the check's own ``code`` (group, tag...)
     code: str = ""
     #: what EC2 said about the instance (``state``, ``launch_time`` ISO 8601, ``tags``), for
@@ -58,9 +60,12 @@ class Verdict:
     minion_id: str | None = None
 
     @classmethod
-    def passed(cls, reason: str = "", *, fingerprint: str | None = None) -> Verdict:
-        """The check passes (key binding: with the fingerprint the instance published)."""
-        return cls(True, reason, fingerprint=fingerprint)
+    def passed(
+        cls, reason: str = "", *, fingerprint: str | None = None, published: str | None = None
+    ) -> Verdict:
+        """The check passes (key binding: with the fingerprint the instance published, and
+        by key: the public key it published)."""
+        return cls(True, reason, fingerprint=fingerprint, published=published)
 
     @classmethod
     def refused(cls, reason: str, code: str = "") -> Verdict:

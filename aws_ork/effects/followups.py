@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 
 from aws_ork.base.errors import AwsOrkError
+from aws_ork.checks.verdict import Verdict
 from aws_ork.effects.announce import Announcer
 from aws_ork.effects.hooks import Hooks
 from aws_ork.keys import reactor
@@ -60,6 +61,47 @@ class KeyFollowups:
         ):
             self.hooks.accepted(instance_id)
         return result.outcome.done
+
+    def on_key_published(self, instance_id: str, verdict: Verdict) -> bool:
+        """The key tag watcher found the key an instance published (its launch passed the
+        launch check): the key stage stores it as accepted now, before the minion's first
+        authentication. True when nothing is left to look for. The S3 mirror learns of the
+        change from the key directory watcher, as of any change Salt made."""
+        assert verdict.published is not None
+        minion_id = verdict.minion_id or instance_id
+        fingerprint = verdict.fingerprint or "?"
+        refused, result = self.stage.preaccept_published(
+            instance_id, minion_id, fingerprint, verdict.published
+        )
+        who = instance_id if minion_id == instance_id else f"{instance_id} (minion {minion_id})"
+        if result is None:
+            log.warning("key tags published by %s: REJECTED: %s", who, refused)
+            return True
+        log.info(
+            "key tags published by %s: %s (key binding by key: the key the instance published, %s)",
+            who,
+            result.describe(),
+            fingerprint,
+        )
+        kind = reactor.kind_of(result.outcome, terminate=False)
+        if kind is not None and result.outcome.done and not result.dry_run:
+            self.announcer.fire(
+                kind,
+                minion_id,
+                {
+                    "instance_id": instance_id,
+                    "outcome": result.describe(),
+                    "source": "key binding",
+                    "reason": f"key tags published (key binding by key: {fingerprint})",
+                },
+            )
+        if not result.dry_run and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
+            self.hooks.accepted(instance_id)
+        return result.outcome.done
+
+    def on_key_denied(self, minion_id: str) -> None:
+        """Salt denied a key under this id: the key stage reports and removes an impostor's."""
+        self.stage.impostor_denied(minion_id)
 
     def note_accepted_by_salt(self, minion_ids: Sequence[str]) -> None:
         """Salt used up our autosign stubs for these minions: those accepted are enrolled,

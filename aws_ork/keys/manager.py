@@ -15,13 +15,14 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from aws_ork.base import binding
+from aws_ork.base import binding, pubkey
 from aws_ork.base.errors import ConfigError, KeyStoreError
 from aws_ork.base.ids import is_instance_id, is_minion_id
 from aws_ork.base.saltkeys import ACCEPTED, DENIED, PENDING, REJECTED, KeyLocation
 from aws_ork.keys import saltcompat
 from aws_ork.keys.autosign import AutosignStubs
 from aws_ork.keys.backend import SaltKeys
+from aws_ork.keys.index import AcceptedKeys
 from aws_ork.keys.result import KeyResult, Outcome
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class KeyManager:
         self._salt = SaltKeys(key, self.location)  # exact O(1): salt.key's own list every key
         self._stubs = AutosignStubs(self.location, auto_accept=bool(opts.get("auto_accept")))
         self.dry_run = dry_run
+        #: key binding by key: which id holds an accepted key (one key, one minion)
+        self.index = AcceptedKeys(self._accepted_keys, self.accepted_key)
 
     def close(self) -> None:
         """Close the master event connection ``salt.key.Key`` opens on the first key change
@@ -172,6 +175,92 @@ class KeyManager:
             changed=denied_impostor and not self.dry_run,
             dry_run=self.dry_run and bool(impostors),
             others=tuple(impostors),
+        )
+
+    def preaccept(self, minion_id: str, published: str, *, enrolled: bool = False) -> KeyResult:
+        """Key binding by key: store the key the instance published (its key tags) as
+        accepted, through Salt's key store, before its minion's first authentication: Salt
+        then accepts the minion at once, and denies any other key presented under the id.
+
+        A pending or denied key under the id that is not the published one is an impostor's
+        (``others`` names them): the accept clears them (Salt's accept does). A key already
+        accepted under the id: the published one (ALREADY_ACCEPTED), or another, left alone
+        for an operator (OTHER_KEY_ACCEPTED). The published key already accepted under
+        another id: KEY_TWICE (``others``: that id), nothing stored."""
+        if not is_minion_id(minion_id):
+            log.warning("refusing to accept key %.80r: not a safe minion id", minion_id)
+            return KeyResult(Outcome.INVALID_ID)
+        hash_type = str(self._key.opts.get("hash_type") or "sha256")
+        states = self.states(minion_id)
+        if ACCEPTED in states:
+            pub = self.accepted_key(minion_id)
+            if pub is not None and pubkey.same_key(pub, published):
+                return KeyResult(Outcome.ALREADY_ACCEPTED)
+            other = (binding.finger(pub, hash_type),) if pub is not None else ()
+            return KeyResult(Outcome.OTHER_KEY_ACCEPTED, others=other)
+        if enrolled:
+            return KeyResult(Outcome.REMOVED)
+        twice = self.index.owner(published, other_than=minion_id)
+        if twice is not None:
+            return KeyResult(Outcome.KEY_TWICE, others=(twice,))
+        others = self._others(minion_id, states, published, hash_type)
+        if self.dry_run:
+            return KeyResult(Outcome.ACCEPTED, dry_run=True, others=others)
+        if not self._call("accept", minion_id, self._salt.accept_presented, minion_id, published):
+            raise KeyStoreError(f"{minion_id}: Salt did not accept the published key")
+        self.index.add(minion_id, published)
+        return KeyResult(Outcome.ACCEPTED, changed=True, others=others)
+
+    def _others(
+        self, minion_id: str, states: Collection[str], published: str, hash_type: str
+    ) -> tuple[str, ...]:
+        """The fingerprints of the pending and denied keys under the id that are not the
+        published key (impostors')."""
+        pubs = [self._pub(minion_id)] if PENDING in states else []
+        if DENIED in states:
+            pubs.extend(self._call("look up", minion_id, self._salt.denied, minion_id))
+        return tuple(
+            binding.finger(pub, hash_type)
+            for pub in pubs
+            if pub is not None and not pubkey.same_key(pub, published)
+        )
+
+    def accepted_key(self, minion_id: str) -> str | None:
+        """The public key accepted under this id, or None (none, or not accepted)."""
+        entry = self._entry(minion_id) if is_minion_id(minion_id) else None
+        if isinstance(entry, dict) and entry.get("state") == "accepted":
+            pub = entry.get("pub")
+            return pub if isinstance(pub, str) else None
+        return None
+
+    def _accepted_keys(self) -> list[tuple[str, str]]:
+        """(id, public key) of every accepted key (the index's listing)."""
+        listing = self._call("list", "*", self._key.list_keys) or {}
+        found = []
+        for name in listing.get(ACCEPTED) or ():
+            pub = self.accepted_key(name) if isinstance(name, str) else None
+            if pub is not None:
+                found.append((name, pub))
+        return found
+
+    def denied_impostors(self, minion_id: str) -> tuple[str | None, tuple[str, ...]]:
+        """Key binding: Salt denied a key under this id. When a key is accepted under it,
+        the keys denied there that are not that key are impostors': removed from the denied
+        keys (dry run: would be), so that they stall nothing. Returns (the accepted key's
+        fingerprint, the removed keys' fingerprints); (None, ()) when no key is accepted
+        (the launch's own binding deals with that id)."""
+        if not is_minion_id(minion_id):
+            return None, ()
+        accepted = self.accepted_key(minion_id)
+        if accepted is None:
+            return None, ()
+        hash_type = str(self._key.opts.get("hash_type") or "sha256")
+        pubs = self._call("look up", minion_id, self._salt.denied, minion_id)
+        impostors = [pub for pub in pubs if not pubkey.same_key(pub, accepted)]
+        if impostors and len(impostors) == len(pubs) and not self.dry_run:
+            self._call("delete", minion_id, self._salt.drop_denied, minion_id)
+        return binding.finger(accepted, hash_type), tuple(
+            binding.finger(pub, hash_type) for pub in impostors
         )
 
     def _accepted_bound(self, minion_id: str, fingerprint: str, hash_type: str) -> KeyResult:
@@ -305,6 +394,7 @@ class KeyManager:
         if self.dry_run:
             return KeyResult(Outcome.DELETED, dry_run=True)
         self._call("delete", minion_id, self._salt.delete, minion_id, states)
+        self.index.discard(minion_id)
         left = self.states(minion_id)
         if left:
             raise KeyStoreError(f"{minion_id}: key still present in {sorted(left)} after delete")

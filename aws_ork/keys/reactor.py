@@ -110,6 +110,7 @@ LAUNCH_KINDS: Mapping[Outcome, Kind] = {
     Outcome.REFUSED: Kind.REJECTED,
     Outcome.REMOVED: Kind.REJECTED,
     Outcome.OTHER_KEY_ACCEPTED: Kind.REJECTED,
+    Outcome.KEY_TWICE: Kind.REJECTED,
 }
 #: terminate outcomes -> the event kind
 TERMINATE_KINDS: Mapping[Outcome, Kind] = {

@@ -35,6 +35,11 @@ class Outcome(enum.Enum):
         "accepted under this id; left alone for an operator",
         True,
     )
+    KEY_TWICE = (
+        "the key the instance published is already accepted under another minion id; "
+        "refused (one key must not be two minions)",
+        True,
+    )
     REMOVED = (
         "its key was accepted before and has since been removed by someone else; "
         "not accepted or pre-authorised again",
@@ -67,6 +72,7 @@ class Step(enum.Enum):
 
     ACCEPT = "accept"  # accept the pending key (or pre-authorise: an autosign stub)
     ACCEPT_BOUND = "accept bound"  # key binding: accept exactly the published key
+    PREACCEPT = "preaccept"  # key binding by key: store the published key as accepted
     DELETE = "delete"  # a terminate: delete the instance's key
     REJECT_STALE = "reject stale"  # a pending key older than the instance: reject it
 
@@ -78,7 +84,8 @@ class KeyPlan:
     step: Step
     instance_id: str
     minion_id: str
-    fingerprint: str | None = None  # ACCEPT_BOUND: the published fingerprint
+    fingerprint: str | None = None  # ACCEPT_BOUND, PREACCEPT: the published fingerprint
+    published: str | None = None  # PREACCEPT: the public key the instance published (PEM)
     reason: str = ""  # REJECT_STALE: why the key is someone else's
 
     @property

@@ -54,6 +54,9 @@ class LaunchProof(Protocol):
     def fingerprint(self) -> str | None: ...
 
     @property
+    def published(self) -> str | None: ...
+
+    @property
     def minion_id(self) -> str | None: ...
 
 
@@ -82,6 +85,12 @@ class KeyStore(Protocol):
     ) -> KeyResult: ...
 
     def drop_impostors(self, minion_id: str, fingerprint: str, /) -> tuple[str, ...]: ...
+
+    def preaccept(
+        self, minion_id: str, published: str, /, *, enrolled: bool = ...
+    ) -> KeyResult: ...
+
+    def denied_impostors(self, minion_id: str, /) -> tuple[str | None, tuple[str, ...]]: ...
 
     def restore_bound(self, minion_id: str, fingerprint: str, pub: str, /) -> KeyResult: ...
 
@@ -177,6 +186,10 @@ class KeyStage:
         instance_id, minion_id = key_plan.instance_id, key_plan.minion_id
         if key_plan.step is Step.DELETE:
             return self._delete(instance_id, minion_id)
+        if key_plan.published is not None:
+            return self._preaccept(
+                instance_id, minion_id, key_plan.published, key_plan.fingerprint or "?"
+            )
         if key_plan.fingerprint is not None:
             return self._accept_bound(instance_id, minion_id, key_plan.fingerprint)
         return self._accept(instance_id, minion_id)
@@ -286,6 +299,93 @@ class KeyStage:
             if pub is not None:
                 self.arrivals.guard(minion_id, fingerprint, pub)
         return result
+
+    def _preaccept(
+        self, instance_id: str | None, minion_id: str, published: str, fingerprint: str
+    ) -> KeyResult:
+        """Key binding by key: store the key the instance published as accepted before its
+        minion's first contact; say loudly what else was there (the caller holds the lock)."""
+        result = self._tally(
+            self.keys.preaccept(minion_id, published, enrolled=self._is_enrolled(instance_id))
+        )
+        if result.outcome is Outcome.REMOVED:
+            self._removed(instance_id, minion_id)
+        elif result.outcome is Outcome.OTHER_KEY_ACCEPTED:
+            log.error(
+                "SECURITY: %s: the key accepted under this id has fingerprint %s, not %s "
+                "which the instance published on its key tags; left alone (check it: "
+                "salt-key -f %s)",
+                minion_id,
+                ", ".join(result.others) or "?",
+                fingerprint,
+                minion_id,
+            )
+        elif result.outcome is Outcome.KEY_TWICE:
+            log.error(
+                "SECURITY: %s: the key it published (%s) is already accepted under %s; "
+                "refused: one key must not be two minions (an image shipping one key pair, "
+                "or an instance publishing another's key)",
+                named(instance_id or minion_id, minion_id),
+                fingerprint,
+                clean(", ".join(result.others), 200),
+            )
+        elif result.others:
+            for other in result.others:
+                if self._new_impostor(minion_id, other, counted=not result.dry_run):
+                    log.error(
+                        "SECURITY: %s: a key with fingerprint %s is not the key the instance "
+                        "published (%s): someone else presented it under this id; %s",
+                        minion_id,
+                        clean(other, 200),
+                        fingerprint,
+                        "it would never be accepted"
+                        if result.dry_run
+                        else "never accepted, and removed: the published key is accepted",
+                    )
+        self._enrol(instance_id, result)
+        if result.outcome is Outcome.ACCEPTED and result.changed and self.arrivals is not None:
+            # a Salt authentication that found the id without a key just before the accept
+            # would store its key as pending over ours: put ours back (keys/arrivals.py)
+            self.arrivals.guard(minion_id, fingerprint, published)
+        return result
+
+    def preaccept_published(
+        self, instance_id: str, minion_id: str, fingerprint: str, published: str
+    ) -> tuple[str | None, KeyResult | None]:
+        """The key tag watcher found the key an instance published (its launch passed every
+        other check): claim the minion id and store the key as accepted. (why the instance
+        may not hold the id, None) or (None, what was done). KeyStoreError, OSError."""
+        with self.lock:
+            refused = self._claim(instance_id, minion_id)
+            if refused is not None:
+                return refused, None
+            return None, self._preaccept(instance_id, minion_id, published, fingerprint)
+
+    def impostor_denied(self, minion_id: str) -> bool:
+        """Salt denied a key under this id (its ``salt/auth`` event said so; the event only
+        says where to look: what is judged is read from the key store). An impostor's key
+        under an accepted id: one SECURITY line naming both fingerprints, counted, and
+        removed from the denied keys so that it stalls nothing. True when one was removed."""
+        with self.lock:
+            accepted, impostors = self.keys.denied_impostors(minion_id)
+            dry = self.keys.dry_run
+            fresh = [
+                other
+                for other in impostors
+                if self._new_impostor(minion_id, other, counted=not dry)
+            ]
+        for other in fresh:
+            log.error(
+                "SECURITY: %s: Salt denied a key with fingerprint %s presented under this id, "
+                "whose accepted key is %s: someone else holds a key for this minion id; %s",
+                minion_id,
+                clean(other, 200),
+                accepted,
+                "it would be removed from the denied keys"
+                if dry
+                else "removed from the denied keys",
+            )
+        return bool(impostors) and not dry
 
     def _new_impostor(self, minion_id: str, fingerprint: str, *, counted: bool) -> bool:
         """First sight of this impostor key (id, fingerprint): counted once for the metrics
@@ -402,7 +502,12 @@ class KeyStage:
             if refused is not None:
                 log.warning("sweep: %s: pending key left alone: %s", minion_id, refused)
                 return 0
-            result = self._accept_bound(instance_id, minion_id, verdict.fingerprint)
+            if verdict.published is not None:
+                result = self._preaccept(
+                    instance_id, minion_id, verdict.published, verdict.fingerprint
+                )
+            else:
+                result = self._accept_bound(instance_id, minion_id, verdict.fingerprint)
         log.info(
             "sweep: launch %s (its launch message was lost): %s (key binding: %s)",
             named(instance_id, minion_id),
