@@ -7,6 +7,7 @@ them with a warning and still report the stack complete). The deployed variant l
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import uuid
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from aws_ork import defaults
+from aws_ork.base import pubkey
 from tests.daemon import queue_counts, run_aws_ork, send, write_config
 from tests.messages import new_id
 from tests.trustenv import LAUNCH, signed
@@ -142,6 +144,7 @@ def test_the_stack_deploys_with_its_outputs(stack, sqs, fleet):
     assert stack["TopicArn"].startswith("arn:aws:sns:us-west-2:")
     assert stack["BucketUrl"] == f"s3://{stack['BucketName']}/salt/pki/"
     assert stack["MasterInstanceProfile"] and stack["KeyBindingPolicyArn"]
+    assert stack["KeyTagsGuardPolicyArn"].startswith("arn:aws:iam::")
     assert stack["BucketSSE"] == "aws:kms"
     # the stack's own key (not aws/s3, which any principal S3 lets in may use), under its
     # alias (moto keeps a CloudFormation key's policy unparsed, so DescribeKey fails there)
@@ -468,12 +471,169 @@ def test_the_master_role_has_the_documented_policy():
     assert granted == wanted - BATCH_ACTIONS
 
 
-def test_an_instance_may_tag_only_itself_and_only_with_the_binding_tag():
-    (statement,) = the(load_template(), "AWS::IAM::ManagedPolicy")["PolicyDocument"]["Statement"]
+INSTANCES = {"Fn::Sub": "arn:${AWS::Partition}:ec2:*:*:instance/*"}
+GUARDED = ["salt:minion-key-*", {"Ref": "KeyBindingTag"}]
+INSTANCE_ARN = "arn:aws:ec2:us-west-2:123456789012:instance/"
+
+
+def managed_policy(name: str) -> dict[str, Any]:
+    template = load_template()
+    assert template["Resources"][name]["Type"] == "AWS::IAM::ManagedPolicy"
+    return template["Resources"][name]["Properties"]
+
+
+def test_an_instance_may_tag_only_itself_and_only_with_its_key_tags():
+    (statement,) = managed_policy("KeyBindingPolicy")["PolicyDocument"]["Statement"]
     assert (statement["Effect"], statement["Action"]) == ("Allow", "ec2:CreateTags")
+    assert statement["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*"
+    }
+    key_tags = [f"{pubkey.KEY_TAG_PREFIX}{i}" for i in range(pubkey.MAX_KEY_TAGS)]
     assert statement["Condition"] == {
         "StringEquals": {"aws:ARN": "${ec2:SourceInstanceARN}"},
-        "ForAllValues:StringEquals": {"aws:TagKeys": [{"Ref": "KeyBindingTag"}]},
+        "ForAllValues:StringEquals": {"aws:TagKeys": [{"Ref": "KeyBindingTag"}, *key_tags]},
     }
     parameter = load_template()["Parameters"]["KeyBindingTag"]
     assert parameter["Default"] == "salt:minion-fingerprint"
+    # no wildcard in it: the guard's StringLike on it matches that one key only
+    assert re.fullmatch(parameter["AllowedPattern"], parameter["Default"])
+    assert not re.fullmatch(parameter["AllowedPattern"], "salt:*")
+    assert not re.fullmatch(parameter["AllowedPattern"], "salt:minion-?")
+
+
+def test_the_key_tags_guard_only_denies_and_is_on_the_master_role_and_exported():
+    guard = managed_policy("KeyTagsGuardPolicy")
+    assert guard["Roles"] == [{"Ref": "MasterRole"}]
+    by_sid = {s["Sid"]: s for s in guard["PolicyDocument"]["Statement"]}
+    assert {s["Effect"] for s in by_sid.values()} == {"Deny"}
+    assert all(s["Resource"] == INSTANCES for s in by_sid.values())
+    others = by_sid.pop("OnlyAnInstanceSetsItsKeyTags")
+    assert others["Action"] == "ec2:CreateTags"
+    assert others["Condition"] == {
+        "ForAnyValue:StringLike": {"aws:TagKeys": GUARDED},
+        "Null": {"ec2:SourceInstanceARN": "true"},
+    }
+    elsewhere = by_sid.pop("AnInstanceSetsOnlyItsOwnKeyTags")
+    assert elsewhere["Action"] == "ec2:CreateTags"
+    assert elsewhere["Condition"] == {
+        "ForAnyValue:StringLike": {"aws:TagKeys": GUARDED},
+        "Null": {"ec2:SourceInstanceARN": "false"},
+        "StringNotEquals": {"aws:ARN": "${ec2:SourceInstanceARN}"},
+    }
+    deletes = by_sid.pop("NobodyDeletesKeyTags")
+    assert deletes["Action"] == "ec2:DeleteTags"
+    assert deletes["Condition"] == {"ForAnyValue:StringLike": {"aws:TagKeys": GUARDED}}
+    every = by_sid.pop("NobodyDeletesEveryTag")
+    assert every["Action"] == "ec2:DeleteTags"
+    assert every["Condition"] == {"Null": {"aws:TagKeys": "true"}}
+    assert by_sid == {}
+    output = load_template()["Outputs"]["KeyTagsGuardPolicyArn"]
+    assert output["Value"] == {"Ref": "KeyTagsGuardPolicy"}
+    assert "attach it to every other role that may tag instances" in " ".join(
+        output["Description"].split()
+    )
+
+
+def condition_holds(condition: dict[str, dict[str, Any]], context: dict[str, Any]) -> bool:
+    """IAM's evaluation of the operators these policies use: a key missing from the request
+    fails a positive operator and passes a negated one (ForAllValues passes, ForAnyValue
+    fails); Null tests presence; a policy variable is the request's value of its key."""
+
+    def values(wanted: Any) -> list[str | None]:
+        out = []
+        for value in wanted if isinstance(wanted, list) else [wanted]:
+            if isinstance(value, dict):  # {"Ref": "KeyBindingTag"}: its default
+                value = "salt:minion-fingerprint"
+            if value.startswith("${") and value.endswith("}"):
+                value = context.get(value[2:-1])
+            out.append(value)
+        return out
+
+    def match(operator: str, have: str, want: str | None) -> bool:
+        if want is None:
+            return False
+        return fnmatch.fnmatchcase(have, want) if operator == "StringLike" else have == want
+
+    for operator, keys in condition.items():
+        for key, wanted in keys.items():
+            have = context.get(key)
+            patterns = values(wanted)
+            if operator == "Null":
+                ok = (have is None) == (wanted == "true")
+            elif operator.startswith(("ForAllValues:", "ForAnyValue:")):
+                qualifier, base = operator.split(":", 1)
+                hits = [any(match(base, h, w) for w in patterns) for h in have or []]
+                ok = all(hits) if qualifier == "ForAllValues" else any(hits)
+            elif operator.startswith("StringNot"):
+                ok = have is None or not any(match("StringEquals", have, w) for w in patterns)
+            else:
+                ok = have is not None and any(match(operator, have, w) for w in patterns)
+            if not ok:
+                return False
+    return True
+
+
+def decide(action: str, target: str, keys: list[str] | None, caller: str | None) -> str:
+    """allow / deny / implicit for a request by a role with KeyBindingPolicy, the guard and
+    ec2:* on every resource (caller: the instance whose role credentials sign, or None)."""
+    context: dict[str, Any] = {"aws:ARN": INSTANCE_ARN + target}
+    if keys is not None:
+        context["aws:TagKeys"] = keys
+    if caller is not None:
+        context["ec2:SourceInstanceARN"] = INSTANCE_ARN + caller
+    guard = managed_policy("KeyTagsGuardPolicy")["PolicyDocument"]["Statement"]
+    binding_allow = managed_policy("KeyBindingPolicy")["PolicyDocument"]["Statement"]
+    if any(s["Action"] == action and condition_holds(s["Condition"], context) for s in guard):
+        return "deny"
+    if any(
+        s["Action"] == action and condition_holds(s["Condition"], context) for s in binding_allow
+    ):
+        return "allow"
+    return "implicit"
+
+
+@pytest.mark.parametrize(
+    ("action", "target", "keys", "caller", "wanted"),
+    [
+        # the instance publishing its own key: the script's one call (2048 and 4096)
+        (
+            "ec2:CreateTags",
+            "i-a",
+            ["salt:minion-fingerprint", "salt:minion-key-0", "salt:minion-key-1"],
+            "i-a",
+            "allow",
+        ),
+        (
+            "ec2:CreateTags",
+            "i-a",
+            [
+                "salt:minion-fingerprint",
+                "salt:minion-key-0",
+                "salt:minion-key-1",
+                "salt:minion-key-2",
+            ],
+            "i-a",
+            "allow",
+        ),
+        # nothing else on itself, nor a fourth key tag
+        ("ec2:CreateTags", "i-a", ["salt:minion-key-0", "Name"], "i-a", "implicit"),
+        ("ec2:CreateTags", "i-a", ["salt:minion-key-3"], "i-a", "implicit"),
+        # another instance, a user or a service role: denied, whatever else allows them
+        ("ec2:CreateTags", "i-b", ["salt:minion-key-0"], "i-a", "deny"),
+        ("ec2:CreateTags", "i-b", ["salt:minion-fingerprint"], "i-a", "deny"),
+        ("ec2:CreateTags", "i-b", ["Name", "salt:minion-key-7"], "i-a", "deny"),
+        ("ec2:CreateTags", "i-a", ["salt:minion-key-0"], None, "deny"),
+        ("ec2:CreateTags", "i-a", ["Name", "salt:minion-fingerprint"], None, "deny"),
+        # other tags are not the guard's business
+        ("ec2:CreateTags", "i-b", ["Name"], "i-a", "implicit"),
+        ("ec2:CreateTags", "i-a", ["Name"], None, "implicit"),
+        # deleting them: nobody, the instance itself included; nor every tag at once
+        ("ec2:DeleteTags", "i-a", ["salt:minion-key-1"], "i-a", "deny"),
+        ("ec2:DeleteTags", "i-a", ["salt:minion-fingerprint"], None, "deny"),
+        ("ec2:DeleteTags", "i-a", None, None, "deny"),
+        ("ec2:DeleteTags", "i-a", None, "i-a", "deny"),
+        ("ec2:DeleteTags", "i-a", ["Name"], None, "implicit"),
+    ],
+)
+def test_who_may_set_and_delete_the_key_tags(action, target, keys, caller, wanted):
+    assert decide(action, target, keys, caller) == wanted

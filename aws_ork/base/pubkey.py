@@ -91,12 +91,13 @@ def decode(text: str) -> bytes:
 def to_pem(der: bytes) -> str:
     """Check that ``der`` is an accepted RSA SubjectPublicKeyInfo; its PEM as salt-key
     writes it."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     try:
         key = serialization.load_der_public_key(der)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # (an unknown algorithm OID)
         raise PublishedKeyError(f"the key tags hold no DER public key ({exc})") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise PublishedKeyError("the key tags hold a public key that is not RSA")
@@ -108,8 +109,11 @@ def to_pem(der: bytes) -> str:
     canonical = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    if canonical != der:  # trailing bytes, or a non-canonical encoding
-        raise PublishedKeyError("the key tags hold more than one canonical DER public key")
+    if canonical != der:  # PKCS#1 RSAPublicKey (cryptography reads it too), or not canonical
+        raise PublishedKeyError(
+            "the key tags hold a DER key that is not a canonical SubjectPublicKeyInfo"
+            " (PKCS#1 RSAPublicKey, or a non-canonical encoding)"
+        )
     body = base64.b64encode(der).decode("ascii")
     lines = [body[i : i + 64] for i in range(0, len(body), 64)]
     return "-----BEGIN PUBLIC KEY-----\n" + "\n".join(lines) + "\n-----END PUBLIC KEY-----\n"
