@@ -35,6 +35,7 @@ SALTLINE: dict[str, tuple[str, ...]] = {
     "test_keys.py": (),
     "test_binding.py": (),
     "test_key_binding.py": (),
+    "test_key_preaccept.py": (),
     "test_end_to_end.py": (),
     "test_daemon.py": (
         "test_launch_accepts_exactly_that_pending_key",
