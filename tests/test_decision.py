@@ -18,6 +18,7 @@ from aws_ork.checks.ec2 import BINDING_TAG_ATTEMPTS, NOT_FOUND_ATTEMPTS
 from aws_ork.checks.verdict import Reading
 from aws_ork.decision import Action, CheckReport, Decision, HookStep
 from aws_ork.events import Kind
+from aws_ork.keys import reactor
 from aws_ork.keys.result import KeyPlan, KeyResult, Outcome, Step
 from aws_ork.lifecycle.completer import State
 
@@ -28,6 +29,7 @@ FP = "aa:bb"
 CODES = ("topic", "signature", "replay", "instance")
 WITHOUT_EC2 = ("topic", "signature", "replay", "terminated")
 P = Verdict.passed()
+PEM = "-----BEGIN PUBLIC KEY-----\nMII...\n-----END PUBLIC KEY-----\n"
 
 
 def report(verdicts: list[Verdict], receives: int = 1, kind: Kind = Kind.LAUNCH) -> CheckReport:
@@ -133,6 +135,7 @@ def test_the_first_check_that_does_not_pass_decides(
     [
         ([P, P, P, P], Kind.LAUNCH, Step.ACCEPT),
         ([P, P, P, Verdict.passed(fingerprint=FP)], Kind.LAUNCH, Step.ACCEPT_BOUND),
+        ([P, P, P, Verdict.passed(fingerprint=FP, published=PEM)], Kind.LAUNCH, Step.PREACCEPT),
         ([P, P, P, P], Kind.TERMINATE, Step.DELETE),
         ([P, P, P, Verdict.passed("instance is terminated")], Kind.TERMINATE, Step.DELETE),
         ([P, P, P, Verdict.stale("older")], Kind.LAUNCH, Step.REJECT_STALE),
@@ -142,7 +145,9 @@ def test_the_first_check_that_does_not_pass_decides(
 def test_what_passed_its_checks_goes_to_the_key_stage(verdicts, kind, step):
     key_plan = policy.plan(kind, ID, ID, report(verdicts, 1, kind))
     assert key_plan.step is step and key_plan.claims is (step is not Step.DELETE)
-    assert key_plan.fingerprint == (FP if step is Step.ACCEPT_BOUND else None)
+    bound = step in (Step.ACCEPT_BOUND, Step.PREACCEPT)
+    assert key_plan.fingerprint == (FP if bound else None)
+    assert key_plan.published == (PEM if step is Step.PREACCEPT else None)
 
 
 def test_a_terminate_ec2_still_does_not_know_after_five_receives_is_honoured():
@@ -241,6 +246,57 @@ def test_key_binding_waits_for_the_published_key_then_gives_up(
     if rejected:
         assert decided.reason_code == "binding"
         assert decided.reason.startswith(f"REJECTED: gave up after {receives} receives: ")
+
+
+# key binding by key: (outcome) -> (action, rejected, reason code)
+PREACCEPT_ROWS = [
+    (Outcome.ACCEPTED, Action.DELETE, False, "accepted"),
+    (Outcome.ALREADY_ACCEPTED, Action.DELETE, False, "already_accepted"),
+    (Outcome.OTHER_KEY_ACCEPTED, Action.DELETE, False, "other_key_accepted"),
+    (Outcome.REMOVED, Action.DELETE, False, "removed"),
+    (Outcome.KEY_TWICE, Action.DELETE, True, "key_twice"),
+]
+
+
+@pytest.mark.parametrize(("outcome", "action", "rejected", "code"), PREACCEPT_ROWS)
+def test_key_binding_by_key_stores_the_published_key_and_never_waits(
+    outcome, action, rejected, code
+):
+    key_plan = KeyPlan(Step.PREACCEPT, ID, ID, FP, published=PEM)
+    result = KeyResult(outcome, changed=outcome is Outcome.ACCEPTED)
+    decided = policy.after_keys(key_plan, result, 1)
+    assert (decided.action, decided.rejected, decided.reason_code) == (action, rejected, code)
+    assert f"(key binding by key: the key the instance published, {FP})" in decided.reason
+    assert decided.reason.startswith("REJECTED: ") is rejected
+    assert not policy.waits_for_bound_key(key_plan, result, decided)
+    assert policy.announced_kind(decided, result, terminate=False) is (
+        reactor.Kind.ACCEPTED
+        if outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED)
+        else reactor.Kind.REJECTED
+    )
+
+
+#: what the EC2 check says of an instance that published neither its key nor its fingerprint
+BINDING_DEFER = Verdict.deferred("no tags", times=BINDING_TAG_ATTEMPTS, code="binding")
+
+
+@pytest.mark.parametrize(
+    ("verdict", "kind", "receives", "watched", "dropped"),
+    [
+        (BINDING_DEFER, Kind.LAUNCH, 1, True, False),
+        (BINDING_DEFER, Kind.LAUNCH, BINDING_TAG_ATTEMPTS, False, True),  # given up
+        (Verdict.refused("not a key", "binding"), Kind.LAUNCH, 1, False, True),
+        (Verdict.deferred("instance not found"), Kind.LAUNCH, 1, False, False),
+        (BINDING_DEFER, Kind.TERMINATE, 1, False, False),
+        (Verdict.passed(fingerprint=FP, published=PEM), Kind.LAUNCH, 1, False, False),
+    ],
+)
+def test_only_a_launch_waiting_for_its_key_tags_is_watched(
+    verdict, kind, receives, watched, dropped
+):
+    found = report([P, P, P, verdict], receives, kind)
+    assert policy.awaits_published_key(kind, found) is watched
+    assert policy.gives_up_published_key(kind, found) is dropped
 
 
 # (minion id asked for, MinionIdTemplate on, instance holding it, accepted key under it)
