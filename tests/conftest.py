@@ -45,11 +45,13 @@ SALTLINE: dict[str, tuple[str, ...]] = {
     ),
     "test_sweep.py": (
         "test_under_key_binding_the_sweep_accepts_only_the_key_the_instance_published",
+        "test_under_key_binding_by_key_the_sweep_stores_the_published_key_over_an_impostors",
     ),
     "test_reactor_events.py": (
         "test_launch_accept_preauthorise_and_terminate_are_fired",
         "test_acceptance_by_salt_through_a_stub_is_fired_with_the_launch_context",
         "test_a_bound_key_accepted_by_the_arrivals_thread_is_fired",
+        "test_a_published_key_stored_by_the_key_tag_watcher_is_fired",
         "test_the_readme_chat_reactor_posts_each_decision",
     ),
     "test_lifecycle.py": (

@@ -135,6 +135,7 @@ def test_the_published_key_is_accepted_before_the_minion_knocks_and_the_impostor
         120,
         "the genuine minion to answer",
     )
+
     # accepted at its first authentication: it never waited for an acceptance retry
     def waited(minion: SaltMinion) -> bool:
         text = minion.log_file.read_text() if minion.log_file.is_file() else ""

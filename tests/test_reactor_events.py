@@ -384,6 +384,38 @@ def test_a_bound_key_accepted_by_the_arrivals_thread_is_fired(master):
     )
 
 
+def test_a_published_key_stored_by_the_key_tag_watcher_is_fired(master):
+    """Key binding by key: the key tag watcher hands the key an instance published to the
+    key stage, which stores it as accepted, and the effects announce it with the launch's
+    context."""
+    from aws_ork.base import binding
+    from aws_ork.checks.verdict import Verdict
+    from tests.saltenv import generate_public_key_pem
+
+    minion = new_id()
+    pem = generate_public_key_pem()
+    recorder = Recorder()
+    events = reactor.SaltEvents(master.opts(), connect=recorder.connect, key=KEY)
+    events.fire(reactor.Kind.LAUNCH, minion, {"group": "web-asg", "message_id": "m-3"})
+    keys = KeyManager(master.opts())
+    verdict = Verdict.passed(fingerprint=binding.finger(pem.strip()), published=pem)
+    try:
+        assert followups(keys, events).on_key_published(minion, verdict)
+    finally:
+        keys.close()
+    events.close()  # fires what is queued
+    assert states(master, minion) == {minion: "minions"}
+    assert master.key_path(minion, "minions").read_text().strip() == pem.strip()
+    tag, data = recorder.fired[-1][0], content(recorder.fired[-1][1])
+    assert tag == f"aws_ork/accepted/{minion}"
+    assert (data["source"], data["outcome"], data["group"], data["message_id"]) == (
+        "key binding",
+        "accepted",
+        "web-asg",
+        "m-3",
+    )
+
+
 def test_sighup_reconnects_with_the_reloaded_master_config():
     seen: list[Any] = []
     recorder = Recorder()

@@ -9,6 +9,7 @@ import re
 import secrets
 from pathlib import Path
 
+from aws_ork.base import pubkey
 from tests.daemon import run_aws_ork, send, start_aws_ork, stop_aws_ork, wait_for
 from tests.saltenv import make_minion_keys, start_minion
 from tests.trustenv import LAUNCH, group_instance, plain_instance, signed, trust_config
@@ -208,3 +209,28 @@ def test_a_sweep_deletes_only_keys_aws_ork_enrolled(
     left = [line for line in text.splitlines() if f"sweep: {foreign}: EC2: not found" in line]
     assert len(left) == 1 and "aws_ork did not enrol this key" in left[0], text
     assert "1 not enrolled by aws_ork (left alone)" in sweeps(log)[-1]
+
+
+def test_under_key_binding_by_key_the_sweep_stores_the_published_key_over_an_impostors(
+    master, tmp_path, queue_url, cert_dir, fleet
+):
+    instance = group_instance(fleet)
+    make_minion_keys(tmp_path / "genuine")
+    genuine = (tmp_path / "genuine" / "minion.pub").read_text()
+    fleet["ec2"].create_tags(
+        Resources=[instance],
+        Tags=[{"Key": k, "Value": v} for k, v in pubkey.to_tags(genuine).items()],
+    )
+    master.add_pending_key(instance)  # an impostor's, presented while the launch was lost
+    conf = trust_config(
+        tmp_path, queue_url, master, cert_dir, fleet["group"], SweepMinutes="60", KeyBinding="tag"
+    )
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert master.key_state_of(instance) == "minions"
+    assert master.key_path(instance, "minions").read_text().strip() == genuine.strip()
+    assert not master.key_path(instance, "minions_pre").exists()
+    assert f"sweep: launch {instance} (its launch message was lost): accepted" in result.stderr
+    assert f"SECURITY: {instance}: a key with fingerprint" in result.stderr
