@@ -21,8 +21,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from aws_ork.base import pubkey
 from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, stop_aws_ork, wait_for
 from tests.metricsenv import scrape, value
-from tests.saltenv import SaltEnvError, SaltMaster, SaltMinion, free_port, make_minion_keys
-from tests.saltenv import start_minion
+from tests.saltenv import (
+    SaltEnvError,
+    SaltMaster,
+    SaltMinion,
+    free_port,
+    make_minion_keys,
+    start_minion,
+)
 from tests.trustenv import LAUNCH, decision_line, group_instance, signed, trust_config
 
 #: Salt's default: a minion whose key is not accepted at its first try waits this long
