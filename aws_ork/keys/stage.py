@@ -369,11 +369,11 @@ class KeyStage:
         with self.lock:
             accepted, impostors = self.keys.denied_impostors(minion_id)
             dry = self.keys.dry_run
-            # its own line and count: the same key may have been pending (and cleared) first
+            # one line and one count per impostor key: one seen pending before is not new
             fresh = [
                 other
                 for other in impostors
-                if self._new_impostor(minion_id, f"denied {other}", counted=not dry)
+                if self._new_impostor(minion_id, other, counted=not dry)
             ]
         for other in fresh:
             log.error(
