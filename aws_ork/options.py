@@ -86,7 +86,7 @@ CONF_HEADER = (
     "INI format, one section [aws_ork]. Option names are case-insensitive. Booleans accept\n"
     "true/false, yes/no, on/off, 1/0. Every option below is shown with its default,\n"
     "commented out: uncomment and change only what you need. KeyBinding has no default:\n"
-    "the shipped file sets it to tag. A 0.4.5 file (the same \"Key: value\" lines with no\n"
+    'the shipped file sets it to tag. A 0.4.5 file (the same "Key: value" lines with no\n'
     "[aws_ork] header) is still read; since 3.0.0 it needs a KeyBinding line (UPGRADING.md).\n"
     "Check a config with:  aws_ork -c /etc/aws_ork.conf --check"
 )
