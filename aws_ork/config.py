@@ -1,7 +1,8 @@
 """Read and validate ``/etc/aws_ork.conf``.
 
 The file is INI with one section, ``[aws_ork]``. A 0.4.5 file (``Key: value`` lines and no
-section header) is read as if it were all in that section, so upgrades need no edit.
+section header) is read as if it were all in that section (since 3.0.0 it needs the
+KeyBinding line, which has no default, like any other config).
 Every value is checked here, once, at start-up: a bad value is a :class:`ConfigError` naming
 the file, the option and the value, which the CLI prints as one line before exiting 2.
 """
@@ -75,7 +76,7 @@ class Config:
     archive_max_mb: int = _default("archive_max_mb")
     metrics_address: tuple[str, int] | None = _default("metrics_address")
     health_mirror_seconds: float = _default("health_mirror_seconds")
-    key_binding: str = _default("key_binding")
+    key_binding: str | None = _default("key_binding")  # None: not set (a config error)
     key_binding_tag: str = _default("key_binding_tag")
     salt_events: bool = _default("salt_events")
     salt_event_key: Path | None = _default("salt_event_key")
@@ -178,6 +179,16 @@ _RULES: tuple[tuple[str, _Rule], ...] = (
         ),
     ),
     (
+        "KeyBinding",
+        _when(
+            lambda cfg: cfg.key_binding is None,
+            "not set: it has no default. Set KeyBinding = tag (only the key whose fingerprint "
+            "the instance published on its EC2 tag is accepted; see docs/key-binding.md), "
+            "or off (the first key presented under a new instance's id is accepted; a WARNING "
+            "at every start)",
+        ),
+    ),
+    (
         "UnsignedSources",
         _when(
             lambda cfg: "eventbridge" in cfg.unsigned_sources and not _filtered(cfg),
@@ -235,6 +246,13 @@ _RULES: tuple[tuple[str, _Rule], ...] = (
 )
 
 
+#: The WARNING of ``KeyBinding = off``, at every start and in --check.
+KEY_BINDING_OFF = (
+    "KeyBinding = off: the first key presented under a new instance's id is accepted; "
+    "set KeyBinding = tag (see docs/key-binding.md)"
+)
+
+
 def _unsafe_choices(cfg: Config) -> list[str]:
     """The WARNING lines of the explicit unsafe choices in ``cfg``."""
     warnings = []
@@ -255,6 +273,8 @@ def _unsafe_choices(cfg: Config) -> list[str]:
             "VerifyInstances is off: launches and terminates are not checked "
             "against EC2 (a terminate deletes a key on the message's word)"
         )
+    if cfg.key_binding == "off":
+        warnings.append(KEY_BINDING_OFF)
     if cfg.metrics_address is not None and not is_loopback(cfg.metrics_address[0]):
         host, port = cfg.metrics_address
         warnings.append(

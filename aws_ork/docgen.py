@@ -47,14 +47,16 @@ def _comment(text: str) -> list[str]:
 
 
 def conf_text() -> str:
-    """data/aws_ork.conf: every option with its operator text, commented out."""
+    """data/aws_ork.conf: every option with its operator text, commented out (but the
+    preset ones, set to their example)."""
     lines = [*_comment(CONF_HEADER), "", f"[{SECTION}]"]
     for group in GROUPS:
         rule = f"## --- {group.title} "
         lines += ["", rule + "-" * max(3, _RULE_WIDTH - len(rule))]
         for option in group.options:
             lines += _comment(option.text)
-            lines.append(f"#{option.name} = {option.example}".rstrip())
+            mark = "" if option.preset else "#"  # a preset option is set, not commented out
+            lines.append(f"{mark}{option.name} = {option.example}".rstrip())
         lines += _comment(group.footer)
     return "\n".join(lines) + "\n"
 

@@ -53,7 +53,8 @@ class Option:
     page (plain text, its line breaks kept in the file). ``shown_default`` is the default as
     people read it (``(none)``, ``StateDir/certs``); ``example`` the value on the option's
     commented-out line in ``data/aws_ork.conf`` (the default, or an example where the default
-    is unset or off).
+    is unset or off). ``preset``: ``data/aws_ork.conf`` sets the option to ``example`` (the line
+    not commented out): a required option with a value right for most (KeyBinding = tag).
     """
 
     name: str
@@ -65,6 +66,7 @@ class Option:
     example: str
     help: str
     text: str
+    preset: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,9 @@ CONF_HEADER = (
     "\n"
     "INI format, one section [aws_ork]. Option names are case-insensitive. Booleans accept\n"
     "true/false, yes/no, on/off, 1/0. Every option below is shown with its default,\n"
-    "commented out: uncomment and change only what you need. A 0.4.5 file (the same\n"
-    '"Key: value" lines with no [aws_ork] header) is still read unchanged.\n'
+    "commented out: uncomment and change only what you need. KeyBinding has no default:\n"
+    'the shipped file sets it to tag. A 0.4.5 file (the same "Key: value" lines with no\n'
+    "[aws_ork] header) is still read; since 3.0.0 it needs a KeyBinding line (UPGRADING.md).\n"
     "Check a config with:  aws_ork -c /etc/aws_ork.conf --check"
 )
 
@@ -545,16 +548,20 @@ GROUPS: tuple[Group, ...] = (
                 name="KeyBinding",
                 field="key_binding",
                 kind="off|tag",
-                default="off",
+                default=None,
                 parse=_key_binding,
-                shown_default="off",
+                shown_default="(none: required)",
                 example="tag",
-                help="`off` or `tag`: accept only the minion key whose fingerprint the instance published on its own EC2 tag (needs VerifyInstances; see [Key binding](#key-binding))",
+                help="required, no default (exit 2 until it is set); `off` or `tag`: accept only the minion key whose fingerprint the instance published on its own EC2 tag (needs VerifyInstances; see [Key binding](#key-binding)); `off` (the first key presented under a new instance's id is accepted) is an explicit choice, logged as a WARNING at every start",
                 text=(
+                    "REQUIRED, no default: aws_ork (and --check) exits 2 until it is set.\n"
                     "off or tag. With tag, a launch accepts exactly the minion key whose fingerprint the instance\n"
                     "published on its own EC2 tag (data/instance/aws_ork-bind-minion.sh in user data does it),\n"
                     "whoever connects first; no autosign stub is written. Needs VerifyInstances. Recommended."
+                    "\noff (the first key presented under a new instance's id is accepted) is an explicit choice,\n"
+                    "logged as a WARNING at every start."
                 ),
+                preset=True,
             ),
             Option(
                 name="KeyBindingTag",

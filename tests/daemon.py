@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aws_ork.config import KEY_BINDING_OFF
 from tests.saltenv import SaltMaster
+
+#: The one start-up WARNING of a config with KeyBinding = off (write_config's default): the
+#: checks that a log holds no WARNING exempt exactly this line, and nothing else.
+KEY_BINDING_OFF_WARNING = re.compile(
+    r" WARNING aws_ork(\.\w+)*: " + re.escape(KEY_BINDING_OFF) + "$"
+)
+
+
+def is_key_binding_off_warning(line: str) -> bool:
+    """Is ``line`` (a daemon log line) the start-up WARNING of KeyBinding = off?"""
+    return KEY_BINDING_OFF_WARNING.search(line) is not None
 
 
 def write_config(
@@ -29,7 +42,8 @@ def write_config(
     The trust checks (signatures, EC2 lookup) are off unless a test turns them on: the tests
     of those checks set them explicitly. So is completing lifecycle actions (moto answers
     CompleteLifecycleAction with HTTP 500): tests/test_lifecycle.py sets LifecycleHooks and
-    sends those calls to tests/asgproxy.py.
+    sends those calls to tests/asgproxy.py. KeyBinding (required, no default) is off, as the
+    tests without binding mean; the tests of binding set KeyBinding = tag.
     """
     values: dict[str, Any] = {
         "QueueUrl": queue_url,
@@ -39,6 +53,7 @@ def write_config(
         "VerifySignatures": "false",
         "VerifyInstances": "false",
         "LifecycleHooks": "",
+        "KeyBinding": "off",
     }
     if bucket:
         values["BucketUrl"] = f"s3://{bucket}/{prefix}"

@@ -41,7 +41,7 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
     "MinionIdTemplate": "{instance_id}",
     "ArchiveDir": None,
     "MetricsAddress": None,
-    "KeyBinding": "off",
+    "KeyBinding": None,  # no default since 3.0.0: not set is a config error
     "SweepMinutes": 0.0,
     "KeyBindingTag": "salt:minion-fingerprint",
 }
@@ -501,11 +501,13 @@ def test_cli_force_without_restore_exits_2(tmp_path: Path) -> None:
 def test_example_config_lists_every_option_and_reads_back_as_the_defaults(tmp_path) -> None:
     example = Path(__file__).parent.parent / "data" / "aws_ork.conf"
     text = example.read_text()
-    listed = {m.group(1).lower() for m in re.finditer(r"^#(\w+) =", text, re.M)}
+    listed = {m.group(1).lower() for m in re.finditer(r"^#?(\w+) =", text, re.M)}
     assert listed == set(config.OPTIONS)
-    # the shipped file, as is, is valid and changes nothing; until its topic is filled in it
-    # refuses to run (the safe default: no topic, no key)
-    assert config.read_file(example) == Config(source=str(example))
+    # the shipped file, as is, is valid and changes nothing but KeyBinding (no default: it is
+    # set to tag); until its topic is filled in it refuses to run (the safe default: no
+    # topic, no key)
+    assert re.findall(r"^(\w+) = (.*)$", text, re.M) == [("KeyBinding", "tag")]
+    assert config.read_file(example) == Config(source=str(example), key_binding="tag")
     with pytest.raises(ConfigError, match="AllowedTopicArns"):
         config.require_safe(config.read_file(example))
     # every commented example value is itself valid (with what it needs beside it)
@@ -527,19 +529,21 @@ def test_the_reference_documents_every_option() -> None:
 def test_signatures_without_a_topic_allow_list_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"f: AllowedTopicArns: not set while VerifySignatures"):
         config.require_safe(config.from_mapping({}, "f"))
-    named = config.from_mapping({"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t"}, "f")
+    named = config.from_mapping(
+        {"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t", "KeyBinding": "tag"}, "f"
+    )
     assert config.require_safe(named) == []
 
 
 def test_any_topic_is_an_explicit_opt_out_warned_at_every_start() -> None:
-    anything = config.from_mapping({"AllowedTopicArns": "*"}, "f")
+    anything = config.from_mapping({"AllowedTopicArns": "*", "KeyBinding": "tag"}, "f")
     assert any("ANY SNS topic" in w for w in config.require_safe(anything))
     with pytest.raises(ConfigError, match="AllowedTopicArns: .* mixes \\*"):
         config.from_mapping({"AllowedTopicArns": "* arn:aws:sns:us-west-2:123456789012:t"}, "f")
 
 
 def test_unsigned_eventbridge_needs_a_group_or_tag_filter() -> None:
-    topic = {"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t"}
+    topic = {"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t", "KeyBinding": "tag"}
     with pytest.raises(ConfigError, match="f: UnsignedSources: names eventbridge"):
         config.require_safe(config.from_mapping({**topic, "UnsignedSources": "eventbridge"}, "f"))
     for filters in ({"AutoScalingGroups": "*"}, {"InstanceTags": "role=minion"}):
@@ -550,7 +554,7 @@ def test_unsigned_eventbridge_needs_a_group_or_tag_filter() -> None:
 def test_the_sweep_needs_a_group_or_tag_filter() -> None:
     """Without one the sweep would judge every instance of the region (bastions, the
     master itself)."""
-    topic = {"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t"}
+    topic = {"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t", "KeyBinding": "tag"}
     with pytest.raises(
         ConfigError, match="f: SweepMinutes: is set but neither AutoScalingGroups nor InstanceTags"
     ):
@@ -566,6 +570,7 @@ def test_filters_without_verify_instances_are_a_config_error(option: str) -> Non
         {
             "VerifySignatures": "no",
             "VerifyInstances": "no",
+            "KeyBinding": "off",
             option: "web-*" if option == "AutoScalingGroups" else "a=b",
         },
         "f",
@@ -587,9 +592,76 @@ def test_the_cli_refuses_to_start_or_check_without_topics(tmp_path: Path) -> Non
         assert result.stderr.count("\n") == 1 and "AllowedTopicArns" in result.stderr
 
 
+def test_key_binding_has_no_default_and_not_set_is_a_config_error() -> None:
+    topic = {"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t"}
+    with pytest.raises(ConfigError, match=r"f: KeyBinding: not set: it has no default"):
+        config.require_safe(config.from_mapping(topic, "f"))
+    for value in ("tag", "off", "TAG", " Off "):
+        assert config.from_mapping({**topic, "KeyBinding": value}, "f").key_binding in (
+            "tag",
+            "off",
+        )
+
+
+def test_the_cli_refuses_to_start_or_check_without_key_binding(tmp_path: Path) -> None:
+    conf = write(
+        tmp_path,
+        "[aws_ork]\nQueueUrl = http://127.0.0.1:1/123456789012/q\n"
+        "AllowedTopicArns = arn:aws:sns:us-west-2:123456789012:t\n"
+        f"StateDir = {tmp_path / 'state'}\n",
+    )
+    for flags in ((), ("--check",), ("--once",)):
+        result = run_conf(conf, *flags)
+        assert result.returncode == 2, result.stderr
+        assert result.stdout == ""
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert f"{conf}: KeyBinding: not set: it has no default" in result.stderr
+        assert "Set KeyBinding = tag" in result.stderr
+
+
+def test_key_binding_off_is_an_explicit_choice_warned_at_every_start() -> None:
+    off = config.from_mapping({**TOPIC, "KeyBinding": "off"}, "f")
+    assert config.require_safe(off) == [config.KEY_BINDING_OFF]
+    assert config.KEY_BINDING_OFF.startswith("KeyBinding = off: the first key presented under")
+    assert "set KeyBinding = tag" in config.KEY_BINDING_OFF
+    assert config.require_safe(config.from_mapping({**TOPIC, "KeyBinding": "tag"}, "f")) == []
+
+
+def test_key_binding_off_is_a_warning_at_start_and_in_check_and_tag_is_not(
+    master, tmp_path: Path, queue_url: str
+) -> None:
+    """Through the command line, against the moto server and a real salt-master: the daemon's
+    start logs the WARNING, --check prints it as a WARN line; with tag neither says it."""
+    from tests.daemon import run_aws_ork, write_config
+
+    off = write_config(tmp_path / "off.conf", queue_url=queue_url, master=master, KeyBinding="off")
+    tag = write_config(
+        tmp_path / "tag.conf",
+        queue_url=queue_url,
+        master=master,
+        KeyBinding="tag",
+        VerifyInstances="true",
+        StateDir=tmp_path / "tag-state",
+    )
+    warning = f"WARNING aws_ork: {config.KEY_BINDING_OFF}"
+    started = run_aws_ork(off, "--once")
+    assert started.returncode == 0, started.stderr
+    assert (
+        [line for line in started.stderr.splitlines() if "KeyBinding = off" in line]
+        == [line for line in started.stderr.splitlines() if line.endswith(warning)]
+        != []
+    )
+    checked = run_aws_ork(off, "--check")
+    assert f"WARN {config.KEY_BINDING_OFF}" in checked.stdout.splitlines(), checked.stdout
+    for flags in (("--once",), ("--check",)):
+        result = run_aws_ork(tag, *flags)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "KeyBinding = off" not in result.stdout + result.stderr
+
+
 # --- settings that make the checks moot (issue 18, item 10) ---
 
-TOPIC = {"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t"}
+TOPIC = {"AllowedTopicArns": "arn:aws:sns:us-west-2:123456789012:t", "KeyBinding": "tag"}
 
 
 @pytest.mark.parametrize("sources", ["raw", "hook", "raw hook"])
@@ -752,7 +824,9 @@ def test_a_cert_cache_dir_not_owned_by_aws_ork_s_user_is_a_config_error(anchor: 
 
 def test_a_cert_cache_dir_is_not_checked_without_signatures(anchor: Path) -> None:
     anchor.chmod(0o777)
-    cfg = config.from_mapping({"VerifySignatures": "no", "CertCacheDir": str(anchor)}, "f")
+    cfg = config.from_mapping(
+        {"VerifySignatures": "no", "KeyBinding": "tag", "CertCacheDir": str(anchor)}, "f"
+    )
     assert not any("CertCacheDir" in w for w in config.require_safe(cfg))
 
 

@@ -78,7 +78,8 @@ def lock_down(s3: Any, bucket: str) -> None:
 @pytest.fixture
 def healthy(tmp_path: Path, sqs: Any, s3: Any, queue_url: str, bucket: str, master: Any):
     """A setup with nothing to warn about: DLQ, a policy naming only the topic, a locked-down
-    bucket, both trust checks on. Returns a function writing its config (options override)."""
+    bucket, both trust checks on, KeyBinding = tag (off is a WARNING). Returns a function
+    writing its config (options override)."""
     add_dead_letter_queue(sqs, queue_url)
     set_policy(sqs, queue_url, ONLY_THE_TOPIC)
     lock_down(s3, bucket)
@@ -88,6 +89,7 @@ def healthy(tmp_path: Path, sqs: Any, s3: Any, queue_url: str, bucket: str, mast
             "VerifySignatures": "true",
             "AllowedTopicArns": TOPIC,
             "VerifyInstances": "true",
+            "KeyBinding": "tag",
             "CertCacheDir": tmp_path / "certs",
             **options,
         }

@@ -2,8 +2,9 @@
 
 aws_ork with the shipped trust defaults (the launch an SNS envelope signed by a test CA, from
 a topic in AllowedTopicArns, for a real moto instance that VerifyInstances looks up; replay
-memories in StateDir; KeyBinding off, as shipped: the launch writes an autosign stub) against
-the limit, measured in the same run: a master with ``auto_accept: True``. The launch message
+memories in StateDir; KeyBinding = off, tests.daemon.write_config's: the launch writes an
+autosign stub) against the limit, measured in the same run: a master with
+``auto_accept: True``. The launch message
 is sent first and handled; the minion starts a few seconds later, as an instance boots after
 its launch event. Both minions use Salt's default ``acceptance_wait_time`` (10 s).
 Target (issue 4): within 1.25x of the limit.
