@@ -222,12 +222,6 @@ class App:
             names=names,
         )
         self.arrivals = KeyArrivals(location, master_opts) if cfg.key_binding == "tag" else None
-        if self.arrivals is None:
-            log.info(
-                "KeyBinding is off: the first key presented under a new instance's id is "
-                "accepted; KeyBinding = tag accepts only the key the instance published "
-                "(see the README)"
-            )
         # --dry-run changes nothing, and tells no reactor about changes it did not make
         self.salt_events = (
             SaltEvents(master_opts, key=event_key(cfg, master_opts))

@@ -552,12 +552,14 @@ GROUPS: tuple[Group, ...] = (
                 parse=_key_binding,
                 shown_default="(none: required)",
                 example="tag",
-                help="required, no default (exit 2 until it is set); `off` or `tag`: accept only the minion key whose fingerprint the instance published on its own EC2 tag (needs VerifyInstances; see [Key binding](#key-binding)); `off` (the first key presented under a new instance's id is accepted) is an explicit choice, logged as a WARNING at every start",
+                help="required, no default (exit 2 until it is set); `off` or `tag`: accept only the minion key the instance published on its own EC2 tags: its whole public key (`salt:minion-key-0`, `-1`, ...: stored as accepted before the minion's first contact, so Salt accepts it at once and denies any other key) or its fingerprint (`KeyBindingTag`); needs VerifyInstances; see [key binding](key-binding.md); `off` (the first key presented under a new instance's id is accepted) is an explicit choice, logged as a WARNING at every start",
                 text=(
                     "REQUIRED, no default: aws_ork (and --check) exits 2 until it is set.\n"
-                    "off or tag. With tag, a launch accepts exactly the minion key whose fingerprint the instance\n"
-                    "published on its own EC2 tag (data/instance/aws_ork-bind-minion.sh in user data does it),\n"
-                    "whoever connects first; no autosign stub is written. Needs VerifyInstances. Recommended."
+                    "off or tag. With tag, a launch accepts exactly the minion key the instance published on\n"
+                    "its own EC2 tags (data/instance/aws_ork-bind-minion.sh in user data does it): its whole\n"
+                    "public key (tags salt:minion-key-0, -1, ...), stored as accepted before the minion's first\n"
+                    "contact, or its fingerprint (KeyBindingTag); whoever connects first; no autosign stub is\n"
+                    "written. Needs VerifyInstances. Recommended."
                     "\noff (the first key presented under a new instance's id is accepted) is an explicit choice,\n"
                     "logged as a WARNING at every start."
                 ),

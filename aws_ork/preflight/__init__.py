@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 from aws_ork import defaults
 from aws_ork.aws import AWS_ERRORS, error_code, make_client
+from aws_ork.base import pubkey
 from aws_ork.base.errors import ConfigError, MirrorError, QueueError
 from aws_ork.base.saltkeys import ACCEPTED, FILE_DRIVER, PENDING, REJECTED, KeyLocation
 from aws_ork.config import Config
@@ -116,17 +117,14 @@ def check_lifecycle(cfg: Config) -> Iterator[Line]:
 
 def check_key_binding(cfg: Config) -> Iterator[Line]:
     """Key binding's prerequisites (VerifyInstances is enforced by the config already; the
-    EC2 line above proves DescribeInstances, which carries the tag). Off: recommend it."""
+    EC2 line above proves DescribeInstances, which carries the tags). Off is a WARN of the
+    config's unsafe choices."""
     if cfg.key_binding == "tag":
         yield ok(
-            f"key binding: only the key whose fingerprint the instance published on its "
-            f"tag {cfg.key_binding_tag!r} is accepted (instances need "
-            f"data/instance/aws_ork-bind-minion.sh and the README's instance role)"
-        )
-    else:
-        yield ok(
-            "key binding off: the first key presented under a new instance's id is "
-            "accepted; KeyBinding = tag is recommended (see the README)"
+            f"key binding: only the key the instance published is accepted: its whole key "
+            f"(tags {pubkey.KEY_TAG_PREFIX}0...: stored as accepted before the minion's "
+            f"first contact) or its fingerprint (tag {cfg.key_binding_tag!r}); instances need "
+            f"data/instance/aws_ork-bind-minion.sh and the instance role of docs/key-binding.md"
         )
 
 
