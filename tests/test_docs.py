@@ -34,7 +34,6 @@ OPERATIONS = REPO / "docs" / "operations.md"
 #: pages other branches are writing (relative to the checkout) -> who writes them. A link to
 #: one passes while it does not exist; once it does, its anchors are checked like any page's.
 PENDING: dict[str, str] = {
-    "docs/key-binding.md": "issue 20: key binding by key",
     "docs/compatibility.md": "issue 21, items 5-6: the Salt releases and salt-pip",
 }
 
