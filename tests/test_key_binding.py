@@ -30,8 +30,8 @@ from tests.saltenv import (
 from tests.trustenv import LAUNCH, decision_line, group_instance, signed, trust_config
 
 TAG = "salt:minion-fingerprint"
-#: what data/instance/aws_ork-bind-minion.sh sets beside a short acceptance_wait_time: a
-#: minion Salt denied (an impostor's key was pending first) keeps retrying instead of exiting
+#: what data/instance/aws_ork-bind-minion.sh sets: a minion Salt denied (an impostor's key
+#: was pending first) keeps retrying instead of exiting
 AS_THE_SCRIPT_SETS = {"rejected_retry": True}
 
 
