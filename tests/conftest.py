@@ -19,8 +19,9 @@ from tests.tcpproxy import TcpProxy
 
 AWS_VARIABLES = ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
 
-#: cert_dir, identity, fleet: signed envelopes and a managed group for the trust tests
-pytest_plugins = ["tests.trustenv"]
+#: cert_dir, identity, fleet: signed envelopes and a managed group for the trust tests;
+#: bound_daemon, minions, metrics_port: the key binding tests'
+pytest_plugins = ["tests.trustenv", "tests.bindingenv"]
 
 #: The tests marked ``saltline``: what a Salt release can change, run on every supported Salt
 #: line (tox envs salt3006 and salt3007; py311, the newest, runs everything). A real

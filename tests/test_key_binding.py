@@ -8,21 +8,17 @@ daemon with the shipped trust defaults (signed envelopes, EC2 checks) plus KeyBi
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import salt.utils.crypt
 
 from aws_ork import defaults
-from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, stop_aws_ork, wait_for
+from tests.bindingenv import AS_THE_SCRIPT_SETS, accepted_pub, answers_from
+from tests.daemon import queue_counts, run_aws_ork, send, wait_for
 from tests.metricsenv import scrape, value
 from tests.presenter import Presenter, start_presenter
 from tests.saltenv import (
-    SaltEnvError,
-    SaltMaster,
-    SaltMinion,
-    free_port,
     generate_public_key_pem,
     make_minion_keys,
     start_minion,
@@ -30,74 +26,16 @@ from tests.saltenv import (
 from tests.trustenv import LAUNCH, decision_line, group_instance, signed, trust_config
 
 TAG = "salt:minion-fingerprint"
-#: what data/instance/aws_ork-bind-minion.sh sets: a minion Salt denied (an impostor's key
-#: was pending first) keeps retrying instead of exiting
-AS_THE_SCRIPT_SETS = {"rejected_retry": True}
 
 
 def publish(fleet: dict[str, Any], instance: str, fingerprint: str) -> None:
     fleet["ec2"].create_tags(Resources=[instance], Tags=[{"Key": TAG, "Value": fingerprint}])
 
 
-#: Waits for a minion's answer are long on purpose: on a loaded machine a publication the minion
-#: misses (sent just before it subscribed) costs the salt CLI its gather timeout per try.
-def answers_from(master: SaltMaster, minion_id: str) -> Any:
-    """Which minion answers under this id: its own pki_dir (None while no key is accepted:
-    salt then says "No minions matched the target")."""
-    try:
-        reply = master.salt_cmd(
-            minion_id, "config.get", timeout=20, args=["pki_dir"], salt_timeout=5
-        )
-    except SaltEnvError:
-        return None
-    return reply.get(minion_id)
-
-
-def accepted_pub(master: SaltMaster, minion_id: str) -> str | None:
-    path = master.key_path(minion_id, "minions")
-    return path.read_text().strip() if path.is_file() else None
-
-
-@pytest.fixture
-def metrics_port() -> int:
-    """Where the ``daemon`` fixture's /metrics answers."""
-    return free_port()
-
-
-@pytest.fixture
-def daemon(
-    master, tmp_path, queue_url, cert_dir, fleet, metrics_port
-) -> Iterator[tuple[Path, Any]]:
-    """The daemon with KeyBinding = tag, running in the background; (its log, process)."""
-    conf = trust_config(
-        tmp_path,
-        queue_url,
-        master,
-        cert_dir,
-        fleet["group"],
-        KeyBinding="tag",
-        MetricsAddress=f"127.0.0.1:{metrics_port}",
-    )
-    log = tmp_path / "aws_ork.log"
-    proc = start_aws_ork(conf, log)
-    try:
-        yield log, proc
-    finally:
-        stop_aws_ork(proc)
-
-
-@pytest.fixture
-def minions() -> Iterator[list[SaltMinion]]:
-    started: list[SaltMinion] = []
-    yield started
-    for minion in started:
-        minion.stop()
-
-
 def test_an_impostor_connecting_first_never_gets_the_key(
-    master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions
+    master, tmp_path, sqs, queue_url, identity, fleet, bound_daemon, minions
 ):
-    log, proc = daemon
+    log, proc = bound_daemon
     instance = group_instance(fleet)
     genuine_root = tmp_path / "genuine"
     publish(fleet, instance, make_minion_keys(genuine_root / "pki"))
@@ -143,12 +81,21 @@ def impostors() -> Iterator[list[Presenter]]:
 
 
 def test_impostors_holding_the_pending_and_denied_keys_cannot_stall_the_genuine_minion(
-    master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions, impostors, metrics_port
+    master,
+    tmp_path,
+    sqs,
+    queue_url,
+    identity,
+    fleet,
+    bound_daemon,
+    minions,
+    impostors,
+    metrics_port,
 ):
     """Salt keeps one pending and one denied key per id: two impostors presenting their keys
     as fast as the master answers hold both, and Salt throws the genuine key away at each of
     its attempts unless aws_ork takes it from what Salt saw (the salt/auth event)."""
-    log, proc = daemon
+    log, proc = bound_daemon
     instance = group_instance(fleet)
     genuine_root = tmp_path / "genuine"
     publish(fleet, instance, make_minion_keys(genuine_root / "pki"))
@@ -199,13 +146,13 @@ def test_impostors_holding_the_pending_and_denied_keys_cannot_stall_the_genuine_
 
 
 def test_an_accepted_key_wiped_by_a_racing_pending_store_is_accepted_again(
-    master, tmp_path, sqs, queue_url, identity, fleet, daemon
+    master, tmp_path, sqs, queue_url, identity, fleet, bound_daemon
 ):
     """The id had no key when the bound key was accepted; a Salt auth attempt that looked
     just before then stores its key as pending, and Salt's store deletes minions/<id> first.
     Simulated as Salt's store does it: the accepted file removed, the impostor's pending file
     written."""
-    log, proc = daemon
+    log, proc = bound_daemon
     instance = group_instance(fleet)
     genuine = generate_public_key_pem()
     publish(fleet, instance, salt.utils.crypt.pem_finger(key=genuine.encode()))
@@ -280,9 +227,9 @@ def test_a_given_up_launch_removes_the_impostors_keys(
 
 
 def test_the_genuine_minion_connecting_first_is_accepted(
-    master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions
+    master, tmp_path, sqs, queue_url, identity, fleet, bound_daemon, minions
 ):
-    log, _proc = daemon
+    log, _proc = bound_daemon
     instance = group_instance(fleet)
     root = tmp_path / "genuine"
     publish(fleet, instance, make_minion_keys(root / "pki"))

@@ -9,7 +9,6 @@ and the real daemon with the shipped trust defaults plus KeyBinding = tag.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from aws_ork.base import pubkey
-from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, stop_aws_ork, wait_for
+from tests.bindingenv import AS_THE_SCRIPT_SETS, accepted_pub, answers_from
+from tests.daemon import queue_counts, run_aws_ork, send, wait_for
 from tests.metricsenv import scrape, value
 from tests.saltenv import (
-    SaltEnvError,
-    SaltMaster,
     SaltMinion,
-    free_port,
     make_minion_keys,
     start_minion,
 )
@@ -33,8 +30,6 @@ from tests.trustenv import LAUNCH, decision_line, group_instance, signed, trust_
 
 #: Salt's default: a minion whose key is not accepted at its first try waits this long
 SALT_ACCEPTANCE_WAIT = 10
-#: what data/instance/aws_ork-bind-minion.sh sets (and keeps Salt's acceptance_wait_time)
-AS_THE_SCRIPT_SETS = {"rejected_retry": True}
 
 
 def publish_key(fleet: dict[str, Any], instance: str, pem: str) -> None:
@@ -53,61 +48,10 @@ def finger(pem: str) -> str:
     return str(salt.utils.crypt.pem_finger(key=pem.strip().encode()))
 
 
-def answers_from(master: SaltMaster, minion_id: str) -> Any:
-    """Which minion answers under this id: its own pki_dir (None while none answers)."""
-    try:
-        reply = master.salt_cmd(
-            minion_id, "config.get", timeout=20, args=["pki_dir"], salt_timeout=5
-        )
-    except SaltEnvError:
-        return None
-    return reply.get(minion_id)
-
-
-def accepted_pub(master: SaltMaster, minion_id: str) -> str | None:
-    path = master.key_path(minion_id, "minions")
-    return path.read_text().strip() if path.is_file() else None
-
-
-@pytest.fixture
-def metrics_port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def daemon(
-    master, tmp_path, queue_url, cert_dir, fleet, metrics_port
-) -> Iterator[tuple[Path, Any]]:
-    """The daemon with KeyBinding = tag, in the background; (its log, process)."""
-    conf = trust_config(
-        tmp_path,
-        queue_url,
-        master,
-        cert_dir,
-        fleet["group"],
-        KeyBinding="tag",
-        MetricsAddress=f"127.0.0.1:{metrics_port}",
-    )
-    log = tmp_path / "aws_ork.log"
-    proc = start_aws_ork(conf, log)
-    try:
-        yield log, proc
-    finally:
-        stop_aws_ork(proc)
-
-
-@pytest.fixture
-def minions() -> Iterator[list[SaltMinion]]:
-    started: list[SaltMinion] = []
-    yield started
-    for minion in started:
-        minion.stop()
-
-
 def test_the_published_key_is_accepted_before_the_minion_knocks_and_the_impostor_is_denied(
-    master, tmp_path, sqs, queue_url, identity, fleet, daemon, minions, metrics_port
+    master, tmp_path, sqs, queue_url, identity, fleet, bound_daemon, minions, metrics_port
 ):
-    log, proc = daemon
+    log, proc = bound_daemon
     instance = group_instance(fleet)
     # an impostor connects first, under the new instance's id
     impostor = start_minion(

@@ -18,7 +18,7 @@ from aws_ork.checks.verdict import Verdict
 from aws_ork.effects.announce import Announcer
 from aws_ork.effects.hooks import Hooks
 from aws_ork.keys import reactor
-from aws_ork.keys.result import Outcome
+from aws_ork.keys.result import KeyResult, Outcome
 from aws_ork.keys.stage import KeyStage
 
 log = logging.getLogger(__name__)
@@ -42,24 +42,7 @@ class KeyFollowups:
         log.info(
             "key presented by %s: %s (key binding: %s)", minion_id, result.describe(), fingerprint
         )
-        kind = reactor.kind_of(result.outcome, terminate=False)
-        if kind is not None and result.outcome.done:
-            self.announcer.fire(
-                kind,
-                minion_id,
-                {
-                    "instance_id": instance_id,
-                    "outcome": result.describe(),
-                    "source": "key binding",
-                    "reason": f"key presented (key binding: {fingerprint})",
-                },
-            )
-        if (
-            not result.dry_run
-            and instance_id is not None
-            and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED)
-        ):
-            self.hooks.accepted(instance_id)
+        self._bound(instance_id, minion_id, result, f"key presented (key binding: {fingerprint})")
         return result.outcome.done
 
     def on_key_published(self, instance_id: str, verdict: Verdict) -> bool:
@@ -83,8 +66,21 @@ class KeyFollowups:
             result.describe(),
             fingerprint,
         )
+        self._bound(
+            instance_id,
+            minion_id,
+            result,
+            f"key tags published (key binding by key: {fingerprint})",
+        )
+        return result.outcome.done
+
+    def _bound(
+        self, instance_id: str | None, minion_id: str, result: KeyResult, reason: str
+    ) -> None:
+        """A key binding's result outside a message: announced (the reactor event), and the
+        waiting lifecycle action completed once the key is accepted."""
         kind = reactor.kind_of(result.outcome, terminate=False)
-        if kind is not None and result.outcome.done and not result.dry_run:
+        if kind is not None and result.outcome.done:
             self.announcer.fire(
                 kind,
                 minion_id,
@@ -92,12 +88,15 @@ class KeyFollowups:
                     "instance_id": instance_id,
                     "outcome": result.describe(),
                     "source": "key binding",
-                    "reason": f"key tags published (key binding by key: {fingerprint})",
+                    "reason": reason,
                 },
             )
-        if not result.dry_run and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
+        if (
+            not result.dry_run
+            and instance_id is not None
+            and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED)
+        ):
             self.hooks.accepted(instance_id)
-        return result.outcome.done
 
     def on_key_denied(self, minion_id: str) -> None:
         """Salt denied a key under this id: the key stage reports and removes an impostor's."""

@@ -194,11 +194,7 @@ class KeyArrivals:
         if self._bus is not None or self.opts is None or self._bus_failed:
             return self._bus
         try:
-            import salt.utils.event
-
-            bus = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"], listen=True)
-            if not bus.connect_pub(timeout=1):
-                raise OSError("cannot connect to the master's event publisher")
+            bus = listen_to_master(self.opts)
         except Exception as exc:
             self._bus_lost(exc)
             return None
@@ -218,11 +214,7 @@ class KeyArrivals:
     def _close_bus(self) -> None:
         bus, self._bus = self._bus, None
         self._bus_failed = False
-        if bus is not None:
-            try:
-                bus.destroy()
-            except Exception:  # closing a broken connection
-                log.debug("closing the event bus failed", exc_info=True)
+        close_bus(bus)
 
     def _look(self, minion_id: str, fingerprint: str, since: float, last: Stamp) -> None:
         if self._clock() - since > self.keep_seconds:
@@ -273,3 +265,25 @@ class KeyArrivals:
             entry = self._waiting.get(minion_id)
             if entry is not None and entry[1] == since:
                 del self._waiting[minion_id]
+
+
+def listen_to_master(opts: Mapping[str, Any]) -> Any:
+    """A listening connection to the master's event bus (Salt's ``MasterEvent``); raises
+    when the master's publisher cannot be reached."""
+    import salt.utils.event
+
+    bus = salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=True)
+    if not bus.connect_pub(timeout=1):
+        bus.destroy()
+        raise OSError("cannot connect to the master's event publisher")
+    return bus
+
+
+def close_bus(bus: Any) -> None:
+    """Close a connection of :func:`listen_to_master` (None: nothing to close)."""
+    if bus is None:
+        return
+    try:
+        bus.destroy()
+    except Exception:  # closing a broken connection
+        log.debug("closing the event bus failed", exc_info=True)

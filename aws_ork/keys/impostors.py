@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aws_ork.base.ids import is_minion_id
-from aws_ork.keys.arrivals import AUTH_TAG
+from aws_ork.keys.arrivals import AUTH_TAG, close_bus, listen_to_master
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,7 @@ class DeniedWatcher:
         if self._bus is not None:
             return self._bus
         try:
-            import salt.utils.event
-
-            bus = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"], listen=True)
-            if not bus.connect_pub(timeout=1):
-                raise OSError("cannot connect to the master's event publisher")
+            bus = listen_to_master(self.opts)
         except Exception as exc:
             self._lost(exc)
             return None
@@ -110,11 +106,7 @@ class DeniedWatcher:
 
     def _close(self) -> None:
         bus, self._bus = self._bus, None
-        if bus is not None:
-            try:
-                bus.destroy()
-            except Exception:  # closing a broken connection
-                log.debug("closing the event bus failed", exc_info=True)
+        close_bus(bus)
 
 
 def denied_id(event: Any) -> str | None:

@@ -267,32 +267,14 @@ class KeyStage:
                 minion_id, fingerprint, enrolled=self._is_enrolled(instance_id), presented=presented
             )
         )
-        if result.outcome is Outcome.REMOVED:
-            self._removed(instance_id, minion_id)
-        elif result.outcome is Outcome.OTHER_KEY_ACCEPTED:
-            log.error(
-                "SECURITY: %s: the key accepted under this id has fingerprint %s, not %s "
-                "which the instance published; left alone (check it: salt-key -f %s)",
-                minion_id,
-                ", ".join(result.others) or "?",
-                fingerprint,
-                minion_id,
-            )
-        elif result.others:
-            for other in result.others:
-                if not self._new_impostor(minion_id, other, counted=not result.dry_run):
-                    continue
-                log.error(
-                    "SECURITY: %s: a key with fingerprint %s is not the key the instance "
-                    "published (%s): someone else presented it under this id; %s",
-                    minion_id,
-                    clean(other, 200),
-                    fingerprint,
-                    "it would never be accepted"
-                    if result.dry_run
-                    else "never accepted, and removed (pending: once the genuine key is "
-                    "accepted, or the launch is given up)",
-                )
+        self._say_bound(
+            instance_id,
+            minion_id,
+            fingerprint,
+            result,
+            "never accepted, and removed (pending: once the genuine key is accepted, or the "
+            "launch is given up)",
+        )
         self._enrol(instance_id, result)
         if result.outcome is Outcome.ACCEPTED and result.changed and self.arrivals is not None:
             pub = self.keys.public_key(minion_id)
@@ -308,19 +290,7 @@ class KeyStage:
         result = self._tally(
             self.keys.preaccept(minion_id, published, enrolled=self._is_enrolled(instance_id))
         )
-        if result.outcome is Outcome.REMOVED:
-            self._removed(instance_id, minion_id)
-        elif result.outcome is Outcome.OTHER_KEY_ACCEPTED:
-            log.error(
-                "SECURITY: %s: the key accepted under this id has fingerprint %s, not %s "
-                "which the instance published on its key tags; left alone (check it: "
-                "salt-key -f %s)",
-                minion_id,
-                ", ".join(result.others) or "?",
-                fingerprint,
-                minion_id,
-            )
-        elif result.outcome is Outcome.KEY_TWICE:
+        if result.outcome is Outcome.KEY_TWICE:
             log.error(
                 "SECURITY: %s: the key it published (%s) is already accepted under %s; "
                 "refused: one key must not be two minions (an image shipping one key pair, "
@@ -329,19 +299,14 @@ class KeyStage:
                 fingerprint,
                 clean(", ".join(result.others), 200),
             )
-        elif result.others:
-            for other in result.others:
-                if self._new_impostor(minion_id, other, counted=not result.dry_run):
-                    log.error(
-                        "SECURITY: %s: a key with fingerprint %s is not the key the instance "
-                        "published (%s): someone else presented it under this id; %s",
-                        minion_id,
-                        clean(other, 200),
-                        fingerprint,
-                        "it would never be accepted"
-                        if result.dry_run
-                        else "never accepted, and removed: the published key is accepted",
-                    )
+        else:
+            self._say_bound(
+                instance_id,
+                minion_id,
+                fingerprint,
+                result,
+                "never accepted, and removed: the published key is accepted",
+            )
         self._enrol(instance_id, result)
         if result.outcome is Outcome.ACCEPTED and result.changed and self.arrivals is not None:
             # a Salt authentication that found the id without a key just before the accept
@@ -387,6 +352,41 @@ class KeyStage:
                 else "removed from the denied keys",
             )
         return bool(impostors) and not dry
+
+    def _say_bound(
+        self,
+        instance_id: str | None,
+        minion_id: str,
+        fingerprint: str,
+        result: KeyResult,
+        removed: str,
+    ) -> None:
+        """Key binding: say loudly what else was under the id (once per impostor key: an
+        impostor presents its key as often as it likes); ``removed``: what became of an
+        impostor's key."""
+        if result.outcome is Outcome.REMOVED:
+            self._removed(instance_id, minion_id)
+        elif result.outcome is Outcome.OTHER_KEY_ACCEPTED:
+            log.error(
+                "SECURITY: %s: the key accepted under this id has fingerprint %s, not %s "
+                "which the instance published; left alone (check it: salt-key -f %s)",
+                minion_id,
+                ", ".join(result.others) or "?",
+                fingerprint,
+                minion_id,
+            )
+        elif result.others:
+            for other in result.others:
+                if not self._new_impostor(minion_id, other, counted=not result.dry_run):
+                    continue
+                log.error(
+                    "SECURITY: %s: a key with fingerprint %s is not the key the instance "
+                    "published (%s): someone else presented it under this id; %s",
+                    minion_id,
+                    clean(other, 200),
+                    fingerprint,
+                    "it would never be accepted" if result.dry_run else removed,
+                )
 
     def _new_impostor(self, minion_id: str, fingerprint: str, *, counted: bool) -> bool:
         """First sight of this impostor key (id, fingerprint): counted once for the metrics

@@ -18,20 +18,25 @@ import time
 
 from tests.benchmarks.bench import report
 from tests.benchmarks.test_boot_latency import BOOT_DELAY, ROUNDS
+from tests.bindingenv import AS_THE_SCRIPT_SETS
 from tests.daemon import send, start_aws_ork, stop_aws_ork, wait_for
 from tests.saltenv import make_minion_keys, start_minion
-from tests.test_key_binding import AS_THE_SCRIPT_SETS, publish
+from tests.test_key_binding import publish
 from tests.trustenv import LAUNCH, group_instance, signed, trust_config
 
 WAIT = 1  # acceptance_wait_time of both minions (what the 2.x instance-side script set)
 READY = "Minion is ready to receive requests!"  # salt-minion's log line once it listens
 
 
-def first_ping(master, root, minion_id) -> float:
-    """Seconds from minion start to its first answered test.ping."""
+def first_ping(master, root, minion_id, wait: float = WAIT, before_start=None) -> float:
+    """Seconds from minion start to its first answered test.ping (``wait``: both minions'
+    acceptance_wait_time; ``before_start``: what the instance does just before it starts
+    the minion, inside the measured time)."""
     started = time.monotonic()
+    if before_start is not None:
+        before_start()
     minion = start_minion(
-        master, root, minion_id, acceptance_wait_time=WAIT, extra_opts=AS_THE_SCRIPT_SETS
+        master, root, minion_id, acceptance_wait_time=wait, extra_opts=AS_THE_SCRIPT_SETS
     )
     try:
         # ping only once the minion can hear it: a publication before it subscribes is

@@ -19,40 +19,12 @@ import time
 from aws_ork.base import pubkey
 from tests.benchmarks.bench import report
 from tests.benchmarks.test_boot_latency import BOOT_DELAY, ROUNDS
-from tests.benchmarks.test_boot_latency_binding import READY
+from tests.benchmarks.test_boot_latency_binding import first_ping
 from tests.daemon import send, start_aws_ork, stop_aws_ork, wait_for
-from tests.saltenv import make_minion_keys, start_minion
+from tests.saltenv import make_minion_keys
 from tests.trustenv import LAUNCH, group_instance, signed, trust_config
 
 WAIT = 10  # Salt's default acceptance_wait_time, which the instance-side script keeps
-AS_THE_SCRIPT_SETS = {"rejected_retry": True}
-
-
-def first_ping(master, root, minion_id, before_start=None) -> float:
-    """Seconds from minion start to its first answered test.ping (``before_start``: what the
-    instance does just before, its CreateTags call: inside the measured time)."""
-    started = time.monotonic()
-    if before_start is not None:
-        before_start()
-    minion = start_minion(
-        master, root, minion_id, acceptance_wait_time=WAIT, extra_opts=AS_THE_SCRIPT_SETS
-    )
-    try:
-        while not (
-            master.pki_dir / "minions" / minion_id
-        ).exists() or READY not in minion.log_file.read_text(errors="replace"):
-            if time.monotonic() - started > 120:
-                raise AssertionError(f"{minion_id} not accepted in 120 s")
-            time.sleep(0.02)
-        while (
-            master.salt_cmd(minion_id, "test.ping", timeout=15, salt_timeout=2).get(minion_id)
-            is not True
-        ):
-            if time.monotonic() - started > 120:
-                raise AssertionError(f"{minion_id} did not answer in 120 s")
-        return time.monotonic() - started
-    finally:
-        minion.stop()
 
 
 def test_boot_latency_with_key_binding_by_key(
@@ -79,9 +51,9 @@ def test_boot_latency_with_key_binding_by_key(
                     Tags=[{"Key": k, "Value": v} for k, v in pubkey.to_tags(pem).items()],
                 )
 
-            results["aws_ork + key"].append(first_ping(ours, root, instance, publish))
+            results["aws_ork + key"].append(first_ping(ours, root, instance, WAIT, publish))
             results["auto_accept"].append(
-                first_ping(limit, tmp_path / f"l{r}", group_instance(fleet))
+                first_ping(limit, tmp_path / f"l{r}", group_instance(fleet), WAIT)
             )
     finally:
         status = stop_aws_ork(daemon)
