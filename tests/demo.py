@@ -21,6 +21,7 @@ from pathlib import Path
 
 import boto3
 
+from aws_ork.base import pubkey
 from tests.awsenv import start_moto
 from tests.daemon import command, is_key_binding_off_warning, wait_for, write_config
 from tests.messages import sns_launch, sns_terminate
@@ -173,8 +174,9 @@ def main() -> int:
         if not stop_cleanly(daemon, log_path):
             return 1
 
-        # Act 2: key binding. An impostor who learns the new instance's id connects first;
-        # only the key the instance published on its own EC2 tag is accepted.
+        # Act 2: key binding by key. An impostor who learns the new instance's id connects
+        # first; the instance publishes its whole public key on its own EC2 tags, and aws_ork
+        # stores exactly that key as accepted before the instance's minion first knocks.
         bound_conf = write_config(
             root / "aws_ork-bound.conf",
             queue_url=queue_url,
@@ -195,47 +197,56 @@ def main() -> int:
         bound = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0][
             "InstanceId"
         ]
-        fingerprint = make_minion_keys(root / "genuine" / "pki")
-        ec2.create_tags(
-            Resources=[bound], Tags=[{"Key": "salt:minion-fingerprint", "Value": fingerprint}]
-        )
-        say(
-            f"instance {bound} made its minion key and tagged itself with its fingerprint "
-            f"{fingerprint} (what data/instance/aws_ork-bind-minion.sh does)"
-        )
         sqs.send_message(QueueUrl=queue_url, MessageBody=signed(sns_launch(bound), identity))
-        wait_for(lambda: "key binding:" in log_path.read_text(), 60, "the launch")
-        impostor = start_minion(master, root / "impostor", bound)
+        impostor = start_minion(master, root / "impostor", bound, acceptance_wait_time=10)
         minions.append(impostor)
         say(f"an impostor's salt-minion connects first under the id {bound}")
         wait_for(
-            lambda: "not the key the instance published" in log_path.read_text(),
+            lambda: (
+                "has not published its key" in log_path.read_text()
+                and master.key_path(bound, "minions_pre").is_file()
+            ),
             60,
-            "the impostor's key to be deleted",
+            "the launch to wait for the instance's key tags",
         )
         print(_lines_about(log_path, bound))
-        genuine = start_minion(master, root / "genuine", bound, extra_opts={"rejected_retry": True})
-        minions.append(genuine)
-        say("the instance's own salt-minion starts and presents the bound key")
-        accepted = master.key_path(bound, "minions")
-        wait_for(
-            lambda: accepted.is_file() and accepted.read_text().strip() == genuine.public_key(),
-            60,
-            "the genuine key to be accepted",
+        make_minion_keys(root / "genuine" / "pki")
+        pub = (root / "genuine" / "pki" / "minion.pub").read_text()
+        tags = pubkey.to_tags(pub)
+        ec2.create_tags(Resources=[bound], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        say(
+            f"instance {bound} made its minion key and published it on its tags "
+            f"{', '.join(tags)} (what data/instance/aws_ork-bind-minion.sh does), then starts "
+            "its salt-minion with Salt's default acceptance_wait_time (10 s)"
         )
+        accepted = master.key_path(bound, "minions")
+        genuine = start_minion(
+            master,
+            root / "genuine",
+            bound,
+            acceptance_wait_time=10,
+            extra_opts={"rejected_retry": True},
+        )
+        minions.append(genuine)
+        wait_for(
+            lambda: accepted.is_file() and accepted.read_text().strip() == pub.strip(),
+            60,
+            "the published key to be accepted",
+        )
+        print(_lines_about(log_path, bound))
         master.wait_for_ping(bound, timeout=60)
         answer = master.salt_cmd(bound, "config.get", args=["pki_dir"]).get(bound)
         say(
-            f"salt {bound} config.get pki_dir -> {answer}: the genuine minion answers; the "
-            f"impostor's key was never accepted"
+            f"salt {bound} config.get pki_dir -> {answer}: the genuine minion answers, accepted "
+            f"at its first contact; the impostor's key was never accepted"
         )
         if not stop_cleanly(daemon, log_path):
             return 1
         say(
             "demo finished: the key was pre-authorised, accepted on first contact and removed "
-            "on terminate; under key binding the impostor was refused and the genuine minion "
-            "accepted; aws_ork stopped cleanly both times (exit 0, no warnings but act 1's "
-            "KeyBinding = off)"
+            "on terminate; under key binding the instance's published key was accepted before "
+            "its minion knocked and the impostor refused; aws_ork stopped cleanly both times "
+            "(exit 0, no warnings but act 1's KeyBinding = off)"
         )
         return 0
     finally:

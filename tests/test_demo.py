@@ -1,6 +1,7 @@
 """The local demo (``tox -e demo``, the README's first quick-start command) runs end to end and
 says what happened: pre-authorised, accepted on first contact, removed on terminate, and, under
-key binding, the impostor refused and the genuine minion accepted; aws_ork stops cleanly."""
+key binding by key, the impostor refused and the genuine minion accepted at its first
+contact; aws_ork stops cleanly."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def test_the_demo_shows_the_real_flow_and_ends_without_warnings():
         "test.ping -> True",
         "aws_ork removed the key",
         "an impostor's salt-minion connects first",
-        "the genuine minion answers; the impostor's key was never accepted",
+        "published it on its tags salt:minion-key-0, salt:minion-key-1",
+        "the genuine minion answers, accepted at its first contact; the impostor's key was "
+        "never accepted",
         "aws_ork stopped cleanly both times (exit 0, no warnings but act 1's KeyBinding = off)",
     ):
         assert said in out, said
