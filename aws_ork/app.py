@@ -19,7 +19,7 @@ from typing import Any
 from aws_ork import __version__, defaults
 from aws_ork.aws import make_client
 from aws_ork.base.awserrors import aws_errors
-from aws_ork.base.errors import AwsOrkError, ConfigError, QueueError, StateError
+from aws_ork.base.errors import AwsOrkError, ConfigError, MirrorError, QueueError, StateError
 from aws_ork.base.files import lock_directory
 from aws_ork.base.naming import Template
 from aws_ork.base.saltkeys import KeyLocation
@@ -278,6 +278,8 @@ class App:
                 reconcile_seconds=cfg.reconcile_minutes * 60,
                 memories=memory_mirror(tree, cfg.state_dir),
             )
+        if self.mirror is not None:
+            self.followups.changed = self._mirror_key
         self.watcher = KeyDirWatcher(location)
         sweep = None
         if cfg.sweep_minutes and ec2 is not None:
@@ -455,6 +457,15 @@ class App:
             )
             status = status or 1
         return status
+
+    def _mirror_key(self, minion_id: str) -> None:
+        """A key a watcher thread changed goes to the S3 mirror (the periodic reconciliation
+        catches it should the journal not be writable now)."""
+        assert self.mirror is not None
+        try:
+            self.mirror.request([minion_id])
+        except MirrorError as exc:
+            log.error("%s: could not record the key change for the mirror: %s", minion_id, exc)
 
     def _start_key_watchers(self) -> None:
         """Key binding's threads: the arrivals watcher, the key tag watcher, the denied-key

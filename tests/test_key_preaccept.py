@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from aws_ork.base import pubkey
 from tests.bindingenv import AS_THE_SCRIPT_SETS, accepted_pub, answers_from
-from tests.daemon import queue_counts, run_aws_ork, send, wait_for
+from tests.daemon import queue_counts, run_aws_ork, send, start_aws_ork, stop_aws_ork, wait_for
 from tests.metricsenv import scrape, value
 from tests.saltenv import (
     SaltMinion,
@@ -284,3 +284,34 @@ def test_dry_run_says_what_it_would_store_and_stores_nothing(
     assert master.key_state_of(instance) is None
     line = decision_line(result.stderr, instance)
     assert "would be accepted" in line and finger(pem) in line, line
+
+
+def test_a_key_the_watcher_stores_is_mirrored_to_s3(
+    master, tmp_path, sqs, s3, bucket, queue_url, cert_dir, identity, fleet
+):
+    """The key tag watcher stores the key outside any message's key change: it still goes to
+    the S3 mirror, like any accepted key."""
+    instance = group_instance(fleet)
+    conf = trust_config(
+        tmp_path, queue_url, master, cert_dir, fleet["group"], KeyBinding="tag", bucket=bucket
+    )
+    log = tmp_path / "aws_ork.log"
+    proc = start_aws_ork(conf, log)
+    try:
+        send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
+        wait_for(lambda: "has not published its key" in log.read_text(), 60, "the launch")
+        pem = minion_pub(tmp_path / "m")
+        publish_key(fleet, instance, pem)
+
+        def mirrored() -> str | None:
+            objects = s3.list_objects_v2(Bucket=bucket, Prefix="pki/").get("Contents", [])
+            names = [o["Key"] for o in objects if o["Key"].endswith(f"/minions/{instance}")]
+            if not names:
+                return None
+            return s3.get_object(Bucket=bucket, Key=names[0])["Body"].read().decode()
+
+        body = wait_for(mirrored, 60, "the accepted key in the mirror")
+        assert body.strip() == pem.strip()
+        assert f"key tags published by {instance}: accepted" in log.read_text()
+    finally:
+        assert stop_aws_ork(proc) == 0, log.read_text()[-3000:]

@@ -11,7 +11,7 @@ the same effects a message's decision has, and never a call back into the messag
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aws_ork.base.errors import AwsOrkError
 from aws_ork.checks.verdict import Verdict
@@ -27,10 +27,19 @@ log = logging.getLogger(__name__)
 class KeyFollowups:
     """The watchers' entry points (see the module docstring)."""
 
-    def __init__(self, stage: KeyStage, announcer: Announcer, hooks: Hooks) -> None:
+    def __init__(
+        self,
+        stage: KeyStage,
+        announcer: Announcer,
+        hooks: Hooks,
+        changed: Callable[[str], None] | None = None,
+    ) -> None:
         self.stage = stage
         self.announcer = announcer
         self.hooks = hooks
+        #: the S3 mirror: a key a watcher accepted is sent now (the key directory watcher
+        #: does not tell it from the loop's own changes of the same cycle)
+        self.changed = changed
 
     def on_key_presented(
         self, minion_id: str, fingerprint: str, presented: str | None = None
@@ -48,8 +57,7 @@ class KeyFollowups:
     def on_key_published(self, instance_id: str, verdict: Verdict) -> bool:
         """The key tag watcher found the key an instance published (its launch passed the
         launch check): the key stage stores it as accepted now, before the minion's first
-        authentication. True when nothing is left to look for. The S3 mirror learns of the
-        change from the key directory watcher, as of any change Salt made."""
+        authentication. True when nothing is left to look for."""
         assert verdict.published is not None
         minion_id = verdict.minion_id or instance_id
         fingerprint = verdict.fingerprint or "?"
@@ -79,6 +87,8 @@ class KeyFollowups:
     ) -> None:
         """A key binding's result outside a message: announced (the reactor event), and the
         waiting lifecycle action completed once the key is accepted."""
+        if result.changed and not result.dry_run and self.changed is not None:
+            self.changed(minion_id)
         kind = reactor.kind_of(result.outcome, terminate=False)
         if kind is not None and result.outcome.done:
             self.announcer.fire(
