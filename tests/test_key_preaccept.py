@@ -9,6 +9,7 @@ and the real daemon with the shipped trust defaults plus KeyBinding = tag.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -313,5 +314,37 @@ def test_a_key_the_watcher_stores_is_mirrored_to_s3(
         body = wait_for(mirrored, 60, "the accepted key in the mirror")
         assert body.strip() == pem.strip()
         assert f"key tags published by {instance}: accepted" in log.read_text()
+    finally:
+        assert stop_aws_ork(proc) == 0, log.read_text()[-3000:]
+
+
+def test_a_templated_minion_id_gets_the_published_key_by_the_watcher(
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet
+):
+    """MinionIdTemplate: the key tag watcher stores the key under the id the template gives
+    (claimed for the instance first), not under the instance id."""
+    name = f"web-{uuid.uuid4().hex[:6]}"
+    instance = group_instance(fleet)
+    fleet["ec2"].create_tags(Resources=[instance], Tags=[{"Key": "Name", "Value": name}])
+    conf = trust_config(
+        tmp_path,
+        queue_url,
+        master,
+        cert_dir,
+        fleet["group"],
+        KeyBinding="tag",
+        MinionIdTemplate="{tag:Name}",
+    )
+    log = tmp_path / "aws_ork.log"
+    proc = start_aws_ork(conf, log)
+    try:
+        send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
+        wait_for(lambda: "has not published its key" in log.read_text(), 60, "the launch")
+        pem = minion_pub(tmp_path / "m")
+        publish_key(fleet, instance, pem)
+        wait_for(lambda: accepted_pub(master, name) == pem.strip(), 30, "the key under its name")
+        assert master.key_state_of(instance) is None
+        assert f"key tags published by {instance} (minion {name}): accepted" in log.read_text()
+        wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 120, "the launch to finish")
     finally:
         assert stop_aws_ork(proc) == 0, log.read_text()[-3000:]
