@@ -348,3 +348,24 @@ def test_a_templated_minion_id_gets_the_published_key_by_the_watcher(
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), 120, "the launch to finish")
     finally:
         assert stop_aws_ork(proc) == 0, log.read_text()[-3000:]
+
+
+def test_the_published_key_rejected_by_an_operator_stays_rejected_and_anothers_is_replaced(
+    master, tmp_path, sqs, queue_url, cert_dir, identity, fleet
+):
+    kept, replaced = group_instance(fleet), group_instance(fleet)
+    pems = {instance: minion_pub(tmp_path / instance) for instance in (kept, replaced)}
+    master.add_rejected_key(kept, pems[kept])  # salt-key -r of this very key
+    master.add_rejected_key(replaced)  # someone else's key, rejected
+    for instance in (kept, replaced):
+        publish_key(fleet, instance, pems[instance])
+        send(sqs, queue_url, signed(identity, LAUNCH, instance, fleet["group"]))
+    conf = trust_config(tmp_path, queue_url, master, cert_dir, fleet["group"], KeyBinding="tag")
+
+    result = run_aws_ork(conf, "--once")
+
+    assert result.returncode == 0, result.stderr
+    assert master.key_state_of(kept) == "minions_rejected"
+    assert "rejected by an operator" in decision_line(result.stderr, kept)
+    assert accepted_pub(master, replaced) == pems[replaced].strip()
+    assert not master.key_path(replaced, "minions_rejected").exists()

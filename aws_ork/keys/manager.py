@@ -183,10 +183,11 @@ class KeyManager:
         then accepts the minion at once, and denies any other key presented under the id.
 
         A pending or denied key under the id that is not the published one is an impostor's
-        (``others`` names them): the accept clears them (Salt's accept does). A key already
-        accepted under the id: the published one (ALREADY_ACCEPTED), or another, left alone
-        for an operator (OTHER_KEY_ACCEPTED). The published key already accepted under
-        another id: KEY_TWICE (``others``: that id), nothing stored."""
+        (``others`` names them): the accept clears them (Salt's accept does). The published
+        key rejected under the id (an operator's ``salt-key -r``): REFUSED, left rejected.
+        A key already accepted under the id: the published one (ALREADY_ACCEPTED), or
+        another, left alone for an operator (OTHER_KEY_ACCEPTED). The published key already
+        accepted under another id: KEY_TWICE (``others``: that id), nothing stored."""
         if not is_minion_id(minion_id):
             log.warning("refusing to accept key %.80r: not a safe minion id", minion_id)
             return KeyResult(Outcome.INVALID_ID)
@@ -200,6 +201,8 @@ class KeyManager:
             return KeyResult(Outcome.OTHER_KEY_ACCEPTED, others=other)
         if enrolled:
             return KeyResult(Outcome.REMOVED)
+        if REJECTED in states and self._rejected(minion_id, published):
+            return KeyResult(Outcome.REFUSED)  # an operator rejected exactly this key
         twice = self.index.owner(published, other_than=minion_id)
         if twice is not None:
             return KeyResult(Outcome.KEY_TWICE, others=(twice,))
@@ -224,6 +227,15 @@ class KeyManager:
             for pub in pubs
             if pub is not None and not pubkey.same_key(pub, published)
         )
+
+    def _rejected(self, minion_id: str, published: str) -> bool:
+        """Is the published key the one rejected under this id (by an operator: a rejected
+        key of anyone else is overwritten by the accept)?"""
+        entry = self._entry(minion_id)
+        if not isinstance(entry, dict) or entry.get("state") != "rejected":
+            return False
+        pub = entry.get("pub")
+        return isinstance(pub, str) and pubkey.same_key(pub, published)
 
     def accepted_key(self, minion_id: str) -> str | None:
         """The public key accepted under this id, or None (none, or not accepted)."""
