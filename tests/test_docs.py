@@ -26,6 +26,7 @@ from pathlib import Path
 from aws_ork import config, docgen, flags, options
 from aws_ork.events.model import Kind
 from aws_ork.keys.result import Outcome
+from tests.test_layers import parse
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -166,7 +167,7 @@ def counted_reasons(package: Path) -> set[str]:
     the code argument of ``Verdict.refused``/``deferred`` and of ``retry``), the key outcomes."""
     found = {outcome.name.lower() for outcome in Outcome}
     for path in package.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(parse(path)):
             found |= _codes_in(node)
     return found - {""}
 
@@ -323,7 +324,7 @@ def test_the_command_exits_as_documented(tmp_path: Path, capsys) -> None:
 
 def setup_requirements() -> list[str]:
     """The names in setup.py's install_requires."""
-    tree = ast.parse((REPO / "setup.py").read_text())
+    tree = parse(REPO / "setup.py")
     for node in ast.walk(tree):
         if isinstance(node, ast.keyword) and node.arg == "install_requires":
             assert isinstance(node.value, ast.List)

@@ -130,13 +130,28 @@ def _imports(
     return {name for name in found if name in known and name != module}
 
 
+def parse(path: Path) -> ast.Module:
+    """``ast.parse`` of a module. CPython 3.11's AST constructor keeps one recursion counter
+    per interpreter (python/cpython#106905): another thread building AST objects at the same
+    moment (3.11's traceback module parses a line to place its carets, e.g. while a Salt
+    thread of an earlier test logs an error) makes it raise a spurious SystemError. Asked
+    again, the same text parses."""
+    text = path.read_text(encoding="utf-8")
+    for _ in range(4):
+        try:
+            return ast.parse(text, str(path))
+        except SystemError:
+            continue
+    return ast.parse(text, str(path))
+
+
 def import_graph(root: Path, type_checking: bool = False) -> dict[str, frozenset[str]]:
     """module -> the package's modules it imports (when it runs; or for the type checker)."""
     modules = package_modules(root)
     known = set(modules)
     graph = {}
     for module, path in modules.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        tree = parse(path)
         is_package = path.name == "__init__.py"
         graph[module] = frozenset(_imports(tree, module, is_package, known, type_checking))
     return graph
