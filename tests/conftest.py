@@ -82,8 +82,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not SALTLINE[module] or name in SALTLINE[module]:
             item.add_marker(pytest.mark.saltline)
             item.add_marker(pytest.mark.slow)
-        if module == "test_masters.py" and "cluster" in name and SALT_RELEASE < (3007, 0):
-            item.add_marker(pytest.mark.skip(reason="Salt 3006 has no master cluster"))
+    # Salt 3006 has no master cluster: its cluster tests are not run there, and said so as
+    # deselected (never a skip counted beside the passes)
+    unrunnable = [
+        item
+        for item in items
+        if SALT_RELEASE < (3007, 0)
+        and Path(str(item.fspath)).name == "test_masters.py"
+        and "cluster" in item.name
+    ]
+    if unrunnable:
+        config.hook.pytest_deselected(items=unrunnable)
+        items[:] = [item for item in items if item not in unrunnable]
     if stale:
         raise pytest.UsageError(f"tests/conftest.py SALTLINE names no test: {sorted(stale)}")
 
