@@ -11,7 +11,8 @@ first), and deletes an impostor's pending key.
 
 Salt 3008 has two fingerprints for one key: ``salt-key -f`` on the master hashes the whole
 PEM text, ``salt-call --local key.finger`` on the minion hashes the PEM body without its
-``BEGIN``/``END`` lines. Both are hashes of the same public key, so either is accepted.
+``BEGIN``/``END`` lines. Both are hashes of the same public key, so either is accepted (and
+the hash of the PEM text without the blanks at its ends, the form :func:`finger` gives).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def fingerprints(pub: str, hash_type: str = "sha256") -> frozenset[str]:
     body = b"".join([line for line in data.splitlines(True) if line.strip()][1:-1])
     body = body.replace(b"\r\n", b"\n")
     return frozenset(
-        salt.utils.crypt.pem_finger(key=blob, sum_type=hash_type) for blob in (data, body)
+        salt.utils.crypt.pem_finger(key=blob, sum_type=hash_type)
+        for blob in (data, data.strip(), body)
     )
 
 
@@ -48,7 +50,10 @@ def matches(pub: str, fingerprint: str, hash_type: str = "sha256") -> bool:
 
 
 def finger(pub: str, hash_type: str = "sha256") -> str:
-    """The fingerprint ``salt-key -f`` prints for this key (for log lines)."""
+    """The fingerprint of this key for log lines and the impostor tally: of its PEM text
+    without the blanks at its ends (what ``salt-key -f`` prints for a key stored that way).
+    One key has one such name whichever file it was read from: Salt writes a denied key as
+    presented and a pending or accepted one as stored, which may differ by a newline."""
     import salt.utils.crypt
 
-    return str(salt.utils.crypt.pem_finger(key=pub.encode("utf-8"), sum_type=hash_type))
+    return str(salt.utils.crypt.pem_finger(key=pub.strip().encode("utf-8"), sum_type=hash_type))

@@ -132,11 +132,13 @@ class SaltKeys:
         return True
 
     def denied(self, minion_id: str) -> list[str]:
-        """The public keys Salt denied under this id (another key was pending or accepted)."""
+        """The public keys Salt denied under this id (another key was pending or accepted).
+        Only keys: Salt rewrites the denied file at each denied attempt (truncated first), so
+        a read can find it empty or half written; that is no key (the next attempt's event
+        looks again)."""
         found = self.cache.fetch("denied_keys", minion_id)
-        if isinstance(found, str):
-            return [found]
-        return [pub for pub in found or [] if isinstance(pub, str)]
+        pubs = [found] if isinstance(found, str) else found or []
+        return [pub for pub in pubs if isinstance(pub, str) and saltcompat.valid_public_key(pub)]
 
     def accept_presented(self, minion_id: str, pub: str) -> bool:
         """Accept a key Salt did not keep as pending (key binding: the genuine key, denied
